@@ -1,0 +1,77 @@
+//! Validation errors: what is wrong with a request, before anything is stored.
+
+use thiserror::Error;
+
+/// A request that cannot be accepted as written. Each variant has a stable
+/// code (see [`ValidationError::code`]) that clients can match on.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValidationError {
+    /// The request body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The envelope is not an object with `action`, `type` and `info`.
+    #[error("invalid envelope: {0}")]
+    InvalidEnvelope(String),
+    #[error("unknown action {0:?}: expected one of create, info, update, delete")]
+    UnknownAction(String),
+    #[error("unknown type {0:?}: expected project or instance")]
+    UnknownType(String),
+    #[error("missing field `{0}`")]
+    MissingField(String),
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+    /// A field is present but has the wrong JSON type or an unknown value.
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid address {0:?}: expected an IP address")]
+    InvalidAddress(String),
+    #[error("invalid subnet {subnet:?}: {reason}")]
+    InvalidSubnet { subnet: String, reason: String },
+    #[error("invalid port {0}: expected 1-65535")]
+    InvalidPort(i64),
+    #[error("invalid backend {entity:?}: {reason}")]
+    InvalidBackend { entity: String, reason: String },
+    #[error("invalid health check: {0}")]
+    InvalidHealthCheck(String),
+    #[error("invalid auto-scaling settings: {0}")]
+    InvalidScaling(String),
+}
+
+impl ValidationError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidEnvelope(_) => "invalid_envelope",
+            Self::UnknownAction(_) => "unknown_action",
+            Self::UnknownType(_) => "unknown_type",
+            Self::MissingField(_) => "missing_field",
+            Self::UnknownField(_) => "unknown_field",
+            Self::InvalidField(_) => "invalid_field",
+            Self::InvalidName { .. } => "invalid_name",
+            Self::InvalidAddress(_) => "invalid_address",
+            Self::InvalidSubnet { .. } => "invalid_subnet",
+            Self::InvalidPort(_) => "invalid_port",
+            Self::InvalidBackend { .. } => "invalid_backend",
+            Self::InvalidHealthCheck(_) => "invalid_health_check",
+            Self::InvalidScaling(_) => "invalid_auto_scaling",
+        }
+    }
+
+    /// Classifies a serde_json error on a typed `info` into missing, unknown or
+    /// wrongly typed field, so that a typo gets `unknown_field`, not a generic error.
+    pub fn from_serde(err: &serde_json::Error) -> Self {
+        let msg = err.to_string();
+        // serde's messages are stable in shape: "missing field `x`", "unknown field `x`, expected ...".
+        let quoted = || msg.split('`').nth(1).unwrap_or_default().to_string();
+        if msg.starts_with("missing field") {
+            Self::MissingField(quoted())
+        } else if msg.starts_with("unknown field") {
+            Self::UnknownField(quoted())
+        } else {
+            Self::InvalidField(msg)
+        }
+    }
+}

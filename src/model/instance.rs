@@ -1,0 +1,625 @@
+//! Instances (load balancers), in the seed's shape: `traffic_type`, `subnet`,
+//! `backend.entities`, `backend.health-check`, `backend.auto-scaling`, plus our
+//! additions (`port`, `algorithm`, `min_nodes`), never renames.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::Ipv4Net;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::names::validate_name;
+use crate::model::project::{check_type_tag, parse_subnet};
+use crate::model::{OperatingStatus, ProvisioningStatus, ValidationError};
+
+/// Most nodes one instance may ask for.
+pub const MAX_NODES: u32 = 16;
+/// Most backends one instance may list.
+pub const MAX_BACKENDS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficType {
+    Http,
+    Tcp,
+}
+
+impl TrafficType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// How a node picks a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+}
+
+/// One backend as a client may write it: `"10.1.0.5:80"`, `"10.1.0.5"` (the
+/// listener port), `"http://10.1.0.5:80/"`, or `{"address": "...", "weight": 2}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum BackendEntity {
+    Text(String),
+    Object {
+        address: String,
+        #[serde(default)]
+        weight: Option<i64>,
+    },
+}
+
+/// A validated backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendMember {
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HealthProtocol {
+    #[serde(rename = "HTTP", alias = "http")]
+    Http,
+    #[serde(rename = "TCP", alias = "tcp")]
+    Tcp,
+}
+
+/// The seed's health-check object as a client writes it; absent fields take defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    #[serde(default)]
+    pub protocol: Option<HealthProtocol>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default, rename = "request-path")]
+    pub request_path: Option<String>,
+    #[serde(default)]
+    pub criteria: Option<HealthCriteriaSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCriteriaSpec {
+    /// Seconds between checks.
+    #[serde(default)]
+    pub interval: Option<i64>,
+    /// Seconds before a check counts as failed; never above `interval`.
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    /// Consecutive successes to count as up.
+    #[serde(default, rename = "health-threshold")]
+    pub health_threshold: Option<i64>,
+    /// Consecutive failures to count as down.
+    #[serde(default, rename = "unhealth-threshold")]
+    pub unhealth_threshold: Option<i64>,
+}
+
+/// A resolved health check: every field set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HealthCheck {
+    pub protocol: HealthProtocol,
+    pub port: u16,
+    #[serde(rename = "request-path")]
+    pub request_path: String,
+    pub criteria: HealthCriteria,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HealthCriteria {
+    pub interval: u32,
+    pub timeout: u32,
+    #[serde(rename = "health-threshold")]
+    pub health_threshold: u32,
+    #[serde(rename = "unhealth-threshold")]
+    pub unhealth_threshold: u32,
+}
+
+/// The seed's `backend` object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    #[serde(default)]
+    pub entities: Vec<BackendEntity>,
+    #[serde(default, rename = "health-check")]
+    pub health_check: Option<HealthCheckSpec>,
+    #[serde(default, rename = "auto-scaling")]
+    pub auto_scaling: Option<bool>,
+}
+
+/// `create instance`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceCreate {
+    /// A DNS label: `[a-z0-9-]{1,63}`.
+    pub name: String,
+    /// The project's name.
+    pub project: String,
+    pub traffic_type: TrafficType,
+    /// The listener port; defaults to 80 for `http`, required for `tcp`.
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub algorithm: Option<Algorithm>,
+    /// Where the nodes get their addresses: inside the project's subnet.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    pub backend: BackendSpec,
+    /// How many LB nodes serve the instance (default 1).
+    #[serde(default)]
+    pub min_nodes: Option<i64>,
+    /// Accepted as in the seed's instance shape; must be `instance`.
+    #[serde(default, rename = "type")]
+    pub object_type: Option<String>,
+}
+
+/// A validated instance: what is stored and what the reconciler works towards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub traffic_type: TrafficType,
+    pub port: u16,
+    pub algorithm: Algorithm,
+    pub subnet: Option<Ipv4Net>,
+    pub backends: Vec<BackendMember>,
+    pub health_check: HealthCheck,
+    pub auto_scaling: bool,
+    pub min_nodes: u32,
+}
+
+impl InstanceCreate {
+    pub fn validate(self) -> Result<InstanceSpec, ValidationError> {
+        validate_name(&self.name)?;
+        validate_name(&self.project)?;
+        check_type_tag(self.object_type.as_deref(), "instance")?;
+        let port = match (self.port, self.traffic_type) {
+            (Some(p), _) => port(p)?,
+            (None, TrafficType::Http) => 80,
+            (None, TrafficType::Tcp) => return Err(ValidationError::MissingField("port".into())),
+        };
+        let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
+        let backends = members(&self.backend.entities, port, self.traffic_type)?;
+        let health_check = health_check(self.backend.health_check.as_ref(), self.traffic_type)?;
+        Ok(InstanceSpec {
+            name: self.name,
+            traffic_type: self.traffic_type,
+            port,
+            algorithm: self.algorithm.unwrap_or_default(),
+            subnet,
+            backends,
+            health_check,
+            auto_scaling: self.backend.auto_scaling.unwrap_or(false),
+            min_nodes: node_count(self.min_nodes)?,
+        })
+    }
+}
+
+/// `info instance` (and the list of a project's instances when `name` is absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRef {
+    pub project: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `delete instance`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceDelete {
+    pub project: String,
+    pub name: String,
+}
+
+/// `update instance`: every field but the names is optional; what is given replaces
+/// what was stored, and the nodes apply it in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceUpdate {
+    pub project: String,
+    pub name: String,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub algorithm: Option<Algorithm>,
+    #[serde(default)]
+    pub backend: Option<BackendSpec>,
+    #[serde(default)]
+    pub min_nodes: Option<i64>,
+}
+
+impl InstanceUpdate {
+    /// The spec after this update, validated as a whole.
+    pub fn apply_to(&self, current: &InstanceSpec) -> Result<InstanceSpec, ValidationError> {
+        validate_name(&self.name)?;
+        validate_name(&self.project)?;
+        let mut next = current.clone();
+        if let Some(p) = self.port {
+            next.port = port(p)?;
+        }
+        if let Some(a) = self.algorithm {
+            next.algorithm = a;
+        }
+        if let Some(n) = self.min_nodes {
+            next.min_nodes = node_count(Some(n))?;
+        }
+        if let Some(backend) = &self.backend {
+            // An update that names no entities keeps the current ones.
+            if !backend.entities.is_empty() {
+                next.backends = members(&backend.entities, next.port, next.traffic_type)?;
+            }
+            if let Some(hc) = &backend.health_check {
+                next.health_check = health_check(Some(hc), next.traffic_type)?;
+            }
+            if let Some(a) = backend.auto_scaling {
+                next.auto_scaling = a;
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// An LB node as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeInfo {
+    pub id: i64,
+    pub name: String,
+    pub address: String,
+    /// `starting`, `running`, `exited`, `stopped`.
+    pub state: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub operating_status: OperatingStatus,
+}
+
+/// The resolved `backend` object as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackendView {
+    pub entities: Vec<BackendMember>,
+    #[serde(rename = "health-check")]
+    pub health_check: HealthCheck,
+    #[serde(rename = "auto-scaling")]
+    pub auto_scaling: bool,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InstanceInfo {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub object_type: String,
+    pub name: String,
+    pub project: String,
+    pub traffic_type: TrafficType,
+    pub port: u16,
+    pub algorithm: Algorithm,
+    /// The subnet the nodes' addresses come from.
+    pub subnet: String,
+    pub backend: BackendView,
+    pub min_nodes: u32,
+    /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
+    pub dns_name: String,
+    /// `http://<dns_name>:<port>/` or `tcp://<dns_name>:<port>`.
+    pub url: String,
+    pub provisioning_status: ProvisioningStatus,
+    pub operating_status: OperatingStatus,
+    /// Why the instance is in ERROR or not ONLINE, when known.
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    pub nodes: Vec<NodeInfo>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+// === validation helpers ===
+
+fn port(p: i64) -> Result<u16, ValidationError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(ValidationError::InvalidPort(p))
+}
+
+fn node_count(n: Option<i64>) -> Result<u32, ValidationError> {
+    let n = n.unwrap_or(1);
+    if (1..=i64::from(MAX_NODES)).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(ValidationError::InvalidScaling(format!(
+            "min_nodes must be 1 to {MAX_NODES}, got {n}"
+        )))
+    }
+}
+
+fn members(
+    entities: &[BackendEntity],
+    default_port: u16,
+    traffic: TrafficType,
+) -> Result<Vec<BackendMember>, ValidationError> {
+    if entities.is_empty() {
+        return Err(ValidationError::InvalidBackend {
+            entity: String::new(),
+            reason: "at least one backend entity is required".into(),
+        });
+    }
+    if entities.len() > MAX_BACKENDS {
+        return Err(ValidationError::InvalidBackend {
+            entity: format!("{} entities", entities.len()),
+            reason: format!("at most {MAX_BACKENDS} backends"),
+        });
+    }
+    let mut out: Vec<BackendMember> = Vec::with_capacity(entities.len());
+    for entity in entities {
+        let member = match entity {
+            BackendEntity::Text(s) => BackendMember {
+                address: backend_address(s, default_port, traffic)?,
+                weight: 1,
+            },
+            BackendEntity::Object { address, weight } => {
+                let weight = weight.unwrap_or(1);
+                if !(0..=256).contains(&weight) {
+                    return Err(ValidationError::InvalidBackend {
+                        entity: address.clone(),
+                        reason: format!("weight must be 0 to 256, got {weight}"),
+                    });
+                }
+                BackendMember {
+                    address: backend_address(address, default_port, traffic)?,
+                    weight: weight as u32,
+                }
+            }
+        };
+        if out.iter().any(|m| m.address == member.address) {
+            return Err(ValidationError::InvalidBackend {
+                entity: member.address.to_string(),
+                reason: "listed twice".into(),
+            });
+        }
+        out.push(member);
+    }
+    Ok(out)
+}
+
+/// Parses `IP`, `IP:PORT`, `[V6]:PORT` or, for HTTP, `http://IP[:PORT][/]`.
+fn backend_address(
+    s: &str,
+    default_port: u16,
+    traffic: TrafficType,
+) -> Result<SocketAddr, ValidationError> {
+    let fail = |reason: &str| ValidationError::InvalidBackend {
+        entity: s.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut rest = s.trim();
+    let mut url_port = None;
+    if let Some(r) = rest.strip_prefix("http://") {
+        if traffic != TrafficType::Http {
+            return Err(fail("an http:// URL needs traffic_type http"));
+        }
+        rest = r.strip_suffix('/').unwrap_or(r);
+        if rest.contains('/') {
+            return Err(fail("a backend URL may not have a path"));
+        }
+        url_port = Some(80);
+    } else if rest.contains("://") {
+        return Err(fail("only http:// URLs are supported"));
+    }
+    let addr = if let Ok(sa) = rest.parse::<SocketAddr>() {
+        sa
+    } else if let Ok(ip) = rest.parse::<IpAddr>() {
+        SocketAddr::new(ip, url_port.unwrap_or(default_port))
+    } else if let Some(ip) = rest
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse::<IpAddr>().ok())
+    {
+        SocketAddr::new(ip, url_port.unwrap_or(default_port))
+    } else {
+        return Err(fail(
+            "expected IP, IP:PORT or http://IP:PORT (host names are not resolved)",
+        ));
+    };
+    if addr.port() == 0 {
+        return Err(fail("port 0 is not a valid backend port"));
+    }
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(fail("not a unicast address"));
+    }
+    Ok(addr)
+}
+
+fn health_check(
+    spec: Option<&HealthCheckSpec>,
+    traffic: TrafficType,
+) -> Result<HealthCheck, ValidationError> {
+    let default = HealthCheckSpec::default();
+    let spec = spec.unwrap_or(&default);
+    let protocol = spec.protocol.unwrap_or(match traffic {
+        TrafficType::Http => HealthProtocol::Http,
+        TrafficType::Tcp => HealthProtocol::Tcp,
+    });
+    // Without an explicit port, each member is checked on its own port; 0 records that.
+    let port = match spec.port {
+        None => 0,
+        Some(p) => port(p)
+            .map_err(|_| ValidationError::InvalidHealthCheck(format!("port {p} is not 1-65535")))?,
+    };
+    let request_path = spec.request_path.clone().unwrap_or_else(|| "/".to_string());
+    if !request_path.starts_with('/')
+        || request_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ValidationError::InvalidHealthCheck(format!(
+            "request-path {request_path:?} must start with '/' and contain no spaces"
+        )));
+    }
+    let c = spec.criteria.clone().unwrap_or_default();
+    let bounded =
+        |name: &str, v: Option<i64>, default: u32, max: u32| -> Result<u32, ValidationError> {
+            let v = v.unwrap_or(i64::from(default));
+            if v < 1 || v > i64::from(max) {
+                return Err(ValidationError::InvalidHealthCheck(format!(
+                    "{name} must be 1 to {max}, got {v}"
+                )));
+            }
+            Ok(v as u32)
+        };
+    let interval = bounded("interval", c.interval, 5, 3600)?;
+    let timeout = bounded("timeout", c.timeout, interval.min(5), 3600)?;
+    if timeout > interval {
+        return Err(ValidationError::InvalidHealthCheck(format!(
+            "timeout ({timeout}) must not exceed interval ({interval})"
+        )));
+    }
+    Ok(HealthCheck {
+        protocol,
+        port,
+        request_path,
+        criteria: HealthCriteria {
+            interval,
+            timeout,
+            health_threshold: bounded("health-threshold", c.health_threshold, 2, 100)?,
+            unhealth_threshold: bounded("unhealth-threshold", c.unhealth_threshold, 2, 100)?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(v: serde_json::Value) -> Result<InstanceSpec, ValidationError> {
+        serde_json::from_value::<InstanceCreate>(v)
+            .map_err(|e| ValidationError::from_serde(&e))?
+            .validate()
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+               "backend": {"entities": ["127.0.0.1:9001"]}})
+    }
+
+    #[test]
+    fn seed_shape_is_accepted() {
+        let spec = create(json!({
+            "type": "instance", "name": "web", "project": "demo", "traffic_type": "http",
+            "subnet": "127.1.0.0/24",
+            "backend": {
+                "entities": ["127.0.0.1:9001", "127.0.0.2", "http://127.0.0.3:81/", {"address": "127.0.0.4:82", "weight": 3}],
+                "health-check": {"protocol": "HTTP", "port": 80, "request-path": "/",
+                    "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}},
+                "auto-scaling": true
+            }
+        }))
+        .unwrap();
+        assert_eq!(spec.port, 80);
+        let addrs: Vec<String> = spec
+            .backends
+            .iter()
+            .map(|m| m.address.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "127.0.0.1:9001",
+                "127.0.0.2:80",
+                "127.0.0.3:81",
+                "127.0.0.4:82"
+            ]
+        );
+        assert_eq!(spec.backends[3].weight, 3);
+        assert!(spec.auto_scaling);
+        assert_eq!(spec.subnet.unwrap().to_string(), "127.1.0.0/24");
+    }
+
+    #[test]
+    fn health_check_defaults() {
+        let hc = create(base()).unwrap().health_check;
+        assert_eq!(hc.protocol, HealthProtocol::Http);
+        assert_eq!((hc.criteria.interval, hc.criteria.timeout), (5, 5));
+        assert_eq!(
+            (hc.criteria.health_threshold, hc.criteria.unhealth_threshold),
+            (2, 2)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_fields() {
+        let cases = [
+            (json!({"port": 0}), "invalid_port"),
+            (json!({"port": 65536}), "invalid_port"),
+            (json!({"port": "80"}), "invalid_field"),
+            (json!({"name": "Web"}), "invalid_name"),
+            (json!({"traffic_type": "udp"}), "invalid_field"),
+            (json!({"subnet": "10.0.0.0/33"}), "invalid_subnet"),
+            (json!({"backend": {"entities": []}}), "invalid_backend"),
+            (
+                json!({"backend": {"entities": ["example.com:80"]}}),
+                "invalid_backend",
+            ),
+            (
+                json!({"backend": {"entities": ["127.0.0.1:99999"]}}),
+                "invalid_backend",
+            ),
+            (
+                json!({"backend": {"entities": ["127.0.0.1:80", "127.0.0.1:80"]}}),
+                "invalid_backend",
+            ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "healthcheck": {}}}),
+                "unknown_field",
+            ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"criteria": {"interval": 1, "timeout": 2}}}}),
+                "invalid_health_check",
+            ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"request-path": "x"}}}),
+                "invalid_health_check",
+            ),
+            (json!({"min_nodes": 0}), "invalid_auto_scaling"),
+            (json!({"colour": "red"}), "unknown_field"),
+        ];
+        for (patch, code) in cases {
+            let mut v = base();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            assert_eq!(create(v.clone()).unwrap_err().code(), code, "{v}");
+        }
+    }
+
+    #[test]
+    fn tcp_needs_a_port() {
+        let mut v = base();
+        v["traffic_type"] = json!("tcp");
+        v.as_object_mut().unwrap().remove("port");
+        assert_eq!(create(v).unwrap_err().code(), "missing_field");
+    }
+
+    #[test]
+    fn update_replaces_only_given_fields() {
+        let spec = create(base()).unwrap();
+        let upd: InstanceUpdate = serde_json::from_value(json!({
+            "project": "demo", "name": "web", "backend": {"entities": ["127.0.0.1:9002", "127.0.0.1:9003"]}
+        }))
+        .unwrap();
+        let next = upd.apply_to(&spec).unwrap();
+        assert_eq!(next.backends.len(), 2);
+        assert_eq!(next.port, 8080);
+        assert_eq!(next.health_check, spec.health_check);
+        let bad: InstanceUpdate =
+            serde_json::from_value(json!({"project": "demo", "name": "web", "port": 70000}))
+                .unwrap();
+        assert_eq!(bad.apply_to(&spec).unwrap_err().code(), "invalid_port");
+    }
+}

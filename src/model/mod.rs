@@ -1,0 +1,26 @@
+//! The domain model: the API's wire types, their validation, and the views the
+//! API returns. No I/O here, so the CLI and the TUI can share these types
+//! without pulling in the daemon.
+
+pub mod envelope;
+pub mod error;
+pub mod instance;
+pub mod names;
+pub mod node;
+pub mod project;
+pub mod status;
+
+pub use envelope::{
+    Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
+};
+pub use error::ValidationError;
+pub use instance::{
+    Algorithm, BackendEntity, BackendMember, HealthCheckSpec, HealthCriteria, HealthProtocol,
+    InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,
+    NodeInfo, TrafficType,
+};
+pub use node::{MemberStats, NodeConfig, NodeStats, NodeStatus};
+pub use project::{
+    ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef, ProjectSpec, ProjectUpdate,
+};
+pub use status::{OperatingStatus, ProvisioningStatus};

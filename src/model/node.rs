@@ -1,0 +1,65 @@
+//! The contract between the controller and an LB node's admin API:
+//! `PUT /config` takes a [`NodeConfig`], `GET /status` returns a [`NodeStatus`].
+//! Both need `Authorization: Bearer <node secret>`.
+
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::instance::HealthCheck;
+use crate::model::{Algorithm, BackendMember, TrafficType};
+
+/// Everything a node needs to serve an instance. Applying it is idempotent;
+/// a node reports the `version` it runs so the controller knows when to push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub version: u64,
+    pub traffic_type: TrafficType,
+    /// Where the node's listener binds (the node address and the instance port).
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendMember>,
+    pub health_check: HealthCheck,
+}
+
+/// A node's answer to `GET /status` (and to a successful `PUT /config`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeStatus {
+    pub node_id: String,
+    /// The version of the config in force; `None` before the first push.
+    pub config_version: Option<u64>,
+    /// The address the listener is bound to, once it is.
+    #[schemars(with = "Option<String>")]
+    pub listening: Option<SocketAddr>,
+    /// The last configuration error, if the last push failed.
+    pub error: Option<String>,
+    pub stats: NodeStats,
+}
+
+/// Counters since the node started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeStats {
+    /// HTTP requests answered (any status), or TCP connections proxied.
+    pub requests_total: u64,
+    pub active_connections: u64,
+    pub connections_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Requests or connections that no backend could take (answered 502 for HTTP).
+    pub backend_errors: u64,
+    pub members: Vec<MemberStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemberStats {
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    /// `up`, `draining` (weight 0).
+    pub state: String,
+    pub requests: u64,
+    pub failures: u64,
+    pub active: u64,
+}
