@@ -8,4 +8,18 @@ pub mod model;
 pub mod paths;
 
 #[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod daemon;
+#[cfg(feature = "server")]
 pub mod dataplane;
+#[cfg(feature = "server")]
+pub mod dns;
+#[cfg(feature = "server")]
+pub mod drivers;
+#[cfg(feature = "server")]
+pub mod reconcile;
+#[cfg(feature = "server")]
+pub mod store;

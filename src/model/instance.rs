@@ -314,8 +314,22 @@ pub struct InstanceInfo {
     #[serde(default)]
     pub status_reason: Option<String>,
     pub nodes: Vec<NodeInfo>,
+    /// The most recent events (newest first): node starts, exits, errors.
+    #[serde(default)]
+    pub events: Vec<EventInfo>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// One entry of the monitor log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventInfo {
+    /// Unix seconds.
+    pub ts: i64,
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub node_id: Option<i64>,
 }
 
 // === validation helpers ===

@@ -2,12 +2,14 @@
 //! API returns. No I/O here, so the CLI and the TUI can share these types
 //! without pulling in the daemon.
 
+pub mod allocator;
 pub mod envelope;
 pub mod error;
 pub mod instance;
 pub mod names;
 pub mod node;
 pub mod project;
+pub mod schemas;
 pub mod status;
 
 pub use envelope::{
@@ -15,9 +17,9 @@ pub use envelope::{
 };
 pub use error::ValidationError;
 pub use instance::{
-    Algorithm, BackendEntity, BackendMember, HealthCheckSpec, HealthCriteria, HealthProtocol,
-    InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,
-    NodeInfo, TrafficType,
+    Algorithm, BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria,
+    HealthProtocol, InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec,
+    InstanceUpdate, NodeInfo, TrafficType,
 };
 pub use node::{MemberStats, NodeConfig, NodeStats, NodeStatus};
 pub use project::{

@@ -1,0 +1,147 @@
+//! One error type for the API: each variant has an HTTP status and a stable
+//! `error.code`; the message is for humans.
+
+use axum::http::StatusCode;
+use thiserror::Error;
+
+use crate::drivers::network::NetworkError;
+use crate::model::{ProvisioningStatus, ValidationError};
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("no project named {0:?}")]
+    ProjectNotFound(String),
+    #[error("no instance named {name:?} in project {project:?}")]
+    InstanceNotFound { project: String, name: String },
+    #[error("a project named {0:?} already exists")]
+    ProjectExists(String),
+    #[error("an instance named {name:?} already exists in project {project:?}")]
+    InstanceExists { project: String, name: String },
+    #[error("project {name:?} still has {count} instance(s); delete them first or use force")]
+    ProjectNotEmpty { name: String, count: usize },
+    #[error("{what} is {status}; try again when the current change has finished")]
+    Pending { what: String, status: &'static str },
+    #[error("port {0} is reserved for the LB nodes' admin API")]
+    PortReserved(u16),
+    #[error("instance subnet {subnet} is not inside project subnet {project_subnet}")]
+    SubnetMismatch {
+        subnet: String,
+        project_subnet: String,
+    },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("state store unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("no such endpoint")]
+    NoRoute,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ValidationError as V;
+        match self {
+            Self::Invalid(
+                V::MalformedJson(_)
+                | V::InvalidEnvelope(_)
+                | V::UnknownAction(_)
+                | V::UnknownType(_)
+                | V::MissingField(_)
+                | V::UnknownField(_)
+                | V::InvalidField(_),
+            ) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) | Self::PortReserved(_) | Self::SubnetMismatch { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ProjectNotFound(_) | Self::InstanceNotFound { .. } | Self::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
+            Self::ProjectExists(_)
+            | Self::InstanceExists { .. }
+            | Self::ProjectNotEmpty { .. }
+            | Self::Pending { .. } => StatusCode::CONFLICT,
+            Self::Network(NetworkError::Overlap { .. }) => StatusCode::CONFLICT,
+            Self::Network(NetworkError::Unusable { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Network(NetworkError::PoolExhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Network(NetworkError::Setup(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Store(StoreError::Sqlite(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(v) => v.code(),
+            Self::Unauthorized => "unauthorized",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::ProjectNotFound(_) => "project_not_found",
+            Self::InstanceNotFound { .. } => "instance_not_found",
+            Self::ProjectExists(_) => "project_exists",
+            Self::InstanceExists { .. } => "instance_exists",
+            Self::ProjectNotEmpty { .. } => "project_not_empty",
+            Self::Pending { .. } => "object_pending",
+            Self::PortReserved(_) => "invalid_port",
+            Self::SubnetMismatch { .. } => "subnet_mismatch",
+            Self::Network(NetworkError::Overlap { .. }) => "subnet_overlap",
+            Self::Network(NetworkError::Unusable { .. }) => "invalid_subnet",
+            Self::Network(NetworkError::PoolExhausted { .. }) => "subnet_pool_exhausted",
+            Self::Network(NetworkError::Setup(_)) => "network_error",
+            Self::Store(StoreError::Sqlite(_)) => "store_unavailable",
+            Self::Store(_) => "internal",
+            Self::NoRoute => "not_found",
+        }
+    }
+
+    /// 409 when the object is being changed by the reconciler.
+    pub fn check_not_pending(
+        what: impl Into<String>,
+        status: ProvisioningStatus,
+    ) -> Result<(), ApiError> {
+        if status.is_pending() {
+            return Err(ApiError::Pending {
+                what: what.into(),
+                status: status.as_str(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses() {
+        let e = ApiError::from(ValidationError::UnknownField("x".into()));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_REQUEST, "unknown_field")
+        );
+        let e = ApiError::from(ValidationError::InvalidPort(0));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_port")
+        );
+        let e = ApiError::ProjectNotEmpty {
+            name: "d".into(),
+            count: 1,
+        };
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::CONFLICT, "project_not_empty")
+        );
+        assert_eq!(
+            ApiError::BodyTooLarge(1).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

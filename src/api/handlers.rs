@@ -1,0 +1,279 @@
+//! One function per request kind. Each runs in one store transaction: it
+//! either commits the whole change or leaves the store as it was.
+
+use rusqlite::Transaction;
+use serde_json::Value;
+
+use super::views::{instance_info, project_info};
+use super::{ApiError, AppState};
+use crate::drivers::network::NetworkError;
+use crate::model::allocator::{allocate_subnet, overlaps};
+use crate::model::envelope::ApiRequest;
+use crate::model::{
+    InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate, ProjectDelete,
+    ProjectRef, ProjectUpdate, ProvisioningStatus,
+};
+use crate::store::{self, EventSubject, ProjectRow};
+
+pub(super) fn handle(state: &AppState, req: ApiRequest) -> Result<Value, ApiError> {
+    let writes = !matches!(
+        req,
+        ApiRequest::ProjectInfo(_) | ApiRequest::InstanceInfo(_)
+    );
+    let info = state.store.transaction(|tx| match req {
+        ApiRequest::CreateProject(r) => create_project(state, tx, r),
+        ApiRequest::ProjectInfo(r) => project_info_or_list(state, tx, r),
+        ApiRequest::UpdateProject(r) => update_project(state, tx, r),
+        ApiRequest::DeleteProject(r) => delete_project(state, tx, r),
+        ApiRequest::CreateInstance(r) => create_instance(state, tx, r),
+        ApiRequest::InstanceInfo(r) => instance_info_or_list(state, tx, r),
+        ApiRequest::UpdateInstance(r) => update_instance(state, tx, r),
+        ApiRequest::DeleteInstance(r) => delete_instance(state, tx, r),
+    })?;
+    if writes {
+        state.wake.notify_one();
+    }
+    Ok(info)
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("API views always serialize")
+}
+
+fn project(tx: &Transaction<'_>, name: &str) -> Result<ProjectRow, ApiError> {
+    store::project_by_name(tx, name)?.ok_or_else(|| ApiError::ProjectNotFound(name.to_string()))
+}
+
+// === projects ===
+
+fn create_project(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: ProjectCreate,
+) -> Result<Value, ApiError> {
+    let spec = req.validate()?;
+    if store::project_by_name(tx, &spec.name)?.is_some() {
+        return Err(ApiError::ProjectExists(spec.name));
+    }
+    let others = store::list_projects(tx)?;
+    let subnet = match spec.subnet {
+        Some(subnet) => {
+            state.network.check_subnet(&subnet)?;
+            if let Some(other) = others.iter().find(|p| overlaps(&p.subnet, &subnet)) {
+                return Err(NetworkError::Overlap {
+                    subnet,
+                    project: other.name.clone(),
+                    other: other.subnet,
+                }
+                .into());
+            }
+            subnet
+        }
+        None => {
+            let (pool, prefix) = state.network.pool();
+            let mut taken: Vec<_> = others.iter().map(|p| p.subnet).collect();
+            taken.extend(state.network.reserved());
+            allocate_subnet(pool, prefix, &taken)
+                .ok_or(NetworkError::PoolExhausted { pool, prefix })?
+        }
+    };
+    let row = store::insert_project(tx, &spec.name, &spec.user, &subnet.to_string())?;
+    let subject = EventSubject {
+        project_id: Some(row.id),
+        ..Default::default()
+    };
+    store::add_event(
+        tx,
+        subject,
+        "project_created",
+        &format!("project {} created with subnet {subnet}", row.name),
+    )?;
+    Ok(to_value(project_info(tx, &row, &state.zone)?))
+}
+
+fn project_info_or_list(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: ProjectRef,
+) -> Result<Value, ApiError> {
+    match req.name {
+        Some(name) => Ok(to_value(project_info(
+            tx,
+            &project(tx, &name)?,
+            &state.zone,
+        )?)),
+        None => {
+            let list = store::list_projects(tx)?
+                .iter()
+                .map(|p| project_info(tx, p, &state.zone))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(to_value(list))
+        }
+    }
+}
+
+fn update_project(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: ProjectUpdate,
+) -> Result<Value, ApiError> {
+    req.validate()?;
+    let p = project(tx, &req.name)?;
+    ApiError::check_not_pending(format!("project {:?}", p.name), p.provisioning_status)?;
+    if let Some(user) = &req.user {
+        store::set_project_user(tx, p.id, user)?;
+    }
+    let p = project(tx, &req.name)?;
+    Ok(to_value(project_info(tx, &p, &state.zone)?))
+}
+
+fn delete_project(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: ProjectDelete,
+) -> Result<Value, ApiError> {
+    let p = project(tx, &req.name)?;
+    ApiError::check_not_pending(format!("project {:?}", p.name), p.provisioning_status)?;
+    let instances = store::list_instances(tx, p.id)?;
+    if !instances.is_empty() && !req.force {
+        return Err(ApiError::ProjectNotEmpty {
+            name: p.name,
+            count: instances.len(),
+        });
+    }
+    for i in &instances {
+        if i.provisioning_status != ProvisioningStatus::PendingDelete {
+            ApiError::check_not_pending(format!("instance {:?}", i.name), i.provisioning_status)?;
+            store::set_instance_provisioning(tx, i.id, ProvisioningStatus::PendingDelete, None)?;
+        }
+    }
+    store::set_project_status(tx, p.id, ProvisioningStatus::PendingDelete, None)?;
+    let p = project(tx, &req.name)?;
+    Ok(to_value(project_info(tx, &p, &state.zone)?))
+}
+
+// === instances ===
+
+fn create_instance(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: InstanceCreate,
+) -> Result<Value, ApiError> {
+    let spec = req.clone().validate()?;
+    let p = project(tx, &req.project)?;
+    if p.provisioning_status == ProvisioningStatus::PendingDelete {
+        return Err(ApiError::Pending {
+            what: format!("project {:?}", p.name),
+            status: p.provisioning_status.as_str(),
+        });
+    }
+    if spec.port == state.node_admin_port {
+        return Err(ApiError::PortReserved(spec.port));
+    }
+    if let Some(subnet) = spec.subnet {
+        if !p.subnet.contains(&subnet) {
+            return Err(ApiError::SubnetMismatch {
+                subnet: subnet.to_string(),
+                project_subnet: p.subnet.to_string(),
+            });
+        }
+    }
+    if store::instance_by_name(tx, p.id, &spec.name)?.is_some() {
+        return Err(ApiError::InstanceExists {
+            project: p.name,
+            name: spec.name,
+        });
+    }
+    let row = store::insert_instance(tx, p.id, &spec)?;
+    let subject = EventSubject {
+        project_id: Some(p.id),
+        instance_id: Some(row.id),
+        node_id: None,
+    };
+    store::add_event(
+        tx,
+        subject,
+        "instance_created",
+        &format!("instance {}.{} requested", row.name, p.name),
+    )?;
+    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+}
+
+fn instance_info_or_list(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: InstanceRef,
+) -> Result<Value, ApiError> {
+    let p = project(tx, &req.project)?;
+    match req.name {
+        Some(name) => {
+            let row = store::instance_by_name(tx, p.id, &name)?.ok_or_else(|| {
+                ApiError::InstanceNotFound {
+                    project: p.name.clone(),
+                    name,
+                }
+            })?;
+            Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+        }
+        None => {
+            let list = store::list_instances(tx, p.id)?
+                .iter()
+                .map(|i| instance_info(tx, i, &p, &state.zone))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(to_value(list))
+        }
+    }
+}
+
+fn update_instance(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: InstanceUpdate,
+) -> Result<Value, ApiError> {
+    let p = project(tx, &req.project)?;
+    let row = store::instance_by_name(tx, p.id, &req.name)?.ok_or_else(|| {
+        ApiError::InstanceNotFound {
+            project: p.name.clone(),
+            name: req.name.clone(),
+        }
+    })?;
+    ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
+    let next = req.apply_to(&row.spec)?;
+    if next.port == state.node_admin_port {
+        return Err(ApiError::PortReserved(next.port));
+    }
+    if next != row.spec {
+        store::update_instance_spec(tx, row.id, &next)?;
+        let subject = EventSubject {
+            project_id: Some(p.id),
+            instance_id: Some(row.id),
+            node_id: None,
+        };
+        store::add_event(
+            tx,
+            subject,
+            "instance_updated",
+            &format!("instance {}.{} update requested", row.name, p.name),
+        )?;
+    }
+    let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
+    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+}
+
+fn delete_instance(
+    state: &AppState,
+    tx: &Transaction<'_>,
+    req: InstanceDelete,
+) -> Result<Value, ApiError> {
+    let p = project(tx, &req.project)?;
+    let row = store::instance_by_name(tx, p.id, &req.name)?.ok_or_else(|| {
+        ApiError::InstanceNotFound {
+            project: p.name.clone(),
+            name: req.name.clone(),
+        }
+    })?;
+    ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
+    store::set_instance_provisioning(tx, row.id, ProvisioningStatus::PendingDelete, None)?;
+    let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
+    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+}

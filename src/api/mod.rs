@@ -1,0 +1,130 @@
+//! The HTTP API (axum): `/api` takes the action envelope by GET (with a JSON
+//! body, as the seed says) or POST; `/healthz` says the daemon serves.
+//! Handlers validate, write desired state in one transaction, wake the
+//! reconciler and answer; they never talk to a driver.
+
+mod error;
+mod handlers;
+mod views;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::Notify;
+
+pub use error::ApiError;
+
+use crate::drivers::network::NetworkDriver;
+use crate::model::envelope::{ApiRequest, EnvelopeHeader};
+use crate::model::{ResponseEnvelope, ResponseStatus};
+use crate::store::Store;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Wakes the reconciler after a write.
+    pub wake: Arc<Notify>,
+    /// Only consulted for subnet rules and the pool; never to change anything.
+    pub network: Arc<dyn NetworkDriver>,
+    pub zone: String,
+    pub node_admin_port: u16,
+    pub token: Arc<str>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api", get(api).post(api))
+        .fallback(|| async { envelope(&EnvelopeHeader::default(), Err(ApiError::NoRoute)) })
+        .with_state(state)
+}
+
+async fn api(State(state): State<AppState>, request: Request) -> Response {
+    if !authorized(&request, &state.token) {
+        return envelope(&EnvelopeHeader::default(), Err(ApiError::Unauthorized));
+    }
+    let body = match read_body(request.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return envelope(&EnvelopeHeader::default(), Err(e)),
+    };
+    let (header, parsed) = ApiRequest::parse(&body);
+    let result = match parsed {
+        Ok(req) => handlers::handle(&state, req),
+        Err(e) => Err(e.into()),
+    };
+    envelope(&header, result)
+}
+
+fn authorized(request: &Request, token: &str) -> bool {
+    let Some(value) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge(MAX_BODY)),
+        Err(e) => Err(crate::model::ValidationError::InvalidEnvelope(format!(
+            "cannot read body: {e}"
+        ))
+        .into()),
+    }
+}
+
+fn envelope(header: &EnvelopeHeader, result: Result<serde_json::Value, ApiError>) -> Response {
+    let (status, body) = match result {
+        Ok(info) => (
+            StatusCode::OK,
+            ResponseEnvelope {
+                status: ResponseStatus::Successful,
+                action: header.action.clone(),
+                object_type: header.object_type.clone(),
+                info: Some(info),
+                error: None,
+            },
+        ),
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::error!("api: {e}");
+            }
+            (
+                e.status(),
+                ResponseEnvelope {
+                    status: ResponseStatus::Fail,
+                    action: header.action.clone(),
+                    object_type: header.object_type.clone(),
+                    info: None,
+                    error: Some(crate::model::ErrorBody {
+                        code: e.code().to_string(),
+                        message: e.to_string(),
+                    }),
+                },
+            )
+        }
+    };
+    (status, Json(body)).into_response()
+}

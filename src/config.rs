@@ -1,0 +1,102 @@
+//! `lbd`'s settings: every flag has an environment variable, and the defaults
+//! start the embedded setup (process nodes on loopback addresses).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use ipnet::Ipv4Net;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ComputeKind {
+    /// Each LB node is a local `lb-node` process.
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkKind {
+    /// Each project a slice of 127.0.0.0/8; no privileges needed.
+    Loopback,
+}
+
+/// lbd: the lbaas controller daemon.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "lbd", version, about)]
+pub struct DaemonConfig {
+    /// Address of the HTTP API (`/api`, `/healthz`).
+    #[arg(long, env = "LBAAS_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the database, the admin token and node files live
+    /// [default: $XDG_STATE_HOME/lbaas or ~/.local/state/lbaas].
+    #[arg(long, env = "LBAAS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the authoritative DNS server (UDP and TCP, same port).
+    #[arg(long, env = "LBAAS_DNS_LISTEN", default_value = "127.0.0.1:5353")]
+    pub dns_listen: SocketAddr,
+    /// The DNS zone instances live in: `<instance>.<project>.<zone>`.
+    #[arg(long, env = "LBAAS_ZONE", default_value = "lbaas.internal")]
+    pub zone: String,
+    /// TTL of instance A records, in seconds; short so a change reaches clients quickly.
+    #[arg(long, env = "LBAAS_DNS_TTL", default_value_t = 5)]
+    pub dns_ttl: u32,
+    #[arg(long, env = "LBAAS_COMPUTE", value_enum, default_value = "process")]
+    pub compute: ComputeKind,
+    #[arg(long, env = "LBAAS_NETWORK", value_enum, default_value = "loopback")]
+    pub network: NetworkKind,
+    /// Pool that project subnets are allocated from.
+    #[arg(long, env = "LBAAS_SUBNET_POOL", default_value = "127.0.0.0/8")]
+    pub subnet_pool: Ipv4Net,
+    /// Prefix length of an allocated project subnet.
+    #[arg(long, env = "LBAAS_SUBNET_PREFIX", default_value_t = 16)]
+    pub subnet_prefix: u8,
+    /// Port of every LB node's admin API (on the node's own address).
+    #[arg(long, env = "LBAAS_NODE_ADMIN_PORT", default_value_t = 9901)]
+    pub node_admin_port: u16,
+    /// The `lb-node` executable [default: next to `lbd`].
+    #[arg(long, env = "LBAAS_NODE_BINARY")]
+    pub node_binary: Option<PathBuf>,
+}
+
+impl DaemonConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(crate::paths::default_state_dir)
+    }
+}
+
+/// Checks the zone: dot-separated DNS labels.
+pub fn validate_zone(zone: &str) -> Result<(), String> {
+    let zone = zone.trim_end_matches('.');
+    if zone.is_empty() || zone.len() > 200 {
+        return Err(format!("zone {zone:?} must be 1 to 200 characters"));
+    }
+    for label in zone.split('.') {
+        crate::model::names::validate_name(label).map_err(|e| format!("zone {zone:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let c = DaemonConfig::try_parse_from(["lbd"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.dns_listen.to_string(), "127.0.0.1:5353");
+        assert_eq!(c.zone, "lbaas.internal");
+        assert_eq!(c.compute, ComputeKind::Process);
+        assert_eq!(c.network, NetworkKind::Loopback);
+    }
+
+    #[test]
+    fn zones() {
+        validate_zone("lbaas.internal").unwrap();
+        validate_zone("lbaas.internal.").unwrap();
+        assert!(validate_zone("Bad_Zone").is_err());
+        assert!(validate_zone("").is_err());
+        assert!(validate_zone("a..b").is_err());
+    }
+}

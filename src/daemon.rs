@@ -1,0 +1,164 @@
+//! Wires lbd together: state dir and token, store, drivers, DNS server, API,
+//! reconciler; then serves until told to stop.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Notify};
+
+use crate::api::{self, AppState};
+use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
+use crate::dns::EmbeddedDns;
+use crate::drivers::compute::process::ProcessCompute;
+use crate::drivers::compute::ComputeDriver;
+use crate::drivers::network::loopback::LoopbackNetwork;
+use crate::drivers::network::NetworkDriver;
+use crate::paths::ADMIN_TOKEN_FILE;
+use crate::reconcile::{ReconcileSettings, Reconciler};
+use crate::store::Store;
+
+/// Runs lbd until `shutdown` resolves. Prints `lbd ready api=<addr> dns=<addr>`
+/// on stdout once both listeners are bound (the readiness signal for scripts).
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    validate_zone(&config.zone).map_err(anyhow::Error::msg)?;
+    let state_dir = config.state_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let token = ensure_admin_token(&state_dir)?;
+    let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
+
+    let network: Arc<dyn NetworkDriver> = match config.network {
+        NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(
+            config.subnet_pool,
+            config.subnet_prefix,
+        )?),
+    };
+    let compute: Arc<dyn ComputeDriver> = match config.compute {
+        ComputeKind::Process => {
+            let binary = match &config.node_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?.with_file_name("lb-node"),
+            };
+            anyhow::ensure!(
+                binary.exists(),
+                "lb-node binary not found at {} (set --node-binary)",
+                binary.display()
+            );
+            Arc::new(ProcessCompute::new(binary, state_dir.join("nodes"))?)
+        }
+    };
+    let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
+    let (udp, tcp) = bind_dns(config.dns_listen).await?;
+    let dns_addr = udp.local_addr()?;
+    let api_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.listen))?;
+    let api_addr = api_listener.local_addr()?;
+
+    let wake = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let settings = ReconcileSettings {
+        node_admin_port: config.node_admin_port,
+        ..Default::default()
+    };
+    let reconciler = Arc::new(Reconciler::new(
+        store.clone(),
+        compute,
+        network.clone(),
+        dns.clone(),
+        settings,
+    ));
+    let reconcile_task = tokio::spawn(reconciler.run(wake.clone(), stop_rx.clone()));
+
+    let dns_task = {
+        let dns = dns.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            dns.serve(udp, tcp, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+
+    let state = AppState {
+        store,
+        wake,
+        network,
+        zone: config.zone.trim_end_matches('.').to_string(),
+        node_admin_port: config.node_admin_port,
+        token: token.into(),
+    };
+    let app = api::router(state);
+    println!("lbd ready api={api_addr} dns={dns_addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(
+        "serving the API on {api_addr}, DNS zone {} on {dns_addr}",
+        config.zone
+    );
+
+    let mut api_stop = stop_rx.clone();
+    let server = axum::serve(api_listener, app).with_graceful_shutdown(async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    });
+    let server_task = tokio::spawn(async move { server.await });
+    shutdown.await;
+    tracing::info!("shutting down; LB nodes keep serving and are adopted on the next start");
+    let _ = stop_tx.send(true);
+    server_task.await??;
+    reconcile_task.await?;
+    dns_task.await??;
+    Ok(())
+}
+
+/// Reads the admin token, writing a new one (mode 0600) on first start.
+fn ensure_admin_token(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    match fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty; remove it to get a new token", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let bytes: [u8; 32] = rand::rng().random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(token)
+}
+
+/// Binds UDP and TCP on the same port. With port 0 the kernel picks the UDP
+/// port, which may be taken for TCP, so a few ports are tried.
+async fn bind_dns(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding DNS (UDP) on {addr}"))?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last_err = Some(e),
+            Err(e) => return Err(e).with_context(|| format!("binding DNS (TCP) on {bound}")),
+        }
+    }
+    Err(last_err.expect("loop ran")).context("binding DNS on a free port")
+}

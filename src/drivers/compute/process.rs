@@ -1,0 +1,223 @@
+//! The embedded default compute driver: each LB node is an `lb-node` child
+//! process. Nodes run in their own process group and outlive `lbd`: a pid file
+//! per node lets a restarted `lbd` adopt them instead of interrupting traffic.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+
+pub struct ProcessCompute {
+    binary: PathBuf,
+    dir: PathBuf,
+    /// Exit reasons of children this lbd started and reaped, by node id.
+    exited: Arc<Mutex<HashMap<i64, String>>>,
+}
+
+impl ProcessCompute {
+    /// `binary` is the `lb-node` executable; `dir` holds pid and log files.
+    pub fn new(binary: PathBuf, dir: PathBuf) -> Result<Self, ComputeError> {
+        fs::create_dir_all(&dir)?;
+        Ok(ProcessCompute {
+            binary,
+            dir,
+            exited: Arc::default(),
+        })
+    }
+
+    fn pid_file(&self, node_id: i64) -> PathBuf {
+        self.dir.join(format!("node-{node_id}.pid"))
+    }
+
+    fn log_file(&self, node_id: i64) -> PathBuf {
+        self.dir.join(format!("node-{node_id}.log"))
+    }
+
+    /// The pid of the live `lb-node` for this node, checked against
+    /// /proc/<pid>/cmdline so a recycled pid is never mistaken for ours.
+    fn live_pid(&self, node_id: i64) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.pid_file(node_id))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        is_our_node(pid, node_id).then_some(pid)
+    }
+}
+
+fn is_our_node(pid: u32, node_id: i64) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    // A zombie has an empty cmdline: it is not running.
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let id = node_id.to_string();
+    args.first().is_some_and(|a| a.ends_with(b"lb-node"))
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--node-id" && w[1] == id.as_bytes())
+}
+
+/// Sends `signal` to `pid`.
+#[allow(unsafe_code)]
+fn send_signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid was checked to
+    // be one of our nodes just before.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl ComputeDriver for ProcessCompute {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn ensure_node(&self, spec: &NodeSpec) -> Result<NodeObservation, ComputeError> {
+        if let Some(pid) = self.live_pid(spec.node_id) {
+            return Ok(NodeObservation::Running { pid });
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(spec.node_id))?;
+        let mut child = Command::new(&self.binary)
+            .arg("--node-id")
+            .arg(spec.node_id.to_string())
+            .arg("--admin-listen")
+            .arg(spec.admin_addr.to_string())
+            .env("LB_NODE_SECRET", &spec.secret)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C to lbd's terminal must not take the data plane down.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| ComputeError::Start {
+                node_id: spec.node_id,
+                reason: format!("{}: {e}", self.binary.display()),
+            })?;
+        let pid = child.id();
+        fs::write(self.pid_file(spec.node_id), format!("{pid}\n"))?;
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&spec.node_id);
+        // Reap the child when it exits, so it does not linger as a zombie, and
+        // remember how it ended for the event log.
+        let exited = self.exited.clone();
+        let node_id = spec.node_id;
+        std::thread::Builder::new()
+            .name(format!("reap-node-{node_id}"))
+            .spawn(move || {
+                let reason = match child.wait() {
+                    Ok(status) => match (status.code(), status.signal()) {
+                        (Some(code), _) => format!("exited with code {code}"),
+                        (_, Some(sig)) => format!("killed by signal {sig}"),
+                        _ => "exited".to_string(),
+                    },
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                exited
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node_id, reason);
+            })?;
+        Ok(NodeObservation::Running { pid })
+    }
+
+    fn observe_node(&self, node_id: i64) -> NodeObservation {
+        if let Some(reason) = self
+            .exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+        {
+            return NodeObservation::Exited {
+                reason: reason.clone(),
+            };
+        }
+        match self.live_pid(node_id) {
+            Some(pid) => NodeObservation::Running { pid },
+            None if self.pid_file(node_id).exists() => NodeObservation::Exited {
+                reason: "the process is gone".into(),
+            },
+            None => NodeObservation::Absent,
+        }
+    }
+
+    fn destroy_node(&self, node_id: i64) -> Result<(), ComputeError> {
+        if let Some(pid) = self.live_pid(node_id) {
+            let stop = |sig| {
+                send_signal(pid, sig).map_err(|e| ComputeError::Stop {
+                    node_id,
+                    reason: e.to_string(),
+                })
+            };
+            stop(libc::SIGTERM)?;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while is_our_node(pid, node_id) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_our_node(pid, node_id) {
+                stop(libc::SIGKILL)?;
+            }
+        }
+        remove_if_exists(&self.pid_file(node_id))?;
+        remove_if_exists(&self.log_file(node_id))?;
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node_id);
+        Ok(())
+    }
+
+    fn list_nodes(&self) -> Vec<i64> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<i64> = entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("node-")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn log_tail(&self, node_id: i64) -> String {
+        tail(&self.log_file(node_id), 2048)
+    }
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The last `max` bytes of a file, as text.
+fn tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}

@@ -1,0 +1,143 @@
+//! The controller's client for an LB node's admin API (see `model::node`):
+//! push a config, read the status. Every call has a deadline.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::model::{NodeConfig, NodeStatus};
+
+#[derive(Debug, Error)]
+pub enum NodeAdminError {
+    #[error("node admin API at {addr} is unreachable: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("node admin API at {addr} did not answer within {secs}s")]
+    Timeout { addr: SocketAddr, secs: u64 },
+    #[error("node at {addr} refused the request ({status}): {message}")]
+    Refused {
+        addr: SocketAddr,
+        status: u16,
+        message: String,
+    },
+    #[error("node at {addr} sent an unreadable answer: {reason}")]
+    BadAnswer { addr: SocketAddr, reason: String },
+}
+
+#[derive(Clone)]
+pub struct NodeAdminClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl NodeAdminClient {
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(2)
+            .build(connector);
+        NodeAdminClient { http, timeout }
+    }
+
+    pub async fn status(
+        &self,
+        addr: SocketAddr,
+        secret: &str,
+    ) -> Result<NodeStatus, NodeAdminError> {
+        self.call(addr, secret, http::Method::GET, "/status", Bytes::new())
+            .await
+    }
+
+    pub async fn put_config(
+        &self,
+        addr: SocketAddr,
+        secret: &str,
+        config: &NodeConfig,
+    ) -> Result<NodeStatus, NodeAdminError> {
+        let body = serde_json::to_vec(config).expect("a NodeConfig always serializes");
+        self.call(addr, secret, http::Method::PUT, "/config", body.into())
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        secret: &str,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, NodeAdminError> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {secret}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| NodeAdminError::BadAnswer {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| NodeAdminError::Unreachable {
+                    addr,
+                    reason: error_chain(&e),
+                })?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| NodeAdminError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            Ok::<_, NodeAdminError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| NodeAdminError::Timeout {
+                addr,
+                secs: self.timeout.as_secs(),
+            })??;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(NodeAdminError::Refused {
+                addr,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| NodeAdminError::BadAnswer {
+            addr,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// hyper's errors hide the cause (e.g. "connection refused") in the source chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,371 @@
+//! Instance steps, in the order of the create flow: node rows (addresses),
+//! node processes, node config, DNS, status. Each step looks before it acts,
+//! so a pass after a crash redoes only what is missing.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::Reconciler;
+use crate::dns::instance_label;
+use crate::drivers::compute::{NodeObservation, NodeSpec};
+use crate::model::allocator::allocate_node_address;
+use crate::model::{NodeConfig, OperatingStatus, ProvisioningStatus};
+use crate::store::{self, EventSubject, InstanceRow, NodeRow, StoreError};
+
+impl Reconciler {
+    pub(super) async fn reconcile_instance(&self, inst: InstanceRow) {
+        if inst.provisioning_status == ProvisioningStatus::PendingDelete {
+            return self.delete_instance(&inst).await;
+        }
+        if !self.due(&inst) {
+            return;
+        }
+        let subject = EventSubject {
+            project_id: Some(inst.project_id),
+            instance_id: Some(inst.id),
+            node_id: None,
+        };
+        let nodes = match self.ensure_node_rows(&inst) {
+            Ok(nodes) => nodes,
+            Err(reason) => return self.record_failure(&inst, subject, reason, 0),
+        };
+        let mut serving = Vec::new();
+        let mut errors = Vec::new();
+        for node in &nodes {
+            match self.ensure_node_serving(&inst, node).await {
+                Ok(()) => serving.push(node.address),
+                Err(reason) => {
+                    errors.push(format!("node {} ({}): {reason}", node.id, node.address))
+                }
+            }
+        }
+        let v4: Vec<Ipv4Addr> = serving
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        // Only serving nodes are in DNS; with none serving the old records stay,
+        // since pointing clients nowhere is no better than a stale address.
+        if !v4.is_empty() {
+            if let Err(e) = self
+                .dns
+                .set_a_records(&instance_label(&inst.name, &inst.project_name), &v4)
+                .await
+            {
+                errors.push(format!("DNS: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            self.record_success(&inst, subject);
+        } else {
+            self.record_failure(&inst, subject, errors.join("; "), serving.len());
+        }
+    }
+
+    /// Errored instances are retried on a slow cadence instead of every pass.
+    fn due(&self, inst: &InstanceRow) -> bool {
+        if inst.provisioning_status != ProvisioningStatus::Error {
+            return true;
+        }
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures
+            .get(&inst.id)
+            .is_none_or(|(_, last)| last.elapsed() >= self.settings.error_retry)
+    }
+
+    /// Makes the node rows match `min_nodes`: allocates addresses for missing
+    /// nodes; extra nodes (after a scale-down) leave DNS and are stopped.
+    fn ensure_node_rows(&self, inst: &InstanceRow) -> Result<Vec<NodeRow>, String> {
+        let project = self
+            .store
+            .read(|c| store::project_by_id(c, inst.project_id))
+            .map_err(|e| e.to_string())?
+            .ok_or("the project is gone")?;
+        let subnet = inst.spec.subnet.unwrap_or(project.subnet);
+        self.store
+            .transaction(|tx| {
+                let mut nodes = store::list_nodes(tx, inst.id)?;
+                let taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
+                    .iter()
+                    .filter_map(|n| match n.address {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                let mut taken = taken;
+                while nodes.len() < inst.spec.min_nodes as usize {
+                    let Some(addr) = allocate_node_address(&subnet, &taken) else {
+                        return Err(StoreError::Corrupt(format!(
+                            "subnet {subnet} has no free address for another node"
+                        )));
+                    };
+                    taken.insert(addr);
+                    let secret = new_secret();
+                    nodes.push(store::insert_node(tx, inst.id, &addr.to_string(), &secret)?);
+                }
+                Ok(nodes)
+            })
+            .map_err(|e: StoreError| e.to_string())
+            .and_then(|mut nodes| {
+                // Scale-down: the newest nodes go first.
+                while nodes.len() > inst.spec.min_nodes as usize {
+                    let extra = nodes.pop().expect("len > min_nodes >= 1");
+                    self.store
+                        .read(|c| store::delete_node(c, extra.id))
+                        .map_err(|e| e.to_string())?;
+                    let compute = self.compute.clone();
+                    std::thread::spawn(move || compute.destroy_node(extra.id));
+                }
+                Ok(nodes)
+            })
+    }
+
+    /// Starts the node if it is not running, waits for its admin API, and
+    /// pushes the instance's config unless the node already runs it.
+    async fn ensure_node_serving(&self, inst: &InstanceRow, node: &NodeRow) -> Result<(), String> {
+        let admin = SocketAddr::new(node.address, self.settings.node_admin_port);
+        let subject = EventSubject {
+            project_id: Some(inst.project_id),
+            instance_id: Some(inst.id),
+            node_id: Some(node.id),
+        };
+        let observed = self.compute.observe_node(node.id);
+        let pid = match observed {
+            NodeObservation::Running { pid } => pid,
+            other => {
+                if let NodeObservation::Exited { reason } = &other {
+                    if node.state == "running" {
+                        self.event(
+                            subject,
+                            "node_exited",
+                            &format!(
+                                "node {} at {} {reason}; restarting it",
+                                node.id, node.address
+                            ),
+                        );
+                    }
+                }
+                self.set_node(node, "starting", None, OperatingStatus::Offline);
+                let spec = NodeSpec {
+                    node_id: node.id,
+                    admin_addr: admin,
+                    secret: node.secret.clone(),
+                };
+                let compute = self.compute.clone();
+                match tokio::task::spawn_blocking(move || compute.ensure_node(&spec)).await {
+                    Ok(Ok(NodeObservation::Running { pid })) => pid,
+                    Ok(Ok(other)) => return Err(format!("node did not start: {other:?}")),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(e) => return Err(format!("start task failed: {e}")),
+                }
+            }
+        };
+        let status = match self.wait_ready(node, admin).await {
+            Ok(status) => status,
+            Err(reason) => {
+                self.set_node(node, "unresponsive", Some(pid), OperatingStatus::Offline);
+                return Err(reason);
+            }
+        };
+        if status.config_version != Some(inst.generation) {
+            let config = NodeConfig {
+                version: inst.generation,
+                traffic_type: inst.spec.traffic_type,
+                listen: SocketAddr::new(node.address, inst.spec.port),
+                algorithm: inst.spec.algorithm,
+                backends: inst.spec.backends.clone(),
+                health_check: inst.spec.health_check.clone(),
+            };
+            if let Err(e) = self.nodes.put_config(admin, &node.secret, &config).await {
+                self.set_node(node, "running", Some(pid), OperatingStatus::Offline);
+                return Err(e.to_string());
+            }
+        }
+        if node.state != "running" {
+            self.event(
+                subject,
+                "node_ready",
+                &format!(
+                    "node {} serving at {}:{} (pid {pid})",
+                    node.id, node.address, inst.spec.port
+                ),
+            );
+        }
+        self.set_node(node, "running", Some(pid), OperatingStatus::Online);
+        Ok(())
+    }
+
+    /// Polls the admin API until it answers, the process dies, or the deadline passes.
+    async fn wait_ready(
+        &self,
+        node: &NodeRow,
+        admin: SocketAddr,
+    ) -> Result<crate::model::NodeStatus, String> {
+        let deadline = Instant::now() + self.settings.node_ready_timeout;
+        loop {
+            let last_error = match self.nodes.status(admin, &node.secret).await {
+                Ok(status) => return Ok(status),
+                Err(e) => e.to_string(),
+            };
+            if let NodeObservation::Exited { reason } = self.compute.observe_node(node.id) {
+                return Err(format!("{reason}; log: {}", self.compute.log_tail(node.id)));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready after {}s: {last_error}",
+                    self.settings.node_ready_timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn delete_instance(&self, inst: &InstanceRow) {
+        let subject = EventSubject {
+            project_id: Some(inst.project_id),
+            instance_id: Some(inst.id),
+            node_id: None,
+        };
+        // DNS first, so no client is sent to a node that is going away.
+        if let Err(e) = self
+            .dns
+            .set_a_records(&instance_label(&inst.name, &inst.project_name), &[])
+            .await
+        {
+            return tracing::warn!("instance {}: {e}", inst.name);
+        }
+        let nodes = match self.store.read(|c| store::list_nodes(c, inst.id)) {
+            Ok(nodes) => nodes,
+            Err(e) => return tracing::warn!("instance {}: {e}", inst.name),
+        };
+        for node in nodes {
+            let compute = self.compute.clone();
+            match tokio::task::spawn_blocking(move || compute.destroy_node(node.id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return tracing::warn!("instance {}: {e}", inst.name),
+                Err(e) => return tracing::error!("instance {}: {e}", inst.name),
+            }
+        }
+        match self
+            .store
+            .transaction(|tx| store::delete_instance(tx, inst.id))
+        {
+            Ok(()) => self.event(
+                subject,
+                "instance_deleted",
+                &format!("instance {}.{} deleted", inst.name, inst.project_name),
+            ),
+            Err::<(), StoreError>(e) => tracing::warn!("instance {}: {e}", inst.name),
+        }
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.id);
+    }
+
+    fn record_success(&self, inst: &InstanceRow, subject: EventSubject) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.id);
+        let result = self.store.read(|c| {
+            if inst.provisioning_status != ProvisioningStatus::Active {
+                store::set_instance_provisioning(c, inst.id, ProvisioningStatus::Active, None)?;
+            }
+            store::set_instance_operating(c, inst.id, OperatingStatus::Online, None)
+        });
+        if let Err(e) = result {
+            return tracing::warn!("instance {}: {e}", inst.name);
+        }
+        let what = match inst.provisioning_status {
+            ProvisioningStatus::PendingCreate => "created",
+            ProvisioningStatus::PendingUpdate => "updated",
+            ProvisioningStatus::Error => "recovered",
+            _ => return,
+        };
+        self.event(
+            subject,
+            "instance_active",
+            &format!(
+                "instance {}.{} {what}: ACTIVE",
+                inst.name, inst.project_name
+            ),
+        );
+    }
+
+    fn record_failure(
+        &self,
+        inst: &InstanceRow,
+        subject: EventSubject,
+        reason: String,
+        serving: usize,
+    ) {
+        let attempts = {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = failures.entry(inst.id).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            entry.1 = Instant::now();
+            entry.0
+        };
+        let operating = if serving > 0 {
+            OperatingStatus::Degraded
+        } else {
+            OperatingStatus::Offline
+        };
+        let give_up = inst.provisioning_status.is_pending()
+            && attempts >= self.settings.attempts_before_error;
+        let result = self.store.read(|c| {
+            if give_up {
+                store::set_instance_provisioning(
+                    c,
+                    inst.id,
+                    ProvisioningStatus::Error,
+                    Some(&reason),
+                )?;
+            }
+            store::set_instance_operating(c, inst.id, operating, Some(&reason))
+        });
+        if let Err(e) = result {
+            tracing::warn!("instance {}: {e}", inst.name);
+        }
+        if give_up {
+            self.event(
+                subject,
+                "instance_error",
+                &format!(
+                    "instance {}.{} failed after {attempts} attempts: {reason}",
+                    inst.name, inst.project_name
+                ),
+            );
+        } else {
+            tracing::warn!(
+                "instance {}.{} (attempt {attempts}): {reason}",
+                inst.name,
+                inst.project_name
+            );
+        }
+    }
+
+    fn set_node(&self, node: &NodeRow, state: &str, pid: Option<u32>, status: OperatingStatus) {
+        if node.state == state && node.pid == pid && node.operating_status == status {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .read(|c| store::set_node_observed(c, node.id, state, pid, status))
+        {
+            tracing::warn!("node {}: {e}", node.id);
+        }
+    }
+}
+
+/// A per-node admin secret: 128 random bits, hex.
+fn new_secret() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

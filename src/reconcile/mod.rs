@@ -1,0 +1,177 @@
+//! The reconciler: closes the gap between the desired state in SQLite and the
+//! actual state (node processes, project networks, DNS records).
+//!
+//! It takes no input: each pass reads the store, observes the drivers and
+//! applies idempotent steps, so the same code serves start-up after a crash,
+//! an API change (the handlers only write the store and wake it) and a node
+//! that died. It runs on a timer and whenever woken; wake-ups coalesce.
+
+mod instance;
+mod project;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::dns::{instance_label, DnsDriver};
+use crate::drivers::compute::ComputeDriver;
+use crate::drivers::network::NetworkDriver;
+use crate::drivers::node_admin::NodeAdminClient;
+use crate::store::{self, EventSubject, Store};
+
+/// Knobs of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    /// Port of every node's admin API, on the node's address.
+    pub node_admin_port: u16,
+    /// How long a started node may take to answer its admin API.
+    pub node_ready_timeout: Duration,
+    /// Failed passes before a `PENDING_*` instance goes to `ERROR`.
+    pub attempts_before_error: u32,
+    /// How often an `ERROR` instance is tried again.
+    pub error_retry: Duration,
+    /// Time between passes when nothing wakes the reconciler.
+    pub period: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            node_admin_port: 9901,
+            node_ready_timeout: Duration::from_secs(10),
+            attempts_before_error: 3,
+            error_retry: Duration::from_secs(30),
+            period: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Reconciler {
+    store: Store,
+    compute: Arc<dyn ComputeDriver>,
+    network: Arc<dyn NetworkDriver>,
+    dns: Arc<dyn DnsDriver>,
+    nodes: NodeAdminClient,
+    settings: ReconcileSettings,
+    /// Consecutive failed passes per instance, and when an errored one may be retried.
+    failures: Mutex<HashMap<i64, (u32, Instant)>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        compute: Arc<dyn ComputeDriver>,
+        network: Arc<dyn NetworkDriver>,
+        dns: Arc<dyn DnsDriver>,
+        settings: ReconcileSettings,
+    ) -> Self {
+        let nodes = NodeAdminClient::new(Duration::from_secs(5));
+        Reconciler {
+            store,
+            compute,
+            network,
+            dns,
+            nodes,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Runs passes until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!("reconcile pass failed: {e}");
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.period) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// One pass over everything: projects, then instances (concurrently), then
+    /// project deletions and orphans.
+    pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), store::StoreError> {
+        let projects = self.store.read(store::list_projects)?;
+        for p in &projects {
+            self.ensure_project(p).await;
+        }
+        let instances = self.store.read(store::all_instances)?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for inst in instances {
+            let this = self.clone();
+            tasks.spawn(async move { this.reconcile_instance(inst).await });
+        }
+        while let Some(res) = tasks.join_next().await {
+            if let Err(e) = res {
+                tracing::error!("instance reconcile task panicked: {e}");
+            }
+        }
+        for p in &projects {
+            self.finish_project_delete(p).await;
+        }
+        self.remove_orphans().await
+    }
+
+    /// Resources with no row are removed: node processes whose node row is
+    /// gone (e.g. lbd died between deleting the row and stopping the node),
+    /// and DNS names of no instance.
+    async fn remove_orphans(&self) -> Result<(), store::StoreError> {
+        let known: HashSet<i64> = self
+            .store
+            .read(store::all_nodes)?
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        for node_id in self.compute.list_nodes() {
+            if !known.contains(&node_id) {
+                let compute = self.compute.clone();
+                let res = tokio::task::spawn_blocking(move || compute.destroy_node(node_id)).await;
+                match res {
+                    Ok(Ok(())) => self.event(
+                        EventSubject {
+                            node_id: Some(node_id),
+                            ..Default::default()
+                        },
+                        "orphan_removed",
+                        &format!("node {node_id} had no row and was stopped"),
+                    ),
+                    Ok(Err(e)) => tracing::warn!("orphan node {node_id}: {e}"),
+                    Err(e) => tracing::error!("orphan node {node_id}: {e}"),
+                }
+            }
+        }
+        let labels: HashSet<String> = self
+            .store
+            .read(store::all_instances)?
+            .iter()
+            .map(|i| instance_label(&i.name, &i.project_name))
+            .collect();
+        for name in self.dns.names().await {
+            if !labels.contains(&name) {
+                if let Err(e) = self.dns.set_a_records(&name, &[]).await {
+                    tracing::warn!("orphan DNS name {name}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an event; the monitor log must never stop reconciliation.
+    fn event(&self, subject: EventSubject, kind: &str, message: &str) {
+        tracing::info!(kind, "{message}");
+        if let Err(e) = self
+            .store
+            .read(|c| store::add_event(c, subject, kind, message))
+        {
+            tracing::warn!("cannot record event {kind}: {e}");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Project steps: the project network exists while the project does.
+
+use super::Reconciler;
+use crate::model::ProvisioningStatus;
+use crate::store::{self, EventSubject, ProjectRow};
+
+impl Reconciler {
+    /// Ensures the network of a live project, and marks a new one ACTIVE.
+    pub(super) async fn ensure_project(&self, p: &ProjectRow) {
+        if p.provisioning_status == ProvisioningStatus::PendingDelete {
+            return;
+        }
+        let network = self.network.clone();
+        let (id, subnet) = (p.id, p.subnet);
+        let result =
+            tokio::task::spawn_blocking(move || network.ensure_project_network(id, &subnet)).await;
+        let subject = EventSubject {
+            project_id: Some(p.id),
+            ..Default::default()
+        };
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("network task failed: {e}")),
+        };
+        let next = match (&outcome, p.provisioning_status) {
+            (Ok(()), ProvisioningStatus::Active) => return,
+            (Ok(()), _) => (ProvisioningStatus::Active, None),
+            (Err(reason), _) => (ProvisioningStatus::Error, Some(reason.as_str())),
+        };
+        if let Err(e) = self
+            .store
+            .read(|c| store::set_project_status(c, p.id, next.0, next.1))
+        {
+            tracing::warn!("project {}: {e}", p.name);
+            return;
+        }
+        match outcome {
+            Ok(()) => self.event(
+                subject,
+                "project_ready",
+                &format!("project {} network {} is ready", p.name, p.subnet),
+            ),
+            Err(reason) => self.event(
+                subject,
+                "project_error",
+                &format!("project {}: {reason}", p.name),
+            ),
+        }
+    }
+
+    /// Deletes a project marked for deletion once its instances are gone.
+    pub(super) async fn finish_project_delete(&self, p: &ProjectRow) {
+        if p.provisioning_status != ProvisioningStatus::PendingDelete {
+            return;
+        }
+        match self.store.read(|c| store::list_instances(c, p.id)) {
+            Ok(list) if list.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => return tracing::warn!("project {}: {e}", p.name),
+        }
+        let network = self.network.clone();
+        let id = p.id;
+        match tokio::task::spawn_blocking(move || network.remove_project_network(id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return tracing::warn!("project {}: cannot remove network yet: {e}", p.name)
+            }
+            Err(e) => return tracing::error!("project {}: {e}", p.name),
+        }
+        let subject = EventSubject {
+            project_id: Some(p.id),
+            ..Default::default()
+        };
+        match self.store.transaction(|tx| store::delete_project(tx, p.id)) {
+            Ok(()) => self.event(
+                subject,
+                "project_deleted",
+                &format!("project {} deleted", p.name),
+            ),
+            Err::<(), store::StoreError>(e) => tracing::warn!("project {}: {e}", p.name),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Rows as read from the database, decoded into model types.
+
+use rusqlite::Row;
+
+use super::StoreError;
+use crate::model::{InstanceSpec, OperatingStatus, ProvisioningStatus};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectRow {
+    pub id: i64,
+    pub name: String,
+    pub user: String,
+    pub subnet: ipnet::Ipv4Net,
+    pub provisioning_status: ProvisioningStatus,
+    pub status_reason: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub project_name: String,
+    pub name: String,
+    pub spec: InstanceSpec,
+    /// Bumped by every update; nodes run the config whose version equals it.
+    pub generation: u64,
+    pub provisioning_status: ProvisioningStatus,
+    pub operating_status: OperatingStatus,
+    pub status_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub id: i64,
+    pub instance_id: i64,
+    pub address: std::net::IpAddr,
+    pub secret: String,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub operating_status: OperatingStatus,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub ts: i64,
+    pub node_id: Option<i64>,
+    pub kind: String,
+    pub message: String,
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("bad {what}: {value:?}"))
+}
+
+fn provisioning(s: String) -> Result<ProvisioningStatus, StoreError> {
+    ProvisioningStatus::parse(&s).ok_or_else(|| corrupt("provisioning status", &s))
+}
+
+fn operating(s: String) -> Result<OperatingStatus, StoreError> {
+    OperatingStatus::parse(&s).ok_or_else(|| corrupt("operating status", &s))
+}
+
+// Decoding returns a nested Result: the outer one is SQLite's, the inner ours,
+// because rusqlite's row mapper can only fail with its own error type.
+impl ProjectRow {
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
+        let subnet: String = r.get(3)?;
+        let status: String = r.get(4)?;
+        Ok((|| {
+            Ok(ProjectRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                user: r.get(2)?,
+                subnet: subnet.parse().map_err(|_| corrupt("subnet", &subnet))?,
+                provisioning_status: provisioning(status)?,
+                status_reason: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        })())
+    }
+}
+
+impl InstanceRow {
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
+        let spec: String = r.get(4)?;
+        let prov: String = r.get(6)?;
+        let oper: String = r.get(7)?;
+        let generation: i64 = r.get(5)?;
+        Ok((|| {
+            Ok(InstanceRow {
+                id: r.get(0)?,
+                project_id: r.get(1)?,
+                project_name: r.get(2)?,
+                name: r.get(3)?,
+                spec: serde_json::from_str(&spec)
+                    .map_err(|e| StoreError::Corrupt(format!("instance spec: {e}")))?,
+                generation: generation as u64,
+                provisioning_status: provisioning(prov)?,
+                operating_status: operating(oper)?,
+                status_reason: r.get(8)?,
+                created_at: r.get(9)?,
+                updated_at: r.get(10)?,
+            })
+        })())
+    }
+}
+
+impl NodeRow {
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
+        let address: String = r.get(2)?;
+        let oper: String = r.get(6)?;
+        Ok((|| {
+            Ok(NodeRow {
+                id: r.get(0)?,
+                instance_id: r.get(1)?,
+                address: address
+                    .parse()
+                    .map_err(|_| corrupt("node address", &address))?,
+                secret: r.get(3)?,
+                state: r.get(4)?,
+                pid: r.get(5)?,
+                operating_status: operating(oper)?,
+            })
+        })())
+    }
+}

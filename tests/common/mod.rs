@@ -1,0 +1,372 @@
+//! Test harness: a real `lbd` on free ports with its own state dir and its own
+//! slice of 127/8, real backends on 127.0.0.1, and guards that clean up every
+//! process and file they made, also when a test fails.
+#![allow(dead_code)]
+
+pub mod backends;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Waits until `f` returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A slice of 127/8 reserved for one test across processes (test binaries and
+/// nextest run in parallel), held with a file lock until dropped.
+pub struct TestSlot {
+    pub index: u32,
+    _lock: fs::File,
+}
+
+impl TestSlot {
+    pub fn acquire() -> TestSlot {
+        let dir = std::env::temp_dir().join("lbaas-test-slots");
+        fs::create_dir_all(&dir).unwrap();
+        for index in 0..150 {
+            let file = fs::File::create(dir.join(format!("slot-{index}.lock"))).unwrap();
+            if file.try_lock().is_ok() {
+                return TestSlot { index, _lock: file };
+            }
+        }
+        panic!("no free test slot");
+    }
+
+    /// The project subnet pool of this slot: 127.(100+index).0.0/16.
+    pub fn pool(&self) -> String {
+        format!("127.{}.0.0/16", 100 + self.index)
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("lbaas-test-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `lbctl` binary, built by `cargo test --workspace` (or `cargo build -p lbctl`).
+pub fn lbctl_bin() -> PathBuf {
+    let path = bin_dir().join("lbctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A running `lbd`. Dropping it stops lbd and every LB node it started, and
+/// removes its state dir.
+pub struct Lbd {
+    child: Option<Child>,
+    pub api: SocketAddr,
+    pub dns: SocketAddr,
+    pub token: String,
+    pub state: TempDir,
+    pub slot: TestSlot,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Lbd {
+    pub fn start() -> Lbd {
+        let mut lbd = Lbd {
+            child: None,
+            api: "0.0.0.0:0".parse().unwrap(),
+            dns: "0.0.0.0:0".parse().unwrap(),
+            token: String::new(),
+            state: TempDir::new("lbd"),
+            slot: TestSlot::acquire(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        lbd.spawn();
+        lbd
+    }
+
+    /// Starts the lbd process on this state dir and waits for its ready line.
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--subnet-prefix",
+                "24",
+            ])
+            .arg("--subnet-pool")
+            .arg(self.slot.pool())
+            .arg("--state-dir")
+            .arg(&self.state.0)
+            .env("RUST_LOG", "info,hickory_server=warn")
+            .stdout(Stdio::piped())
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.state.0.join("lbd.stderr"))
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("starting lbd");
+        // The ready line is lbd's readiness signal; read it on a thread so a
+        // hung lbd fails the test instead of hanging it.
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => panic!("lbd did not become ready; stderr:\n{}", self.stderr()),
+        };
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in ready line {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        self.api = field("api=");
+        self.dns = field("dns=");
+        self.token = fs::read_to_string(self.state.0.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.state.0.join("lbd.stderr")).unwrap_or_default()
+    }
+
+    /// Sends an envelope; returns the HTTP status and the answer.
+    pub fn api(&self, body: &Value) -> (u16, Value) {
+        self.api_raw(serde_json::to_vec(body).unwrap(), Some(&self.token))
+    }
+
+    pub fn api_raw(&self, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}/api", self.url())).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().expect("API request");
+        let status = resp.status().as_u16();
+        (status, resp.json().expect("API answers JSON"))
+    }
+
+    /// Runs `lbctl` against this daemon.
+    pub fn lbctl(&self, args: &[&str]) -> Output {
+        Command::new(lbctl_bin())
+            .args(["--url", &self.url(), "--token", &self.token])
+            .args(args)
+            .output()
+            .expect("running lbctl")
+    }
+
+    /// Runs `lbctl` and panics with its output unless it succeeds.
+    pub fn lbctl_ok(&self, args: &[&str]) -> String {
+        let out = self.lbctl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "lbctl {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}\nlbd: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr()
+        );
+        stdout
+    }
+
+    pub fn instance(&self, project: &str, name: &str) -> Value {
+        let (status, v) = self.api(&serde_json::json!({"action": "info", "type": "instance", "info": {"project": project, "name": name}}));
+        assert_eq!(status, 200, "{v}");
+        v["info"].clone()
+    }
+
+    /// Waits until the instance is ACTIVE and every node runs.
+    pub fn wait_active(&self, project: &str, name: &str) -> Value {
+        wait_for(
+            &format!("{name}.{project} ACTIVE"),
+            Duration::from_secs(30),
+            || {
+                let info = self.instance(project, name);
+                assert_ne!(
+                    info["provisioning_status"],
+                    "ERROR",
+                    "instance failed: {info}\nlbd: {}",
+                    self.stderr()
+                );
+                (info["provisioning_status"] == "ACTIVE").then_some(info)
+            },
+        )
+    }
+
+    /// Stops lbd with SIGTERM and waits; LB nodes keep running.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills lbd with SIGKILL (a crash); LB nodes keep running.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops lbd (SIGTERM) and starts it again on the same state dir and slice of 127/8.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts lbd again after [`Lbd::crash`] or [`Lbd::stop`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "lbd is still running");
+        self.spawn();
+    }
+
+    /// PIDs of the LB node processes of this daemon, from their pid files.
+    pub fn node_pids(&self) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir(self.state.0.join("nodes")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                if path.extension()? != "pid" {
+                    return None;
+                }
+                let pid: u32 = fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+                is_lb_node(pid).then_some(pid)
+            })
+            .collect()
+    }
+}
+
+/// Whether `pid` is a live lb-node process (not a recycled pid).
+pub fn is_lb_node(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|a| a.ends_with(b"lb-node"))
+        })
+        .unwrap_or(false)
+}
+
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+impl Drop for Lbd {
+    fn drop(&mut self) {
+        self.stop();
+        for pid in self.node_pids() {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Runs `dig` against lbd's DNS server; returns the A records and the status.
+pub fn dig(dns: SocketAddr, name: &str, tcp: bool) -> (Vec<String>, String) {
+    let mut cmd = Command::new("dig");
+    cmd.arg(format!("@{}", dns.ip())).args([
+        "-p",
+        &dns.port().to_string(),
+        name,
+        "A",
+        "+tries=1",
+        "+time=2",
+    ]);
+    if tcp {
+        cmd.arg("+tcp");
+    }
+    let out = cmd.output().expect("running dig (install bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_string();
+    let mut answers: Vec<String> = text
+        .split(";; ANSWER SECTION:")
+        .nth(1)
+        .map(|sec| {
+            sec.lines()
+                .take_while(|l| !l.trim().is_empty())
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    (cols.len() == 5 && cols[3] == "A").then(|| cols[4].to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    answers.sort();
+    (answers, status)
+}

@@ -1,0 +1,295 @@
+//! End to end on the embedded default: the real lbd binary, real lb-node
+//! processes on 127.x addresses, real backends, lbctl, and dig.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::backends::{http_get, EchoBackend, HttpBackend};
+use common::{dig, is_lb_node, wait_for, Lbd};
+use serde_json::{json, Value};
+
+fn node_addr(info: &Value, port: u16) -> SocketAddr {
+    let address = info["nodes"][0]["address"]
+        .as_str()
+        .expect("a node address");
+    format!("{address}:{port}").parse().unwrap()
+}
+
+fn count_bodies(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = http_get(addr, "/").expect("request through the LB");
+        assert_eq!(status, 200, "body: {body}");
+        *counts.entry(body).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn http_walkthrough_with_lbctl_dns_update_and_delete() {
+    let (a, b, c) = (
+        HttpBackend::start("a"),
+        HttpBackend::start("b"),
+        HttpBackend::start("c"),
+    );
+    let lbd = Lbd::start();
+
+    let out = lbd.lbctl_ok(&["project", "create", "demo", "--user", "john"]);
+    assert!(out.contains("demo"), "{out}");
+    let backends: Vec<String> = [&a, &b, &c].iter().map(|s| s.addr().to_string()).collect();
+    let out = lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "web",
+        "--project",
+        "demo",
+        "--type",
+        "http",
+        "--port",
+        "8080",
+        "--backend",
+        &backends[0],
+        "--backend",
+        &backends[1],
+        "--backend",
+        &backends[2],
+    ]);
+    assert!(
+        out.contains("http://web.demo.lbaas.internal:8080/"),
+        "create prints the URL: {out}"
+    );
+
+    let info = lbd.wait_active("demo", "web");
+    assert_eq!(info["operating_status"], "ONLINE");
+    let addr = node_addr(&info, 8080);
+    assert!(
+        out.contains(&addr.ip().to_string()),
+        "create prints the node address: {out}"
+    );
+
+    // Round robin: every backend gets its turn.
+    let counts = count_bodies(addr, 30);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 10),
+        "round robin evenly: {counts:?}"
+    );
+    let seen = a.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+
+    // The instance's DNS name answers the node address, over UDP and TCP.
+    let (answers, status) = dig(lbd.dns, "web.demo.lbaas.internal", false);
+    assert_eq!(
+        (answers, status.as_str()),
+        (vec![addr.ip().to_string()], "NOERROR")
+    );
+    let (answers, _) = dig(lbd.dns, "web.demo.lbaas.internal", true);
+    assert_eq!(answers, vec![addr.ip().to_string()]);
+
+    // Update the backends: the node applies them in place, without a restart.
+    let pid_before = info["nodes"][0]["pid"].clone();
+    let d = HttpBackend::start("d");
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--backend",
+        &d.addr().to_string(),
+    ]);
+    let info = lbd.wait_active("demo", "web");
+    assert_eq!(
+        info["nodes"][0]["pid"], pid_before,
+        "the node was not restarted"
+    );
+    let counts = count_bodies(addr, 5);
+    assert_eq!(counts, HashMap::from([("d".to_string(), 5)]));
+
+    // Lists show it.
+    let list = lbd.lbctl_ok(&["instance", "list", "--project", "demo"]);
+    assert!(list.contains("web"), "{list}");
+    let json_list: Value =
+        serde_json::from_str(&lbd.lbctl_ok(&["-o", "json", "project", "list"])).unwrap();
+    assert_eq!(json_list[0]["name"], "demo");
+    assert_eq!(json_list[0]["user"], "john");
+
+    // Delete: the name goes (NXDOMAIN), the node process goes.
+    let pid = info["nodes"][0]["pid"].as_u64().unwrap() as u32;
+    lbd.lbctl_ok(&["instance", "delete", "web", "--project", "demo"]);
+    wait_for("NXDOMAIN after delete", Duration::from_secs(20), || {
+        let (answers, status) = dig(lbd.dns, "web.demo.lbaas.internal", false);
+        (answers.is_empty() && status == "NXDOMAIN").then_some(())
+    });
+    wait_for("node process gone", Duration::from_secs(20), || {
+        (!is_lb_node(pid)).then_some(())
+    });
+    let (status, v) = lbd.api(
+        &json!({"action": "info", "type": "instance", "info": {"project": "demo", "name": "web"}}),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("instance_not_found"))
+    );
+    lbd.lbctl_ok(&["project", "delete", "demo"]);
+    wait_for("project gone", Duration::from_secs(20), || {
+        let (status, _) =
+            lbd.api(&json!({"action": "info", "type": "project", "info": {"name": "demo"}}));
+        (status == 404).then_some(())
+    });
+}
+
+#[test]
+fn tcp_instance_echoes_with_half_close() {
+    use std::io::{Read, Write};
+    let echo = EchoBackend::start();
+    let lbd = Lbd::start();
+    let (s, v) =
+        lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "tcpdemo"}}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "echo", "project": "tcpdemo", "traffic_type": "tcp", "port": 7000,
+        "backend": {"entities": [echo.addr().to_string()]}}}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["info"]["url"], "tcp://echo.tcpdemo.lbaas.internal:7000");
+    let info = lbd.wait_active("tcpdemo", "echo");
+    let mut conn = std::net::TcpStream::connect(node_addr(&info, 7000)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    conn.write_all(&payload).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "echo differs");
+}
+
+#[test]
+fn restart_adopts_running_nodes_and_recreates_missing_ones() {
+    let a = HttpBackend::start("a");
+    let mut lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "keep"}}));
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "keep", "traffic_type": "http", "port": 8081,
+        "backend": {"entities": [a.addr().to_string()]}}}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("keep", "web");
+    let addr = node_addr(&info, 8081);
+    let pid = info["nodes"][0]["pid"].as_u64().unwrap();
+
+    // A clean restart: the node keeps serving and is adopted, not restarted.
+    lbd.restart();
+    let info = lbd.wait_active("keep", "web");
+    assert_eq!(
+        info["nodes"][0]["pid"].as_u64().unwrap(),
+        pid,
+        "adopted, same process"
+    );
+    assert_eq!(http_get(addr, "/").unwrap(), (200, "a".to_string()));
+
+    // lbd crashes and its node dies with it: the restart re-creates the node.
+    lbd.crash();
+    for pid in lbd.node_pids() {
+        common::signal(pid, libc::SIGKILL);
+    }
+    wait_for("node dead", Duration::from_secs(10), || {
+        http_get(addr, "/").is_err().then_some(())
+    });
+    lbd.start_again();
+    let info = wait_for("node re-created", Duration::from_secs(30), || {
+        let info = lbd.instance("keep", "web");
+        let new_pid = info["nodes"][0]["pid"].as_u64();
+        (info["provisioning_status"] == "ACTIVE" && new_pid.is_some() && new_pid != Some(pid))
+            .then_some(info)
+    });
+    assert_eq!(
+        node_addr(&info, 8081),
+        addr,
+        "same address after re-creation"
+    );
+    assert_eq!(http_get(addr, "/").unwrap(), (200, "a".to_string()));
+    let (answers, _) = dig(lbd.dns, "web.keep.lbaas.internal", false);
+    assert_eq!(
+        answers,
+        vec![addr.ip().to_string()],
+        "DNS is rebuilt after restart"
+    );
+}
+
+#[test]
+fn crashed_node_is_noticed_recorded_and_restarted() {
+    let a = HttpBackend::start("a");
+    let lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "crash"}}));
+    lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "crash", "traffic_type": "http", "port": 8082,
+        "backend": {"entities": [a.addr().to_string()]}}}));
+    let info = lbd.wait_active("crash", "web");
+    let pid = info["nodes"][0]["pid"].as_u64().unwrap() as u32;
+    common::signal(pid, libc::SIGKILL);
+    let info = wait_for(
+        "exit recorded and node back",
+        Duration::from_secs(30),
+        || {
+            let info = lbd.instance("crash", "web");
+            let exited = info["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "node_exited");
+            let back = info["nodes"][0]["state"] == "running"
+                && info["nodes"][0]["pid"].as_u64() != Some(pid as u64);
+            (exited && back).then_some(info)
+        },
+    );
+    let event = info["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "node_exited")
+        .unwrap()
+        .clone();
+    assert!(
+        event["message"].as_str().unwrap().contains("signal 9"),
+        "{event}"
+    );
+    assert_eq!(http_get(node_addr(&info, 8082), "/").unwrap().0, 200);
+}
+
+#[test]
+fn unprivileged_port_failure_ends_in_error_not_pending() {
+    // Port 1 needs privileges for a non-root user; as root it binds, so use
+    // a port that is taken instead: a backend's own listener on 127.0.0.1
+    // cannot clash with a node address, so take the node's address+port first.
+    let lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "busy"}}));
+    let (s, v) = lbd.api(&json!({"action": "info", "type": "project", "info": {"name": "busy"}}));
+    assert_eq!(s, 200);
+    let subnet: ipnet::Ipv4Net = v["info"]["subnet"].as_str().unwrap().parse().unwrap();
+    let first_node = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 2);
+    let _squatter = std::net::TcpListener::bind((first_node, 8083)).unwrap();
+    lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "busy", "traffic_type": "http", "port": 8083,
+        "backend": {"entities": ["127.0.0.1:9"]}}}));
+    let info = wait_for("ERROR", Duration::from_secs(60), || {
+        let info = lbd.instance("busy", "web");
+        (info["provisioning_status"] == "ERROR").then_some(info)
+    });
+    let reason = info["status_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("8083"),
+        "the reason names the failed bind: {reason}"
+    );
+    // An errored instance can be deleted.
+    let (s, v) = lbd.api(&json!({"action": "delete", "type": "instance", "info": {"project": "busy", "name": "web"}}));
+    assert_eq!(s, 200, "{v}");
+}
