@@ -15,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
 pub use error::ApiError;
@@ -27,6 +27,8 @@ use crate::store::Store;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
+/// How much of an oversized body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 16 << 20;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -84,15 +86,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge(MAX_BODY)),
-        Err(e) => Err(crate::model::ValidationError::InvalidEnvelope(format!(
-            "cannot read body: {e}"
-        ))
-        .into()),
+async fn read_body(mut body: Body) -> Result<bytes::Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            crate::model::ValidationError::InvalidEnvelope(format!("cannot read body: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total <= MAX_BODY {
+            buf.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
     }
+    if total > MAX_BODY {
+        // The rest was read and dropped (up to DRAIN_LIMIT): a client still
+        // sending when the answer comes would get a reset instead of the 413.
+        return Err(ApiError::BodyTooLarge(MAX_BODY));
+    }
+    Ok(buf.freeze())
 }
 
 fn envelope(header: &EnvelopeHeader, result: Result<serde_json::Value, ApiError>) -> Response {

@@ -358,7 +358,9 @@ pub fn dig(dns: SocketAddr, name: &str, tcp: bool) -> (Vec<String>, String) {
         .split(";; ANSWER SECTION:")
         .nth(1)
         .map(|sec| {
+            // The first line is the rest of the section header line.
             sec.lines()
+                .skip(1)
                 .take_while(|l| !l.trim().is_empty())
                 .filter_map(|l| {
                     let cols: Vec<&str> = l.split_whitespace().collect();

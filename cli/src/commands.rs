@@ -1,0 +1,286 @@
+//! What each command sends, and how `create`/`update` wait for the load balancer.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::args::{Command, InstanceCmd, ProjectCmd, TrafficType, WaitArgs};
+use crate::client::{ApiClient, ClientError};
+
+/// The envelope a command sends (`raw` sends its input instead).
+pub fn envelope(cmd: &Command) -> Option<Value> {
+    let (action, kind, info) = match cmd {
+        Command::Raw { .. } => return None,
+        Command::Project(p) => match p {
+            ProjectCmd::Create { name, user, subnet } => {
+                let mut info = json!({ "name": name });
+                if let Some(u) = user {
+                    info["user"] = json!(u);
+                }
+                if let Some(s) = subnet {
+                    info["subnet"] = json!(s);
+                }
+                ("create", "project", info)
+            }
+            ProjectCmd::List => ("info", "project", json!({})),
+            ProjectCmd::Info { name } => ("info", "project", json!({ "name": name })),
+            ProjectCmd::Update { name, user } => {
+                ("update", "project", json!({ "name": name, "user": user }))
+            }
+            ProjectCmd::Delete { name, force } => {
+                ("delete", "project", json!({ "name": name, "force": force }))
+            }
+        },
+        Command::Instance(i) => match i {
+            InstanceCmd::Create {
+                name,
+                project,
+                traffic_type,
+                port,
+                backends,
+                ..
+            } => {
+                let mut info = json!({
+                    "name": name,
+                    "project": project,
+                    "traffic_type": match traffic_type { TrafficType::Http => "http", TrafficType::Tcp => "tcp" },
+                    "backend": { "entities": trimmed(backends) },
+                });
+                if let Some(p) = port {
+                    info["port"] = json!(p);
+                }
+                ("create", "instance", info)
+            }
+            InstanceCmd::List { project } => ("info", "instance", json!({ "project": project })),
+            InstanceCmd::Info { name, project } => (
+                "info",
+                "instance",
+                json!({ "project": project, "name": name }),
+            ),
+            InstanceCmd::Update {
+                name,
+                project,
+                port,
+                backends,
+                ..
+            } => {
+                let mut info = json!({ "project": project, "name": name });
+                if let Some(p) = port {
+                    info["port"] = json!(p);
+                }
+                if !backends.is_empty() {
+                    info["backend"] = json!({ "entities": trimmed(backends) });
+                }
+                ("update", "instance", info)
+            }
+            InstanceCmd::Delete { name, project } => (
+                "delete",
+                "instance",
+                json!({ "project": project, "name": name }),
+            ),
+        },
+    };
+    Some(json!({ "action": action, "type": kind, "info": info }))
+}
+
+fn trimmed(list: &[String]) -> Vec<&str> {
+    list.iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The wait settings of a command that changes a load balancer, if it should wait.
+pub fn wait_args(cmd: &Command) -> Option<&WaitArgs> {
+    match cmd {
+        Command::Instance(InstanceCmd::Create { wait, .. } | InstanceCmd::Update { wait, .. })
+            if !wait.no_wait =>
+        {
+            Some(wait)
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("instance {name} failed: {reason}")]
+    Failed { name: String, reason: String },
+    #[error("instance {name} is still {status} after {secs}s")]
+    Timeout {
+        name: String,
+        status: String,
+        secs: u64,
+    },
+}
+
+/// Polls `info` until the instance is ACTIVE (returns it) or ERROR.
+pub fn wait_until_active(
+    client: &ApiClient,
+    info: &Value,
+    wait: &WaitArgs,
+    on_tick: impl Fn(&str),
+) -> Result<Value, WaitError> {
+    let name = info["name"].as_str().unwrap_or_default().to_string();
+    let project = info["project"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(wait.timeout);
+    loop {
+        let current = client.call(&json!({"action": "info", "type": "instance", "info": {"project": project, "name": name}}))?;
+        let status = current["provisioning_status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        match status.as_str() {
+            "ACTIVE" => return Ok(current),
+            "ERROR" => {
+                let reason = current["status_reason"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_string();
+                return Err(WaitError::Failed { name, reason });
+            }
+            _ => on_tick(&status),
+        }
+        if Instant::now() >= deadline {
+            return Err(WaitError::Timeout {
+                name,
+                status,
+                secs: wait.timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
+
+    fn env_of(args: &[&str]) -> Value {
+        let cli =
+            Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied())).unwrap();
+        envelope(&cli.command).unwrap()
+    }
+
+    #[test]
+    fn project_commands() {
+        assert_eq!(
+            env_of(&[
+                "project",
+                "create",
+                "demo",
+                "--user",
+                "john",
+                "--subnet",
+                "127.5.0.0/16"
+            ]),
+            json!({"action": "create", "type": "project", "info": {"name": "demo", "user": "john", "subnet": "127.5.0.0/16"}})
+        );
+        assert_eq!(
+            env_of(&["project", "list"]),
+            json!({"action": "info", "type": "project", "info": {}})
+        );
+        assert_eq!(
+            env_of(&["project", "info", "demo"])["info"],
+            json!({"name": "demo"})
+        );
+        assert_eq!(
+            env_of(&["project", "update", "demo", "--user", "ann"])["info"],
+            json!({"name": "demo", "user": "ann"})
+        );
+        assert_eq!(
+            env_of(&["project", "delete", "demo", "--force"])["info"],
+            json!({"name": "demo", "force": true})
+        );
+    }
+
+    #[test]
+    fn instance_commands_with_repeated_and_comma_backends() {
+        let e = env_of(&[
+            "instance",
+            "create",
+            "web",
+            "--project",
+            "demo",
+            "--type",
+            "http",
+            "--port",
+            "8080",
+            "--backend",
+            "10.0.0.1:80,10.0.0.2:80",
+            "--backend",
+            "10.0.0.3:80",
+        ]);
+        assert_eq!(
+            e,
+            json!({"action": "create", "type": "instance", "info": {
+                "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+                "backend": {"entities": ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]}}})
+        );
+        assert_eq!(
+            env_of(&["instance", "list", "--project", "demo"])["info"],
+            json!({"project": "demo"})
+        );
+        let u = env_of(&[
+            "instance",
+            "update",
+            "web",
+            "--project",
+            "demo",
+            "--backend",
+            "10.0.0.9:80",
+        ]);
+        assert_eq!(
+            u["info"],
+            json!({"project": "demo", "name": "web", "backend": {"entities": ["10.0.0.9:80"]}})
+        );
+        let d = env_of(&["instance", "delete", "web", "--project", "demo"]);
+        assert_eq!(
+            (d["action"].as_str(), d["info"]["name"].as_str()),
+            (Some("delete"), Some("web"))
+        );
+    }
+
+    #[test]
+    fn create_requires_a_backend_and_a_type() {
+        assert!(Cli::try_parse_from([
+            "lbctl",
+            "instance",
+            "create",
+            "web",
+            "--project",
+            "p",
+            "--type",
+            "http"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "lbctl",
+            "instance",
+            "create",
+            "web",
+            "--project",
+            "p",
+            "--backend",
+            "1.2.3.4:80"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "lbctl",
+            "instance",
+            "create",
+            "web",
+            "--project",
+            "p",
+            "--type",
+            "udp",
+            "--backend",
+            "x"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! Human output: aligned tables and key/value blocks.
+
+use serde_json::Value;
+
+/// Renders rows under a header, each column as wide as its widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn projects(list: &[Value]) -> String {
+    let rows = list
+        .iter()
+        .map(|p| {
+            vec![
+                s(&p["name"]),
+                s(&p["user"]),
+                s(&p["subnet"]),
+                s(&p["provisioning_status"]),
+                p["instances"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["NAME", "USER", "SUBNET", "STATUS", "INSTANCES"], &rows)
+}
+
+pub fn instances(list: &[Value]) -> String {
+    let rows = list
+        .iter()
+        .map(|i| {
+            vec![
+                s(&i["name"]),
+                s(&i["traffic_type"]),
+                s(&i["port"]),
+                s(&i["url"]),
+                s(&i["provisioning_status"]),
+                s(&i["operating_status"]),
+                i["nodes"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            "NAME",
+            "TYPE",
+            "PORT",
+            "URL",
+            "PROVISIONING",
+            "OPERATING",
+            "NODES",
+        ],
+        &rows,
+    )
+}
+
+pub fn project(p: &Value) -> String {
+    let mut out = format!(
+        "name:    {}\nuser:    {}\nsubnet:  {}\nstatus:  {}\n",
+        s(&p["name"]),
+        s(&p["user"]),
+        s(&p["subnet"]),
+        s(&p["provisioning_status"])
+    );
+    if let Some(list) = p["instances"].as_array().filter(|l| !l.is_empty()) {
+        out.push('\n');
+        out.push_str(&instances(list));
+    }
+    out
+}
+
+pub fn instance(i: &Value) -> String {
+    let mut out = String::new();
+    for (label, key) in [
+        ("name", "name"),
+        ("project", "project"),
+        ("type", "traffic_type"),
+        ("port", "port"),
+        ("algorithm", "algorithm"),
+        ("dns name", "dns_name"),
+        ("url", "url"),
+        ("provisioning", "provisioning_status"),
+        ("operating", "operating_status"),
+    ] {
+        out.push_str(&format!("{:<13} {}\n", format!("{label}:"), s(&i[key])));
+    }
+    if !i["status_reason"].is_null() {
+        out.push_str(&format!("{:<13} {}\n", "reason:", s(&i["status_reason"])));
+    }
+    let nodes: Vec<Vec<String>> = i["nodes"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|n| {
+                    vec![
+                        s(&n["name"]),
+                        s(&n["address"]),
+                        s(&n["state"]),
+                        s(&n["pid"]),
+                        s(&n["operating_status"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str("\nNodes:\n");
+    out.push_str(&table(
+        &["NAME", "ADDRESS", "STATE", "PID", "STATUS"],
+        &nodes,
+    ));
+    let backends: Vec<Vec<String>> = i["backend"]["entities"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|b| vec![s(&b["address"]), s(&b["weight"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str("\nBackends:\n");
+    out.push_str(&table(&["ADDRESS", "WEIGHT"], &backends));
+    if let Some(events) = i["events"].as_array().filter(|e| !e.is_empty()) {
+        out.push_str("\nRecent events:\n");
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| vec![s(&e["ts"]), s(&e["kind"]), s(&e["message"])])
+            .collect();
+        out.push_str(&table(&["TIME", "KIND", "MESSAGE"], &rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn columns_align() {
+        let t = table(
+            &["NAME", "X"],
+            &[
+                vec!["a".into(), "1".into()],
+                vec!["longer".into(), "2".into()],
+            ],
+        );
+        assert_eq!(t, "NAME    X\na       1\nlonger  2\n");
+    }
+
+    #[test]
+    fn project_list_counts_instances() {
+        let out = projects(&[
+            json!({"name": "demo", "user": "john", "subnet": "127.1.0.0/16",
+                                    "provisioning_status": "ACTIVE", "instances": [{}, {}]}),
+        ]);
+        assert!(out.lines().nth(1).unwrap().ends_with("ACTIVE  2"), "{out}");
+    }
+}
