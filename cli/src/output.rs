@@ -156,10 +156,26 @@ pub fn instance(i: &Value) -> String {
     out
 }
 
+/// Unix seconds as a UTC time of day, `HH:MM:SSZ`: events are recent, so the date adds little.
+fn clock(ts: &Value) -> String {
+    match ts.as_i64() {
+        Some(t) => {
+            let day = t.rem_euclid(86_400);
+            format!("{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
+        }
+        None => s(ts),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        assert_eq!(clock(&json!(86_400 + 3 * 3600 + 4 * 60 + 5)), "03:04:05Z");
+    }
 
     #[test]
     fn columns_align() {

@@ -250,20 +250,20 @@ impl Lbd {
         )
     }
 
-    /// Stops lbd with SIGTERM and waits; LB nodes keep running.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    /// Stops lbd with SIGTERM and waits (killing it after 10 s); LB nodes
+    /// keep running. Returns how lbd exited, if it was running.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        child.wait().ok()
     }
 
     /// Kills lbd with SIGKILL (a crash); LB nodes keep running.
@@ -276,7 +276,11 @@ impl Lbd {
 
     /// Stops lbd (SIGTERM) and starts it again on the same state dir and slice of 127/8.
     pub fn restart(&mut self) {
-        self.stop();
+        let status = self.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "lbd did not exit cleanly on SIGTERM: {status:?}"
+        );
         self.spawn();
     }
 
