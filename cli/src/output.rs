@@ -149,7 +149,7 @@ pub fn instance(i: &Value) -> String {
         out.push_str("\nRecent events:\n");
         let rows: Vec<Vec<String>> = events
             .iter()
-            .map(|e| vec![s(&e["ts"]), s(&e["kind"]), s(&e["message"])])
+            .map(|e| vec![clock(&e["ts"]), s(&e["kind"]), s(&e["message"])])
             .collect();
         out.push_str(&table(&["TIME", "KIND", "MESSAGE"], &rows));
     }
