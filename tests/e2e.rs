@@ -186,8 +186,18 @@ fn restart_adopts_running_nodes_and_recreates_missing_ones() {
     let addr = node_addr(&info, 8081);
     let pid = info["nodes"][0]["pid"].as_u64().unwrap();
 
-    // A clean restart: the node keeps serving and is adopted, not restarted.
+    let projects_before = lbd.api(&json!({"action": "info", "type": "project"})).1["info"].clone();
+
+    // A clean restart: everything stored is still there; the node keeps
+    // serving and is adopted, not restarted.
     lbd.restart();
+    let projects_after = lbd.api(&json!({"action": "info", "type": "project"})).1["info"].clone();
+    assert_eq!(projects_after[0]["name"], projects_before[0]["name"]);
+    assert_eq!(projects_after[0]["subnet"], projects_before[0]["subnet"]);
+    assert_eq!(
+        projects_after[0]["instances"][0]["backend"],
+        projects_before[0]["instances"][0]["backend"]
+    );
     let info = lbd.wait_active("keep", "web");
     assert_eq!(
         info["nodes"][0]["pid"].as_u64().unwrap(),

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::dns::BoxFuture;
 use crate::model::{NodeConfig, NodeStatus};
 
 #[derive(Debug, Error)]
@@ -30,6 +31,43 @@ pub enum NodeAdminError {
     BadAnswer { addr: SocketAddr, reason: String },
 }
 
+/// How the reconciler talks to a node's admin API; a trait so that logic
+/// tests can stand in a fake node.
+pub trait NodeAdmin: Send + Sync {
+    fn status<'a>(
+        &'a self,
+        addr: SocketAddr,
+        secret: &'a str,
+    ) -> BoxFuture<'a, Result<NodeStatus, NodeAdminError>>;
+    fn put_config<'a>(
+        &'a self,
+        addr: SocketAddr,
+        secret: &'a str,
+        config: &'a NodeConfig,
+    ) -> BoxFuture<'a, Result<NodeStatus, NodeAdminError>>;
+}
+
+impl NodeAdmin for NodeAdminClient {
+    fn status<'a>(
+        &'a self,
+        addr: SocketAddr,
+        secret: &'a str,
+    ) -> BoxFuture<'a, Result<NodeStatus, NodeAdminError>> {
+        Box::pin(self.call(addr, secret, http::Method::GET, "/status", Bytes::new()))
+    }
+
+    fn put_config<'a>(
+        &'a self,
+        addr: SocketAddr,
+        secret: &'a str,
+        config: &'a NodeConfig,
+    ) -> BoxFuture<'a, Result<NodeStatus, NodeAdminError>> {
+        let body = serde_json::to_vec(config).expect("a NodeConfig always serializes");
+        Box::pin(self.call(addr, secret, http::Method::PUT, "/config", body.into()))
+    }
+}
+
+/// The real client: HTTP/1.1 with a small keep-alive pool.
 #[derive(Clone)]
 pub struct NodeAdminClient {
     http: Client<HttpConnector, Full<Bytes>>,

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use crate::dns::{instance_label, DnsDriver};
 use crate::drivers::compute::ComputeDriver;
 use crate::drivers::network::NetworkDriver;
-use crate::drivers::node_admin::NodeAdminClient;
+use crate::drivers::node_admin::{NodeAdmin, NodeAdminClient};
 use crate::store::{self, EventSubject, Store};
 
 /// Knobs of the reconciler.
@@ -53,7 +53,7 @@ pub struct Reconciler {
     compute: Arc<dyn ComputeDriver>,
     network: Arc<dyn NetworkDriver>,
     dns: Arc<dyn DnsDriver>,
-    nodes: NodeAdminClient,
+    nodes: Arc<dyn NodeAdmin>,
     settings: ReconcileSettings,
     /// Consecutive failed passes per instance, and when an errored one may be retried.
     failures: Mutex<HashMap<i64, (u32, Instant)>>,
@@ -67,7 +67,19 @@ impl Reconciler {
         dns: Arc<dyn DnsDriver>,
         settings: ReconcileSettings,
     ) -> Self {
-        let nodes = NodeAdminClient::new(Duration::from_secs(5));
+        let nodes = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
+        Self::with_node_admin(store, compute, network, dns, nodes, settings)
+    }
+
+    /// As [`Reconciler::new`], with a given node admin client (a fake in logic tests).
+    pub fn with_node_admin(
+        store: Store,
+        compute: Arc<dyn ComputeDriver>,
+        network: Arc<dyn NetworkDriver>,
+        dns: Arc<dyn DnsDriver>,
+        nodes: Arc<dyn NodeAdmin>,
+        settings: ReconcileSettings,
+    ) -> Self {
         Reconciler {
             store,
             compute,
@@ -175,3 +187,6 @@ impl Reconciler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,372 @@
+//! Logic tests of the reconciler: a real SQLite file and a real (in-memory)
+//! DNS zone, with a fake host standing in for node processes and their admin API.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{ReconcileSettings, Reconciler};
+use crate::dns::{DnsDriver, EmbeddedDns};
+use crate::drivers::compute::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use crate::drivers::network::loopback::LoopbackNetwork;
+use crate::drivers::node_admin::{NodeAdmin, NodeAdminError};
+use crate::model::{InstanceCreate, NodeConfig, NodeStatus, ProvisioningStatus};
+use crate::store::{self, Store};
+
+/// Fake node processes and their admin APIs in one: a started node answers
+/// `/status`; a killed one does not, and loses its config.
+#[derive(Default)]
+struct FakeHost {
+    /// Running nodes by id: (admin address, config version in force).
+    running: Mutex<HashMap<i64, (SocketAddr, Option<u64>)>>,
+    exited: Mutex<HashMap<i64, String>>,
+    starts: AtomicUsize,
+    pushes: AtomicUsize,
+    /// When set, every config push fails with this message.
+    refuse_config: Mutex<Option<String>>,
+    configs: Mutex<Vec<NodeConfig>>,
+}
+
+impl FakeHost {
+    fn kill(&self, node_id: i64) {
+        self.running.lock().unwrap().remove(&node_id);
+        self.exited
+            .lock()
+            .unwrap()
+            .insert(node_id, "killed by signal 9".into());
+    }
+}
+
+impl ComputeDriver for FakeHost {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn ensure_node(&self, spec: &NodeSpec) -> Result<NodeObservation, ComputeError> {
+        let mut running = self.running.lock().unwrap();
+        if !running.contains_key(&spec.node_id) {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            running.insert(spec.node_id, (spec.admin_addr, None));
+            self.exited.lock().unwrap().remove(&spec.node_id);
+        }
+        Ok(NodeObservation::Running {
+            pid: 1000 + spec.node_id as u32,
+        })
+    }
+    fn observe_node(&self, node_id: i64) -> NodeObservation {
+        if self.running.lock().unwrap().contains_key(&node_id) {
+            NodeObservation::Running {
+                pid: 1000 + node_id as u32,
+            }
+        } else if let Some(reason) = self.exited.lock().unwrap().get(&node_id) {
+            NodeObservation::Exited {
+                reason: reason.clone(),
+            }
+        } else {
+            NodeObservation::Absent
+        }
+    }
+    fn destroy_node(&self, node_id: i64) -> Result<(), ComputeError> {
+        self.running.lock().unwrap().remove(&node_id);
+        self.exited.lock().unwrap().remove(&node_id);
+        Ok(())
+    }
+    fn list_nodes(&self) -> Vec<i64> {
+        self.running.lock().unwrap().keys().copied().collect()
+    }
+    fn log_tail(&self, _node_id: i64) -> String {
+        String::new()
+    }
+}
+
+impl NodeAdmin for FakeHost {
+    fn status<'a>(
+        &'a self,
+        addr: SocketAddr,
+        _secret: &'a str,
+    ) -> crate::dns::BoxFuture<'a, Result<NodeStatus, NodeAdminError>> {
+        Box::pin(async move {
+            let running = self.running.lock().unwrap();
+            let (_, version) =
+                running
+                    .values()
+                    .find(|(a, _)| *a == addr)
+                    .ok_or(NodeAdminError::Unreachable {
+                        addr,
+                        reason: "connection refused".into(),
+                    })?;
+            Ok(NodeStatus {
+                config_version: *version,
+                ..Default::default()
+            })
+        })
+    }
+    fn put_config<'a>(
+        &'a self,
+        addr: SocketAddr,
+        _secret: &'a str,
+        config: &'a NodeConfig,
+    ) -> crate::dns::BoxFuture<'a, Result<NodeStatus, NodeAdminError>> {
+        Box::pin(async move {
+            if let Some(message) = self.refuse_config.lock().unwrap().clone() {
+                return Err(NodeAdminError::Refused {
+                    addr,
+                    status: 500,
+                    message,
+                });
+            }
+            self.pushes.fetch_add(1, Ordering::SeqCst);
+            self.configs.lock().unwrap().push(config.clone());
+            let mut running = self.running.lock().unwrap();
+            let entry = running
+                .values_mut()
+                .find(|(a, _)| *a == addr)
+                .expect("pushed to a running node");
+            entry.1 = Some(config.version);
+            Ok(NodeStatus {
+                config_version: Some(config.version),
+                ..Default::default()
+            })
+        })
+    }
+}
+
+struct Harness {
+    store: Store,
+    host: Arc<FakeHost>,
+    dns: Arc<EmbeddedDns>,
+    reconciler: Arc<Reconciler>,
+    db: std::path::PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.db.display()));
+        }
+    }
+}
+
+fn harness() -> Harness {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let db = std::env::temp_dir().join(format!(
+        "lbaas-reconcile-{}-{}.db",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let store = Store::open(&db).unwrap();
+    let host = Arc::new(FakeHost::default());
+    let dns = Arc::new(EmbeddedDns::new("lbaas.internal", 5).unwrap());
+    let network = Arc::new(LoopbackNetwork::new("127.0.0.0/8".parse().unwrap(), 16).unwrap());
+    let settings = ReconcileSettings {
+        node_ready_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let reconciler = Arc::new(Reconciler::with_node_admin(
+        store.clone(),
+        host.clone(),
+        network,
+        dns.clone(),
+        host.clone(),
+        settings,
+    ));
+    Harness {
+        store,
+        host,
+        dns,
+        reconciler,
+        db,
+    }
+}
+
+/// Stores a project and an instance the way the API handlers do.
+fn create_instance(store: &Store, min_nodes: u32) -> i64 {
+    let spec: InstanceCreate = serde_json::from_value(serde_json::json!({
+        "name": "web", "project": "demo", "traffic_type": "http", "port": 8080, "min_nodes": min_nodes,
+        "backend": {"entities": ["127.0.0.1:9001", "127.0.0.1:9002"]}
+    }))
+    .unwrap();
+    let spec = spec.validate().unwrap();
+    store
+        .transaction(|tx| {
+            let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;
+            Ok::<_, store::StoreError>(store::insert_instance(tx, p.id, &spec)?.id)
+        })
+        .unwrap()
+}
+
+fn instance(h: &Harness, id: i64) -> store::InstanceRow {
+    h.store
+        .read(|c| store::instance_by_id(c, id))
+        .unwrap()
+        .unwrap()
+}
+
+async fn dns_names(h: &Harness) -> Vec<String> {
+    h.dns.names().await
+}
+
+#[tokio::test]
+async fn create_flow_reaches_active_and_is_idempotent() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    let inst = instance(&h, id);
+    assert_eq!(
+        inst.provisioning_status,
+        ProvisioningStatus::Active,
+        "{:?}",
+        inst.status_reason
+    );
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        nodes[0].address.to_string(),
+        "127.5.0.2",
+        "first address after the gateway"
+    );
+    assert_eq!(nodes[0].state, "running");
+    let config = h.host.configs.lock().unwrap()[0].clone();
+    assert_eq!(
+        (config.version, config.listen.to_string()),
+        (1, "127.5.0.2:8080".to_string())
+    );
+    assert_eq!(config.backends.len(), 2);
+    assert_eq!(dns_names(&h).await, vec!["web.demo".to_string()]);
+
+    // A second pass changes nothing.
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(h.host.starts.load(Ordering::SeqCst), 1);
+    assert_eq!(h.host.pushes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn update_pushes_a_new_generation_without_restarting() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    let mut spec = instance(&h, id).spec;
+    spec.backends.truncate(1);
+    h.store
+        .read(|c| store::update_instance_spec(c, id, &spec))
+        .unwrap();
+    assert_eq!(
+        instance(&h, id).provisioning_status,
+        ProvisioningStatus::PendingUpdate
+    );
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(
+        instance(&h, id).provisioning_status,
+        ProvisioningStatus::Active
+    );
+    let last = h.host.configs.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((last.version, last.backends.len()), (2, 1));
+    assert_eq!(
+        h.host.starts.load(Ordering::SeqCst),
+        1,
+        "no restart for an update"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_node_is_recorded_and_started_again() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    let node_id = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].id;
+    h.host.kill(node_id);
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(h.host.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        h.host.pushes.load(Ordering::SeqCst),
+        2,
+        "the new process gets the config again"
+    );
+    let events = h.store.read(|c| store::recent_events(c, id, 10)).unwrap();
+    let exited = events
+        .iter()
+        .find(|e| e.kind == "node_exited")
+        .expect("an exit event");
+    assert!(exited.message.contains("signal 9"), "{}", exited.message);
+}
+
+#[tokio::test]
+async fn a_step_that_keeps_failing_ends_in_error_with_the_reason() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    *h.host.refuse_config.lock().unwrap() = Some("bind 127.5.0.2:8080: Address in use".into());
+    for attempt in 1..=3 {
+        h.reconciler.reconcile_once().await.unwrap();
+        let inst = instance(&h, id);
+        let expected = if attempt < 3 {
+            ProvisioningStatus::PendingCreate
+        } else {
+            ProvisioningStatus::Error
+        };
+        assert_eq!(
+            inst.provisioning_status, expected,
+            "after attempt {attempt}"
+        );
+    }
+    assert!(instance(&h, id)
+        .status_reason
+        .unwrap()
+        .contains("Address in use"));
+}
+
+#[tokio::test]
+async fn delete_removes_dns_nodes_and_rows() {
+    let h = harness();
+    let id = create_instance(&h.store, 2);
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(h.host.list_nodes().len(), 2);
+    h.store
+        .read(|c| store::set_instance_provisioning(c, id, ProvisioningStatus::PendingDelete, None))
+        .unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    assert!(h
+        .store
+        .read(|c| store::instance_by_id(c, id))
+        .unwrap()
+        .is_none());
+    assert!(h.store.read(store::all_nodes).unwrap().is_empty());
+    assert!(h.host.list_nodes().is_empty());
+    assert!(dns_names(&h).await.is_empty());
+}
+
+#[tokio::test]
+async fn orphans_without_rows_are_removed() {
+    let h = harness();
+    let orphan = NodeSpec {
+        node_id: 99,
+        admin_addr: "127.9.0.2:9901".parse().unwrap(),
+        secret: "x".into(),
+    };
+    h.host.ensure_node(&orphan).unwrap();
+    h.dns
+        .set_a_records("gone.demo", &[Ipv4Addr::new(127, 9, 0, 2)])
+        .await
+        .unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    assert!(h.host.list_nodes().is_empty());
+    assert!(dns_names(&h).await.is_empty());
+}
+
+#[tokio::test]
+async fn min_nodes_gives_one_address_and_record_each() {
+    let h = harness();
+    let id = create_instance(&h.store, 3);
+    h.reconciler.reconcile_once().await.unwrap();
+    let addrs: Vec<String> = h
+        .store
+        .read(|c| store::list_nodes(c, id))
+        .unwrap()
+        .iter()
+        .map(|n| n.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["127.5.0.2", "127.5.0.3", "127.5.0.4"]);
+    assert_eq!(
+        instance(&h, id).provisioning_status,
+        ProvisioningStatus::Active
+    );
+}
