@@ -43,10 +43,11 @@ impl ComputeDriver for FakeHost {
         "fake"
     }
     fn ensure_node(&self, spec: &NodeSpec) -> Result<NodeObservation, ComputeError> {
-        let mut running = self.running.lock().unwrap();
-        if !running.contains_key(&spec.node_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            self.running.lock().unwrap().entry(spec.node_id)
+        {
             self.starts.fetch_add(1, Ordering::SeqCst);
-            running.insert(spec.node_id, (spec.admin_addr, None));
+            slot.insert((spec.admin_addr, None));
             self.exited.lock().unwrap().remove(&spec.node_id);
         }
         Ok(NodeObservation::Running {
