@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::names::validate_name;
 use crate::model::project::{check_type_tag, parse_subnet};
+use crate::model::tuning::{
+    max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
+    DEFAULT_MAX_CONNECTIONS,
+};
 use crate::model::{OperatingStatus, ProvisioningStatus, ValidationError};
 
 /// Most nodes one instance may ask for.
@@ -31,14 +35,6 @@ impl TrafficType {
             Self::Tcp => "tcp",
         }
     }
-}
-
-/// How a node picks a backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    #[default]
-    RoundRobin,
 }
 
 /// One backend as a client may write it: `"10.1.0.5:80"`, `"10.1.0.5"` (the
@@ -81,6 +77,9 @@ pub struct HealthCheckSpec {
     pub port: Option<i64>,
     #[serde(default, rename = "request-path")]
     pub request_path: Option<String>,
+    /// HTTP statuses that pass: `200-399` (default), or one code such as `204`.
+    #[serde(default, rename = "expected-codes")]
+    pub expected_codes: Option<String>,
     #[serde(default)]
     pub criteria: Option<HealthCriteriaSpec>,
 }
@@ -109,7 +108,30 @@ pub struct HealthCheck {
     pub port: u16,
     #[serde(rename = "request-path")]
     pub request_path: String,
+    #[serde(rename = "expected-codes", default = "default_expected_codes")]
+    pub expected_codes: String,
     pub criteria: HealthCriteria,
+}
+
+fn default_expected_codes() -> String {
+    "200-399".to_string()
+}
+
+/// Parses `200-399` or `204` into an inclusive range of HTTP statuses.
+pub fn parse_code_range(s: &str) -> Result<(u16, u16), String> {
+    let code = |c: &str| {
+        c.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    let range = match s.split_once('-') {
+        Some((lo, hi)) => code(lo).zip(code(hi)),
+        None => code(s).map(|c| (c, c)),
+    };
+    range.filter(|(lo, hi)| lo <= hi).ok_or_else(|| {
+        format!("expected-codes {s:?}: expected a status (204) or a range (200-399) within 100-599")
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -155,6 +177,17 @@ pub struct InstanceCreate {
     /// How many LB nodes serve the instance (default 1).
     #[serde(default)]
     pub min_nodes: Option<i64>,
+    /// What `consistent_hash` keys on: `client_ip` (default) or `header:<Name>`.
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// Client connections one node serves at once; more are refused politely.
+    #[serde(default)]
+    pub max_connections: Option<i64>,
+    /// PROXY protocol header towards backends (`tcp` only): `none`, `v1`, `v2`.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Accepted as in the seed's instance shape; must be `instance`.
     #[serde(default, rename = "type")]
     pub object_type: Option<String>,
@@ -172,6 +205,37 @@ pub struct InstanceSpec {
     pub health_check: HealthCheck,
     pub auto_scaling: bool,
     pub min_nodes: u32,
+    // Added after the first release: stored specs without them take the defaults.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "crate::model::tuning::default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+}
+
+impl InstanceSpec {
+    /// Checks the rules that tie fields together, after create or update.
+    fn check_combination(&self) -> Result<(), ValidationError> {
+        if self.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {
+            return Err(ValidationError::InvalidField(
+                "proxy_protocol needs traffic_type tcp".into(),
+            ));
+        }
+        if matches!(self.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
+            return Err(ValidationError::InvalidField(
+                "hash_on header:<Name> needs traffic_type http".into(),
+            ));
+        }
+        if self.hash_on != HashOn::ClientIp && self.algorithm != Algorithm::ConsistentHash {
+            return Err(ValidationError::InvalidField(
+                "hash_on needs algorithm consistent_hash".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl InstanceCreate {
@@ -187,7 +251,7 @@ impl InstanceCreate {
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
         let backends = members(&self.backend.entities, port, self.traffic_type)?;
         let health_check = health_check(self.backend.health_check.as_ref(), self.traffic_type)?;
-        Ok(InstanceSpec {
+        let spec = InstanceSpec {
             name: self.name,
             traffic_type: self.traffic_type,
             port,
@@ -197,7 +261,16 @@ impl InstanceCreate {
             health_check,
             auto_scaling: self.backend.auto_scaling.unwrap_or(false),
             min_nodes: node_count(self.min_nodes)?,
-        })
+            hash_on: self.hash_on.unwrap_or_default(),
+            timeouts: self
+                .timeouts
+                .unwrap_or_default()
+                .resolve(Timeouts::default())?,
+            max_connections: max_connections(self.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+            proxy_protocol: self.proxy_protocol.unwrap_or_default(),
+        };
+        spec.check_combination()?;
+        Ok(spec)
     }
 }
 
@@ -233,6 +306,15 @@ pub struct InstanceUpdate {
     pub backend: Option<BackendSpec>,
     #[serde(default)]
     pub min_nodes: Option<i64>,
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+    /// Given fields replace the stored ones; absent ones stay.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+    #[serde(default)]
+    pub max_connections: Option<i64>,
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl InstanceUpdate {
@@ -250,6 +332,16 @@ impl InstanceUpdate {
         if let Some(n) = self.min_nodes {
             next.min_nodes = node_count(Some(n))?;
         }
+        if let Some(h) = &self.hash_on {
+            next.hash_on = h.clone();
+        }
+        if let Some(t) = &self.timeouts {
+            next.timeouts = t.resolve(next.timeouts)?;
+        }
+        next.max_connections = max_connections(self.max_connections, next.max_connections)?;
+        if let Some(p) = self.proxy_protocol {
+            next.proxy_protocol = p;
+        }
         if let Some(backend) = &self.backend {
             // An update that names no entities keeps the current ones.
             if !backend.entities.is_empty() {
@@ -262,6 +354,7 @@ impl InstanceUpdate {
                 next.auto_scaling = a;
             }
         }
+        next.check_combination()?;
         Ok(next)
     }
 }
@@ -304,6 +397,10 @@ pub struct InstanceInfo {
     pub subnet: String,
     pub backend: BackendView,
     pub min_nodes: u32,
+    pub hash_on: HashOn,
+    pub timeouts: Timeouts,
+    pub max_connections: u32,
+    pub proxy_protocol: ProxyProtocol,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
     /// `http://<dns_name>:<port>/` or `tcp://<dns_name>:<port>`.
@@ -475,6 +572,11 @@ fn health_check(
             "request-path {request_path:?} must start with '/' and contain no spaces"
         )));
     }
+    let expected_codes = spec
+        .expected_codes
+        .clone()
+        .unwrap_or_else(default_expected_codes);
+    parse_code_range(&expected_codes).map_err(ValidationError::InvalidHealthCheck)?;
     let c = spec.criteria.clone().unwrap_or_default();
     let bounded =
         |name: &str, v: Option<i64>, default: u32, max: u32| -> Result<u32, ValidationError> {
@@ -497,6 +599,7 @@ fn health_check(
         protocol,
         port,
         request_path,
+        expected_codes,
         criteria: HealthCriteria {
             interval,
             timeout,
@@ -601,6 +704,20 @@ mod tests {
                 "invalid_health_check",
             ),
             (json!({"min_nodes": 0}), "invalid_auto_scaling"),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": "399-200"}}}),
+                "invalid_health_check",
+            ),
+            (json!({"proxy_protocol": "v2"}), "invalid_field"),
+            (json!({"hash_on": "header:x-user"}), "invalid_field"),
+            (
+                json!({"algorithm": "consistent_hash", "hash_on": "cookie"}),
+                "invalid_field",
+            ),
+            (json!({"algorithm": "fastest"}), "invalid_field"),
+            (json!({"timeouts": {"connect_ms": 0}}), "invalid_field"),
+            (json!({"timeouts": {"connect": 5}}), "unknown_field"),
+            (json!({"max_connections": 0}), "invalid_field"),
             (json!({"colour": "red"}), "unknown_field"),
         ];
         for (patch, code) in cases {

@@ -11,18 +11,20 @@ pub mod node;
 pub mod project;
 pub mod schemas;
 pub mod status;
+pub mod tuning;
 
 pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };
 pub use error::ValidationError;
 pub use instance::{
-    Algorithm, BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria,
-    HealthProtocol, InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec,
-    InstanceUpdate, NodeInfo, TrafficType,
+    BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria, HealthProtocol,
+    InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,
+    NodeInfo, TrafficType,
 };
 pub use node::{MemberStats, NodeConfig, NodeStats, NodeStatus};
 pub use project::{
     ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef, ProjectSpec, ProjectUpdate,
 };
 pub use status::{OperatingStatus, ProvisioningStatus};
+pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts};

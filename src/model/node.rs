@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::instance::HealthCheck;
-use crate::model::{Algorithm, BackendMember, TrafficType};
+use crate::model::{Algorithm, BackendMember, HashOn, ProxyProtocol, Timeouts, TrafficType};
 
 /// Everything a node needs to serve an instance. Applying it is idempotent;
 /// a node reports the `version` it runs so the controller knows when to push.
@@ -23,6 +23,14 @@ pub struct NodeConfig {
     pub algorithm: Algorithm,
     pub backends: Vec<BackendMember>,
     pub health_check: HealthCheck,
+    #[serde(default)]
+    pub hash_on: HashOn,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "crate::model::tuning::default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// A node's answer to `GET /status` (and to a successful `PUT /config`).

@@ -180,6 +180,10 @@ impl Reconciler {
                 algorithm: inst.spec.algorithm,
                 backends: inst.spec.backends.clone(),
                 health_check: inst.spec.health_check.clone(),
+                hash_on: inst.spec.hash_on.clone(),
+                timeouts: inst.spec.timeouts,
+                max_connections: inst.spec.max_connections,
+                proxy_protocol: inst.spec.proxy_protocol,
             };
             if let Err(e) = self.nodes.put_config(admin, &node.secret, &config).await {
                 self.set_node(node, "running", Some(pid), OperatingStatus::Offline);
