@@ -1,12 +1,16 @@
-//! Choosing a member: smooth weighted round robin, precomputed into a
-//! schedule at config time so a pick is one atomic increment.
+//! Choosing a member. Every algorithm skips members that are draining
+//! (weight 0), down (active checks) or ejected (passive health); when none is
+//! left it fails open over all weighted members, since refusing everything
+//! is worse than trying backends that might be up.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use super::stats::MemberCounters;
-use crate::model::{BackendMember, MemberStats};
+use rand::Rng;
+
+use super::stats::{now_ms, MemberCounters};
+use crate::model::{Algorithm, BackendMember, MemberStats};
 
 pub struct Member {
     pub address: SocketAddr,
@@ -14,15 +18,61 @@ pub struct Member {
     pub counters: Arc<MemberCounters>,
 }
 
+impl Member {
+    /// Whether new requests may go to this member now.
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.weight > 0
+            && self.counters.healthy.load(Relaxed)
+            && self.counters.ejected_until_ms.load(Relaxed) <= now_ms
+    }
+
+    fn load(&self) -> u64 {
+        self.counters.active.load(Relaxed)
+    }
+
+    /// `self` is less loaded than `other` relative to their weights.
+    fn lighter_than(&self, other: &Member) -> bool {
+        self.load() * u64::from(other.weight) < other.load() * u64::from(self.weight)
+    }
+
+    fn state(&self, now_ms: u64) -> &'static str {
+        if self.weight == 0 {
+            "draining"
+        } else if !self.counters.healthy.load(Relaxed) {
+            "down"
+        } else if self.counters.ejected_until_ms.load(Relaxed) > now_ms {
+            "ejected"
+        } else {
+            "up"
+        }
+    }
+}
+
+/// The member chosen for a request, and whether it was chosen by failing open.
+pub struct Pick<'a> {
+    pub member: &'a Member,
+    pub fail_open: bool,
+}
+
 pub struct Balancer {
+    algorithm: Algorithm,
     members: Vec<Member>,
     /// Member indexes in smooth-WRR order; weight-0 members never appear.
     schedule: Vec<usize>,
+    /// The Maglev lookup table (consistent_hash only).
+    maglev: Vec<u16>,
     next: AtomicUsize,
 }
 
+/// Maglev table size: a prime well above the member count (at most 256).
+const MAGLEV_SIZE: usize = 65_537;
+
 impl Balancer {
-    pub fn new(backends: &[BackendMember], counters: Vec<Arc<MemberCounters>>) -> Balancer {
+    pub fn new(
+        algorithm: Algorithm,
+        backends: &[BackendMember],
+        counters: Vec<Arc<MemberCounters>>,
+    ) -> Balancer {
         let members: Vec<Member> = backends
             .iter()
             .zip(counters)
@@ -32,44 +82,124 @@ impl Balancer {
                 counters,
             })
             .collect();
-        let schedule = smooth_wrr(&members.iter().map(|m| m.weight).collect::<Vec<_>>());
+        let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
+        let schedule = smooth_wrr(&weights);
+        let maglev = if algorithm == Algorithm::ConsistentHash {
+            let names: Vec<String> = members.iter().map(|m| m.address.to_string()).collect();
+            maglev_table(&names, &weights, MAGLEV_SIZE)
+        } else {
+            Vec::new()
+        };
         Balancer {
+            algorithm,
             members,
             schedule,
+            maglev,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// The members in the order to try them for one request: the scheduled
-    /// one first, then the others (for retries), skipping weight 0.
-    pub fn pick(&self) -> Option<&Member> {
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Picks a member for a request; `key` is the hash key (consistent_hash only).
+    pub fn pick(&self, key: u64) -> Option<Pick<'_>> {
         if self.schedule.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Relaxed);
-        Some(&self.members[self.schedule[n % self.schedule.len()]])
+        let now = now_ms();
+        let chosen = match self.algorithm {
+            Algorithm::RoundRobin => self.round_robin(now),
+            Algorithm::LeastConnections => self.least_loaded(now),
+            Algorithm::PowerOfTwo => self.power_of_two(now),
+            Algorithm::ConsistentHash => self.hashed(key, now),
+        };
+        match chosen {
+            Some(member) => Some(Pick {
+                member,
+                fail_open: false,
+            }),
+            None => {
+                let n = self.next.fetch_add(1, Relaxed);
+                Some(Pick {
+                    member: &self.members[self.schedule[n % self.schedule.len()]],
+                    fail_open: true,
+                })
+            }
+        }
     }
 
-    /// The members after `first` in list order, for a retry elsewhere.
-    pub fn others<'a>(&'a self, first: &'a Member) -> impl Iterator<Item = &'a Member> + 'a {
-        self.members
-            .iter()
-            .filter(move |m| m.weight > 0 && m.address != first.address)
+    /// Another available member than `failed`, for a retry.
+    pub fn retry_member(&self, failed: &Member) -> Option<&Member> {
+        let now = now_ms();
+        let n = self.next.fetch_add(1, Relaxed);
+        let len = self.members.len();
+        (0..len)
+            .map(|i| &self.members[(n + i) % len])
+            .find(|m| m.address != failed.address && m.available(now))
+    }
+
+    fn round_robin(&self, now: u64) -> Option<&Member> {
+        let n = self.next.fetch_add(1, Relaxed);
+        let len = self.schedule.len();
+        (0..len)
+            .map(|i| &self.members[self.schedule[(n + i) % len]])
+            .find(|m| m.available(now))
+    }
+
+    fn least_loaded(&self, now: u64) -> Option<&Member> {
+        // Start the scan at a rotating offset so ties spread out.
+        let n = self.next.fetch_add(1, Relaxed);
+        let len = self.members.len();
+        let mut best: Option<&Member> = None;
+        for i in 0..len {
+            let m = &self.members[(n + i) % len];
+            if m.available(now) && best.is_none_or(|b| m.lighter_than(b)) {
+                best = Some(m);
+            }
+        }
+        best
+    }
+
+    fn power_of_two(&self, now: u64) -> Option<&Member> {
+        let len = self.members.len();
+        let mut rng = rand::rng();
+        let mut sample = || {
+            (0..4)
+                .map(|_| &self.members[rng.random_range(0..len)])
+                .find(|m| m.available(now))
+        };
+        match (sample(), sample()) {
+            (Some(a), Some(b)) => Some(if b.lighter_than(a) { b } else { a }),
+            (Some(a), None) | (None, Some(a)) => Some(a),
+            // Most members are out: fall back to a full scan.
+            (None, None) => self.least_loaded(now),
+        }
+    }
+
+    fn hashed(&self, key: u64, now: u64) -> Option<&Member> {
+        let len = self.maglev.len();
+        let start = (key % len as u64) as usize;
+        // An unavailable owner: walk the table, so the same key still lands on
+        // the same fallback and other keys keep their members.
+        (0..len)
+            .map(|i| &self.members[self.maglev[(start + i) % len] as usize])
+            .find(|m| m.available(now))
     }
 
     pub fn member_stats(&self) -> Vec<MemberStats> {
+        let now = now_ms();
         self.members
             .iter()
             .map(|m| MemberStats {
                 address: m.address,
-                state: if m.weight == 0 {
-                    "draining".into()
-                } else {
-                    "up".into()
-                },
+                state: m.state(now).to_string(),
+                weight: m.weight,
                 requests: m.counters.requests.load(Relaxed),
                 failures: m.counters.failures.load(Relaxed),
                 active: m.counters.active.load(Relaxed),
+                ejections: m.counters.ejections.load(Relaxed),
             })
             .collect()
     }
@@ -99,11 +229,57 @@ fn smooth_wrr(weights: &[u32]) -> Vec<usize> {
     out
 }
 
+/// FNV-1a: small, fast and the same in every process, so every node of an
+/// instance maps a key to the same member.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Maglev's lookup table (Eisenbud et al., NSDI 2016), with weights: each
+/// round, a member claims as many slots as its weight.
+fn maglev_table(names: &[String], weights: &[u32], size: usize) -> Vec<u16> {
+    let perms: Vec<(u64, u64)> = names
+        .iter()
+        .map(|n| {
+            let offset = fnv1a(n.as_bytes()) % size as u64;
+            let skip = fnv1a(format!("{n}#skip").as_bytes()) % (size as u64 - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; names.len()];
+    let mut table = vec![u16::MAX; size];
+    let mut filled = 0;
+    while filled < size {
+        for (i, (offset, skip)) in perms.iter().enumerate() {
+            for _ in 0..weights[i] {
+                let mut slot = ((offset + next[i] * skip) % size as u64) as usize;
+                while table[slot] != u16::MAX {
+                    next[i] += 1;
+                    slot = ((offset + next[i] * skip) % size as u64) as usize;
+                }
+                table[slot] = i as u16;
+                next[i] += 1;
+                filled += 1;
+                if filled == size {
+                    return table;
+                }
+            }
+        }
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
-    fn balancer(weights: &[u32]) -> Balancer {
+    fn balancer(algorithm: Algorithm, weights: &[u32]) -> Balancer {
         let backends: Vec<BackendMember> = weights
             .iter()
             .enumerate()
@@ -113,18 +289,25 @@ mod tests {
             })
             .collect();
         let counters = backends.iter().map(|_| Arc::default()).collect();
-        Balancer::new(&backends, counters)
+        Balancer::new(algorithm, &backends, counters)
+    }
+
+    fn index(m: &Member) -> usize {
+        (m.address.port() - 9000) as usize
+    }
+
+    fn counts(b: &Balancer, n: usize, key: impl Fn(usize) -> u64) -> Vec<usize> {
+        let mut counts = vec![0; b.members().len()];
+        for i in 0..n {
+            counts[index(b.pick(key(i)).unwrap().member)] += 1;
+        }
+        counts
     }
 
     #[test]
-    fn weights_give_proportions_and_zero_is_never_picked() {
-        let b = balancer(&[1, 2, 0]);
-        let mut counts = [0; 3];
-        for _ in 0..300 {
-            let m = b.pick().unwrap();
-            counts[(m.address.port() - 9000) as usize] += 1;
-        }
-        assert_eq!(counts, [100, 200, 0]);
+    fn round_robin_follows_weights_and_skips_zero() {
+        let b = balancer(Algorithm::RoundRobin, &[1, 2, 0]);
+        assert_eq!(counts(&b, 300, |_| 0), vec![100, 200, 0]);
     }
 
     #[test]
@@ -135,10 +318,112 @@ mod tests {
     }
 
     #[test]
-    fn all_drained_picks_nothing() {
-        assert!(balancer(&[0, 0]).pick().is_none());
-        let b = balancer(&[1, 0, 1]);
-        let first = b.pick().unwrap();
-        assert_eq!(b.others(first).count(), 1);
+    fn least_connections_prefers_the_idle_member() {
+        let b = balancer(Algorithm::LeastConnections, &[1, 1, 1]);
+        b.members()[0].counters.active.store(5, Ordering::Relaxed);
+        b.members()[1].counters.active.store(1, Ordering::Relaxed);
+        for _ in 0..10 {
+            assert_eq!(index(b.pick(0).unwrap().member), 2);
+        }
+        // Weights scale the load: 4 in flight on weight 4 beats 2 on weight 1.
+        let w = balancer(Algorithm::LeastConnections, &[4, 1]);
+        w.members()[0].counters.active.store(4, Ordering::Relaxed);
+        w.members()[1].counters.active.store(2, Ordering::Relaxed);
+        assert_eq!(index(w.pick(0).unwrap().member), 0);
+    }
+
+    #[test]
+    fn power_of_two_spreads_evenly_when_idle() {
+        let b = balancer(Algorithm::PowerOfTwo, &[1, 1, 1, 1]);
+        let c = counts(&b, 4000, |_| 0);
+        // Each member gets about a quarter; 6 sigma of a binomial(4000, 1/4) is ~165.
+        assert!(c.iter().all(|n| (835..=1165).contains(n)), "{c:?}");
+    }
+
+    #[test]
+    fn power_of_two_avoids_the_loaded_member() {
+        let b = balancer(Algorithm::PowerOfTwo, &[1, 1]);
+        b.members()[0].counters.active.store(10, Ordering::Relaxed);
+        let c = counts(&b, 1000, |_| 0);
+        // Member 0 only wins when both samples land on it (1 in 4).
+        assert!(c[0] < 350, "{c:?}");
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_few_keys() {
+        let b = balancer(Algorithm::ConsistentHash, &[1, 1, 1, 1]);
+        let keys: Vec<u64> = (0..2000u64).map(|k| fnv1a(&k.to_le_bytes())).collect();
+        let first: Vec<usize> = keys
+            .iter()
+            .map(|k| index(b.pick(*k).unwrap().member))
+            .collect();
+        let again: Vec<usize> = keys
+            .iter()
+            .map(|k| index(b.pick(*k).unwrap().member))
+            .collect();
+        assert_eq!(first, again, "same key, same member");
+        let mut per = [0; 4];
+        for i in &first {
+            per[*i] += 1;
+        }
+        assert!(
+            per.iter().all(|n| (350..=650).contains(n)),
+            "balanced: {per:?}"
+        );
+        // Member 3 goes down: only its keys move.
+        b.members()[3]
+            .counters
+            .healthy
+            .store(false, Ordering::Relaxed);
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| index(b.pick(*k).unwrap().member))
+            .collect();
+        for (f, a) in first.iter().zip(&after) {
+            if *f != 3 {
+                assert_eq!(f, a, "a key of a healthy member moved");
+            } else {
+                assert_ne!(*a, 3);
+            }
+        }
+    }
+
+    #[test]
+    fn down_and_ejected_members_are_skipped_and_all_down_fails_open() {
+        let b = balancer(Algorithm::RoundRobin, &[1, 1, 1]);
+        b.members()[0]
+            .counters
+            .healthy
+            .store(false, Ordering::Relaxed);
+        b.members()[1]
+            .counters
+            .ejected_until_ms
+            .store(now_ms() + 60_000, Ordering::Relaxed);
+        for _ in 0..6 {
+            let p = b.pick(0).unwrap();
+            assert_eq!((index(p.member), p.fail_open), (2, false));
+        }
+        b.members()[2]
+            .counters
+            .healthy
+            .store(false, Ordering::Relaxed);
+        let seen: std::collections::HashSet<usize> = (0..6)
+            .map(|_| b.pick(0).unwrap())
+            .map(|p| {
+                assert!(p.fail_open);
+                index(p.member)
+            })
+            .collect();
+        assert_eq!(seen.len(), 3, "fail open spreads over all members");
+    }
+
+    #[test]
+    fn retry_goes_elsewhere() {
+        let b = balancer(Algorithm::RoundRobin, &[1, 1, 0]);
+        let first = b.pick(0).unwrap().member;
+        let other = b.retry_member(first).unwrap();
+        assert_ne!(other.address, first.address);
+        assert_eq!(other.weight, 1, "never a draining member");
+        assert!(balancer(Algorithm::RoundRobin, &[0, 0]).pick(0).is_none());
     }
 }

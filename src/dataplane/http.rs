@@ -1,13 +1,16 @@
-//! The HTTP/1.1 reverse proxy: keep-alive to clients, pooled keep-alive
-//! connections to members, `X-Forwarded-*`, hop-by-hop headers removed, bodies
-//! streamed. A connect failure of a body-less idempotent request is retried on
-//! the other members; when no member answers the client gets a 502 that says why.
+//! The HTTP reverse proxy: HTTP/1.1 with keep-alive, and HTTP/2 with prior
+//! knowledge (h2c), from clients; pooled HTTP/1.1 keep-alive connections to
+//! members. Adds `X-Forwarded-For/-Proto/-Host` and `Via`, removes hop-by-hop
+//! headers, streams bodies, passes `Upgrade` (WebSocket) through. A body-less
+//! idempotent request whose member refused or reset the connection before
+//! answering is retried once on another member. Failures answer 502/503/504
+//! with the reason in a short body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,11 +22,14 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::balance::Member;
-use super::Node;
+use super::balance::{fnv1a, Member};
+use super::health::record_outcome;
+use super::{ActiveConfig, Node};
+use crate::model::{HashOn, Timeouts};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -31,25 +37,23 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 #[derive(Clone)]
 pub struct BackendClient {
     client: Client<HttpConnector, ProxyBody>,
+    first_byte: Duration,
 }
 
 impl BackendClient {
-    pub fn new() -> Self {
+    pub fn new(timeouts: &Timeouts) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        connector.set_connect_timeout(Some(Duration::from_millis(u64::from(timeouts.connect_ms))));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_millis(u64::from(timeouts.backend_idle_ms)))
             .pool_max_idle_per_host(256)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        BackendClient { client }
-    }
-}
-
-impl Default for BackendClient {
-    fn default() -> Self {
-        Self::new()
+        BackendClient {
+            client,
+            first_byte: Duration::from_millis(u64::from(timeouts.first_byte_ms)),
+        }
     }
 }
 
@@ -67,62 +71,118 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
             },
             _ = stop.changed() => return,
         };
-        let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
-            let _conn = node.counters.connection();
+            let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
+                return refuse(stream).await;
+            };
+            let _ = stream.set_nodelay(true);
+            let idle = node
+                .active
+                .load()
+                .as_ref()
+                .map_or(Timeouts::default().client_idle_ms, |a| {
+                    a.config.timeouts.client_idle_ms
+                });
             let service = service_fn(|req| {
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(proxy(&node, req, peer).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+                .header_read_timeout(Duration::from_millis(u64::from(idle)));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(256);
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!("client {peer}: {e}");
             }
         });
     }
 }
 
+/// Over `max_connections`: a short 503 instead of a silent close.
+async fn refuse(mut stream: TcpStream) {
+    let body = "lb-node: too many connections, try again\n";
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
 async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let start = Instant::now();
     node.counters.requests_total.fetch_add(1, Relaxed);
+    if let Some(len) = content_length(req.headers()) {
+        node.counters.bytes_in.fetch_add(len, Relaxed);
+    }
+    let resp = route(node, req, peer).await;
+    if let Some(len) = content_length(resp.headers()) {
+        node.counters.bytes_out.fetch_add(len, Relaxed);
+    }
+    node.counters
+        .response(resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     let Some(active) = node.active.load_full() else {
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
             "lb-node: not configured yet\n".into(),
         );
     };
-    let Some(first) = active.balancer.pick() else {
+    let key = hash_key(&active.config.hash_on, &req, peer);
+    let Some(pick) = active.balancer.pick(key) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
             "lb-node: no backend is configured\n".into(),
         );
     };
-    // Only a request without a body can be sent again: its bytes are not consumed.
-    let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v == "0")
-        && !req.headers().contains_key(header::TRANSFER_ENCODING);
+    node.counters.fail_open.store(pick.fail_open, Relaxed);
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let retryable = upgrade.is_none() && idempotent_without_body(&req);
+    let client_version = req.version();
     let (mut parts, body) = req.into_parts();
+    let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, peer);
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    add_forwarded(&mut parts.headers, peer, authority.as_ref(), client_version);
+    if let Some(host) = authority {
+        // HTTP/2 clients send :authority, not Host; members speak HTTP/1.1.
+        parts.headers.insert(header::HOST, host);
+    }
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
+        .map_or("/", |p| p.as_str())
         .to_string();
     parts.version = http::Version::HTTP_11;
 
     let mut body = Some(body.boxed());
-    let mut last_error = String::new();
-    for member in std::iter::once(first).chain(active.balancer.others(first).filter(|_| retryable))
-    {
+    let mut member = pick.member;
+    let mut retried = false;
+    loop {
         let mut out = Request::from_parts(parts.clone(), ());
         *out.uri_mut() = match Uri::try_from(format!("http://{}{path}", member.address)) {
             Ok(u) => u,
@@ -136,57 +196,121 @@ async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respons
         let out_body = body
             .take()
             .unwrap_or_else(|| Empty::new().map_err(|e| match e {}).boxed());
-        match forward(node, member, out.map(|()| out_body)).await {
-            Ok(resp) => return resp,
-            Err(ForwardError { connect, reason }) => {
-                last_error = format!("{reason} ({})", member.address);
-                if !connect || !retryable {
-                    break;
+        match forward(&active, member, out.map(|()| out_body)).await {
+            Ok(mut resp) => {
+                record_outcome(&active.balancer, member, resp.status().as_u16() < 500);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        let backend_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_side, backend_side));
+                        return resp.map(|b| b.boxed());
+                    }
                 }
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Response::from_parts(parts, body.boxed());
+            }
+            Err(ForwardError::Timeout(after)) => {
+                record_outcome(&active.balancer, member, false);
+                node.counters.backend_errors.fetch_add(1, Relaxed);
+                let reason = format!(
+                    "backend {} sent no response within {} ms",
+                    member.address,
+                    after.as_millis()
+                );
+                tracing::warn!("{} {path}: {reason}", parts.method);
+                return short(StatusCode::GATEWAY_TIMEOUT, format!("lb-node: {reason}\n"));
+            }
+            Err(ForwardError::Failed { unanswered, reason }) => {
+                record_outcome(&active.balancer, member, false);
+                if unanswered && retryable && !retried {
+                    if let Some(other) = active.balancer.retry_member(member) {
+                        tracing::debug!(
+                            "{} {path}: retrying on {} after: {reason}",
+                            parts.method,
+                            other.address
+                        );
+                        member = other;
+                        retried = true;
+                        continue;
+                    }
+                }
+                node.counters.backend_errors.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    "{} {path}: no backend answered: {reason} ({})",
+                    parts.method,
+                    member.address
+                );
+                return short(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "lb-node: no backend answered (last error: {reason} ({}))\n",
+                        member.address
+                    ),
+                );
             }
         }
     }
-    node.counters.backend_errors.fetch_add(1, Relaxed);
-    tracing::warn!("{} {path}: no backend answered: {last_error}", parts.method);
-    short(
-        StatusCode::BAD_GATEWAY,
-        format!("lb-node: no backend answered (last error: {last_error})\n"),
-    )
 }
 
-struct ForwardError {
-    connect: bool,
-    reason: String,
+enum ForwardError {
+    Timeout(Duration),
+    /// `unanswered`: the member refused or dropped the connection before any
+    /// response byte, so an idempotent request may be sent elsewhere.
+    Failed {
+        unanswered: bool,
+        reason: String,
+    },
 }
 
 async fn forward(
-    node: &Node,
+    active: &ActiveConfig,
     member: &Member,
     req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, ForwardError> {
-    member.counters.requests.fetch_add(1, Relaxed);
-    member.counters.active.fetch_add(1, Relaxed);
-    let result = node.http_client.client.request(req).await;
-    member.counters.active.fetch_sub(1, Relaxed);
-    match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, body.boxed()))
-        }
-        Err(e) => {
-            member.counters.failures.fetch_add(1, Relaxed);
-            let mut reason = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                reason = format!("{reason}: {s}");
-                source = s.source();
+) -> Result<Response<Incoming>, ForwardError> {
+    let c = &member.counters;
+    c.requests.fetch_add(1, Relaxed);
+    c.active.fetch_add(1, Relaxed);
+    let result =
+        tokio::time::timeout(active.client.first_byte, active.client.client.request(req)).await;
+    c.active.fetch_sub(1, Relaxed);
+    let failed = match result {
+        Ok(Ok(resp)) => {
+            if resp.status().is_server_error() {
+                c.failures.fetch_add(1, Relaxed);
             }
-            Err(ForwardError {
-                connect: e.is_connect(),
-                reason,
-            })
+            return Ok(resp);
         }
+        Ok(Err(e)) => e,
+        Err(_) => {
+            c.failures.fetch_add(1, Relaxed);
+            return Err(ForwardError::Timeout(active.client.first_byte));
+        }
+    };
+    c.failures.fetch_add(1, Relaxed);
+    let mut unanswered = failed.is_connect();
+    let mut reason = failed.to_string();
+    let mut source = std::error::Error::source(&failed);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            unanswered |= h.is_incomplete_message() || h.is_canceled();
+        }
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    Err(ForwardError::Failed { unanswered, reason })
+}
+
+/// Copies bytes both ways between an upgraded client and member connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, backend) {
+        Ok((c, b)) => {
+            let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                tracing::debug!("upgraded connection: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("upgrade failed: {e}"),
     }
 }
 
@@ -196,6 +320,48 @@ fn short(status: StatusCode, text: String) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Only a request without a body can be sent twice: its bytes were not consumed.
+fn idempotent_without_body<B>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) && content_length(req.headers()).is_none_or(|n| n == 0)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
+/// The protocol of an HTTP/1.1 `Connection: upgrade` request.
+fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if asks {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+fn hash_key<B>(on: &HashOn, req: &Request<B>, peer: SocketAddr) -> u64 {
+    if let HashOn::Header(name) = on {
+        if let Some(v) = req.headers().get(name.as_str()) {
+            return fnv1a(v.as_bytes());
+        }
+    }
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
+        std::net::IpAddr::V6(ip) => fnv1a(&ip.octets()),
+    }
 }
 
 /// Headers that describe one hop (RFC 9110 §7.6.1) and must not be forwarded,
@@ -225,7 +391,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<&HeaderValue>,
+    version: http::Version,
+) {
     let client = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {client}"),
@@ -235,6 +406,23 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert("x-forwarded-host", host.clone());
+        }
+    }
+    let hop = if version == http::Version::HTTP_2 {
+        "2 lb-node"
+    } else {
+        "1.1 lb-node"
+    };
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {hop}"),
+        None => hop.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        headers.insert(header::VIA, v);
+    }
 }
 
 #[cfg(test)]
@@ -257,11 +445,47 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.9:5555".parse().unwrap());
+        h.insert(header::VIA, HeaderValue::from_static("1.0 edge"));
+        let host = HeaderValue::from_static("web.demo");
+        add_forwarded(
+            &mut h,
+            "127.0.0.9:5555".parse().unwrap(),
+            Some(&host),
+            http::Version::HTTP_11,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "web.demo");
+        assert_eq!(h[header::VIA], "1.0 edge, 1.1 lb-node");
+    }
+
+    #[test]
+    fn only_body_less_idempotent_requests_are_retryable() {
+        let req = |m: Method, len: Option<&str>| {
+            let mut r = Request::builder().method(m);
+            if let Some(l) = len {
+                r = r.header(header::CONTENT_LENGTH, l);
+            }
+            r.body(()).unwrap()
+        };
+        assert!(idempotent_without_body(&req(Method::GET, None)));
+        assert!(idempotent_without_body(&req(Method::DELETE, Some("0"))));
+        assert!(!idempotent_without_body(&req(Method::PUT, Some("5"))));
+        assert!(!idempotent_without_body(&req(Method::POST, None)));
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(upgrade_protocol(&h).is_none());
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
     }
 }

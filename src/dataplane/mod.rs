@@ -1,16 +1,21 @@
 //! The data plane, `lb-node`: one process per LB node. It serves the admin
 //! API (config in, status out) and proxies HTTP or TCP to the instance's
-//! backends. Config changes swap an `Arc` (no lock on the request path), so
-//! backends and algorithm change under load without a restart.
+//! backends. A config change swaps an `Arc` (no lock on the request path), so
+//! members, weights, algorithm and health checks change under load without a
+//! restart; requests in flight keep the config they started with, which is
+//! how removed members drain.
 
 pub mod admin;
 pub mod balance;
+pub mod health;
 pub mod http;
+pub mod proxy_protocol;
 pub mod stats;
 pub mod tcp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -35,6 +40,7 @@ pub enum ConfigError {
 pub struct ActiveConfig {
     pub config: NodeConfig,
     pub balancer: Balancer,
+    pub client: http::BackendClient,
 }
 
 /// The listener that serves traffic, and the switch that stops its accept loop.
@@ -51,11 +57,14 @@ pub struct Node {
     pub secret: String,
     pub active: ArcSwapOption<ActiveConfig>,
     pub counters: NodeCounters,
-    /// Per-member counters survive config changes, keyed by address.
+    /// `max_connections` of the config in force.
+    pub max_connections: AtomicU64,
+    /// Per-member counters and health survive config changes, keyed by address.
     members: Mutex<HashMap<SocketAddr, Arc<MemberCounters>>>,
     listener: tokio::sync::Mutex<Option<Listener>>,
+    /// Stops the active health checks of the previous config.
+    health_stop: Mutex<Option<watch::Sender<bool>>>,
     last_error: Mutex<Option<String>>,
-    http_client: http::BackendClient,
 }
 
 impl Node {
@@ -65,10 +74,13 @@ impl Node {
             secret,
             active: ArcSwapOption::empty(),
             counters: NodeCounters::default(),
+            max_connections: AtomicU64::new(u64::from(
+                crate::model::tuning::DEFAULT_MAX_CONNECTIONS,
+            )),
             members: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
+            health_stop: Mutex::default(),
             last_error: Mutex::default(),
-            http_client: http::BackendClient::new(),
         })
     }
 
@@ -97,8 +109,11 @@ impl Node {
         } else {
             listener.as_ref().expect("not rebinding").socket.clone()
         };
-        self.active
-            .store(Some(Arc::new(self.prepare(config.clone()))));
+        self.max_connections
+            .store(u64::from(config.max_connections), Relaxed);
+        let active = Arc::new(self.prepare(config.clone()));
+        self.start_health_checks(&active);
+        self.active.store(Some(active));
         if restart {
             if let Some(old) = listener.take() {
                 let _ = old.stop.send(true);
@@ -118,23 +133,56 @@ impl Node {
             });
         }
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), "config applied");
+        tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.algorithm, "config applied");
         drop(listener);
         Ok(self.status().await)
     }
 
     fn prepare(&self, config: NodeConfig) -> ActiveConfig {
-        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        let counters: Vec<Arc<MemberCounters>> = config
-            .backends
-            .iter()
-            .map(|m| members.entry(m.address).or_default().clone())
-            .collect();
-        members.retain(|addr, _| config.backends.iter().any(|m| m.address == *addr));
+        let counters: Vec<Arc<MemberCounters>> = {
+            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let counters = config
+                .backends
+                .iter()
+                .map(|m| members.entry(m.address).or_default().clone())
+                .collect();
+            members.retain(|addr, _| config.backends.iter().any(|m| m.address == *addr));
+            counters
+        };
+        // Keep the pooled backend connections unless the timeouts changed.
+        let client = match self.active.load_full() {
+            Some(prev) if prev.config.timeouts == config.timeouts => prev.client.clone(),
+            _ => http::BackendClient::new(&config.timeouts),
+        };
         ActiveConfig {
-            balancer: Balancer::new(&config.backends, counters),
+            balancer: Balancer::new(config.algorithm, &config.backends, counters),
+            client,
             config,
         }
+    }
+
+    /// Replaces the active health checks with those of `active`.
+    fn start_health_checks(&self, active: &ActiveConfig) {
+        let (stop, stop_rx) = watch::channel(false);
+        if let Some(old) = self
+            .health_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(stop)
+        {
+            let _ = old.send(true);
+        }
+        let members = active
+            .balancer
+            .members()
+            .iter()
+            .map(|m| (m.address, m.counters.clone()))
+            .collect();
+        tokio::spawn(health::run_checks(
+            members,
+            active.config.health_check.clone(),
+            stop_rx,
+        ));
     }
 
     pub async fn status(&self) -> NodeStatus {

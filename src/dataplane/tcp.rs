@@ -1,13 +1,18 @@
-//! The TCP proxy: one backend connection per client connection, bytes copied
-//! both ways; EOF on one side is passed on as a half-close to the other.
+//! The TCP proxy: one member connection per client connection (with an
+//! optional PROXY protocol header first), bytes copied both ways; EOF on one
+//! side is passed on as a half-close to the other.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::balance::fnv1a;
+use super::health::record_outcome;
 use super::Node;
 
 /// Accepts client connections until `stop` turns true.
@@ -26,9 +31,13 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
         };
         let node = node.clone();
         tokio::spawn(async move {
-            let _conn = node.counters.connection();
+            // Over the limit the connection is closed at once: TCP has no way to say why.
+            let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
+                return;
+            };
             node.counters.requests_total.fetch_add(1, Relaxed);
-            let Some(mut backend) = connect(&node).await else {
+            let local = client.local_addr().unwrap_or(peer);
+            let Some(mut backend) = connect(&node, peer, local).await else {
                 node.counters.backend_errors.fetch_add(1, Relaxed);
                 tracing::warn!("tcp client {peer}: no backend answered");
                 return;
@@ -46,22 +55,46 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
     }
 }
 
-/// Connects to the scheduled member, or failing that to each other member once.
-async fn connect(node: &Node) -> Option<TcpStream> {
+/// Connects to the chosen member or, if that fails, one other member, and
+/// sends the PROXY protocol header when configured.
+async fn connect(node: &Node, peer: SocketAddr, local: SocketAddr) -> Option<TcpStream> {
     let active = node.active.load_full()?;
-    let first = active.balancer.pick()?;
-    for member in std::iter::once(first).chain(active.balancer.others(first)) {
+    let key = match peer.ip() {
+        std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
+        std::net::IpAddr::V6(ip) => fnv1a(&ip.octets()),
+    };
+    let pick = active.balancer.pick(key)?;
+    node.counters.fail_open.store(pick.fail_open, Relaxed);
+    let timeout = Duration::from_millis(u64::from(active.config.timeouts.connect_ms));
+    let header = super::proxy_protocol::header(active.config.proxy_protocol, peer, local);
+    let mut member = pick.member;
+    for attempt in 0..2 {
         member.counters.requests.fetch_add(1, Relaxed);
-        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(member.address)).await
-        {
-            Ok(Ok(stream)) => {
+        let result = match tokio::time::timeout(timeout, TcpStream::connect(member.address)).await {
+            Ok(Ok(mut stream)) => {
                 let _ = stream.set_nodelay(true);
+                match stream.write_all(&header).await {
+                    Ok(()) => Ok(stream),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
+        };
+        match result {
+            Ok(stream) => {
+                record_outcome(&active.balancer, member, true);
                 return Some(stream);
             }
-            Ok(Err(e)) => tracing::warn!("connect {}: {e}", member.address),
-            Err(_) => tracing::warn!("connect {}: timed out", member.address),
+            Err(e) => {
+                tracing::warn!("connect {}: {e}", member.address);
+                member.counters.failures.fetch_add(1, Relaxed);
+                record_outcome(&active.balancer, member, false);
+            }
         }
-        member.counters.failures.fetch_add(1, Relaxed);
+        if attempt == 0 {
+            member = active.balancer.retry_member(member)?;
+        }
     }
     None
 }

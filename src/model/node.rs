@@ -56,18 +56,59 @@ pub struct NodeStats {
     pub connections_total: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Requests or connections that no backend could take (answered 502 for HTTP).
+    /// Requests or connections that no backend could take (answered 502/503/504 for HTTP).
     pub backend_errors: u64,
+    /// Connections refused because the node was at `max_connections`.
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// HTTP responses by status class.
+    #[serde(default)]
+    pub responses: StatusClasses,
+    /// Request latency (to the end of the response head) over the last minute.
+    #[serde(default)]
+    pub latency_ms: Percentiles,
+    /// True when every member is down and traffic goes to all of them anyway.
+    #[serde(default)]
+    pub fail_open: bool,
     pub members: Vec<MemberStats>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusClasses {
+    #[serde(rename = "1xx")]
+    pub c1xx: u64,
+    #[serde(rename = "2xx")]
+    pub c2xx: u64,
+    #[serde(rename = "3xx")]
+    pub c3xx: u64,
+    #[serde(rename = "4xx")]
+    pub c4xx: u64,
+    #[serde(rename = "5xx")]
+    pub c5xx: u64,
+}
+
+/// Latency percentiles in milliseconds; `count` samples over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberStats {
     #[schemars(with = "String")]
     pub address: SocketAddr,
-    /// `up`, `draining` (weight 0).
+    /// `up`; `down` (failed its active health checks); `ejected` (passive
+    /// health: recent errors); `draining` (weight 0: no new requests).
     pub state: String,
+    #[serde(default)]
+    pub weight: u32,
     pub requests: u64,
     pub failures: u64,
     pub active: u64,
+    /// Times passive health ejected this member.
+    #[serde(default)]
+    pub ejections: u64,
 }
