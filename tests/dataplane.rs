@@ -5,105 +5,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::backends::{http_get, HttpBackend};
+use common::node::{config, free_addr, LbNode};
 use serde_json::{json, Value};
-
-/// A running lb-node, killed on drop.
-struct LbNode {
-    child: Child,
-    admin: SocketAddr,
-    secret: String,
-    http: reqwest::blocking::Client,
-}
-
-impl LbNode {
-    fn start() -> LbNode {
-        let secret = "s3cret-for-tests".to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lb-node"))
-            .args(["--node-id", "7", "--admin-listen", "127.0.0.1:0"])
-            .env("LB_NODE_SECRET", &secret)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("lb-node ready line");
-        let admin = line
-            .strip_prefix("lb-node ready admin=")
-            .expect(&line)
-            .parse()
-            .unwrap();
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        LbNode {
-            child,
-            admin,
-            secret,
-            http,
-        }
-    }
-
-    fn put_config(&self, config: &Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .put(format!("http://{}/config", self.admin))
-            .bearer_auth(&self.secret)
-            .json(config)
-            .send()
-            .unwrap();
-        (resp.status().as_u16(), resp.json().unwrap())
-    }
-
-    fn status(&self) -> Value {
-        let resp = self
-            .http
-            .get(format!("http://{}/status", self.admin))
-            .bearer_auth(&self.secret)
-            .send()
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.json().unwrap()
-    }
-}
-
-impl Drop for LbNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn config(version: u64, traffic: &str, listen: SocketAddr, backends: &[SocketAddr]) -> Value {
-    json!({
-        "version": version, "traffic_type": traffic, "listen": listen.to_string(), "algorithm": "round_robin",
-        "backends": backends.iter().map(|b| json!({"address": b.to_string(), "weight": 1})).collect::<Vec<_>>(),
-        "health_check": {"protocol": "HTTP", "port": 0, "request-path": "/",
-            "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}}
-    })
-}
 
 /// Sends `n` requests on one keep-alive connection; returns the bodies.
 fn keepalive_gets(addr: SocketAddr, n: usize) -> Vec<String> {

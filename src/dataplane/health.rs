@@ -37,7 +37,9 @@ pub async fn run_checks(
         let mut stop = stop.clone();
         tasks.spawn(async move {
             let interval = Duration::from_secs(u64::from(check.criteria.interval));
-            let mut ticker = tokio::time::interval(interval);
+            // The first check comes one interval after the config: members start
+            // up, as a new LB must serve at once, and checks then confirm or take them down.
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

@@ -68,25 +68,36 @@ impl Seen {
     }
 }
 
-/// An HTTP/1.1 backend (keep-alive) that answers `200 <name>`.
+/// An HTTP/1.1 backend (keep-alive) that answers `200 <name>`. `hits` and
+/// `seen` leave out lb-node's health checks.
+/// Paths: `/slow` answers after 700 ms; `/status/NNN` answers NNN; while
+/// `healthy` is false every request gets 503.
 pub struct HttpBackend {
     server: Server,
     pub name: String,
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub healthy: Arc<AtomicBool>,
 }
 
 impl HttpBackend {
     pub fn start(name: &str) -> HttpBackend {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (h, s, body) = (hits.clone(), seen.clone(), name.to_string());
-        let server = Server::start(move |conn| serve_http(conn, &body, &h, &s));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (h, s, ok, body) = (
+            hits.clone(),
+            seen.clone(),
+            healthy.clone(),
+            name.to_string(),
+        );
+        let server = Server::start(move |conn| serve_http(conn, &body, &h, &s, &ok));
         HttpBackend {
             server,
             name: name.to_string(),
             hits,
             seen,
+            healthy,
         }
     }
 
@@ -99,7 +110,13 @@ impl HttpBackend {
     }
 }
 
-fn serve_http(conn: TcpStream, body: &str, hits: &AtomicUsize, seen: &Mutex<Vec<Seen>>) {
+fn serve_http(
+    conn: TcpStream,
+    body: &str,
+    hits: &AtomicUsize,
+    seen: &Mutex<Vec<Seen>>,
+    healthy: &AtomicBool,
+) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut writer = conn;
     loop {
@@ -134,10 +151,27 @@ fn serve_http(conn: TcpStream, body: &str, hits: &AtomicUsize, seen: &Mutex<Vec<
         if reader.read_exact(&mut discard).is_err() {
             return;
         }
-        hits.fetch_add(1, Ordering::SeqCst);
-        seen.lock().unwrap().push(Seen { path, headers });
+        // lb-node's own health checks are not traffic: they are not counted.
+        let is_check = headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("user-agent") && v == "lb-node-health");
+        if !is_check {
+            hits.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut status = 200;
+        if path == "/slow" {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+        } else if let Some(code) = path.strip_prefix("/status/") {
+            status = code.parse().unwrap_or(500);
+        }
+        if !healthy.load(Ordering::SeqCst) {
+            status = 503;
+        }
+        if !is_check {
+            seen.lock().unwrap().push(Seen { path, headers });
+        }
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         if writer.write_all(resp.as_bytes()).is_err() {
@@ -178,11 +212,22 @@ impl EchoBackend {
 
 /// A plain HTTP/1.1 GET on a fresh connection; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "")
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut text = String::new();
     conn.read_to_string(&mut text)?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod node;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
