@@ -132,13 +132,13 @@ fn http_walkthrough_with_lbctl_dns_update_and_delete() {
     wait_for("node process gone", Duration::from_secs(20), || {
         (!is_lb_node(pid)).then_some(())
     });
-    let (status, v) = lbd.api(
-        &json!({"action": "info", "type": "instance", "info": {"project": "demo", "name": "web"}}),
-    );
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (404, Some("instance_not_found"))
-    );
+    // The row goes last, after DNS and the node.
+    wait_for("instance row gone", Duration::from_secs(20), || {
+        let (status, v) = lbd.api(
+            &json!({"action": "info", "type": "instance", "info": {"project": "demo", "name": "web"}}),
+        );
+        (status == 404 && v["error"]["code"] == "instance_not_found").then_some(())
+    });
     lbd.lbctl_ok(&["project", "delete", "demo"]);
     wait_for("project gone", Duration::from_secs(20), || {
         let (status, _) =
@@ -273,4 +273,37 @@ fn crashed_node_is_noticed_recorded_and_restarted() {
         "{event}"
     );
     assert_eq!(http_get(node_addr(&info, 8082), "/").unwrap().0, 200);
+}
+
+#[test]
+fn node_stats_are_sampled_into_instance_info() {
+    let a = HttpBackend::start("a");
+    let lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "stats"}}));
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "stats", "traffic_type": "http", "port": 8084, "algorithm": "least_connections",
+        "backend": {"entities": [a.addr().to_string()],
+                    "health-check": {"criteria": {"interval": 1, "timeout": 1}}}}}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("stats", "web");
+    let addr = node_addr(&info, 8084);
+    for _ in 0..10 {
+        assert_eq!(http_get(addr, "/").unwrap().0, 200);
+    }
+    let info = wait_for(
+        "a sample with the requests",
+        Duration::from_secs(20),
+        || {
+            let info = lbd.instance("stats", "web");
+            let n = info["nodes"][0]["stats"]["requests_total"]
+                .as_u64()
+                .unwrap_or(0);
+            (n >= 10).then_some(info)
+        },
+    );
+    let stats = &info["nodes"][0]["stats"];
+    assert_eq!(stats["responses"]["2xx"], 10, "{stats}");
+    assert_eq!(stats["members"][0]["address"], a.addr().to_string());
+    assert!(info["nodes"][0]["sampled_at"].as_i64().unwrap() > 0);
+    assert_eq!(info["algorithm"], "least_connections");
 }

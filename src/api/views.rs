@@ -35,15 +35,20 @@ pub fn instance_info(
 ) -> Result<InstanceInfo, StoreError> {
     let nodes = store::list_nodes(c, i.id)?
         .into_iter()
-        .map(|n| NodeInfo {
-            id: n.id,
-            name: format!("node-{}", n.id),
-            address: n.address.to_string(),
-            state: n.state,
-            pid: n.pid,
-            operating_status: n.operating_status,
+        .map(|n| {
+            let sample = store::latest_node_sample(c, n.id)?;
+            Ok(NodeInfo {
+                id: n.id,
+                name: format!("node-{}", n.id),
+                address: n.address.to_string(),
+                state: n.state,
+                pid: n.pid,
+                operating_status: n.operating_status,
+                sampled_at: sample.as_ref().map(|(ts, _)| *ts),
+                stats: sample.map(|(_, s)| s),
+            })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     let dns_name = format!("{}.{}.{}", i.name, p.name, zone.trim_end_matches('.'));
     let url = match i.spec.traffic_type {
         TrafficType::Http => format!("http://{dns_name}:{}/", i.spec.port),

@@ -370,6 +370,11 @@ pub struct NodeInfo {
     #[serde(default)]
     pub pid: Option<u32>,
     pub operating_status: OperatingStatus,
+    /// The node's latest stats sample, and when it was taken (Unix seconds).
+    #[serde(default)]
+    pub stats: Option<crate::model::NodeStats>,
+    #[serde(default)]
+    pub sampled_at: Option<i64>,
 }
 
 /// The resolved `backend` object as the API shows it.

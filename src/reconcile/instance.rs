@@ -172,6 +172,7 @@ impl Reconciler {
                 return Err(reason);
             }
         };
+        self.record_sample(inst, node, &status.stats);
         if status.config_version != Some(inst.generation) {
             let config = NodeConfig {
                 version: inst.generation,
@@ -352,6 +353,25 @@ impl Reconciler {
                 inst.name,
                 inst.project_name
             );
+        }
+    }
+
+    /// Stores the node's stats once per health-check interval: the status poll
+    /// that proves the node alive is also its stats sample.
+    fn record_sample(&self, inst: &InstanceRow, node: &NodeRow, stats: &crate::model::NodeStats) {
+        let every = Duration::from_secs(u64::from(inst.spec.health_check.criteria.interval));
+        {
+            let mut last = self.last_sample.lock().unwrap_or_else(|p| p.into_inner());
+            if last.get(&node.id).is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            last.insert(node.id, Instant::now());
+        }
+        if let Err(e) = self
+            .store
+            .read(|c| store::add_node_sample(c, node.id, inst.id, stats))
+        {
+            tracing::warn!("node {}: cannot store a sample: {e}", node.id);
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Reconciler {
     settings: ReconcileSettings,
     /// Consecutive failed passes per instance, and when an errored one may be retried.
     failures: Mutex<HashMap<i64, (u32, Instant)>>,
+    /// When each node's last stats sample was stored.
+    last_sample: Mutex<HashMap<i64, Instant>>,
 }
 
 impl Reconciler {
@@ -88,6 +90,7 @@ impl Reconciler {
             nodes,
             settings,
             failures: Mutex::default(),
+            last_sample: Mutex::default(),
         }
     }
 

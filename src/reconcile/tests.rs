@@ -235,6 +235,15 @@ async fn create_flow_reaches_active_and_is_idempotent() {
     assert_eq!(config.backends.len(), 2);
     assert_eq!(dns_names(&h).await, vec!["web.demo".to_string()]);
 
+    let node_id = nodes[0].id;
+    assert!(
+        h.store
+            .read(|c| store::latest_node_sample(c, node_id))
+            .unwrap()
+            .is_some(),
+        "the status poll is stored as a sample"
+    );
+
     // A second pass changes nothing.
     h.reconciler.reconcile_once().await.unwrap();
     assert_eq!(h.host.starts.load(Ordering::SeqCst), 1);

@@ -50,6 +50,16 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     CREATE INDEX events_by_instance ON events (instance_id, ts);",
+    // 2: node stats samples (the monitor log's numbers).
+    "CREATE TABLE node_samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        node_id INTEGER NOT NULL,
+        instance_id INTEGER NOT NULL,
+        stats TEXT NOT NULL
+    );
+    CREATE INDEX node_samples_by_node ON node_samples (node_id, ts);
+    CREATE INDEX node_samples_by_instance ON node_samples (instance_id, ts);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use thiserror::Error;
 
-use crate::model::{InstanceSpec, OperatingStatus, ProvisioningStatus};
+use crate::model::{InstanceSpec, NodeStats, OperatingStatus, ProvisioningStatus};
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
 
 #[derive(Debug, Error)]
@@ -272,6 +272,7 @@ pub fn set_instance_operating(
 
 /// Deletes an instance with its nodes.
 pub fn delete_instance(c: &Connection, id: i64) -> Result<(), StoreError> {
+    c.execute("DELETE FROM node_samples WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM nodes WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     Ok(())
@@ -341,7 +342,59 @@ pub fn set_node_observed(
 }
 
 pub fn delete_node(c: &Connection, id: i64) -> Result<(), StoreError> {
+    delete_node_samples(c, id)?;
     c.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+// === node samples ===
+
+/// How long raw samples are kept.
+pub const SAMPLE_RETENTION_SECS: i64 = 3600;
+
+/// Stores a node's stats sample and drops that node's samples past retention.
+pub fn add_node_sample(
+    c: &Connection,
+    node_id: i64,
+    instance_id: i64,
+    stats: &NodeStats,
+) -> Result<(), StoreError> {
+    let t = now();
+    let json = serde_json::to_string(stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    c.execute(
+        "INSERT INTO node_samples (ts, node_id, instance_id, stats) VALUES (?1, ?2, ?3, ?4)",
+        params![t, node_id, instance_id, json],
+    )?;
+    c.execute(
+        "DELETE FROM node_samples WHERE node_id = ?1 AND ts < ?2",
+        params![node_id, t - SAMPLE_RETENTION_SECS],
+    )?;
+    Ok(())
+}
+
+/// The newest sample of a node, if any.
+pub fn latest_node_sample(
+    c: &Connection,
+    node_id: i64,
+) -> Result<Option<(i64, NodeStats)>, StoreError> {
+    let row: Option<(i64, String)> = c
+        .query_row(
+            "SELECT ts, stats FROM node_samples WHERE node_id = ?1 ORDER BY id DESC LIMIT 1",
+            [node_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(ts, json)| {
+        serde_json::from_str(&json)
+            .map(|s| (ts, s))
+            .map_err(|e| StoreError::Corrupt(format!("node sample: {e}")))
+    })
+    .transpose()
+}
+
+/// Samples go with their node.
+fn delete_node_samples(c: &Connection, node_id: i64) -> Result<(), StoreError> {
+    c.execute("DELETE FROM node_samples WHERE node_id = ?1", [node_id])?;
     Ok(())
 }
 
