@@ -89,6 +89,25 @@ pub enum TrafficType {
     Tcp,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConnections,
+    PowerOfTwo,
+    ConsistentHash,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::PowerOfTwo => "power_of_two",
+            Self::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct WaitArgs {
     /// Return at once instead of waiting until the load balancer serves.
@@ -114,6 +133,9 @@ pub enum InstanceCmd {
         /// Backend IP:PORT; repeat it or separate with commas.
         #[arg(long = "backend", required = true, value_delimiter = ',')]
         backends: Vec<String>,
+        /// How nodes pick a backend [default: round-robin].
+        #[arg(long, value_enum)]
+        algorithm: Option<Algorithm>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -138,6 +160,9 @@ pub enum InstanceCmd {
         /// Backend IP:PORT (replaces the list); repeat it or separate with commas.
         #[arg(long = "backend", value_delimiter = ',')]
         backends: Vec<String>,
+        /// How nodes pick a backend.
+        #[arg(long, value_enum)]
+        algorithm: Option<Algorithm>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -24,7 +24,9 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(url: &str, token: String) -> Self {
+        // lbd is local: a proxy from the environment must never see its token.
         let http = reqwest::blocking::Client::builder()
+            .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client always builds");

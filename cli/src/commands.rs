@@ -38,6 +38,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 traffic_type,
                 port,
                 backends,
+                algorithm,
                 ..
             } => {
                 let mut info = json!({
@@ -48,6 +49,9 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 });
                 if let Some(p) = port {
                     info["port"] = json!(p);
+                }
+                if let Some(a) = algorithm {
+                    info["algorithm"] = json!(a.as_str());
                 }
                 ("create", "instance", info)
             }
@@ -62,6 +66,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 project,
                 port,
                 backends,
+                algorithm,
                 ..
             } => {
                 let mut info = json!({ "project": project, "name": name });
@@ -70,6 +75,9 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 }
                 if !backends.is_empty() {
                     info["backend"] = json!({ "entities": trimmed(backends) });
+                }
+                if let Some(a) = algorithm {
+                    info["algorithm"] = json!(a.as_str());
                 }
                 ("update", "instance", info)
             }
@@ -224,6 +232,19 @@ mod tests {
         assert_eq!(
             env_of(&["instance", "list", "--project", "demo"])["info"],
             json!({"project": "demo"})
+        );
+        let a = env_of(&[
+            "instance",
+            "update",
+            "web",
+            "--project",
+            "demo",
+            "--algorithm",
+            "least-connections",
+        ]);
+        assert_eq!(
+            a["info"],
+            json!({"project": "demo", "name": "web", "algorithm": "least_connections"})
         );
         let u = env_of(&[
             "instance",

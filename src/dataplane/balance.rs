@@ -14,6 +14,8 @@ use crate::model::{Algorithm, BackendMember, MemberStats};
 
 pub struct Member {
     pub address: SocketAddr,
+    /// `address` as a URI authority, built once rather than per request.
+    pub authority: http::uri::Authority,
     pub weight: u32,
     pub counters: Arc<MemberCounters>,
 }
@@ -78,6 +80,8 @@ impl Balancer {
             .zip(counters)
             .map(|(b, counters)| Member {
                 address: b.address,
+                authority: http::uri::Authority::try_from(b.address.to_string())
+                    .expect("a socket address is an authority"),
                 weight: b.weight,
                 counters,
             })
@@ -97,6 +101,10 @@ impl Balancer {
             maglev,
             next: AtomicUsize::new(0),
         }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
     }
 
     pub fn members(&self) -> &[Member] {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -29,7 +30,7 @@ use tokio::sync::watch;
 use super::balance::{fnv1a, Member};
 use super::health::record_outcome;
 use super::{ActiveConfig, Node};
-use crate::model::{HashOn, Timeouts};
+use crate::model::{Algorithm, HashOn, Timeouts};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -140,7 +141,10 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             "lb-node: not configured yet\n".into(),
         );
     };
-    let key = hash_key(&active.config.hash_on, &req, peer);
+    let key = match active.balancer.algorithm() {
+        Algorithm::ConsistentHash => hash_key(&active.config.hash_on, &req, peer),
+        _ => 0,
+    };
     let Some(pick) = active.balancer.pick(key) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         return short(
@@ -172,31 +176,25 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         // HTTP/2 clients send :authority, not Host; members speak HTTP/1.1.
         parts.headers.insert(header::HOST, host);
     }
-    let path = parts
+    let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.version = http::Version::HTTP_11;
-
-    let mut body = Some(body.boxed());
+    let method = parts.method.clone();
+    // Only a retryable request needs a second copy of its head.
+    let mut spare = retryable.then(|| parts.clone());
+    let mut attempt = Some((parts, body.boxed()));
     let mut member = pick.member;
-    let mut retried = false;
     loop {
-        let mut out = Request::from_parts(parts.clone(), ());
-        *out.uri_mut() = match Uri::try_from(format!("http://{}{path}", member.address)) {
-            Ok(u) => u,
-            Err(e) => {
-                return short(
-                    StatusCode::BAD_REQUEST,
-                    format!("lb-node: bad request target: {e}\n"),
-                )
-            }
-        };
-        let out_body = body
-            .take()
-            .unwrap_or_else(|| Empty::new().map_err(|e| match e {}).boxed());
-        match forward(&active, member, out.map(|()| out_body)).await {
+        let (mut head, body) = attempt.take().expect("one attempt at a time");
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(member.authority.clone());
+        uri.path_and_query = Some(path_and_query.clone());
+        head.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+        match forward(&active, member, Request::from_parts(head, body)).await {
             Ok(mut resp) => {
                 record_outcome(&active.balancer, member, resp.status().as_u16() < 500);
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -218,27 +216,27 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                     member.address,
                     after.as_millis()
                 );
-                tracing::warn!("{} {path}: {reason}", parts.method);
+                tracing::warn!("{method} {path_and_query}: {reason}");
                 return short(StatusCode::GATEWAY_TIMEOUT, format!("lb-node: {reason}\n"));
             }
             Err(ForwardError::Failed { unanswered, reason }) => {
                 record_outcome(&active.balancer, member, false);
-                if unanswered && retryable && !retried {
-                    if let Some(other) = active.balancer.retry_member(member) {
+                if unanswered {
+                    if let (Some(head), Some(other)) =
+                        (spare.take(), active.balancer.retry_member(member))
+                    {
                         tracing::debug!(
-                            "{} {path}: retrying on {} after: {reason}",
-                            parts.method,
+                            "{method} {path_and_query}: retrying on {} after: {reason}",
                             other.address
                         );
                         member = other;
-                        retried = true;
+                        attempt = Some((head, Empty::new().map_err(|e| match e {}).boxed()));
                         continue;
                     }
                 }
                 node.counters.backend_errors.fetch_add(1, Relaxed);
                 tracing::warn!(
-                    "{} {path}: no backend answered: {reason} ({})",
-                    parts.method,
+                    "{method} {path_and_query}: no backend answered: {reason} ({})",
                     member.address
                 );
                 return short(

@@ -15,6 +15,8 @@ use super::balance::fnv1a;
 use super::health::record_outcome;
 use super::Node;
 
+const COPY_BUF: usize = 64 * 1024;
+
 /// Accepts client connections until `stop` turns true.
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -44,7 +46,15 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
             };
             let mut client = client;
             let _ = client.set_nodelay(true);
-            match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            // 64 KiB buffers: bulk transfers move in fewer, larger syscalls.
+            match tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut backend,
+                COPY_BUF,
+                COPY_BUF,
+            )
+            .await
+            {
                 Ok((up, down)) => {
                     node.counters.bytes_in.fetch_add(up, Relaxed);
                     node.counters.bytes_out.fetch_add(down, Relaxed);

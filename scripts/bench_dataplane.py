@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""The data plane benchmark behind scripts/bench-dataplane.sh.
+
+Starts an nginx backend (small fixed body) on 127.0.0.1, lb-node and HAProxy
+in front of it, and measures with wrk, same connections and duration for
+each: direct to the backend, lb-node and HAProxy with one thread, then both
+with every core. Then TCP bulk throughput with iperf3 (direct, lb-node,
+HAProxy mode tcp), and the memory an idle keep-alive connection costs each
+proxy. Every process it starts is ended by PID when it finishes.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LB_NODE = os.path.join(ROOT, "target", "release", "lb-node")
+DURATION = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+CONNECTIONS = 50
+CORES = os.cpu_count() or 1
+TICK = os.sysconf("SC_CLK_TCK")
+BACKEND, LB_HTTP, HAPROXY_HTTP, ADMIN = 18081, 18082, 18083, 18090
+IPERF, LB_TCP, HAPROXY_TCP = 18201, 18202, 18203
+SECRET = "bench-secret"
+
+procs = []
+
+
+def start(cmd, **kw):
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    return total
+
+
+def children(pid):
+    """pid and its threads' owner processes (HAProxy and nginx fork workers)."""
+    out = [pid]
+    try:
+        for c in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            out += children(int(c))
+    except OSError:
+        pass
+    return out
+
+
+def wrk(port, threads=1):
+    pids_note = None
+    cmd = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else "", "_": pids_note}
+
+
+def measure_http(name, port, pids):
+    before = cpu_seconds(pids) if pids else 0
+    t0 = time.time()
+    r = wrk(port)
+    elapsed = time.time() - t0
+    r.pop("_")
+    r["cpu_percent"] = round(100 * (cpu_seconds(pids) - before) / elapsed, 1) if pids else None
+    print(f"  {name:<28} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_percent']}%", flush=True)
+    return r
+
+
+def put_config(cfg):
+    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/config", data=json.dumps(cfg).encode(), method="PUT",
+                                 headers={"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def node_config(traffic, listen, backend):
+    return {"version": int(time.time() * 1000), "traffic_type": traffic, "listen": f"127.0.0.1:{listen}",
+            "algorithm": "round_robin", "backends": [{"address": f"127.0.0.1:{backend}", "weight": 1}],
+            "health_check": {"protocol": "TCP", "port": 0, "request-path": "/", "expected-codes": "200-399",
+                             "criteria": {"interval": 60, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}},
+            "max_connections": 100000}
+
+
+def start_lb_node(threads):
+    env = dict(os.environ, LB_NODE_SECRET=SECRET, RUST_LOG="warn")
+    args = [LB_NODE, "--node-id", "bench", "--admin-listen", f"127.0.0.1:{ADMIN}"]
+    if threads:
+        args += ["--threads", str(threads)]
+    p = start(args, env=env)
+    wait_port(ADMIN)
+    put_config(node_config("http", LB_HTTP, BACKEND))
+    wait_port(LB_HTTP)
+    return p
+
+
+def start_haproxy(tmp, threads):
+    cfg = os.path.join(tmp, f"haproxy-{threads}.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    nbthread {threads}
+    maxconn 9000
+defaults
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+frontend http
+    mode http
+    option forwardfor
+    bind 127.0.0.1:{HAPROXY_HTTP}
+    default_backend web
+backend web
+    mode http
+    http-reuse always
+    server s1 127.0.0.1:{BACKEND}
+frontend tcp
+    mode tcp
+    bind 127.0.0.1:{HAPROXY_TCP}
+    default_backend bulk
+backend bulk
+    mode tcp
+    server b1 127.0.0.1:{IPERF}
+""")
+    p = start(["haproxy", "-db", "-f", cfg])
+    wait_port(HAPROXY_HTTP)
+    return p
+
+
+def iperf(port):
+    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(min(DURATION, 5)), "-J"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def idle_memory(port, pids, n=1000):
+    before = rss_kib(pids)
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        conns.append(s)
+    for s in conns:
+        s.recv(4096)
+    time.sleep(0.5)  # let the proxy settle its buffers; this is a measurement, not a sync
+    after = rss_kib(pids)
+    for s in conns:
+        s.close()
+    return round((after - before) * 1024 / n)
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="lbaas-bench-")
+    results = {"duration_s": DURATION, "connections": CONNECTIONS, "cores": CORES, "http": {}, "tcp_gbps": {},
+               "idle_keepalive_bytes_per_conn": {}}
+    try:
+        with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{BACKEND};
+        location / {{ default_type text/plain; return 200 "hello from the backend\\n"; }}
+    }}
+}}
+""")
+        start(["nginx", "-c", os.path.join(tmp, "nginx.conf"), "-p", tmp])
+        wait_port(BACKEND)
+        print(f"HTTP, wrk -c{CONNECTIONS} -d{DURATION}s, small body, {CORES} cores:", flush=True)
+        results["http"]["direct"] = measure_http("direct to the backend", BACKEND, None)
+
+        for threads, label in [(1, "1 thread"), (CORES, f"{CORES} threads")]:
+            node = start_lb_node(threads)
+            results["http"][f"lb-node {label}"] = measure_http(f"lb-node {label}", LB_HTTP, [node.pid])
+            if threads == CORES:
+                results["idle_keepalive_bytes_per_conn"]["lb-node"] = idle_memory(LB_HTTP, [node.pid])
+                put_config(node_config("tcp", LB_TCP, IPERF))
+                wait_port(LB_TCP)
+            else:
+                stop(node)
+            hap = start_haproxy(tmp, threads)
+            results["http"][f"haproxy {label}"] = measure_http(f"haproxy {label}", HAPROXY_HTTP, [hap.pid])
+            if threads == CORES:
+                results["idle_keepalive_bytes_per_conn"]["haproxy"] = idle_memory(HAPROXY_HTTP, [hap.pid])
+            else:
+                stop(hap)
+
+        start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(IPERF)])
+        wait_port(IPERF)
+        print("TCP bulk, iperf3:", flush=True)
+        for name, port in [("direct", IPERF), ("lb-node", LB_TCP), ("haproxy", HAPROXY_TCP)]:
+            results["tcp_gbps"][name] = round(iperf(port), 2)
+            print(f"  {name:<28} {results['tcp_gbps'][name]:>8.2f} Gbit/s", flush=True)
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+    h = results["http"]
+    ratios = {}
+    for label in ["1 thread", f"{CORES} threads"]:
+        lb, hap = h[f"lb-node {label}"], h[f"haproxy {label}"]
+        ratios[f"req/s lb-node/haproxy ({label})"] = round(lb["rps"] / hap["rps"], 3)
+        ratios[f"p99 lb-node/haproxy ({label})"] = round(lb["p99_ms"] / hap["p99_ms"], 3)
+        ratios[f"req/s lb-node/direct ({label})"] = round(lb["rps"] / h["direct"]["rps"], 3)
+    t = results["tcp_gbps"]
+    ratios["tcp lb-node/haproxy"] = round(t["lb-node"] / t["haproxy"], 3)
+    ratios["tcp lb-node/direct"] = round(t["lb-node"] / t["direct"], 3)
+    results["ratios"] = ratios
+    print("Idle keep-alive connection, bytes of RSS each:", results["idle_keepalive_bytes_per_conn"])
+    print("Ratios:")
+    for k, v in ratios.items():
+        print(f"  {k:<40} {v}")
+    out_dir = os.path.join(ROOT, "target", "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"dataplane-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print("written:", path)
+
+
+if __name__ == "__main__":
+    main()
