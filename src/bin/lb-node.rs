@@ -8,11 +8,6 @@ use anyhow::Context;
 use clap::Parser;
 use lbaas::dataplane::{admin, Node};
 
-// The proxy allocates per request (headers, bodies); mimalloc's thread-local
-// free lists are markedly faster for that than glibc malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// lb-node: an lbaas LB node (HTTP/TCP proxy). The admin secret comes from
 /// the environment (LB_NODE_SECRET), never the command line.
 #[derive(Parser)]
