@@ -19,29 +19,48 @@ struct Args {
     /// Where the admin API listens (port 0 picks one).
     #[arg(long)]
     admin_listen: SocketAddr,
-    /// Worker threads [default: one per core]; 1 runs everything on one thread.
+    /// Threads that carry traffic [default: one per core]; each runs its own
+    /// single-threaded runtime and listener. 1 runs everything on one thread.
     #[arg(long, env = "LB_NODE_THREADS")]
     threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
-            .enable_all()
-            .build()?,
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // The admin API and health checks run on the main thread; with more than
+    // one thread, traffic runs on per-core worker runtimes (see `Node`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let workers = if threads > 1 {
+        start_workers(threads)?
+    } else {
+        Vec::new()
     };
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, workers))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// Starts `n` threads, each running a single-threaded runtime until the process exits.
+fn start_workers(n: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
+    (0..n)
+        .map(|i| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("lb-node-worker-{i}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            Ok(handle)
+        })
+        .collect()
+}
+
+async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -53,7 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("lb-node: LB_NODE_SECRET must be set to the admin API's secret");
         std::process::exit(2);
     }
-    let node = Node::new(args.node_id.clone(), secret);
+    let node = Node::new(args.node_id.clone(), secret, workers);
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::model::{NodeConfig, NodeStats, NodeStatus, TrafficType};
@@ -43,11 +44,12 @@ pub struct ActiveConfig {
     pub client: http::BackendClient,
 }
 
-/// The listener that serves traffic, and the switch that stops its accept loop.
+/// The listening sockets that serve traffic (one per worker runtime, or one
+/// on the node's own runtime), and the switch that stops their accept loops.
 struct Listener {
     addr: SocketAddr,
     traffic: TrafficType,
-    socket: Arc<TcpListener>,
+    sockets: Vec<(Option<Handle>, Arc<TcpListener>)>,
     stop: watch::Sender<bool>,
 }
 
@@ -65,10 +67,15 @@ pub struct Node {
     /// Stops the active health checks of the previous config.
     health_stop: Mutex<Option<watch::Sender<bool>>>,
     last_error: Mutex<Option<String>>,
+    /// Thread-per-core mode: one single-threaded runtime per worker, each with
+    /// its own `SO_REUSEPORT` listener, so the kernel spreads connections and
+    /// no task moves between threads. Empty: serve on the node's own runtime.
+    workers: Vec<Handle>,
 }
 
 impl Node {
-    pub fn new(node_id: String, secret: String) -> Arc<Node> {
+    /// A node serving traffic on the runtime it is used from, or on `workers`.
+    pub fn new(node_id: String, secret: String, workers: Vec<Handle>) -> Arc<Node> {
         Arc::new(Node {
             node_id,
             secret,
@@ -81,6 +88,7 @@ impl Node {
             listener: tokio::sync::Mutex::new(None),
             health_stop: Mutex::default(),
             last_error: Mutex::default(),
+            workers,
         })
     }
 
@@ -93,9 +101,9 @@ impl Node {
             || listener
                 .as_ref()
                 .is_some_and(|l| l.traffic != config.traffic_type);
-        let socket = if rebind {
-            match TcpListener::bind(config.listen).await {
-                Ok(s) => Arc::new(s),
+        let sockets = if rebind {
+            match self.bind(config.listen) {
+                Ok(s) => s,
                 Err(source) => {
                     let err = ConfigError::Bind {
                         addr: config.listen,
@@ -107,7 +115,7 @@ impl Node {
                 }
             }
         } else {
-            listener.as_ref().expect("not rebinding").socket.clone()
+            listener.as_ref().expect("not rebinding").sockets.clone()
         };
         self.max_connections
             .store(u64::from(config.max_connections), Relaxed);
@@ -119,16 +127,24 @@ impl Node {
                 let _ = old.stop.send(true);
             }
             let (stop, stop_rx) = watch::channel(false);
-            let node = self.clone();
-            let accept_socket = socket.clone();
-            match config.traffic_type {
-                TrafficType::Http => tokio::spawn(http::serve(node, accept_socket, stop_rx)),
-                TrafficType::Tcp => tokio::spawn(tcp::serve(node, accept_socket, stop_rx)),
-            };
+            for (handle, socket) in &sockets {
+                let (node, socket, stop_rx) = (self.clone(), socket.clone(), stop_rx.clone());
+                let traffic = config.traffic_type;
+                let serve = async move {
+                    match traffic {
+                        TrafficType::Http => http::serve(node, socket, stop_rx).await,
+                        TrafficType::Tcp => tcp::serve(node, socket, stop_rx).await,
+                    }
+                };
+                match handle {
+                    Some(h) => drop(h.spawn(serve)),
+                    None => drop(tokio::spawn(serve)),
+                }
+            }
             *listener = Some(Listener {
                 addr: config.listen,
                 traffic: config.traffic_type,
-                socket,
+                sockets,
                 stop,
             });
         }
@@ -136,6 +152,31 @@ impl Node {
         tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.algorithm, "config applied");
         drop(listener);
         Ok(self.status().await)
+    }
+
+    /// Binds the listener: one socket, or one `SO_REUSEPORT` socket per worker,
+    /// registered with that worker's reactor.
+    fn bind(&self, addr: SocketAddr) -> std::io::Result<Vec<(Option<Handle>, Arc<TcpListener>)>> {
+        if self.workers.is_empty() {
+            let socket = std::net::TcpListener::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            return Ok(vec![(None, Arc::new(TcpListener::from_std(socket)?))]);
+        }
+        self.workers
+            .iter()
+            .map(|h| {
+                let _runtime = h.enter();
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.set_reuseport(true)?;
+                socket.bind(addr)?;
+                Ok((Some(h.clone()), Arc::new(socket.listen(1024)?)))
+            })
+            .collect()
     }
 
     fn prepare(&self, config: NodeConfig) -> ActiveConfig {
@@ -191,7 +232,8 @@ impl Node {
             .lock()
             .await
             .as_ref()
-            .and_then(|l| l.socket.local_addr().ok());
+            .and_then(|l| l.sockets.first())
+            .and_then(|(_, s)| s.local_addr().ok());
         let active = self.active.load_full();
         let members = active
             .as_ref()
