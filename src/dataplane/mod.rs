@@ -10,6 +10,7 @@ pub mod balance;
 pub mod health;
 pub mod http;
 pub mod proxy_protocol;
+pub mod splice;
 pub mod stats;
 pub mod tcp;
 

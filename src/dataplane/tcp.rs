@@ -39,22 +39,28 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
             };
             node.counters.requests_total.fetch_add(1, Relaxed);
             let local = client.local_addr().unwrap_or(peer);
-            let Some(mut backend) = connect(&node, peer, local).await else {
+            let Some(backend) = connect(&node, peer, local).await else {
                 node.counters.backend_errors.fetch_add(1, Relaxed);
                 tracing::warn!("tcp client {peer}: no backend answered");
                 return;
             };
-            let mut client = client;
             let _ = client.set_nodelay(true);
-            // 64 KiB buffers: bulk transfers move in fewer, larger syscalls.
-            match tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut backend,
-                COPY_BUF,
-                COPY_BUF,
-            )
-            .await
-            {
+            // splice(2) keeps the bytes in the kernel; a plain copy is the
+            // fallback where splice is not available.
+            let moved = match super::splice::relay(&client, &backend).await {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let (mut client, mut backend) = (client, backend);
+                    tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut backend,
+                        COPY_BUF,
+                        COPY_BUF,
+                    )
+                    .await
+                }
+                other => other,
+            };
+            match moved {
                 Ok((up, down)) => {
                     node.counters.bytes_in.fetch_add(up, Relaxed);
                     node.counters.bytes_out.fetch_add(down, Relaxed);
