@@ -307,3 +307,130 @@ fn node_stats_are_sampled_into_instance_info() {
     assert!(info["nodes"][0]["sampled_at"].as_i64().unwrap() > 0);
     assert_eq!(info["algorithm"], "least_connections");
 }
+
+/// A parsed sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Checks one sample line of the Prometheus text format: `name{l="v",...} value`.
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
+    let name = &line[..name_end];
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after) = rest.strip_prefix('{') {
+        let mut chars = after.char_indices().peekable();
+        let mut key = String::new();
+        loop {
+            let (_, c) = chars.next().ok_or("unterminated labels")?;
+            match c {
+                '}' => break,
+                ',' => continue,
+                '=' => {
+                    if chars.next().map(|(_, c)| c) != Some('"') {
+                        return Err("label value must be quoted".into());
+                    }
+                    let mut value = String::new();
+                    loop {
+                        let (_, c) = chars.next().ok_or("unterminated label value")?;
+                        match c {
+                            '\\' => value.push(chars.next().ok_or("dangling escape")?.1),
+                            '"' => break,
+                            c => value.push(c),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                c => key.push(c),
+            }
+        }
+        let consumed = chars.peek().map_or(after.len(), |(i, _)| *i);
+        rest = &after[consumed..];
+    }
+    let value: f64 = rest
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad value in {line:?}"))?;
+    Ok((name.to_string(), labels, value))
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let a = HttpBackend::start("a");
+    let lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "prom"}}));
+    lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "prom", "traffic_type": "http", "port": 8085,
+        "backend": {"entities": [a.addr().to_string()], "health-check": {"criteria": {"interval": 1, "timeout": 1}}}}}));
+    let info = lbd.wait_active("prom", "web");
+    let addr = node_addr(&info, 8085);
+    for _ in 0..5 {
+        assert_eq!(http_get(addr, "/").unwrap().0, 200);
+    }
+    let url = format!("{}/metrics", lbd.url());
+    assert_eq!(
+        lbd.http.get(&url).send().unwrap().status(),
+        401,
+        "metrics need the token"
+    );
+    let text = wait_for(
+        "a sample with the requests",
+        Duration::from_secs(20),
+        || {
+            let resp = lbd.http.get(&url).bearer_auth(&lbd.token).send().unwrap();
+            assert_eq!(resp.status(), 200);
+            let text = resp.text().unwrap();
+            text.lines()
+                .filter_map(|l| parse_sample(l).ok())
+                .any(|(name, _, v)| name == "lbaas_node_requests_total" && v >= 5.0)
+                .then_some(text)
+        },
+    );
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            typed.insert(parts.next().unwrap().to_string());
+            assert!(
+                ["gauge", "counter"].contains(&parts.next().unwrap()),
+                "{line}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (name, _, _) = parse_sample(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(typed.contains(&name), "sample before its TYPE line: {line}");
+    }
+    let samples: Vec<_> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| parse_sample(l).unwrap())
+        .collect();
+    let instance = samples
+        .iter()
+        .find(|(n, _, _)| n == "lbaas_instance_info")
+        .expect("an instance series");
+    assert!(instance
+        .1
+        .contains(&("instance".to_string(), "web".to_string())));
+    assert!(instance
+        .1
+        .contains(&("provisioning_status".to_string(), "ACTIVE".to_string())));
+    let up = samples
+        .iter()
+        .find(|(n, _, _)| n == "lbaas_member_up")
+        .expect("a member series");
+    assert_eq!(up.2, 1.0);
+    assert!(samples
+        .iter()
+        .any(|(n, l, _)| n == "lbaas_events_total"
+            && l.contains(&("kind".into(), "node_ready".into()))));
+}

@@ -5,6 +5,7 @@
 
 mod error;
 mod handlers;
+mod metrics;
 mod views;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api", get(api).post(api))
+        .route("/metrics", get(prometheus))
         .fallback(|| async { envelope(&EnvelopeHeader::default(), Err(ApiError::NoRoute)) })
         .with_state(state)
 }
@@ -65,6 +67,16 @@ async fn api(State(state): State<AppState>, request: Request) -> Response {
         Err(e) => Err(e.into()),
     };
     envelope(&header, result)
+}
+
+async fn prometheus(State(state): State<AppState>, request: Request) -> Response {
+    if !authorized(&request, &state.token) {
+        return envelope(&EnvelopeHeader::default(), Err(ApiError::Unauthorized));
+    }
+    match state.store.read(metrics::render) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => envelope(&EnvelopeHeader::default(), Err(e.into())),
+    }
 }
 
 fn authorized(request: &Request, token: &str) -> bool {
