@@ -22,4 +22,6 @@ pub mod drivers;
 #[cfg(feature = "server")]
 pub mod reconcile;
 #[cfg(feature = "server")]
+pub mod signals;
+#[cfg(feature = "server")]
 pub mod store;

@@ -44,6 +44,17 @@ fn project(tx: &Transaction<'_>, name: &str) -> Result<ProjectRow, ApiError> {
     store::project_by_name(tx, name)?.ok_or_else(|| ApiError::ProjectNotFound(name.to_string()))
 }
 
+fn instance(
+    tx: &Transaction<'_>,
+    p: &ProjectRow,
+    name: &str,
+) -> Result<store::InstanceRow, ApiError> {
+    store::instance_by_name(tx, p.id, name)?.ok_or_else(|| ApiError::InstanceNotFound {
+        project: p.name.clone(),
+        name: name.to_string(),
+    })
+}
+
 // === projects ===
 
 fn create_project(
@@ -207,12 +218,7 @@ fn instance_info_or_list(
     let p = project(tx, &req.project)?;
     match req.name {
         Some(name) => {
-            let row = store::instance_by_name(tx, p.id, &name)?.ok_or_else(|| {
-                ApiError::InstanceNotFound {
-                    project: p.name.clone(),
-                    name,
-                }
-            })?;
+            let row = instance(tx, &p, &name)?;
             Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
         }
         None => {
@@ -231,12 +237,7 @@ fn update_instance(
     req: InstanceUpdate,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.project)?;
-    let row = store::instance_by_name(tx, p.id, &req.name)?.ok_or_else(|| {
-        ApiError::InstanceNotFound {
-            project: p.name.clone(),
-            name: req.name.clone(),
-        }
-    })?;
+    let row = instance(tx, &p, &req.name)?;
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     let next = req.apply_to(&row.spec)?;
     if next.port == state.node_admin_port {
@@ -266,12 +267,7 @@ fn delete_instance(
     req: InstanceDelete,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.project)?;
-    let row = store::instance_by_name(tx, p.id, &req.name)?.ok_or_else(|| {
-        ApiError::InstanceNotFound {
-            project: p.name.clone(),
-            name: req.name.clone(),
-        }
-    })?;
+    let row = instance(tx, &p, &req.name)?;
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     store::set_instance_provisioning(tx, row.id, ProvisioningStatus::PendingDelete, None)?;
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");

@@ -82,19 +82,9 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
     tracing::info!(node = %args.node_id, "admin API on {addr}");
     let app = admin::router(node.clone());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(lbaas::signals::shutdown_signal())
         .await?;
     node.stop_listening().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -58,22 +58,11 @@ impl BackendClient {
     }
 }
 
-/// Accepts client connections until `stop` turns true.
-pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+/// Serves HTTP clients until `stop` turns true.
+pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
+    super::accept_loop(listener, stop, move |stream, peer| {
         let node = node.clone();
-        tokio::spawn(async move {
+        async move {
             let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
                 return refuse(stream).await;
             };
@@ -104,8 +93,9 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
             {
                 tracing::debug!("client {peer}: {e}");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Over `max_connections`: a short 503 instead of a silent close.

@@ -54,6 +54,31 @@ struct Listener {
     stop: watch::Sender<bool>,
 }
 
+/// Accepts connections until `stop` turns true, handing each to `handle` on
+/// its own task. An accept error (e.g. out of file descriptors) pauses briefly
+/// instead of spinning.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: Arc<TcpListener>,
+    mut stop: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => drop(tokio::spawn(handle(stream, peer))),
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// One LB node's state, shared by the admin API and the proxies.
 pub struct Node {
     pub node_id: String,

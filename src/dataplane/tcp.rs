@@ -17,22 +17,11 @@ use super::Node;
 
 const COPY_BUF: usize = 64 * 1024;
 
-/// Accepts client connections until `stop` turns true.
-pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (client, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+/// Relays TCP clients until `stop` turns true.
+pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
+    super::accept_loop(listener, stop, move |client, peer| {
         let node = node.clone();
-        tokio::spawn(async move {
+        async move {
             // Over the limit the connection is closed at once: TCP has no way to say why.
             let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
                 return;
@@ -67,8 +56,9 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, mut stop: watch:
                 }
                 Err(e) => tracing::debug!("tcp client {peer}: {e}"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Connects to the chosen member or, if that fails, one other member, and

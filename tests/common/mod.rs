@@ -17,6 +17,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The first line a child prints: its readiness signal. Read on a thread (which
+/// then drains the rest), so a hung child fails the test instead of hanging it.
+pub fn ready_line(stdout: std::process::ChildStdout, timeout: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
 /// Waits until `f` returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -150,22 +164,10 @@ impl Lbd {
             )
             .spawn()
             .expect("starting lbd");
-        // The ready line is lbd's readiness signal; read it on a thread so a
-        // hung lbd fails the test instead of hanging it.
         let stdout = child.stdout.take().unwrap();
         self.child = Some(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => panic!("lbd did not become ready; stderr:\n{}", self.stderr()),
-        };
+        let line = ready_line(stdout, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("lbd did not become ready; stderr:\n{}", self.stderr()));
         let field = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))

@@ -1,10 +1,8 @@
 //! A real `lb-node` process for data plane tests, killed on drop, and the
 //! config documents it takes.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -28,17 +26,7 @@ impl LbNode {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("lb-node ready line");
+        let line = super::ready_line(stdout, Duration::from_secs(20)).expect("lb-node ready line");
         let admin = line
             .strip_prefix("lb-node ready admin=")
             .expect(&line)
