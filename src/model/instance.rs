@@ -217,6 +217,22 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// What a node at `address` runs for this spec, as config `version`.
+    pub fn node_config(&self, version: u64, address: IpAddr) -> crate::model::NodeConfig {
+        crate::model::NodeConfig {
+            version,
+            traffic_type: self.traffic_type,
+            listen: SocketAddr::new(address, self.port),
+            algorithm: self.algorithm,
+            backends: self.backends.clone(),
+            health_check: self.health_check.clone(),
+            hash_on: self.hash_on.clone(),
+            timeouts: self.timeouts,
+            max_connections: self.max_connections,
+            proxy_protocol: self.proxy_protocol,
+        }
+    }
+
     /// Checks the rules that tie fields together, after create or update.
     fn check_combination(&self) -> Result<(), ValidationError> {
         if self.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {

@@ -12,7 +12,7 @@ use super::Reconciler;
 use crate::dns::instance_label;
 use crate::drivers::compute::{NodeObservation, NodeSpec};
 use crate::model::allocator::allocate_node_address;
-use crate::model::{NodeConfig, OperatingStatus, ProvisioningStatus};
+use crate::model::{OperatingStatus, ProvisioningStatus};
 use crate::store::{self, EventSubject, InstanceRow, NodeRow, StoreError};
 
 impl Reconciler {
@@ -174,18 +174,7 @@ impl Reconciler {
         };
         self.record_sample(inst, node, &status.stats);
         if status.config_version != Some(inst.generation) {
-            let config = NodeConfig {
-                version: inst.generation,
-                traffic_type: inst.spec.traffic_type,
-                listen: SocketAddr::new(node.address, inst.spec.port),
-                algorithm: inst.spec.algorithm,
-                backends: inst.spec.backends.clone(),
-                health_check: inst.spec.health_check.clone(),
-                hash_on: inst.spec.hash_on.clone(),
-                timeouts: inst.spec.timeouts,
-                max_connections: inst.spec.max_connections,
-                proxy_protocol: inst.spec.proxy_protocol,
-            };
+            let config = inst.spec.node_config(inst.generation, node.address);
             if let Err(e) = self.nodes.put_config(admin, &node.secret, &config).await {
                 self.set_node(node, "running", Some(pid), OperatingStatus::Offline);
                 return Err(e.to_string());
