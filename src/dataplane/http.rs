@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -107,6 +107,20 @@ async fn refuse(mut stream: TcpStream) {
     );
     let _ = stream.write_all(resp.as_bytes()).await;
     let _ = stream.shutdown().await;
+    // Lingering close: closing with the client's request still unread would
+    // send a reset that can destroy the 503 before the client reads it. So
+    // read and drop what comes (bounded in bytes and time) until the client closes.
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
