@@ -521,3 +521,56 @@ fn a_hundred_config_changes_under_load_fail_no_request() {
     assert!(ok.load(Ordering::SeqCst) >= 100);
     assert_eq!(node.status()["config_version"], 101);
 }
+
+/// A backend that reads each request and closes the connection without answering.
+fn hang_up_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen2, stop2) = (seen.clone(), stop.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop2.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            // Read the request head, then drop the connection: a reset before any response byte.
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            seen2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, seen, stop)
+}
+
+#[test]
+fn a_hang_up_before_the_response_is_retried_for_get_not_for_post() {
+    let live = HttpBackend::start("live");
+    let (flaky, hits, stop) = hang_up_backend();
+    let node = LbNode::start();
+    let listen = free_addr();
+    // Round robin starts at the flaky member; the health check interval is long.
+    node.put_config(&config(1, "http", listen, &[flaky, live.addr()]));
+    assert_eq!(
+        http_get(listen, "/").unwrap(),
+        (200, "live".to_string()),
+        "GET retried on the other member"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the flaky member saw the GET first"
+    );
+    let (status, body) = http_request(listen, "POST", "/orders", "{}").unwrap();
+    assert_eq!(
+        status, 502,
+        "a POST that reached a member is not sent again: {body}"
+    );
+    assert_eq!(live.hits(), 1, "only the GET reached the live member");
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(flaky);
+}
