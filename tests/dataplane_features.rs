@@ -139,6 +139,28 @@ fn weight_zero_drains_in_flight_requests_finish() {
 }
 
 #[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let a = HttpBackend::start("a");
+    let mut node = LbNode::start();
+    let listen = free_addr();
+    node.put_config(&config(1, "http", listen, &[a.addr()]));
+    let slow = std::thread::spawn(move || http_get(listen, "/slow").unwrap());
+    common::wait_for("slow request at a", Duration::from_secs(10), || {
+        (a.hits() == 1).then_some(())
+    });
+    assert!(node.terminate().success(), "lb-node exits cleanly");
+    assert_eq!(
+        slow.join().unwrap(),
+        (200, "a".to_string()),
+        "the request in flight at SIGTERM was answered"
+    );
+    assert!(
+        http_get(listen, "/").is_err(),
+        "after SIGTERM nothing listens"
+    );
+}
+
+#[test]
 fn first_byte_timeout_answers_504_and_idle_clients_are_closed() {
     let a = HttpBackend::start("a");
     let node = LbNode::start();

@@ -23,6 +23,10 @@ struct Args {
     /// single-threaded runtime and listener. 1 runs everything on one thread.
     #[arg(long, env = "LB_NODE_THREADS")]
     threads: Option<usize>,
+    /// On SIGTERM, how long open connections get to finish, in seconds
+    /// (kept under the controller's 3 s before it sends SIGKILL).
+    #[arg(long, default_value_t = 2.0)]
+    drain_timeout: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +76,8 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
         eprintln!("lb-node: LB_NODE_SECRET must be set to the admin API's secret");
         std::process::exit(2);
     }
+    let grace = std::time::Duration::try_from_secs_f64(args.drain_timeout)
+        .context("--drain-timeout must be a number of seconds, 0 or more")?;
     let node = Node::new(args.node_id.clone(), secret, workers);
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -84,7 +90,7 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
     axum::serve(listener, app)
         .with_graceful_shutdown(lbaas::signals::shutdown_signal())
         .await?;
-    node.stop_listening().await;
-    tracing::info!("stopped");
+    let open = node.drain(grace).await;
+    tracing::info!(connections_cut = open, "stopped");
     Ok(())
 }

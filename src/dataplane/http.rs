@@ -20,8 +20,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,39 +27,35 @@ use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
 use super::health::record_outcome;
+use super::pool::{BackendPool, SendError};
 use super::{ActiveConfig, Node};
 use crate::model::{Algorithm, HashOn, Timeouts};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Pooled keep-alive connections to the members.
+/// How to reach the members: connection pooling and timeouts.
 #[derive(Clone)]
 pub struct BackendClient {
-    client: Client<HttpConnector, ProxyBody>,
+    pool: BackendPool,
     first_byte: Duration,
 }
 
 impl BackendClient {
     pub fn new(timeouts: &Timeouts) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(u64::from(timeouts.connect_ms))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(u64::from(timeouts.backend_idle_ms)))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
         BackendClient {
-            client,
-            first_byte: Duration::from_millis(u64::from(timeouts.first_byte_ms)),
+            pool: BackendPool::new(ms(timeouts.connect_ms), ms(timeouts.backend_idle_ms)),
+            first_byte: ms(timeouts.first_byte_ms),
         }
     }
 }
 
 /// Serves HTTP clients until `stop` turns true.
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
+    let stop_conns = stop.clone();
     super::accept_loop(listener, stop, move |stream, peer| {
         let node = node.clone();
+        let mut stop = stop_conns.clone();
         async move {
             let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
                 return refuse(stream).await;
@@ -87,10 +81,18 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(256);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            // On stop, the request in flight finishes and the connection
+            // closes after it instead of waiting for the client's next one.
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!("client {peer}: {e}");
             }
         }
@@ -193,11 +195,13 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     let mut member = pick.member;
     loop {
         let (mut head, body) = attempt.take().expect("one attempt at a time");
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(member.authority.clone());
-        uri.path_and_query = Some(path_and_query.clone());
-        head.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+        // Origin form (`/path?query`) on the wire; the member is the connection's peer.
+        head.uri = Uri::from(path_and_query.clone());
+        if !head.headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(member.authority.as_str()) {
+                head.headers.insert(header::HOST, host);
+            }
+        }
         match forward(&active, member, Request::from_parts(head, body)).await {
             Ok(mut resp) => {
                 record_outcome(&active.balancer, member, resp.status().as_u16() < 500);
@@ -273,33 +277,27 @@ async fn forward(
     let c = &member.counters;
     c.requests.fetch_add(1, Relaxed);
     c.active.fetch_add(1, Relaxed);
-    let result =
-        tokio::time::timeout(active.client.first_byte, active.client.client.request(req)).await;
+    let result = tokio::time::timeout(
+        active.client.first_byte,
+        active.client.pool.send(member.address, req),
+    )
+    .await;
     c.active.fetch_sub(1, Relaxed);
-    let failed = match result {
+    let (unanswered, reason) = match result {
         Ok(Ok(resp)) => {
             if resp.status().is_server_error() {
                 c.failures.fetch_add(1, Relaxed);
             }
             return Ok(resp);
         }
-        Ok(Err(e)) => e,
+        Ok(Err(SendError::Unanswered(reason))) => (true, reason),
+        Ok(Err(SendError::Failed(reason))) => (false, reason),
         Err(_) => {
             c.failures.fetch_add(1, Relaxed);
             return Err(ForwardError::Timeout(active.client.first_byte));
         }
     };
     c.failures.fetch_add(1, Relaxed);
-    let mut unanswered = failed.is_connect();
-    let mut reason = failed.to_string();
-    let mut source = std::error::Error::source(&failed);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            unanswered |= h.is_incomplete_message() || h.is_canceled();
-        }
-        reason = format!("{reason}: {s}");
-        source = s.source();
-    }
     Err(ForwardError::Failed { unanswered, reason })
 }
 

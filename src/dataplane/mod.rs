@@ -9,6 +9,7 @@ pub mod admin;
 pub mod balance;
 pub mod health;
 pub mod http;
+pub mod pool;
 pub mod proxy_protocol;
 pub mod splice;
 pub mod stats;
@@ -285,6 +286,21 @@ impl Node {
     pub async fn stop_listening(&self) {
         if let Some(l) = self.listener.lock().await.take() {
             let _ = l.stop.send(true);
+        }
+    }
+
+    /// Stops accepting, then waits up to `grace` for open connections to
+    /// finish: HTTP connections close after their request in flight, TCP
+    /// relays when either side ends. Returns how many were still open.
+    pub async fn drain(&self, grace: std::time::Duration) -> u64 {
+        self.stop_listening().await;
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let open = self.counters.active_connections.load(Relaxed);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }

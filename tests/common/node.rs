@@ -44,6 +44,12 @@ impl LbNode {
         }
     }
 
+    /// Sends SIGTERM and waits for the process to exit; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        super::signal(self.child.id(), libc::SIGTERM);
+        self.child.wait().unwrap()
+    }
+
     pub fn put_config(&self, config: &Value) -> (u16, Value) {
         let resp = self
             .http

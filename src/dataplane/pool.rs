@@ -1,0 +1,171 @@
+//! Keep-alive connections to members, pooled per thread. lb-node serves each
+//! client connection on one single-threaded runtime (see `Node`), so a
+//! thread-local pool finds a backend connection without a lock, a key hash
+//! of a URI, or a hop to another thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::http::ProxyBody;
+
+/// Connections kept per member per thread.
+const MAX_POOLED: usize = 512;
+
+type Pooled = (SendRequest<ProxyBody>, Instant);
+
+thread_local! {
+    static POOL: RefCell<HashMap<SocketAddr, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    static SWEEPER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Why a request got no response.
+pub enum SendError {
+    /// Nothing reached the member or it answered nothing: the connection was
+    /// refused, timed out, or closed before any response byte.
+    Unanswered(String),
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BackendPool {
+    connect: Duration,
+    idle: Duration,
+}
+
+impl BackendPool {
+    pub fn new(connect: Duration, idle: Duration) -> Self {
+        BackendPool { connect, idle }
+    }
+
+    /// Sends on an idle pooled connection to `addr`, or a new one.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.start_sweeper();
+        while let Some(mut sender) = self.checkout(addr) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    checkin(addr, sender);
+                    return Ok(resp);
+                }
+                // Not written: the pooled connection was closing; try another.
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(classify(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(addr).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => {
+                checkin(addr, sender);
+                Ok(resp)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, SendError> {
+        let stream = match tokio::time::timeout(self.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::Unanswered(format!("connect: {e}"))),
+            Err(_) => {
+                return Err(SendError::Unanswered(format!(
+                    "connect: no answer within {} ms",
+                    self.connect.as_millis()
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Unanswered(format!("handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("backend connection to {addr}: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A pooled connection to `addr` that is ready for a request; closed and
+    /// expired ones are dropped on the way.
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let list = pool.get_mut(&addr)?;
+            let now = Instant::now();
+            while let Some(pos) = list
+                .iter()
+                .rposition(|(s, _)| s.is_ready() || s.is_closed())
+            {
+                let (sender, used) = list.swap_remove(pos);
+                if !sender.is_closed() && now.duration_since(used) < self.idle {
+                    return Some(sender);
+                }
+            }
+            None
+        })
+    }
+
+    /// Once a second, drops connections idle past the backend idle timeout
+    /// (dropping the sender closes the connection).
+    fn start_sweeper(&self) {
+        if SWEEPER.with(|s| s.replace(true)) {
+            return;
+        }
+        let idle = self.idle;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                POOL.with(|pool| {
+                    for list in pool.borrow_mut().values_mut() {
+                        list.retain(|(s, used)| {
+                            !s.is_closed() && (!s.is_ready() || now.duration_since(*used) < idle)
+                        });
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Returns a connection to the pool as soon as the response head is in: it
+/// becomes ready for the next request when this response's body is done.
+fn checkin(addr: SocketAddr, sender: SendRequest<ProxyBody>) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.entry(addr).or_default();
+        if list.len() < MAX_POOLED {
+            list.push((sender, Instant::now()));
+        }
+    });
+}
+
+fn classify(e: hyper::Error) -> SendError {
+    let unanswered = e.is_incomplete_message() || e.is_canceled();
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    if unanswered {
+        SendError::Unanswered(reason)
+    } else {
+        SendError::Failed(reason)
+    }
+}
