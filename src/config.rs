@@ -55,6 +55,36 @@ pub struct DaemonConfig {
     /// The `lb-node` executable [default: next to `lbd`].
     #[arg(long, env = "LBAAS_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
+    /// Seconds a failed node may take to become healthy again before it is
+    /// deleted (its replacement serves meanwhile).
+    #[arg(long, env = "LBAAS_FAILOVER_GRACE", default_value_t = 60)]
+    pub failover_grace: u64,
+    /// Failover pauses when more than this share of all nodes fail at once
+    /// (the circuit breaker), 0 to 1.
+    #[arg(long, env = "LBAAS_FAILOVER_MAX_SHARE", default_value_t = 0.5, value_parser = share)]
+    pub failover_max_share: f64,
+    /// Seconds a retiring node may keep connections open before it is stopped.
+    #[arg(long, env = "LBAAS_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Seconds raw samples are kept before they become 1-minute averages.
+    #[arg(long, env = "LBAAS_SAMPLES_RAW_RETENTION", default_value_t = 3600)]
+    pub samples_raw_retention: i64,
+    /// Seconds 1-minute averages are kept.
+    #[arg(long, env = "LBAAS_SAMPLES_MINUTE_RETENTION", default_value_t = 86_400)]
+    pub samples_minute_retention: i64,
+    /// Seconds events are kept.
+    #[arg(long, env = "LBAAS_EVENTS_RETENTION", default_value_t = 604_800)]
+    pub events_retention: i64,
+    /// Seconds between retention passes over the monitor log.
+    #[arg(long, env = "LBAAS_RETENTION_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_interval: u64,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1")),
+    }
 }
 
 impl DaemonConfig {
@@ -89,6 +119,11 @@ mod tests {
         assert_eq!(c.zone, "lbaas.internal");
         assert_eq!(c.compute, ComputeKind::Process);
         assert_eq!(c.network, NetworkKind::Loopback);
+        assert_eq!(c.failover_grace, 60);
+        assert_eq!(c.failover_max_share, 0.5);
+        assert_eq!(c.dns_ttl, 5);
+        assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());
+        assert!(DaemonConfig::try_parse_from(["lbd", "--retention-interval", "0"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use rand::Rng;
@@ -20,9 +21,11 @@ use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::ComputeDriver;
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::drivers::network::NetworkDriver;
+use crate::drivers::node_admin::NodeAdminClient;
+use crate::health::{HealthChecker, HealthSettings};
 use crate::paths::ADMIN_TOKEN_FILE;
 use crate::reconcile::{ReconcileSettings, Reconciler};
-use crate::store::Store;
+use crate::store::{Retention, Store};
 
 /// Runs lbd until `shutdown` resolves. Prints `lbd ready api=<addr> dns=<addr>`
 /// on stdout once both listeners are bound (the readiness signal for scripts).
@@ -72,16 +75,41 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let settings = ReconcileSettings {
         node_admin_port: config.node_admin_port,
+        failover_grace: Duration::from_secs(config.failover_grace),
+        drain_min: Duration::from_secs(u64::from(config.dns_ttl)),
+        drain_max: Duration::from_secs(config.drain_timeout.max(u64::from(config.dns_ttl))),
         ..Default::default()
     };
-    let reconciler = Arc::new(Reconciler::new(
+    let node_admin = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
+    let reconciler = Arc::new(Reconciler::with_node_admin(
         store.clone(),
         compute,
         network.clone(),
         dns.clone(),
+        node_admin.clone(),
         settings,
     ));
+    // Before the first pass, so nodes that died while lbd was down restart in place.
+    reconciler
+        .restart_nodes_found_dead()
+        .context("checking the nodes at start")?;
     let reconcile_task = tokio::spawn(reconciler.run(wake.clone(), stop_rx.clone()));
+    let checker = Arc::new(HealthChecker::new(
+        store.clone(),
+        node_admin,
+        wake.clone(),
+        HealthSettings {
+            node_admin_port: config.node_admin_port,
+            failover_max_share: config.failover_max_share,
+            retention: Retention {
+                raw_samples: config.samples_raw_retention,
+                minute_samples: config.samples_minute_retention,
+                events: config.events_retention,
+            },
+            retention_every: Duration::from_secs(config.retention_interval),
+        },
+    ));
+    let checker_task = tokio::spawn(checker.run(stop_rx.clone()));
 
     let dns_task = {
         let dns = dns.clone();
@@ -120,6 +148,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     server_task.await??;
     reconcile_task.await?;
+    checker_task.await?;
     dns_task.await??;
     Ok(())
 }

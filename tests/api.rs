@@ -18,6 +18,8 @@ fn snapshot(lbd: &Lbd) -> Value {
                 "operating_status",
                 "nodes",
                 "events",
+                "samples",
+                "desired_nodes",
                 "updated_at",
                 "provisioning_status",
                 "status_reason",

@@ -236,46 +236,6 @@ fn restart_adopts_running_nodes_and_recreates_missing_ones() {
 }
 
 #[test]
-fn crashed_node_is_noticed_recorded_and_restarted() {
-    let a = HttpBackend::start("a");
-    let lbd = Lbd::start();
-    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "crash"}}));
-    lbd.api(&json!({"action": "create", "type": "instance", "info": {
-        "name": "web", "project": "crash", "traffic_type": "http", "port": 8082,
-        "backend": {"entities": [a.addr().to_string()]}}}));
-    let info = lbd.wait_active("crash", "web");
-    let pid = info["nodes"][0]["pid"].as_u64().unwrap() as u32;
-    common::signal(pid, libc::SIGKILL);
-    let info = wait_for(
-        "exit recorded and node back",
-        Duration::from_secs(30),
-        || {
-            let info = lbd.instance("crash", "web");
-            let exited = info["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["kind"] == "node_exited");
-            let back = info["nodes"][0]["state"] == "running"
-                && info["nodes"][0]["pid"].as_u64() != Some(pid as u64);
-            (exited && back).then_some(info)
-        },
-    );
-    let event = info["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "node_exited")
-        .unwrap()
-        .clone();
-    assert!(
-        event["message"].as_str().unwrap().contains("signal 9"),
-        "{event}"
-    );
-    assert_eq!(http_get(node_addr(&info, 8082), "/").unwrap().0, 200);
-}
-
-#[test]
 fn node_stats_are_sampled_into_instance_info() {
     let a = HttpBackend::start("a");
     let lbd = Lbd::start();

@@ -118,6 +118,29 @@ pub struct WaitArgs {
     pub timeout: u64,
 }
 
+/// Node count and autoscaling; given flags replace the stored values.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ScalingArgs {
+    /// LB nodes that serve the instance; with autoscaling, the fewest.
+    #[arg(long)]
+    pub min_nodes: Option<u32>,
+    /// With autoscaling, the most LB nodes.
+    #[arg(long)]
+    pub max_nodes: Option<u32>,
+    /// Turn autoscaling on or off.
+    #[arg(long)]
+    pub auto_scaling: Option<bool>,
+    /// Autoscaling target: requests per second per node (0: not used).
+    #[arg(long)]
+    pub target_rps: Option<u32>,
+    /// Autoscaling target: active connections per node (0: not used).
+    #[arg(long)]
+    pub target_connections: Option<u32>,
+    /// Seconds between two scaling actions.
+    #[arg(long)]
+    pub cooldown: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum InstanceCmd {
     /// Create a load balancer and wait until it serves.
@@ -136,6 +159,8 @@ pub enum InstanceCmd {
         /// How nodes pick a backend [default: round-robin].
         #[arg(long, value_enum)]
         algorithm: Option<Algorithm>,
+        #[command(flatten)]
+        scaling: ScalingArgs,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -164,7 +189,19 @@ pub enum InstanceCmd {
         #[arg(long, value_enum)]
         algorithm: Option<Algorithm>,
         #[command(flatten)]
+        scaling: ScalingArgs,
+        #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Show a load balancer's monitor log: events (failovers, scaling,
+    /// node starts and exits) of the last minutes, oldest first.
+    Events {
+        name: String,
+        #[arg(long)]
+        project: String,
+        /// How far back, in minutes.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=527_040))]
+        minutes: u32,
     },
     /// Delete a load balancer.
     Delete {

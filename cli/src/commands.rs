@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::args::{Command, InstanceCmd, ProjectCmd, TrafficType, WaitArgs};
+use crate::args::{Command, InstanceCmd, ProjectCmd, ScalingArgs, TrafficType, WaitArgs};
 use crate::client::{ApiClient, ClientError};
 
 /// The envelope a command sends (`raw` sends its input instead).
@@ -39,6 +39,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 port,
                 backends,
                 algorithm,
+                scaling,
                 ..
             } => {
                 let mut info = json!({
@@ -53,6 +54,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 if let Some(a) = algorithm {
                     info["algorithm"] = json!(a.as_str());
                 }
+                add_scaling(&mut info, scaling);
                 ("create", "instance", info)
             }
             InstanceCmd::List { project } => ("info", "instance", json!({ "project": project })),
@@ -67,6 +69,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 port,
                 backends,
                 algorithm,
+                scaling,
                 ..
             } => {
                 let mut info = json!({ "project": project, "name": name });
@@ -79,8 +82,18 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 if let Some(a) = algorithm {
                     info["algorithm"] = json!(a.as_str());
                 }
+                add_scaling(&mut info, scaling);
                 ("update", "instance", info)
             }
+            InstanceCmd::Events {
+                name,
+                project,
+                minutes,
+            } => (
+                "info",
+                "instance",
+                json!({ "project": project, "name": name, "history": u64::from(*minutes) * 60 }),
+            ),
             InstanceCmd::Delete { name, project } => (
                 "delete",
                 "instance",
@@ -89,6 +102,35 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
         },
     };
     Some(json!({ "action": action, "type": kind, "info": info }))
+}
+
+/// Puts the node-count and autoscaling flags that were given into `info`.
+fn add_scaling(info: &mut Value, a: &ScalingArgs) {
+    if let Some(n) = a.min_nodes {
+        info["min_nodes"] = json!(n);
+    }
+    if let Some(n) = a.max_nodes {
+        info["max_nodes"] = json!(n);
+    }
+    if let Some(on) = a.auto_scaling {
+        if info.get("backend").is_none() {
+            info["backend"] = json!({});
+        }
+        info["backend"]["auto-scaling"] = json!(on);
+    }
+    let mut scaling = serde_json::Map::new();
+    for (key, v) in [
+        ("target_requests_per_s", a.target_rps),
+        ("target_connections", a.target_connections),
+        ("cooldown", a.cooldown),
+    ] {
+        if let Some(v) = v {
+            scaling.insert(key.into(), json!(v));
+        }
+    }
+    if !scaling.is_empty() {
+        info["scaling"] = Value::Object(scaling);
+    }
 }
 
 fn trimmed(list: &[String]) -> Vec<&str> {

@@ -111,6 +111,7 @@ fn print(cli: &Cli, info: &Value) {
                 nodes.join(", ")
             )
         }
+        Command::Instance(InstanceCmd::Events { .. }) => output::events(info),
         Command::Instance(_) => output::instance(info),
         Command::Raw { .. } => unreachable!("handled before"),
     };

@@ -156,6 +156,30 @@ pub fn instance(i: &Value) -> String {
     out
 }
 
+/// An instance's monitor log, oldest first: events, then the latest load.
+pub fn events(i: &Value) -> String {
+    let empty = Vec::new();
+    let list = i["events"].as_array().unwrap_or(&empty);
+    if list.is_empty() {
+        return "no events in this window\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .rev()
+        .map(|e| {
+            vec![
+                clock(&e["ts"]),
+                s(&e["kind"]),
+                e["node_id"]
+                    .as_i64()
+                    .map_or("-".into(), |n| format!("node-{n}")),
+                s(&e["message"]),
+            ]
+        })
+        .collect();
+    table(&["TIME", "KIND", "NODE", "MESSAGE"], &rows)
+}
+
 /// Unix seconds as a UTC time of day, `HH:MM:SSZ`: events are recent, so the date adds little.
 fn clock(ts: &Value) -> String {
     match ts.as_i64() {
@@ -187,6 +211,23 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME    X\na       1\nlonger  2\n");
+    }
+
+    #[test]
+    fn events_print_oldest_first() {
+        let i = json!({"events": [
+            {"ts": 7200, "kind": "failover", "message": "node 2 replaces node 1", "node_id": 2},
+            {"ts": 3600, "kind": "node_failed", "message": "node 1 missed 2 checks", "node_id": 1}
+        ]});
+        let text = events(&i);
+        let failed = text.find("node_failed").unwrap();
+        let failover = text.find("failover").unwrap();
+        assert!(failed < failover, "{text}");
+        assert!(
+            text.contains("01:00:00Z") && text.contains("node-2"),
+            "{text}"
+        );
+        assert_eq!(events(&json!({"events": []})), "no events in this window\n");
     }
 
     #[test]

@@ -4,14 +4,14 @@
 use rusqlite::Transaction;
 use serde_json::Value;
 
-use super::views::{instance_info, project_info};
+use super::views::{instance_info, instance_info_with, project_info, History};
 use super::{ApiError, AppState};
 use crate::drivers::network::NetworkError;
 use crate::model::allocator::{allocate_subnet, overlaps};
 use crate::model::envelope::ApiRequest;
 use crate::model::{
     InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate, ProjectDelete,
-    ProjectRef, ProjectUpdate, ProvisioningStatus,
+    ProjectRef, ProjectUpdate, ProvisioningStatus, ValidationError,
 };
 use crate::store::{self, EventSubject, ProjectRow};
 
@@ -216,10 +216,25 @@ fn instance_info_or_list(
     req: InstanceRef,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.project)?;
+    let history = match req.history {
+        None => History::Recent,
+        Some(secs) if (1..=366 * 86_400).contains(&secs) => History::LastSecs(secs),
+        Some(secs) => {
+            return Err(ApiError::from(ValidationError::InvalidField(format!(
+                "history must be 1 to 31622400 seconds, got {secs}"
+            ))))
+        }
+    };
     match req.name {
         Some(name) => {
             let row = instance(tx, &p, &name)?;
-            Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+            Ok(to_value(instance_info_with(
+                tx,
+                &row,
+                &p,
+                &state.zone,
+                history,
+            )?))
         }
         None => {
             let list = store::list_instances(tx, p.id)?

@@ -122,7 +122,7 @@ pub fn render(c: &Connection) -> Result<String, StoreError> {
                 &format!(
                     "{node},address=\"{}\",state=\"{}\"",
                     n.address,
-                    esc(&n.state)
+                    n.state.as_str()
                 ),
                 1.0,
             );

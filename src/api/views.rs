@@ -8,6 +8,8 @@ use crate::store::{self, InstanceRow, ProjectRow, StoreError};
 
 /// How many events `info instance` shows.
 const RECENT_EVENTS: u32 = 10;
+/// How many samples `info instance` shows.
+const RECENT_SAMPLES: u32 = 20;
 
 pub fn project_info(c: &Connection, p: &ProjectRow, zone: &str) -> Result<ProjectInfo, StoreError> {
     let instances = store::list_instances(c, p.id)?
@@ -27,12 +29,39 @@ pub fn project_info(c: &Connection, p: &ProjectRow, zone: &str) -> Result<Projec
     })
 }
 
+/// The most rows of each kind a `history` request returns.
+const HISTORY_LIMIT: u32 = 1000;
+
+/// What part of the monitor log `info instance` includes.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum History {
+    /// The few most recent events and samples.
+    #[default]
+    Recent,
+    /// Everything of the last this many seconds (bounded).
+    LastSecs(i64),
+}
+
 pub fn instance_info(
     c: &Connection,
     i: &InstanceRow,
     p: &ProjectRow,
     zone: &str,
 ) -> Result<InstanceInfo, StoreError> {
+    instance_info_with(c, i, p, zone, History::Recent)
+}
+
+pub fn instance_info_with(
+    c: &Connection,
+    i: &InstanceRow,
+    p: &ProjectRow,
+    zone: &str,
+    history: History,
+) -> Result<InstanceInfo, StoreError> {
+    let (since, events_limit, samples_limit) = match history {
+        History::Recent => (0, RECENT_EVENTS, RECENT_SAMPLES),
+        History::LastSecs(secs) => (store::now() - secs, HISTORY_LIMIT, HISTORY_LIMIT),
+    };
     let nodes = store::list_nodes(c, i.id)?
         .into_iter()
         .map(|n| {
@@ -41,7 +70,7 @@ pub fn instance_info(
                 id: n.id,
                 name: format!("node-{}", n.id),
                 address: n.address.to_string(),
-                state: n.state,
+                state: n.state.as_str().to_string(),
                 pid: n.pid,
                 operating_status: n.operating_status,
                 sampled_at: sample.as_ref().map(|(ts, _)| *ts),
@@ -69,6 +98,9 @@ pub fn instance_info(
             auto_scaling: i.spec.auto_scaling,
         },
         min_nodes: i.spec.min_nodes,
+        max_nodes: i.spec.max_nodes,
+        scaling: i.spec.scaling,
+        desired_nodes: i.target_nodes(),
         hash_on: i.spec.hash_on.clone(),
         timeouts: i.spec.timeouts,
         max_connections: i.spec.max_connections,
@@ -79,16 +111,27 @@ pub fn instance_info(
         operating_status: i.operating_status,
         status_reason: i.status_reason.clone(),
         nodes,
-        events: store::recent_events(c, i.id, RECENT_EVENTS)?
-            .into_iter()
-            .map(|e| EventInfo {
-                ts: e.ts,
-                kind: e.kind,
-                message: e.message,
-                node_id: e.node_id,
-            })
-            .collect(),
+        events: events(c, i.id, since, events_limit)?,
+        samples: store::recent_samples(c, i.id, since, samples_limit)?,
         created_at: i.created_at,
         updated_at: i.updated_at,
     })
+}
+
+/// An instance's events since `since`, newest first.
+pub fn events(
+    c: &Connection,
+    instance_id: i64,
+    since: i64,
+    limit: u32,
+) -> Result<Vec<EventInfo>, StoreError> {
+    Ok(store::recent_events(c, instance_id, since, limit)?
+        .into_iter()
+        .map(|e| EventInfo {
+            ts: e.ts,
+            kind: e.kind,
+            message: e.message,
+            node_id: e.node_id,
+        })
+        .collect())
 }

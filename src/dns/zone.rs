@@ -102,6 +102,30 @@ impl EmbeddedDns {
             })
     }
 
+    /// The addresses `name` (zone-relative) answers now, sorted.
+    pub async fn a_records(&self, name: &str) -> Vec<Ipv4Addr> {
+        let Ok(fqdn) = self.fqdn(name) else {
+            return Vec::new();
+        };
+        let key = RrKey::new(LowerName::new(&fqdn), RecordType::A);
+        let mut addrs: Vec<Ipv4Addr> = self
+            .zone
+            .records()
+            .await
+            .get(&key)
+            .map(|set| {
+                set.records_without_rrsigs()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        addrs.sort_unstable();
+        addrs
+    }
+
     /// Bumps the SOA serial so secondaries (and humans with dig) see a change.
     async fn bump_serial(&self) -> u32 {
         let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
@@ -135,26 +159,8 @@ impl DnsDriver for EmbeddedDns {
             let mut wanted: Vec<Ipv4Addr> = addrs.to_vec();
             wanted.sort_unstable();
             wanted.dedup();
-            {
-                let current: Vec<Ipv4Addr> = self
-                    .zone
-                    .records()
-                    .await
-                    .get(&key)
-                    .map(|set| {
-                        set.records_without_rrsigs()
-                            .filter_map(|r| match &r.data {
-                                RData::A(a) => Some(a.0),
-                                _ => None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut current = current;
-                current.sort_unstable();
-                if current == wanted {
-                    return Ok(());
-                }
+            if self.a_records(name).await == wanted {
+                return Ok(());
             }
             let serial = self.bump_serial().await;
             let mut records = self.zone.records_mut().await;

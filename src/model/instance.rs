@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::names::validate_name;
 use crate::model::project::{check_type_tag, parse_subnet};
+use crate::model::scaling::{ScalingPolicy, ScalingSpec};
 use crate::model::tuning::{
     max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
     DEFAULT_MAX_CONNECTIONS,
@@ -18,6 +19,8 @@ use crate::model::{OperatingStatus, ProvisioningStatus, ValidationError};
 
 /// Most nodes one instance may ask for.
 pub const MAX_NODES: u32 = 16;
+/// `max_nodes` when not given.
+pub const DEFAULT_MAX_NODES: u32 = 4;
 /// Most backends one instance may list.
 pub const MAX_BACKENDS: usize = 256;
 
@@ -174,9 +177,15 @@ pub struct InstanceCreate {
     #[serde(default)]
     pub subnet: Option<String>,
     pub backend: BackendSpec,
-    /// How many LB nodes serve the instance (default 1).
+    /// How many LB nodes serve the instance (default 1); with auto-scaling, the fewest.
     #[serde(default)]
     pub min_nodes: Option<i64>,
+    /// With auto-scaling, the most LB nodes (default 4, at least `min_nodes`).
+    #[serde(default)]
+    pub max_nodes: Option<i64>,
+    /// Autoscaling targets, windows and cooldown (used when `backend.auto-scaling` is true).
+    #[serde(default)]
+    pub scaling: Option<ScalingSpec>,
     /// What `consistent_hash` keys on: `client_ip` (default) or `header:<Name>`.
     #[serde(default)]
     pub hash_on: Option<HashOn>,
@@ -214,9 +223,26 @@ pub struct InstanceSpec {
     pub max_connections: u32,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: u32,
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+}
+
+fn default_max_nodes() -> u32 {
+    DEFAULT_MAX_NODES
 }
 
 impl InstanceSpec {
+    /// How many nodes should serve, given the autoscaler's wish `desired`.
+    pub fn target_nodes(&self, desired: u32) -> u32 {
+        if self.auto_scaling {
+            desired.clamp(self.min_nodes, self.max_nodes.max(self.min_nodes))
+        } else {
+            self.min_nodes
+        }
+    }
+
     /// What a node at `address` runs for this spec, as config `version`.
     pub fn node_config(&self, version: u64, address: IpAddr) -> crate::model::NodeConfig {
         crate::model::NodeConfig {
@@ -244,6 +270,12 @@ impl InstanceSpec {
             return Err(ValidationError::InvalidField(
                 "hash_on header:<Name> needs traffic_type http".into(),
             ));
+        }
+        if self.max_nodes < self.min_nodes {
+            return Err(ValidationError::InvalidScaling(format!(
+                "max_nodes ({}) must be at least min_nodes ({})",
+                self.max_nodes, self.min_nodes
+            )));
         }
         if self.hash_on != HashOn::ClientIp && self.algorithm != Algorithm::ConsistentHash {
             return Err(ValidationError::InvalidField(
@@ -276,7 +308,16 @@ impl InstanceCreate {
             backends,
             health_check,
             auto_scaling: self.backend.auto_scaling.unwrap_or(false),
-            min_nodes: node_count(self.min_nodes)?,
+            min_nodes: node_count("min_nodes", self.min_nodes)?,
+            max_nodes: match self.max_nodes {
+                Some(n) => node_count("max_nodes", Some(n))?,
+                // Unset, it is at least min_nodes, so min_nodes alone never errs.
+                None => DEFAULT_MAX_NODES.max(node_count("min_nodes", self.min_nodes)?),
+            },
+            scaling: self
+                .scaling
+                .unwrap_or_default()
+                .resolve(ScalingPolicy::default())?,
             hash_on: self.hash_on.unwrap_or_default(),
             timeouts: self
                 .timeouts
@@ -297,6 +338,11 @@ pub struct InstanceRef {
     pub project: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// Seconds of the monitor log to return: with it, `events` and `samples`
+    /// hold everything of the last `history` seconds (newest first, at most
+    /// 1000 each) instead of the few most recent.
+    #[serde(default)]
+    pub history: Option<i64>,
 }
 
 /// `delete instance`.
@@ -323,6 +369,11 @@ pub struct InstanceUpdate {
     #[serde(default)]
     pub min_nodes: Option<i64>,
     #[serde(default)]
+    pub max_nodes: Option<i64>,
+    /// Given fields replace the stored ones; absent ones stay.
+    #[serde(default)]
+    pub scaling: Option<ScalingSpec>,
+    #[serde(default)]
     pub hash_on: Option<HashOn>,
     /// Given fields replace the stored ones; absent ones stay.
     #[serde(default)]
@@ -346,7 +397,13 @@ impl InstanceUpdate {
             next.algorithm = a;
         }
         if let Some(n) = self.min_nodes {
-            next.min_nodes = node_count(Some(n))?;
+            next.min_nodes = node_count("min_nodes", Some(n))?;
+        }
+        if let Some(n) = self.max_nodes {
+            next.max_nodes = node_count("max_nodes", Some(n))?;
+        }
+        if let Some(sc) = &self.scaling {
+            next.scaling = sc.resolve(next.scaling)?;
         }
         if let Some(h) = &self.hash_on {
             next.hash_on = h.clone();
@@ -381,7 +438,8 @@ pub struct NodeInfo {
     pub id: i64,
     pub name: String,
     pub address: String,
-    /// `starting`, `running`, `exited`, `stopped`.
+    /// `starting`, `running`, `failed` (missed its health checks; replaced,
+    /// deleted after the grace period) or `retiring` (out of DNS, draining).
     pub state: String,
     #[serde(default)]
     pub pid: Option<u32>,
@@ -418,6 +476,10 @@ pub struct InstanceInfo {
     pub subnet: String,
     pub backend: BackendView,
     pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub scaling: ScalingPolicy,
+    /// The node count the autoscaler asks for now (`min_nodes` without auto-scaling).
+    pub desired_nodes: u32,
     pub hash_on: HashOn,
     pub timeouts: Timeouts,
     pub max_connections: u32,
@@ -432,9 +494,12 @@ pub struct InstanceInfo {
     #[serde(default)]
     pub status_reason: Option<String>,
     pub nodes: Vec<NodeInfo>,
-    /// The most recent events (newest first): node starts, exits, errors.
+    /// The most recent events (newest first): node starts, failovers, scaling, errors.
     #[serde(default)]
     pub events: Vec<EventInfo>,
+    /// The most recent load samples of the instance's nodes (newest first).
+    #[serde(default)]
+    pub samples: Vec<SampleInfo>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -450,6 +515,29 @@ pub struct EventInfo {
     pub node_id: Option<i64>,
 }
 
+/// One load sample of one node: raw (one health-check interval) or, once
+/// older than the raw retention, a 1-minute average (`resolution` 60).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SampleInfo {
+    /// Unix seconds (the start of the minute for averages).
+    pub ts: i64,
+    /// Seconds a sample covers: 0 for a raw sample, 60 for a 1-minute average.
+    pub resolution: u32,
+    pub node_id: i64,
+    pub requests_per_s: f64,
+    pub active_connections: f64,
+    pub bytes_in_per_s: f64,
+    pub bytes_out_per_s: f64,
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
+    #[serde(default)]
+    pub p90_ms: Option<f64>,
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
+    pub members_up: u32,
+    pub members_down: u32,
+}
+
 // === validation helpers ===
 
 fn port(p: i64) -> Result<u16, ValidationError> {
@@ -459,13 +547,13 @@ fn port(p: i64) -> Result<u16, ValidationError> {
         .ok_or(ValidationError::InvalidPort(p))
 }
 
-fn node_count(n: Option<i64>) -> Result<u32, ValidationError> {
+fn node_count(field: &str, n: Option<i64>) -> Result<u32, ValidationError> {
     let n = n.unwrap_or(1);
     if (1..=i64::from(MAX_NODES)).contains(&n) {
         Ok(n as u32)
     } else {
         Err(ValidationError::InvalidScaling(format!(
-            "min_nodes must be 1 to {MAX_NODES}, got {n}"
+            "{field} must be 1 to {MAX_NODES}, got {n}"
         )))
     }
 }

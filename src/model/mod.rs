@@ -9,6 +9,7 @@ pub mod instance;
 pub mod names;
 pub mod node;
 pub mod project;
+pub mod scaling;
 pub mod schemas;
 pub mod status;
 pub mod tuning;
@@ -20,11 +21,12 @@ pub use error::ValidationError;
 pub use instance::{
     BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria, HealthProtocol,
     InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,
-    NodeInfo, TrafficType,
+    NodeInfo, SampleInfo, TrafficType,
 };
 pub use node::{MemberStats, NodeConfig, NodeStats, NodeStatus};
 pub use project::{
     ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef, ProjectSpec, ProjectUpdate,
 };
-pub use status::{OperatingStatus, ProvisioningStatus};
+pub use scaling::{ScalingPolicy, ScalingSpec};
+pub use status::{derive_operating_status, NodeState, OperatingStatus, ProvisioningStatus};
 pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts};

@@ -73,6 +73,69 @@ impl OperatingStatus {
     }
 }
 
+/// Where an LB node is in its life. Stored as lowercase text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Created or being (re)started; not in DNS yet.
+    Starting,
+    /// Serving and in DNS; the health checker polls it.
+    Running,
+    /// Missed `unhealth-threshold` checks: out of DNS, replaced; deleted after
+    /// the grace period unless it recovers first.
+    Failed,
+    /// Out of DNS and draining before it is deleted (scale-in, or a
+    /// replacement no longer needed).
+    Retiring,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Failed => "failed",
+            Self::Retiring => "retiring",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Starting, Self::Running, Self::Failed, Self::Retiring]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
+    /// Counts towards the instance's node target (a failed or retiring node does not).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Starting | Self::Running)
+    }
+}
+
+/// An instance's `operating_status` from its nodes: OFFLINE with none
+/// serving; DEGRADED with fewer serving than `target`, a failed node, or a
+/// node with backend members down; else ONLINE.
+pub fn derive_operating_status(
+    nodes: &[(NodeState, OperatingStatus)],
+    target: usize,
+) -> OperatingStatus {
+    let serving: Vec<OperatingStatus> = nodes
+        .iter()
+        .filter(|(state, op)| {
+            *state == NodeState::Running
+                && matches!(op, OperatingStatus::Online | OperatingStatus::Degraded)
+        })
+        .map(|(_, op)| *op)
+        .collect();
+    let failed = nodes.iter().any(|(s, _)| *s == NodeState::Failed);
+    if serving.is_empty() {
+        OperatingStatus::Offline
+    } else if failed || serving.len() < target || serving.contains(&OperatingStatus::Degraded) {
+        OperatingStatus::Degraded
+    } else {
+        OperatingStatus::Online
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +156,26 @@ mod tests {
         for s in ["ONLINE", "DEGRADED", "OFFLINE", "NO_MONITOR"] {
             assert_eq!(OperatingStatus::parse(s).unwrap().as_str(), s);
         }
+        for s in ["starting", "running", "failed", "retiring"] {
+            assert_eq!(NodeState::parse(s).unwrap().as_str(), s);
+        }
         assert!(ProvisioningStatus::PendingUpdate.is_pending());
         assert!(!ProvisioningStatus::Error.is_pending());
+    }
+
+    #[test]
+    fn operating_status_from_nodes() {
+        use NodeState::*;
+        use OperatingStatus::*;
+        assert_eq!(derive_operating_status(&[(Running, Online)], 1), Online);
+        assert_eq!(derive_operating_status(&[(Running, Degraded)], 1), Degraded);
+        assert_eq!(derive_operating_status(&[(Running, Online)], 2), Degraded);
+        assert_eq!(
+            derive_operating_status(&[(Failed, Offline), (Running, Online)], 1),
+            Degraded
+        );
+        assert_eq!(derive_operating_status(&[(Failed, Offline)], 1), Offline);
+        assert_eq!(derive_operating_status(&[(Starting, Offline)], 1), Offline);
+        assert_eq!(derive_operating_status(&[], 1), Offline);
     }
 }

@@ -12,7 +12,7 @@ use super::Reconciler;
 use crate::dns::instance_label;
 use crate::drivers::compute::{NodeObservation, NodeSpec};
 use crate::model::allocator::allocate_node_address;
-use crate::model::{OperatingStatus, ProvisioningStatus};
+use crate::model::{NodeState, OperatingStatus, ProvisioningStatus};
 use crate::store::{self, EventSubject, InstanceRow, NodeRow, StoreError};
 
 impl Reconciler {
@@ -28,6 +28,7 @@ impl Reconciler {
             instance_id: Some(inst.id),
             node_id: None,
         };
+        self.finish_failed_and_retiring(&inst).await;
         let nodes = match self.ensure_node_rows(&inst) {
             Ok(nodes) => nodes,
             Err(reason) => return self.record_failure(&inst, subject, reason, 0),
@@ -36,7 +37,8 @@ impl Reconciler {
         let mut errors = Vec::new();
         for node in &nodes {
             match self.ensure_node_serving(&inst, node).await {
-                Ok(()) => serving.push(node.address),
+                Ok(true) => serving.push(node.address),
+                Ok(false) => {}
                 Err(reason) => {
                     errors.push(format!("node {} ({}): {reason}", node.id, node.address))
                 }
@@ -78,8 +80,10 @@ impl Reconciler {
             .is_none_or(|(_, last)| last.elapsed() >= self.settings.error_retry)
     }
 
-    /// Makes the node rows match `min_nodes`: allocates addresses for missing
-    /// nodes; extra nodes (after a scale-down) leave DNS and are stopped.
+    /// Makes the active (starting or running) nodes match the target: new
+    /// rows with fresh addresses for replacements and scale-out; the newest
+    /// nodes retire (out of DNS, drain, delete) on scale-in or when a failed
+    /// node recovered and its replacement is no longer needed.
     fn ensure_node_rows(&self, inst: &InstanceRow) -> Result<Vec<NodeRow>, String> {
         let project = self
             .store
@@ -87,47 +91,166 @@ impl Reconciler {
             .map_err(|e| e.to_string())?
             .ok_or("the project is gone")?;
         let subnet = inst.spec.subnet.unwrap_or(project.subnet);
-        self.store
+        let target = inst.target_nodes() as usize;
+        let (active, added, retired, failed) = self
+            .store
             .transaction(|tx| {
-                let mut nodes = store::list_nodes(tx, inst.id)?;
-                let taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
+                let all = store::list_nodes(tx, inst.id)?;
+                let failed: Vec<NodeRow> = all
+                    .iter()
+                    .filter(|n| n.state == NodeState::Failed)
+                    .cloned()
+                    .collect();
+                let mut active: Vec<NodeRow> =
+                    all.into_iter().filter(|n| n.state.is_active()).collect();
+                let mut taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
                     .iter()
                     .filter_map(|n| match n.address {
                         IpAddr::V4(a) => Some(a),
                         IpAddr::V6(_) => None,
                     })
                     .collect();
-                let mut taken = taken;
-                while nodes.len() < inst.spec.min_nodes as usize {
+                let mut added = Vec::new();
+                while active.len() < target {
                     let Some(addr) = allocate_node_address(&subnet, &taken) else {
                         return Err(StoreError::Corrupt(format!(
                             "subnet {subnet} has no free address for another node"
                         )));
                     };
                     taken.insert(addr);
-                    let secret = new_secret();
-                    nodes.push(store::insert_node(tx, inst.id, &addr.to_string(), &secret)?);
+                    let node = store::insert_node(tx, inst.id, &addr.to_string(), &new_secret())?;
+                    added.push(node.clone());
+                    active.push(node);
                 }
-                Ok(nodes)
-            })
-            .map_err(|e: StoreError| e.to_string())
-            .and_then(|mut nodes| {
-                // Scale-down: the newest nodes go first.
-                while nodes.len() > inst.spec.min_nodes as usize {
-                    let extra = nodes.pop().expect("len > min_nodes >= 1");
-                    self.store
-                        .read(|c| store::delete_node(c, extra.id))
-                        .map_err(|e| e.to_string())?;
-                    let compute = self.compute.clone();
-                    std::thread::spawn(move || compute.destroy_node(extra.id));
+                let mut retired = Vec::new();
+                while active.len() > target {
+                    let node = active.pop().expect("len > target >= 1");
+                    store::set_node_observed(
+                        tx,
+                        node.id,
+                        NodeState::Retiring,
+                        node.pid,
+                        node.operating_status,
+                    )?;
+                    retired.push(node);
                 }
-                Ok(nodes)
+                Ok((active, added, retired, failed))
             })
+            .map_err(|e: StoreError| e.to_string())?;
+        let subject = |node_id| EventSubject {
+            project_id: Some(inst.project_id),
+            instance_id: Some(inst.id),
+            node_id: Some(node_id),
+        };
+        // New nodes while nodes are failed are their replacements, oldest failure first.
+        for (i, node) in added.iter().enumerate() {
+            if let Some(old) = failed.get(i) {
+                self.event(
+                    subject(node.id),
+                    "failover",
+                    &format!(
+                        "node {} at {} replaces failed node {} at {}",
+                        node.id, node.address, old.id, old.address
+                    ),
+                );
+            }
+        }
+        for node in &retired {
+            self.event(
+                subject(node.id),
+                "node_retiring",
+                &format!(
+                    "node {} at {} leaves DNS and drains: {} active nodes, target {target}",
+                    node.id,
+                    node.address,
+                    target + retired.len()
+                ),
+            );
+        }
+        Ok(active)
     }
 
-    /// Starts the node if it is not running, waits for its admin API, and
-    /// pushes the instance's config unless the node already runs it.
-    async fn ensure_node_serving(&self, inst: &InstanceRow, node: &NodeRow) -> Result<(), String> {
+    /// Deletes failed nodes whose grace period is over, and retiring nodes
+    /// once drained (out of DNS for at least `drain_min`, then no
+    /// connection left or `drain_max` reached).
+    async fn finish_failed_and_retiring(&self, inst: &InstanceRow) {
+        let Ok(nodes) = self.store.read(|c| store::list_nodes(c, inst.id)) else {
+            return;
+        };
+        let now = store::now();
+        for node in nodes {
+            let age = Duration::from_secs((now - node.state_changed_at).max(0) as u64);
+            let message = match node.state {
+                NodeState::Failed if age >= self.settings.failover_grace => format!(
+                    "failed node {} at {} deleted: not healthy again within {} s",
+                    node.id,
+                    node.address,
+                    self.settings.failover_grace.as_secs()
+                ),
+                NodeState::Retiring if age >= self.settings.drain_min => {
+                    let admin = SocketAddr::new(node.address, self.settings.node_admin_port);
+                    let open = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        self.nodes.status(admin, &node.secret),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or(0, |s| s.stats.active_connections);
+                    if open > 0 && age < self.settings.drain_max {
+                        continue;
+                    }
+                    format!(
+                        "node {} at {} retired after {} s out of DNS ({open} connections left)",
+                        node.id,
+                        node.address,
+                        age.as_secs()
+                    )
+                }
+                _ => continue,
+            };
+            let compute = self.compute.clone();
+            let id = node.id;
+            match tokio::task::spawn_blocking(move || compute.destroy_node(id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("node {id}: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("node {id}: {e}");
+                    continue;
+                }
+            }
+            if let Err(e) = self.store.read(|c| store::delete_node(c, id)) {
+                tracing::warn!("node {id}: {e}");
+                continue;
+            }
+            let kind = if node.state == NodeState::Failed {
+                "node_deleted"
+            } else {
+                "node_retired"
+            };
+            self.event(
+                EventSubject {
+                    project_id: Some(inst.project_id),
+                    instance_id: Some(inst.id),
+                    node_id: Some(id),
+                },
+                kind,
+                &message,
+            );
+        }
+    }
+
+    /// Brings one active node to serving the current config. `Ok(true)`: it
+    /// serves; `Ok(false)`: a running node whose process is gone, left to the
+    /// health checker, which fails it over.
+    async fn ensure_node_serving(
+        &self,
+        inst: &InstanceRow,
+        node: &NodeRow,
+    ) -> Result<bool, String> {
         let admin = SocketAddr::new(node.address, self.settings.node_admin_port);
         let subject = EventSubject {
             project_id: Some(inst.project_id),
@@ -135,22 +258,37 @@ impl Reconciler {
             node_id: Some(node.id),
         };
         let observed = self.compute.observe_node(node.id);
-        let pid = match observed {
-            NodeObservation::Running { pid } => pid,
-            other => {
-                if let NodeObservation::Exited { reason } = &other {
-                    if node.state == "running" {
-                        self.event(
-                            subject,
-                            "node_exited",
-                            &format!(
-                                "node {} at {} {reason}; restarting it",
-                                node.id, node.address
-                            ),
-                        );
-                    }
+        let pid = match (node.state, observed) {
+            (_, NodeObservation::Running { pid }) => pid,
+            (NodeState::Running, other) => {
+                if node.operating_status != OperatingStatus::Offline {
+                    let how = match other {
+                        NodeObservation::Exited { reason } => reason,
+                        _ => "is gone".to_string(),
+                    };
+                    self.event(
+                        subject,
+                        "node_exited",
+                        &format!(
+                            "node {} at {} {how}; out of DNS until it is failed over",
+                            node.id, node.address
+                        ),
+                    );
+                    self.set_node(node, NodeState::Running, None, OperatingStatus::Offline);
                 }
-                self.set_node(node, "starting", None, OperatingStatus::Offline);
+                return Ok(false);
+            }
+            (_, other) => {
+                if let NodeObservation::Exited { reason } = &other {
+                    self.event(
+                        subject,
+                        "node_exited",
+                        &format!(
+                            "node {} at {} {reason} while starting; starting it again",
+                            node.id, node.address
+                        ),
+                    );
+                }
                 let spec = NodeSpec {
                     node_id: node.id,
                     admin_addr: admin,
@@ -165,22 +303,24 @@ impl Reconciler {
                 }
             }
         };
-        let status = match self.wait_ready(node, admin).await {
-            Ok(status) => status,
-            Err(reason) => {
-                self.set_node(node, "unresponsive", Some(pid), OperatingStatus::Offline);
-                return Err(reason);
-            }
-        };
-        self.record_sample(inst, node, &status.stats);
+        if node.state == NodeState::Running && node.applied_generation == Some(inst.generation) {
+            return Ok(node.operating_status != OperatingStatus::Offline);
+        }
+        let status = self.wait_ready(node, admin).await?;
         if status.config_version != Some(inst.generation) {
             let config = inst.spec.node_config(inst.generation, node.address);
-            if let Err(e) = self.nodes.put_config(admin, &node.secret, &config).await {
-                self.set_node(node, "running", Some(pid), OperatingStatus::Offline);
-                return Err(e.to_string());
-            }
+            self.nodes
+                .put_config(admin, &node.secret, &config)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        if node.state != "running" {
+        if let Err(e) = self
+            .store
+            .read(|c| store::set_node_applied(c, node.id, Some(inst.generation)))
+        {
+            return Err(e.to_string());
+        }
+        if node.state != NodeState::Running {
             self.event(
                 subject,
                 "node_ready",
@@ -189,9 +329,11 @@ impl Reconciler {
                     node.id, node.address, inst.spec.port
                 ),
             );
+            self.set_node(node, NodeState::Running, Some(pid), OperatingStatus::Online);
+        } else if node.pid != Some(pid) {
+            self.set_node(node, NodeState::Running, Some(pid), node.operating_status);
         }
-        self.set_node(node, "running", Some(pid), OperatingStatus::Online);
-        Ok(())
+        Ok(true)
     }
 
     /// Polls the admin API until it answers, the process dies, or the deadline passes.
@@ -271,7 +413,7 @@ impl Reconciler {
             if inst.provisioning_status != ProvisioningStatus::Active {
                 store::set_instance_provisioning(c, inst.id, ProvisioningStatus::Active, None)?;
             }
-            store::set_instance_operating(c, inst.id, OperatingStatus::Online, None)
+            store::refresh_instance_operating(c, inst)
         });
         if let Err(e) = result {
             return tracing::warn!("instance {}: {e}", inst.name);
@@ -345,26 +487,13 @@ impl Reconciler {
         }
     }
 
-    /// Stores the node's stats once per health-check interval: the status poll
-    /// that proves the node alive is also its stats sample.
-    fn record_sample(&self, inst: &InstanceRow, node: &NodeRow, stats: &crate::model::NodeStats) {
-        let every = Duration::from_secs(u64::from(inst.spec.health_check.criteria.interval));
-        {
-            let mut last = self.last_sample.lock().unwrap_or_else(|p| p.into_inner());
-            if last.get(&node.id).is_some_and(|t| t.elapsed() < every) {
-                return;
-            }
-            last.insert(node.id, Instant::now());
-        }
-        if let Err(e) = self
-            .store
-            .read(|c| store::add_node_sample(c, node.id, inst.id, stats))
-        {
-            tracing::warn!("node {}: cannot store a sample: {e}", node.id);
-        }
-    }
-
-    fn set_node(&self, node: &NodeRow, state: &str, pid: Option<u32>, status: OperatingStatus) {
+    fn set_node(
+        &self,
+        node: &NodeRow,
+        state: NodeState,
+        pid: Option<u32>,
+        status: OperatingStatus,
+    ) {
         if node.state == state && node.pid == pid && node.operating_status == status {
             return;
         }

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::dns::{instance_label, DnsDriver};
-use crate::drivers::compute::ComputeDriver;
+use crate::drivers::compute::{ComputeDriver, NodeObservation};
 use crate::drivers::network::NetworkDriver;
 use crate::drivers::node_admin::{NodeAdmin, NodeAdminClient};
+use crate::model::{NodeState, OperatingStatus};
 use crate::store::{self, EventSubject, Store};
 
 /// Knobs of the reconciler.
@@ -34,6 +35,14 @@ pub struct ReconcileSettings {
     pub error_retry: Duration,
     /// Time between passes when nothing wakes the reconciler.
     pub period: Duration,
+    /// How long a failed node may take to recover before it is deleted (its
+    /// replacement serves meanwhile).
+    pub failover_grace: Duration,
+    /// A retiring node stays out of DNS at least this long before it is
+    /// stopped (the DNS TTL: clients may still hold its address).
+    pub drain_min: Duration,
+    /// A retiring node is stopped after this even with connections open.
+    pub drain_max: Duration,
 }
 
 impl Default for ReconcileSettings {
@@ -44,6 +53,9 @@ impl Default for ReconcileSettings {
             attempts_before_error: 3,
             error_retry: Duration::from_secs(30),
             period: Duration::from_secs(1),
+            failover_grace: Duration::from_secs(60),
+            drain_min: Duration::from_secs(5),
+            drain_max: Duration::from_secs(30),
         }
     }
 }
@@ -57,8 +69,6 @@ pub struct Reconciler {
     settings: ReconcileSettings,
     /// Consecutive failed passes per instance, and when an errored one may be retried.
     failures: Mutex<HashMap<i64, (u32, Instant)>>,
-    /// When each node's last stats sample was stored.
-    last_sample: Mutex<HashMap<i64, Instant>>,
 }
 
 impl Reconciler {
@@ -90,7 +100,6 @@ impl Reconciler {
             nodes,
             settings,
             failures: Mutex::default(),
-            last_sample: Mutex::default(),
         }
     }
 
@@ -133,6 +142,46 @@ impl Reconciler {
             self.finish_project_delete(p).await;
         }
         self.remove_orphans().await
+    }
+
+    /// At start-up: a node stored as running whose process is gone died
+    /// while lbd was not watching (e.g. the host rebooted). It is started
+    /// again at its own address, like a first start, instead of failed over.
+    pub fn restart_nodes_found_dead(&self) -> Result<(), store::StoreError> {
+        for node in self.store.read(store::all_nodes)? {
+            if node.state != NodeState::Running {
+                continue;
+            }
+            if let NodeObservation::Running { .. } = self.compute.observe_node(node.id) {
+                continue;
+            }
+            self.store.read(|c| {
+                store::set_node_observed(
+                    c,
+                    node.id,
+                    NodeState::Starting,
+                    None,
+                    OperatingStatus::Offline,
+                )?;
+                store::set_node_applied(c, node.id, None)
+            })?;
+            let inst = self
+                .store
+                .read(|c| store::instance_by_id(c, node.instance_id))?;
+            self.event(
+                EventSubject {
+                    project_id: inst.map(|i| i.project_id),
+                    instance_id: Some(node.instance_id),
+                    node_id: Some(node.id),
+                },
+                "node_exited",
+                &format!(
+                    "node {} at {} was not running when lbd started; starting it again",
+                    node.id, node.address
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Resources with no row are removed: node processes whose node row is

@@ -11,7 +11,7 @@ use crate::dns::{DnsDriver, EmbeddedDns};
 use crate::drivers::compute::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::drivers::node_admin::{NodeAdmin, NodeAdminError};
-use crate::model::{InstanceCreate, NodeConfig, NodeStatus, ProvisioningStatus};
+use crate::model::{InstanceCreate, NodeConfig, NodeState, NodeStatus, ProvisioningStatus};
 use crate::store::{self, Store};
 
 /// Fake node processes and their admin APIs in one: a started node answers
@@ -226,7 +226,7 @@ async fn create_flow_reaches_active_and_is_idempotent() {
         "127.5.0.2",
         "first address after the gateway"
     );
-    assert_eq!(nodes[0].state, "running");
+    assert_eq!(nodes[0].state, NodeState::Running);
     let config = h.host.configs.lock().unwrap()[0].clone();
     assert_eq!(
         (config.version, config.listen.to_string()),
@@ -234,15 +234,6 @@ async fn create_flow_reaches_active_and_is_idempotent() {
     );
     assert_eq!(config.backends.len(), 2);
     assert_eq!(dns_names(&h).await, vec!["web.demo".to_string()]);
-
-    let node_id = nodes[0].id;
-    assert!(
-        h.store
-            .read(|c| store::latest_node_sample(c, node_id))
-            .unwrap()
-            .is_some(),
-        "the status poll is stored as a sample"
-    );
 
     // A second pass changes nothing.
     h.reconciler.reconcile_once().await.unwrap();
@@ -279,25 +270,193 @@ async fn update_pushes_a_new_generation_without_restarting() {
 }
 
 #[tokio::test]
-async fn a_dead_node_is_recorded_and_started_again() {
+async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 2);
     h.reconciler.reconcile_once().await.unwrap();
-    let node_id = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].id;
-    h.host.kill(node_id);
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    h.host.kill(nodes[0].id);
     h.reconciler.reconcile_once().await.unwrap();
-    assert_eq!(h.host.starts.load(Ordering::SeqCst), 2);
     assert_eq!(
-        h.host.pushes.load(Ordering::SeqCst),
+        h.host.starts.load(Ordering::SeqCst),
         2,
-        "the new process gets the config again"
+        "not restarted in place: the health checker fails it over"
     );
-    let events = h.store.read(|c| store::recent_events(c, id, 10)).unwrap();
+    assert_eq!(
+        h.dns.a_records("web.demo").await,
+        vec![ipv4(&nodes[1])],
+        "only the live node stays in DNS"
+    );
+    let events = h
+        .store
+        .read(|c| store::recent_events(c, id, 0, 10))
+        .unwrap();
     let exited = events
         .iter()
         .find(|e| e.kind == "node_exited")
         .expect("an exit event");
     assert!(exited.message.contains("signal 9"), "{}", exited.message);
+    // Recorded once, not on every pass.
+    h.reconciler.reconcile_once().await.unwrap();
+    let exits = h
+        .store
+        .read(|c| store::recent_events(c, id, 0, 10))
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "node_exited")
+        .count();
+    assert_eq!(exits, 1);
+}
+
+#[tokio::test]
+async fn a_failed_node_is_replaced_then_deleted_after_the_grace_period() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    let old = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].clone();
+    h.host.kill(old.id);
+    mark(&h, old.id, NodeState::Failed, 0);
+    h.reconciler.reconcile_once().await.unwrap();
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    assert_eq!(nodes.len(), 2, "the failed node stays for its grace period");
+    let new = nodes.iter().find(|n| n.id != old.id).unwrap();
+    assert_ne!(
+        new.address, old.address,
+        "the replacement has its own address"
+    );
+    assert_eq!(new.state, NodeState::Running);
+    assert_eq!(h.dns.a_records("web.demo").await, vec![ipv4(new)]);
+    let events = h
+        .store
+        .read(|c| store::recent_events(c, id, 0, 10))
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "failover" && e.message.contains(&old.address.to_string())),
+        "{events:?}"
+    );
+    // Past the grace period, the failed node goes.
+    mark(&h, old.id, NodeState::Failed, 61);
+    h.reconciler.reconcile_once().await.unwrap();
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    assert_eq!(nodes.iter().map(|n| n.id).collect::<Vec<_>>(), [new.id]);
+    assert!(h
+        .store
+        .read(|c| store::recent_events(c, id, 0, 10))
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == "node_deleted"));
+}
+
+#[tokio::test]
+async fn a_recovered_node_sends_its_replacement_into_retirement() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    let old = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].clone();
+    mark(&h, old.id, NodeState::Failed, 0);
+    h.reconciler.reconcile_once().await.unwrap();
+    let replacement = h.store.read(|c| store::list_nodes(c, id)).unwrap()[1].clone();
+    // The health checker saw the old node healthy again.
+    mark(&h, old.id, NodeState::Running, 0);
+    h.reconciler.reconcile_once().await.unwrap();
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let retiring = nodes.iter().find(|n| n.id == replacement.id).unwrap();
+    assert_eq!(retiring.state, NodeState::Retiring);
+    assert_eq!(
+        h.dns.a_records("web.demo").await,
+        vec![ipv4(&old)],
+        "DNS is restored first"
+    );
+    // Drained (no connections, past the DNS TTL): deleted.
+    mark(&h, replacement.id, NodeState::Retiring, 6);
+    h.reconciler.reconcile_once().await.unwrap();
+    let ids: Vec<i64> = h
+        .store
+        .read(|c| store::list_nodes(c, id))
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, [old.id]);
+    assert!(!h.host.list_nodes().contains(&replacement.id));
+}
+
+#[tokio::test]
+async fn desired_nodes_scale_out_and_in_within_min_and_max() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    let mut spec = instance(&h, id).spec;
+    spec.auto_scaling = true;
+    spec.max_nodes = 2;
+    h.store
+        .read(|c| store::update_instance_spec(c, id, &spec))
+        .unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    h.store
+        .read(|c| store::set_desired_nodes(c, id, 5))
+        .unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    assert_eq!(nodes.len(), 2, "never past max_nodes");
+    assert_eq!(h.dns.a_records("web.demo").await.len(), 2);
+    h.store
+        .read(|c| store::set_desired_nodes(c, id, 1))
+        .unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    assert_eq!(nodes[1].state, NodeState::Retiring, "the newest retires");
+    assert_eq!(h.dns.a_records("web.demo").await, vec![ipv4(&nodes[0])]);
+}
+
+#[tokio::test]
+async fn nodes_found_dead_at_start_restart_at_their_own_address() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    let node = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].clone();
+    h.host.kill(node.id);
+    h.reconciler.restart_nodes_found_dead().unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    let after = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        (after[0].id, after[0].address, after[0].state),
+        (node.id, node.address, NodeState::Running)
+    );
+    assert_eq!(h.host.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        h.host.pushes.load(Ordering::SeqCst),
+        2,
+        "config pushed again"
+    );
+}
+
+/// Sets a node's state as if it changed `ago` seconds ago.
+fn mark(h: &Harness, node_id: i64, state: NodeState, ago: i64) {
+    let node = h
+        .store
+        .read(|c| store::node_by_id(c, node_id))
+        .unwrap()
+        .unwrap();
+    h.store
+        .read(|c| {
+            store::set_node_observed(c, node_id, state, node.pid, node.operating_status)?;
+            c.execute(
+                "UPDATE nodes SET state_changed_at = ?2 WHERE id = ?1",
+                rusqlite::params![node_id, store::now() - ago],
+            )?;
+            Ok::<_, store::StoreError>(())
+        })
+        .unwrap();
+}
+
+fn ipv4(node: &store::NodeRow) -> Ipv4Addr {
+    match node.address {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(_) => panic!("IPv4 nodes only"),
+    }
 }
 
 #[tokio::test]

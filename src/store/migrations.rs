@@ -60,6 +60,41 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX node_samples_by_node ON node_samples (node_id, ts);
     CREATE INDEX node_samples_by_instance ON node_samples (instance_id, ts);",
+    // 3: failover, autoscaling and the monitor log with retention: node
+    // lifecycle columns, the autoscaler's node count, samples with their
+    // numbers as columns (raw, and 1-minute averages after downsampling).
+    "ALTER TABLE nodes ADD COLUMN state_changed_at INTEGER;
+    ALTER TABLE nodes ADD COLUMN applied_generation INTEGER;
+    UPDATE nodes SET state = 'starting', state_changed_at = created_at
+        WHERE state NOT IN ('starting', 'running', 'failed', 'retiring');
+    UPDATE nodes SET state_changed_at = created_at WHERE state_changed_at IS NULL;
+    ALTER TABLE instances ADD COLUMN desired_nodes INTEGER;
+    ALTER TABLE instances ADD COLUMN scaled_at INTEGER;
+    CREATE TABLE samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        resolution INTEGER NOT NULL,
+        node_id INTEGER NOT NULL,
+        instance_id INTEGER NOT NULL,
+        requests_per_s REAL NOT NULL,
+        active_connections REAL NOT NULL,
+        bytes_in_per_s REAL NOT NULL,
+        bytes_out_per_s REAL NOT NULL,
+        p50_ms REAL,
+        p90_ms REAL,
+        p99_ms REAL,
+        members_up INTEGER NOT NULL,
+        members_down INTEGER NOT NULL,
+        stats TEXT
+    );
+    INSERT INTO samples (ts, resolution, node_id, instance_id, requests_per_s, active_connections,
+                         bytes_in_per_s, bytes_out_per_s, members_up, members_down, stats)
+        SELECT ts, 0, node_id, instance_id, 0, 0, 0, 0, 0, 0, stats FROM node_samples;
+    DROP TABLE node_samples;
+    CREATE INDEX samples_by_instance ON samples (instance_id, ts);
+    CREATE INDEX samples_by_node ON samples (node_id, ts);
+    CREATE INDEX samples_by_age ON samples (resolution, ts);
+    CREATE INDEX events_by_age ON events (ts);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@
 //! one mutex; SQLite allows a single writer anyway.
 
 mod migrations;
+mod monitor;
 mod rows;
 
 use std::path::Path;
@@ -13,7 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use thiserror::Error;
 
-use crate::model::{InstanceSpec, NodeStats, OperatingStatus, ProvisioningStatus};
+use crate::model::{
+    derive_operating_status, InstanceSpec, NodeState, OperatingStatus, ProvisioningStatus,
+};
+pub use monitor::{
+    add_event, add_sample, apply_retention, latest_node_sample, monitor_log_size, recent_events,
+    recent_samples, EventSubject, Retention, RetentionReport,
+};
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
 
 #[derive(Debug, Error)]
@@ -163,7 +170,7 @@ pub fn delete_project(c: &Connection, id: i64) -> Result<(), StoreError> {
 
 const INSTANCE_COLS: &str =
     "i.id, i.project_id, p.name, i.name, i.spec, i.generation, i.provisioning_status,
-     i.operating_status, i.status_reason, i.created_at, i.updated_at";
+     i.operating_status, i.status_reason, i.created_at, i.updated_at, i.desired_nodes, i.scaled_at";
 
 pub fn insert_instance(
     c: &Connection,
@@ -270,9 +277,49 @@ pub fn set_instance_operating(
     Ok(())
 }
 
+/// Sets the instance's `operating_status` from its nodes (see
+/// [`derive_operating_status`]); a reason only when not ONLINE.
+pub fn refresh_instance_operating(c: &Connection, inst: &InstanceRow) -> Result<(), StoreError> {
+    let nodes: Vec<(NodeState, OperatingStatus)> = list_nodes(c, inst.id)?
+        .iter()
+        .map(|n| (n.state, n.operating_status))
+        .collect();
+    let status = derive_operating_status(&nodes, inst.target_nodes() as usize);
+    let reason = match status {
+        OperatingStatus::Online => None,
+        _ => {
+            let count = |s: NodeState| nodes.iter().filter(|(n, _)| *n == s).count();
+            let degraded = nodes
+                .iter()
+                .filter(|(_, o)| *o == OperatingStatus::Degraded)
+                .count();
+            Some(format!(
+                "{} of {} nodes serving, {} failed, {} with backend members down",
+                nodes
+                    .iter()
+                    .filter(|(s, o)| *s == NodeState::Running && *o != OperatingStatus::Offline)
+                    .count(),
+                inst.target_nodes(),
+                count(NodeState::Failed),
+                degraded
+            ))
+        }
+    };
+    set_instance_operating(c, inst.id, status, reason.as_deref())
+}
+
+/// Records the autoscaler's decision: the new node count and when.
+pub fn set_desired_nodes(c: &Connection, id: i64, desired: u32) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE instances SET desired_nodes = ?2, scaled_at = ?3 WHERE id = ?1",
+        params![id, desired, now()],
+    )?;
+    Ok(())
+}
+
 /// Deletes an instance with its nodes.
 pub fn delete_instance(c: &Connection, id: i64) -> Result<(), StoreError> {
-    c.execute("DELETE FROM node_samples WHERE instance_id = ?1", [id])?;
+    c.execute("DELETE FROM samples WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM nodes WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     Ok(())
@@ -280,7 +327,8 @@ pub fn delete_instance(c: &Connection, id: i64) -> Result<(), StoreError> {
 
 // === nodes ===
 
-const NODE_COLS: &str = "id, instance_id, address, secret, state, pid, operating_status";
+const NODE_COLS: &str = "id, instance_id, address, secret, state, pid, operating_status,
+     state_changed_at, applied_generation";
 
 pub fn insert_node(
     c: &Connection,
@@ -289,8 +337,9 @@ pub fn insert_node(
     secret: &str,
 ) -> Result<NodeRow, StoreError> {
     c.execute(
-        "INSERT INTO nodes (instance_id, address, secret, state, operating_status, created_at)
-         VALUES (?1, ?2, ?3, 'starting', ?4, ?5)",
+        "INSERT INTO nodes (instance_id, address, secret, state, operating_status, created_at,
+                            state_changed_at)
+         VALUES (?1, ?2, ?3, 'starting', ?4, ?5, ?5)",
         params![
             instance_id,
             address,
@@ -327,115 +376,54 @@ pub fn all_nodes(c: &Connection) -> Result<Vec<NodeRow>, StoreError> {
     query_nodes(c, "", [])
 }
 
+pub fn node_by_id(c: &Connection, id: i64) -> Result<Option<NodeRow>, StoreError> {
+    Ok(query_nodes(c, "WHERE id = ?1", [id])?.pop())
+}
+
+/// Records what was observed of a node; `state_changed_at` moves only when
+/// the state does.
 pub fn set_node_observed(
     c: &Connection,
     id: i64,
-    state: &str,
+    state: NodeState,
     pid: Option<u32>,
     status: OperatingStatus,
 ) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE nodes SET state = ?2, pid = ?3, operating_status = ?4 WHERE id = ?1",
-        params![id, state, pid, status.as_str()],
+        "UPDATE nodes SET state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?5 END,
+                state = ?2, pid = ?3, operating_status = ?4 WHERE id = ?1",
+        params![id, state.as_str(), pid, status.as_str(), now()],
+    )?;
+    Ok(())
+}
+
+pub fn set_node_operating(
+    c: &Connection,
+    id: i64,
+    status: OperatingStatus,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE nodes SET operating_status = ?2 WHERE id = ?1 AND operating_status IS NOT ?2",
+        params![id, status.as_str()],
+    )?;
+    Ok(())
+}
+
+/// The generation of the config the node accepted (`None`: it must be pushed again).
+pub fn set_node_applied(
+    c: &Connection,
+    id: i64,
+    generation: Option<u64>,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE nodes SET applied_generation = ?2 WHERE id = ?1",
+        params![id, generation.map(|g| g as i64)],
     )?;
     Ok(())
 }
 
 pub fn delete_node(c: &Connection, id: i64) -> Result<(), StoreError> {
-    delete_node_samples(c, id)?;
+    c.execute("DELETE FROM samples WHERE node_id = ?1", [id])?;
     c.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
     Ok(())
-}
-
-// === node samples ===
-
-/// How long raw samples are kept.
-pub const SAMPLE_RETENTION_SECS: i64 = 3600;
-
-/// Stores a node's stats sample and drops that node's samples past retention.
-pub fn add_node_sample(
-    c: &Connection,
-    node_id: i64,
-    instance_id: i64,
-    stats: &NodeStats,
-) -> Result<(), StoreError> {
-    let t = now();
-    let json = serde_json::to_string(stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    c.execute(
-        "INSERT INTO node_samples (ts, node_id, instance_id, stats) VALUES (?1, ?2, ?3, ?4)",
-        params![t, node_id, instance_id, json],
-    )?;
-    c.execute(
-        "DELETE FROM node_samples WHERE node_id = ?1 AND ts < ?2",
-        params![node_id, t - SAMPLE_RETENTION_SECS],
-    )?;
-    Ok(())
-}
-
-/// The newest sample of a node, if any.
-pub fn latest_node_sample(
-    c: &Connection,
-    node_id: i64,
-) -> Result<Option<(i64, NodeStats)>, StoreError> {
-    let row: Option<(i64, String)> = c
-        .query_row(
-            "SELECT ts, stats FROM node_samples WHERE node_id = ?1 ORDER BY id DESC LIMIT 1",
-            [node_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    row.map(|(ts, json)| {
-        serde_json::from_str(&json)
-            .map(|s| (ts, s))
-            .map_err(|e| StoreError::Corrupt(format!("node sample: {e}")))
-    })
-    .transpose()
-}
-
-/// Samples go with their node.
-fn delete_node_samples(c: &Connection, node_id: i64) -> Result<(), StoreError> {
-    c.execute("DELETE FROM node_samples WHERE node_id = ?1", [node_id])?;
-    Ok(())
-}
-
-// === events (the monitor log) ===
-
-/// What an event is about; ids are kept even after the object is gone.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EventSubject {
-    pub project_id: Option<i64>,
-    pub instance_id: Option<i64>,
-    pub node_id: Option<i64>,
-}
-
-pub fn add_event(
-    c: &Connection,
-    subject: EventSubject,
-    kind: &str,
-    message: &str,
-) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO events (ts, project_id, instance_id, node_id, kind, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![now(), subject.project_id, subject.instance_id, subject.node_id, kind, message],
-    )?;
-    Ok(())
-}
-
-pub fn recent_events(
-    c: &Connection,
-    instance_id: i64,
-    limit: u32,
-) -> Result<Vec<EventRow>, StoreError> {
-    let mut stmt = c.prepare(
-        "SELECT ts, node_id, kind, message FROM events WHERE instance_id = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![instance_id, limit], |r| {
-        Ok(EventRow {
-            ts: r.get(0)?,
-            node_id: r.get(1)?,
-            kind: r.get(2)?,
-            message: r.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -3,7 +3,7 @@
 use rusqlite::Row;
 
 use super::StoreError;
-use crate::model::{InstanceSpec, OperatingStatus, ProvisioningStatus};
+use crate::model::{InstanceSpec, NodeState, OperatingStatus, ProvisioningStatus};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectRow {
@@ -30,6 +30,18 @@ pub struct InstanceRow {
     pub status_reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The autoscaler's node count; `None` until it first decides.
+    pub desired_nodes: Option<u32>,
+    /// When the autoscaler last acted (Unix seconds).
+    pub scaled_at: Option<i64>,
+}
+
+impl InstanceRow {
+    /// How many active nodes the instance should have now.
+    pub fn target_nodes(&self) -> u32 {
+        self.spec
+            .target_nodes(self.desired_nodes.unwrap_or(self.spec.min_nodes))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,9 +50,14 @@ pub struct NodeRow {
     pub instance_id: i64,
     pub address: std::net::IpAddr,
     pub secret: String,
-    pub state: String,
+    pub state: NodeState,
     pub pid: Option<u32>,
     pub operating_status: OperatingStatus,
+    /// When `state` last changed (Unix seconds): a failed node's failure time,
+    /// a retiring node's start of drain.
+    pub state_changed_at: i64,
+    /// The instance generation whose config the node last accepted.
+    pub applied_generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +120,8 @@ impl InstanceRow {
                 status_reason: r.get(8)?,
                 created_at: r.get(9)?,
                 updated_at: r.get(10)?,
+                desired_nodes: r.get::<_, Option<i64>>(11)?.map(|n| n.max(0) as u32),
+                scaled_at: r.get(12)?,
             })
         })())
     }
@@ -112,6 +131,8 @@ impl NodeRow {
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
         let address: String = r.get(2)?;
         let oper: String = r.get(6)?;
+        let state: String = r.get(4)?;
+        let applied: Option<i64> = r.get(8)?;
         Ok((|| {
             Ok(NodeRow {
                 id: r.get(0)?,
@@ -120,9 +141,11 @@ impl NodeRow {
                     .parse()
                     .map_err(|_| corrupt("node address", &address))?,
                 secret: r.get(3)?,
-                state: r.get(4)?,
+                state: NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
                 pid: r.get(5)?,
                 operating_status: operating(oper)?,
+                state_changed_at: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                applied_generation: applied.map(|g| g as u64),
             })
         })())
     }

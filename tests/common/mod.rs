@@ -118,11 +118,19 @@ pub struct Lbd {
     pub state: TempDir,
     pub slot: TestSlot,
     pub http: reqwest::blocking::Client,
+    /// Flags added to every start (e.g. short failover windows).
+    extra_args: Vec<String>,
 }
 
 impl Lbd {
     pub fn start() -> Lbd {
+        Lbd::start_with(&[])
+    }
+
+    /// Starts lbd with extra flags, kept for restarts.
+    pub fn start_with(extra_args: &[&str]) -> Lbd {
         let mut lbd = Lbd {
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             api: "0.0.0.0:0".parse().unwrap(),
             dns: "0.0.0.0:0".parse().unwrap(),
@@ -153,6 +161,7 @@ impl Lbd {
             .arg(self.slot.pool())
             .arg("--state-dir")
             .arg(&self.state.0)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info,hickory_server=warn")
             .stdout(Stdio::piped())
             .stderr(
