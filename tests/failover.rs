@@ -121,6 +121,18 @@ fn kill_9_fails_over_to_a_new_address_and_the_old_node_goes_after_grace() {
         );
     }
     assert_eq!(info["operating_status"], "ONLINE", "{info}");
+    let metrics = lbd
+        .http
+        .get(format!("{}/metrics", lbd.url()))
+        .bearer_auth(&lbd.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("lbaas_events_total{kind=\"failover\"} 1"),
+        "{metrics}"
+    );
     // The same story through lbctl.
     let out = lbd.lbctl_ok(&["instance", "events", "web", "--project", "fo"]);
     let failed_at = out.find("node_failed").expect(&out);

@@ -114,6 +114,20 @@ pub fn instance(i: &Value) -> String {
     if !i["status_reason"].is_null() {
         out.push_str(&format!("{:<13} {}\n", "reason:", s(&i["status_reason"])));
     }
+    let scaling = if i["backend"]["auto-scaling"] == true {
+        format!(
+            "auto-scaling {} to {}",
+            s(&i["min_nodes"]),
+            s(&i["max_nodes"])
+        )
+    } else {
+        "fixed".to_string()
+    };
+    out.push_str(&format!(
+        "{:<13} {} ({scaling})\n",
+        "nodes wanted:",
+        s(&i["desired_nodes"])
+    ));
     let nodes: Vec<Vec<String>> = i["nodes"]
         .as_array()
         .map(|l| {

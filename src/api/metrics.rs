@@ -43,6 +43,11 @@ pub fn render(c: &Connection) -> Result<String, StoreError> {
         "gauge",
         "One series per instance, with its statuses.",
     );
+    let mut desired = Family::new(
+        "lbaas_instance_desired_nodes",
+        "gauge",
+        "Nodes an instance should have now (min_nodes, or the autoscaler's count).",
+    );
     let mut nodes = Family::new(
         "lbaas_node_info",
         "gauge",
@@ -97,7 +102,8 @@ pub fn render(c: &Connection) -> Result<String, StoreError> {
     let mut events = Family::new(
         "lbaas_events_total",
         "counter",
-        "Events in the monitor log, by kind (failovers, restarts, errors).",
+        "Events in the monitor log by kind (failover, node_failed, scale_out, scale_in, ...), \
+         over the events retention window.",
     );
 
     projects.add("", store::list_projects(c)?.len() as f64);
@@ -116,6 +122,7 @@ pub fn render(c: &Connection) -> Result<String, StoreError> {
             ),
             1.0,
         );
+        desired.add(&base, f64::from(i.target_nodes()));
         for n in store::list_nodes(c, i.id)? {
             let node = format!("{base},node=\"node-{}\"", n.id);
             nodes.add(
@@ -170,6 +177,7 @@ pub fn render(c: &Connection) -> Result<String, StoreError> {
     for f in [
         projects,
         instances,
+        desired,
         nodes,
         requests,
         active,
