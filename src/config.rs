@@ -17,6 +17,9 @@ pub enum ComputeKind {
 pub enum NetworkKind {
     /// Each project a slice of 127.0.0.0/8; no privileges needed.
     Loopback,
+    /// Each project a network namespace with a bridge, joined to the host by
+    /// a veth pair (needs root).
+    Netns,
 }
 
 /// lbd: the lbaas controller daemon.
@@ -43,12 +46,18 @@ pub struct DaemonConfig {
     pub compute: ComputeKind,
     #[arg(long, env = "LBAAS_NETWORK", value_enum, default_value = "loopback")]
     pub network: NetworkKind,
-    /// Pool that project subnets are allocated from.
-    #[arg(long, env = "LBAAS_SUBNET_POOL", default_value = "127.0.0.0/8")]
-    pub subnet_pool: Ipv4Net,
-    /// Prefix length of an allocated project subnet.
-    #[arg(long, env = "LBAAS_SUBNET_PREFIX", default_value_t = 16)]
-    pub subnet_prefix: u8,
+    /// Pool that project subnets are allocated from [default: 127.0.0.0/8
+    /// for loopback, 100.64.0.0/10 (carrier-grade NAT space) for netns].
+    #[arg(long, env = "LBAAS_SUBNET_POOL")]
+    pub subnet_pool: Option<Ipv4Net>,
+    /// Prefix length of an allocated project subnet [default: 16 for
+    /// loopback, 24 for netns].
+    #[arg(long, env = "LBAAS_SUBNET_PREFIX")]
+    pub subnet_prefix: Option<u8>,
+    /// netns: the start of this lbd's namespace and interface names
+    /// (`<prefix>-<project id>`, `<prefix>h<id>`); 1 to 6 letters or digits.
+    #[arg(long, env = "LBAAS_NETNS_PREFIX", default_value = "lbaas")]
+    pub netns_prefix: String,
     /// Port of every LB node's admin API (on the node's own address).
     #[arg(long, env = "LBAAS_NODE_ADMIN_PORT", default_value_t = 9901)]
     pub node_admin_port: u16,
@@ -88,6 +97,19 @@ fn share(s: &str) -> Result<f64, String> {
 }
 
 impl DaemonConfig {
+    /// The subnet pool and project prefix, with the network driver's defaults.
+    pub fn subnet_pool(&self) -> (Ipv4Net, u8) {
+        let (pool, prefix) = match self.network {
+            NetworkKind::Loopback => ("127.0.0.0/8", 16),
+            NetworkKind::Netns => ("100.64.0.0/10", 24),
+        };
+        (
+            self.subnet_pool
+                .unwrap_or_else(|| pool.parse().expect("constant")),
+            self.subnet_prefix.unwrap_or(prefix),
+        )
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()
@@ -119,6 +141,9 @@ mod tests {
         assert_eq!(c.zone, "lbaas.internal");
         assert_eq!(c.compute, ComputeKind::Process);
         assert_eq!(c.network, NetworkKind::Loopback);
+        assert_eq!(c.subnet_pool().0.to_string(), "127.0.0.0/8");
+        let netns = DaemonConfig::try_parse_from(["lbd", "--network", "netns"]).unwrap();
+        assert_eq!(netns.subnet_pool(), ("100.64.0.0/10".parse().unwrap(), 24));
         assert_eq!(c.failover_grace, 60);
         assert_eq!(c.failover_max_share, 0.5);
         assert_eq!(c.dns_ttl, 5);

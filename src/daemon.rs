@@ -20,6 +20,7 @@ use crate::dns::EmbeddedDns;
 use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::ComputeDriver;
 use crate::drivers::network::loopback::LoopbackNetwork;
+use crate::drivers::network::netns::NetnsNetwork;
 use crate::drivers::network::NetworkDriver;
 use crate::drivers::node_admin::NodeAdminClient;
 use crate::health::{HealthChecker, HealthSettings};
@@ -43,11 +44,10 @@ pub async fn run(
     let token = ensure_admin_token(&state_dir)?;
     let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
 
+    let (pool, prefix) = config.subnet_pool();
     let network: Arc<dyn NetworkDriver> = match config.network {
-        NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(
-            config.subnet_pool,
-            config.subnet_prefix,
-        )?),
+        NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix)?),
+        NetworkKind::Netns => Arc::new(NetnsNetwork::new(pool, prefix, &config.netns_prefix)?),
     };
     let compute: Arc<dyn ComputeDriver> = match config.compute {
         ComputeKind::Process => {

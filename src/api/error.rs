@@ -69,7 +69,9 @@ impl ApiError {
             | Self::ProjectNotEmpty { .. }
             | Self::Pending { .. } => StatusCode::CONFLICT,
             Self::Network(NetworkError::Overlap { .. }) => StatusCode::CONFLICT,
-            Self::Network(NetworkError::Unusable { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Network(NetworkError::Unusable { .. } | NetworkError::Backend { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Network(NetworkError::PoolExhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Network(NetworkError::Setup(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Store(StoreError::Sqlite(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,6 +96,7 @@ impl ApiError {
             Self::Network(NetworkError::Unusable { .. }) => "invalid_subnet",
             Self::Network(NetworkError::PoolExhausted { .. }) => "subnet_pool_exhausted",
             Self::Network(NetworkError::Setup(_)) => "network_error",
+            Self::Network(NetworkError::Backend { .. }) => "invalid_backend",
             Self::Store(StoreError::Sqlite(_)) => "store_unavailable",
             Self::Store(_) => "internal",
             Self::NoRoute => "not_found",

@@ -181,6 +181,7 @@ fn create_instance(
     if spec.port == state.node_admin_port {
         return Err(ApiError::PortReserved(spec.port));
     }
+    check_backends(state, &spec)?;
     if let Some(subnet) = spec.subnet {
         if !p.subnet.contains(&subnet) {
             return Err(ApiError::SubnetMismatch {
@@ -255,6 +256,7 @@ fn update_instance(
     let row = instance(tx, &p, &req.name)?;
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     let next = req.apply_to(&row.spec)?;
+    check_backends(state, &next)?;
     if next.port == state.node_admin_port {
         return Err(ApiError::PortReserved(next.port));
     }
@@ -287,4 +289,12 @@ fn delete_instance(
     store::set_instance_provisioning(tx, row.id, ProvisioningStatus::PendingDelete, None)?;
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
     Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+}
+
+/// The network driver's word on whether the nodes can reach each backend.
+fn check_backends(state: &AppState, spec: &crate::model::InstanceSpec) -> Result<(), ApiError> {
+    for member in &spec.backends {
+        state.network.check_backend(member.address)?;
+    }
+    Ok(())
 }

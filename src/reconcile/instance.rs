@@ -289,10 +289,12 @@ impl Reconciler {
                         ),
                     );
                 }
+                self.ensure_node_address(inst, node).await?;
                 let spec = NodeSpec {
                     node_id: node.id,
                     admin_addr: admin,
                     secret: node.secret.clone(),
+                    netns: self.network.node_netns(inst.project_id),
                 };
                 let compute = self.compute.clone();
                 match tokio::task::spawn_blocking(move || compute.ensure_node(&spec)).await {
@@ -334,6 +336,25 @@ impl Reconciler {
             self.set_node(node, NodeState::Running, Some(pid), node.operating_status);
         }
         Ok(true)
+    }
+
+    /// Puts the node's address on the project network before the node binds it.
+    async fn ensure_node_address(&self, inst: &InstanceRow, node: &NodeRow) -> Result<(), String> {
+        let IpAddr::V4(addr) = node.address else {
+            return Err("IPv6 node addresses are not supported".into());
+        };
+        let project = self
+            .store
+            .read(|c| store::project_by_id(c, inst.project_id))
+            .map_err(|e| e.to_string())?
+            .ok_or("the project is gone")?;
+        let network = self.network.clone();
+        tokio::task::spawn_blocking(move || {
+            network.set_node_addresses(project.id, &project.subnet, &[addr], false)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 
     /// Polls the admin API until it answers, the process dies, or the deadline passes.

@@ -212,6 +212,32 @@ impl Reconciler {
                 }
             }
         }
+        let projects: HashSet<i64> = self
+            .store
+            .read(store::list_projects)?
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        for project_id in self.network.project_networks() {
+            if projects.contains(&project_id) {
+                continue;
+            }
+            let network = self.network.clone();
+            match tokio::task::spawn_blocking(move || network.remove_project_network(project_id))
+                .await
+            {
+                Ok(Ok(())) => self.event(
+                    EventSubject {
+                        project_id: Some(project_id),
+                        ..Default::default()
+                    },
+                    "orphan_removed",
+                    &format!("network of project {project_id} had no row and was removed"),
+                ),
+                Ok(Err(e)) => tracing::warn!("orphan network {project_id}: {e}"),
+                Err(e) => tracing::error!("orphan network {project_id}: {e}"),
+            }
+        }
         let labels: HashSet<String> = self
             .store
             .read(store::all_instances)?

@@ -1,5 +1,7 @@
 //! Project steps: the project network exists while the project does.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use super::Reconciler;
 use crate::model::ProvisioningStatus;
 use crate::store::{self, EventSubject, ProjectRow};
@@ -12,8 +14,16 @@ impl Reconciler {
         }
         let network = self.network.clone();
         let (id, subnet) = (p.id, p.subnet);
-        let result =
-            tokio::task::spawn_blocking(move || network.ensure_project_network(id, &subnet)).await;
+        // The node addresses on the project network are exactly those of its node rows.
+        let wanted = match self.project_node_addresses(p.id) {
+            Ok(w) => w,
+            Err(e) => return tracing::warn!("project {}: {e}", p.name),
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            network.ensure_project_network(id, &subnet)?;
+            network.set_node_addresses(id, &subnet, &wanted, true)
+        })
+        .await;
         let subject = EventSubject {
             project_id: Some(p.id),
             ..Default::default()
@@ -47,6 +57,20 @@ impl Reconciler {
                 &format!("project {}: {reason}", p.name),
             ),
         }
+    }
+
+    fn project_node_addresses(&self, project_id: i64) -> Result<Vec<Ipv4Addr>, store::StoreError> {
+        self.store.read(|c| {
+            let mut out = Vec::new();
+            for inst in store::list_instances(c, project_id)? {
+                for node in store::list_nodes(c, inst.id)? {
+                    if let IpAddr::V4(a) = node.address {
+                        out.push(a);
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Deletes a project marked for deletion once its instances are gone.

@@ -510,6 +510,7 @@ async fn orphans_without_rows_are_removed() {
         node_id: 99,
         admin_addr: "127.9.0.2:9901".parse().unwrap(),
         secret: "x".into(),
+        netns: None,
     };
     h.host.ensure_node(&orphan).unwrap();
     h.dns

@@ -16,7 +16,11 @@ struct Server {
 
 impl Server {
     fn start(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    fn start_on(bind: SocketAddr, handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);
@@ -44,9 +48,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(h) = self.accept.take() {
+        // Wake the accept loop so it sees the flag. If the address is gone
+        // (a project gateway removed by the test), the listener cannot get
+        // a connection any more: leave its thread, it ends with the process.
+        let woken = TcpStream::connect_timeout(&self.addr, std::time::Duration::from_secs(2));
+        if let (Ok(_), Some(h)) = (woken, self.accept.take()) {
             let _ = h.join();
         }
     }
@@ -82,6 +88,11 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub fn start(name: &str) -> HttpBackend {
+        HttpBackend::start_on("127.0.0.1:0".parse().unwrap(), name)
+    }
+
+    /// An HTTP backend listening on `bind` (e.g. a project's gateway address).
+    pub fn start_on(bind: SocketAddr, name: &str) -> HttpBackend {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let healthy = Arc::new(AtomicBool::new(true));
@@ -91,7 +102,7 @@ impl HttpBackend {
             healthy.clone(),
             name.to_string(),
         );
-        let server = Server::start(move |conn| serve_http(conn, &body, &h, &s, &ok));
+        let server = Server::start_on(bind, move |conn| serve_http(conn, &body, &h, &s, &ok));
         HttpBackend {
             server,
             name: name.to_string(),

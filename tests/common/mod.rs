@@ -67,6 +67,16 @@ impl TestSlot {
     pub fn pool(&self) -> String {
         format!("127.{}.0.0/16", 100 + self.index)
     }
+
+    /// The pool for the netns driver: 100.(64+index).0.0/16, inside 100.64.0.0/10.
+    pub fn netns_pool(&self) -> String {
+        format!("100.{}.0.0/16", 64 + self.index % 64)
+    }
+
+    /// Namespace and interface names of this slot start with this.
+    pub fn netns_prefix(&self) -> String {
+        format!("t{}", self.index)
+    }
 }
 
 /// A temporary directory removed on drop.
@@ -148,6 +158,16 @@ impl Lbd {
 
     /// Starts the lbd process on this state dir and waits for its ready line.
     fn spawn(&mut self) {
+        let network_args = if self.netns() {
+            vec![
+                "--subnet-pool".to_string(),
+                self.slot.netns_pool(),
+                "--netns-prefix".to_string(),
+                self.slot.netns_prefix(),
+            ]
+        } else {
+            vec!["--subnet-pool".to_string(), self.slot.pool()]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
             .args([
                 "--listen",
@@ -157,8 +177,7 @@ impl Lbd {
                 "--subnet-prefix",
                 "24",
             ])
-            .arg("--subnet-pool")
-            .arg(self.slot.pool())
+            .args(&network_args)
             .arg("--state-dir")
             .arg(&self.state.0)
             .args(&self.extra_args)
@@ -190,6 +209,13 @@ impl Lbd {
             .unwrap()
             .trim()
             .to_string();
+    }
+
+    /// Whether this lbd runs the netns network driver.
+    pub fn netns(&self) -> bool {
+        self.extra_args
+            .windows(2)
+            .any(|w| w[0] == "--network" && w[1] == "netns")
     }
 
     pub fn url(&self) -> String {
@@ -345,6 +371,43 @@ impl Drop for Lbd {
         for pid in self.node_pids() {
             signal(pid, libc::SIGKILL);
         }
+        if self.netns() {
+            remove_netns_leftovers(&self.slot);
+        }
+    }
+}
+
+/// Removes what a netns lbd of this slot made, whether or not it cleaned up:
+/// namespaces `t<slot>-*`, host veths `t<slot>h*`, the pool's unreachable route.
+pub fn remove_netns_leftovers(slot: &TestSlot) {
+    let prefix = slot.netns_prefix();
+    for ns in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = ns.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{prefix}-")) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+    for link in fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = link.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{prefix}h")) {
+            let _ = Command::new("ip").args(["link", "del", &name]).status();
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["route", "del", "unreachable", &slot.netns_pool()])
+        .status();
+}
+
+/// Whether the tests run as root (netns tests need it).
+pub fn is_root() -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe {
+        libc::geteuid() == 0
     }
 }
 

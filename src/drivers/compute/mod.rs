@@ -22,6 +22,8 @@ pub struct NodeSpec {
     pub node_id: i64,
     pub admin_addr: SocketAddr,
     pub secret: String,
+    /// The network namespace the node runs in (netns driver), if any.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// What the driver sees of a node right now.

@@ -51,6 +51,35 @@ impl ProcessCompute {
     }
 }
 
+/// Makes the child join the network namespace pinned at `netns` before it
+/// runs `lb-node`, so the node binds its address on the project's bridge.
+fn enter_netns_on_exec(command: &mut Command, netns: &Path) -> Result<(), ComputeError> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let fd: OwnedFd = fs::File::open(netns)
+        .map_err(|e| {
+            ComputeError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", netns.display()),
+            ))
+        })?
+        .into();
+    let raw = fd.as_raw_fd();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setns(2), which is async-signal-safe; `fd` stays open (moved into the
+    // closure) until the child has used it.
+    unsafe {
+        command.pre_exec(move || {
+            let _keep = &fd;
+            if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 fn is_our_node(pid: u32, node_id: i64) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -90,7 +119,11 @@ impl ComputeDriver for ProcessCompute {
             .create(true)
             .append(true)
             .open(self.log_file(spec.node_id))?;
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(netns) = &spec.netns {
+            enter_netns_on_exec(&mut command, netns)?;
+        }
+        let mut child = command
             .arg("--node-id")
             .arg(spec.node_id.to_string())
             .arg("--admin-listen")

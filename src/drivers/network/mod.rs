@@ -1,6 +1,11 @@
 //! Network drivers: where a project's subnet lives and how its nodes get addresses.
 
 pub mod loopback;
+mod netlink;
+pub mod netns;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use thiserror::Error;
@@ -20,6 +25,8 @@ pub enum NetworkError {
     PoolExhausted { pool: Ipv4Net, prefix: u8 },
     #[error("network setup failed: {0}")]
     Setup(String),
+    #[error("backend {backend} cannot be reached from the project network: {reason}")]
+    Backend { backend: SocketAddr, reason: String },
 }
 
 /// A project network implementation. Calls are idempotent (`*_ensure` style):
@@ -38,4 +45,27 @@ pub trait NetworkDriver: Send + Sync {
         -> Result<(), NetworkError>;
     /// Removes the project's network; nothing to do when it is already gone.
     fn remove_project_network(&self, project_id: i64) -> Result<(), NetworkError>;
+    /// Checks that LB nodes of a project can reach `backend`.
+    fn check_backend(&self, _backend: SocketAddr) -> Result<(), NetworkError> {
+        Ok(())
+    }
+    /// Ids of the projects whose networks exist, to find orphans.
+    fn project_networks(&self) -> Vec<i64> {
+        Vec::new()
+    }
+    /// The network namespace a project's node processes run in, if any.
+    fn node_netns(&self, _project_id: i64) -> Option<PathBuf> {
+        None
+    }
+    /// Puts the node addresses `wanted` on the project network; with `exact`,
+    /// also removes the addresses of nodes that are gone.
+    fn set_node_addresses(
+        &self,
+        _project_id: i64,
+        _subnet: &Ipv4Net,
+        _wanted: &[Ipv4Addr],
+        _exact: bool,
+    ) -> Result<(), NetworkError> {
+        Ok(())
+    }
 }
