@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::backends::{http_get, EchoBackend, HttpBackend};
@@ -393,4 +394,64 @@ fn metrics_parse_as_prometheus_text() {
         .iter()
         .any(|(n, l, _)| n == "lbaas_events_total"
             && l.contains(&("kind".into(), "node_ready".into()))));
+}
+
+#[test]
+fn an_lbd_restart_does_not_interrupt_traffic_through_its_nodes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let a = HttpBackend::start("a");
+    let mut lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "live"}}));
+    lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "live", "traffic_type": "http", "port": 8086,
+        "backend": {"entities": [a.addr().to_string()]}}}));
+    let info = lbd.wait_active("live", "web");
+    let addr = node_addr(&info, 8086);
+    let pid = info["nodes"][0]["pid"].as_u64();
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match http_get(addr, "/") {
+                    Ok((200, _)) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                    other => failed.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        })
+    };
+    // A guard so the client thread stops even if an assertion fails.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop = Stop(stop.clone());
+    wait_for("traffic flowing", Duration::from_secs(10), || {
+        (ok.load(Ordering::Relaxed) > 20).then_some(())
+    });
+    lbd.restart();
+    let after_restart = ok.load(Ordering::Relaxed);
+    let info = lbd.wait_active("live", "web");
+    wait_for("traffic after the restart", Duration::from_secs(10), || {
+        (ok.load(Ordering::Relaxed) > after_restart + 50).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert_eq!(
+        info["nodes"][0]["pid"].as_u64(),
+        pid,
+        "the node was adopted"
+    );
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "requests failed across the restart: {:?}",
+        failed.lock().unwrap()
+    );
 }

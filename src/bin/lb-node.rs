@@ -23,6 +23,10 @@ struct Args {
     /// single-threaded runtime and listener. 1 runs everything on one thread.
     #[arg(long, env = "LB_NODE_THREADS")]
     threads: Option<usize>,
+    /// Writes this process's pid here first thing, so whoever started it
+    /// can find it even if they died right after starting it.
+    #[arg(long)]
+    pid_file: Option<std::path::PathBuf>,
     /// On SIGTERM, how long open connections get to finish, in seconds
     /// (kept under the controller's 3 s before it sends SIGKILL).
     #[arg(long, default_value_t = 2.0)]
@@ -31,6 +35,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

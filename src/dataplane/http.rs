@@ -41,10 +41,15 @@ pub struct BackendClient {
 }
 
 impl BackendClient {
-    pub fn new(timeouts: &Timeouts) -> Self {
+    /// `source`: the node's own address, which backend connections leave from.
+    pub fn new(timeouts: &Timeouts, source: std::net::IpAddr) -> Self {
         let ms = |v: u32| Duration::from_millis(u64::from(v));
         BackendClient {
-            pool: BackendPool::new(ms(timeouts.connect_ms), ms(timeouts.backend_idle_ms)),
+            pool: BackendPool::new(
+                ms(timeouts.connect_ms),
+                ms(timeouts.backend_idle_ms),
+                source,
+            ),
             first_byte: ms(timeouts.first_byte_ms),
         }
     }

@@ -80,6 +80,26 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
 }
 
+/// Connects to a member from the node's own address `source` (its listen
+/// address), so a connection never depends on another address that happens
+/// to be the interface's primary one (nodes of a project share a bridge).
+pub(crate) async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let source = source.filter(|s| !s.is_unspecified() && s.is_ipv4() == addr.is_ipv4());
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 /// One LB node's state, shared by the admin API and the proxies.
 pub struct Node {
     pub node_id: String,
@@ -219,8 +239,13 @@ impl Node {
         };
         // Keep the pooled backend connections unless the timeouts changed.
         let client = match self.active.load_full() {
-            Some(prev) if prev.config.timeouts == config.timeouts => prev.client.clone(),
-            _ => http::BackendClient::new(&config.timeouts),
+            Some(prev)
+                if prev.config.timeouts == config.timeouts
+                    && prev.config.listen.ip() == config.listen.ip() =>
+            {
+                prev.client.clone()
+            }
+            _ => http::BackendClient::new(&config.timeouts, config.listen.ip()),
         };
         ActiveConfig {
             balancer: Balancer::new(config.algorithm, &config.backends, counters),

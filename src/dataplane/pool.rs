@@ -12,7 +12,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::http::ProxyBody;
 
@@ -38,11 +37,16 @@ pub enum SendError {
 pub struct BackendPool {
     connect: Duration,
     idle: Duration,
+    source: std::net::IpAddr,
 }
 
 impl BackendPool {
-    pub fn new(connect: Duration, idle: Duration) -> Self {
-        BackendPool { connect, idle }
+    pub fn new(connect: Duration, idle: Duration, source: std::net::IpAddr) -> Self {
+        BackendPool {
+            connect,
+            idle,
+            source,
+        }
     }
 
     /// Sends on an idle pooled connection to `addr`, or a new one.
@@ -76,7 +80,8 @@ impl BackendPool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, SendError> {
-        let stream = match tokio::time::timeout(self.connect, TcpStream::connect(addr)).await {
+        let connecting = super::connect_from(Some(self.source), addr);
+        let stream = match tokio::time::timeout(self.connect, connecting).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SendError::Unanswered(format!("connect: {e}"))),
             Err(_) => {

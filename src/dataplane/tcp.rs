@@ -76,7 +76,8 @@ async fn connect(node: &Node, peer: SocketAddr, local: SocketAddr) -> Option<Tcp
     let mut member = pick.member;
     for attempt in 0..2 {
         member.counters.requests.fetch_add(1, Relaxed);
-        let result = match tokio::time::timeout(timeout, TcpStream::connect(member.address)).await {
+        let connecting = super::connect_from(Some(active.config.listen.ip()), member.address);
+        let result = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(mut stream)) => {
                 let _ = stream.set_nodelay(true);
                 match stream.write_all(&header).await {

@@ -328,6 +328,36 @@ impl Lbd {
         self.spawn();
     }
 
+    /// PIDs of every running lb-node whose pid file is in this daemon's
+    /// state dir, found by scanning /proc: it also finds a node whose pid
+    /// file was lost or overwritten.
+    pub fn node_processes(&self) -> Vec<u32> {
+        let dir = self.state.0.join("nodes");
+        let dir = dir.to_string_lossy();
+        let mut pids = Vec::new();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let ours = args.first().is_some_and(|a| a.ends_with("lb-node"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "--pid-file" && w[1].starts_with(dir.as_ref()));
+            if ours {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
     /// PIDs of the LB node processes of this daemon, from their pid files.
     pub fn node_pids(&self) -> Vec<u32> {
         let Ok(entries) = fs::read_dir(self.state.0.join("nodes")) else {
@@ -368,7 +398,7 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 impl Drop for Lbd {
     fn drop(&mut self) {
         self.stop();
-        for pid in self.node_pids() {
+        for pid in self.node_pids().into_iter().chain(self.node_processes()) {
             signal(pid, libc::SIGKILL);
         }
         if self.netns() {

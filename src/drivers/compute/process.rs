@@ -128,7 +128,14 @@ impl ComputeDriver for ProcessCompute {
             .arg(spec.node_id.to_string())
             .arg("--admin-listen")
             .arg(spec.admin_addr.to_string())
+            // The node writes its own pid file, so a node started just
+            // before lbd dies is still found (and adopted) by the next lbd.
+            .arg("--pid-file")
+            .arg(self.pid_file(spec.node_id))
             .env("LB_NODE_SECRET", &spec.secret)
+            // One-line errors in the node's log (its tail goes into status reasons).
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -169,21 +176,31 @@ impl ComputeDriver for ProcessCompute {
     }
 
     fn observe_node(&self, node_id: i64) -> NodeObservation {
-        if let Some(reason) = self
-            .exited
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&node_id)
-        {
-            return NodeObservation::Exited {
-                reason: reason.clone(),
-            };
+        let exit_reason = || {
+            self.exited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&node_id)
+                .cloned()
+        };
+        if let Some(reason) = exit_reason() {
+            return NodeObservation::Exited { reason };
         }
         match self.live_pid(node_id) {
             Some(pid) => NodeObservation::Running { pid },
-            None if self.pid_file(node_id).exists() => NodeObservation::Exited {
-                reason: "the process is gone".into(),
-            },
+            None if self.pid_file(node_id).exists() => {
+                // A child of ours that just exited: its reaper thread records
+                // how in a moment; wait briefly rather than report less.
+                for _ in 0..50 {
+                    std::thread::sleep(Duration::from_millis(2));
+                    if let Some(reason) = exit_reason() {
+                        return NodeObservation::Exited { reason };
+                    }
+                }
+                NodeObservation::Exited {
+                    reason: "the process is gone".into(),
+                }
+            }
             None => NodeObservation::Absent,
         }
     }

@@ -321,6 +321,14 @@ impl NetworkDriver for NetnsNetwork {
                     .map_err(|e| setup("create the bridge", e))?;
             }
             let bridge = index_of(&handle, BRIDGE).await?;
+            // Node addresses share the bridge; removing the first one must
+            // not take the others with it (Linux deletes secondaries with
+            // their primary unless told to promote them).
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/conf/{BRIDGE}/promote_secondaries"),
+                "1",
+            )
+            .map_err(|e| setup("promote_secondaries on the bridge", e))?;
             set_up(&handle, bridge).await?;
             let peer = index_of(&handle, &peer_if).await?;
             handle
