@@ -172,7 +172,7 @@ fn create_instance(
 ) -> Result<Value, ApiError> {
     let spec = req.clone().validate()?;
     let p = project(tx, &req.project)?;
-    if p.provisioning_status == ProvisioningStatus::PendingDelete {
+    if p.deleting {
         return Err(ApiError::Pending {
             what: format!("project {:?}", p.name),
             status: p.provisioning_status.as_str(),
@@ -255,6 +255,12 @@ fn update_instance(
     let p = project(tx, &req.project)?;
     let row = instance(tx, &p, &req.name)?;
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
+    if row.deleting {
+        return Err(ApiError::Pending {
+            what: format!("instance {:?} (being deleted)", row.name),
+            status: row.provisioning_status.as_str(),
+        });
+    }
     let next = req.apply_to(&row.spec)?;
     check_backends(state, &next)?;
     if next.port == state.node_admin_port {

@@ -17,10 +17,18 @@ use crate::store::{self, EventSubject, InstanceRow, NodeRow, StoreError};
 
 impl Reconciler {
     pub(super) async fn reconcile_instance(&self, inst: InstanceRow) {
-        if inst.provisioning_status == ProvisioningStatus::PendingDelete {
-            return self.delete_instance(&inst).await;
-        }
         if !self.due(&inst) {
+            return;
+        }
+        if inst.deleting {
+            if let Err(reason) = self.delete_instance(&inst).await {
+                let subject = EventSubject {
+                    project_id: Some(inst.project_id),
+                    instance_id: Some(inst.id),
+                    node_id: None,
+                };
+                self.record_failure(&inst, subject, format!("delete: {reason}"), 0);
+            }
             return;
         }
         let subject = EventSubject {
@@ -382,47 +390,44 @@ impl Reconciler {
         }
     }
 
-    async fn delete_instance(&self, inst: &InstanceRow) {
+    /// DNS first (no client is sent to a node that is going away), then the
+    /// nodes, then the rows. A failed step is retried; after
+    /// `attempts_before_error` passes the instance shows ERROR with the
+    /// reason, and the delete is still retried.
+    async fn delete_instance(&self, inst: &InstanceRow) -> Result<(), String> {
         let subject = EventSubject {
             project_id: Some(inst.project_id),
             instance_id: Some(inst.id),
             node_id: None,
         };
-        // DNS first, so no client is sent to a node that is going away.
-        if let Err(e) = self
-            .dns
+        self.dns
             .set_a_records(&instance_label(&inst.name, &inst.project_name), &[])
             .await
-        {
-            return tracing::warn!("instance {}: {e}", inst.name);
-        }
-        let nodes = match self.store.read(|c| store::list_nodes(c, inst.id)) {
-            Ok(nodes) => nodes,
-            Err(e) => return tracing::warn!("instance {}: {e}", inst.name),
-        };
+            .map_err(|e| e.to_string())?;
+        let nodes = self
+            .store
+            .read(|c| store::list_nodes(c, inst.id))
+            .map_err(|e| e.to_string())?;
         for node in nodes {
             let compute = self.compute.clone();
-            match tokio::task::spawn_blocking(move || compute.destroy_node(node.id)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return tracing::warn!("instance {}: {e}", inst.name),
-                Err(e) => return tracing::error!("instance {}: {e}", inst.name),
-            }
+            tokio::task::spawn_blocking(move || compute.destroy_node(node.id))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
-        match self
-            .store
+        self.store
             .transaction(|tx| store::delete_instance(tx, inst.id))
-        {
-            Ok(()) => self.event(
-                subject,
-                "instance_deleted",
-                &format!("instance {}.{} deleted", inst.name, inst.project_name),
-            ),
-            Err::<(), StoreError>(e) => tracing::warn!("instance {}: {e}", inst.name),
-        }
+            .map_err(|e: StoreError| e.to_string())?;
+        self.event(
+            subject,
+            "instance_deleted",
+            &format!("instance {}.{} deleted", inst.name, inst.project_name),
+        );
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&inst.id);
+        Ok(())
     }
 
     fn record_success(&self, inst: &InstanceRow, subject: EventSubject) {

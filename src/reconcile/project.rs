@@ -9,7 +9,7 @@ use crate::store::{self, EventSubject, ProjectRow};
 impl Reconciler {
     /// Ensures the network of a live project, and marks a new one ACTIVE.
     pub(super) async fn ensure_project(&self, p: &ProjectRow) {
-        if p.provisioning_status == ProvisioningStatus::PendingDelete {
+        if p.deleting {
             return;
         }
         let network = self.network.clone();
@@ -75,7 +75,7 @@ impl Reconciler {
 
     /// Deletes a project marked for deletion once its instances are gone.
     pub(super) async fn finish_project_delete(&self, p: &ProjectRow) {
-        if p.provisioning_status != ProvisioningStatus::PendingDelete {
+        if !p.deleting {
             return;
         }
         match self.store.read(|c| store::list_instances(c, p.id)) {
@@ -85,12 +85,23 @@ impl Reconciler {
         }
         let network = self.network.clone();
         let id = p.id;
-        match tokio::task::spawn_blocking(move || network.remove_project_network(id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return tracing::warn!("project {}: cannot remove network yet: {e}", p.name)
+        let removed =
+            match tokio::task::spawn_blocking(move || network.remove_project_network(id)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+        if let Err(e) = removed {
+            // Shown as ERROR with the reason; the delete stays requested and
+            // is tried again on every pass.
+            tracing::warn!("project {}: cannot remove its network yet: {e}", p.name);
+            let reason = format!("delete: {e}");
+            if let Err(e) = self.store.read(|c| {
+                store::set_project_status(c, p.id, ProvisioningStatus::Error, Some(&reason))
+            }) {
+                tracing::warn!("project {}: {e}", p.name);
             }
-            Err(e) => return tracing::error!("project {}: {e}", p.name),
+            return;
         }
         let subject = EventSubject {
             project_id: Some(p.id),

@@ -25,6 +25,8 @@ struct FakeHost {
     pushes: AtomicUsize,
     /// When set, every config push fails with this message.
     refuse_config: Mutex<Option<String>>,
+    /// When set, stopping a node fails with this message.
+    refuse_destroy: Mutex<Option<String>>,
     configs: Mutex<Vec<NodeConfig>>,
 }
 
@@ -68,6 +70,9 @@ impl ComputeDriver for FakeHost {
         }
     }
     fn destroy_node(&self, node_id: i64) -> Result<(), ComputeError> {
+        if let Some(reason) = self.refuse_destroy.lock().unwrap().clone() {
+            return Err(ComputeError::Stop { node_id, reason });
+        }
         self.running.lock().unwrap().remove(&node_id);
         self.exited.lock().unwrap().remove(&node_id);
         Ok(())
@@ -161,6 +166,8 @@ fn harness() -> Harness {
     let network = Arc::new(LoopbackNetwork::new("127.0.0.0/8".parse().unwrap(), 16).unwrap());
     let settings = ReconcileSettings {
         node_ready_timeout: std::time::Duration::from_millis(200),
+        // Errored objects are retried on every pass here.
+        error_retry: std::time::Duration::ZERO,
         ..Default::default()
     };
     let reconciler = Arc::new(Reconciler::with_node_admin(
@@ -501,6 +508,39 @@ async fn delete_removes_dns_nodes_and_rows() {
     assert!(h.store.read(store::all_nodes).unwrap().is_empty());
     assert!(h.host.list_nodes().is_empty());
     assert!(dns_names(&h).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_delete_that_keeps_failing_shows_error_and_is_still_retried() {
+    let h = harness();
+    let id = create_instance(&h.store, 1);
+    h.reconciler.reconcile_once().await.unwrap();
+    *h.host.refuse_destroy.lock().unwrap() = Some("permission denied".into());
+    h.store
+        .read(|c| store::set_instance_provisioning(c, id, ProvisioningStatus::PendingDelete, None))
+        .unwrap();
+    for _ in 0..3 {
+        h.reconciler.reconcile_once().await.unwrap();
+    }
+    let inst = instance(&h, id);
+    assert_eq!(inst.provisioning_status, ProvisioningStatus::Error);
+    assert!(inst.deleting, "the delete is still requested");
+    let reason = inst.status_reason.unwrap();
+    assert!(
+        reason.contains("delete") && reason.contains("permission denied"),
+        "{reason}"
+    );
+    assert!(dns_names(&h).await.is_empty(), "out of DNS at once");
+    // Another pass must not bring it back to life, and once stopping works it goes.
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(h.host.starts.load(Ordering::SeqCst), 1);
+    *h.host.refuse_destroy.lock().unwrap() = None;
+    h.reconciler.reconcile_once().await.unwrap();
+    assert!(h
+        .store
+        .read(|c| store::instance_by_id(c, id))
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]

@@ -95,6 +95,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX samples_by_node ON samples (node_id, ts);
     CREATE INDEX samples_by_age ON samples (resolution, ts);
     CREATE INDEX events_by_age ON events (ts);",
+    // 4: a delete stays requested while it fails (the object may show ERROR
+    // meanwhile), so it is retried and never turns back into a live object.
+    "ALTER TABLE projects ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
+    UPDATE projects SET deleting = 1 WHERE provisioning_status = 'PENDING_DELETE';
+    UPDATE instances SET deleting = 1 WHERE provisioning_status = 'PENDING_DELETE';",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

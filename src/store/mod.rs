@@ -110,7 +110,8 @@ pub fn insert_project(
         .ok_or_else(|| StoreError::Corrupt("inserted project vanished".into()))
 }
 
-const PROJECT_COLS: &str = "id, name, user, subnet, provisioning_status, status_reason, created_at";
+const PROJECT_COLS: &str =
+    "id, name, user, subnet, provisioning_status, status_reason, created_at, deleting";
 
 pub fn project_by_name(c: &Connection, name: &str) -> Result<Option<ProjectRow>, StoreError> {
     c.query_row(
@@ -155,7 +156,8 @@ pub fn set_project_status(
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE projects SET provisioning_status = ?2, status_reason = ?3, updated_at = ?4 WHERE id = ?1",
+        "UPDATE projects SET provisioning_status = ?2, status_reason = ?3, updated_at = ?4,
+                deleting = CASE WHEN ?2 = 'PENDING_DELETE' THEN 1 ELSE deleting END WHERE id = ?1",
         params![id, status.as_str(), reason, now()],
     )?;
     Ok(())
@@ -170,7 +172,8 @@ pub fn delete_project(c: &Connection, id: i64) -> Result<(), StoreError> {
 
 const INSTANCE_COLS: &str =
     "i.id, i.project_id, p.name, i.name, i.spec, i.generation, i.provisioning_status,
-     i.operating_status, i.status_reason, i.created_at, i.updated_at, i.desired_nodes, i.scaled_at";
+     i.operating_status, i.status_reason, i.created_at, i.updated_at, i.desired_nodes, i.scaled_at,
+     i.deleting";
 
 pub fn insert_instance(
     c: &Connection,
@@ -256,7 +259,8 @@ pub fn set_instance_provisioning(
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE instances SET provisioning_status = ?2, status_reason = ?3, updated_at = ?4 WHERE id = ?1",
+        "UPDATE instances SET provisioning_status = ?2, status_reason = ?3, updated_at = ?4,
+                deleting = CASE WHEN ?2 = 'PENDING_DELETE' THEN 1 ELSE deleting END WHERE id = ?1",
         params![id, status.as_str(), reason, now()],
     )?;
     Ok(())

@@ -14,6 +14,9 @@ pub struct ProjectRow {
     pub provisioning_status: ProvisioningStatus,
     pub status_reason: Option<String>,
     pub created_at: i64,
+    /// A delete was requested; it stays requested (and is retried) even
+    /// while the object shows ERROR because a step of it failed.
+    pub deleting: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +37,8 @@ pub struct InstanceRow {
     pub desired_nodes: Option<u32>,
     /// When the autoscaler last acted (Unix seconds).
     pub scaled_at: Option<i64>,
+    /// A delete was requested (see [`ProjectRow::deleting`]).
+    pub deleting: bool,
 }
 
 impl InstanceRow {
@@ -95,6 +100,7 @@ impl ProjectRow {
                 provisioning_status: provisioning(status)?,
                 status_reason: r.get(5)?,
                 created_at: r.get(6)?,
+                deleting: r.get(7)?,
             })
         })())
     }
@@ -122,6 +128,7 @@ impl InstanceRow {
                 updated_at: r.get(10)?,
                 desired_nodes: r.get::<_, Option<i64>>(11)?.map(|n| n.max(0) as u32),
                 scaled_at: r.get(12)?,
+                deleting: r.get(13)?,
             })
         })())
     }
