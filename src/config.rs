@@ -11,6 +11,9 @@ use ipnet::Ipv4Net;
 pub enum ComputeKind {
     /// Each LB node is a local `lb-node` process.
     Process,
+    /// Each LB node is a libvirt VM booting the node image (needs
+    /// `--network netns` and a build with the `libvirt` feature).
+    Libvirt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,6 +67,25 @@ pub struct DaemonConfig {
     /// The `lb-node` executable [default: next to `lbd`].
     #[arg(long, env = "LBAAS_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
+    /// libvirt: the connection URI.
+    #[arg(long, env = "LBAAS_LIBVIRT_URI", default_value = "qemu:///system")]
+    pub libvirt_uri: String,
+    /// libvirt: `auto` (kvm when /dev/kvm works, else qemu), `kvm` or `qemu` (TCG).
+    #[arg(long, env = "LBAAS_VM_DOMAIN_TYPE", default_value = "auto")]
+    pub vm_domain_type: String,
+    /// libvirt: memory per VM, MiB.
+    #[arg(long, env = "LBAAS_VM_MEMORY", default_value_t = 128)]
+    pub vm_memory: u32,
+    /// libvirt: vCPUs per VM.
+    #[arg(long, env = "LBAAS_VM_VCPUS", default_value_t = 1)]
+    pub vm_vcpus: u32,
+    /// libvirt: directory with `vmlinuz` and `initramfs.cpio.gz` from
+    /// scripts/build-image.sh [default: target/image, next to the binary's dir].
+    #[arg(long, env = "LBAAS_VM_IMAGE")]
+    pub vm_image: Option<PathBuf>,
+    /// libvirt: start of this lbd's domain and tap names (`<prefix>-<project>-<instance>-<node>`).
+    #[arg(long, env = "LBAAS_VM_PREFIX", default_value = "lbaas")]
+    pub vm_prefix: String,
     /// Seconds a failed node may take to become healthy again before it is
     /// deleted (its replacement serves meanwhile).
     #[arg(long, env = "LBAAS_FAILOVER_GRACE", default_value_t = 60)]

@@ -62,6 +62,7 @@ pub async fn run(
             );
             Arc::new(ProcessCompute::new(binary, state_dir.join("nodes"))?)
         }
+        ComputeKind::Libvirt => libvirt_compute(&config, &state_dir)?,
     };
     let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
     let (udp, tcp) = bind_dns(config.dns_listen).await?;
@@ -151,6 +152,51 @@ pub async fn run(
     checker_task.await?;
     dns_task.await??;
     Ok(())
+}
+
+#[cfg(feature = "libvirt")]
+fn libvirt_compute(
+    config: &DaemonConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Arc<dyn ComputeDriver>> {
+    use crate::drivers::compute::libvirt::{LibvirtCompute, VmSettings};
+    anyhow::ensure!(
+        config.network == NetworkKind::Netns,
+        "--compute libvirt needs --network netns (VMs attach to the project's bridge)"
+    );
+    let image = match &config.vm_image {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .map(|target| target.join("image"))
+            .context("cannot place the default image dir; set --vm-image")?,
+    };
+    let domain_type = match config.vm_domain_type.as_str() {
+        "auto" => VmSettings::detect_domain_type().to_string(),
+        other => other.to_string(),
+    };
+    Ok(Arc::new(LibvirtCompute::new(VmSettings {
+        uri: config.libvirt_uri.clone(),
+        domain_type,
+        kernel: image.join("vmlinuz"),
+        initrd: image.join("initramfs.cpio.gz"),
+        memory_mib: config.vm_memory,
+        vcpus: config.vm_vcpus,
+        prefix: config.vm_prefix.clone(),
+        dir: state_dir.join("nodes"),
+    })?))
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn libvirt_compute(
+    _config: &DaemonConfig,
+    _state_dir: &Path,
+) -> anyhow::Result<Arc<dyn ComputeDriver>> {
+    anyhow::bail!(
+        "this lbd was built without libvirt support: build with `--features libvirt` \
+         (needs libvirt-dev)"
+    )
 }
 
 /// Reads the admin token, writing a new one (mode 0600) on first start.

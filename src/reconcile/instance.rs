@@ -297,12 +297,14 @@ impl Reconciler {
                         ),
                     );
                 }
-                self.ensure_node_address(inst, node).await?;
+                let prefix_len = self.ensure_node_address(inst, node).await?;
                 let spec = NodeSpec {
                     node_id: node.id,
                     admin_addr: admin,
                     secret: node.secret.clone(),
                     netns: self.network.node_netns(inst.project_id),
+                    name: format!("{}-{}", inst.project_name, inst.name),
+                    prefix_len,
                 };
                 let compute = self.compute.clone();
                 match tokio::task::spawn_blocking(move || compute.ensure_node(&spec)).await {
@@ -346,8 +348,10 @@ impl Reconciler {
         Ok(true)
     }
 
-    /// Puts the node's address on the project network before the node binds it.
-    async fn ensure_node_address(&self, inst: &InstanceRow, node: &NodeRow) -> Result<(), String> {
+    /// Puts the node's address on the project network before the node binds
+    /// it (unless the node brings its own interface, as a VM does); returns
+    /// the subnet's prefix length.
+    async fn ensure_node_address(&self, inst: &InstanceRow, node: &NodeRow) -> Result<u8, String> {
         let IpAddr::V4(addr) = node.address else {
             return Err("IPv6 node addresses are not supported".into());
         };
@@ -356,13 +360,18 @@ impl Reconciler {
             .read(|c| store::project_by_id(c, inst.project_id))
             .map_err(|e| e.to_string())?
             .ok_or("the project is gone")?;
+        let prefix_len = project.subnet.prefix_len();
+        if !self.compute.node_address_on_host() {
+            return Ok(prefix_len);
+        }
         let network = self.network.clone();
         tokio::task::spawn_blocking(move || {
             network.set_node_addresses(project.id, &project.subnet, &[addr], false)
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok(prefix_len)
     }
 
     /// Polls the admin API until it answers, the process dies, or the deadline passes.

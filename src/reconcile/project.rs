@@ -16,6 +16,8 @@ impl Reconciler {
         let (id, subnet) = (p.id, p.subnet);
         // The node addresses on the project network are exactly those of its node rows.
         let wanted = match self.project_node_addresses(p.id) {
+            // VMs bring their own interfaces: the bridge holds no node address.
+            Ok(_) if !self.compute.node_address_on_host() => Vec::new(),
             Ok(w) => w,
             Err(e) => return tracing::warn!("project {}: {e}", p.name),
         };

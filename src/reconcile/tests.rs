@@ -551,6 +551,8 @@ async fn orphans_without_rows_are_removed() {
         admin_addr: "127.9.0.2:9901".parse().unwrap(),
         secret: "x".into(),
         netns: None,
+        name: "demo-web".into(),
+        prefix_len: 24,
     };
     h.host.ensure_node(&orphan).unwrap();
     h.dns

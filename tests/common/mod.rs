@@ -168,6 +168,10 @@ impl Lbd {
         } else {
             vec!["--subnet-pool".to_string(), self.slot.pool()]
         };
+        let mut network_args = network_args;
+        if self.libvirt() {
+            network_args.extend(["--vm-prefix".to_string(), self.slot.netns_prefix()]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
             .args([
                 "--listen",
@@ -209,6 +213,29 @@ impl Lbd {
             .unwrap()
             .trim()
             .to_string();
+    }
+
+    /// Whether this lbd runs its nodes as libvirt VMs.
+    pub fn libvirt(&self) -> bool {
+        self.extra_args
+            .windows(2)
+            .any(|w| w[0] == "--compute" && w[1] == "libvirt")
+    }
+
+    /// Names of this lbd's libvirt domains (running or defined).
+    pub fn domains(&self) -> Vec<String> {
+        let out = Command::new("virsh")
+            .args(["-c", "qemu:///system", "list", "--all", "--name"])
+            .output();
+        let prefix = format!("{}-", self.slot.netns_prefix());
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Whether this lbd runs the netns network driver.
@@ -400,6 +427,16 @@ impl Drop for Lbd {
         self.stop();
         for pid in self.node_pids().into_iter().chain(self.node_processes()) {
             signal(pid, libc::SIGKILL);
+        }
+        if self.libvirt() {
+            for domain in self.domains() {
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", "destroy", &domain])
+                    .output();
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", "undefine", &domain])
+                    .output();
+            }
         }
         if self.netns() {
             remove_netns_leftovers(&self.slot);

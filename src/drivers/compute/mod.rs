@@ -1,5 +1,7 @@
 //! Compute drivers: where an LB node runs (a local process now, a VM later).
 
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -24,6 +26,10 @@ pub struct NodeSpec {
     pub secret: String,
     /// The network namespace the node runs in (netns driver), if any.
     pub netns: Option<std::path::PathBuf>,
+    /// `<project>-<instance>`: DNS labels, so safe in a VM's name.
+    pub name: String,
+    /// Prefix length of the node's subnet (for a VM's own interface).
+    pub prefix_len: u8,
 }
 
 /// What the driver sees of a node right now.
@@ -52,4 +58,10 @@ pub trait ComputeDriver: Send + Sync {
     fn list_nodes(&self) -> Vec<i64>;
     /// The last lines of the node's log, for error messages.
     fn log_tail(&self, node_id: i64) -> String;
+    /// Whether the node runs in the host's (or project namespace's) network
+    /// stack and needs its address there (processes), rather than bringing
+    /// its own interface (VMs).
+    fn node_address_on_host(&self) -> bool {
+        true
+    }
 }

@@ -261,7 +261,7 @@ fn remove_if_exists(path: &Path) -> std::io::Result<()> {
 }
 
 /// The last `max` bytes of a file, as text.
-fn tail(path: &Path, max: u64) -> String {
+pub(super) fn tail(path: &Path, max: u64) -> String {
     let Ok(mut f) = fs::File::open(path) else {
         return String::new();
     };

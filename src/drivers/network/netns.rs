@@ -426,3 +426,42 @@ fn gateway(subnet: &Ipv4Net) -> Result<Ipv4Addr, NetworkError> {
         reason: "no host addresses".into(),
     })
 }
+
+/// Moves the host link `link` (a VM's tap) into the namespace pinned at
+/// `netns` and makes it a port of the project bridge, up.
+pub fn attach_to_bridge(link: &str, netns: &std::path::Path) -> Result<(), NetworkError> {
+    let ns_fd = std::fs::File::open(netns).map_err(|e| setup("open namespace", e))?;
+    let name = link.to_string();
+    in_netns(None, move |handle| async move {
+        use std::os::fd::AsRawFd;
+        if let Some(l) = link_by_name(&handle, &name).await? {
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(l.header.index)
+                        .setns_by_fd(ns_fd.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| setup(&format!("move {name} into the namespace"), e))?;
+        }
+        Ok(())
+    })?;
+    let name = link.to_string();
+    in_netns(Some(netns.to_path_buf()), move |handle| async move {
+        let bridge = index_of(&handle, BRIDGE).await?;
+        let index = index_of(&handle, &name).await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| setup(&format!("attach {name} to the bridge"), e))
+    })
+}

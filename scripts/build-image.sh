@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds the LB node VM image: the Debian kernel and an initramfs holding
+# busybox, the virtio network modules, lb-node with the libraries it links,
+# and an init that configures the NIC from the kernel command line and runs
+# lb-node. Output: target/image/{vmlinuz,initramfs.cpio.gz}; rebuilt only
+# when lb-node, the kernel or this script changed.
+#
+#   scripts/build-image.sh [path/to/lb-node]   (default: builds target/release/lb-node)
+#
+# Kernel command line the controller passes (see src/drivers/compute/libvirt.rs):
+#   lbaas.ip=ADDR/PREFIX lbaas.node=ID lbaas.secret=HEX console=ttyS0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+[ -x /bin/busybox ] && /bin/busybox --list | grep -qx ip || need+=(busybox-static)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+lb_node="${1:-}"
+if [ -z "$lb_node" ]; then
+  cargo build --release --bin lb-node
+  lb_node=target/release/lb-node
+fi
+kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
+kver=${kernel#/boot/vmlinuz-}
+out=target/image
+mkdir -p "$out"
+
+stamp=$(cat "$lb_node" "$kernel" "$0" | sha256sum | cut -c1-16)
+if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] \
+   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ]; then
+  echo "image up to date: $out"
+  exit 0
+fi
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,run,lib/modules,etc}
+cp /bin/busybox "$root/bin/busybox"
+for applet in sh mount ip insmod sleep cat echo mkdir ln; do
+  ln -s busybox "$root/bin/$applet"
+done
+
+# virtio NIC and its dependencies, in load order.
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+         failover net_failover virtio_net; do
+  cp "$(modinfo -k "$kver" -n "$m")" "$root/lib/modules/"
+done
+
+# lb-node and the shared libraries it links.
+cp "$lb_node" "$root/bin/lb-node"
+ldd "$lb_node" | grep -o '/[^ ]*' | while read -r lib; do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+
+cat > "$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+         failover net_failover virtio_net; do
+  insmod /lib/modules/$m.ko 2>/dev/null
+done
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    lbaas.ip=*) ip_addr=${arg#lbaas.ip=} ;;
+    lbaas.node=*) node=${arg#lbaas.node=} ;;
+    lbaas.secret=*) secret=${arg#lbaas.secret=} ;;
+  esac
+done
+ip link set lo up
+n=0
+while ! ip link show eth0 >/dev/null 2>&1 && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
+ip addr add "$ip_addr" dev eth0
+ip link set eth0 up
+echo "lbaas-node: eth0 $ip_addr, starting lb-node $node"
+export LB_NODE_SECRET="$secret"
+while true; do
+  /bin/lb-node --node-id "$node" --admin-listen "${ip_addr%/*}:9901" --threads 1
+  echo "lbaas-node: lb-node exited ($?), restarting"
+  sleep 1
+done
+INIT
+chmod +x "$root/init"
+
+cp "$kernel" "$out/vmlinuz"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.cpio.gz"
+echo "$stamp" > "$out/stamp"
+echo "built $out/vmlinuz and $out/initramfs.cpio.gz ($(du -h "$out/initramfs.cpio.gz" | cut -f1)) from kernel $kver"
