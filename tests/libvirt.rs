@@ -110,6 +110,7 @@ fn an_instance_on_vms_serves_fails_over_and_is_removed() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    let destroyed = Instant::now();
     let second = wait_for("failover to a new VM", Duration::from_secs(180), || {
         let info = lbd.instance("vm", "web");
         info["nodes"]
@@ -119,6 +120,10 @@ fn an_instance_on_vms_serves_fails_over_and_is_removed() {
             .find(|n| n["id"] != first["id"] && n["state"] == "running")
             .cloned()
     });
+    eprintln!(
+        "virsh destroy to a new VM serving: {:?}",
+        destroyed.elapsed()
+    );
     assert_ne!(second["address"], first["address"]);
     assert!(lbd.domains().contains(&format!(
         "{}-vm-web-{}",
