@@ -197,19 +197,14 @@ impl Reconciler {
         for node_id in self.compute.list_nodes() {
             if !known.contains(&node_id) {
                 let compute = self.compute.clone();
-                let res = tokio::task::spawn_blocking(move || compute.destroy_node(node_id)).await;
-                match res {
-                    Ok(Ok(())) => self.event(
-                        EventSubject {
-                            node_id: Some(node_id),
-                            ..Default::default()
-                        },
-                        "orphan_removed",
-                        &format!("node {node_id} had no row and was stopped"),
-                    ),
-                    Ok(Err(e)) => tracing::warn!("orphan node {node_id}: {e}"),
-                    Err(e) => tracing::error!("orphan node {node_id}: {e}"),
-                }
+                let subject = EventSubject {
+                    node_id: Some(node_id),
+                    ..Default::default()
+                };
+                self.remove_orphan(subject, format!("node {node_id}"), move || {
+                    compute.destroy_node(node_id)
+                })
+                .await;
             }
         }
         let projects: HashSet<i64> = self
@@ -223,20 +218,16 @@ impl Reconciler {
                 continue;
             }
             let network = self.network.clone();
-            match tokio::task::spawn_blocking(move || network.remove_project_network(project_id))
-                .await
-            {
-                Ok(Ok(())) => self.event(
-                    EventSubject {
-                        project_id: Some(project_id),
-                        ..Default::default()
-                    },
-                    "orphan_removed",
-                    &format!("network of project {project_id} had no row and was removed"),
-                ),
-                Ok(Err(e)) => tracing::warn!("orphan network {project_id}: {e}"),
-                Err(e) => tracing::error!("orphan network {project_id}: {e}"),
-            }
+            let subject = EventSubject {
+                project_id: Some(project_id),
+                ..Default::default()
+            };
+            self.remove_orphan(
+                subject,
+                format!("network of project {project_id}"),
+                move || network.remove_project_network(project_id),
+            )
+            .await;
         }
         let labels: HashSet<String> = self
             .store
@@ -252,6 +243,25 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Runs a blocking driver call that removes `what`, a resource with no
+    /// row, and records it.
+    async fn remove_orphan<E: std::fmt::Display + Send + 'static>(
+        &self,
+        subject: EventSubject,
+        what: String,
+        remove: impl FnOnce() -> Result<(), E> + Send + 'static,
+    ) {
+        match tokio::task::spawn_blocking(remove).await {
+            Ok(Ok(())) => self.event(
+                subject,
+                "orphan_removed",
+                &format!("{what} had no row and was removed"),
+            ),
+            Ok(Err(e)) => tracing::warn!("orphan {what}: {e}"),
+            Err(e) => tracing::error!("orphan {what}: {e}"),
+        }
     }
 
     /// Records an event; the monitor log must never stop reconciliation.
