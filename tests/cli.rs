@@ -192,3 +192,80 @@ fn create_waits_and_reports_failure_with_the_reason() {
         .then_some(())
     });
 }
+
+#[test]
+fn yaml_quiet_config_file_and_completions() {
+    let lbd = Lbd::start();
+    // --quiet: nothing on stdout, exit 0.
+    let out = lbd.lbctl(&["-q", "project", "create", "quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // -o yaml: the same answer as JSON, as YAML.
+    let yaml = lbd.lbctl_ok(&["-o", "yaml", "project", "info", "quiet"]);
+    assert!(yaml.contains("name: quiet\n"), "{yaml}");
+    assert!(yaml.contains("provisioning_status: "), "{yaml}");
+    assert!(yaml.contains("instances: []\n"), "{yaml}");
+    // Piped output has no colors.
+    let table = lbd.lbctl_ok(&["project", "list"]);
+    assert!(!table.contains('\x1b'), "{table:?}");
+
+    // The config file gives url and token; the environment and flags win over it.
+    let home = common::TempDir::new("lbctl-config");
+    std::fs::create_dir_all(home.0.join("lbaas")).unwrap();
+    std::fs::write(
+        home.0.join("lbaas/config.toml"),
+        format!("url = \"{}\"\ntoken = \"{}\"\n", lbd.url(), lbd.token),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(lbctl_bin());
+        cmd.args(args)
+            .env("XDG_CONFIG_HOME", &home.0)
+            .env_remove("LBAAS_URL")
+            .env_remove("LBAAS_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&["project", "list"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quiet"));
+    let out = run(&["project", "list"], &[("LBAAS_TOKEN", "wrong")]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the environment wins: {}",
+        stderr(&out)
+    );
+    let out = run(&["--token", "wrong", "project", "list"], &[]);
+    assert_eq!(out.status.code(), Some(1), "the flag wins");
+    std::fs::write(home.0.join("lbaas/config.toml"), "tokn = \"x\"\n").unwrap();
+    let out = run(&["project", "list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("config.toml"), "{}", stderr(&out));
+
+    // Completions for each shell.
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("lbctl") && script.contains("instance"),
+            "{shell}"
+        );
+    }
+    // top refuses without a terminal, clearly.
+    let out = lbd.lbctl(&["top"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("needs a terminal"),
+        "{}",
+        stderr(&out)
+    );
+}

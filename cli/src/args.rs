@@ -5,20 +5,20 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "lbctl", version, about = "Command-line client for lbaas", after_help = EXAMPLES)]
 pub struct Cli {
-    /// lbd's API address.
-    #[arg(
-        long,
-        global = true,
-        env = "LBAAS_URL",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub url: String,
-    /// API token [default: the admin.token in lbd's default state dir].
+    /// lbd's API address [default: `url` in ~/.config/lbaas/config.toml,
+    /// else http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "LBAAS_URL")]
+    pub url: Option<String>,
+    /// API token [default: `token` in ~/.config/lbaas/config.toml, else the
+    /// admin.token in lbd's default state dir].
     #[arg(long, global = true, env = "LBAAS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     pub output: Output,
+    /// Print nothing on success (the exit code tells); errors still go to stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,12 +29,31 @@ const EXAMPLES: &str = "Examples:
   lbctl instance info web --project demo -o json
   echo '{\"action\": \"info\", \"type\": \"project\"}' | lbctl raw -
 
+Settings: flags override environment (LBAAS_URL, LBAAS_TOKEN), which overrides
+~/.config/lbaas/config.toml (url = \"...\", token = \"...\"). Colors only on a
+terminal, never with NO_COLOR set.
+
 Exit codes: 0 ok, 1 the API refused or the instance failed, 2 usage, 3 cannot reach lbd.";
+
+const CREATE_EXAMPLES: &str = "Examples:
+  lbctl instance create web --project demo --type http --port 8080 --backend 10.1.0.5:80,10.1.0.6:80
+  lbctl instance create web --project demo --type http --backend 10.1.0.5:80 \\
+      --health-check http:/healthz --interval 2 --check-timeout 1 --unhealthy-threshold 3
+  lbctl instance create db --project demo --type tcp --port 5432 --backend 10.1.0.7:5432 --health-check tcp
+  lbctl instance create web --project demo --type http --backend 10.1.0.5:80 \\
+      --autoscale --min-nodes 1 --max-nodes 4 --target-rps 500 --cooldown 60";
+
+const UPDATE_EXAMPLES: &str = "Examples:
+  lbctl instance update web --project demo --backend 10.1.0.5:80,10.1.0.8:80
+  lbctl instance update web --project demo --algorithm least-connections
+  lbctl instance update web --project demo --health-check http:8081:/ready --healthy-threshold 2
+  lbctl instance update web --project demo --auto-scaling false --min-nodes 2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +69,87 @@ pub enum Command {
         #[arg(default_value = "-")]
         file: String,
     },
+    /// A live dashboard of every load balancer (q quits, ? for keys).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = interval)]
+        interval: f64,
+    },
+    /// Print a shell completion script: `lbctl completions bash > /etc/bash_completion.d/lbctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+fn interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
+}
+
+/// Health-check flags, mapped to the seed's `backend.health-check` fields.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HealthArgs {
+    /// What to check: `tcp`, `http:/path` or `http:PORT:/path` [default: http:/ for http, tcp for tcp].
+    #[arg(long, value_name = "SPEC", value_parser = health_spec)]
+    pub health_check: Option<HealthSpec>,
+    /// Seconds between checks.
+    #[arg(long)]
+    pub interval: Option<u32>,
+    /// Seconds a check may take (at most the interval).
+    #[arg(long)]
+    pub check_timeout: Option<u32>,
+    /// Consecutive passing checks before a member takes traffic again.
+    #[arg(long)]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failing checks before a member (or node) is down.
+    #[arg(long)]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub protocol: &'static str,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+}
+
+fn health_spec(s: &str) -> Result<HealthSpec, String> {
+    if s == "tcp" {
+        return Ok(HealthSpec {
+            protocol: "TCP",
+            port: None,
+            path: None,
+        });
+    }
+    if let Some(port) = s.strip_prefix("tcp:") {
+        let port = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
+        return Ok(HealthSpec {
+            protocol: "TCP",
+            port: Some(port),
+            path: None,
+        });
+    }
+    let rest = s
+        .strip_prefix("http:")
+        .ok_or_else(|| format!("{s:?}: use tcp, tcp:PORT, http:/path or http:PORT:/path"))?;
+    let (port, path) = match rest.split_once(':') {
+        Some((port, path)) => (
+            Some(port.parse().map_err(|_| format!("bad port in {s:?}"))?),
+            path,
+        ),
+        None => (None, rest),
+    };
+    if !path.starts_with('/') {
+        return Err(format!("{s:?}: the path must start with /"));
+    }
+    Ok(HealthSpec {
+        protocol: "HTTP",
+        port,
+        path: Some(path.to_string()),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,8 +228,11 @@ pub struct ScalingArgs {
     #[arg(long)]
     pub max_nodes: Option<u32>,
     /// Turn autoscaling on or off.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "autoscale")]
     pub auto_scaling: Option<bool>,
+    /// Turn autoscaling on (same as --auto-scaling true).
+    #[arg(long)]
+    pub autoscale: bool,
     /// Autoscaling target: requests per second per node (0: not used).
     #[arg(long)]
     pub target_rps: Option<u32>,
@@ -144,6 +247,7 @@ pub struct ScalingArgs {
 #[derive(Debug, Subcommand)]
 pub enum InstanceCmd {
     /// Create a load balancer and wait until it serves.
+    #[command(after_help = CREATE_EXAMPLES)]
     Create {
         name: String,
         #[arg(long)]
@@ -160,6 +264,8 @@ pub enum InstanceCmd {
         #[arg(long, value_enum)]
         algorithm: Option<Algorithm>,
         #[command(flatten)]
+        health: HealthArgs,
+        #[command(flatten)]
         scaling: ScalingArgs,
         #[command(flatten)]
         wait: WaitArgs,
@@ -175,7 +281,8 @@ pub enum InstanceCmd {
         #[arg(long)]
         project: String,
     },
-    /// Change a load balancer's backends or port, in place.
+    /// Change a load balancer in place: backends, port, algorithm, health check, scaling.
+    #[command(after_help = UPDATE_EXAMPLES)]
     Update {
         name: String,
         #[arg(long)]
@@ -188,6 +295,8 @@ pub enum InstanceCmd {
         /// How nodes pick a backend.
         #[arg(long, value_enum)]
         algorithm: Option<Algorithm>,
+        #[command(flatten)]
+        health: HealthArgs,
         #[command(flatten)]
         scaling: ScalingArgs,
         #[command(flatten)]

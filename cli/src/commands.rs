@@ -4,13 +4,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::args::{Command, InstanceCmd, ProjectCmd, ScalingArgs, TrafficType, WaitArgs};
+use crate::args::{
+    Command, HealthArgs, InstanceCmd, ProjectCmd, ScalingArgs, TrafficType, WaitArgs,
+};
 use crate::client::{ApiClient, ClientError};
 
 /// The envelope a command sends (`raw` sends its input instead).
 pub fn envelope(cmd: &Command) -> Option<Value> {
     let (action, kind, info) = match cmd {
-        Command::Raw { .. } => return None,
+        Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => return None,
         Command::Project(p) => match p {
             ProjectCmd::Create { name, user, subnet } => {
                 let mut info = json!({ "name": name });
@@ -39,6 +41,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 port,
                 backends,
                 algorithm,
+                health,
                 scaling,
                 ..
             } => {
@@ -54,6 +57,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 if let Some(a) = algorithm {
                     info["algorithm"] = json!(a.as_str());
                 }
+                add_health(&mut info, health);
                 add_scaling(&mut info, scaling);
                 ("create", "instance", info)
             }
@@ -69,6 +73,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 port,
                 backends,
                 algorithm,
+                health,
                 scaling,
                 ..
             } => {
@@ -82,6 +87,7 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
                 if let Some(a) = algorithm {
                     info["algorithm"] = json!(a.as_str());
                 }
+                add_health(&mut info, health);
                 add_scaling(&mut info, scaling);
                 ("update", "instance", info)
             }
@@ -104,6 +110,41 @@ pub fn envelope(cmd: &Command) -> Option<Value> {
     Some(json!({ "action": action, "type": kind, "info": info }))
 }
 
+/// Puts the health-check flags that were given into `backend.health-check`.
+fn add_health(info: &mut Value, h: &HealthArgs) {
+    let mut check = serde_json::Map::new();
+    if let Some(spec) = &h.health_check {
+        check.insert("protocol".into(), json!(spec.protocol));
+        if let Some(port) = spec.port {
+            check.insert("port".into(), json!(port));
+        }
+        if let Some(path) = &spec.path {
+            check.insert("request-path".into(), json!(path));
+        }
+    }
+    let mut criteria = serde_json::Map::new();
+    for (key, v) in [
+        ("interval", h.interval),
+        ("timeout", h.check_timeout),
+        ("health-threshold", h.healthy_threshold),
+        ("unhealth-threshold", h.unhealthy_threshold),
+    ] {
+        if let Some(v) = v {
+            criteria.insert(key.into(), json!(v));
+        }
+    }
+    if !criteria.is_empty() {
+        check.insert("criteria".into(), Value::Object(criteria));
+    }
+    if check.is_empty() {
+        return;
+    }
+    if info.get("backend").is_none() {
+        info["backend"] = json!({});
+    }
+    info["backend"]["health-check"] = Value::Object(check);
+}
+
 /// Puts the node-count and autoscaling flags that were given into `info`.
 fn add_scaling(info: &mut Value, a: &ScalingArgs) {
     if let Some(n) = a.min_nodes {
@@ -112,7 +153,7 @@ fn add_scaling(info: &mut Value, a: &ScalingArgs) {
     if let Some(n) = a.max_nodes {
         info["max_nodes"] = json!(n);
     }
-    if let Some(on) = a.auto_scaling {
+    if let Some(on) = a.auto_scaling.or(a.autoscale.then_some(true)) {
         if info.get("backend").is_none() {
             info["backend"] = json!({});
         }
@@ -171,7 +212,7 @@ pub fn wait_until_active(
     client: &ApiClient,
     info: &Value,
     wait: &WaitArgs,
-    on_tick: impl Fn(&str),
+    mut on_tick: impl FnMut(&str),
 ) -> Result<Value, WaitError> {
     let name = info["name"].as_str().unwrap_or_default().to_string();
     let project = info["project"].as_str().unwrap_or_default().to_string();
@@ -246,6 +287,78 @@ mod tests {
             env_of(&["project", "delete", "demo", "--force"])["info"],
             json!({"name": "demo", "force": true})
         );
+    }
+
+    #[test]
+    fn health_and_autoscale_flags_map_to_the_seed_fields() {
+        let e = env_of(&[
+            "instance",
+            "create",
+            "web",
+            "--project",
+            "demo",
+            "--type",
+            "http",
+            "--backend",
+            "10.0.0.1:80",
+            "--health-check",
+            "http:8081:/healthz",
+            "--interval",
+            "2",
+            "--check-timeout",
+            "1",
+            "--healthy-threshold",
+            "3",
+            "--unhealthy-threshold",
+            "4",
+            "--autoscale",
+            "--min-nodes",
+            "2",
+            "--max-nodes",
+            "6",
+        ]);
+        assert_eq!(
+            e["info"]["backend"],
+            json!({"entities": ["10.0.0.1:80"], "auto-scaling": true, "health-check": {
+                "protocol": "HTTP", "port": 8081, "request-path": "/healthz",
+                "criteria": {"interval": 2, "timeout": 1, "health-threshold": 3, "unhealth-threshold": 4}}})
+        );
+        assert_eq!(
+            (
+                e["info"]["min_nodes"].clone(),
+                e["info"]["max_nodes"].clone()
+            ),
+            (json!(2), json!(6))
+        );
+        let t = env_of(&[
+            "instance",
+            "update",
+            "web",
+            "--project",
+            "demo",
+            "--health-check",
+            "tcp",
+        ]);
+        assert_eq!(
+            t["info"],
+            json!({"project": "demo", "name": "web", "backend": {"health-check": {"protocol": "TCP"}}})
+        );
+        for bad in ["http:healthz", "udp", "http:x:/a"] {
+            assert!(
+                crate::args::Cli::try_parse_from([
+                    "lbctl",
+                    "instance",
+                    "update",
+                    "web",
+                    "--project",
+                    "p",
+                    "--health-check",
+                    bad,
+                ])
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -3,12 +3,13 @@
 mod args;
 mod client;
 mod commands;
+mod config;
 mod output;
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde_json::Value;
 
 use args::{Cli, Command, InstanceCmd, Output, ProjectCmd};
@@ -38,33 +39,62 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-fn token(cli: &Cli) -> anyhow::Result<String> {
-    if let Some(t) = &cli.token {
-        return Ok(t.clone());
+/// Where lbctl finds lbd and its token: flags, then the environment (both
+/// through clap), then the config file, then the defaults.
+struct Settings {
+    url: String,
+    token: String,
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let file = config::load()?;
+    let url = cli
+        .url
+        .clone()
+        .or(file.url)
+        .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
+    if let Some(t) = cli.token.clone().or(file.token) {
+        return Ok(Settings { url, token: t });
     }
     let path = lbaas::paths::default_state_dir().join(lbaas::paths::ADMIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) => Ok(t.trim().to_string()),
+        Ok(t) => Ok(Settings {
+            url,
+            token: t.trim().to_string(),
+        }),
         Err(e) => anyhow::bail!(
-            "no token: pass --token or LBAAS_TOKEN, or start lbd so it writes {} ({e})",
+            "no token: pass --token or LBAAS_TOKEN, put token = \"...\" in {}, or start lbd so it writes {} ({e})",
+            config::path().display(),
             path.display()
         ),
     }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let client = ApiClient::new(&cli.url, token(cli)?);
-    if let Command::Raw { file } = &cli.command {
-        return raw(&client, file);
+    if let Command::Completions { shell } = &cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(*shell, &mut cmd, "lbctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let settings = settings(cli)?;
+    let client = ApiClient::new(&settings.url, settings.token);
+    match &cli.command {
+        Command::Raw { file } => return raw(&client, file),
+        Command::Top { interval } => return top(client, &settings.url, *interval),
+        _ => {}
     }
     let envelope = commands::envelope(&cli.command).expect("every other command has an envelope");
     let mut info = client.call(&envelope)?;
     if let Some(wait) = commands::wait_args(&cli.command) {
-        let tty = std::io::stderr().is_terminal() && cli.output == Output::Table;
+        let tty = std::io::stderr().is_terminal() && cli.output == Output::Table && !cli.quiet;
+        let spinner = ['|', '/', '-', '\\'];
+        let mut tick = 0;
         info = commands::wait_until_active(&client, &info, wait, |status| {
             if tty {
+                tick += 1;
                 eprint!(
-                    "\rwaiting for {} ({status})...",
+                    "\r{} waiting for {} ({status})...",
+                    spinner[tick % spinner.len()],
                     info["name"].as_str().unwrap_or_default()
                 );
             }
@@ -73,17 +103,42 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             eprint!("\r\x1b[K");
         }
     }
-    print(cli, &info);
+    if !cli.quiet {
+        print(cli, &info);
+    }
+    Ok(())
+}
+
+/// `lbctl top`: the dashboard, fed by `info project` every `interval` seconds.
+fn top(client: ApiClient, url: &str, interval: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::io::stdout().is_terminal(),
+        "lbctl top needs a terminal (use `lbctl project list -o json` in scripts)"
+    );
+    let fetch = Box::new(move || {
+        let info = client
+            .call(&serde_json::json!({"action": "info", "type": "project", "info": {}}))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_value(info).map_err(|e| format!("unexpected answer: {e}"))
+    });
+    lbaas_tui::run(url, fetch, std::time::Duration::from_secs_f64(interval))?;
     Ok(())
 }
 
 fn print(cli: &Cli, info: &Value) {
-    if cli.output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(info).expect("JSON always serializes")
-        );
-        return;
+    match cli.output {
+        Output::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(info).expect("JSON always serializes")
+            );
+            return;
+        }
+        Output::Yaml => {
+            print!("{}", output::yaml(info));
+            return;
+        }
+        Output::Table => {}
     }
     let empty = Vec::new();
     let text = match &cli.command {
@@ -113,8 +168,12 @@ fn print(cli: &Cli, info: &Value) {
         }
         Command::Instance(InstanceCmd::Events { .. }) => output::events(info),
         Command::Instance(_) => output::instance(info),
-        Command::Raw { .. } => unreachable!("handled before"),
+        Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => {
+            unreachable!("handled before")
+        }
     };
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let text = if color { output::colorize(&text) } else { text };
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 

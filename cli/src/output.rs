@@ -28,6 +28,113 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Colors status words (ANSI), for a terminal. Alignment is unchanged:
+/// escape codes take no columns.
+pub fn colorize(text: &str) -> String {
+    let color = |word: &str| match word {
+        "ACTIVE" | "ONLINE" | "running" | "up" => Some("32"),
+        "ERROR" | "OFFLINE" | "failed" | "down" | "ejected" => Some("31"),
+        "DEGRADED" | "PENDING_CREATE" | "PENDING_UPDATE" | "PENDING_DELETE" | "starting"
+        | "retiring" | "draining" => Some("33"),
+        _ => None,
+    };
+    text.split('\n')
+        .map(|line| {
+            line.split(' ')
+                .map(|w| match color(w) {
+                    Some(c) => format!("\x1b[{c}m{w}\x1b[0m"),
+                    None => w.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// YAML for an API answer (block style; strings quoted when YAML would
+/// read them as something else).
+pub fn yaml(v: &Value) -> String {
+    let mut out = String::new();
+    yaml_into(v, 0, &mut out);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+fn yaml_scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let plain = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
+                && !s.starts_with(['-', '.'])
+                && s.parse::<f64>().is_err()
+                && !["true", "false", "null", "yes", "no", "on", "off", "~"]
+                    .contains(&s.to_lowercase().as_str());
+            if plain {
+                s.clone()
+            } else {
+                serde_json::to_string(s).expect("a string serializes")
+            }
+        }
+        _ => unreachable!("containers are not scalars"),
+    }
+}
+
+fn yaml_into(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, item) in map {
+                let key = yaml_scalar(&Value::String(k.clone()));
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        yaml_into(item, indent + 2, out);
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        yaml_into(item, indent, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{key}: {}\n", yaml_inline(item))),
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        let mut inner = String::new();
+                        yaml_into(item, indent + 2, &mut inner);
+                        // The first key goes on the dash's line.
+                        let inner = inner.replacen(&" ".repeat(indent + 2), "", 1);
+                        out.push_str(&format!("{pad}- {inner}"));
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        out.push_str(&format!("{pad}-\n"));
+                        yaml_into(item, indent + 2, out);
+                    }
+                    _ => out.push_str(&format!("{pad}- {}\n", yaml_inline(item))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", yaml_inline(other))),
+    }
+}
+
+fn yaml_inline(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        scalar => yaml_scalar(scalar),
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -225,6 +332,24 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME    X\na       1\nlonger  2\n");
+    }
+
+    #[test]
+    fn yaml_of_nested_answers() {
+        let v = json!({"name": "web", "port": 8080, "ok": true, "none": null, "empty": [],
+            "nodes": [{"address": "127.0.0.2", "state": "running"}],
+            "tags": ["a", "yes", "1.5", "x: y"]});
+        assert_eq!(
+            yaml(&v),
+            "empty: []\nname: web\nnodes:\n- address: 127.0.0.2\n  state: running\nnone: null\nok: true\nport: 8080\ntags:\n- a\n- \"yes\"\n- \"1.5\"\n- \"x: y\"\n"
+        );
+    }
+
+    #[test]
+    fn colors_only_status_words() {
+        let c = colorize("web  ACTIVE  ONLINE\nx  ERRORS");
+        assert!(c.contains("\x1b[32mACTIVE\x1b[0m"));
+        assert!(c.contains("ERRORS") && !c.contains("\x1b[31m"));
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct Lbd {
     pub http: reqwest::blocking::Client,
     /// Flags added to every start (e.g. short failover windows).
     extra_args: Vec<String>,
+    /// The API address to bind instead of a free port.
+    listen: Option<SocketAddr>,
 }
 
 impl Lbd {
@@ -141,6 +143,7 @@ impl Lbd {
     pub fn start_with(extra_args: &[&str]) -> Lbd {
         let mut lbd = Lbd {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            listen: None,
             child: None,
             api: "0.0.0.0:0".parse().unwrap(),
             dns: "0.0.0.0:0".parse().unwrap(),
@@ -172,10 +175,13 @@ impl Lbd {
         if self.libvirt() {
             network_args.extend(["--vm-prefix".to_string(), self.slot.netns_prefix()]);
         }
+        let listen = self
+            .listen
+            .map_or("127.0.0.1:0".to_string(), |a| a.to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--dns-listen",
                 "127.0.0.1:0",
                 "--subnet-prefix",
@@ -347,6 +353,12 @@ impl Lbd {
             "lbd did not exit cleanly on SIGTERM: {status:?}"
         );
         self.spawn();
+    }
+
+    /// Starts lbd again, its API on `api` (e.g. the address it had before).
+    pub fn start_again_on(&mut self, api: SocketAddr) {
+        self.listen = Some(api);
+        self.start_again();
     }
 
     /// Starts lbd again after [`Lbd::crash`] or [`Lbd::stop`].

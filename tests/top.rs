@@ -1,0 +1,193 @@
+//! `lbctl top` in a real terminal: tmux runs it against a real lbd with an
+//! instance; the test reads the screen, presses keys, and checks that the
+//! terminal is restored after `q` and after SIGTERM.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::backends::HttpBackend;
+use common::{lbctl_bin, signal, wait_for, Lbd};
+use serde_json::json;
+
+/// A detached tmux session, killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Tmux {
+        let status = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "120",
+                "-y",
+                "32",
+                command,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Tmux {
+            name: name.to_string(),
+        }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            Command::new("tmux")
+                .args(["send-keys", "-t", &self.name, k])
+                .status()
+                .unwrap();
+        }
+    }
+
+    fn wait_screen(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        wait_for(what, Duration::from_secs(20), || {
+            let s = self.screen();
+            f(&s).then_some(s)
+        })
+    }
+
+    /// The pid of the program the pane's shell runs (lbctl).
+    fn program_pid(&self) -> u32 {
+        let out = Command::new("tmux")
+            .args(["list-panes", "-t", &self.name, "-F", "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let shell: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .expect("the shell runs lbctl")
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed (apt-get install tmux; .ci/run does)");
+        return;
+    }
+    let a = HttpBackend::start("a");
+    let lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "demo", "traffic_type": "http", "port": 8087,
+        "backend": {"entities": [a.addr().to_string()],
+                    "health-check": {"criteria": {"interval": 1, "timeout": 1}}}}}));
+    let info = lbd.wait_active("demo", "web");
+    let node = info["nodes"][0]["address"].as_str().unwrap().to_string();
+    let top = format!(
+        "{} --url {} --token {} top --interval 0.5",
+        lbctl_bin().display(),
+        lbd.url(),
+        lbd.token
+    );
+    // After lbctl: its exit code and whether the terminal is back in canonical mode.
+    let script = format!(
+        "{top}; echo EXITED $?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 120"
+    );
+    let name = format!("lbaas-top-{}-{}", std::process::id(), lbd.slot.index);
+    let tmux = Tmux::start(&name, &script);
+
+    let s = tmux.wait_screen("the instance listed", |s| {
+        s.contains("connected") && s.contains("web") && s.contains("ACTIVE")
+    });
+    assert!(s.contains("http://web.demo.lbaas.internal:8087"), "{s}");
+    assert!(s.contains("instance_active"), "the events pane: {s}");
+
+    tmux.keys(&["Enter"]);
+    let member = a.addr().to_string();
+    tmux.wait_screen("the instance's nodes and members", |s| {
+        s.contains(&node) && s.contains("MEMBER") && s.contains(&member)
+    });
+
+    tmux.keys(&["?"]);
+    tmux.wait_screen("help", |s| s.contains("this help"));
+    tmux.keys(&["x", "Escape", "/", "z", "z", "Enter"]);
+    tmux.wait_screen("filtered to nothing", |s| s.contains("instances (0)"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_screen("filter cleared", |s| s.contains("instances (1)"));
+
+    tmux.keys(&["q"]);
+    let s = tmux.wait_screen("lbctl exited", |s| s.contains("EXITED"));
+    assert!(s.contains("EXITED 0"), "{s}");
+    assert!(
+        !s.contains("instances ("),
+        "the alternate screen is gone: {s}"
+    );
+    assert!(
+        s.lines().any(|l| l.trim() == "icanon"),
+        "the terminal is back in canonical mode: {s}"
+    );
+    drop(tmux);
+
+    // SIGTERM restores the terminal too.
+    let tmux = Tmux::start(&format!("{name}-term"), &script);
+    tmux.wait_screen("running", |s| s.contains("instances (1)"));
+    signal(tmux.program_pid(), libc::SIGTERM);
+    let s = tmux.wait_screen("lbctl exited on SIGTERM", |s| s.contains("EXITED"));
+    assert!(s.contains("EXITED 0"), "{s}");
+    assert!(s.lines().any(|l| l.trim() == "icanon"), "{s}");
+}
+
+#[test]
+fn top_says_disconnected_and_recovers_when_lbd_comes_back() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let mut lbd = Lbd::start();
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    let script = format!(
+        "{} --url {} --token {} top --interval 0.3; sleep 120",
+        lbctl_bin().display(),
+        lbd.url(),
+        lbd.token
+    );
+    let name = format!("lbaas-top-dc-{}-{}", std::process::id(), lbd.slot.index);
+    let tmux = Tmux::start(&name, &script);
+    tmux.wait_screen("connected", |s| s.contains(" connected"));
+    let api = lbd.api;
+    lbd.stop();
+    tmux.wait_screen("disconnected", |s| s.contains("disconnected, retrying"));
+    // lbd comes back on the same address: the dashboard recovers by itself.
+    lbd.start_again_on(api);
+    tmux.wait_screen("connected again", |s| {
+        s.contains(" connected") && !s.contains("disconnected")
+    });
+    tmux.keys(&["q"]);
+}
