@@ -118,7 +118,7 @@ fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
     );
     // After lbctl: its exit code and whether the terminal is back in canonical mode.
     let script = format!(
-        "{top}; echo EXITED $?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 120"
+        "{top}; echo EXITED $?; stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; echo DONE; sleep 120"
     );
     let name = format!("lbaas-top-{}-{}", std::process::id(), lbd.slot.index);
     let tmux = Tmux::start(&name, &script);
@@ -143,7 +143,7 @@ fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
     tmux.wait_screen("filter cleared", |s| s.contains("instances (1)"));
 
     tmux.keys(&["q"]);
-    let s = tmux.wait_screen("lbctl exited", |s| s.contains("EXITED"));
+    let s = tmux.wait_screen("lbctl exited", |s| s.contains("DONE"));
     assert!(s.contains("EXITED 0"), "{s}");
     assert!(
         !s.contains("instances ("),
@@ -159,7 +159,7 @@ fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
     let tmux = Tmux::start(&format!("{name}-term"), &script);
     tmux.wait_screen("running", |s| s.contains("instances (1)"));
     signal(tmux.program_pid(), libc::SIGTERM);
-    let s = tmux.wait_screen("lbctl exited on SIGTERM", |s| s.contains("EXITED"));
+    let s = tmux.wait_screen("lbctl exited on SIGTERM", |s| s.contains("DONE"));
     assert!(s.contains("EXITED 0"), "{s}");
     assert!(s.lines().any(|l| l.trim() == "icanon"), "{s}");
 }
