@@ -141,7 +141,15 @@ fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
 
     tmux.keys(&["?"]);
     tmux.wait_screen("help", |s| s.contains("this help"));
-    tmux.keys(&["x", "Escape", "/", "z", "z", "Enter"]);
+    // One key at a time, each awaited on screen: an Esc followed at once
+    // by another key reads as Alt+key in any terminal.
+    tmux.keys(&["x"]);
+    tmux.wait_screen("help closed", |s| !s.contains("this help"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_screen("back to the list", |s| s.contains("instances (1)"));
+    tmux.keys(&["/"]);
+    tmux.wait_screen("editing the filter", |s| s.contains("filter: _"));
+    tmux.keys(&["z", "z", "Enter"]);
     tmux.wait_screen("filtered to nothing", |s| s.contains("instances (0)"));
     tmux.keys(&["Escape"]);
     tmux.wait_screen("filter cleared", |s| s.contains("instances (1)"));
