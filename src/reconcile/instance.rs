@@ -380,7 +380,11 @@ impl Reconciler {
         node: &NodeRow,
         admin: SocketAddr,
     ) -> Result<crate::model::NodeStatus, String> {
-        let deadline = Instant::now() + self.settings.node_ready_timeout;
+        let timeout = self
+            .compute
+            .ready_timeout()
+            .unwrap_or(self.settings.node_ready_timeout);
+        let deadline = Instant::now() + timeout;
         loop {
             let last_error = match self.nodes.status(admin, &node.secret).await {
                 Ok(status) => return Ok(status),
@@ -391,8 +395,9 @@ impl Reconciler {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "not ready after {}s: {last_error}",
-                    self.settings.node_ready_timeout.as_secs()
+                    "not ready after {}s: {last_error}; log: {}",
+                    timeout.as_secs(),
+                    self.compute.log_tail(node.id)
                 ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

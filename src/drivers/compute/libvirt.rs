@@ -310,6 +310,11 @@ impl ComputeDriver for LibvirtCompute {
     fn node_address_on_host(&self) -> bool {
         false
     }
+
+    fn ready_timeout(&self) -> Option<std::time::Duration> {
+        // Seconds under TCG on an idle host; far more on a loaded one.
+        Some(std::time::Duration::from_secs(120))
+    }
 }
 
 #[cfg(test)]

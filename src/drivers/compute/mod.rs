@@ -58,6 +58,11 @@ pub trait ComputeDriver: Send + Sync {
     fn list_nodes(&self) -> Vec<i64>;
     /// The last lines of the node's log, for error messages.
     fn log_tail(&self, node_id: i64) -> String;
+    /// How long a started node may take to answer its admin API (a VM boots
+    /// far slower than a process starts); `None`: the reconciler's default.
+    fn ready_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Whether the node runs in the host's (or project namespace's) network
     /// stack and needs its address there (processes), rather than bringing
     /// its own interface (VMs).
