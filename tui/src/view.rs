@@ -456,6 +456,21 @@ mod tests {
     }
 
     #[test]
+    fn many_instances_scroll_with_the_selection() {
+        let names: Vec<String> = (0..60).map(|i| format!("web{i:02}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut app = App::new("http://x");
+        app.update(snapshot(&refs), Instant::now());
+        assert!(screen(&app, 100, 24).contains("web00"));
+        for _ in 0..59 {
+            app.on_key(Key::Down);
+        }
+        let s = screen(&app, 100, 24);
+        assert!(s.contains("web59"), "the last one is in view:\n{s}");
+        assert!(!s.contains("web00"), "the first scrolled away:\n{s}");
+    }
+
+    #[test]
     fn a_small_terminal_gets_fewer_columns_and_disconnection_is_shown() {
         let mut app = App::new("http://x");
         app.update(snapshot(&["web"]), Instant::now());
