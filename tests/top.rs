@@ -201,5 +201,16 @@ fn top_says_disconnected_and_recovers_when_lbd_comes_back() {
     tmux.wait_screen("connected again", |s| {
         s.contains(" connected") && !s.contains("disconnected")
     });
-    tmux.keys(&["q"]);
+    // The terminal goes away (hang-up): lbctl exits instead of spinning on a dead tty.
+    let pid = tmux.program_pid();
+    drop(tmux);
+    wait_for(
+        "lbctl gone after the hang-up",
+        Duration::from_secs(10),
+        || {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| !s.contains("State:\tZ"));
+            (!alive).then_some(())
+        },
+    );
 }

@@ -20,13 +20,14 @@ pub use app::App;
 /// Fetches every project with its instances, or says why it could not.
 pub type Fetch = Box<dyn FnMut() -> Result<Vec<ProjectInfo>, String>>;
 
-/// Runs the dashboard until `q`, Ctrl-C or SIGTERM. The terminal is restored
+/// Runs the dashboard until `q`, Ctrl-C, SIGTERM or SIGHUP. The terminal is restored
 /// on every way out, a panic included (ratatui's init installs the hook).
 pub fn run(url: &str, mut fetch: Fetch, refresh: Duration) -> std::io::Result<()> {
+    // SIGTERM ends the loop so the terminal is restored. SIGHUP keeps its
+    // default (exit): the terminal is gone then, nothing to restore, and
+    // reading a hung-up tty would only spin.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(signal, stop.clone())?;
-    }
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let mut terminal = ratatui::init();
     let result = (|| -> std::io::Result<()> {
         let mut app = App::new(url);
