@@ -122,27 +122,17 @@ fn add_health(info: &mut Value, h: &HealthArgs) {
             check.insert("request-path".into(), json!(path));
         }
     }
-    let mut criteria = serde_json::Map::new();
-    for (key, v) in [
+    if let Some(criteria) = given(&[
         ("interval", h.interval),
         ("timeout", h.check_timeout),
         ("health-threshold", h.healthy_threshold),
         ("unhealth-threshold", h.unhealthy_threshold),
-    ] {
-        if let Some(v) = v {
-            criteria.insert(key.into(), json!(v));
-        }
+    ]) {
+        check.insert("criteria".into(), criteria);
     }
-    if !criteria.is_empty() {
-        check.insert("criteria".into(), Value::Object(criteria));
+    if !check.is_empty() {
+        set_backend_field(info, "health-check", Value::Object(check));
     }
-    if check.is_empty() {
-        return;
-    }
-    if info.get("backend").is_none() {
-        info["backend"] = json!({});
-    }
-    info["backend"]["health-check"] = Value::Object(check);
 }
 
 /// Puts the node-count and autoscaling flags that were given into `info`.
@@ -154,24 +144,32 @@ fn add_scaling(info: &mut Value, a: &ScalingArgs) {
         info["max_nodes"] = json!(n);
     }
     if let Some(on) = a.auto_scaling.or(a.autoscale.then_some(true)) {
-        if info.get("backend").is_none() {
-            info["backend"] = json!({});
-        }
-        info["backend"]["auto-scaling"] = json!(on);
+        set_backend_field(info, "auto-scaling", json!(on));
     }
-    let mut scaling = serde_json::Map::new();
-    for (key, v) in [
+    if let Some(scaling) = given(&[
         ("target_requests_per_s", a.target_rps),
         ("target_connections", a.target_connections),
         ("cooldown", a.cooldown),
-    ] {
-        if let Some(v) = v {
-            scaling.insert(key.into(), json!(v));
-        }
+    ]) {
+        info["scaling"] = scaling;
     }
-    if !scaling.is_empty() {
-        info["scaling"] = Value::Object(scaling);
+}
+
+/// The flags that were given, as an object; `None` when none was.
+fn given(fields: &[(&str, Option<u32>)]) -> Option<Value> {
+    let map: serde_json::Map<String, Value> = fields
+        .iter()
+        .filter_map(|(key, v)| v.map(|v| ((*key).to_string(), json!(v))))
+        .collect();
+    (!map.is_empty()).then_some(Value::Object(map))
+}
+
+/// Sets `info.backend.<key>`, creating `backend` when the command gave no entities.
+fn set_backend_field(info: &mut Value, key: &str, value: Value) {
+    if info.get("backend").is_none() {
+        info["backend"] = json!({});
     }
+    info["backend"][key] = value;
 }
 
 fn trimmed(list: &[String]) -> Vec<&str> {
