@@ -281,18 +281,7 @@ impl NetworkDriver for NetnsNetwork {
                         .await
                         .map_err(|e| setup(&format!("create veth {host_if}"), e))?;
                 }
-                if let Some(peer) = link_by_name(&handle, &peer_if).await? {
-                    handle
-                        .link()
-                        .set(
-                            LinkUnspec::new_with_index(peer.header.index)
-                                .setns_by_fd(ns_fd.as_raw_fd())
-                                .build(),
-                        )
-                        .execute()
-                        .await
-                        .map_err(|e| setup(&format!("move {peer_if} into the namespace"), e))?;
-                }
+                move_to_netns(&handle, &peer_if, ns_fd.as_raw_fd()).await?;
                 let index = index_of(&handle, &host_if).await?;
                 if !addresses(&handle, index)
                     .await?
@@ -330,18 +319,7 @@ impl NetworkDriver for NetnsNetwork {
             )
             .map_err(|e| setup("promote_secondaries on the bridge", e))?;
             set_up(&handle, bridge).await?;
-            let peer = index_of(&handle, &peer_if).await?;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(peer)
-                        .controller(bridge)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| setup(&format!("attach {peer_if} to the bridge"), e))
+            join_bridge(&handle, &peer_if).await
         })
     }
 
@@ -434,34 +412,45 @@ pub fn attach_to_bridge(link: &str, netns: &std::path::Path) -> Result<(), Netwo
     let name = link.to_string();
     in_netns(None, move |handle| async move {
         use std::os::fd::AsRawFd;
-        if let Some(l) = link_by_name(&handle, &name).await? {
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(l.header.index)
-                        .setns_by_fd(ns_fd.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| setup(&format!("move {name} into the namespace"), e))?;
-        }
-        Ok(())
+        move_to_netns(&handle, &name, ns_fd.as_raw_fd()).await
     })?;
     let name = link.to_string();
     in_netns(Some(netns.to_path_buf()), move |handle| async move {
-        let bridge = index_of(&handle, BRIDGE).await?;
-        let index = index_of(&handle, &name).await?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .controller(bridge)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| setup(&format!("attach {name} to the bridge"), e))
+        join_bridge(&handle, &name).await
     })
+}
+
+/// Moves link `name`, if it is in this namespace, into the namespace `ns_fd`
+/// (nothing to do when it already moved).
+async fn move_to_netns(handle: &Handle, name: &str, ns_fd: i32) -> Result<(), NetworkError> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(());
+    };
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(link.header.index)
+                .setns_by_fd(ns_fd)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| setup(&format!("move {name} into the namespace"), e))
+}
+
+/// Makes link `name` a port of the bridge, up.
+async fn join_bridge(handle: &Handle, name: &str) -> Result<(), NetworkError> {
+    let bridge = index_of(handle, BRIDGE).await?;
+    let index = index_of(handle, name).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| setup(&format!("attach {name} to the bridge"), e))
 }
