@@ -226,7 +226,7 @@ async fn create_flow_reaches_active_and_is_idempotent() {
         "{:?}",
         inst.status_reason
     );
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     assert_eq!(nodes.len(), 1);
     assert_eq!(
         nodes[0].address.to_string(),
@@ -281,7 +281,7 @@ async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
     let h = harness();
     let id = create_instance(&h.store, 2);
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     h.host.kill(nodes[0].id);
     h.reconciler.reconcile_once().await.unwrap();
     assert_eq!(
@@ -294,10 +294,7 @@ async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
         vec![ipv4(&nodes[1])],
         "only the live node stays in DNS"
     );
-    let events = h
-        .store
-        .read(|c| store::recent_events(c, id, 0, 10))
-        .unwrap();
+    let events = instance_events(&h, id);
     let exited = events
         .iter()
         .find(|e| e.kind == "node_exited")
@@ -305,10 +302,7 @@ async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
     assert!(exited.message.contains("signal 9"), "{}", exited.message);
     // Recorded once, not on every pass.
     h.reconciler.reconcile_once().await.unwrap();
-    let exits = h
-        .store
-        .read(|c| store::recent_events(c, id, 0, 10))
-        .unwrap()
+    let exits = instance_events(&h, id)
         .iter()
         .filter(|e| e.kind == "node_exited")
         .count();
@@ -320,11 +314,11 @@ async fn a_failed_node_is_replaced_then_deleted_after_the_grace_period() {
     let h = harness();
     let id = create_instance(&h.store, 1);
     h.reconciler.reconcile_once().await.unwrap();
-    let old = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].clone();
+    let old = node_rows(&h, id)[0].clone();
     h.host.kill(old.id);
     mark(&h, old.id, NodeState::Failed, 0);
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     assert_eq!(nodes.len(), 2, "the failed node stays for its grace period");
     let new = nodes.iter().find(|n| n.id != old.id).unwrap();
     assert_ne!(
@@ -333,10 +327,7 @@ async fn a_failed_node_is_replaced_then_deleted_after_the_grace_period() {
     );
     assert_eq!(new.state, NodeState::Running);
     assert_eq!(h.dns.a_records("web.demo").await, vec![ipv4(new)]);
-    let events = h
-        .store
-        .read(|c| store::recent_events(c, id, 0, 10))
-        .unwrap();
+    let events = instance_events(&h, id);
     assert!(
         events
             .iter()
@@ -346,12 +337,9 @@ async fn a_failed_node_is_replaced_then_deleted_after_the_grace_period() {
     // Past the grace period, the failed node goes.
     mark(&h, old.id, NodeState::Failed, 61);
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     assert_eq!(nodes.iter().map(|n| n.id).collect::<Vec<_>>(), [new.id]);
-    assert!(h
-        .store
-        .read(|c| store::recent_events(c, id, 0, 10))
-        .unwrap()
+    assert!(instance_events(&h, id)
         .iter()
         .any(|e| e.kind == "node_deleted"));
 }
@@ -361,14 +349,14 @@ async fn a_recovered_node_sends_its_replacement_into_retirement() {
     let h = harness();
     let id = create_instance(&h.store, 1);
     h.reconciler.reconcile_once().await.unwrap();
-    let old = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].clone();
+    let old = node_rows(&h, id)[0].clone();
     mark(&h, old.id, NodeState::Failed, 0);
     h.reconciler.reconcile_once().await.unwrap();
-    let replacement = h.store.read(|c| store::list_nodes(c, id)).unwrap()[1].clone();
+    let replacement = node_rows(&h, id)[1].clone();
     // The health checker saw the old node healthy again.
     mark(&h, old.id, NodeState::Running, 0);
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     let retiring = nodes.iter().find(|n| n.id == replacement.id).unwrap();
     assert_eq!(retiring.state, NodeState::Retiring);
     assert_eq!(
@@ -379,13 +367,7 @@ async fn a_recovered_node_sends_its_replacement_into_retirement() {
     // Drained (no connections, past the DNS TTL): deleted.
     mark(&h, replacement.id, NodeState::Retiring, 6);
     h.reconciler.reconcile_once().await.unwrap();
-    let ids: Vec<i64> = h
-        .store
-        .read(|c| store::list_nodes(c, id))
-        .unwrap()
-        .iter()
-        .map(|n| n.id)
-        .collect();
+    let ids: Vec<i64> = node_rows(&h, id).iter().map(|n| n.id).collect();
     assert_eq!(ids, [old.id]);
     assert!(!h.host.list_nodes().contains(&replacement.id));
 }
@@ -405,14 +387,14 @@ async fn desired_nodes_scale_out_and_in_within_min_and_max() {
         .read(|c| store::set_desired_nodes(c, id, 5))
         .unwrap();
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     assert_eq!(nodes.len(), 2, "never past max_nodes");
     assert_eq!(h.dns.a_records("web.demo").await.len(), 2);
     h.store
         .read(|c| store::set_desired_nodes(c, id, 1))
         .unwrap();
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let nodes = node_rows(&h, id);
     assert_eq!(nodes[1].state, NodeState::Retiring, "the newest retires");
     assert_eq!(h.dns.a_records("web.demo").await, vec![ipv4(&nodes[0])]);
 }
@@ -422,11 +404,11 @@ async fn nodes_found_dead_at_start_restart_at_their_own_address() {
     let h = harness();
     let id = create_instance(&h.store, 1);
     h.reconciler.reconcile_once().await.unwrap();
-    let node = h.store.read(|c| store::list_nodes(c, id)).unwrap()[0].clone();
+    let node = node_rows(&h, id)[0].clone();
     h.host.kill(node.id);
     h.reconciler.restart_nodes_found_dead().unwrap();
     h.reconciler.reconcile_once().await.unwrap();
-    let after = h.store.read(|c| store::list_nodes(c, id)).unwrap();
+    let after = node_rows(&h, id);
     assert_eq!(after.len(), 1);
     assert_eq!(
         (after[0].id, after[0].address, after[0].state),
@@ -438,6 +420,17 @@ async fn nodes_found_dead_at_start_restart_at_their_own_address() {
         2,
         "config pushed again"
     );
+}
+
+fn node_rows(h: &Harness, instance_id: i64) -> Vec<store::NodeRow> {
+    h.store.read(|c| store::list_nodes(c, instance_id)).unwrap()
+}
+
+/// The instance's 10 latest events, newest first.
+fn instance_events(h: &Harness, instance_id: i64) -> Vec<store::EventRow> {
+    h.store
+        .read(|c| store::recent_events(c, instance_id, 0, 10))
+        .unwrap()
 }
 
 /// Sets a node's state as if it changed `ago` seconds ago.
@@ -569,10 +562,7 @@ async fn min_nodes_gives_one_address_and_record_each() {
     let h = harness();
     let id = create_instance(&h.store, 3);
     h.reconciler.reconcile_once().await.unwrap();
-    let addrs: Vec<String> = h
-        .store
-        .read(|c| store::list_nodes(c, id))
-        .unwrap()
+    let addrs: Vec<String> = node_rows(&h, id)
         .iter()
         .map(|n| n.address.to_string())
         .collect();
