@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
@@ -17,7 +17,7 @@ pub struct ProcessCompute {
     binary: PathBuf,
     dir: PathBuf,
     /// Exit reasons of children this lbd started and reaped, by node id.
-    exited: Arc<Mutex<HashMap<i64, String>>>,
+    children: Arc<Children>,
 }
 
 impl ProcessCompute {
@@ -27,7 +27,7 @@ impl ProcessCompute {
         Ok(ProcessCompute {
             binary,
             dir,
-            exited: Arc::default(),
+            children: Arc::default(),
         })
     }
 
@@ -78,6 +78,50 @@ fn enter_netns_on_exec(command: &mut Command, netns: &Path) -> Result<(), Comput
         });
     }
     Ok(())
+}
+
+/// The node processes this lbd started, by node id: `None` while running,
+/// then how each one ended (for the event log).
+#[derive(Default)]
+struct Children {
+    ended: Mutex<HashMap<i64, Option<String>>>,
+    changed: Condvar,
+}
+
+impl Children {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Option<String>>> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn started(&self, node_id: i64) {
+        self.lock().insert(node_id, None);
+    }
+
+    fn ended(&self, node_id: i64, reason: String) {
+        self.lock().insert(node_id, Some(reason));
+        self.changed.notify_all();
+    }
+
+    fn forget(&self, node_id: i64) {
+        self.lock().remove(&node_id);
+    }
+
+    /// `None`: not started by this lbd; `Some(None)`: running.
+    fn state(&self, node_id: i64) -> Option<Option<String>> {
+        self.lock().get(&node_id).cloned()
+    }
+
+    /// How our child `node_id` ended, once its reaper has recorded it; `None`
+    /// for a process this lbd did not start (adopted), which it cannot reap.
+    fn wait_for_end(&self, node_id: i64) -> Option<String> {
+        let (ended, _) = self
+            .changed
+            .wait_timeout_while(self.lock(), Duration::from_secs(1), |m| {
+                matches!(m.get(&node_id), Some(None))
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        ended.get(&node_id).cloned().flatten()
+    }
 }
 
 fn is_our_node(pid: u32, node_id: i64) -> bool {
@@ -148,13 +192,10 @@ impl ComputeDriver for ProcessCompute {
             })?;
         let pid = child.id();
         fs::write(self.pid_file(spec.node_id), format!("{pid}\n"))?;
-        self.exited
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&spec.node_id);
+        self.children.started(spec.node_id);
         // Reap the child when it exits, so it does not linger as a zombie, and
         // remember how it ended for the event log.
-        let exited = self.exited.clone();
+        let children = self.children.clone();
         let node_id = spec.node_id;
         std::thread::Builder::new()
             .name(format!("reap-node-{node_id}"))
@@ -167,40 +208,25 @@ impl ComputeDriver for ProcessCompute {
                     },
                     Err(e) => format!("wait failed: {e}"),
                 };
-                exited
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(node_id, reason);
+                children.ended(node_id, reason);
             })?;
         Ok(NodeObservation::Running { pid })
     }
 
     fn observe_node(&self, node_id: i64) -> NodeObservation {
-        let exit_reason = || {
-            self.exited
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&node_id)
-                .cloned()
-        };
-        if let Some(reason) = exit_reason() {
+        if let Some(Some(reason)) = self.children.state(node_id) {
             return NodeObservation::Exited { reason };
         }
         match self.live_pid(node_id) {
             Some(pid) => NodeObservation::Running { pid },
-            None if self.pid_file(node_id).exists() => {
-                // A child of ours that just exited: its reaper thread records
-                // how in a moment; wait briefly rather than report less.
-                for _ in 0..50 {
-                    std::thread::sleep(Duration::from_millis(2));
-                    if let Some(reason) = exit_reason() {
-                        return NodeObservation::Exited { reason };
-                    }
-                }
-                NodeObservation::Exited {
-                    reason: "the process is gone".into(),
-                }
-            }
+            None if self.pid_file(node_id).exists() => NodeObservation::Exited {
+                // A child of ours that just exited is a zombie until its
+                // reaper records how it ended: wait for that, not less.
+                reason: self
+                    .children
+                    .wait_for_end(node_id)
+                    .unwrap_or_else(|| "the process is gone".into()),
+            },
             None => NodeObservation::Absent,
         }
     }
@@ -224,10 +250,7 @@ impl ComputeDriver for ProcessCompute {
         }
         remove_if_exists(&self.pid_file(node_id))?;
         remove_if_exists(&self.log_file(node_id))?;
-        self.exited
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&node_id);
+        self.children.forget(node_id);
         Ok(())
     }
 
