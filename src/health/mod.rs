@@ -120,27 +120,40 @@ impl HealthChecker {
 
     /// Starts a check of every running or failed node that is due.
     fn schedule(&self, checks: &mut JoinSet<CheckResult>) {
-        let read = self.store.read(|c| {
-            let instances: HashMap<i64, InstanceRow> = store::all_instances(c)?
-                .into_iter()
-                .map(|i| (i.id, i))
-                .collect();
-            Ok::<_, store::StoreError>((store::all_nodes(c)?, instances))
-        });
-        let (nodes, instances) = match read {
-            Ok(r) => r,
+        // Every tick reads only the node rows; instance specs (JSON) are read
+        // when some node is due, which is at most once per interval.
+        let nodes = match self.store.read(store::all_nodes) {
+            Ok(n) => n,
             Err(e) => return tracing::warn!("health checker: {e}"),
         };
         let now = Instant::now();
+        let due: Vec<NodeRow> = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.nodes.retain(|id, _| {
+                nodes.iter().any(|n| {
+                    n.id == *id && matches!(n.state, NodeState::Running | NodeState::Failed)
+                })
+            });
+            nodes
+                .into_iter()
+                .filter(|n| matches!(n.state, NodeState::Running | NodeState::Failed))
+                .filter(|n| {
+                    state
+                        .nodes
+                        .get(&n.id)
+                        .is_none_or(|h| !h.in_flight && h.next_due <= now)
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let instances: HashMap<i64, InstanceRow> = match self.store.read(store::all_instances) {
+            Ok(list) => list.into_iter().map(|i| (i.id, i)).collect(),
+            Err(e) => return tracing::warn!("health checker: {e}"),
+        };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .nodes
-            .retain(|id, _| nodes.iter().any(|n| n.id == *id));
-        for node in nodes {
-            if !matches!(node.state, NodeState::Running | NodeState::Failed) {
-                state.nodes.remove(&node.id);
-                continue;
-            }
+        for node in due {
             let Some(inst) = instances.get(&node.instance_id) else {
                 continue;
             };
@@ -152,9 +165,6 @@ impl HealthChecker {
                 in_flight: false,
                 last: None,
             });
-            if health.in_flight || health.next_due > now {
-                continue;
-            }
             health.in_flight = true;
             health.next_due = now + Duration::from_secs(u64::from(criteria.interval));
             let timeout = Duration::from_secs(u64::from(criteria.timeout.max(1)));
@@ -187,32 +197,19 @@ impl HealthChecker {
             Ok(None) => return,
             Err(e) => return tracing::warn!("health checker: {e}"),
         };
-        let outcome = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(health) = state.nodes.get_mut(&node_id) else {
-                return;
-            };
-            health.in_flight = false;
-            match &result {
-                Ok(status) => {
-                    health.failures = 0;
-                    health.successes += 1;
-                    let previous = health.last.replace((Instant::now(), status.stats.clone()));
-                    Ok((health.successes, previous))
-                }
-                Err(_) => {
-                    health.successes = 0;
-                    health.failures += 1;
-                    Err(health.failures)
-                }
-            }
-        };
-        let res = match (result, outcome) {
-            (Ok(status), Ok((successes, previous))) => {
+        let res = match result {
+            Ok(status) => {
+                let Some((successes, previous)) = self.count_pass(node_id, &status) else {
+                    return;
+                };
                 self.on_answer(&node, &inst, &status, successes, previous)
             }
-            (Err(reason), Err(failures)) => self.on_miss(&node, &inst, &reason, failures),
-            _ => unreachable!("outcome follows result"),
+            Err(reason) => {
+                let Some(failures) = self.count_miss(node_id) else {
+                    return;
+                };
+                self.on_miss(&node, &inst, &reason, failures)
+            }
         };
         if let Err(e) = res {
             tracing::warn!("node {node_id}: {e}");
@@ -224,6 +221,32 @@ impl HealthChecker {
         {
             tracing::warn!("instance {}: {e}", inst.name);
         }
+    }
+
+    /// Counts a passed check: consecutive passes, and the previous answer
+    /// (for rates). `None` when the node is no longer tracked.
+    fn count_pass(
+        &self,
+        node_id: i64,
+        status: &NodeStatus,
+    ) -> Option<(u32, Option<(Instant, crate::model::NodeStats)>)> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let health = state.nodes.get_mut(&node_id)?;
+        health.in_flight = false;
+        health.failures = 0;
+        health.successes += 1;
+        let previous = health.last.replace((Instant::now(), status.stats.clone()));
+        Some((health.successes, previous))
+    }
+
+    /// Counts a missed check: consecutive misses.
+    fn count_miss(&self, node_id: i64) -> Option<u32> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let health = state.nodes.get_mut(&node_id)?;
+        health.in_flight = false;
+        health.successes = 0;
+        health.failures += 1;
+        Some(health.failures)
     }
 
     fn on_answer(
