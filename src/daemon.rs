@@ -82,7 +82,7 @@ pub async fn run(
         ..Default::default()
     };
     let node_admin = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
-    let reconciler = Arc::new(Reconciler::with_node_admin(
+    let reconciler = Arc::new(Reconciler::new(
         store.clone(),
         compute,
         network.clone(),

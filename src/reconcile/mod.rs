@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use crate::dns::{instance_label, DnsDriver};
 use crate::drivers::compute::{ComputeDriver, NodeObservation};
 use crate::drivers::network::NetworkDriver;
-use crate::drivers::node_admin::{NodeAdmin, NodeAdminClient};
+use crate::drivers::node_admin::NodeAdmin;
 use crate::model::{NodeState, OperatingStatus};
 use crate::store::{self, EventSubject, Store};
 
@@ -72,19 +72,9 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// `nodes` talks to the nodes' admin APIs (the daemon shares its client
+    /// with the health checker; logic tests pass a fake).
     pub fn new(
-        store: Store,
-        compute: Arc<dyn ComputeDriver>,
-        network: Arc<dyn NetworkDriver>,
-        dns: Arc<dyn DnsDriver>,
-        settings: ReconcileSettings,
-    ) -> Self {
-        let nodes = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
-        Self::with_node_admin(store, compute, network, dns, nodes, settings)
-    }
-
-    /// As [`Reconciler::new`], with a given node admin client (a fake in logic tests).
-    pub fn with_node_admin(
         store: Store,
         compute: Arc<dyn ComputeDriver>,
         network: Arc<dyn NetworkDriver>,

@@ -170,7 +170,7 @@ fn harness() -> Harness {
         error_retry: std::time::Duration::ZERO,
         ..Default::default()
     };
-    let reconciler = Arc::new(Reconciler::with_node_admin(
+    let reconciler = Arc::new(Reconciler::new(
         store.clone(),
         host.clone(),
         network,
