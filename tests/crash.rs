@@ -299,16 +299,8 @@ fn crash_burst(mut lbd: Lbd, backend: &HttpBackend) {
 /// Waits (with a deadline) until lbd's world matches; returns what still differs.
 fn wait_for_world(lbd: &Lbd, world: &World) -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut told = false;
     loop {
         let wrong = differences(lbd, world);
-        if !told
-            && !wrong.is_empty()
-            && deadline - std::time::Instant::now() < Duration::from_secs(55)
-        {
-            eprintln!("still different after 5 s: {wrong:#?}");
-            told = true;
-        }
         if wrong.is_empty() || std::time::Instant::now() > deadline {
             return wrong;
         }
