@@ -93,6 +93,7 @@ pub async fn run(
     // Before the first pass, so nodes that died while lbd was down restart in place.
     reconciler
         .restart_nodes_found_dead()
+        .await
         .context("checking the nodes at start")?;
     let reconcile_task = tokio::spawn(reconciler.run(wake.clone(), stop_rx.clone()));
     let checker = Arc::new(HealthChecker::new(

@@ -387,12 +387,12 @@ fn the_monitor_log_is_downsampled_and_pruned_by_the_running_daemon() {
     let now = lbaas::store::now();
     let stats = lbaas::model::NodeStats::default();
     store
-        .transaction(|tx| {
+        .transaction_blocking(|tx| {
             for k in 0..(2 * 3600 / 5) {
                 let sample = lbaas::model::SampleInfo {
                     ts: now - 2 * 3600 - 120 + k * 5,
                     resolution: 0,
-                    node_id,
+                    node_id: lbaas::model::NodeId(node_id),
                     requests_per_s: 10.0,
                     active_connections: 1.0,
                     bytes_in_per_s: 0.0,
@@ -403,17 +403,17 @@ fn the_monitor_log_is_downsampled_and_pruned_by_the_running_daemon() {
                     members_up: 1,
                     members_down: 0,
                 };
-                lbaas::store::add_sample(tx, instance_id, &sample, &stats)?;
+                lbaas::store::add_sample(tx, lbaas::model::InstanceId(instance_id), &sample, &stats)?;
             }
             tx.execute(
-                "INSERT INTO events (ts, instance_id, kind, message) VALUES (?1, ?2, 'old', 'x')",
+                "INSERT INTO events (ts, instance_id, kind, message) VALUES (?1, ?2, 'node_ready', 'x')",
                 rusqlite::params![now - 7200, instance_id],
             )?;
             Ok::<_, lbaas::store::StoreError>(())
         })
         .unwrap();
     let (raw, minutes, _) = wait_for("retention ran", Duration::from_secs(30), || {
-        let size = store.read(lbaas::store::monitor_log_size).unwrap();
+        let size = store.read_blocking(lbaas::store::monitor_log_size).unwrap();
         (size.1 > 0).then_some(size)
     });
     // An hour (720 at 5 s) plus the minute being filled and live samples.

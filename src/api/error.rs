@@ -74,7 +74,9 @@ impl ApiError {
             }
             Self::Network(NetworkError::PoolExhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Network(NetworkError::Setup(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Store(StoreError::Sqlite(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(StoreError::Unavailable | StoreError::Sqlite(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -97,7 +99,7 @@ impl ApiError {
             Self::Network(NetworkError::PoolExhausted { .. }) => "subnet_pool_exhausted",
             Self::Network(NetworkError::Setup(_)) => "network_error",
             Self::Network(NetworkError::Backend { .. }) => "invalid_backend",
-            Self::Store(StoreError::Sqlite(_)) => "store_unavailable",
+            Self::Store(StoreError::Unavailable | StoreError::Sqlite(_)) => "store_unavailable",
             Self::Store(_) => "internal",
             Self::NoRoute => "not_found",
         }
@@ -145,6 +147,11 @@ mod tests {
         assert_eq!(
             ApiError::BodyTooLarge(1).status(),
             StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let e = ApiError::from(StoreError::Unavailable);
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         );
     }
 }

@@ -1,7 +1,8 @@
-//! One function per request kind. Each runs in one store transaction: it
-//! either commits the whole change or leaves the store as it was.
+//! One function per request kind. A write runs in one store transaction: it
+//! either commits the whole change or leaves the store as it was. Reads use
+//! the store's reader, so they work while another process holds the lock.
 
-use rusqlite::Transaction;
+use rusqlite::Connection;
 use serde_json::Value;
 
 use super::views::{instance_info, instance_info_with, project_info, History};
@@ -10,29 +11,45 @@ use crate::drivers::network::NetworkError;
 use crate::model::allocator::{allocate_subnet, overlaps};
 use crate::model::envelope::ApiRequest;
 use crate::model::{
-    InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate, ProjectDelete,
-    ProjectRef, ProjectUpdate, ProvisioningStatus, ValidationError,
+    EventKind, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
+    ProjectDelete, ProjectRef, ProjectUpdate, ProvisioningStatus, ValidationError,
 };
 use crate::store::{self, EventSubject, ProjectRow};
 
-pub(super) fn handle(state: &AppState, req: ApiRequest) -> Result<Value, ApiError> {
-    let writes = !matches!(
-        req,
-        ApiRequest::ProjectInfo(_) | ApiRequest::InstanceInfo(_)
-    );
-    let info = state.store.transaction(|tx| match req {
-        ApiRequest::CreateProject(r) => create_project(state, tx, r),
-        ApiRequest::ProjectInfo(r) => project_info_or_list(state, tx, r),
-        ApiRequest::UpdateProject(r) => update_project(state, tx, r),
-        ApiRequest::DeleteProject(r) => delete_project(state, tx, r),
-        ApiRequest::CreateInstance(r) => create_instance(state, tx, r),
-        ApiRequest::InstanceInfo(r) => instance_info_or_list(state, tx, r),
-        ApiRequest::UpdateInstance(r) => update_instance(state, tx, r),
-        ApiRequest::DeleteInstance(r) => delete_instance(state, tx, r),
-    })?;
-    if writes {
-        state.wake.notify_one();
+pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, ApiError> {
+    let st = state.clone();
+    match req {
+        ApiRequest::ProjectInfo(r) => {
+            return st
+                .store
+                .clone()
+                .read(move |c| project_info_or_list(&st, c, r))
+                .await
+        }
+        ApiRequest::InstanceInfo(r) => {
+            return st
+                .store
+                .clone()
+                .read(move |c| instance_info_or_list(&st, c, r))
+                .await
+        }
+        _ => {}
     }
+    let info = state
+        .store
+        .transaction(move |tx| match req {
+            ApiRequest::CreateProject(r) => create_project(&st, tx, r),
+            ApiRequest::UpdateProject(r) => update_project(&st, tx, r),
+            ApiRequest::DeleteProject(r) => delete_project(&st, tx, r),
+            ApiRequest::CreateInstance(r) => create_instance(&st, tx, r),
+            ApiRequest::UpdateInstance(r) => update_instance(&st, tx, r),
+            ApiRequest::DeleteInstance(r) => delete_instance(&st, tx, r),
+            ApiRequest::ProjectInfo(_) | ApiRequest::InstanceInfo(_) => {
+                unreachable!("reads are answered above")
+            }
+        })
+        .await?;
+    state.wake.notify_one();
     Ok(info)
 }
 
@@ -40,15 +57,11 @@ fn to_value<T: serde::Serialize>(v: T) -> Value {
     serde_json::to_value(v).expect("API views always serialize")
 }
 
-fn project(tx: &Transaction<'_>, name: &str) -> Result<ProjectRow, ApiError> {
+fn project(tx: &Connection, name: &str) -> Result<ProjectRow, ApiError> {
     store::project_by_name(tx, name)?.ok_or_else(|| ApiError::ProjectNotFound(name.to_string()))
 }
 
-fn instance(
-    tx: &Transaction<'_>,
-    p: &ProjectRow,
-    name: &str,
-) -> Result<store::InstanceRow, ApiError> {
+fn instance(tx: &Connection, p: &ProjectRow, name: &str) -> Result<store::InstanceRow, ApiError> {
     store::instance_by_name(tx, p.id, name)?.ok_or_else(|| ApiError::InstanceNotFound {
         project: p.name.clone(),
         name: name.to_string(),
@@ -59,7 +72,7 @@ fn instance(
 
 fn create_project(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: ProjectCreate,
 ) -> Result<Value, ApiError> {
     let spec = req.validate()?;
@@ -89,14 +102,10 @@ fn create_project(
         }
     };
     let row = store::insert_project(tx, &spec.name, &spec.user, &subnet.to_string())?;
-    let subject = EventSubject {
-        project_id: Some(row.id),
-        ..Default::default()
-    };
     store::add_event(
         tx,
-        subject,
-        "project_created",
+        EventSubject::project(row.id),
+        EventKind::ProjectCreated,
         &format!("project {} created with subnet {subnet}", row.name),
     )?;
     Ok(to_value(project_info(tx, &row, &state.zone)?))
@@ -104,7 +113,7 @@ fn create_project(
 
 fn project_info_or_list(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: ProjectRef,
 ) -> Result<Value, ApiError> {
     match req.name {
@@ -125,7 +134,7 @@ fn project_info_or_list(
 
 fn update_project(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: ProjectUpdate,
 ) -> Result<Value, ApiError> {
     req.validate()?;
@@ -140,7 +149,7 @@ fn update_project(
 
 fn delete_project(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: ProjectDelete,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.name)?;
@@ -167,7 +176,7 @@ fn delete_project(
 
 fn create_instance(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: InstanceCreate,
 ) -> Result<Value, ApiError> {
     let spec = req.clone().validate()?;
@@ -197,15 +206,10 @@ fn create_instance(
         });
     }
     let row = store::insert_instance(tx, p.id, &spec)?;
-    let subject = EventSubject {
-        project_id: Some(p.id),
-        instance_id: Some(row.id),
-        node_id: None,
-    };
     store::add_event(
         tx,
-        subject,
-        "instance_created",
+        EventSubject::instance(p.id, row.id),
+        EventKind::InstanceCreated,
         &format!("instance {}.{} requested", row.name, p.name),
     )?;
     Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
@@ -213,7 +217,7 @@ fn create_instance(
 
 fn instance_info_or_list(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: InstanceRef,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.project)?;
@@ -249,7 +253,7 @@ fn instance_info_or_list(
 
 fn update_instance(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: InstanceUpdate,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.project)?;
@@ -268,15 +272,10 @@ fn update_instance(
     }
     if next != row.spec {
         store::update_instance_spec(tx, row.id, &next)?;
-        let subject = EventSubject {
-            project_id: Some(p.id),
-            instance_id: Some(row.id),
-            node_id: None,
-        };
         store::add_event(
             tx,
-            subject,
-            "instance_updated",
+            EventSubject::instance(p.id, row.id),
+            EventKind::InstanceUpdated,
             &format!("instance {}.{} update requested", row.name, p.name),
         )?;
     }
@@ -286,7 +285,7 @@ fn update_instance(
 
 fn delete_instance(
     state: &AppState,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     req: InstanceDelete,
 ) -> Result<Value, ApiError> {
     let p = project(tx, &req.project)?;

@@ -63,7 +63,7 @@ async fn api(State(state): State<AppState>, request: Request) -> Response {
     };
     let (header, parsed) = ApiRequest::parse(&body);
     let result = match parsed {
-        Ok(req) => handlers::handle(&state, req),
+        Ok(req) => handlers::handle(&state, req).await,
         Err(e) => Err(e.into()),
     };
     envelope(&header, result)
@@ -73,7 +73,7 @@ async fn prometheus(State(state): State<AppState>, request: Request) -> Response
     if !authorized(&request, &state.token) {
         return envelope(&EnvelopeHeader::default(), Err(ApiError::Unauthorized));
     }
-    match state.store.read(metrics::render) {
+    match state.store.read(metrics::render).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => envelope(&EnvelopeHeader::default(), Err(e.into())),
     }

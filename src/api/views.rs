@@ -70,7 +70,7 @@ pub fn instance_info_with(
                 id: n.id,
                 name: format!("node-{}", n.id),
                 address: n.address.to_string(),
-                state: n.state.as_str().to_string(),
+                state: n.state,
                 pid: n.pid,
                 operating_status: n.operating_status,
                 sampled_at: sample.as_ref().map(|(ts, _)| *ts),
@@ -121,7 +121,7 @@ pub fn instance_info_with(
 /// An instance's events since `since`, newest first.
 pub fn events(
     c: &Connection,
-    instance_id: i64,
+    instance_id: crate::model::InstanceId,
     since: i64,
     limit: u32,
 ) -> Result<Vec<EventInfo>, StoreError> {

@@ -5,3 +5,6 @@
 pub mod compute;
 pub mod network;
 pub mod node_admin;
+
+#[cfg(test)]
+pub mod fake;

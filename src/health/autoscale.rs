@@ -10,21 +10,23 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::model::scaling::{Load, ScaleBounds, ScaleDecision, ScalingWindow};
-use crate::model::{NodeState, OperatingStatus, ProvisioningStatus, SampleInfo};
-use crate::store::{self, InstanceRow, Store};
+use crate::model::{
+    EventKind, InstanceId, NodeId, NodeState, OperatingStatus, ProvisioningStatus, SampleInfo,
+};
+use crate::store::{self, EventSubject, InstanceRow, Store, StoreError};
 
 #[derive(Default)]
 struct InstanceLoad {
     window: ScalingWindow,
     /// Per node: when its latest sample came, requests/s, active connections.
-    latest: HashMap<i64, (Instant, f64, f64)>,
+    latest: HashMap<NodeId, (Instant, f64, f64)>,
     last_decision: Option<Instant>,
 }
 
 pub(super) struct Autoscaler {
     store: Store,
     wake: Arc<Notify>,
-    instances: Mutex<HashMap<i64, InstanceLoad>>,
+    instances: Mutex<HashMap<InstanceId, InstanceLoad>>,
 }
 
 impl Autoscaler {
@@ -37,13 +39,16 @@ impl Autoscaler {
     }
 
     /// Takes a sample of a running node (one with a rate: not its first).
-    pub(super) fn observe(&self, inst: &InstanceRow, sample: &SampleInfo) {
-        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+    pub(super) async fn observe(&self, inst: &InstanceRow, sample: &SampleInfo) {
         if !inst.spec.auto_scaling || inst.provisioning_status != ProvisioningStatus::Active {
-            instances.remove(&inst.id);
+            self.instances
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&inst.id);
             return;
         }
-        let serving: Vec<i64> = match self.store.read(|c| store::list_nodes(c, inst.id)) {
+        let id = inst.id;
+        let serving: Vec<NodeId> = match self.store.read(move |c| store::list_nodes(c, id)).await {
             Ok(nodes) => nodes
                 .iter()
                 .filter(|n| {
@@ -53,6 +58,40 @@ impl Autoscaler {
                 .collect(),
             Err(e) => return tracing::warn!("autoscaler: {e}"),
         };
+        let Some((decision, desired)) = self.decide(inst, sample, &serving) else {
+            return;
+        };
+        let (to, kind, reason) = match decision {
+            ScaleDecision::Out { to, reason } => (to, EventKind::ScaleOut, reason),
+            ScaleDecision::In { to, reason } => (to, EventKind::ScaleIn, reason),
+        };
+        let message = format!("{desired} -> {to} nodes: {reason}");
+        tracing::info!(%kind, instance = %inst.name, "{message}");
+        let subject = EventSubject::instance(inst.project_id, inst.id);
+        let written = self
+            .store
+            .transaction(move |c| {
+                store::set_desired_nodes(c, id, to)?;
+                store::add_event(c, subject, kind, &message)
+            })
+            .await;
+        match written {
+            Ok(()) => self.wake.notify_one(),
+            // The next round decides again.
+            Err::<(), StoreError>(e) => tracing::warn!("autoscaler: {e}"),
+        }
+    }
+
+    /// Adds the sample to the instance's round; once every serving node has
+    /// reported, asks the policy. Returns its decision and the node count it
+    /// started from.
+    fn decide(
+        &self,
+        inst: &InstanceRow,
+        sample: &SampleInfo,
+        serving: &[NodeId],
+    ) -> Option<(ScaleDecision, u32)> {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
         let entry = instances.entry(inst.id).or_default();
         entry.latest.retain(|id, _| serving.contains(id));
         entry.latest.insert(
@@ -71,7 +110,7 @@ impl Autoscaler {
                 .is_some_and(|(at, _, _)| entry.last_decision.is_none_or(|d| *at > d))
         });
         if serving.is_empty() || !round_complete {
-            return;
+            return None;
         }
         entry.last_decision = Some(Instant::now());
         let load = Load {
@@ -88,27 +127,7 @@ impl Autoscaler {
                 .scaled_at
                 .is_none_or(|t| store::now() - t >= i64::from(policy.cooldown)),
         };
-        let Some(decision) = policy.decide(&mut entry.window, &load, bounds) else {
-            return;
-        };
-        drop(instances);
-        let (to, kind, reason) = match decision {
-            ScaleDecision::Out { to, reason } => (to, "scale_out", reason),
-            ScaleDecision::In { to, reason } => (to, "scale_in", reason),
-        };
-        if let Err(e) = self
-            .store
-            .read(|c| store::set_desired_nodes(c, inst.id, to))
-        {
-            return tracing::warn!("autoscaler: {e}");
-        }
-        super::event(
-            &self.store,
-            inst,
-            None,
-            kind,
-            &format!("{} -> {to} nodes: {reason}", bounds.desired),
-        );
-        self.wake.notify_one();
+        let decision = policy.decide(&mut entry.window, &load, bounds)?;
+        Some((decision, bounds.desired))
     }
 }

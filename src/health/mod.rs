@@ -11,8 +11,14 @@
 //! - the circuit breaker: with more than a share of all nodes failing at once,
 //!   no node is marked failed and an event says why;
 //! - autoscaling (see `autoscale.rs`), and the monitor log's retention.
+//!
+//! Each decision (`decision.rs`) is one transaction: the guarded state move
+//! and its event. While the store cannot be written (another process holds
+//! its lock), checks go on, decisions wait in memory and are written as soon
+//! as it can be; a lost load sample is acceptable, a lost failover is not.
 
 mod autoscale;
+mod decision;
 mod sample;
 
 use std::collections::HashMap;
@@ -25,9 +31,12 @@ use tokio::task::JoinSet;
 
 use crate::drivers::node_admin::NodeAdmin;
 use crate::model::scaling::failover_paused;
-use crate::model::{NodeState, NodeStatus, OperatingStatus};
-use crate::store::{self, EventSubject, InstanceRow, NodeRow, Retention, Store};
+use crate::model::{
+    EventKind, InstanceId, NodeId, NodeState, NodeStats, NodeStatus, OperatingStatus,
+};
+use crate::store::{self, EventSubject, InstanceRow, NodeRow, Retention, Store, StoreError};
 use autoscale::Autoscaler;
+use decision::Decision;
 
 /// Knobs of the health checker.
 #[derive(Debug, Clone)]
@@ -61,13 +70,15 @@ struct NodeHealth {
     next_due: Instant,
     in_flight: bool,
     /// The previous answer, for rates.
-    last: Option<(Instant, crate::model::NodeStats)>,
+    last: Option<(Instant, NodeStats)>,
 }
 
 #[derive(Default)]
 struct CheckerState {
-    nodes: HashMap<i64, NodeHealth>,
+    nodes: HashMap<NodeId, NodeHealth>,
     breaker_open: bool,
+    /// Decisions the store could not take yet (it was locked), newest per node.
+    pending: HashMap<NodeId, Decision>,
 }
 
 pub struct HealthChecker {
@@ -80,7 +91,14 @@ pub struct HealthChecker {
     autoscaler: Autoscaler,
 }
 
-type CheckResult = (i64, Result<NodeStatus, String>);
+type CheckResult = (NodeId, Result<NodeStatus, String>);
+
+/// Why the checker's loop woke up.
+enum Wakeup {
+    Checked(Box<Result<CheckResult, tokio::task::JoinError>>),
+    Tick,
+    Retention,
+}
 
 impl HealthChecker {
     pub fn new(
@@ -99,6 +117,10 @@ impl HealthChecker {
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, CheckerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Checks nodes until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut checks: JoinSet<CheckResult> = JoinSet::new();
@@ -106,53 +128,50 @@ impl HealthChecker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(self.settings.retention_every);
         loop {
-            tokio::select! {
-                Some(done) = checks.join_next() => match done {
-                    Ok((node_id, result)) => self.apply(node_id, result),
+            let wakeup = tokio::select! {
+                Some(done) = checks.join_next() => Wakeup::Checked(Box::new(done)),
+                _ = tick.tick() => Wakeup::Tick,
+                _ = retention.tick() => Wakeup::Retention,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match wakeup {
+                Wakeup::Checked(done) => match *done {
+                    Ok((node_id, result)) => self.apply(node_id, result).await,
                     Err(e) => tracing::error!("health check task failed: {e}"),
                 },
-                _ = tick.tick() => self.schedule(&mut checks),
-                _ = retention.tick() => self.apply_retention(),
-                _ = shutdown.wait_for(|s| *s) => return,
+                Wakeup::Tick => {
+                    self.write_pending().await;
+                    self.schedule(&mut checks).await;
+                }
+                Wakeup::Retention => self.apply_retention().await,
             }
         }
     }
 
+    /// Decisions still waiting for the store (for tests and `lbd`'s log).
+    pub fn pending_decisions(&self) -> usize {
+        self.state().pending.len()
+    }
+
     /// Starts a check of every running or failed node that is due.
-    fn schedule(&self, checks: &mut JoinSet<CheckResult>) {
+    async fn schedule(&self, checks: &mut JoinSet<CheckResult>) {
         // Every tick reads only the node rows; instance specs (JSON) are read
         // when some node is due, which is at most once per interval.
-        let nodes = match self.store.read(store::all_nodes) {
+        let nodes = match self.store.read(store::all_nodes).await {
             Ok(n) => n,
             Err(e) => return tracing::warn!("health checker: {e}"),
         };
-        let now = Instant::now();
-        let due: Vec<NodeRow> = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.nodes.retain(|id, _| {
-                nodes.iter().any(|n| {
-                    n.id == *id && matches!(n.state, NodeState::Running | NodeState::Failed)
-                })
-            });
-            nodes
-                .into_iter()
-                .filter(|n| matches!(n.state, NodeState::Running | NodeState::Failed))
-                .filter(|n| {
-                    state
-                        .nodes
-                        .get(&n.id)
-                        .is_none_or(|h| !h.in_flight && h.next_due <= now)
-                })
-                .collect()
-        };
+        let due = self.due_nodes(nodes, Instant::now());
         if due.is_empty() {
             return;
         }
-        let instances: HashMap<i64, InstanceRow> = match self.store.read(store::all_instances) {
-            Ok(list) => list.into_iter().map(|i| (i.id, i)).collect(),
-            Err(e) => return tracing::warn!("health checker: {e}"),
-        };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let instances: HashMap<InstanceId, InstanceRow> =
+            match self.store.read(store::all_instances).await {
+                Ok(list) => list.into_iter().map(|i| (i.id, i)).collect(),
+                Err(e) => return tracing::warn!("health checker: {e}"),
+            };
+        let now = Instant::now();
+        let mut state = self.state();
         for node in due {
             let Some(inst) = instances.get(&node.instance_id) else {
                 continue;
@@ -183,19 +202,46 @@ impl HealthChecker {
         }
     }
 
+    /// The running and failed nodes whose next check is due; forgets nodes
+    /// that are gone or no longer checked.
+    fn due_nodes(&self, nodes: Vec<NodeRow>, now: Instant) -> Vec<NodeRow> {
+        let checked = |n: &NodeRow| matches!(n.state, NodeState::Running | NodeState::Failed);
+        let mut state = self.state();
+        state
+            .nodes
+            .retain(|id, _| nodes.iter().any(|n| n.id == *id && checked(n)));
+        nodes
+            .into_iter()
+            .filter(checked)
+            .filter(|n| {
+                state
+                    .nodes
+                    .get(&n.id)
+                    .is_none_or(|h| !h.in_flight && h.next_due <= now)
+            })
+            .collect()
+    }
+
     /// Applies one check's result to the node's counters and, at a
     /// threshold, to its state.
-    fn apply(&self, node_id: i64, result: Result<NodeStatus, String>) {
-        let read = self.store.read(|c| {
-            let Some(node) = store::node_by_id(c, node_id)? else {
-                return Ok(None);
-            };
-            Ok(store::instance_by_id(c, node.instance_id)?.map(|i| (node, i)))
-        });
+    async fn apply(&self, node_id: NodeId, result: Result<NodeStatus, String>) {
+        let read = self
+            .store
+            .read(move |c| {
+                let Some(node) = store::node_by_id(c, node_id)? else {
+                    return Ok(None);
+                };
+                Ok::<_, StoreError>(store::instance_by_id(c, node.instance_id)?.map(|i| (node, i)))
+            })
+            .await;
         let (node, inst) = match read {
             Ok(Some(found)) => found,
             Ok(None) => return,
-            Err(e) => return tracing::warn!("health checker: {e}"),
+            Err(e) => {
+                // Unknown now; the node is checked again at its next interval.
+                self.forget_check(node_id);
+                return tracing::warn!("health checker: {e}");
+            }
         };
         let res = match result {
             Ok(status) => {
@@ -203,23 +249,32 @@ impl HealthChecker {
                     return;
                 };
                 self.on_answer(&node, &inst, &status, successes, previous)
+                    .await
             }
             Err(reason) => {
                 let Some(failures) = self.count_miss(node_id) else {
                     return;
                 };
-                self.on_miss(&node, &inst, &reason, failures)
+                self.on_miss(&node, &inst, &reason, failures).await
             }
         };
         if let Err(e) = res {
             tracing::warn!("node {node_id}: {e}");
         }
-        self.check_breaker(&inst);
+        self.check_breaker(&inst).await;
+        let row = inst.clone();
         if let Err(e) = self
             .store
-            .read(|c| store::refresh_instance_operating(c, &inst))
+            .transaction(move |c| store::refresh_instance_operating(c, &row))
+            .await
         {
-            tracing::warn!("instance {}: {e}", inst.name);
+            tracing::debug!("instance {}: {e}", inst.name);
+        }
+    }
+
+    fn forget_check(&self, node_id: NodeId) {
+        if let Some(h) = self.state().nodes.get_mut(&node_id) {
+            h.in_flight = false;
         }
     }
 
@@ -227,10 +282,10 @@ impl HealthChecker {
     /// (for rates). `None` when the node is no longer tracked.
     fn count_pass(
         &self,
-        node_id: i64,
+        node_id: NodeId,
         status: &NodeStatus,
-    ) -> Option<(u32, Option<(Instant, crate::model::NodeStats)>)> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    ) -> Option<(u32, Option<(Instant, NodeStats)>)> {
+        let mut state = self.state();
         let health = state.nodes.get_mut(&node_id)?;
         health.in_flight = false;
         health.failures = 0;
@@ -240,8 +295,8 @@ impl HealthChecker {
     }
 
     /// Counts a missed check: consecutive misses.
-    fn count_miss(&self, node_id: i64) -> Option<u32> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn count_miss(&self, node_id: NodeId) -> Option<u32> {
+        let mut state = self.state();
         let health = state.nodes.get_mut(&node_id)?;
         health.in_flight = false;
         health.successes = 0;
@@ -249,18 +304,16 @@ impl HealthChecker {
         Some(health.failures)
     }
 
-    fn on_answer(
+    async fn on_answer(
         &self,
         node: &NodeRow,
         inst: &InstanceRow,
         status: &NodeStatus,
         successes: u32,
-        previous: Option<(Instant, crate::model::NodeStats)>,
-    ) -> Result<(), store::StoreError> {
+        previous: Option<(Instant, NodeStats)>,
+    ) -> Result<(), StoreError> {
         let had_previous = previous.is_some();
         let sample = sample::from_status(node.id, &status.stats, previous);
-        self.store
-            .read(|c| store::add_sample(c, inst.id, &sample, &status.stats))?;
         let operating = if sample.members_down > 0 {
             OperatingStatus::Degraded
         } else {
@@ -268,90 +321,146 @@ impl HealthChecker {
         };
         match node.state {
             NodeState::Running => {
-                self.store
-                    .read(|c| store::set_node_operating(c, node.id, operating))?;
-                if status.config_version != node.applied_generation {
-                    // The node lost its config (restarted?) or runs an older one.
-                    self.store
-                        .read(|c| store::set_node_applied(c, node.id, None))?;
-                    self.wake.notify_one();
-                }
+                self.record_sample(node, inst, status, &sample, operating)
+                    .await;
                 if had_previous {
-                    self.autoscaler.observe(inst, &sample);
+                    self.autoscaler.observe(inst, &sample).await;
                 }
             }
             NodeState::Failed if successes >= inst.spec.health_check.criteria.health_threshold => {
-                self.store.read(|c| {
-                    store::set_node_observed(c, node.id, NodeState::Running, node.pid, operating)?;
-                    store::set_node_applied(c, node.id, status.config_version)
-                })?;
-                self.event(
-                    inst,
-                    Some(node.id),
-                    "node_recovered",
-                    &format!(
-                        "node {} at {} is healthy again ({successes} checks passed) within the grace \
-                         period; its replacement retires",
-                        node.id, node.address
-                    ),
-                );
-                self.wake.notify_one();
+                self.decide(Decision::Recover {
+                    node: node.clone(),
+                    subject: EventSubject::node(inst.project_id, inst.id, node.id),
+                    successes,
+                    config_version: status.config_version,
+                    operating,
+                })
+                .await;
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn on_miss(
+    /// A running node's sample and operating status. Losing them while the
+    /// store is locked is acceptable: the next check brings fresh ones.
+    async fn record_sample(
+        &self,
+        node: &NodeRow,
+        inst: &InstanceRow,
+        status: &NodeStatus,
+        sample: &crate::model::SampleInfo,
+        operating: OperatingStatus,
+    ) {
+        let (id, inst_id, sample, stats) = (node.id, inst.id, sample.clone(), status.stats.clone());
+        // The node lost its config (restarted?) or runs an older one.
+        let stale_config = status.config_version != node.applied_generation;
+        let written = self
+            .store
+            .transaction(move |c| {
+                store::add_sample(c, inst_id, &sample, &stats)?;
+                store::set_node_operating(c, id, operating)?;
+                if stale_config {
+                    store::set_node_applied(c, id, None)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        match written {
+            Ok(()) if stale_config => self.wake.notify_one(),
+            Ok(()) => {}
+            Err(e) => tracing::debug!("node {id}: sample not recorded: {e}"),
+        }
+    }
+
+    async fn on_miss(
         &self,
         node: &NodeRow,
         inst: &InstanceRow,
         reason: &str,
         failures: u32,
-    ) -> Result<(), store::StoreError> {
+    ) -> Result<(), StoreError> {
         let threshold = inst.spec.health_check.criteria.unhealth_threshold;
-        tracing::debug!(node = node.id, failures, "health check missed: {reason}");
+        tracing::debug!(node = %node.id, failures, "health check missed: {reason}");
         if node.state != NodeState::Running || failures < threshold {
             return Ok(());
         }
-        self.store
-            .read(|c| store::set_node_operating(c, node.id, OperatingStatus::Offline))?;
-        if self.breaker_trips(inst) {
+        let id = node.id;
+        let offline = self
+            .store
+            .transaction(move |c| store::set_node_operating(c, id, OperatingStatus::Offline))
+            .await;
+        if let Err(e) = offline {
+            tracing::debug!("node {id}: {e}");
+        }
+        if self.breaker_trips(inst).await {
             return Ok(());
         }
-        self.store.read(|c| {
-            store::set_node_observed(
-                c,
-                node.id,
-                NodeState::Failed,
-                node.pid,
-                OperatingStatus::Offline,
-            )
-        })?;
-        self.event(
-            inst,
-            Some(node.id),
-            "node_failed",
-            &format!(
-                "node {} at {} missed {failures} health checks in a row (last: {reason}); failing over",
-                node.id, node.address
-            ),
-        );
-        self.wake.notify_one();
+        self.decide(Decision::Fail {
+            node: node.clone(),
+            subject: EventSubject::node(inst.project_id, inst.id, node.id),
+            failures,
+            reason: reason.to_string(),
+        })
+        .await;
         Ok(())
+    }
+
+    /// Writes a decision, or keeps it for later if the store is locked.
+    async fn decide(&self, decision: Decision) {
+        let id = decision.node_id();
+        match decision.clone().write(&self.store).await {
+            Ok(applied) => {
+                self.state().pending.remove(&id);
+                if applied {
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(
+                    "node {id}: {}; kept until the store can be written",
+                    decision
+                );
+                self.state().pending.insert(id, decision);
+            }
+            Err(e) => tracing::warn!("node {id}: {decision} not recorded: {e}"),
+        }
+    }
+
+    /// Retries the decisions the store could not take before.
+    async fn write_pending(&self) {
+        let pending: Vec<Decision> = self.state().pending.values().cloned().collect();
+        for decision in pending {
+            match decision.clone().write(&self.store).await {
+                Ok(applied) => {
+                    tracing::info!("node {}: {decision} recorded late", decision.node_id());
+                    self.state().pending.remove(&decision.node_id());
+                    if applied {
+                        self.wake.notify_one();
+                    }
+                }
+                // Still locked: the others would fail the same way.
+                Err(e) if e.is_unavailable() => return,
+                Err(e) => {
+                    tracing::warn!("node {}: {decision} dropped: {e}", decision.node_id());
+                    self.state().pending.remove(&decision.node_id());
+                }
+            }
+        }
     }
 
     /// Nodes failing now: failed ones awaiting deletion, and running ones
     /// that missed their last check; and all nodes that count.
-    fn failing_nodes(&self) -> (usize, usize) {
-        let Ok(nodes) = self.store.read(store::all_nodes) else {
+    async fn failing_nodes(&self) -> (usize, usize) {
+        let Ok(nodes) = self.store.read(store::all_nodes).await else {
             return (0, 0);
         };
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state();
         let failing = nodes
             .iter()
             .filter(|n| {
                 n.state == NodeState::Failed
+                    || state.pending.contains_key(&n.id)
                     || (n.state == NodeState::Running
                         && state.nodes.get(&n.id).is_some_and(|h| h.failures > 0))
             })
@@ -364,90 +473,64 @@ impl HealthChecker {
     }
 
     /// Whether failover must pause now; opening the breaker is an event.
-    fn breaker_trips(&self, inst: &InstanceRow) -> bool {
-        let (failing, total) = self.failing_nodes();
+    async fn breaker_trips(&self, inst: &InstanceRow) -> bool {
+        let (failing, total) = self.failing_nodes().await;
         if !failover_paused(failing, total, self.settings.failover_max_share) {
             return false;
         }
-        let newly = !std::mem::replace(
-            &mut self
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .breaker_open,
-            true,
-        );
+        let newly = !std::mem::replace(&mut self.state().breaker_open, true);
         if newly {
-            self.event(
-                inst,
-                None,
-                "failover_paused",
-                &format!(
-                    "failover paused: {failing} of {total} nodes are failing at once (more than {:.0}%); \
-                     no replacements until fewer fail",
-                    self.settings.failover_max_share * 100.0
-                ),
+            let message = format!(
+                "failover paused: {failing} of {total} nodes are failing at once (more than {:.0}%); \
+                 no replacements until fewer fail",
+                self.settings.failover_max_share * 100.0
             );
+            self.event(inst, EventKind::FailoverPaused, message).await;
         }
         true
     }
 
     /// Closes the breaker once few enough nodes fail.
-    fn check_breaker(&self, inst: &InstanceRow) {
-        if !self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .breaker_open
-        {
+    async fn check_breaker(&self, inst: &InstanceRow) {
+        if !self.state().breaker_open {
             return;
         }
-        let (failing, total) = self.failing_nodes();
+        let (failing, total) = self.failing_nodes().await;
         if failover_paused(failing, total, self.settings.failover_max_share) {
             return;
         }
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .breaker_open = false;
-        self.event(
-            inst,
-            None,
-            "failover_resumed",
-            &format!("failover resumed: {failing} of {total} nodes failing"),
-        );
+        self.state().breaker_open = false;
+        let message = format!("failover resumed: {failing} of {total} nodes failing");
+        self.event(inst, EventKind::FailoverResumed, message).await;
         self.wake.notify_one();
     }
 
-    fn apply_retention(&self) {
+    async fn apply_retention(&self) {
         let keep = self.settings.retention;
         match self
             .store
-            .transaction(|tx| store::apply_retention(tx, keep, store::now()))
+            .transaction(move |tx| store::apply_retention(tx, keep, store::now()))
+            .await
         {
             Ok(r) if r != store::RetentionReport::default() => {
                 tracing::debug!(?r, "monitor log retention")
             }
             Ok(_) => {}
-            Err::<_, store::StoreError>(e) => tracing::warn!("monitor log retention: {e}"),
+            Err::<_, StoreError>(e) => tracing::warn!("monitor log retention: {e}"),
         }
     }
 
-    fn event(&self, inst: &InstanceRow, node_id: Option<i64>, kind: &str, message: &str) {
-        event(&self.store, inst, node_id, kind, message);
-    }
-}
-
-/// Records an event about an instance (and maybe one of its nodes); the
-/// monitor log must never stop the checker.
-fn event(store: &Store, inst: &InstanceRow, node_id: Option<i64>, kind: &str, message: &str) {
-    tracing::info!(kind, instance = %inst.name, "{message}");
-    let subject = EventSubject {
-        project_id: Some(inst.project_id),
-        instance_id: Some(inst.id),
-        node_id,
-    };
-    if let Err(e) = store.read(|c| store::add_event(c, subject, kind, message)) {
-        tracing::warn!("cannot record event {kind}: {e}");
+    /// Records an event about an instance; the monitor log must never stop
+    /// the checker.
+    async fn event(&self, inst: &InstanceRow, kind: EventKind, message: String) {
+        tracing::info!(%kind, instance = %inst.name, "{message}");
+        let subject = EventSubject::instance(inst.project_id, inst.id);
+        if let Err(e) = self
+            .store
+            .transaction(move |c| store::add_event(c, subject, kind, &message))
+            .await
+        {
+            tracing::warn!("cannot record event {kind}: {e}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::model::{NodeStats, SampleInfo};
 
 pub(super) fn from_status(
-    node_id: i64,
+    node_id: crate::model::NodeId,
     stats: &NodeStats,
     previous: Option<(Instant, NodeStats)>,
 ) -> SampleInfo {
@@ -73,7 +73,7 @@ mod tests {
             ..Default::default()
         };
         let at = Instant::now() - std::time::Duration::from_secs(2);
-        let s = from_status(3, &now, Some((at, before)));
+        let s = from_status(crate::model::NodeId(3), &now, Some((at, before)));
         assert!(
             (90.0..=100.0).contains(&s.requests_per_s),
             "{}",
@@ -82,7 +82,7 @@ mod tests {
         assert_eq!((s.members_up, s.members_down), (2, 1));
         assert_eq!(s.active_connections, 4.0);
         assert_eq!(s.p99_ms, None, "no latency without requests");
-        let first = from_status(3, &now, None);
+        let first = from_status(crate::model::NodeId(3), &now, None);
         assert_eq!(first.requests_per_s, 0.0);
     }
 }

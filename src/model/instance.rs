@@ -435,12 +435,12 @@ impl InstanceUpdate {
 /// An LB node as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeInfo {
-    pub id: i64,
+    pub id: crate::model::NodeId,
     pub name: String,
     pub address: String,
     /// `starting`, `running`, `failed` (missed its health checks; replaced,
     /// deleted after the grace period) or `retiring` (out of DNS, draining).
-    pub state: String,
+    pub state: crate::model::NodeState,
     #[serde(default)]
     pub pid: Option<u32>,
     pub operating_status: OperatingStatus,
@@ -464,7 +464,7 @@ pub struct BackendView {
 /// An instance as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct InstanceInfo {
-    pub id: i64,
+    pub id: crate::model::InstanceId,
     #[serde(rename = "type")]
     pub object_type: String,
     pub name: String,
@@ -509,10 +509,10 @@ pub struct InstanceInfo {
 pub struct EventInfo {
     /// Unix seconds.
     pub ts: i64,
-    pub kind: String,
+    pub kind: crate::model::EventKind,
     pub message: String,
     #[serde(default)]
-    pub node_id: Option<i64>,
+    pub node_id: Option<crate::model::NodeId>,
 }
 
 /// One load sample of one node: raw (one health-check interval) or, once
@@ -523,7 +523,7 @@ pub struct SampleInfo {
     pub ts: i64,
     /// Seconds a sample covers: 0 for a raw sample, 60 for a 1-minute average.
     pub resolution: u32,
-    pub node_id: i64,
+    pub node_id: crate::model::NodeId,
     pub requests_per_s: f64,
     pub active_connections: f64,
     pub bytes_in_per_s: f64,

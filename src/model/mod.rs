@@ -5,6 +5,8 @@
 pub mod allocator;
 pub mod envelope;
 pub mod error;
+pub mod event;
+pub mod ids;
 pub mod instance;
 pub mod names;
 pub mod node;
@@ -18,6 +20,8 @@ pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };
 pub use error::ValidationError;
+pub use event::EventKind;
+pub use ids::{InstanceId, NodeId, ProjectId};
 pub use instance::{
     BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria, HealthProtocol,
     InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,

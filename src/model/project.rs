@@ -89,7 +89,7 @@ pub struct ProjectDelete {
 /// A project as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProjectInfo {
-    pub id: i64,
+    pub id: crate::model::ProjectId,
     #[serde(rename = "type")]
     pub object_type: String,
     pub name: String,

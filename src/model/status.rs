@@ -109,6 +109,27 @@ impl NodeState {
     pub fn is_active(self) -> bool {
         matches!(self, Self::Starting | Self::Running)
     }
+
+    /// The node state machine: the only moves the store lets anyone make
+    /// (see the table in docs/ARCHITECTURE.md). A node leaves the machine
+    /// by its row being deleted: from `failed` after the grace period, from
+    /// `retiring` once drained, or with its instance.
+    pub fn can_move_to(self, to: NodeState) -> bool {
+        use NodeState::*;
+        matches!(
+            (self, to),
+            // The reconciler: the node answers and runs the current config.
+            (Starting, Running)
+            // The reconciler: scale-in, or a replacement no longer needed.
+            | (Starting | Running, Retiring)
+            // lbd found the node dead at start-up: start it again in place.
+            | (Running, Starting)
+            // The health checker: missed `unhealth-threshold` checks.
+            | (Running, Failed)
+            // The health checker: passed `health-threshold` checks within grace.
+            | (Failed, Running)
+        )
+    }
 }
 
 /// An instance's `operating_status` from its nodes: OFFLINE with none
@@ -161,6 +182,31 @@ mod tests {
         }
         assert!(ProvisioningStatus::PendingUpdate.is_pending());
         assert!(!ProvisioningStatus::Error.is_pending());
+    }
+
+    #[test]
+    fn node_state_machine_allows_only_its_moves() {
+        use NodeState::*;
+        let all = [Starting, Running, Failed, Retiring];
+        let allowed: Vec<(NodeState, NodeState)> = all
+            .iter()
+            .flat_map(|&a| all.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| a.can_move_to(b))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Starting, Running),
+                (Starting, Retiring),
+                (Running, Starting),
+                (Running, Failed),
+                (Running, Retiring),
+                (Failed, Running),
+            ]
+        );
+        // Nothing comes back from retiring, and a failed node is never retired.
+        assert!(!Retiring.can_move_to(Running));
+        assert!(!Failed.can_move_to(Retiring));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Instance steps, in the order of the create flow: node rows (addresses),
 //! node processes, node config, DNS, status. Each step looks before it acts,
-//! so a pass after a crash redoes only what is missing.
+//! so a pass after a crash redoes only what is missing. Node state changes go
+//! through the store's guarded [`store::move_node`], so a step acting on a
+//! snapshot that the health checker has overtaken changes nothing.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,12 +10,17 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::Reconciler;
+use super::{ReconcileError, Reconciler};
 use crate::dns::instance_label;
 use crate::drivers::compute::{NodeObservation, NodeSpec};
 use crate::model::allocator::allocate_node_address;
-use crate::model::{NodeState, OperatingStatus, ProvisioningStatus};
+use crate::model::{EventKind, NodeState, NodeStatus, OperatingStatus, ProvisioningStatus};
 use crate::store::{self, EventSubject, InstanceRow, NodeRow, StoreError};
+
+/// What one pass changed in an instance's node rows.
+struct NodeRowsChange {
+    active: Vec<NodeRow>,
+}
 
 impl Reconciler {
     pub(super) async fn reconcile_instance(&self, inst: InstanceRow) {
@@ -21,25 +28,16 @@ impl Reconciler {
             return;
         }
         if inst.deleting {
-            if let Err(reason) = self.delete_instance(&inst).await {
-                let subject = EventSubject {
-                    project_id: Some(inst.project_id),
-                    instance_id: Some(inst.id),
-                    node_id: None,
-                };
-                self.record_failure(&inst, subject, format!("delete: {reason}"), 0);
+            if let Err(e) = self.delete_instance(&inst).await {
+                self.record_failure(&inst, format!("delete: {e}"), &e, 0)
+                    .await;
             }
             return;
         }
-        let subject = EventSubject {
-            project_id: Some(inst.project_id),
-            instance_id: Some(inst.id),
-            node_id: None,
-        };
         self.finish_failed_and_retiring(&inst).await;
-        let nodes = match self.ensure_node_rows(&inst) {
+        let nodes = match self.ensure_node_rows(&inst).await {
             Ok(nodes) => nodes,
-            Err(reason) => return self.record_failure(&inst, subject, reason, 0),
+            Err(e) => return self.record_failure(&inst, e.to_string(), &e, 0).await,
         };
         let mut serving = Vec::new();
         let mut errors = Vec::new();
@@ -47,9 +45,11 @@ impl Reconciler {
             match self.ensure_node_serving(&inst, node).await {
                 Ok(true) => serving.push(node.address),
                 Ok(false) => {}
-                Err(reason) => {
-                    errors.push(format!("node {} ({}): {reason}", node.id, node.address))
-                }
+                Err(e) => errors.push(ReconcileError::Node {
+                    id: node.id,
+                    addr: node.address,
+                    source: Box::new(e),
+                }),
             }
         }
         let v4: Vec<Ipv4Addr> = serving
@@ -67,13 +67,15 @@ impl Reconciler {
                 .set_a_records(&instance_label(&inst.name, &inst.project_name), &v4)
                 .await
             {
-                errors.push(format!("DNS: {e}"));
+                errors.push(e.into());
             }
         }
         if errors.is_empty() {
-            self.record_success(&inst, subject);
+            self.record_success(&inst).await;
         } else {
-            self.record_failure(&inst, subject, errors.join("; "), serving.len());
+            let e = ReconcileError::Several(errors);
+            self.record_failure(&inst, e.to_string(), &e, serving.len())
+                .await;
         }
     }
 
@@ -91,211 +93,179 @@ impl Reconciler {
     /// Makes the active (starting or running) nodes match the target: new
     /// rows with fresh addresses for replacements and scale-out; the newest
     /// nodes retire (out of DNS, drain, delete) on scale-in or when a failed
-    /// node recovered and its replacement is no longer needed.
-    fn ensure_node_rows(&self, inst: &InstanceRow) -> Result<Vec<NodeRow>, String> {
+    /// node recovered and its replacement is no longer needed. One
+    /// transaction, with its events.
+    pub(super) async fn ensure_node_rows(
+        &self,
+        inst: &InstanceRow,
+    ) -> Result<Vec<NodeRow>, ReconcileError> {
+        let project_id = inst.project_id;
         let project = self
             .store
-            .read(|c| store::project_by_id(c, inst.project_id))
-            .map_err(|e| e.to_string())?
-            .ok_or("the project is gone")?;
+            .read(move |c| store::project_by_id(c, project_id))
+            .await?
+            .ok_or(ReconcileError::ProjectGone)?;
         let subnet = inst.spec.subnet.unwrap_or(project.subnet);
-        let target = inst.target_nodes() as usize;
-        let (active, added, retired, failed) = self
+        let inst = inst.clone();
+        let change = self
             .store
-            .transaction(|tx| {
-                let all = store::list_nodes(tx, inst.id)?;
-                let failed: Vec<NodeRow> = all
-                    .iter()
-                    .filter(|n| n.state == NodeState::Failed)
-                    .cloned()
-                    .collect();
-                let mut active: Vec<NodeRow> =
-                    all.into_iter().filter(|n| n.state.is_active()).collect();
-                let mut taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
-                    .iter()
-                    .filter_map(|n| match n.address {
-                        IpAddr::V4(a) => Some(a),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
-                let mut added = Vec::new();
-                while active.len() < target {
-                    let Some(addr) = allocate_node_address(&subnet, &taken) else {
-                        return Err(StoreError::Corrupt(format!(
-                            "subnet {subnet} has no free address for another node"
-                        )));
-                    };
-                    taken.insert(addr);
-                    let node = store::insert_node(tx, inst.id, &addr.to_string(), &new_secret())?;
-                    added.push(node.clone());
-                    active.push(node);
-                }
-                let mut retired = Vec::new();
-                while active.len() > target {
-                    let node = active.pop().expect("len > target >= 1");
-                    store::set_node_observed(
-                        tx,
-                        node.id,
-                        NodeState::Retiring,
-                        node.pid,
-                        node.operating_status,
-                    )?;
-                    retired.push(node);
-                }
-                Ok((active, added, retired, failed))
-            })
-            .map_err(|e: StoreError| e.to_string())?;
-        let subject = |node_id| EventSubject {
-            project_id: Some(inst.project_id),
-            instance_id: Some(inst.id),
-            node_id: Some(node_id),
-        };
-        // New nodes while nodes are failed are their replacements, oldest failure first.
-        for (i, node) in added.iter().enumerate() {
-            if let Some(old) = failed.get(i) {
-                self.event(
-                    subject(node.id),
-                    "failover",
-                    &format!(
-                        "node {} at {} replaces failed node {} at {}",
-                        node.id, node.address, old.id, old.address
-                    ),
-                );
-            }
-        }
-        for node in &retired {
-            self.event(
-                subject(node.id),
-                "node_retiring",
-                &format!(
-                    "node {} at {} leaves DNS and drains: {} active nodes, target {target}",
-                    node.id,
-                    node.address,
-                    target + retired.len()
-                ),
-            );
-        }
-        Ok(active)
+            .transaction(move |tx| sync_node_rows(tx, &inst, subnet))
+            .await?;
+        Ok(change.active)
     }
 
     /// Deletes failed nodes whose grace period is over, and retiring nodes
     /// once drained (out of DNS for at least `drain_min`, then no
-    /// connection left or `drain_max` reached).
+    /// connection left or `drain_max` reached). The row goes first, guarded
+    /// by its state (a failed node that just recovered stays); a node whose
+    /// row is gone is stopped here, or else as an orphan on a later pass.
     async fn finish_failed_and_retiring(&self, inst: &InstanceRow) {
-        let Ok(nodes) = self.store.read(|c| store::list_nodes(c, inst.id)) else {
+        let id = inst.id;
+        let Ok(nodes) = self.store.read(move |c| store::list_nodes(c, id)).await else {
             return;
         };
         let now = store::now();
         for node in nodes {
             let age = Duration::from_secs((now - node.state_changed_at).max(0) as u64);
-            let message = match node.state {
-                NodeState::Failed if age >= self.settings.failover_grace => format!(
+            let Some((kind, message)) = self.finished(&node, age).await else {
+                continue;
+            };
+            let subject = EventSubject::node(inst.project_id, inst.id, node.id);
+            let (node_id, state) = (node.id, node.state);
+            let deleted = self
+                .store
+                .transaction(move |tx| {
+                    let deleted = store::delete_node(tx, node_id, state)?;
+                    if deleted {
+                        store::add_event(tx, subject, kind, &message)?;
+                    }
+                    Ok::<_, StoreError>(deleted)
+                })
+                .await;
+            match deleted {
+                Ok(true) => {
+                    if let Err(e) = self.compute.destroy_node(node_id).await {
+                        tracing::warn!("node {node_id}: {e}; it is removed as an orphan later");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("node {node_id}: {e}"),
+            }
+        }
+    }
+
+    /// Whether a failed or retiring node is done with, and the event that says so.
+    async fn finished(&self, node: &NodeRow, age: Duration) -> Option<(EventKind, String)> {
+        match node.state {
+            NodeState::Failed if age >= self.settings.failover_grace => Some((
+                EventKind::NodeDeleted,
+                format!(
                     "failed node {} at {} deleted: not healthy again within {} s",
                     node.id,
                     node.address,
                     self.settings.failover_grace.as_secs()
                 ),
-                NodeState::Retiring if age >= self.settings.drain_min => {
-                    let admin = SocketAddr::new(node.address, self.settings.node_admin_port);
-                    let open = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        self.nodes.status(admin, &node.secret),
-                    )
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map_or(0, |s| s.stats.active_connections);
-                    if open > 0 && age < self.settings.drain_max {
-                        continue;
-                    }
+            )),
+            NodeState::Retiring if age >= self.settings.drain_min => {
+                let admin = SocketAddr::new(node.address, self.settings.node_admin_port);
+                let open = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.nodes.status(admin, &node.secret),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |s| s.stats.active_connections);
+                if open > 0 && age < self.settings.drain_max {
+                    return None;
+                }
+                Some((
+                    EventKind::NodeRetired,
                     format!(
                         "node {} at {} retired after {} s out of DNS ({open} connections left)",
                         node.id,
                         node.address,
                         age.as_secs()
-                    )
-                }
-                _ => continue,
-            };
-            let compute = self.compute.clone();
-            let id = node.id;
-            match tokio::task::spawn_blocking(move || compute.destroy_node(id)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!("node {id}: {e}");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!("node {id}: {e}");
-                    continue;
-                }
+                    ),
+                ))
             }
-            if let Err(e) = self.store.read(|c| store::delete_node(c, id)) {
-                tracing::warn!("node {id}: {e}");
-                continue;
-            }
-            let kind = if node.state == NodeState::Failed {
-                "node_deleted"
-            } else {
-                "node_retired"
-            };
-            self.event(
-                EventSubject {
-                    project_id: Some(inst.project_id),
-                    instance_id: Some(inst.id),
-                    node_id: Some(id),
-                },
-                kind,
-                &message,
-            );
+            _ => None,
         }
     }
 
     /// Brings one active node to serving the current config. `Ok(true)`: it
     /// serves; `Ok(false)`: a running node whose process is gone, left to the
     /// health checker, which fails it over.
-    async fn ensure_node_serving(
+    pub(super) async fn ensure_node_serving(
         &self,
         inst: &InstanceRow,
         node: &NodeRow,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ReconcileError> {
         let admin = SocketAddr::new(node.address, self.settings.node_admin_port);
-        let subject = EventSubject {
-            project_id: Some(inst.project_id),
-            instance_id: Some(inst.id),
-            node_id: Some(node.id),
+        let Some(pid) = self.ensure_node_process(inst, node, admin).await? else {
+            return Ok(false);
         };
-        let observed = self.compute.observe_node(node.id);
-        let pid = match (node.state, observed) {
-            (_, NodeObservation::Running { pid }) => pid,
+        if node.state == NodeState::Running && node.applied_generation == Some(inst.generation) {
+            return Ok(node.operating_status != OperatingStatus::Offline);
+        }
+        let status = self.wait_ready(node, admin).await?;
+        if status.config_version != Some(inst.generation) {
+            let config = inst.spec.node_config(inst.generation, node.address);
+            self.nodes.put_config(admin, &node.secret, &config).await?;
+        }
+        let (id, generation) = (node.id, inst.generation);
+        self.store
+            .transaction(move |c| store::set_node_applied(c, id, Some(generation)))
+            .await?;
+        self.mark_serving(inst, node, pid).await
+    }
+
+    /// The node's process: the pid it runs as, starting it if needed.
+    /// `None`: a running node whose process is gone (out of DNS until the
+    /// health checker fails it over).
+    async fn ensure_node_process(
+        &self,
+        inst: &InstanceRow,
+        node: &NodeRow,
+        admin: SocketAddr,
+    ) -> Result<Option<u32>, ReconcileError> {
+        let subject = EventSubject::node(inst.project_id, inst.id, node.id);
+        match (node.state, self.compute.observe_node(node.id).await?) {
+            (_, NodeObservation::Running { pid }) => Ok(Some(pid)),
             (NodeState::Running, other) => {
                 if node.operating_status != OperatingStatus::Offline {
                     let how = match other {
                         NodeObservation::Exited { reason } => reason,
                         _ => "is gone".to_string(),
                     };
-                    self.event(
-                        subject,
-                        "node_exited",
-                        &format!(
-                            "node {} at {} {how}; out of DNS until it is failed over",
-                            node.id, node.address
-                        ),
+                    let message = format!(
+                        "node {} at {} {how}; out of DNS until it is failed over",
+                        node.id, node.address
                     );
-                    self.set_node(node, NodeState::Running, None, OperatingStatus::Offline);
+                    let id = node.id;
+                    self.store
+                        .transaction(move |tx| {
+                            let offline = OperatingStatus::Offline;
+                            if store::set_node_process(tx, id, NodeState::Running, None, offline)? {
+                                store::add_event(tx, subject, EventKind::NodeExited, &message)?;
+                            }
+                            Ok::<_, StoreError>(())
+                        })
+                        .await?;
                 }
-                return Ok(false);
+                Ok(None)
             }
             (_, other) => {
                 if let NodeObservation::Exited { reason } = &other {
                     self.event(
                         subject,
-                        "node_exited",
-                        &format!(
+                        EventKind::NodeExited,
+                        format!(
                             "node {} at {} {reason} while starting; starting it again",
                             node.id, node.address
                         ),
-                    );
+                    )
+                    .await;
                 }
                 let prefix_len = self.ensure_node_address(inst, node).await?;
                 let spec = NodeSpec {
@@ -306,60 +276,74 @@ impl Reconciler {
                     name: format!("{}-{}", inst.project_name, inst.name),
                     prefix_len,
                 };
-                let compute = self.compute.clone();
-                match tokio::task::spawn_blocking(move || compute.ensure_node(&spec)).await {
-                    Ok(Ok(NodeObservation::Running { pid })) => pid,
-                    Ok(Ok(other)) => return Err(format!("node did not start: {other:?}")),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(e) => return Err(format!("start task failed: {e}")),
+                match self.compute.ensure_node(spec).await? {
+                    NodeObservation::Running { pid } => Ok(Some(pid)),
+                    other => Err(ReconcileError::NotStarted(other)),
                 }
             }
-        };
-        if node.state == NodeState::Running && node.applied_generation == Some(inst.generation) {
-            return Ok(node.operating_status != OperatingStatus::Offline);
         }
-        let status = self.wait_ready(node, admin).await?;
-        if status.config_version != Some(inst.generation) {
-            let config = inst.spec.node_config(inst.generation, node.address);
-            self.nodes
-                .put_config(admin, &node.secret, &config)
-                .await
-                .map_err(|e| e.to_string())?;
+    }
+
+    /// Records that the node serves: a starting node becomes running (if it
+    /// still is starting), a running one gets its current pid.
+    async fn mark_serving(
+        &self,
+        inst: &InstanceRow,
+        node: &NodeRow,
+        pid: u32,
+    ) -> Result<bool, ReconcileError> {
+        let (id, state, status) = (node.id, node.state, node.operating_status);
+        if state == NodeState::Running && node.pid == Some(pid) {
+            return Ok(true);
         }
-        if let Err(e) = self
+        let subject = EventSubject::node(inst.project_id, inst.id, node.id);
+        let message = format!(
+            "node {} serving at {}:{} (pid {pid})",
+            node.id, node.address, inst.spec.port
+        );
+        let serving = self
             .store
-            .read(|c| store::set_node_applied(c, node.id, Some(inst.generation)))
-        {
-            return Err(e.to_string());
+            .transaction(move |tx| {
+                if state == NodeState::Running {
+                    return store::set_node_process(tx, id, state, Some(pid), status);
+                }
+                if !store::move_node(tx, id, state, NodeState::Running)? {
+                    return Ok(false);
+                }
+                store::set_node_process(
+                    tx,
+                    id,
+                    NodeState::Running,
+                    Some(pid),
+                    OperatingStatus::Online,
+                )?;
+                store::add_event(tx, subject, EventKind::NodeReady, &message)?;
+                Ok(true)
+            })
+            .await?;
+        if !serving {
+            tracing::info!("node {id} changed state meanwhile; left as it is now");
         }
-        if node.state != NodeState::Running {
-            self.event(
-                subject,
-                "node_ready",
-                &format!(
-                    "node {} serving at {}:{} (pid {pid})",
-                    node.id, node.address, inst.spec.port
-                ),
-            );
-            self.set_node(node, NodeState::Running, Some(pid), OperatingStatus::Online);
-        } else if node.pid != Some(pid) {
-            self.set_node(node, NodeState::Running, Some(pid), node.operating_status);
-        }
-        Ok(true)
+        Ok(serving)
     }
 
     /// Puts the node's address on the project network before the node binds
     /// it (unless the node brings its own interface, as a VM does); returns
     /// the subnet's prefix length.
-    async fn ensure_node_address(&self, inst: &InstanceRow, node: &NodeRow) -> Result<u8, String> {
+    async fn ensure_node_address(
+        &self,
+        inst: &InstanceRow,
+        node: &NodeRow,
+    ) -> Result<u8, ReconcileError> {
         let IpAddr::V4(addr) = node.address else {
-            return Err("IPv6 node addresses are not supported".into());
+            return Err(ReconcileError::Ipv6Unsupported);
         };
+        let project_id = inst.project_id;
         let project = self
             .store
-            .read(|c| store::project_by_id(c, inst.project_id))
-            .map_err(|e| e.to_string())?
-            .ok_or("the project is gone")?;
+            .read(move |c| store::project_by_id(c, project_id))
+            .await?
+            .ok_or(ReconcileError::ProjectGone)?;
         let prefix_len = project.subnet.prefix_len();
         if !self.compute.node_address_on_host() {
             return Ok(prefix_len);
@@ -369,8 +353,10 @@ impl Reconciler {
             network.set_node_addresses(project.id, &project.subnet, &[addr], false)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ReconcileError::Task {
+            task: "network",
+            reason: e.to_string(),
+        })??;
         Ok(prefix_len)
     }
 
@@ -379,7 +365,7 @@ impl Reconciler {
         &self,
         node: &NodeRow,
         admin: SocketAddr,
-    ) -> Result<crate::model::NodeStatus, String> {
+    ) -> Result<NodeStatus, ReconcileError> {
         let timeout = self
             .compute
             .ready_timeout()
@@ -388,17 +374,18 @@ impl Reconciler {
         loop {
             let last_error = match self.nodes.status(admin, &node.secret).await {
                 Ok(status) => return Ok(status),
-                Err(e) => e.to_string(),
+                Err(e) => e,
             };
-            if let NodeObservation::Exited { reason } = self.compute.observe_node(node.id) {
-                return Err(format!("{reason}; log: {}", self.compute.log_tail(node.id)));
+            if let NodeObservation::Exited { reason } = self.compute.observe_node(node.id).await? {
+                let log = self.compute.log_tail(node.id).await;
+                return Err(ReconcileError::NodeExited { reason, log });
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {}s: {last_error}; log: {}",
-                    timeout.as_secs(),
-                    self.compute.log_tail(node.id)
-                ));
+                return Err(ReconcileError::NotReady {
+                    secs: timeout.as_secs(),
+                    last_error,
+                    log: self.compute.log_tail(node.id).await,
+                });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -408,35 +395,23 @@ impl Reconciler {
     /// nodes, then the rows. A failed step is retried; after
     /// `attempts_before_error` passes the instance shows ERROR with the
     /// reason, and the delete is still retried.
-    async fn delete_instance(&self, inst: &InstanceRow) -> Result<(), String> {
-        let subject = EventSubject {
-            project_id: Some(inst.project_id),
-            instance_id: Some(inst.id),
-            node_id: None,
-        };
+    async fn delete_instance(&self, inst: &InstanceRow) -> Result<(), ReconcileError> {
         self.dns
             .set_a_records(&instance_label(&inst.name, &inst.project_name), &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        let nodes = self
-            .store
-            .read(|c| store::list_nodes(c, inst.id))
-            .map_err(|e| e.to_string())?;
+            .await?;
+        let id = inst.id;
+        let nodes = self.store.read(move |c| store::list_nodes(c, id)).await?;
         for node in nodes {
-            let compute = self.compute.clone();
-            tokio::task::spawn_blocking(move || compute.destroy_node(node.id))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            self.compute.destroy_node(node.id).await?;
         }
+        let subject = EventSubject::instance(inst.project_id, inst.id);
+        let message = format!("instance {}.{} deleted", inst.name, inst.project_name);
         self.store
-            .transaction(|tx| store::delete_instance(tx, inst.id))
-            .map_err(|e: StoreError| e.to_string())?;
-        self.event(
-            subject,
-            "instance_deleted",
-            &format!("instance {}.{} deleted", inst.name, inst.project_name),
-        );
+            .transaction(move |tx| {
+                store::delete_instance(tx, id)?;
+                store::add_event(tx, subject, EventKind::InstanceDeleted, &message)
+            })
+            .await?;
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -444,43 +419,56 @@ impl Reconciler {
         Ok(())
     }
 
-    fn record_success(&self, inst: &InstanceRow, subject: EventSubject) {
+    async fn record_success(&self, inst: &InstanceRow) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&inst.id);
-        let result = self.store.read(|c| {
-            if inst.provisioning_status != ProvisioningStatus::Active {
-                store::set_instance_provisioning(c, inst.id, ProvisioningStatus::Active, None)?;
-            }
-            store::refresh_instance_operating(c, inst)
-        });
-        if let Err(e) = result {
-            return tracing::warn!("instance {}: {e}", inst.name);
-        }
         let what = match inst.provisioning_status {
-            ProvisioningStatus::PendingCreate => "created",
-            ProvisioningStatus::PendingUpdate => "updated",
-            ProvisioningStatus::Error => "recovered",
-            _ => return,
+            ProvisioningStatus::PendingCreate => Some("created"),
+            ProvisioningStatus::PendingUpdate => Some("updated"),
+            ProvisioningStatus::Error => Some("recovered"),
+            _ => None,
         };
-        self.event(
-            subject,
-            "instance_active",
-            &format!(
+        let message = what.map(|what| {
+            format!(
                 "instance {}.{} {what}: ACTIVE",
                 inst.name, inst.project_name
-            ),
-        );
+            )
+        });
+        let row = inst.clone();
+        let result = self
+            .store
+            .transaction(move |c| {
+                if row.provisioning_status != ProvisioningStatus::Active {
+                    store::set_instance_provisioning(c, row.id, ProvisioningStatus::Active, None)?;
+                }
+                store::refresh_instance_operating(c, &row)?;
+                if let Some(message) = message {
+                    let subject = EventSubject::instance(row.project_id, row.id);
+                    store::add_event(c, subject, EventKind::InstanceActive, &message)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!("instance {}: {e}", inst.name);
+        }
     }
 
-    fn record_failure(
+    /// Counts a failed pass; after `attempts_before_error` of them a pending
+    /// instance goes to ERROR with `reason`. A locked store is no fault of
+    /// the instance and is not counted.
+    async fn record_failure(
         &self,
         inst: &InstanceRow,
-        subject: EventSubject,
         reason: String,
+        error: &ReconcileError,
         serving: usize,
     ) {
+        if error.is_store_unavailable() {
+            return tracing::warn!("instance {}.{}: {reason}", inst.name, inst.project_name);
+        }
         let attempts = {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             let entry = failures.entry(inst.id).or_insert((0, Instant::now()));
@@ -495,55 +483,89 @@ impl Reconciler {
         };
         let give_up = inst.provisioning_status.is_pending()
             && attempts >= self.settings.attempts_before_error;
-        let result = self.store.read(|c| {
-            if give_up {
-                store::set_instance_provisioning(
-                    c,
-                    inst.id,
-                    ProvisioningStatus::Error,
-                    Some(&reason),
-                )?;
-            }
-            store::set_instance_operating(c, inst.id, operating, Some(&reason))
-        });
-        if let Err(e) = result {
-            tracing::warn!("instance {}: {e}", inst.name);
-        }
-        if give_up {
-            self.event(
-                subject,
-                "instance_error",
-                &format!(
-                    "instance {}.{} failed after {attempts} attempts: {reason}",
-                    inst.name, inst.project_name
-                ),
-            );
-        } else {
+        if !give_up {
             tracing::warn!(
                 "instance {}.{} (attempt {attempts}): {reason}",
                 inst.name,
                 inst.project_name
             );
         }
-    }
-
-    fn set_node(
-        &self,
-        node: &NodeRow,
-        state: NodeState,
-        pid: Option<u32>,
-        status: OperatingStatus,
-    ) {
-        if node.state == state && node.pid == pid && node.operating_status == status {
-            return;
-        }
-        if let Err(e) = self
+        let message = format!(
+            "instance {}.{} failed after {attempts} attempts: {reason}",
+            inst.name, inst.project_name
+        );
+        let (id, subject) = (inst.id, EventSubject::instance(inst.project_id, inst.id));
+        let result = self
             .store
-            .read(|c| store::set_node_observed(c, node.id, state, pid, status))
-        {
-            tracing::warn!("node {}: {e}", node.id);
+            .transaction(move |c| {
+                if give_up {
+                    let error = ProvisioningStatus::Error;
+                    store::set_instance_provisioning(c, id, error, Some(&reason))?;
+                    store::add_event(c, subject, EventKind::InstanceError, &message)?;
+                }
+                store::set_instance_operating(c, id, operating, Some(&reason))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!("instance {}: {e}", inst.name);
         }
     }
+}
+
+/// The node-row step inside its transaction (see
+/// [`Reconciler::ensure_node_rows`]).
+fn sync_node_rows(
+    tx: &rusqlite::Connection,
+    inst: &InstanceRow,
+    subnet: ipnet::Ipv4Net,
+) -> Result<NodeRowsChange, ReconcileError> {
+    let target = inst.target_nodes() as usize;
+    let all = store::list_nodes(tx, inst.id)?;
+    let failed: Vec<NodeRow> = all
+        .iter()
+        .filter(|n| n.state == NodeState::Failed)
+        .cloned()
+        .collect();
+    let mut active: Vec<NodeRow> = all.into_iter().filter(|n| n.state.is_active()).collect();
+    let mut taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
+        .iter()
+        .filter_map(|n| match n.address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let subject = |node_id| EventSubject::node(inst.project_id, inst.id, node_id);
+    let mut added = 0;
+    while active.len() < target {
+        let addr =
+            allocate_node_address(&subnet, &taken).ok_or(ReconcileError::SubnetFull(subnet))?;
+        taken.insert(addr);
+        let node = store::insert_node(tx, inst.id, &addr.to_string(), &new_secret())?;
+        // New nodes while nodes are failed are their replacements, oldest failure first.
+        if let Some(old) = failed.get(added) {
+            let message = format!(
+                "node {} at {} replaces failed node {} at {}",
+                node.id, node.address, old.id, old.address
+            );
+            tracing::info!(kind = %EventKind::Failover, "{message}");
+            store::add_event(tx, subject(node.id), EventKind::Failover, &message)?;
+        }
+        added += 1;
+        active.push(node);
+    }
+    let before = active.len();
+    while active.len() > target {
+        let node = active.pop().expect("len > target >= 1");
+        if store::move_node(tx, node.id, node.state, NodeState::Retiring)? {
+            let message = format!(
+                "node {} at {} leaves DNS and drains: {before} active nodes, target {target}",
+                node.id, node.address,
+            );
+            tracing::info!(kind = %EventKind::NodeRetiring, "{message}");
+            store::add_event(tx, subject(node.id), EventKind::NodeRetiring, &message)?;
+        }
+    }
+    Ok(NodeRowsChange { active })
 }
 
 /// A per-node admin secret: 128 random bits, hex.

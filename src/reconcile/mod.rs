@@ -6,8 +6,11 @@
 //! an API change (the handlers only write the store and wake it) and a node
 //! that died. It runs on a timer and whenever woken; wake-ups coalesce.
 
+mod error;
 mod instance;
 mod project;
+
+pub use error::ReconcileError;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,10 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::dns::{instance_label, DnsDriver};
-use crate::drivers::compute::{ComputeDriver, NodeObservation};
+use crate::drivers::compute::{Compute, ComputeDriver, NodeObservation};
 use crate::drivers::network::NetworkDriver;
 use crate::drivers::node_admin::NodeAdmin;
-use crate::model::{NodeState, OperatingStatus};
+use crate::model::{EventKind, InstanceId, NodeId, NodeState, OperatingStatus, ProjectId};
 use crate::store::{self, EventSubject, Store};
 
 /// Knobs of the reconciler.
@@ -62,13 +65,13 @@ impl Default for ReconcileSettings {
 
 pub struct Reconciler {
     store: Store,
-    compute: Arc<dyn ComputeDriver>,
+    compute: Compute,
     network: Arc<dyn NetworkDriver>,
     dns: Arc<dyn DnsDriver>,
     nodes: Arc<dyn NodeAdmin>,
     settings: ReconcileSettings,
     /// Consecutive failed passes per instance, and when an errored one may be retried.
-    failures: Mutex<HashMap<i64, (u32, Instant)>>,
+    failures: Mutex<HashMap<InstanceId, (u32, Instant)>>,
 }
 
 impl Reconciler {
@@ -84,7 +87,7 @@ impl Reconciler {
     ) -> Self {
         Reconciler {
             store,
-            compute,
+            compute: Compute::new(compute),
             network,
             dns,
             nodes,
@@ -113,11 +116,11 @@ impl Reconciler {
     /// One pass over everything: projects, then instances (concurrently), then
     /// project deletions and orphans.
     pub async fn reconcile_once(self: &Arc<Self>) -> Result<(), store::StoreError> {
-        let projects = self.store.read(store::list_projects)?;
+        let projects = self.store.read(store::list_projects).await?;
         for p in &projects {
             self.ensure_project(p).await;
         }
-        let instances = self.store.read(store::all_instances)?;
+        let instances = self.store.read(store::all_instances).await?;
         let mut tasks = tokio::task::JoinSet::new();
         for inst in instances {
             let this = self.clone();
@@ -137,39 +140,43 @@ impl Reconciler {
     /// At start-up: a node stored as running whose process is gone died
     /// while lbd was not watching (e.g. the host rebooted). It is started
     /// again at its own address, like a first start, instead of failed over.
-    pub fn restart_nodes_found_dead(&self) -> Result<(), store::StoreError> {
-        for node in self.store.read(store::all_nodes)? {
+    pub async fn restart_nodes_found_dead(&self) -> Result<(), store::StoreError> {
+        for node in self.store.read(store::all_nodes).await? {
             if node.state != NodeState::Running {
                 continue;
             }
-            if let NodeObservation::Running { .. } = self.compute.observe_node(node.id) {
+            if let Ok(NodeObservation::Running { .. }) = self.compute.observe_node(node.id).await {
                 continue;
             }
-            self.store.read(|c| {
-                store::set_node_observed(
-                    c,
-                    node.id,
-                    NodeState::Starting,
-                    None,
-                    OperatingStatus::Offline,
-                )?;
-                store::set_node_applied(c, node.id, None)
-            })?;
-            let inst = self
-                .store
-                .read(|c| store::instance_by_id(c, node.instance_id))?;
-            self.event(
-                EventSubject {
-                    project_id: inst.map(|i| i.project_id),
-                    instance_id: Some(node.instance_id),
-                    node_id: Some(node.id),
-                },
-                "node_exited",
-                &format!(
-                    "node {} at {} was not running when lbd started; starting it again",
-                    node.id, node.address
-                ),
+            let message = format!(
+                "node {} at {} was not running when lbd started; starting it again",
+                node.id, node.address
             );
+            let id = node.id;
+            self.store
+                .transaction(move |tx| {
+                    if !store::move_node(tx, id, NodeState::Running, NodeState::Starting)? {
+                        return Ok(());
+                    }
+                    store::set_node_process(
+                        tx,
+                        id,
+                        NodeState::Starting,
+                        None,
+                        OperatingStatus::Offline,
+                    )?;
+                    store::set_node_applied(tx, id, None)?;
+                    let project_id =
+                        store::instance_by_id(tx, node.instance_id)?.map(|i| i.project_id);
+                    let subject = EventSubject {
+                        project_id,
+                        instance_id: Some(node.instance_id),
+                        node_id: Some(id),
+                    };
+                    tracing::info!(kind = %EventKind::NodeExited, "{message}");
+                    store::add_event(tx, subject, EventKind::NodeExited, &message)
+                })
+                .await?;
         }
         Ok(())
     }
@@ -178,28 +185,35 @@ impl Reconciler {
     /// gone (e.g. lbd died between deleting the row and stopping the node),
     /// and DNS names of no instance.
     async fn remove_orphans(&self) -> Result<(), store::StoreError> {
-        let known: HashSet<i64> = self
+        let known: HashSet<NodeId> = self
             .store
-            .read(store::all_nodes)?
+            .read(store::all_nodes)
+            .await?
             .iter()
             .map(|n| n.id)
             .collect();
-        for node_id in self.compute.list_nodes() {
+        let running = match self.compute.list_nodes().await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!("cannot list nodes: {e}");
+                Vec::new()
+            }
+        };
+        for node_id in running {
             if !known.contains(&node_id) {
-                let compute = self.compute.clone();
                 let subject = EventSubject {
                     node_id: Some(node_id),
                     ..Default::default()
                 };
-                self.remove_orphan(subject, format!("node {node_id}"), move || {
-                    compute.destroy_node(node_id)
-                })
-                .await;
+                let removed = self.compute.destroy_node(node_id).await;
+                self.orphan_removed(subject, format!("node {node_id}"), removed)
+                    .await;
             }
         }
-        let projects: HashSet<i64> = self
+        let projects: HashSet<ProjectId> = self
             .store
-            .read(store::list_projects)?
+            .read(store::list_projects)
+            .await?
             .iter()
             .map(|p| p.id)
             .collect();
@@ -208,20 +222,25 @@ impl Reconciler {
                 continue;
             }
             let network = self.network.clone();
-            let subject = EventSubject {
-                project_id: Some(project_id),
-                ..Default::default()
-            };
-            self.remove_orphan(
-                subject,
+            let removed =
+                tokio::task::spawn_blocking(move || network.remove_project_network(project_id))
+                    .await
+                    .map_err(|e| ReconcileError::Task {
+                        task: "network",
+                        reason: e.to_string(),
+                    })
+                    .and_then(|r| r.map_err(ReconcileError::from));
+            self.orphan_removed(
+                EventSubject::project(project_id),
                 format!("network of project {project_id}"),
-                move || network.remove_project_network(project_id),
+                removed,
             )
             .await;
         }
         let labels: HashSet<String> = self
             .store
-            .read(store::all_instances)?
+            .read(store::all_instances)
+            .await?
             .iter()
             .map(|i| instance_label(&i.name, &i.project_name))
             .collect();
@@ -235,31 +254,34 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Runs a blocking driver call that removes `what`, a resource with no
-    /// row, and records it.
-    async fn remove_orphan<E: std::fmt::Display + Send + 'static>(
+    /// Records the outcome of removing `what`, a resource with no row.
+    async fn orphan_removed<E: std::fmt::Display>(
         &self,
         subject: EventSubject,
         what: String,
-        remove: impl FnOnce() -> Result<(), E> + Send + 'static,
+        removed: Result<(), E>,
     ) {
-        match tokio::task::spawn_blocking(remove).await {
-            Ok(Ok(())) => self.event(
-                subject,
-                "orphan_removed",
-                &format!("{what} had no row and was removed"),
-            ),
-            Ok(Err(e)) => tracing::warn!("orphan {what}: {e}"),
-            Err(e) => tracing::error!("orphan {what}: {e}"),
+        match removed {
+            Ok(()) => {
+                self.event(
+                    subject,
+                    EventKind::OrphanRemoved,
+                    format!("{what} had no row and was removed"),
+                )
+                .await
+            }
+            Err(e) => tracing::warn!("orphan {what}: {e}"),
         }
     }
 
-    /// Records an event; the monitor log must never stop reconciliation.
-    fn event(&self, subject: EventSubject, kind: &str, message: &str) {
-        tracing::info!(kind, "{message}");
+    /// Records an event; the monitor log must never stop reconciliation,
+    /// so a failure to write it is only logged.
+    async fn event(&self, subject: EventSubject, kind: EventKind, message: String) {
+        tracing::info!(%kind, "{message}");
         if let Err(e) = self
             .store
-            .read(|c| store::add_event(c, subject, kind, message))
+            .transaction(move |c| store::add_event(c, subject, kind, &message))
+            .await
         {
             tracing::warn!("cannot record event {kind}: {e}");
         }

@@ -2,8 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::Reconciler;
-use crate::model::ProvisioningStatus;
+use super::{ReconcileError, Reconciler};
+use crate::model::{EventKind, ProjectId, ProvisioningStatus};
 use crate::store::{self, EventSubject, ProjectRow};
 
 impl Reconciler {
@@ -15,64 +15,67 @@ impl Reconciler {
         let network = self.network.clone();
         let (id, subnet) = (p.id, p.subnet);
         // The node addresses on the project network are exactly those of its node rows.
-        let wanted = match self.project_node_addresses(p.id) {
+        let wanted = match self.project_node_addresses(p.id).await {
             // VMs bring their own interfaces: the bridge holds no node address.
             Ok(_) if !self.compute.node_address_on_host() => Vec::new(),
             Ok(w) => w,
             Err(e) => return tracing::warn!("project {}: {e}", p.name),
         };
-        let result = tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             network.ensure_project_network(id, &subnet)?;
             network.set_node_addresses(id, &subnet, &wanted, true)
         })
-        .await;
-        let subject = EventSubject {
-            project_id: Some(p.id),
-            ..Default::default()
-        };
-        let outcome = match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("network task failed: {e}")),
-        };
-        let next = match (&outcome, p.provisioning_status) {
+        .await
+        .map_err(|e| ReconcileError::Task {
+            task: "network",
+            reason: e.to_string(),
+        })
+        .and_then(|r| r.map_err(ReconcileError::from));
+        let (status, reason, kind, message) = match (&outcome, p.provisioning_status) {
             (Ok(()), ProvisioningStatus::Active) => return,
-            (Ok(()), _) => (ProvisioningStatus::Active, None),
-            (Err(reason), _) => (ProvisioningStatus::Error, Some(reason.as_str())),
+            (Ok(()), _) => (
+                ProvisioningStatus::Active,
+                None,
+                EventKind::ProjectReady,
+                format!("project {} network {} is ready", p.name, p.subnet),
+            ),
+            (Err(e), _) => (
+                ProvisioningStatus::Error,
+                Some(e.to_string()),
+                EventKind::ProjectError,
+                format!("project {}: {e}", p.name),
+            ),
         };
-        if let Err(e) = self
+        let subject = EventSubject::project(p.id);
+        let written = self
             .store
-            .read(|c| store::set_project_status(c, p.id, next.0, next.1))
-        {
+            .transaction(move |tx| {
+                store::set_project_status(tx, id, status, reason.as_deref())?;
+                store::add_event(tx, subject, kind, &message)
+            })
+            .await;
+        if let Err(e) = written {
             tracing::warn!("project {}: {e}", p.name);
-            return;
-        }
-        match outcome {
-            Ok(()) => self.event(
-                subject,
-                "project_ready",
-                &format!("project {} network {} is ready", p.name, p.subnet),
-            ),
-            Err(reason) => self.event(
-                subject,
-                "project_error",
-                &format!("project {}: {reason}", p.name),
-            ),
         }
     }
 
-    fn project_node_addresses(&self, project_id: i64) -> Result<Vec<Ipv4Addr>, store::StoreError> {
-        self.store.read(|c| {
-            let mut out = Vec::new();
-            for inst in store::list_instances(c, project_id)? {
-                for node in store::list_nodes(c, inst.id)? {
-                    if let IpAddr::V4(a) = node.address {
-                        out.push(a);
+    async fn project_node_addresses(
+        &self,
+        project_id: ProjectId,
+    ) -> Result<Vec<Ipv4Addr>, store::StoreError> {
+        self.store
+            .read(move |c| {
+                let mut out = Vec::new();
+                for inst in store::list_instances(c, project_id)? {
+                    for node in store::list_nodes(c, inst.id)? {
+                        if let IpAddr::V4(a) = node.address {
+                            out.push(a);
+                        }
                     }
                 }
-            }
-            Ok(out)
-        })
+                Ok(out)
+            })
+            .await
     }
 
     /// Deletes a project marked for deletion once its instances are gone.
@@ -80,42 +83,51 @@ impl Reconciler {
         if !p.deleting {
             return;
         }
-        match self.store.read(|c| store::list_instances(c, p.id)) {
+        let id = p.id;
+        match self.store.read(move |c| store::list_instances(c, id)).await {
             Ok(list) if list.is_empty() => {}
             Ok(_) => return,
             Err(e) => return tracing::warn!("project {}: {e}", p.name),
         }
         let network = self.network.clone();
-        let id = p.id;
-        let removed =
-            match tokio::task::spawn_blocking(move || network.remove_project_network(id)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+        let removed = tokio::task::spawn_blocking(move || network.remove_project_network(id))
+            .await
+            .map_err(|e| ReconcileError::Task {
+                task: "network",
+                reason: e.to_string(),
+            })
+            .and_then(|r| r.map_err(ReconcileError::from));
         if let Err(e) = removed {
             // Shown as ERROR with the reason; the delete stays requested and
             // is tried again on every pass.
             tracing::warn!("project {}: cannot remove its network yet: {e}", p.name);
             let reason = format!("delete: {e}");
-            if let Err(e) = self.store.read(|c| {
-                store::set_project_status(c, p.id, ProvisioningStatus::Error, Some(&reason))
-            }) {
+            let written = self
+                .store
+                .transaction(move |c| {
+                    store::set_project_status(c, id, ProvisioningStatus::Error, Some(&reason))
+                })
+                .await;
+            if let Err(e) = written {
                 tracing::warn!("project {}: {e}", p.name);
             }
             return;
         }
-        let subject = EventSubject {
-            project_id: Some(p.id),
-            ..Default::default()
-        };
-        match self.store.transaction(|tx| store::delete_project(tx, p.id)) {
-            Ok(()) => self.event(
-                subject,
-                "project_deleted",
-                &format!("project {} deleted", p.name),
-            ),
-            Err::<(), store::StoreError>(e) => tracing::warn!("project {}: {e}", p.name),
+        let message = format!("project {} deleted", p.name);
+        let deleted = self
+            .store
+            .transaction(move |tx| {
+                store::delete_project(tx, id)?;
+                store::add_event(
+                    tx,
+                    EventSubject::project(id),
+                    EventKind::ProjectDeleted,
+                    &message,
+                )
+            })
+            .await;
+        if let Err(e) = deleted {
+            tracing::warn!("project {}: {e}", p.name);
         }
     }
 }

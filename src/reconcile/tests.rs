@@ -1,141 +1,19 @@
 //! Logic tests of the reconciler: a real SQLite file and a real (in-memory)
 //! DNS zone, with a fake host standing in for node processes and their admin API.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::{ReconcileSettings, Reconciler};
 use crate::dns::{DnsDriver, EmbeddedDns};
-use crate::drivers::compute::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use crate::drivers::compute::{ComputeDriver, NodeSpec};
+use crate::drivers::fake::FakeHost;
 use crate::drivers::network::loopback::LoopbackNetwork;
-use crate::drivers::node_admin::{NodeAdmin, NodeAdminError};
-use crate::model::{InstanceCreate, NodeConfig, NodeState, NodeStatus, ProvisioningStatus};
-use crate::store::{self, Store};
-
-/// Fake node processes and their admin APIs in one: a started node answers
-/// `/status`; a killed one does not, and loses its config.
-#[derive(Default)]
-struct FakeHost {
-    /// Running nodes by id: (admin address, config version in force).
-    running: Mutex<HashMap<i64, (SocketAddr, Option<u64>)>>,
-    exited: Mutex<HashMap<i64, String>>,
-    starts: AtomicUsize,
-    pushes: AtomicUsize,
-    /// When set, every config push fails with this message.
-    refuse_config: Mutex<Option<String>>,
-    /// When set, stopping a node fails with this message.
-    refuse_destroy: Mutex<Option<String>>,
-    configs: Mutex<Vec<NodeConfig>>,
-}
-
-impl FakeHost {
-    fn kill(&self, node_id: i64) {
-        self.running.lock().unwrap().remove(&node_id);
-        self.exited
-            .lock()
-            .unwrap()
-            .insert(node_id, "killed by signal 9".into());
-    }
-}
-
-impl ComputeDriver for FakeHost {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    fn ensure_node(&self, spec: &NodeSpec) -> Result<NodeObservation, ComputeError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) =
-            self.running.lock().unwrap().entry(spec.node_id)
-        {
-            self.starts.fetch_add(1, Ordering::SeqCst);
-            slot.insert((spec.admin_addr, None));
-            self.exited.lock().unwrap().remove(&spec.node_id);
-        }
-        Ok(NodeObservation::Running {
-            pid: 1000 + spec.node_id as u32,
-        })
-    }
-    fn observe_node(&self, node_id: i64) -> NodeObservation {
-        if self.running.lock().unwrap().contains_key(&node_id) {
-            NodeObservation::Running {
-                pid: 1000 + node_id as u32,
-            }
-        } else if let Some(reason) = self.exited.lock().unwrap().get(&node_id) {
-            NodeObservation::Exited {
-                reason: reason.clone(),
-            }
-        } else {
-            NodeObservation::Absent
-        }
-    }
-    fn destroy_node(&self, node_id: i64) -> Result<(), ComputeError> {
-        if let Some(reason) = self.refuse_destroy.lock().unwrap().clone() {
-            return Err(ComputeError::Stop { node_id, reason });
-        }
-        self.running.lock().unwrap().remove(&node_id);
-        self.exited.lock().unwrap().remove(&node_id);
-        Ok(())
-    }
-    fn list_nodes(&self) -> Vec<i64> {
-        self.running.lock().unwrap().keys().copied().collect()
-    }
-    fn log_tail(&self, _node_id: i64) -> String {
-        String::new()
-    }
-}
-
-impl NodeAdmin for FakeHost {
-    fn status<'a>(
-        &'a self,
-        addr: SocketAddr,
-        _secret: &'a str,
-    ) -> crate::dns::BoxFuture<'a, Result<NodeStatus, NodeAdminError>> {
-        Box::pin(async move {
-            let running = self.running.lock().unwrap();
-            let (_, version) =
-                running
-                    .values()
-                    .find(|(a, _)| *a == addr)
-                    .ok_or(NodeAdminError::Unreachable {
-                        addr,
-                        reason: "connection refused".into(),
-                    })?;
-            Ok(NodeStatus {
-                config_version: *version,
-                ..Default::default()
-            })
-        })
-    }
-    fn put_config<'a>(
-        &'a self,
-        addr: SocketAddr,
-        _secret: &'a str,
-        config: &'a NodeConfig,
-    ) -> crate::dns::BoxFuture<'a, Result<NodeStatus, NodeAdminError>> {
-        Box::pin(async move {
-            if let Some(message) = self.refuse_config.lock().unwrap().clone() {
-                return Err(NodeAdminError::Refused {
-                    addr,
-                    status: 500,
-                    message,
-                });
-            }
-            self.pushes.fetch_add(1, Ordering::SeqCst);
-            self.configs.lock().unwrap().push(config.clone());
-            let mut running = self.running.lock().unwrap();
-            let entry = running
-                .values_mut()
-                .find(|(a, _)| *a == addr)
-                .expect("pushed to a running node");
-            entry.1 = Some(config.version);
-            Ok(NodeStatus {
-                config_version: Some(config.version),
-                ..Default::default()
-            })
-        })
-    }
-}
+use crate::model::{
+    EventKind, InstanceCreate, InstanceId, NodeId, NodeState, OperatingStatus, ProvisioningStatus,
+};
+use crate::store::{self, Store, StoreError};
 
 struct Harness {
     store: Store,
@@ -188,7 +66,7 @@ fn harness() -> Harness {
 }
 
 /// Stores a project and an instance the way the API handlers do.
-fn create_instance(store: &Store, min_nodes: u32) -> i64 {
+async fn create_instance(store: &Store, min_nodes: u32) -> InstanceId {
     let spec: InstanceCreate = serde_json::from_value(serde_json::json!({
         "name": "web", "project": "demo", "traffic_type": "http", "port": 8080, "min_nodes": min_nodes,
         "backend": {"entities": ["127.0.0.1:9001", "127.0.0.1:9002"]}
@@ -196,18 +74,28 @@ fn create_instance(store: &Store, min_nodes: u32) -> i64 {
     .unwrap();
     let spec = spec.validate().unwrap();
     store
-        .transaction(|tx| {
+        .transaction(move |tx| {
             let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;
-            Ok::<_, store::StoreError>(store::insert_instance(tx, p.id, &spec)?.id)
+            Ok::<_, StoreError>(store::insert_instance(tx, p.id, &spec)?.id)
         })
+        .await
         .unwrap()
 }
 
-fn instance(h: &Harness, id: i64) -> store::InstanceRow {
+async fn instance(h: &Harness, id: InstanceId) -> store::InstanceRow {
     h.store
-        .read(|c| store::instance_by_id(c, id))
+        .read(move |c| store::instance_by_id(c, id))
+        .await
         .unwrap()
         .unwrap()
+}
+
+/// A write of the test's own, as the API or the health checker would make it.
+async fn write(
+    h: &Harness,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError> + Send + 'static,
+) {
+    h.store.transaction(move |tx| f(tx)).await.unwrap()
 }
 
 async fn dns_names(h: &Harness) -> Vec<String> {
@@ -217,16 +105,16 @@ async fn dns_names(h: &Harness) -> Vec<String> {
 #[tokio::test]
 async fn create_flow_reaches_active_and_is_idempotent() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let inst = instance(&h, id);
+    let inst = instance(&h, id).await;
     assert_eq!(
         inst.provisioning_status,
         ProvisioningStatus::Active,
         "{:?}",
         inst.status_reason
     );
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     assert_eq!(nodes.len(), 1);
     assert_eq!(
         nodes[0].address.to_string(),
@@ -251,20 +139,18 @@ async fn create_flow_reaches_active_and_is_idempotent() {
 #[tokio::test]
 async fn update_pushes_a_new_generation_without_restarting() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let mut spec = instance(&h, id).spec;
+    let mut spec = instance(&h, id).await.spec;
     spec.backends.truncate(1);
-    h.store
-        .read(|c| store::update_instance_spec(c, id, &spec))
-        .unwrap();
+    write(&h, move |c| store::update_instance_spec(c, id, &spec)).await;
     assert_eq!(
-        instance(&h, id).provisioning_status,
+        instance(&h, id).await.provisioning_status,
         ProvisioningStatus::PendingUpdate
     );
     h.reconciler.reconcile_once().await.unwrap();
     assert_eq!(
-        instance(&h, id).provisioning_status,
+        instance(&h, id).await.provisioning_status,
         ProvisioningStatus::Active
     );
     let last = h.host.configs.lock().unwrap().last().cloned().unwrap();
@@ -279,9 +165,9 @@ async fn update_pushes_a_new_generation_without_restarting() {
 #[tokio::test]
 async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
     let h = harness();
-    let id = create_instance(&h.store, 2);
+    let id = create_instance(&h.store, 2).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     h.host.kill(nodes[0].id);
     h.reconciler.reconcile_once().await.unwrap();
     assert_eq!(
@@ -294,17 +180,18 @@ async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
         vec![ipv4(&nodes[1])],
         "only the live node stays in DNS"
     );
-    let events = instance_events(&h, id);
+    let events = instance_events(&h, id).await;
     let exited = events
         .iter()
-        .find(|e| e.kind == "node_exited")
+        .find(|e| e.kind == EventKind::NodeExited)
         .expect("an exit event");
     assert!(exited.message.contains("signal 9"), "{}", exited.message);
     // Recorded once, not on every pass.
     h.reconciler.reconcile_once().await.unwrap();
     let exits = instance_events(&h, id)
+        .await
         .iter()
-        .filter(|e| e.kind == "node_exited")
+        .filter(|e| e.kind == EventKind::NodeExited)
         .count();
     assert_eq!(exits, 1);
 }
@@ -312,13 +199,13 @@ async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
 #[tokio::test]
 async fn a_failed_node_is_replaced_then_deleted_after_the_grace_period() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let old = node_rows(&h, id)[0].clone();
+    let old = node_rows(&h, id).await[0].clone();
     h.host.kill(old.id);
-    mark(&h, old.id, NodeState::Failed, 0);
+    mark(&h, old.id, NodeState::Failed, 0).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     assert_eq!(nodes.len(), 2, "the failed node stays for its grace period");
     let new = nodes.iter().find(|n| n.id != old.id).unwrap();
     assert_ne!(
@@ -327,36 +214,37 @@ async fn a_failed_node_is_replaced_then_deleted_after_the_grace_period() {
     );
     assert_eq!(new.state, NodeState::Running);
     assert_eq!(h.dns.a_records("web.demo").await, vec![ipv4(new)]);
-    let events = instance_events(&h, id);
+    let events = instance_events(&h, id).await;
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "failover" && e.message.contains(&old.address.to_string())),
+            .any(|e| e.kind == EventKind::Failover && e.message.contains(&old.address.to_string())),
         "{events:?}"
     );
     // Past the grace period, the failed node goes.
-    mark(&h, old.id, NodeState::Failed, 61);
+    mark(&h, old.id, NodeState::Failed, 61).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     assert_eq!(nodes.iter().map(|n| n.id).collect::<Vec<_>>(), [new.id]);
     assert!(instance_events(&h, id)
+        .await
         .iter()
-        .any(|e| e.kind == "node_deleted"));
+        .any(|e| e.kind == EventKind::NodeDeleted));
 }
 
 #[tokio::test]
 async fn a_recovered_node_sends_its_replacement_into_retirement() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let old = node_rows(&h, id)[0].clone();
-    mark(&h, old.id, NodeState::Failed, 0);
+    let old = node_rows(&h, id).await[0].clone();
+    mark(&h, old.id, NodeState::Failed, 0).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let replacement = node_rows(&h, id)[1].clone();
+    let replacement = node_rows(&h, id).await[1].clone();
     // The health checker saw the old node healthy again.
-    mark(&h, old.id, NodeState::Running, 0);
+    mark(&h, old.id, NodeState::Running, 0).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     let retiring = nodes.iter().find(|n| n.id == replacement.id).unwrap();
     assert_eq!(retiring.state, NodeState::Retiring);
     assert_eq!(
@@ -365,9 +253,9 @@ async fn a_recovered_node_sends_its_replacement_into_retirement() {
         "DNS is restored first"
     );
     // Drained (no connections, past the DNS TTL): deleted.
-    mark(&h, replacement.id, NodeState::Retiring, 6);
+    mark(&h, replacement.id, NodeState::Retiring, 6).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let ids: Vec<i64> = node_rows(&h, id).iter().map(|n| n.id).collect();
+    let ids: Vec<NodeId> = node_rows(&h, id).await.iter().map(|n| n.id).collect();
     assert_eq!(ids, [old.id]);
     assert!(!h.host.list_nodes().contains(&replacement.id));
 }
@@ -375,26 +263,20 @@ async fn a_recovered_node_sends_its_replacement_into_retirement() {
 #[tokio::test]
 async fn desired_nodes_scale_out_and_in_within_min_and_max() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
-    let mut spec = instance(&h, id).spec;
+    let id = create_instance(&h.store, 1).await;
+    let mut spec = instance(&h, id).await.spec;
     spec.auto_scaling = true;
     spec.max_nodes = 2;
-    h.store
-        .read(|c| store::update_instance_spec(c, id, &spec))
-        .unwrap();
+    write(&h, move |c| store::update_instance_spec(c, id, &spec)).await;
     h.reconciler.reconcile_once().await.unwrap();
-    h.store
-        .read(|c| store::set_desired_nodes(c, id, 5))
-        .unwrap();
+    write(&h, move |c| store::set_desired_nodes(c, id, 5)).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     assert_eq!(nodes.len(), 2, "never past max_nodes");
     assert_eq!(h.dns.a_records("web.demo").await.len(), 2);
-    h.store
-        .read(|c| store::set_desired_nodes(c, id, 1))
-        .unwrap();
+    write(&h, move |c| store::set_desired_nodes(c, id, 1)).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let nodes = node_rows(&h, id);
+    let nodes = node_rows(&h, id).await;
     assert_eq!(nodes[1].state, NodeState::Retiring, "the newest retires");
     assert_eq!(h.dns.a_records("web.demo").await, vec![ipv4(&nodes[0])]);
 }
@@ -402,13 +284,13 @@ async fn desired_nodes_scale_out_and_in_within_min_and_max() {
 #[tokio::test]
 async fn nodes_found_dead_at_start_restart_at_their_own_address() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
-    let node = node_rows(&h, id)[0].clone();
+    let node = node_rows(&h, id).await[0].clone();
     h.host.kill(node.id);
-    h.reconciler.restart_nodes_found_dead().unwrap();
+    h.reconciler.restart_nodes_found_dead().await.unwrap();
     h.reconciler.reconcile_once().await.unwrap();
-    let after = node_rows(&h, id);
+    let after = node_rows(&h, id).await;
     assert_eq!(after.len(), 1);
     assert_eq!(
         (after[0].id, after[0].address, after[0].state),
@@ -422,34 +304,36 @@ async fn nodes_found_dead_at_start_restart_at_their_own_address() {
     );
 }
 
-fn node_rows(h: &Harness, instance_id: i64) -> Vec<store::NodeRow> {
-    h.store.read(|c| store::list_nodes(c, instance_id)).unwrap()
+async fn node_rows(h: &Harness, instance_id: InstanceId) -> Vec<store::NodeRow> {
+    h.store
+        .read(move |c| store::list_nodes(c, instance_id))
+        .await
+        .unwrap()
 }
 
 /// The instance's 10 latest events, newest first.
-fn instance_events(h: &Harness, instance_id: i64) -> Vec<store::EventRow> {
+async fn instance_events(h: &Harness, instance_id: InstanceId) -> Vec<store::EventRow> {
     h.store
-        .read(|c| store::recent_events(c, instance_id, 0, 10))
+        .read(move |c| store::recent_events(c, instance_id, 0, 10))
+        .await
         .unwrap()
 }
 
-/// Sets a node's state as if it changed `ago` seconds ago.
-fn mark(h: &Harness, node_id: i64, state: NodeState, ago: i64) {
-    let node = h
-        .store
-        .read(|c| store::node_by_id(c, node_id))
-        .unwrap()
-        .unwrap();
-    h.store
-        .read(|c| {
-            store::set_node_observed(c, node_id, state, node.pid, node.operating_status)?;
-            c.execute(
-                "UPDATE nodes SET state_changed_at = ?2 WHERE id = ?1",
-                rusqlite::params![node_id, store::now() - ago],
-            )?;
-            Ok::<_, store::StoreError>(())
-        })
-        .unwrap();
+/// Moves a node to `state` (through the state machine, as the health
+/// checker would) as if that happened `ago` seconds ago.
+async fn mark(h: &Harness, node_id: NodeId, state: NodeState, ago: i64) {
+    write(h, move |c| {
+        let node = store::node_by_id(c, node_id)?.unwrap();
+        if node.state != state {
+            assert!(store::move_node(c, node_id, node.state, state)?);
+        }
+        c.execute(
+            "UPDATE nodes SET state_changed_at = ?2 WHERE id = ?1",
+            rusqlite::params![node_id, store::now() - ago],
+        )?;
+        Ok(())
+    })
+    .await;
 }
 
 fn ipv4(node: &store::NodeRow) -> Ipv4Addr {
@@ -462,11 +346,11 @@ fn ipv4(node: &store::NodeRow) -> Ipv4Addr {
 #[tokio::test]
 async fn a_step_that_keeps_failing_ends_in_error_with_the_reason() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     *h.host.refuse_config.lock().unwrap() = Some("bind 127.5.0.2:8080: Address in use".into());
     for attempt in 1..=3 {
         h.reconciler.reconcile_once().await.unwrap();
-        let inst = instance(&h, id);
+        let inst = instance(&h, id).await;
         let expected = if attempt < 3 {
             ProvisioningStatus::PendingCreate
         } else {
@@ -478,6 +362,7 @@ async fn a_step_that_keeps_failing_ends_in_error_with_the_reason() {
         );
     }
     assert!(instance(&h, id)
+        .await
         .status_reason
         .unwrap()
         .contains("Address in use"));
@@ -486,19 +371,21 @@ async fn a_step_that_keeps_failing_ends_in_error_with_the_reason() {
 #[tokio::test]
 async fn delete_removes_dns_nodes_and_rows() {
     let h = harness();
-    let id = create_instance(&h.store, 2);
+    let id = create_instance(&h.store, 2).await;
     h.reconciler.reconcile_once().await.unwrap();
     assert_eq!(h.host.list_nodes().len(), 2);
-    h.store
-        .read(|c| store::set_instance_provisioning(c, id, ProvisioningStatus::PendingDelete, None))
-        .unwrap();
+    write(&h, move |c| {
+        store::set_instance_provisioning(c, id, ProvisioningStatus::PendingDelete, None)
+    })
+    .await;
     h.reconciler.reconcile_once().await.unwrap();
     assert!(h
         .store
-        .read(|c| store::instance_by_id(c, id))
+        .read(move |c| store::instance_by_id(c, id))
+        .await
         .unwrap()
         .is_none());
-    assert!(h.store.read(store::all_nodes).unwrap().is_empty());
+    assert!(h.store.read(store::all_nodes).await.unwrap().is_empty());
     assert!(h.host.list_nodes().is_empty());
     assert!(dns_names(&h).await.is_empty());
 }
@@ -506,16 +393,17 @@ async fn delete_removes_dns_nodes_and_rows() {
 #[tokio::test]
 async fn a_delete_that_keeps_failing_shows_error_and_is_still_retried() {
     let h = harness();
-    let id = create_instance(&h.store, 1);
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
     *h.host.refuse_destroy.lock().unwrap() = Some("permission denied".into());
-    h.store
-        .read(|c| store::set_instance_provisioning(c, id, ProvisioningStatus::PendingDelete, None))
-        .unwrap();
+    write(&h, move |c| {
+        store::set_instance_provisioning(c, id, ProvisioningStatus::PendingDelete, None)
+    })
+    .await;
     for _ in 0..3 {
         h.reconciler.reconcile_once().await.unwrap();
     }
-    let inst = instance(&h, id);
+    let inst = instance(&h, id).await;
     assert_eq!(inst.provisioning_status, ProvisioningStatus::Error);
     assert!(inst.deleting, "the delete is still requested");
     let reason = inst.status_reason.unwrap();
@@ -531,7 +419,8 @@ async fn a_delete_that_keeps_failing_shows_error_and_is_still_retried() {
     h.reconciler.reconcile_once().await.unwrap();
     assert!(h
         .store
-        .read(|c| store::instance_by_id(c, id))
+        .read(move |c| store::instance_by_id(c, id))
+        .await
         .unwrap()
         .is_none());
 }
@@ -540,7 +429,7 @@ async fn a_delete_that_keeps_failing_shows_error_and_is_still_retried() {
 async fn orphans_without_rows_are_removed() {
     let h = harness();
     let orphan = NodeSpec {
-        node_id: 99,
+        node_id: NodeId(99),
         admin_addr: "127.9.0.2:9901".parse().unwrap(),
         secret: "x".into(),
         netns: None,
@@ -560,15 +449,111 @@ async fn orphans_without_rows_are_removed() {
 #[tokio::test]
 async fn min_nodes_gives_one_address_and_record_each() {
     let h = harness();
-    let id = create_instance(&h.store, 3);
+    let id = create_instance(&h.store, 3).await;
     h.reconciler.reconcile_once().await.unwrap();
     let addrs: Vec<String> = node_rows(&h, id)
+        .await
         .iter()
         .map(|n| n.address.to_string())
         .collect();
     assert_eq!(addrs, ["127.5.0.2", "127.5.0.3", "127.5.0.4"]);
     assert_eq!(
-        instance(&h, id).provisioning_status,
+        instance(&h, id).await.provisioning_status,
         ProvisioningStatus::Active
     );
+}
+
+#[tokio::test]
+async fn a_stale_reconciler_write_cannot_undo_a_failover() {
+    let h = harness();
+    let id = create_instance(&h.store, 1).await;
+    h.reconciler.reconcile_once().await.unwrap();
+    let mut stale = node_rows(&h, id).await[0].clone();
+    assert_eq!(stale.state, NodeState::Running);
+    // The snapshot says the config must be pushed again (the node restarted).
+    stale.applied_generation = None;
+    // The health checker fails the node after the reconciler read it...
+    mark(&h, stale.id, NodeState::Failed, 0).await;
+    // ...and the reconciler, acting on its snapshot, sees the process with
+    // a new pid and records it. Without the guard this wrote `running`.
+    h.host.pid_offset.store(7, Ordering::SeqCst);
+    let inst = instance(&h, id).await;
+    let serving = h
+        .reconciler
+        .ensure_node_serving(&inst, &stale)
+        .await
+        .unwrap();
+    assert!(!serving, "a node failed meanwhile is not reported serving");
+    let now = h
+        .store
+        .read(move |c| store::node_by_id(c, stale.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.state, NodeState::Failed, "the failover holds");
+    assert_eq!(now.pid, stale.pid, "nothing of the stale write landed");
+}
+
+#[tokio::test]
+async fn a_node_retired_while_starting_is_not_brought_back() {
+    let h = harness();
+    let id = create_instance(&h.store, 1).await;
+    // Rows exist, nothing started yet: the snapshot says `starting`.
+    let inst = instance(&h, id).await;
+    let starting = h.reconciler.ensure_node_rows(&inst).await.unwrap()[0].clone();
+    assert_eq!(starting.state, NodeState::Starting);
+    // Scale-in retires it before the start finishes.
+    mark(&h, starting.id, NodeState::Retiring, 0).await;
+    let serving = h
+        .reconciler
+        .ensure_node_serving(&inst, &starting)
+        .await
+        .unwrap();
+    assert!(!serving);
+    let now = node_rows(&h, id).await;
+    assert_eq!(now[0].state, NodeState::Retiring);
+    assert!(instance_events(&h, id)
+        .await
+        .iter()
+        .all(|e| e.kind != EventKind::NodeReady));
+}
+
+#[tokio::test]
+async fn a_locked_store_is_not_counted_as_a_failure_of_the_instance() {
+    let h = harness();
+    let id = create_instance(&h.store, 1).await;
+    let other = rusqlite::Connection::open(&h.db).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // Far more passes than attempts_before_error, all against the lock.
+    for _ in 0..5 {
+        h.reconciler.reconcile_once().await.unwrap();
+    }
+    let inst = instance(&h, id).await;
+    assert_eq!(inst.provisioning_status, ProvisioningStatus::PendingCreate);
+    other.execute_batch("ROLLBACK").unwrap();
+    h.reconciler.reconcile_once().await.unwrap();
+    let inst = instance(&h, id).await;
+    assert_eq!(
+        inst.provisioning_status,
+        ProvisioningStatus::Active,
+        "{:?}",
+        inst.status_reason
+    );
+    assert_eq!(
+        node_rows(&h, id).await[0].operating_status,
+        OperatingStatus::Online
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_fails_to_start_ends_in_error_with_the_reason() {
+    let h = harness();
+    let id = create_instance(&h.store, 1).await;
+    *h.host.refuse_start.lock().unwrap() = Some("no such binary".into());
+    for _ in 0..3 {
+        h.reconciler.reconcile_once().await.unwrap();
+    }
+    let inst = instance(&h, id).await;
+    assert_eq!(inst.provisioning_status, ProvisioningStatus::Error);
+    assert!(inst.status_reason.unwrap().contains("no such binary"));
 }

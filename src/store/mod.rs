@@ -1,42 +1,105 @@
 //! The desired state, in SQLite (WAL). Every write is one transaction that
 //! commits before the API answers, so a crash never leaves half a change.
 //!
-//! Queries are short and local, so they run inline on the async threads behind
-//! one mutex; SQLite allows a single writer anyway.
+//! No statement runs on the async runtime: [`Store::read`] and
+//! [`Store::transaction`] hand their closure to a blocking thread. There are
+//! two connections: one writer (SQLite allows one anyway) and one reader
+//! that is `query_only`. In WAL mode readers never wait for a writer, so
+//! while another process holds the write lock, reads go on, and a write
+//! gives up at its deadline with [`StoreError::Unavailable`] instead of
+//! stalling its caller.
 
+mod instances;
 mod migrations;
 mod monitor;
+mod nodes;
+mod projects;
 mod rows;
+mod sql_types;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use thiserror::Error;
 
-use crate::model::{
-    derive_operating_status, InstanceSpec, NodeState, OperatingStatus, ProvisioningStatus,
+use crate::model::{NodeId, NodeState};
+pub use instances::{
+    all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
+    list_instances, refresh_instance_operating, set_desired_nodes, set_instance_operating,
+    set_instance_provisioning, update_instance_spec,
 };
 pub use monitor::{
     add_event, add_sample, apply_retention, latest_node_sample, monitor_log_size, recent_events,
     recent_samples, EventSubject, Retention, RetentionReport,
 };
+pub use nodes::{
+    all_nodes, delete_node, insert_node, list_nodes, move_node, node_by_id, set_node_applied,
+    set_node_operating, set_node_process,
+};
+pub use projects::{
+    delete_project, insert_project, list_projects, project_by_id, project_by_name,
+    set_project_status, set_project_user,
+};
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// Another process holds the database's write lock (or it is otherwise
+    /// busy) past the write deadline. Nothing was written; try again.
+    #[error("the state database is locked or busy; nothing was written, try again")]
+    Unavailable,
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("database schema version {found} is newer than this lbd understands ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("node {node} cannot move from {} to {}", from.as_str(), to.as_str())]
+    IllegalTransition {
+        node: NodeId,
+        from: NodeState,
+        to: NodeState,
+    },
+    #[error("the store's worker thread failed: {0}")]
+    Worker(String),
 }
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// The database is locked or busy: a passing condition, not a fault of
+    /// the object being worked on.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable)
+    }
+}
+
+/// How long a write may wait for the database (for the lock of another
+/// process, and behind this process's other writes) before it gives up with
+/// [`StoreError::Unavailable`]. The API promises an answer within 1 s.
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_millis(500);
+/// How long a read waits on a busy database (rare under WAL).
+const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A handle on the state database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Connections>,
+}
+
+struct Connections {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    write_deadline: Duration,
 }
 
 pub fn now() -> i64 {
@@ -46,388 +109,116 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(READ_BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave a transaction open
+    // (rusqlite rolls back on drop), so the connection is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to date.
+    /// Opens (creating if needed) the database and brings its schema up to
+    /// date. Blocking: call it at start-up, before serving.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations::migrate(&mut conn)?;
+        Self::open_with_deadline(path, DEFAULT_WRITE_DEADLINE)
+    }
+
+    pub fn open_with_deadline(path: &Path, write_deadline: Duration) -> Result<Store, StoreError> {
+        let mut writer = open_connection(path)?;
+        writer.busy_timeout(Duration::from_secs(5))?;
+        migrations::migrate(&mut writer)?;
+        let reader = open_connection(path)?;
+        // Reads go through this connection; a write slipped in by mistake fails loudly.
+        reader.pragma_update(None, "query_only", true)?;
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            inner: Arc::new(Connections {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                write_deadline,
+            }),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction open
-        // (rusqlite rolls back on drop), so the connection is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` in one write transaction on a blocking thread: all of it
+    /// commits, or none of it. Gives up with [`StoreError::Unavailable`]
+    /// once the write deadline has passed.
+    pub async fn transaction<T, E>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let deadline = Instant::now() + self.inner.write_deadline;
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.write_until(deadline, f)).await {
+            Ok(out) => out,
+            Err(e) => Err(StoreError::Worker(e.to_string()).into()),
+        }
     }
 
-    /// Runs `f` in one transaction: all of it commits, or none of it.
-    pub fn transaction<T, E: From<StoreError>>(
+    /// Runs read-only `f` on a blocking thread.
+    pub async fn read<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.read_blocking(f)).await {
+            Ok(out) => out,
+            Err(e) => Err(StoreError::Worker(e.to_string()).into()),
+        }
+    }
+
+    /// [`Store::transaction`] for synchronous callers (start-up, tools,
+    /// tests). Never call it from async code.
+    pub fn transaction_blocking<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(StoreError::from)?;
+        self.write_until(Instant::now() + self.inner.write_deadline, f)
+    }
+
+    /// [`Store::read`] for synchronous callers. Never call it from async code.
+    pub fn read_blocking<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        f(&lock(&self.inner.reader))
+    }
+
+    fn write_until<T, E: From<StoreError>>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = lock(&self.inner.writer);
+        // Waiting for the mutex counts against the deadline too: writes
+        // queued behind one stuck on another process's lock give up in time.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(StoreError::Unavailable.into());
+        }
+        conn.busy_timeout(left).map_err(StoreError::from)?;
+        // IMMEDIATE takes the write lock at BEGIN, where the busy timeout
+        // applies; a deferred transaction could fail later without waiting.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
         let out = f(&tx)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(out)
     }
-
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        f(&self.lock())
-    }
 }
 
-// === projects ===
-
-pub fn insert_project(
-    tx: &Connection,
-    name: &str,
-    user: &str,
-    subnet: &str,
-) -> Result<ProjectRow, StoreError> {
-    let t = now();
-    tx.execute(
-        "INSERT INTO projects (name, user, subnet, provisioning_status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![
-            name,
-            user,
-            subnet,
-            ProvisioningStatus::PendingCreate.as_str(),
-            t
-        ],
-    )?;
-    project_by_id(tx, tx.last_insert_rowid())?
-        .ok_or_else(|| StoreError::Corrupt("inserted project vanished".into()))
-}
-
-const PROJECT_COLS: &str =
-    "id, name, user, subnet, provisioning_status, status_reason, created_at, deleting";
-
-pub fn project_by_name(c: &Connection, name: &str) -> Result<Option<ProjectRow>, StoreError> {
-    c.query_row(
-        &format!("SELECT {PROJECT_COLS} FROM projects WHERE name = ?1"),
-        [name],
-        ProjectRow::from_row,
-    )
-    .optional()?
-    .transpose()
-}
-
-pub fn project_by_id(c: &Connection, id: i64) -> Result<Option<ProjectRow>, StoreError> {
-    c.query_row(
-        &format!("SELECT {PROJECT_COLS} FROM projects WHERE id = ?1"),
-        [id],
-        ProjectRow::from_row,
-    )
-    .optional()?
-    .transpose()
-}
-
-pub fn list_projects(c: &Connection) -> Result<Vec<ProjectRow>, StoreError> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {PROJECT_COLS} FROM projects ORDER BY name"
-    ))?;
-    let rows = stmt.query_map([], ProjectRow::from_row)?;
-    rows.map(|r| r?).collect()
-}
-
-pub fn set_project_user(c: &Connection, id: i64, user: &str) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE projects SET user = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, user, now()],
-    )?;
-    Ok(())
-}
-
-pub fn set_project_status(
-    c: &Connection,
-    id: i64,
-    status: ProvisioningStatus,
-    reason: Option<&str>,
-) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE projects SET provisioning_status = ?2, status_reason = ?3, updated_at = ?4,
-                deleting = CASE WHEN ?2 = 'PENDING_DELETE' THEN 1 ELSE deleting END WHERE id = ?1",
-        params![id, status.as_str(), reason, now()],
-    )?;
-    Ok(())
-}
-
-pub fn delete_project(c: &Connection, id: i64) -> Result<(), StoreError> {
-    c.execute("DELETE FROM projects WHERE id = ?1", [id])?;
-    Ok(())
-}
-
-// === instances ===
-
-const INSTANCE_COLS: &str =
-    "i.id, i.project_id, p.name, i.name, i.spec, i.generation, i.provisioning_status,
-     i.operating_status, i.status_reason, i.created_at, i.updated_at, i.desired_nodes, i.scaled_at,
-     i.deleting";
-
-pub fn insert_instance(
-    c: &Connection,
-    project_id: i64,
-    spec: &InstanceSpec,
-) -> Result<InstanceRow, StoreError> {
-    let t = now();
-    let json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    c.execute(
-        "INSERT INTO instances (project_id, name, spec, generation, provisioning_status, operating_status,
-                                created_at, updated_at)
-         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6)",
-        params![
-            project_id,
-            spec.name,
-            json,
-            ProvisioningStatus::PendingCreate.as_str(),
-            OperatingStatus::Offline.as_str(),
-            t
-        ],
-    )?;
-    instance_by_id(c, c.last_insert_rowid())?
-        .ok_or_else(|| StoreError::Corrupt("inserted instance vanished".into()))
-}
-
-fn query_instances(
-    c: &Connection,
-    filter: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<InstanceRow>, StoreError> {
-    let sql = format!(
-        "SELECT {INSTANCE_COLS} FROM instances i JOIN projects p ON p.id = i.project_id {filter} ORDER BY p.name, i.name"
-    );
-    let mut stmt = c.prepare(&sql)?;
-    let rows = stmt.query_map(args, InstanceRow::from_row)?;
-    rows.map(|r| r?).collect()
-}
-
-pub fn instance_by_id(c: &Connection, id: i64) -> Result<Option<InstanceRow>, StoreError> {
-    Ok(query_instances(c, "WHERE i.id = ?1", [id])?.pop())
-}
-
-pub fn instance_by_name(
-    c: &Connection,
-    project_id: i64,
-    name: &str,
-) -> Result<Option<InstanceRow>, StoreError> {
-    Ok(query_instances(
-        c,
-        "WHERE i.project_id = ?1 AND i.name = ?2",
-        params![project_id, name],
-    )?
-    .pop())
-}
-
-pub fn list_instances(c: &Connection, project_id: i64) -> Result<Vec<InstanceRow>, StoreError> {
-    query_instances(c, "WHERE i.project_id = ?1", [project_id])
-}
-
-pub fn all_instances(c: &Connection) -> Result<Vec<InstanceRow>, StoreError> {
-    query_instances(c, "", [])
-}
-
-/// Stores a new desired spec: the generation goes up, and the nodes get the new config.
-pub fn update_instance_spec(
-    c: &Connection,
-    id: i64,
-    spec: &InstanceSpec,
-) -> Result<(), StoreError> {
-    let json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    c.execute(
-        "UPDATE instances SET spec = ?2, generation = generation + 1, provisioning_status = ?3,
-                status_reason = NULL, updated_at = ?4 WHERE id = ?1",
-        params![id, json, ProvisioningStatus::PendingUpdate.as_str(), now()],
-    )?;
-    Ok(())
-}
-
-pub fn set_instance_provisioning(
-    c: &Connection,
-    id: i64,
-    status: ProvisioningStatus,
-    reason: Option<&str>,
-) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE instances SET provisioning_status = ?2, status_reason = ?3, updated_at = ?4,
-                deleting = CASE WHEN ?2 = 'PENDING_DELETE' THEN 1 ELSE deleting END WHERE id = ?1",
-        params![id, status.as_str(), reason, now()],
-    )?;
-    Ok(())
-}
-
-/// Records what the reconciler observed; a no-op write is skipped to keep WAL churn low.
-pub fn set_instance_operating(
-    c: &Connection,
-    id: i64,
-    status: OperatingStatus,
-    reason: Option<&str>,
-) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE instances SET operating_status = ?2, status_reason = ?3
-         WHERE id = ?1 AND (operating_status IS NOT ?2 OR status_reason IS NOT ?3)",
-        params![id, status.as_str(), reason],
-    )?;
-    Ok(())
-}
-
-/// Sets the instance's `operating_status` from its nodes (see
-/// [`derive_operating_status`]); a reason only when not ONLINE.
-pub fn refresh_instance_operating(c: &Connection, inst: &InstanceRow) -> Result<(), StoreError> {
-    let nodes: Vec<(NodeState, OperatingStatus)> = list_nodes(c, inst.id)?
-        .iter()
-        .map(|n| (n.state, n.operating_status))
-        .collect();
-    let status = derive_operating_status(&nodes, inst.target_nodes() as usize);
-    let reason = match status {
-        OperatingStatus::Online => None,
-        _ => {
-            let count = |s: NodeState| nodes.iter().filter(|(n, _)| *n == s).count();
-            let degraded = nodes
-                .iter()
-                .filter(|(_, o)| *o == OperatingStatus::Degraded)
-                .count();
-            Some(format!(
-                "{} of {} nodes serving, {} failed, {} with backend members down",
-                nodes
-                    .iter()
-                    .filter(|(s, o)| *s == NodeState::Running && *o != OperatingStatus::Offline)
-                    .count(),
-                inst.target_nodes(),
-                count(NodeState::Failed),
-                degraded
-            ))
-        }
-    };
-    set_instance_operating(c, inst.id, status, reason.as_deref())
-}
-
-/// Records the autoscaler's decision: the new node count and when.
-pub fn set_desired_nodes(c: &Connection, id: i64, desired: u32) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE instances SET desired_nodes = ?2, scaled_at = ?3 WHERE id = ?1",
-        params![id, desired, now()],
-    )?;
-    Ok(())
-}
-
-/// Deletes an instance with its nodes.
-pub fn delete_instance(c: &Connection, id: i64) -> Result<(), StoreError> {
-    c.execute("DELETE FROM samples WHERE instance_id = ?1", [id])?;
-    c.execute("DELETE FROM nodes WHERE instance_id = ?1", [id])?;
-    c.execute("DELETE FROM instances WHERE id = ?1", [id])?;
-    Ok(())
-}
-
-// === nodes ===
-
-const NODE_COLS: &str = "id, instance_id, address, secret, state, pid, operating_status,
-     state_changed_at, applied_generation";
-
-pub fn insert_node(
-    c: &Connection,
-    instance_id: i64,
-    address: &str,
-    secret: &str,
-) -> Result<NodeRow, StoreError> {
-    c.execute(
-        "INSERT INTO nodes (instance_id, address, secret, state, operating_status, created_at,
-                            state_changed_at)
-         VALUES (?1, ?2, ?3, 'starting', ?4, ?5, ?5)",
-        params![
-            instance_id,
-            address,
-            secret,
-            OperatingStatus::Offline.as_str(),
-            now()
-        ],
-    )?;
-    let id = c.last_insert_rowid();
-    c.query_row(
-        &format!("SELECT {NODE_COLS} FROM nodes WHERE id = ?1"),
-        [id],
-        NodeRow::from_row,
-    )?
-}
-
-fn query_nodes(
-    c: &Connection,
-    filter: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<NodeRow>, StoreError> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {NODE_COLS} FROM nodes {filter} ORDER BY id"
-    ))?;
-    let rows = stmt.query_map(args, NodeRow::from_row)?;
-    rows.map(|r| r?).collect()
-}
-
-pub fn list_nodes(c: &Connection, instance_id: i64) -> Result<Vec<NodeRow>, StoreError> {
-    query_nodes(c, "WHERE instance_id = ?1", [instance_id])
-}
-
-pub fn all_nodes(c: &Connection) -> Result<Vec<NodeRow>, StoreError> {
-    query_nodes(c, "", [])
-}
-
-pub fn node_by_id(c: &Connection, id: i64) -> Result<Option<NodeRow>, StoreError> {
-    Ok(query_nodes(c, "WHERE id = ?1", [id])?.pop())
-}
-
-/// Records what was observed of a node; `state_changed_at` moves only when
-/// the state does.
-pub fn set_node_observed(
-    c: &Connection,
-    id: i64,
-    state: NodeState,
-    pid: Option<u32>,
-    status: OperatingStatus,
-) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE nodes SET state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?5 END,
-                state = ?2, pid = ?3, operating_status = ?4 WHERE id = ?1",
-        params![id, state.as_str(), pid, status.as_str(), now()],
-    )?;
-    Ok(())
-}
-
-pub fn set_node_operating(
-    c: &Connection,
-    id: i64,
-    status: OperatingStatus,
-) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE nodes SET operating_status = ?2 WHERE id = ?1 AND operating_status IS NOT ?2",
-        params![id, status.as_str()],
-    )?;
-    Ok(())
-}
-
-/// The generation of the config the node accepted (`None`: it must be pushed again).
-pub fn set_node_applied(
-    c: &Connection,
-    id: i64,
-    generation: Option<u64>,
-) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE nodes SET applied_generation = ?2 WHERE id = ?1",
-        params![id, generation.map(|g| g as i64)],
-    )?;
-    Ok(())
-}
-
-pub fn delete_node(c: &Connection, id: i64) -> Result<(), StoreError> {
-    c.execute("DELETE FROM samples WHERE node_id = ?1", [id])?;
-    c.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, EventRow, StoreError};
-use crate::model::{NodeStats, SampleInfo};
+use crate::model::{EventKind, InstanceId, NodeId, NodeStats, ProjectId, SampleInfo};
 
 // === samples ===
 
@@ -14,7 +14,7 @@ use crate::model::{NodeStats, SampleInfo};
 /// `info` can show the latest counters as the node reported them.
 pub fn add_sample(
     c: &Connection,
-    instance_id: i64,
+    instance_id: InstanceId,
     sample: &SampleInfo,
     stats: &NodeStats,
 ) -> Result<(), StoreError> {
@@ -46,7 +46,7 @@ pub fn add_sample(
 /// The newest counters a node reported, and when.
 pub fn latest_node_sample(
     c: &Connection,
-    node_id: i64,
+    node_id: NodeId,
 ) -> Result<Option<(i64, NodeStats)>, StoreError> {
     let row: Option<(i64, String)> = c
         .query_row(
@@ -67,7 +67,7 @@ pub fn latest_node_sample(
 /// An instance's samples since `since` (Unix seconds), newest first, at most `limit`.
 pub fn recent_samples(
     c: &Connection,
-    instance_id: i64,
+    instance_id: InstanceId,
     since: i64,
     limit: u32,
 ) -> Result<Vec<SampleInfo>, StoreError> {
@@ -176,15 +176,40 @@ pub fn monitor_log_size(c: &Connection) -> Result<(i64, i64, i64), StoreError> {
 /// What an event is about; ids are kept even after the object is gone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventSubject {
-    pub project_id: Option<i64>,
-    pub instance_id: Option<i64>,
-    pub node_id: Option<i64>,
+    pub project_id: Option<ProjectId>,
+    pub instance_id: Option<InstanceId>,
+    pub node_id: Option<NodeId>,
+}
+
+impl EventSubject {
+    pub fn project(project_id: ProjectId) -> Self {
+        EventSubject {
+            project_id: Some(project_id),
+            ..Default::default()
+        }
+    }
+
+    pub fn instance(project_id: ProjectId, instance_id: InstanceId) -> Self {
+        EventSubject {
+            project_id: Some(project_id),
+            instance_id: Some(instance_id),
+            node_id: None,
+        }
+    }
+
+    pub fn node(project_id: ProjectId, instance_id: InstanceId, node_id: NodeId) -> Self {
+        EventSubject {
+            project_id: Some(project_id),
+            instance_id: Some(instance_id),
+            node_id: Some(node_id),
+        }
+    }
 }
 
 pub fn add_event(
     c: &Connection,
     subject: EventSubject,
-    kind: &str,
+    kind: EventKind,
     message: &str,
 ) -> Result<(), StoreError> {
     c.execute(
@@ -197,7 +222,7 @@ pub fn add_event(
 /// An instance's events since `since` (Unix seconds), newest first, at most `limit`.
 pub fn recent_events(
     c: &Connection,
-    instance_id: i64,
+    instance_id: InstanceId,
     since: i64,
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
@@ -220,7 +245,7 @@ pub fn recent_events(
 mod tests {
     use super::*;
 
-    fn sample(ts: i64, node_id: i64, rps: f64) -> SampleInfo {
+    fn sample(ts: i64, node_id: NodeId, rps: f64) -> SampleInfo {
         SampleInfo {
             ts,
             resolution: 0,
@@ -255,9 +280,15 @@ mod tests {
             let t0 = start + minute * 60;
             for k in 0..12 {
                 let rps = if k % 2 == 0 { 10.0 } else { 20.0 };
-                add_sample(&conn, 1, &sample(t0 + k * 5, 7, rps), &stats).unwrap();
+                add_sample(
+                    &conn,
+                    InstanceId(1),
+                    &sample(t0 + k * 5, NodeId(7), rps),
+                    &stats,
+                )
+                .unwrap();
             }
-            add_event(&conn, EventSubject::default(), "tick", "x").unwrap();
+            add_event(&conn, EventSubject::default(), EventKind::NodeReady, "x").unwrap();
             let tx = conn.transaction().unwrap();
             apply_retention(&tx, keep, t0 + 60).unwrap();
             tx.commit().unwrap();
@@ -274,7 +305,7 @@ mod tests {
         let (raw, minutes, _) = monitor_log_size(&conn).unwrap();
         assert!(raw >= 700, "the last hour stays raw: {raw}");
         assert!(minutes >= 24 * 60 - 61, "a day of minutes: {minutes}");
-        let oldest_minute = recent_samples(&conn, 1, 0, 100_000)
+        let oldest_minute = recent_samples(&conn, InstanceId(1), 0, 100_000)
             .unwrap()
             .into_iter()
             .rfind(|s| s.resolution == 60)

@@ -3,11 +3,14 @@
 use rusqlite::Row;
 
 use super::StoreError;
-use crate::model::{InstanceSpec, NodeState, OperatingStatus, ProvisioningStatus};
+use crate::model::{
+    EventKind, InstanceId, InstanceSpec, NodeId, NodeState, OperatingStatus, ProjectId,
+    ProvisioningStatus,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectRow {
-    pub id: i64,
+    pub id: ProjectId,
     pub name: String,
     pub user: String,
     pub subnet: ipnet::Ipv4Net,
@@ -21,8 +24,8 @@ pub struct ProjectRow {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRow {
-    pub id: i64,
-    pub project_id: i64,
+    pub id: InstanceId,
+    pub project_id: ProjectId,
     pub project_name: String,
     pub name: String,
     pub spec: InstanceSpec,
@@ -51,8 +54,8 @@ impl InstanceRow {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRow {
-    pub id: i64,
-    pub instance_id: i64,
+    pub id: NodeId,
+    pub instance_id: InstanceId,
     pub address: std::net::IpAddr,
     pub secret: String,
     pub state: NodeState,
@@ -68,8 +71,8 @@ pub struct NodeRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
     pub ts: i64,
-    pub node_id: Option<i64>,
-    pub kind: String,
+    pub node_id: Option<NodeId>,
+    pub kind: EventKind,
     pub message: String,
 }
 
@@ -77,27 +80,19 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("bad {what}: {value:?}"))
 }
 
-fn provisioning(s: String) -> Result<ProvisioningStatus, StoreError> {
-    ProvisioningStatus::parse(&s).ok_or_else(|| corrupt("provisioning status", &s))
-}
-
-fn operating(s: String) -> Result<OperatingStatus, StoreError> {
-    OperatingStatus::parse(&s).ok_or_else(|| corrupt("operating status", &s))
-}
-
 // Decoding returns a nested Result: the outer one is SQLite's, the inner ours,
 // because rusqlite's row mapper can only fail with its own error type.
 impl ProjectRow {
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
         let subnet: String = r.get(3)?;
-        let status: String = r.get(4)?;
+        let provisioning_status = r.get(4)?;
         Ok((|| {
             Ok(ProjectRow {
                 id: r.get(0)?,
                 name: r.get(1)?,
                 user: r.get(2)?,
                 subnet: subnet.parse().map_err(|_| corrupt("subnet", &subnet))?,
-                provisioning_status: provisioning(status)?,
+                provisioning_status,
                 status_reason: r.get(5)?,
                 created_at: r.get(6)?,
                 deleting: r.get(7)?,
@@ -109,8 +104,8 @@ impl ProjectRow {
 impl InstanceRow {
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
         let spec: String = r.get(4)?;
-        let prov: String = r.get(6)?;
-        let oper: String = r.get(7)?;
+        let provisioning_status = r.get(6)?;
+        let operating_status = r.get(7)?;
         let generation: i64 = r.get(5)?;
         Ok((|| {
             Ok(InstanceRow {
@@ -121,8 +116,8 @@ impl InstanceRow {
                 spec: serde_json::from_str(&spec)
                     .map_err(|e| StoreError::Corrupt(format!("instance spec: {e}")))?,
                 generation: generation as u64,
-                provisioning_status: provisioning(prov)?,
-                operating_status: operating(oper)?,
+                provisioning_status,
+                operating_status,
                 status_reason: r.get(8)?,
                 created_at: r.get(9)?,
                 updated_at: r.get(10)?,
@@ -137,8 +132,8 @@ impl InstanceRow {
 impl NodeRow {
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
         let address: String = r.get(2)?;
-        let oper: String = r.get(6)?;
-        let state: String = r.get(4)?;
+        let operating_status = r.get(6)?;
+        let state = r.get(4)?;
         let applied: Option<i64> = r.get(8)?;
         Ok((|| {
             Ok(NodeRow {
@@ -148,9 +143,9 @@ impl NodeRow {
                     .parse()
                     .map_err(|_| corrupt("node address", &address))?,
                 secret: r.get(3)?,
-                state: NodeState::parse(&state).ok_or_else(|| corrupt("node state", &state))?,
+                state,
                 pid: r.get(5)?,
-                operating_status: operating(oper)?,
+                operating_status,
                 state_changed_at: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
                 applied_generation: applied.map(|g| g as u64),
             })

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use lbaas::model::{EventInfo, InstanceInfo, ProjectInfo};
+use lbaas::model::{EventInfo, InstanceInfo, NodeId, ProjectInfo};
 
 /// How many points the sparklines keep (one per refresh).
 pub const HISTORY: usize = 120;
@@ -104,7 +104,7 @@ pub struct App {
     pub event_scroll: usize,
     /// Requests/s and p99 per instance, one point per refresh.
     pub history: HashMap<(String, String), VecDeque<(f64, f64)>>,
-    pub member_rates: HashMap<(i64, String), MemberRate>,
+    pub member_rates: HashMap<(NodeId, String), MemberRate>,
 }
 
 impl App {
@@ -325,7 +325,7 @@ fn status_rank(provisioning: &str, operating: &str) -> u8 {
 
 fn row(project: &str, info: InstanceInfo) -> InstanceRow {
     // The latest sample of each node.
-    let mut latest: HashMap<i64, (i64, f64, Option<f64>)> = HashMap::new();
+    let mut latest: HashMap<NodeId, (i64, f64, Option<f64>)> = HashMap::new();
     for s in &info.samples {
         let entry = latest
             .entry(s.node_id)
@@ -350,7 +350,7 @@ fn row(project: &str, info: InstanceInfo) -> InstanceRow {
 }
 
 /// Latest sample values of one node: (requests/s, p50, p99).
-pub fn node_load(info: &InstanceInfo, node_id: i64) -> (f64, Option<f64>, Option<f64>) {
+pub fn node_load(info: &InstanceInfo, node_id: NodeId) -> (f64, Option<f64>, Option<f64>) {
     info.samples
         .iter()
         .filter(|s| s.node_id == node_id)
@@ -459,7 +459,7 @@ pub mod tests {
             .members[0]
             .requests = 150;
         app.update(later, t0 + std::time::Duration::from_secs(2));
-        let rate = &app.member_rates[&(10, "127.0.0.1:9001".to_string())];
+        let rate = &app.member_rates[&(NodeId(10), "127.0.0.1:9001".to_string())];
         assert_eq!(rate.requests_per_s, 50.0);
         assert_eq!(app.history[&("demo".into(), "web".into())].len(), 2);
     }

@@ -82,7 +82,12 @@ fn render_list(f: &mut Frame, app: &App, area: Rect) {
                     .style(status_style(r.info.provisioning_status.as_str())),
             ];
             if medium {
-                let running = r.info.nodes.iter().filter(|n| n.state == "running").count();
+                let running = r
+                    .info
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state == lbaas::model::NodeState::Running)
+                    .count();
                 cells.extend([
                     Cell::from(r.info.operating_status.as_str())
                         .style(status_style(r.info.operating_status.as_str())),
@@ -204,7 +209,7 @@ fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
             let conns = n.stats.as_ref().map_or(0, |s| s.active_connections);
             Row::new(vec![
                 Cell::from(n.address.clone()),
-                Cell::from(n.state.clone()).style(status_style(&n.state)),
+                Cell::from(n.state.as_str()).style(status_style(n.state.as_str())),
                 Cell::from(format!("{rps:.1}")),
                 Cell::from(conns.to_string()),
                 Cell::from(ms(p50)),
@@ -321,9 +326,9 @@ fn render_events(f: &mut Frame, app: &App, area: Rect) {
         .take(visible)
         .map(|(who, e)| {
             let day = e.ts.rem_euclid(86_400);
-            let kind_style = if e.kind.contains("fail") || e.kind.contains("error") {
+            let kind_style = if e.kind.is_trouble() {
                 Style::default().fg(Color::Red)
-            } else if e.kind.starts_with("scale") {
+            } else if e.kind.is_scaling() {
                 Style::default().fg(Color::Cyan)
             } else {
                 Style::default()

@@ -15,6 +15,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 
 use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use crate::model::NodeId;
 
 /// What every VM gets.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ pub struct LibvirtCompute {
     settings: VmSettings,
 }
 
-fn start_error(node_id: i64, reason: impl std::fmt::Display) -> ComputeError {
+fn start_error(node_id: NodeId, reason: impl std::fmt::Display) -> ComputeError {
     ComputeError::Start {
         node_id,
         reason: reason.to_string(),
@@ -63,7 +64,10 @@ fn start_error(node_id: i64, reason: impl std::fmt::Display) -> ComputeError {
 impl LibvirtCompute {
     /// Checks the settings and that libvirt answers.
     pub fn new(settings: VmSettings) -> Result<Self, ComputeError> {
-        let bad = |reason: String| ComputeError::Start { node_id: 0, reason };
+        let bad = |reason: String| ComputeError::Start {
+            node_id: NodeId(0),
+            reason,
+        };
         if settings.prefix.is_empty()
             || settings.prefix.len() > 6
             || !settings
@@ -97,13 +101,13 @@ impl LibvirtCompute {
         // print each one to stderr.
         virt::error::clear_error_callback();
         let driver = LibvirtCompute { settings };
-        driver.with_connection(0, |_| Ok(()))?;
+        driver.with_connection(NodeId(0), |_| Ok(()))?;
         Ok(driver)
     }
 
     fn with_connection<T>(
         &self,
-        node_id: i64,
+        node_id: NodeId,
         f: impl FnOnce(&Connect) -> Result<T, ComputeError>,
     ) -> Result<T, ComputeError> {
         let mut conn = Connect::open(Some(&self.settings.uri))
@@ -117,27 +121,27 @@ impl LibvirtCompute {
         format!("{}-{}-{}", self.settings.prefix, spec.name, spec.node_id)
     }
 
-    fn tap_name(&self, node_id: i64) -> String {
+    fn tap_name(&self, node_id: NodeId) -> String {
         format!("{}v{node_id}", self.settings.prefix)
     }
 
-    fn console_log(&self, node_id: i64) -> PathBuf {
+    fn console_log(&self, node_id: NodeId) -> PathBuf {
         self.settings
             .dir
             .join(format!("node-{node_id}.console.log"))
     }
 
     /// The node id of a domain of ours, from its name.
-    fn node_id_of(&self, domain_name: &str) -> Option<i64> {
+    fn node_id_of(&self, domain_name: &str) -> Option<NodeId> {
         let rest = domain_name.strip_prefix(&format!("{}-", self.settings.prefix))?;
         rest.rsplit('-').next()?.parse().ok()
     }
 
     /// Our running domains by node id.
-    fn domains(&self, conn: &Connect) -> Result<Vec<(i64, Domain)>, ComputeError> {
+    fn domains(&self, conn: &Connect) -> Result<Vec<(NodeId, Domain)>, ComputeError> {
         let all = conn
             .list_all_domains(0)
-            .map_err(|e| start_error(0, format!("listing domains: {e}")))?;
+            .map_err(|e| start_error(NodeId(0), format!("listing domains: {e}")))?;
         Ok(all
             .into_iter()
             .filter_map(|d| {
@@ -147,7 +151,7 @@ impl LibvirtCompute {
             .collect())
     }
 
-    fn find(&self, conn: &Connect, node_id: i64) -> Result<Option<Domain>, ComputeError> {
+    fn find(&self, conn: &Connect, node_id: NodeId) -> Result<Option<Domain>, ComputeError> {
         Ok(self
             .domains(conn)?
             .into_iter()
@@ -255,7 +259,7 @@ impl ComputeDriver for LibvirtCompute {
         })
     }
 
-    fn observe_node(&self, node_id: i64) -> NodeObservation {
+    fn observe_node(&self, node_id: NodeId) -> NodeObservation {
         let found = self.with_connection(node_id, |conn| {
             Ok(self
                 .find(conn, node_id)?
@@ -276,7 +280,7 @@ impl ComputeDriver for LibvirtCompute {
         }
     }
 
-    fn destroy_node(&self, node_id: i64) -> Result<(), ComputeError> {
+    fn destroy_node(&self, node_id: NodeId) -> Result<(), ComputeError> {
         self.with_connection(node_id, |conn| {
             if let Some(d) = self.find(conn, node_id)? {
                 if d.is_active().unwrap_or(false) {
@@ -296,14 +300,14 @@ impl ComputeDriver for LibvirtCompute {
         Ok(())
     }
 
-    fn list_nodes(&self) -> Vec<i64> {
-        self.with_connection(0, |conn| {
+    fn list_nodes(&self) -> Vec<NodeId> {
+        self.with_connection(NodeId(0), |conn| {
             Ok(self.domains(conn)?.into_iter().map(|(id, _)| id).collect())
         })
         .unwrap_or_default()
     }
 
-    fn log_tail(&self, node_id: i64) -> String {
+    fn log_tail(&self, node_id: NodeId) -> String {
         super::process::tail(&self.console_log(node_id), 2048)
     }
 
@@ -336,7 +340,7 @@ mod tests {
         .unwrap()
     }
 
-    fn spec(node_id: i64) -> NodeSpec {
+    fn spec(node_id: NodeId) -> NodeSpec {
         NodeSpec {
             node_id,
             admin_addr: "100.64.3.2:9901".parse().unwrap(),
@@ -351,19 +355,19 @@ mod tests {
     fn xml_names_the_node_and_escapes() {
         let dir = std::env::temp_dir().join(format!("lbaas-virt-xml-{}", std::process::id()));
         let d = driver(&dir);
-        let xml = d.domain_xml(&spec(7)).unwrap();
+        let xml = d.domain_xml(&spec(NodeId(7))).unwrap();
         assert!(xml.contains("<name>ut-demo-web-7</name>"), "{xml}");
         assert!(xml.contains("lbaas.ip=100.64.3.2/24 lbaas.node=7 lbaas.secret=00ff"));
         assert!(xml.contains("<target dev='utv7'/>"));
         assert!(xml.contains("<memory unit='MiB'>128</memory>"));
         assert_eq!(xml_escape("a<b>&'\""), "a&lt;b&gt;&amp;&apos;&quot;");
-        let mut bad = spec(7);
+        let mut bad = spec(NodeId(7));
         bad.secret = "x' onload='".into();
         assert!(
             d.domain_xml(&bad).is_err(),
             "only hex secrets reach the XML"
         );
-        assert_eq!(d.node_id_of("ut-demo-web-7"), Some(7));
+        assert_eq!(d.node_id_of("ut-demo-web-7"), Some(NodeId(7)));
         assert_eq!(d.node_id_of("ut2-demo-web-7"), None, "another lbd's VM");
         assert_eq!(d.node_id_of("other"), None);
         let _ = fs::remove_dir_all(dir);
@@ -375,16 +379,20 @@ mod tests {
         let d = driver(&dir);
         // test:///default is per connection: each call sees a fresh host, so
         // only what one connection does can be checked in one go.
-        d.with_connection(0, |conn| {
-            let xml = d.domain_xml(&spec(3)).unwrap();
-            let dom = Domain::create_xml(conn, &xml, 0).map_err(|e| start_error(3, e))?;
+        d.with_connection(NodeId(0), |conn| {
+            let xml = d.domain_xml(&spec(NodeId(3))).unwrap();
+            let dom = Domain::create_xml(conn, &xml, 0).map_err(|e| start_error(NodeId(3), e))?;
             assert!(dom.is_active().unwrap());
-            let ours: Vec<i64> = d.domains(conn)?.into_iter().map(|(id, _)| id).collect();
-            assert_eq!(ours, vec![3], "the test driver's own domain is not ours");
-            assert!(d.find(conn, 3)?.is_some());
+            let ours: Vec<NodeId> = d.domains(conn)?.into_iter().map(|(id, _)| id).collect();
+            assert_eq!(
+                ours,
+                vec![NodeId(3)],
+                "the test driver's own domain is not ours"
+            );
+            assert!(d.find(conn, NodeId(3))?.is_some());
             dom.destroy().unwrap();
             assert!(
-                d.find(conn, 3)?.is_none(),
+                d.find(conn, NodeId(3))?.is_none(),
                 "a destroyed transient VM is gone"
             );
             Ok(())

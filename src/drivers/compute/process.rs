@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use crate::model::NodeId;
 
 pub struct ProcessCompute {
     binary: PathBuf,
@@ -31,17 +32,17 @@ impl ProcessCompute {
         })
     }
 
-    fn pid_file(&self, node_id: i64) -> PathBuf {
+    fn pid_file(&self, node_id: NodeId) -> PathBuf {
         self.dir.join(format!("node-{node_id}.pid"))
     }
 
-    fn log_file(&self, node_id: i64) -> PathBuf {
+    fn log_file(&self, node_id: NodeId) -> PathBuf {
         self.dir.join(format!("node-{node_id}.log"))
     }
 
     /// The pid of the live `lb-node` for this node, checked against
     /// /proc/<pid>/cmdline so a recycled pid is never mistaken for ours.
-    fn live_pid(&self, node_id: i64) -> Option<u32> {
+    fn live_pid(&self, node_id: NodeId) -> Option<u32> {
         let pid: u32 = fs::read_to_string(self.pid_file(node_id))
             .ok()?
             .trim()
@@ -84,36 +85,36 @@ fn enter_netns_on_exec(command: &mut Command, netns: &Path) -> Result<(), Comput
 /// then how each one ended (for the event log).
 #[derive(Default)]
 struct Children {
-    ended: Mutex<HashMap<i64, Option<String>>>,
+    ended: Mutex<HashMap<NodeId, Option<String>>>,
     changed: Condvar,
 }
 
 impl Children {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Option<String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Option<String>>> {
         self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn started(&self, node_id: i64) {
+    fn started(&self, node_id: NodeId) {
         self.lock().insert(node_id, None);
     }
 
-    fn ended(&self, node_id: i64, reason: String) {
+    fn ended(&self, node_id: NodeId, reason: String) {
         self.lock().insert(node_id, Some(reason));
         self.changed.notify_all();
     }
 
-    fn forget(&self, node_id: i64) {
+    fn forget(&self, node_id: NodeId) {
         self.lock().remove(&node_id);
     }
 
     /// `None`: not started by this lbd; `Some(None)`: running.
-    fn state(&self, node_id: i64) -> Option<Option<String>> {
+    fn state(&self, node_id: NodeId) -> Option<Option<String>> {
         self.lock().get(&node_id).cloned()
     }
 
     /// How our child `node_id` ended, once its reaper has recorded it; `None`
     /// for a process this lbd did not start (adopted), which it cannot reap.
-    fn wait_for_end(&self, node_id: i64) -> Option<String> {
+    fn wait_for_end(&self, node_id: NodeId) -> Option<String> {
         let (ended, _) = self
             .changed
             .wait_timeout_while(self.lock(), Duration::from_secs(1), |m| {
@@ -124,7 +125,7 @@ impl Children {
     }
 }
 
-fn is_our_node(pid: u32, node_id: i64) -> bool {
+fn is_our_node(pid: u32, node_id: NodeId) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -213,7 +214,7 @@ impl ComputeDriver for ProcessCompute {
         Ok(NodeObservation::Running { pid })
     }
 
-    fn observe_node(&self, node_id: i64) -> NodeObservation {
+    fn observe_node(&self, node_id: NodeId) -> NodeObservation {
         if let Some(Some(reason)) = self.children.state(node_id) {
             return NodeObservation::Exited { reason };
         }
@@ -231,7 +232,7 @@ impl ComputeDriver for ProcessCompute {
         }
     }
 
-    fn destroy_node(&self, node_id: i64) -> Result<(), ComputeError> {
+    fn destroy_node(&self, node_id: NodeId) -> Result<(), ComputeError> {
         if let Some(pid) = self.live_pid(node_id) {
             let stop = |sig| {
                 send_signal(pid, sig).map_err(|e| ComputeError::Stop {
@@ -254,11 +255,11 @@ impl ComputeDriver for ProcessCompute {
         Ok(())
     }
 
-    fn list_nodes(&self) -> Vec<i64> {
+    fn list_nodes(&self) -> Vec<NodeId> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        let mut ids: Vec<i64> = entries
+        let mut ids: Vec<NodeId> = entries
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
                 name.strip_prefix("node-")?
@@ -271,7 +272,7 @@ impl ComputeDriver for ProcessCompute {
         ids
     }
 
-    fn log_tail(&self, node_id: i64) -> String {
+    fn log_tail(&self, node_id: NodeId) -> String {
         tail(&self.log_file(node_id), 2048)
     }
 }

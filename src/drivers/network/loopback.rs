@@ -5,6 +5,7 @@
 use ipnet::Ipv4Net;
 
 use super::{NetworkDriver, NetworkError};
+use crate::model::ProjectId;
 
 pub struct LoopbackNetwork {
     pool: Ipv4Net,
@@ -73,13 +74,13 @@ impl NetworkDriver for LoopbackNetwork {
 
     fn ensure_project_network(
         &self,
-        _project_id: i64,
+        _project_id: ProjectId,
         _subnet: &Ipv4Net,
     ) -> Result<(), NetworkError> {
         Ok(())
     }
 
-    fn remove_project_network(&self, _project_id: i64) -> Result<(), NetworkError> {
+    fn remove_project_network(&self, _project_id: ProjectId) -> Result<(), NetworkError> {
         Ok(())
     }
 }

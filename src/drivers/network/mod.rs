@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use thiserror::Error;
 
+use crate::model::ProjectId;
+
 #[derive(Debug, Error)]
 pub enum NetworkError {
     /// The subnet cannot be used with this driver.
@@ -41,27 +43,30 @@ pub trait NetworkDriver: Send + Sync {
     /// Addresses no project may use (e.g. 127.0.0.0/16 on loopback).
     fn reserved(&self) -> Vec<Ipv4Net>;
     /// Makes the project's network exist.
-    fn ensure_project_network(&self, project_id: i64, subnet: &Ipv4Net)
-        -> Result<(), NetworkError>;
+    fn ensure_project_network(
+        &self,
+        project_id: ProjectId,
+        subnet: &Ipv4Net,
+    ) -> Result<(), NetworkError>;
     /// Removes the project's network; nothing to do when it is already gone.
-    fn remove_project_network(&self, project_id: i64) -> Result<(), NetworkError>;
+    fn remove_project_network(&self, project_id: ProjectId) -> Result<(), NetworkError>;
     /// Checks that LB nodes of a project can reach `backend`.
     fn check_backend(&self, _backend: SocketAddr) -> Result<(), NetworkError> {
         Ok(())
     }
     /// Ids of the projects whose networks exist, to find orphans.
-    fn project_networks(&self) -> Vec<i64> {
+    fn project_networks(&self) -> Vec<ProjectId> {
         Vec::new()
     }
     /// The network namespace a project's node processes run in, if any.
-    fn node_netns(&self, _project_id: i64) -> Option<PathBuf> {
+    fn node_netns(&self, _project_id: ProjectId) -> Option<PathBuf> {
         None
     }
     /// Puts the node addresses `wanted` on the project network; with `exact`,
     /// also removes the addresses of nodes that are gone.
     fn set_node_addresses(
         &self,
-        _project_id: i64,
+        _project_id: ProjectId,
         _subnet: &Ipv4Net,
         _wanted: &[Ipv4Addr],
         _exact: bool,

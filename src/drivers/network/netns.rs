@@ -24,6 +24,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::netlink::{self, in_netns, link_by_name, setup};
 use super::{NetworkDriver, NetworkError};
+use crate::model::ProjectId;
 
 const BRIDGE: &str = "br0";
 
@@ -76,19 +77,19 @@ impl NetnsNetwork {
         Ok(driver)
     }
 
-    fn ns_name(&self, project_id: i64) -> String {
+    fn ns_name(&self, project_id: ProjectId) -> String {
         format!("{}-{project_id}", self.names)
     }
 
-    fn ns_path(&self, project_id: i64) -> PathBuf {
+    fn ns_path(&self, project_id: ProjectId) -> PathBuf {
         PathBuf::from(netlink::NETNS_DIR).join(self.ns_name(project_id))
     }
 
-    fn host_if(&self, project_id: i64) -> String {
+    fn host_if(&self, project_id: ProjectId) -> String {
         format!("{}h{project_id}", self.names)
     }
 
-    fn peer_if(&self, project_id: i64) -> String {
+    fn peer_if(&self, project_id: ProjectId) -> String {
         format!("{}n{project_id}", self.names)
     }
 
@@ -251,7 +252,7 @@ impl NetworkDriver for NetnsNetwork {
 
     fn ensure_project_network(
         &self,
-        project_id: i64,
+        project_id: ProjectId,
         subnet: &Ipv4Net,
     ) -> Result<(), NetworkError> {
         let ns = netlink::create_netns(&self.ns_name(project_id))?;
@@ -323,7 +324,7 @@ impl NetworkDriver for NetnsNetwork {
         })
     }
 
-    fn remove_project_network(&self, project_id: i64) -> Result<(), NetworkError> {
+    fn remove_project_network(&self, project_id: ProjectId) -> Result<(), NetworkError> {
         let host_if = self.host_if(project_id);
         in_netns(None, move |handle| async move {
             if let Some(link) = link_by_name(&handle, &host_if).await? {
@@ -340,7 +341,7 @@ impl NetworkDriver for NetnsNetwork {
         netlink::delete_netns(&self.ns_name(project_id))
     }
 
-    fn project_networks(&self) -> Vec<i64> {
+    fn project_networks(&self) -> Vec<ProjectId> {
         let start = format!("{}-", self.names);
         netlink::list_netns()
             .iter()
@@ -348,13 +349,13 @@ impl NetworkDriver for NetnsNetwork {
             .collect()
     }
 
-    fn node_netns(&self, project_id: i64) -> Option<PathBuf> {
+    fn node_netns(&self, project_id: ProjectId) -> Option<PathBuf> {
         Some(self.ns_path(project_id))
     }
 
     fn set_node_addresses(
         &self,
-        project_id: i64,
+        project_id: ProjectId,
         subnet: &Ipv4Net,
         wanted: &[Ipv4Addr],
         exact: bool,

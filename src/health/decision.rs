@@ -1,0 +1,96 @@
+//! The health checker's decisions about a node's state. Each is written as
+//! one transaction: the guarded state move and the event that explains it.
+//! A decision overtaken by another change (the node is no longer in the
+//! state it was decided from) changes nothing.
+
+use std::fmt;
+
+use crate::model::{EventKind, NodeId, NodeState, OperatingStatus};
+use crate::store::{self, EventSubject, NodeRow, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub(super) enum Decision {
+    /// Running → failed: it missed `failures` checks in a row.
+    Fail {
+        node: NodeRow,
+        subject: EventSubject,
+        failures: u32,
+        reason: String,
+    },
+    /// Failed → running: it passed `successes` checks within the grace period.
+    Recover {
+        node: NodeRow,
+        subject: EventSubject,
+        successes: u32,
+        config_version: Option<u64>,
+        operating: OperatingStatus,
+    },
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Fail { .. } => f.write_str("failover decision"),
+            Decision::Recover { .. } => f.write_str("recovery decision"),
+        }
+    }
+}
+
+impl Decision {
+    pub(super) fn node_id(&self) -> NodeId {
+        match self {
+            Decision::Fail { node, .. } | Decision::Recover { node, .. } => node.id,
+        }
+    }
+
+    /// Writes the decision; `Ok(false)` if the node was no longer in the
+    /// state it was decided from (nothing changed).
+    pub(super) async fn write(self, store: &Store) -> Result<bool, StoreError> {
+        store.transaction(move |tx| self.apply(tx)).await
+    }
+
+    fn apply(self, tx: &rusqlite::Connection) -> Result<bool, StoreError> {
+        match self {
+            Decision::Fail {
+                node,
+                subject,
+                failures,
+                reason,
+            } => {
+                if !store::move_node(tx, node.id, NodeState::Running, NodeState::Failed)? {
+                    return Ok(false);
+                }
+                let offline = OperatingStatus::Offline;
+                store::set_node_process(tx, node.id, NodeState::Failed, node.pid, offline)?;
+                let message = format!(
+                    "node {} at {} missed {failures} health checks in a row (last: {reason}); failing over",
+                    node.id, node.address
+                );
+                tracing::info!(kind = %EventKind::NodeFailed, "{message}");
+                store::add_event(tx, subject, EventKind::NodeFailed, &message)?;
+                Ok(true)
+            }
+            Decision::Recover {
+                node,
+                subject,
+                successes,
+                config_version,
+                operating,
+            } => {
+                if !store::move_node(tx, node.id, NodeState::Failed, NodeState::Running)? {
+                    return Ok(false);
+                }
+                store::set_node_process(tx, node.id, NodeState::Running, node.pid, operating)?;
+                store::set_node_applied(tx, node.id, config_version)?;
+                let message = format!(
+                    "node {} at {} is healthy again ({successes} checks passed) within the grace \
+                     period; its replacement retires",
+                    node.id, node.address
+                );
+                tracing::info!(kind = %EventKind::NodeRecovered, "{message}");
+                store::add_event(tx, subject, EventKind::NodeRecovered, &message)?;
+                Ok(true)
+            }
+        }
+    }
+}
