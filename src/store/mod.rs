@@ -4,6 +4,7 @@
 //! Queries are short and local, so they run inline on the async threads behind
 //! one mutex; SQLite allows a single writer anyway.
 
+mod counters;
 mod migrations;
 mod monitor;
 mod rows;
@@ -17,6 +18,7 @@ use thiserror::Error;
 use crate::model::{
     derive_operating_status, InstanceSpec, NodeState, OperatingStatus, ProvisioningStatus,
 };
+pub use counters::{count_event, event_counts};
 pub use monitor::{
     add_event, add_sample, apply_retention, latest_node_sample, monitor_log_size, recent_events,
     recent_samples, EventSubject, Retention, RetentionReport,
