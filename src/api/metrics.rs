@@ -570,15 +570,19 @@ lbaas_events_total{kind="node_ready"} 2
         }
     }
 
-    #[test]
-    fn gather_takes_each_nodes_latest_stats() {
-        let (_dir, store) = TempDb::new("gather");
+    fn spec(name: &str) -> crate::model::InstanceSpec {
         let spec: InstanceCreate = serde_json::from_value(serde_json::json!({
-            "name": "web", "project": "demo", "traffic_type": "tcp", "port": 8080, "min_nodes": 2,
+            "name": name, "project": "demo", "traffic_type": "tcp", "port": 8080, "min_nodes": 2,
             "backend": {"entities": ["127.0.0.1:9001"]}
         }))
         .unwrap();
-        let spec = spec.validate().unwrap();
+        spec.validate().unwrap()
+    }
+
+    #[test]
+    fn gather_takes_each_nodes_latest_stats() {
+        let (_dir, store) = TempDb::new("gather");
+        let spec = spec("web");
         let (first, second) = store
             .transaction(|tx| {
                 let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;
@@ -609,5 +613,66 @@ lbaas_events_total{kind="node_ready"} 2
         assert_eq!(ids, vec![first, second]);
         assert_eq!(i.nodes[0].stats, Some(stats(7)));
         assert_eq!(i.nodes[1].stats, None);
+    }
+
+    /// Adds instances (two nodes with a sample each) to project `demo`,
+    /// creating it first.
+    fn add_instances(store: &Store, names: std::ops::Range<u32>) {
+        store
+            .transaction(|tx| {
+                let p = match store::project_by_name(tx, "demo")? {
+                    Some(p) => p,
+                    None => store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?,
+                };
+                for k in names {
+                    let i = store::insert_instance(tx, p.id, &spec(&format!("web{k}")))?;
+                    for n in 0..2 {
+                        let node =
+                            store::insert_node(tx, i.id, &format!("127.5.{k}.{}", n + 2), "s")?;
+                        store::add_sample(tx, i.id, &sample(node.id), &stats(k.into()))?;
+                    }
+                    store::add_event(tx, EventSubject::default(), "node_ready", "x")?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+    }
+
+    /// Statements `gather` runs on the database at `path`, and its snapshot.
+    fn statements_of_gather(path: &std::path::Path) -> (usize, MetricsSnapshot) {
+        use rusqlite::trace::{TraceEvent, TraceEventCodes};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let mut conn = Connection::open(path).unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        conn.trace_v2(
+            TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(move |e: TraceEvent<'_>| {
+                if let TraceEvent::Stmt(..) = e {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        )
+        .unwrap();
+        let snapshot = gather(&conn).unwrap();
+        (count.load(Ordering::SeqCst), snapshot)
+    }
+
+    #[test]
+    fn gather_runs_as_many_queries_for_twenty_instances_as_for_one() {
+        let (dir, store) = TempDb::new("queries");
+        let path = dir.0.join("lbaas.db");
+        add_instances(&store, 0..1);
+        let (one, snapshot) = statements_of_gather(&path);
+        assert_eq!(snapshot.instances.len(), 1);
+        add_instances(&store, 1..20);
+        let (twenty, snapshot) = statements_of_gather(&path);
+        assert_eq!(snapshot.instances.len(), 20);
+        assert!(snapshot
+            .instances
+            .iter()
+            .all(|i| i.nodes.len() == 2 && i.nodes.iter().all(|n| n.stats.is_some())));
+        assert_eq!((one, twenty), (5, 5));
     }
 }
