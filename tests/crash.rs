@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::backends::{http_get, HttpBackend};
-use common::{dig, is_root, wait_for, Lbd};
+use common::{dig, is_root, require, wait_for, Lbd};
 use serde_json::{json, Value};
 
 /// A small deterministic generator, so a failure can be replayed.
@@ -228,8 +228,7 @@ fn kill_9_in_a_burst_on_loopback_loses_nothing_and_leaves_no_orphan() {
 
 #[test]
 fn kill_9_in_a_burst_with_namespaces_loses_nothing_and_leaves_no_orphan() {
-    if !is_root() {
-        eprintln!("skipped: the netns driver needs root");
+    if !require("root (for the netns driver)", is_root()) {
         return;
     }
     // Reached from the namespaces at each project's gateway address.

@@ -3,7 +3,8 @@
 //! traffic from the host through the VM to a backend, fails over when the VM
 //! is destroyed, and leaves no domain, tap or namespace behind. Needs root, a
 //! running libvirtd and the image (`.ci/run` sets all three up); without
-//! them the test says which is missing and passes.
+//! them the test says which is missing and passes, or fails under CI
+//! (`common::require`).
 #![cfg(feature = "libvirt")]
 
 mod common;
@@ -13,27 +14,28 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backends::{http_get, HttpBackend};
-use common::{is_root, wait_for, Lbd};
+use common::{is_root, require, wait_for, Lbd};
 use serde_json::{json, Value};
 
 fn image_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image")
 }
 
-fn missing_prerequisite() -> Option<String> {
-    if !is_root() {
-        return Some("not root".into());
-    }
-    let virsh = Command::new("virsh")
-        .args(["-c", "qemu:///system", "list"])
-        .output();
-    if !virsh.is_ok_and(|o| o.status.success()) {
-        return Some("libvirtd is not running (virtlogd -d; libvirtd -d)".into());
-    }
-    if !image_dir().join("initramfs.cpio.gz").exists() {
-        return Some("no node image: run scripts/build-image.sh".into());
-    }
-    None
+/// Root, a libvirtd that answers, and the node image; each missing one is
+/// reported by `require`.
+fn prerequisites_present() -> bool {
+    let libvirtd = || {
+        Command::new("virsh")
+            .args(["-c", "qemu:///system", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    require("root (VMs attach to the netns driver's bridges)", is_root())
+        && require("a running libvirtd (virtlogd -d; libvirtd -d)", libvirtd())
+        && require(
+            "the node image (run scripts/build-image.sh)",
+            image_dir().join("initramfs.cpio.gz").exists(),
+        )
 }
 
 fn node_addr(node: &Value) -> SocketAddr {
@@ -44,8 +46,7 @@ fn node_addr(node: &Value) -> SocketAddr {
 
 #[test]
 fn an_instance_on_vms_serves_fails_over_and_is_removed() {
-    if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
+    if !prerequisites_present() {
         return;
     }
     let image = image_dir();

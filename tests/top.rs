@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::backends::HttpBackend;
-use common::{lbctl_bin, signal, wait_for, Lbd};
+use common::{lbctl_bin, require, signal, wait_for, Lbd};
 use serde_json::json;
 
 /// A detached tmux session, killed on drop.
@@ -97,8 +97,7 @@ fn have_tmux() -> bool {
 
 #[test]
 fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
-    if !have_tmux() {
-        eprintln!("skipped: tmux is not installed (apt-get install tmux; .ci/run does)");
+    if !require("tmux (apt-get install tmux; .ci/run does)", have_tmux()) {
         return;
     }
     let a = HttpBackend::start("a");
@@ -178,8 +177,7 @@ fn top_shows_the_instance_drills_in_and_restores_the_terminal() {
 
 #[test]
 fn top_says_disconnected_and_recovers_when_lbd_comes_back() {
-    if !have_tmux() {
-        eprintln!("skipped: tmux is not installed");
+    if !require("tmux (apt-get install tmux; .ci/run does)", have_tmux()) {
         return;
     }
     let mut lbd = Lbd::start();

@@ -73,8 +73,8 @@ async fn prometheus(State(state): State<AppState>, request: Request) -> Response
     if !authorized(&request, &state.token) {
         return envelope(&EnvelopeHeader::default(), Err(ApiError::Unauthorized));
     }
-    match state.store.read(metrics::render).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+    match state.store.read(metrics::gather).await {
+        Ok(snapshot) => metrics::response(&snapshot),
         Err(e) => envelope(&EnvelopeHeader::default(), Err(e.into())),
     }
 }

@@ -101,6 +101,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
     UPDATE projects SET deleting = 1 WHERE provisioning_status = 'PENDING_DELETE';
     UPDATE instances SET deleting = 1 WHERE provisioning_status = 'PENDING_DELETE';",
+    // 5: events ever recorded per kind, which retention never touches (a
+    // Prometheus counter must not go down), seeded from the events kept so far.
+    "CREATE TABLE event_counts (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
+    INSERT INTO event_counts (kind, count) SELECT kind, COUNT(*) FROM events GROUP BY kind;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -136,5 +140,24 @@ mod tests {
             migrate(&mut conn),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn event_counts_start_from_the_events_already_stored() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (ts, kind, message) VALUES
+                (1, 'failover', ''), (2, 'failover', ''), (3, 'scale_out', '');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(
+            super::super::counters::event_counts(&conn).unwrap(),
+            vec![("failover".to_string(), 2), ("scale_out".to_string(), 1)]
+        );
     }
 }

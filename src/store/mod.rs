@@ -9,6 +9,7 @@
 //! gives up at its deadline with [`StoreError::Unavailable`] instead of
 //! stalling its caller.
 
+mod counters;
 mod instances;
 mod migrations;
 mod monitor;
@@ -25,6 +26,7 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use thiserror::Error;
 
 use crate::model::{NodeId, NodeState};
+pub use counters::{count_event, event_counts};
 pub use instances::{
     all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
     list_instances, refresh_instance_operating, set_desired_nodes, set_instance_operating,

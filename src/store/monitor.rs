@@ -216,6 +216,7 @@ pub fn add_event(
         "INSERT INTO events (ts, project_id, instance_id, node_id, kind, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![now(), subject.project_id, subject.instance_id, subject.node_id, kind, message],
     )?;
+    super::counters::count_event(c, kind)?;
     Ok(())
 }
 

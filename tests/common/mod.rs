@@ -481,6 +481,28 @@ pub fn remove_netns_leftovers(slot: &TestSlot) {
         .status();
 }
 
+/// Whether this is a CI run (`CI=true`, which `.ci/run` sets), where every
+/// requirement of every test is installed.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A test's requirement: true when `present`. When it is missing the test
+/// fails under CI, so a broken setup cannot pass as skips; elsewhere it
+/// prints `skipped: <what>` and the caller returns.
+#[track_caller]
+pub fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        !under_ci(),
+        "missing requirement under CI (CI=true): {what}"
+    );
+    eprintln!("skipped: needs {what}");
+    false
+}
+
 /// Whether the tests run as root (netns tests need it).
 pub fn is_root() -> bool {
     #[allow(unsafe_code)]
