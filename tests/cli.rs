@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::backends::HttpBackend;
 use common::{lbctl_bin, wait_for, Lbd};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -268,4 +268,203 @@ fn yaml_quiet_config_file_and_completions() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `lbctl -o json instance info NAME --project demo`, parsed.
+fn info_json(lbd: &Lbd, name: &str) -> Value {
+    let out = lbd.lbctl_ok(&["-o", "json", "instance", "info", name, "--project", "demo"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn instance_create_stores_the_tuning_flags() {
+    let a = HttpBackend::start("a");
+    let b = HttpBackend::start("b");
+    let lbd = Lbd::start();
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    let backends = format!("{},{}=3", a.addr(), b.addr());
+    lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "web",
+        "--project",
+        "demo",
+        "--type",
+        "http",
+        "--port",
+        "8093",
+        "--backend",
+        &backends,
+        "--algorithm",
+        "consistent_hash",
+        "--hash-on",
+        "header:X-User",
+        "--connect-timeout-ms",
+        "1500",
+        "--first-byte-timeout-ms",
+        "20000",
+        "--client-idle-timeout-ms",
+        "45000",
+        "--backend-idle-timeout-ms",
+        "25000",
+        "--max-connections",
+        "500",
+        "--expected-codes",
+        "200-299",
+        "--scale-out-after",
+        "2",
+        "--scale-in-after",
+        "20",
+        "--low-water-percent",
+        "30",
+    ]);
+    let web = info_json(&lbd, "web");
+    assert_eq!(web["hash_on"], "header:x-user", "{web}");
+    assert_eq!(
+        web["timeouts"],
+        json!({"connect_ms": 1500, "first_byte_ms": 20000, "client_idle_ms": 45000, "backend_idle_ms": 25000})
+    );
+    assert_eq!(web["max_connections"], 500);
+    assert_eq!(web["proxy_protocol"], "none");
+    assert_eq!(
+        web["backend"]["entities"],
+        json!([{"address": a.addr().to_string(), "weight": 1}, {"address": b.addr().to_string(), "weight": 3}])
+    );
+    assert_eq!(web["backend"]["health-check"]["expected-codes"], "200-299");
+    assert_eq!(
+        (
+            &web["scaling"]["scale_out_after"],
+            &web["scaling"]["scale_in_after"],
+            &web["scaling"]["low_water_percent"]
+        ),
+        (&json!(2), &json!(20), &json!(30))
+    );
+    // -o json prints the server's answer: what the API itself says.
+    let api = lbd.instance("demo", "web");
+    for key in [
+        "id",
+        "url",
+        "hash_on",
+        "timeouts",
+        "max_connections",
+        "backend",
+        "scaling",
+    ] {
+        assert_eq!(web[key], api[key], "{key}");
+    }
+
+    lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "db",
+        "--project",
+        "demo",
+        "--type",
+        "tcp",
+        "--port",
+        "8094",
+        "--backend",
+        &a.addr().to_string(),
+        "--proxy-protocol",
+        "v2",
+    ]);
+    assert_eq!(info_json(&lbd, "db")["proxy_protocol"], "v2");
+}
+
+#[test]
+fn instance_update_changes_the_tuning_flags() {
+    let a = HttpBackend::start("a");
+    let b = HttpBackend::start("b");
+    let lbd = Lbd::start();
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    let (a_addr, b_addr) = (a.addr().to_string(), b.addr().to_string());
+    let create = |name: &str, kind: &str, port: &str| {
+        lbd.lbctl_ok(&[
+            "instance",
+            "create",
+            name,
+            "--project",
+            "demo",
+            "--type",
+            kind,
+            "--port",
+            port,
+            "--backend",
+            &a_addr,
+        ]);
+    };
+    create("web", "http", "8095");
+    create("db", "tcp", "8096");
+    let before = info_json(&lbd, "web");
+    assert_eq!(before["hash_on"], "client_ip");
+
+    let backends = format!("{a_addr}=0,{b_addr}");
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--backend",
+        &backends,
+        "--algorithm",
+        "consistent_hash",
+        "--hash-on",
+        "header:X-Tenant",
+        "--connect-timeout-ms",
+        "900",
+        "--first-byte-timeout-ms",
+        "9000",
+        "--client-idle-timeout-ms",
+        "9500",
+        "--backend-idle-timeout-ms",
+        "8000",
+        "--max-connections",
+        "700",
+    ]);
+    let web = info_json(&lbd, "web");
+    assert_eq!(web["hash_on"], "header:x-tenant", "{web}");
+    assert_eq!(
+        web["timeouts"],
+        json!({"connect_ms": 900, "first_byte_ms": 9000, "client_idle_ms": 9500, "backend_idle_ms": 8000})
+    );
+    assert_eq!(web["max_connections"], 700);
+    assert_eq!(
+        web["backend"]["entities"],
+        json!([{"address": a_addr, "weight": 0}, {"address": b_addr, "weight": 1}])
+    );
+    assert_eq!(web["port"], before["port"], "what was not given stays");
+
+    // One timeout alone replaces only itself.
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--connect-timeout-ms",
+        "1200",
+    ]);
+    let web = info_json(&lbd, "web");
+    assert_eq!(
+        (
+            &web["timeouts"]["connect_ms"],
+            &web["timeouts"]["first_byte_ms"]
+        ),
+        (&json!(1200), &json!(9000))
+    );
+    assert_eq!(web["max_connections"], 700);
+
+    for version in ["v1", "none"] {
+        lbd.lbctl_ok(&[
+            "instance",
+            "update",
+            "db",
+            "--project",
+            "demo",
+            "--proxy-protocol",
+            version,
+        ]);
+        assert_eq!(info_json(&lbd, "db")["proxy_protocol"], version);
+    }
 }

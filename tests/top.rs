@@ -212,3 +212,33 @@ fn top_says_disconnected_and_recovers_when_lbd_comes_back() {
         },
     );
 }
+
+#[test]
+fn top_reads_keys_and_quits_while_lbd_does_not_answer() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    // A listener that never accepts: the kernel completes the handshake and
+    // the request waits for an answer that never comes (lbctl gives up after
+    // 30 s, longer than any wait below).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let script = format!(
+        "{} --url http://{} --token x top --interval 0.3; echo EXITED $?; sleep 120",
+        lbctl_bin().display(),
+        silent.local_addr().unwrap()
+    );
+    let tmux = Tmux::start(&format!("lbaas-top-silent-{}", std::process::id()), &script);
+    tmux.wait_screen("the dashboard, waiting for its first answer", |s| {
+        s.contains("connecting...")
+    });
+    tmux.keys(&["?"]);
+    tmux.wait_screen("the help, while the fetch hangs", |s| {
+        s.contains("this help")
+    });
+    tmux.keys(&["q"]);
+    let s = tmux.wait_screen("lbctl exited, the fetch still hanging", |s| {
+        s.contains("EXITED")
+    });
+    assert!(s.contains("EXITED 0"), "{s}");
+}

@@ -1,6 +1,12 @@
 //! The command line of `lbctl` (clap derive).
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
+use lbaas::model::instance::BackendEntity;
+use lbaas::model::{Algorithm, HashOn, HealthProtocol, ProxyProtocol, TrafficType};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 #[derive(Debug, Parser)]
 #[command(name = "lbctl", version, about = "Command-line client for lbaas", after_help = EXAMPLES)]
@@ -36,16 +42,22 @@ terminal, never with NO_COLOR set.
 Exit codes: 0 ok, 1 the API refused or the instance failed, 2 usage, 3 cannot reach lbd.";
 
 const CREATE_EXAMPLES: &str = "Examples:
-  lbctl instance create web --project demo --type http --port 8080 --backend 10.1.0.5:80,10.1.0.6:80
+  lbctl instance create web --project demo --type http --port 8080 --backend 10.1.0.5:80,10.1.0.6:80=2
   lbctl instance create web --project demo --type http --backend 10.1.0.5:80 \\
       --health-check http:/healthz --interval 2 --check-timeout 1 --unhealthy-threshold 3
   lbctl instance create db --project demo --type tcp --port 5432 --backend 10.1.0.7:5432 --health-check tcp
   lbctl instance create web --project demo --type http --backend 10.1.0.5:80 \\
-      --autoscale --min-nodes 1 --max-nodes 4 --target-rps 500 --cooldown 60";
+      --autoscale --min-nodes 1 --max-nodes 4 --target-rps 500 --cooldown 60
+  lbctl instance create web --project demo --type http --backend 10.1.0.5:80,10.1.0.6:80 \\
+      --algorithm consistent_hash --hash-on header:X-User --first-byte-timeout-ms 10000
+  lbctl instance create db --project demo --type tcp --port 5432 --backend 10.1.0.7:5432 \\
+      --proxy-protocol v2 --max-connections 2000 --client-idle-timeout-ms 300000";
 
 const UPDATE_EXAMPLES: &str = "Examples:
   lbctl instance update web --project demo --backend 10.1.0.5:80,10.1.0.8:80
-  lbctl instance update web --project demo --algorithm least-connections
+  lbctl instance update web --project demo --algorithm least_connections
+  lbctl instance update web --project demo --backend 10.1.0.5:80=0,10.1.0.8:80
+  lbctl instance update web --project demo --connect-timeout-ms 500 --max-connections 20000
   lbctl instance update web --project demo --health-check http:8081:/ready --healthy-threshold 2
   lbctl instance update web --project demo --auto-scaling false --min-nodes 2";
 
@@ -89,6 +101,82 @@ fn interval(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A flag taking one of a model enum's values, spelled as in the JSON; the
+/// values (and their help) come from the type's schema, so a new variant
+/// is a new flag value. Multi-word values also take dashes (`least-connections`),
+/// as lbctl's flags always did.
+fn model_enum<T>() -> impl TypedValueParser<Value = T>
+where
+    T: JsonSchema + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let values = enum_values(&schemars::schema_for!(T).to_value());
+    PossibleValuesParser::new(values.into_iter().map(|(name, help)| {
+        let dashed = name.replace('_', "-");
+        let mut value = PossibleValue::new(name.clone());
+        if dashed != name {
+            value = value.alias(dashed);
+        }
+        match help {
+            Some(h) => value.help(h),
+            None => value,
+        }
+    }))
+    .try_map(|s: String| {
+        serde_json::from_value::<T>(Value::String(s.clone()))
+            .or_else(|_| serde_json::from_value::<T>(Value::String(s.replace('-', "_"))))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The values of a string enum's schema, with their descriptions: schemars
+/// writes `enum` for plain variants and `oneOf` of `const` for documented ones.
+pub fn enum_values(schema: &Value) -> Vec<(String, Option<String>)> {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    if let Some(list) = schema.get("enum").and_then(Value::as_array) {
+        return list
+            .iter()
+            .filter_map(|v| Some((text(Some(v))?, None)))
+            .collect();
+    }
+    schema
+        .get("oneOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((text(v.get("const"))?, text(v.get("description")))))
+        .collect()
+}
+
+fn hash_on(s: &str) -> Result<HashOn, String> {
+    HashOn::try_from(s.to_string()).map_err(|e| e.to_string())
+}
+
+/// One `--backend` value: `ADDRESS` or `ADDRESS=WEIGHT`; nothing for a
+/// blank one (`a,,b` or a trailing comma), which lbctl always skipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendArg(pub Option<BackendEntity>);
+
+fn backend(s: &str) -> Result<BackendArg, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(BackendArg(None));
+    }
+    // `=` appears in no backend address (IP, IP:PORT, [V6]:PORT, http://IP:PORT/).
+    Ok(BackendArg(Some(match s.split_once('=') {
+        None => BackendEntity::Text(s.to_string()),
+        Some((address, weight)) => BackendEntity::Object {
+            address: address.trim().to_string(),
+            weight: Some(
+                weight
+                    .trim()
+                    .parse::<u32>()
+                    .map(i64::from)
+                    .map_err(|_| format!("{s:?}: the weight after = must be a number"))?,
+            ),
+        },
+    })))
+}
+
 /// Health-check flags, mapped to the seed's `backend.health-check` fields.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HealthArgs {
@@ -107,11 +195,14 @@ pub struct HealthArgs {
     /// Consecutive failing checks before a member (or node) is down.
     #[arg(long)]
     pub unhealthy_threshold: Option<u32>,
+    /// HTTP statuses that pass: a range such as 200-399 (the default) or one status such as 204.
+    #[arg(long, value_name = "CODES")]
+    pub expected_codes: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSpec {
-    pub protocol: &'static str,
+    pub protocol: HealthProtocol,
     pub port: Option<u16>,
     pub path: Option<String>,
 }
@@ -119,7 +210,7 @@ pub struct HealthSpec {
 fn health_spec(s: &str) -> Result<HealthSpec, String> {
     if s == "tcp" {
         return Ok(HealthSpec {
-            protocol: "TCP",
+            protocol: HealthProtocol::Tcp,
             port: None,
             path: None,
         });
@@ -127,7 +218,7 @@ fn health_spec(s: &str) -> Result<HealthSpec, String> {
     if let Some(port) = s.strip_prefix("tcp:") {
         let port = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
         return Ok(HealthSpec {
-            protocol: "TCP",
+            protocol: HealthProtocol::Tcp,
             port: Some(port),
             path: None,
         });
@@ -146,7 +237,7 @@ fn health_spec(s: &str) -> Result<HealthSpec, String> {
         return Err(format!("{s:?}: the path must start with /"));
     }
     Ok(HealthSpec {
-        protocol: "HTTP",
+        protocol: HealthProtocol::Http,
         port,
         path: Some(path.to_string()),
     })
@@ -183,31 +274,6 @@ pub enum ProjectCmd {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TrafficType {
-    Http,
-    Tcp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Algorithm {
-    RoundRobin,
-    LeastConnections,
-    PowerOfTwo,
-    ConsistentHash,
-}
-
-impl Algorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round_robin",
-            Self::LeastConnections => "least_connections",
-            Self::PowerOfTwo => "power_of_two",
-            Self::ConsistentHash => "consistent_hash",
-        }
-    }
-}
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct WaitArgs {
     /// Return at once instead of waiting until the load balancer serves.
@@ -234,42 +300,57 @@ pub struct ScalingArgs {
     #[arg(long)]
     pub autoscale: bool,
     /// Autoscaling target: requests per second per node (0: not used).
-    #[arg(long)]
+    #[arg(long, visible_alias = "target-requests-per-s")]
     pub target_rps: Option<u32>,
     /// Autoscaling target: active connections per node (0: not used).
     #[arg(long)]
     pub target_connections: Option<u32>,
+    /// Consecutive samples over the target before a node is added.
+    #[arg(long)]
+    pub scale_out_after: Option<u32>,
+    /// Consecutive samples under the low-water mark before a node is removed.
+    #[arg(long)]
+    pub scale_in_after: Option<u32>,
+    /// Percent of the target: a node is removed when the load, spread over one node fewer, stays under it.
+    #[arg(long)]
+    pub low_water_percent: Option<u32>,
     /// Seconds between two scaling actions.
     #[arg(long)]
     pub cooldown: Option<u32>,
+}
+
+/// How nodes hash, time out, cap connections and talk to backends; given
+/// flags replace the stored values.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TuningArgs {
+    /// What consistent_hash keys on: client_ip, or header:<Name> (http only).
+    #[arg(long, value_name = "KEY", value_parser = hash_on)]
+    pub hash_on: Option<HashOn>,
+    /// Milliseconds to connect to a backend.
+    #[arg(long, value_name = "MS")]
+    pub connect_timeout_ms: Option<u32>,
+    /// Milliseconds from sending a request to the first byte of the answer (http).
+    #[arg(long, value_name = "MS")]
+    pub first_byte_timeout_ms: Option<u32>,
+    /// Milliseconds a client connection may idle before it is closed.
+    #[arg(long, value_name = "MS")]
+    pub client_idle_timeout_ms: Option<u32>,
+    /// Milliseconds a pooled backend connection may idle before it is closed.
+    #[arg(long, value_name = "MS")]
+    pub backend_idle_timeout_ms: Option<u32>,
+    /// Client connections one node serves at once; more are refused.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// PROXY protocol header towards the backends (tcp only).
+    #[arg(long, value_name = "VERSION", value_parser = model_enum::<ProxyProtocol>())]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum InstanceCmd {
     /// Create a load balancer and wait until it serves.
     #[command(after_help = CREATE_EXAMPLES)]
-    Create {
-        name: String,
-        #[arg(long)]
-        project: String,
-        #[arg(long = "type", value_enum)]
-        traffic_type: TrafficType,
-        /// Listener port [default: 80 for http].
-        #[arg(long)]
-        port: Option<u16>,
-        /// Backend IP:PORT; repeat it or separate with commas.
-        #[arg(long = "backend", required = true, value_delimiter = ',')]
-        backends: Vec<String>,
-        /// How nodes pick a backend [default: round-robin].
-        #[arg(long, value_enum)]
-        algorithm: Option<Algorithm>,
-        #[command(flatten)]
-        health: HealthArgs,
-        #[command(flatten)]
-        scaling: ScalingArgs,
-        #[command(flatten)]
-        wait: WaitArgs,
-    },
+    Create(Box<CreateArgs>),
     /// List a project's load balancers.
     List {
         #[arg(long)]
@@ -281,27 +362,10 @@ pub enum InstanceCmd {
         #[arg(long)]
         project: String,
     },
-    /// Change a load balancer in place: backends, port, algorithm, health check, scaling.
+    /// Change a load balancer in place: backends, port, algorithm, health
+    /// check, scaling, timeouts, limits.
     #[command(after_help = UPDATE_EXAMPLES)]
-    Update {
-        name: String,
-        #[arg(long)]
-        project: String,
-        #[arg(long)]
-        port: Option<u16>,
-        /// Backend IP:PORT (replaces the list); repeat it or separate with commas.
-        #[arg(long = "backend", value_delimiter = ',')]
-        backends: Vec<String>,
-        /// How nodes pick a backend.
-        #[arg(long, value_enum)]
-        algorithm: Option<Algorithm>,
-        #[command(flatten)]
-        health: HealthArgs,
-        #[command(flatten)]
-        scaling: ScalingArgs,
-        #[command(flatten)]
-        wait: WaitArgs,
-    },
+    Update(Box<UpdateArgs>),
     /// Show a load balancer's monitor log: events (failovers, scaling,
     /// node starts and exits) of the last minutes, oldest first.
     Events {
@@ -318,4 +382,59 @@ pub enum InstanceCmd {
         #[arg(long)]
         project: String,
     },
+}
+
+/// `instance create`: one flag per field of the API's `create instance`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub project: String,
+    /// What the load balancer carries.
+    #[arg(long = "type", value_parser = model_enum::<TrafficType>())]
+    pub traffic_type: TrafficType,
+    /// Listener port [default: 80 for http].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The subnet the nodes' addresses come from, inside the project's [default: the project's].
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Backend IP:PORT, or IP:PORT=WEIGHT (0 to 256, default 1; 0 drains); repeat it or separate with commas.
+    #[arg(long = "backend", required = true, value_delimiter = ',', value_parser = backend)]
+    pub backends: Vec<BackendArg>,
+    /// How nodes pick a backend [default: round_robin].
+    #[arg(long, value_parser = model_enum::<Algorithm>())]
+    pub algorithm: Option<Algorithm>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `instance update`: one flag per field of the API's `update instance`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpdateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Backend IP:PORT or IP:PORT=WEIGHT (replaces the list); repeat it or separate with commas.
+    #[arg(long = "backend", value_delimiter = ',', value_parser = backend)]
+    pub backends: Vec<BackendArg>,
+    /// How nodes pick a backend.
+    #[arg(long, value_parser = model_enum::<Algorithm>())]
+    pub algorithm: Option<Algorithm>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }

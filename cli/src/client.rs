@@ -1,8 +1,10 @@
-//! A small blocking client of lbd's action API.
+//! A small blocking client of lbd's action API: a [`RequestEnvelope`] out,
+//! the answer's `info` read into a model type.
 
 use std::time::Duration;
 
-use lbaas::model::{ResponseEnvelope, ResponseStatus};
+use lbaas::model::{RequestEnvelope, ResponseEnvelope, ResponseStatus};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -14,6 +16,15 @@ pub enum ClientError {
     Api { code: String, message: String },
     #[error("unexpected answer from lbd ({status}): {body}")]
     BadAnswer { status: u16, body: String },
+    #[error("unexpected answer from lbd: {0}")]
+    Unexpected(String),
+}
+
+/// An answer's `info`, typed, and as lbd sent it (what `-o json` prints,
+/// so a field this lbctl does not know yet is still shown).
+pub struct Reply<T> {
+    pub value: T,
+    pub raw: Value,
 }
 
 pub struct ApiClient {
@@ -37,12 +48,20 @@ impl ApiClient {
         }
     }
 
-    /// Sends an envelope; returns its `info` on success.
-    pub fn call(&self, envelope: &Value) -> Result<Value, ClientError> {
+    /// Sends a request; returns its `info` on success.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        request: &RequestEnvelope,
+    ) -> Result<Reply<T>, ClientError> {
         let answer =
-            self.send_raw(serde_json::to_vec(envelope).expect("JSON always serializes"))?;
+            self.send_raw(serde_json::to_vec(request).expect("a request always serializes"))?;
         match answer.status {
-            ResponseStatus::Successful => Ok(answer.info.unwrap_or(Value::Null)),
+            ResponseStatus::Successful => {
+                let raw = answer.info.unwrap_or(Value::Null);
+                let value =
+                    T::deserialize(&raw).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+                Ok(Reply { value, raw })
+            }
             ResponseStatus::Fail => {
                 let e = answer.error.unwrap_or(lbaas::model::ErrorBody {
                     code: "unknown".into(),

@@ -1,192 +1,383 @@
-//! What each command sends, and how `create`/`update` wait for the load balancer.
+//! What each command sends (a [`RequestEnvelope`] built from the model's
+//! request types), what it reads back, and how `create`/`update` wait for
+//! the load balancer.
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use lbaas::model::instance::{BackendSpec, HealthCriteriaSpec};
+use lbaas::model::tuning::TimeoutsSpec;
+use lbaas::model::{
+    Action, HealthCheckSpec, InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef,
+    InstanceUpdate, ObjectType, ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef,
+    ProjectUpdate, ProvisioningStatus, RequestEnvelope, ScalingSpec,
+};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::args::{
-    Command, HealthArgs, InstanceCmd, ProjectCmd, ScalingArgs, TrafficType, WaitArgs,
+    BackendArg, Command, CreateArgs, HealthArgs, InstanceCmd, ProjectCmd, ScalingArgs, TuningArgs,
+    UpdateArgs, WaitArgs,
 };
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ApiClient, ClientError, Reply};
 
-/// The envelope a command sends (`raw` sends its input instead).
-pub fn envelope(cmd: &Command) -> Option<Value> {
-    let (action, kind, info) = match cmd {
+/// What an answer's `info` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Project,
+    Projects,
+    Instance,
+    Instances,
+}
+
+/// A command's request and the shape of its answer.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub envelope: RequestEnvelope,
+    pub shape: Shape,
+}
+
+/// An answer, read into the model's types.
+#[derive(Debug, Clone)]
+pub enum Typed {
+    Project(Box<ProjectInfo>),
+    Projects(Vec<ProjectInfo>),
+    Instance(Box<InstanceInfo>),
+    Instances(Vec<InstanceInfo>),
+}
+
+/// An answer: typed for tables, and as lbd sent it for `-o json`/`-o yaml`.
+pub struct Answer {
+    pub typed: Typed,
+    pub raw: Value,
+}
+
+impl From<Reply<InstanceInfo>> for Answer {
+    fn from(r: Reply<InstanceInfo>) -> Answer {
+        Answer {
+            typed: Typed::Instance(Box::new(r.value)),
+            raw: r.raw,
+        }
+    }
+}
+
+/// Sends a request and reads the answer into the shape it has.
+pub fn send(client: &ApiClient, request: &Request) -> Result<Answer, ClientError> {
+    fn read<T: serde::de::DeserializeOwned>(
+        client: &ApiClient,
+        envelope: &RequestEnvelope,
+        typed: impl FnOnce(T) -> Typed,
+    ) -> Result<Answer, ClientError> {
+        let reply = client.call::<T>(envelope)?;
+        Ok(Answer {
+            typed: typed(reply.value),
+            raw: reply.raw,
+        })
+    }
+    let e = &request.envelope;
+    match request.shape {
+        Shape::Project => read(client, e, |p| Typed::Project(Box::new(p))),
+        Shape::Projects => read(client, e, Typed::Projects),
+        Shape::Instance => read(client, e, |i| Typed::Instance(Box::new(i))),
+        Shape::Instances => read(client, e, Typed::Instances),
+    }
+}
+
+/// An envelope's `info` from a request type. Unset fields are left out
+/// rather than sent as null (the API reads both as absent): requests stay
+/// as small as lbctl always sent them, also for the nested specs
+/// (`scaling`, `timeouts`) whose types write their unset fields as null.
+fn info(request: &impl Serialize) -> Value {
+    fn prune(v: Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k, prune(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(prune).collect()),
+            other => other,
+        }
+    }
+    prune(serde_json::to_value(request).expect("a request always serializes"))
+}
+
+fn envelope(action: Action, object_type: ObjectType, request: &impl Serialize) -> RequestEnvelope {
+    RequestEnvelope {
+        action,
+        object_type,
+        info: info(request),
+    }
+}
+
+/// The request a command sends (`raw`, `top` and `completions` send none of their own).
+pub fn request(cmd: &Command) -> Option<Request> {
+    let (envelope, shape) = match cmd {
         Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => return None,
-        Command::Project(p) => match p {
-            ProjectCmd::Create { name, user, subnet } => {
-                let mut info = json!({ "name": name });
-                if let Some(u) = user {
-                    info["user"] = json!(u);
-                }
-                if let Some(s) = subnet {
-                    info["subnet"] = json!(s);
-                }
-                ("create", "project", info)
-            }
-            ProjectCmd::List => ("info", "project", json!({})),
-            ProjectCmd::Info { name } => ("info", "project", json!({ "name": name })),
-            ProjectCmd::Update { name, user } => {
-                ("update", "project", json!({ "name": name, "user": user }))
-            }
-            ProjectCmd::Delete { name, force } => {
-                ("delete", "project", json!({ "name": name, "force": force }))
-            }
-        },
-        Command::Instance(i) => match i {
-            InstanceCmd::Create {
-                name,
-                project,
-                traffic_type,
-                port,
-                backends,
-                algorithm,
-                health,
-                scaling,
-                ..
-            } => {
-                let mut info = json!({
-                    "name": name,
-                    "project": project,
-                    "traffic_type": match traffic_type { TrafficType::Http => "http", TrafficType::Tcp => "tcp" },
-                    "backend": { "entities": trimmed(backends) },
-                });
-                if let Some(p) = port {
-                    info["port"] = json!(p);
-                }
-                if let Some(a) = algorithm {
-                    info["algorithm"] = json!(a.as_str());
-                }
-                add_health(&mut info, health);
-                add_scaling(&mut info, scaling);
-                ("create", "instance", info)
-            }
-            InstanceCmd::List { project } => ("info", "instance", json!({ "project": project })),
-            InstanceCmd::Info { name, project } => (
-                "info",
-                "instance",
-                json!({ "project": project, "name": name }),
-            ),
-            InstanceCmd::Update {
-                name,
-                project,
-                port,
-                backends,
-                algorithm,
-                health,
-                scaling,
-                ..
-            } => {
-                let mut info = json!({ "project": project, "name": name });
-                if let Some(p) = port {
-                    info["port"] = json!(p);
-                }
-                if !backends.is_empty() {
-                    info["backend"] = json!({ "entities": trimmed(backends) });
-                }
-                if let Some(a) = algorithm {
-                    info["algorithm"] = json!(a.as_str());
-                }
-                add_health(&mut info, health);
-                add_scaling(&mut info, scaling);
-                ("update", "instance", info)
-            }
-            InstanceCmd::Events {
-                name,
-                project,
-                minutes,
-            } => (
-                "info",
-                "instance",
-                json!({ "project": project, "name": name, "history": u64::from(*minutes) * 60 }),
-            ),
-            InstanceCmd::Delete { name, project } => (
-                "delete",
-                "instance",
-                json!({ "project": project, "name": name }),
-            ),
-        },
+        Command::Project(p) => project_request(p),
+        Command::Instance(i) => instance_request(i),
     };
-    Some(json!({ "action": action, "type": kind, "info": info }))
+    Some(Request { envelope, shape })
 }
 
-/// Puts the health-check flags that were given into `backend.health-check`.
-fn add_health(info: &mut Value, h: &HealthArgs) {
-    let mut check = serde_json::Map::new();
-    if let Some(spec) = &h.health_check {
-        check.insert("protocol".into(), json!(spec.protocol));
-        if let Some(port) = spec.port {
-            check.insert("port".into(), json!(port));
-        }
-        if let Some(path) = &spec.path {
-            check.insert("request-path".into(), json!(path));
-        }
-    }
-    if let Some(criteria) = given(&[
-        ("interval", h.interval),
-        ("timeout", h.check_timeout),
-        ("health-threshold", h.healthy_threshold),
-        ("unhealth-threshold", h.unhealthy_threshold),
-    ]) {
-        check.insert("criteria".into(), criteria);
-    }
-    if !check.is_empty() {
-        set_backend_field(info, "health-check", Value::Object(check));
+/// The request that lists every project with its instances (also `lbctl top`'s).
+pub fn list_projects() -> RequestEnvelope {
+    envelope(
+        Action::Info,
+        ObjectType::Project,
+        &ProjectRef { name: None },
+    )
+}
+
+/// The request for one instance's info.
+pub fn instance_info(project: &str, name: &str) -> RequestEnvelope {
+    envelope(
+        Action::Info,
+        ObjectType::Instance,
+        &InstanceRef {
+            project: project.to_string(),
+            name: Some(name.to_string()),
+            history: None,
+        },
+    )
+}
+
+fn project_request(cmd: &ProjectCmd) -> (RequestEnvelope, Shape) {
+    use {Action as A, ObjectType::Project as P};
+    match cmd {
+        ProjectCmd::Create { name, user, subnet } => (
+            envelope(
+                A::Create,
+                P,
+                &ProjectCreate {
+                    name: name.clone(),
+                    user: user.clone(),
+                    subnet: subnet.clone(),
+                    object_type: None,
+                },
+            ),
+            Shape::Project,
+        ),
+        ProjectCmd::List => (list_projects(), Shape::Projects),
+        ProjectCmd::Info { name } => (
+            envelope(
+                A::Info,
+                P,
+                &ProjectRef {
+                    name: Some(name.clone()),
+                },
+            ),
+            Shape::Project,
+        ),
+        ProjectCmd::Update { name, user } => (
+            envelope(
+                A::Update,
+                P,
+                &ProjectUpdate {
+                    name: name.clone(),
+                    user: Some(user.clone()),
+                },
+            ),
+            Shape::Project,
+        ),
+        ProjectCmd::Delete { name, force } => (
+            envelope(
+                A::Delete,
+                P,
+                &ProjectDelete {
+                    name: name.clone(),
+                    force: *force,
+                },
+            ),
+            Shape::Project,
+        ),
     }
 }
 
-/// Puts the node-count and autoscaling flags that were given into `info`.
-fn add_scaling(info: &mut Value, a: &ScalingArgs) {
-    if let Some(n) = a.min_nodes {
-        info["min_nodes"] = json!(n);
-    }
-    if let Some(n) = a.max_nodes {
-        info["max_nodes"] = json!(n);
-    }
-    if let Some(on) = a.auto_scaling.or(a.autoscale.then_some(true)) {
-        set_backend_field(info, "auto-scaling", json!(on));
-    }
-    if let Some(scaling) = given(&[
-        ("target_requests_per_s", a.target_rps),
-        ("target_connections", a.target_connections),
-        ("cooldown", a.cooldown),
-    ]) {
-        info["scaling"] = scaling;
+fn instance_request(cmd: &InstanceCmd) -> (RequestEnvelope, Shape) {
+    use {Action as A, ObjectType::Instance as I};
+    match cmd {
+        InstanceCmd::Create(args) => (
+            envelope(A::Create, I, &instance_create(args)),
+            Shape::Instance,
+        ),
+        InstanceCmd::Update(args) => (
+            envelope(A::Update, I, &instance_update(args)),
+            Shape::Instance,
+        ),
+        InstanceCmd::List { project } => (
+            envelope(
+                A::Info,
+                I,
+                &InstanceRef {
+                    project: project.clone(),
+                    name: None,
+                    history: None,
+                },
+            ),
+            Shape::Instances,
+        ),
+        InstanceCmd::Info { name, project } => (instance_info(project, name), Shape::Instance),
+        InstanceCmd::Events {
+            name,
+            project,
+            minutes,
+        } => (
+            envelope(
+                A::Info,
+                I,
+                &InstanceRef {
+                    project: project.clone(),
+                    name: Some(name.clone()),
+                    history: Some(i64::from(*minutes) * 60),
+                },
+            ),
+            Shape::Instance,
+        ),
+        InstanceCmd::Delete { name, project } => (
+            envelope(
+                A::Delete,
+                I,
+                &InstanceDelete {
+                    project: project.clone(),
+                    name: name.clone(),
+                },
+            ),
+            Shape::Instance,
+        ),
     }
 }
 
-/// The flags that were given, as an object; `None` when none was.
-fn given(fields: &[(&str, Option<u32>)]) -> Option<Value> {
-    let map: serde_json::Map<String, Value> = fields
-        .iter()
-        .filter_map(|(key, v)| v.map(|v| ((*key).to_string(), json!(v))))
-        .collect();
-    (!map.is_empty()).then_some(Value::Object(map))
-}
-
-/// Sets `info.backend.<key>`, creating `backend` when the command gave no entities.
-fn set_backend_field(info: &mut Value, key: &str, value: Value) {
-    if info.get("backend").is_none() {
-        info["backend"] = json!({});
+/// `instance create`'s request. Fields are spelled out (no `..`) on both
+/// sides, so a field added to the model or a flag added to the arguments
+/// does not compile until it is mapped.
+pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
+    let CreateArgs {
+        name,
+        project,
+        traffic_type,
+        port,
+        subnet,
+        backends,
+        algorithm,
+        health,
+        scaling,
+        tuning,
+        wait: _,
+    } = args;
+    InstanceCreate {
+        name: name.clone(),
+        project: project.clone(),
+        traffic_type: *traffic_type,
+        port: port.map(i64::from),
+        algorithm: *algorithm,
+        subnet: subnet.clone(),
+        backend: BackendSpec {
+            entities: entities(backends),
+            health_check: health_check(health),
+            auto_scaling: auto_scaling(scaling),
+        },
+        min_nodes: scaling.min_nodes.map(i64::from),
+        max_nodes: scaling.max_nodes.map(i64::from),
+        scaling: scaling_spec(scaling),
+        hash_on: tuning.hash_on.clone(),
+        timeouts: timeouts(tuning),
+        max_connections: tuning.max_connections.map(i64::from),
+        proxy_protocol: tuning.proxy_protocol,
+        // The envelope's `type` already says instance.
+        object_type: None,
     }
-    info["backend"][key] = value;
 }
 
-fn trimmed(list: &[String]) -> Vec<&str> {
-    list.iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .collect()
+/// `instance update`'s request: only what was given.
+pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
+    let UpdateArgs {
+        name,
+        project,
+        port,
+        backends,
+        algorithm,
+        health,
+        scaling,
+        tuning,
+        wait: _,
+    } = args;
+    let backend = BackendSpec {
+        entities: entities(backends),
+        health_check: health_check(health),
+        auto_scaling: auto_scaling(scaling),
+    };
+    InstanceUpdate {
+        project: project.clone(),
+        name: name.clone(),
+        port: port.map(i64::from),
+        algorithm: *algorithm,
+        backend: (backend != BackendSpec::default()).then_some(backend),
+        min_nodes: scaling.min_nodes.map(i64::from),
+        max_nodes: scaling.max_nodes.map(i64::from),
+        scaling: scaling_spec(scaling),
+        hash_on: tuning.hash_on.clone(),
+        timeouts: timeouts(tuning),
+        max_connections: tuning.max_connections.map(i64::from),
+        proxy_protocol: tuning.proxy_protocol,
+    }
+}
+
+fn entities(backends: &[BackendArg]) -> Vec<lbaas::model::BackendEntity> {
+    backends.iter().filter_map(|b| b.0.clone()).collect()
+}
+
+/// `Some` when `spec` is not all unset, so an object no flag filled is not sent.
+fn given<T: Default + PartialEq>(spec: T) -> Option<T> {
+    (spec != T::default()).then_some(spec)
+}
+
+/// The health-check flags that were given, as the seed's `backend.health-check`.
+fn health_check(h: &HealthArgs) -> Option<HealthCheckSpec> {
+    let check = h.health_check.as_ref();
+    given(HealthCheckSpec {
+        protocol: check.map(|c| c.protocol),
+        port: check.and_then(|c| c.port).map(i64::from),
+        request_path: check.and_then(|c| c.path.clone()),
+        expected_codes: h.expected_codes.clone(),
+        criteria: given(HealthCriteriaSpec {
+            interval: h.interval.map(i64::from),
+            timeout: h.check_timeout.map(i64::from),
+            health_threshold: h.healthy_threshold.map(i64::from),
+            unhealth_threshold: h.unhealthy_threshold.map(i64::from),
+        }),
+    })
+}
+
+fn auto_scaling(a: &ScalingArgs) -> Option<bool> {
+    a.auto_scaling.or(a.autoscale.then_some(true))
+}
+
+fn scaling_spec(a: &ScalingArgs) -> Option<ScalingSpec> {
+    given(ScalingSpec {
+        target_requests_per_s: a.target_rps.map(i64::from),
+        target_connections: a.target_connections.map(i64::from),
+        scale_out_after: a.scale_out_after.map(i64::from),
+        scale_in_after: a.scale_in_after.map(i64::from),
+        low_water_percent: a.low_water_percent.map(i64::from),
+        cooldown: a.cooldown.map(i64::from),
+    })
+}
+
+fn timeouts(t: &TuningArgs) -> Option<TimeoutsSpec> {
+    given(TimeoutsSpec {
+        connect_ms: t.connect_timeout_ms.map(i64::from),
+        first_byte_ms: t.first_byte_timeout_ms.map(i64::from),
+        client_idle_ms: t.client_idle_timeout_ms.map(i64::from),
+        backend_idle_ms: t.backend_idle_timeout_ms.map(i64::from),
+    })
 }
 
 /// The wait settings of a command that changes a load balancer, if it should wait.
 pub fn wait_args(cmd: &Command) -> Option<&WaitArgs> {
     match cmd {
-        Command::Instance(InstanceCmd::Create { wait, .. } | InstanceCmd::Update { wait, .. })
-            if !wait.no_wait =>
-        {
-            Some(wait)
-        }
+        Command::Instance(InstanceCmd::Create(args)) if !args.wait.no_wait => Some(&args.wait),
+        Command::Instance(InstanceCmd::Update(args)) if !args.wait.no_wait => Some(&args.wait),
         _ => None,
     }
 }
@@ -208,34 +399,31 @@ pub enum WaitError {
 /// Polls `info` until the instance is ACTIVE (returns it) or ERROR.
 pub fn wait_until_active(
     client: &ApiClient,
-    info: &Value,
+    instance: &InstanceInfo,
     wait: &WaitArgs,
-    mut on_tick: impl FnMut(&str),
-) -> Result<Value, WaitError> {
-    let name = info["name"].as_str().unwrap_or_default().to_string();
-    let project = info["project"].as_str().unwrap_or_default().to_string();
+    mut on_tick: impl FnMut(ProvisioningStatus),
+) -> Result<Reply<InstanceInfo>, WaitError> {
+    let name = instance.name.clone();
+    let request = instance_info(&instance.project, &instance.name);
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
     loop {
-        let current = client.call(&json!({"action": "info", "type": "instance", "info": {"project": project, "name": name}}))?;
-        let status = current["provisioning_status"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
-        match status.as_str() {
-            "ACTIVE" => return Ok(current),
-            "ERROR" => {
-                let reason = current["status_reason"]
-                    .as_str()
-                    .unwrap_or("no reason given")
-                    .to_string();
+        let current = client.call::<InstanceInfo>(&request)?;
+        let status = current.value.provisioning_status;
+        match status {
+            ProvisioningStatus::Active => return Ok(current),
+            ProvisioningStatus::Error => {
+                let reason = current
+                    .value
+                    .status_reason
+                    .unwrap_or_else(|| "no reason given".to_string());
                 return Err(WaitError::Failed { name, reason });
             }
-            _ => on_tick(&status),
+            _ => on_tick(status),
         }
         if Instant::now() >= deadline {
             return Err(WaitError::Timeout {
                 name,
-                status,
+                status: status.as_str().to_string(),
                 secs: wait.timeout,
             });
         }
@@ -244,217 +432,4 @@ pub fn wait_until_active(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::args::Cli;
-    use clap::Parser;
-
-    fn env_of(args: &[&str]) -> Value {
-        let cli =
-            Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied())).unwrap();
-        envelope(&cli.command).unwrap()
-    }
-
-    #[test]
-    fn project_commands() {
-        assert_eq!(
-            env_of(&[
-                "project",
-                "create",
-                "demo",
-                "--user",
-                "john",
-                "--subnet",
-                "127.5.0.0/16"
-            ]),
-            json!({"action": "create", "type": "project", "info": {"name": "demo", "user": "john", "subnet": "127.5.0.0/16"}})
-        );
-        assert_eq!(
-            env_of(&["project", "list"]),
-            json!({"action": "info", "type": "project", "info": {}})
-        );
-        assert_eq!(
-            env_of(&["project", "info", "demo"])["info"],
-            json!({"name": "demo"})
-        );
-        assert_eq!(
-            env_of(&["project", "update", "demo", "--user", "ann"])["info"],
-            json!({"name": "demo", "user": "ann"})
-        );
-        assert_eq!(
-            env_of(&["project", "delete", "demo", "--force"])["info"],
-            json!({"name": "demo", "force": true})
-        );
-    }
-
-    #[test]
-    fn health_and_autoscale_flags_map_to_the_seed_fields() {
-        let e = env_of(&[
-            "instance",
-            "create",
-            "web",
-            "--project",
-            "demo",
-            "--type",
-            "http",
-            "--backend",
-            "10.0.0.1:80",
-            "--health-check",
-            "http:8081:/healthz",
-            "--interval",
-            "2",
-            "--check-timeout",
-            "1",
-            "--healthy-threshold",
-            "3",
-            "--unhealthy-threshold",
-            "4",
-            "--autoscale",
-            "--min-nodes",
-            "2",
-            "--max-nodes",
-            "6",
-        ]);
-        assert_eq!(
-            e["info"]["backend"],
-            json!({"entities": ["10.0.0.1:80"], "auto-scaling": true, "health-check": {
-                "protocol": "HTTP", "port": 8081, "request-path": "/healthz",
-                "criteria": {"interval": 2, "timeout": 1, "health-threshold": 3, "unhealth-threshold": 4}}})
-        );
-        assert_eq!(
-            (
-                e["info"]["min_nodes"].clone(),
-                e["info"]["max_nodes"].clone()
-            ),
-            (json!(2), json!(6))
-        );
-        let t = env_of(&[
-            "instance",
-            "update",
-            "web",
-            "--project",
-            "demo",
-            "--health-check",
-            "tcp",
-        ]);
-        assert_eq!(
-            t["info"],
-            json!({"project": "demo", "name": "web", "backend": {"health-check": {"protocol": "TCP"}}})
-        );
-        for bad in ["http:healthz", "udp", "http:x:/a"] {
-            assert!(
-                crate::args::Cli::try_parse_from([
-                    "lbctl",
-                    "instance",
-                    "update",
-                    "web",
-                    "--project",
-                    "p",
-                    "--health-check",
-                    bad,
-                ])
-                .is_err(),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn instance_commands_with_repeated_and_comma_backends() {
-        let e = env_of(&[
-            "instance",
-            "create",
-            "web",
-            "--project",
-            "demo",
-            "--type",
-            "http",
-            "--port",
-            "8080",
-            "--backend",
-            "10.0.0.1:80,10.0.0.2:80",
-            "--backend",
-            "10.0.0.3:80",
-        ]);
-        assert_eq!(
-            e,
-            json!({"action": "create", "type": "instance", "info": {
-                "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
-                "backend": {"entities": ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]}}})
-        );
-        assert_eq!(
-            env_of(&["instance", "list", "--project", "demo"])["info"],
-            json!({"project": "demo"})
-        );
-        let a = env_of(&[
-            "instance",
-            "update",
-            "web",
-            "--project",
-            "demo",
-            "--algorithm",
-            "least-connections",
-        ]);
-        assert_eq!(
-            a["info"],
-            json!({"project": "demo", "name": "web", "algorithm": "least_connections"})
-        );
-        let u = env_of(&[
-            "instance",
-            "update",
-            "web",
-            "--project",
-            "demo",
-            "--backend",
-            "10.0.0.9:80",
-        ]);
-        assert_eq!(
-            u["info"],
-            json!({"project": "demo", "name": "web", "backend": {"entities": ["10.0.0.9:80"]}})
-        );
-        let d = env_of(&["instance", "delete", "web", "--project", "demo"]);
-        assert_eq!(
-            (d["action"].as_str(), d["info"]["name"].as_str()),
-            (Some("delete"), Some("web"))
-        );
-    }
-
-    #[test]
-    fn create_requires_a_backend_and_a_type() {
-        assert!(Cli::try_parse_from([
-            "lbctl",
-            "instance",
-            "create",
-            "web",
-            "--project",
-            "p",
-            "--type",
-            "http"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from([
-            "lbctl",
-            "instance",
-            "create",
-            "web",
-            "--project",
-            "p",
-            "--backend",
-            "1.2.3.4:80"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from([
-            "lbctl",
-            "instance",
-            "create",
-            "web",
-            "--project",
-            "p",
-            "--type",
-            "udp",
-            "--backend",
-            "x"
-        ])
-        .is_err());
-    }
-}
+mod tests;

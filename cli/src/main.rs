@@ -10,11 +10,11 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use serde_json::Value;
+use lbaas::model::{ProjectInfo, ProvisioningStatus};
 
 use args::{Cli, Command, InstanceCmd, Output, ProjectCmd};
 use client::{ApiClient, ClientError};
-use commands::WaitError;
+use commands::{Answer, Typed, WaitError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,28 +83,32 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Top { interval } => return top(client, &settings.url, *interval),
         _ => {}
     }
-    let envelope = commands::envelope(&cli.command).expect("every other command has an envelope");
-    let mut info = client.call(&envelope)?;
-    if let Some(wait) = commands::wait_args(&cli.command) {
+    let request = commands::request(&cli.command).expect("every other command sends a request");
+    let mut answer = commands::send(&client, &request)?;
+    if let (Some(wait), Typed::Instance(instance)) =
+        (commands::wait_args(&cli.command), &answer.typed)
+    {
         let tty = std::io::stderr().is_terminal() && cli.output == Output::Table && !cli.quiet;
         let spinner = ['|', '/', '-', '\\'];
         let mut tick = 0;
-        info = commands::wait_until_active(&client, &info, wait, |status| {
+        let reply = commands::wait_until_active(&client, instance, wait, |status| {
             if tty {
                 tick += 1;
                 eprint!(
-                    "\r{} waiting for {} ({status})...",
+                    "\r{} waiting for {} ({})...",
                     spinner[tick % spinner.len()],
-                    info["name"].as_str().unwrap_or_default()
+                    instance.name,
+                    status.as_str()
                 );
             }
         })?;
         if tty {
             eprint!("\r\x1b[K");
         }
+        answer = reply.into();
     }
     if !cli.quiet {
-        print(cli, &info);
+        print(cli, &answer);
     }
     Ok(())
 }
@@ -115,62 +119,49 @@ fn top(client: ApiClient, url: &str, interval: f64) -> anyhow::Result<()> {
         std::io::stdout().is_terminal(),
         "lbctl top needs a terminal (use `lbctl project list -o json` in scripts)"
     );
-    let fetch = Box::new(move || {
-        let info = client
-            .call(&serde_json::json!({"action": "info", "type": "project", "info": {}}))
-            .map_err(|e| e.to_string())?;
-        serde_json::from_value(info).map_err(|e| format!("unexpected answer: {e}"))
+    let request = commands::list_projects();
+    let fetch: lbaas_tui::Fetch = Box::new(move || {
+        client
+            .call::<Vec<ProjectInfo>>(&request)
+            .map(|reply| reply.value)
+            .map_err(|e| e.to_string())
     });
     lbaas_tui::run(url, fetch, std::time::Duration::from_secs_f64(interval))?;
     Ok(())
 }
 
-fn print(cli: &Cli, info: &Value) {
+/// `-o json` and `-o yaml` print the answer as lbd sent it; tables read the typed one.
+fn print(cli: &Cli, answer: &Answer) {
     match cli.output {
         Output::Json => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(info).expect("JSON always serializes")
+                serde_json::to_string_pretty(&answer.raw).expect("JSON always serializes")
             );
             return;
         }
         Output::Yaml => {
-            print!("{}", output::yaml(info));
+            print!("{}", output::yaml(&answer.raw));
             return;
         }
         Output::Table => {}
     }
-    let empty = Vec::new();
-    let text = match &cli.command {
-        Command::Project(ProjectCmd::List) => output::projects(info.as_array().unwrap_or(&empty)),
-        Command::Project(ProjectCmd::Delete { name, .. }) => {
+    let text = match (&cli.command, &answer.typed) {
+        (Command::Project(ProjectCmd::Delete { name, .. }), _) => {
             format!("project {name} is being deleted\n")
         }
-        Command::Project(_) => output::project(info),
-        Command::Instance(InstanceCmd::List { .. }) => {
-            output::instances(info.as_array().unwrap_or(&empty))
-        }
-        Command::Instance(InstanceCmd::Delete { name, .. }) => {
+        (Command::Instance(InstanceCmd::Delete { name, .. }), _) => {
             format!("instance {name} is being deleted\n")
         }
-        Command::Instance(InstanceCmd::Create { .. } | InstanceCmd::Update { .. })
-            if info["provisioning_status"] == "ACTIVE" =>
-        {
-            let nodes: Vec<&str> = info["nodes"]
-                .as_array()
-                .map(|l| l.iter().filter_map(|n| n["address"].as_str()).collect())
-                .unwrap_or_default();
-            format!(
-                "{}\nnodes: {}\n",
-                info["url"].as_str().unwrap_or_default(),
-                nodes.join(", ")
-            )
-        }
-        Command::Instance(InstanceCmd::Events { .. }) => output::events(info),
-        Command::Instance(_) => output::instance(info),
-        Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => {
-            unreachable!("handled before")
-        }
+        (
+            Command::Instance(InstanceCmd::Create(_) | InstanceCmd::Update(_)),
+            Typed::Instance(i),
+        ) if i.provisioning_status == ProvisioningStatus::Active => output::serving(i),
+        (Command::Instance(InstanceCmd::Events { .. }), Typed::Instance(i)) => output::events(i),
+        (_, Typed::Instance(i)) => output::instance(i),
+        (_, Typed::Instances(list)) => output::instances(list),
+        (_, Typed::Project(p)) => output::project(p),
+        (_, Typed::Projects(list)) => output::projects(list),
     };
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let text = if color { output::colorize(&text) } else { text };

@@ -1,5 +1,7 @@
-//! Human output: aligned tables and key/value blocks.
+//! Human output: aligned tables and key/value blocks, from the typed
+//! answers; YAML from the answer as lbd sent it.
 
+use lbaas::model::{InstanceInfo, ProjectInfo};
 use serde_json::Value;
 
 /// Renders rows under a header, each column as wide as its widest cell.
@@ -135,42 +137,47 @@ fn yaml_inline(v: &Value) -> String {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+/// A model enum as the API spells it (`round_robin`, `none`).
+fn wire(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "-".into(),
     }
 }
 
-pub fn projects(list: &[Value]) -> String {
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+pub fn projects(list: &[ProjectInfo]) -> String {
     let rows = list
         .iter()
         .map(|p| {
             vec![
-                s(&p["name"]),
-                s(&p["user"]),
-                s(&p["subnet"]),
-                s(&p["provisioning_status"]),
-                p["instances"].as_array().map_or(0, Vec::len).to_string(),
+                p.name.clone(),
+                p.user.clone(),
+                p.subnet.clone(),
+                p.provisioning_status.as_str().to_string(),
+                p.instances.len().to_string(),
             ]
         })
         .collect::<Vec<_>>();
     table(&["NAME", "USER", "SUBNET", "STATUS", "INSTANCES"], &rows)
 }
 
-pub fn instances(list: &[Value]) -> String {
+pub fn instances(list: &[InstanceInfo]) -> String {
     let rows = list
         .iter()
         .map(|i| {
             vec![
-                s(&i["name"]),
-                s(&i["traffic_type"]),
-                s(&i["port"]),
-                s(&i["url"]),
-                s(&i["provisioning_status"]),
-                s(&i["operating_status"]),
-                i["nodes"].as_array().map_or(0, Vec::len).to_string(),
+                i.name.clone(),
+                i.traffic_type.as_str().to_string(),
+                i.port.to_string(),
+                i.url.clone(),
+                i.provisioning_status.as_str().to_string(),
+                i.operating_status.as_str().to_string(),
+                i.nodes.len().to_string(),
             ]
         })
         .collect::<Vec<_>>();
@@ -188,113 +195,118 @@ pub fn instances(list: &[Value]) -> String {
     )
 }
 
-pub fn project(p: &Value) -> String {
+pub fn project(p: &ProjectInfo) -> String {
     let mut out = format!(
         "name:    {}\nuser:    {}\nsubnet:  {}\nstatus:  {}\n",
-        s(&p["name"]),
-        s(&p["user"]),
-        s(&p["subnet"]),
-        s(&p["provisioning_status"])
+        p.name,
+        p.user,
+        p.subnet,
+        p.provisioning_status.as_str()
     );
-    if let Some(list) = p["instances"].as_array().filter(|l| !l.is_empty()) {
+    if !p.instances.is_empty() {
         out.push('\n');
-        out.push_str(&instances(list));
+        out.push_str(&instances(&p.instances));
     }
     out
 }
 
-pub fn instance(i: &Value) -> String {
-    let mut out = String::new();
-    for (label, key) in [
-        ("name", "name"),
-        ("project", "project"),
-        ("type", "traffic_type"),
-        ("port", "port"),
-        ("algorithm", "algorithm"),
-        ("dns name", "dns_name"),
-        ("url", "url"),
-        ("provisioning", "provisioning_status"),
-        ("operating", "operating_status"),
-    ] {
-        out.push_str(&format!("{:<13} {}\n", format!("{label}:"), s(&i[key])));
+/// A load balancer that serves: its URL and node addresses.
+pub fn serving(i: &InstanceInfo) -> String {
+    let nodes: Vec<&str> = i.nodes.iter().map(|n| n.address.as_str()).collect();
+    format!("{}\nnodes: {}\n", i.url, nodes.join(", "))
+}
+
+pub fn instance(i: &InstanceInfo) -> String {
+    let t = &i.timeouts;
+    let mut fields = vec![
+        ("name", i.name.clone()),
+        ("project", i.project.clone()),
+        ("type", i.traffic_type.as_str().to_string()),
+        ("port", i.port.to_string()),
+        ("algorithm", wire(&i.algorithm)),
+        ("dns name", i.dns_name.clone()),
+        ("url", i.url.clone()),
+        ("provisioning", i.provisioning_status.as_str().to_string()),
+        ("operating", i.operating_status.as_str().to_string()),
+    ];
+    if let Some(reason) = &i.status_reason {
+        fields.push(("reason", reason.clone()));
     }
-    if !i["status_reason"].is_null() {
-        out.push_str(&format!("{:<13} {}\n", "reason:", s(&i["status_reason"])));
-    }
-    let scaling = if i["backend"]["auto-scaling"] == true {
-        format!(
-            "auto-scaling {} to {}",
-            s(&i["min_nodes"]),
-            s(&i["max_nodes"])
-        )
+    let scaling = if i.backend.auto_scaling {
+        format!("auto-scaling {} to {}", i.min_nodes, i.max_nodes)
     } else {
         "fixed".to_string()
     };
-    out.push_str(&format!(
-        "{:<13} {} ({scaling})\n",
-        "nodes wanted:",
-        s(&i["desired_nodes"])
-    ));
-    let nodes: Vec<Vec<String>> = i["nodes"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|n| {
-                    vec![
-                        s(&n["name"]),
-                        s(&n["address"]),
-                        s(&n["state"]),
-                        s(&n["pid"]),
-                        s(&n["operating_status"]),
-                    ]
-                })
-                .collect()
+    fields.extend([
+        ("nodes wanted", format!("{} ({scaling})", i.desired_nodes)),
+        ("hash on", i.hash_on.to_string()),
+        (
+            "timeouts",
+            format!(
+                "connect {} ms, first byte {} ms, client idle {} ms, backend idle {} ms",
+                t.connect_ms, t.first_byte_ms, t.client_idle_ms, t.backend_idle_ms
+            ),
+        ),
+        ("max conns", i.max_connections.to_string()),
+        ("proxy proto", wire(&i.proxy_protocol)),
+    ]);
+    let mut out = String::new();
+    for (label, value) in fields {
+        out.push_str(&format!("{:<13} {value}\n", format!("{label}:")));
+    }
+    let nodes: Vec<Vec<String>> = i
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.address.clone(),
+                n.state.as_str().to_string(),
+                or_dash(n.pid),
+                n.operating_status.as_str().to_string(),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     out.push_str("\nNodes:\n");
     out.push_str(&table(
         &["NAME", "ADDRESS", "STATE", "PID", "STATUS"],
         &nodes,
     ));
-    let backends: Vec<Vec<String>> = i["backend"]["entities"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|b| vec![s(&b["address"]), s(&b["weight"])])
-                .collect()
-        })
-        .unwrap_or_default();
+    let backends: Vec<Vec<String>> = i
+        .backend
+        .entities
+        .iter()
+        .map(|b| vec![b.address.to_string(), b.weight.to_string()])
+        .collect();
     out.push_str("\nBackends:\n");
     out.push_str(&table(&["ADDRESS", "WEIGHT"], &backends));
-    if let Some(events) = i["events"].as_array().filter(|e| !e.is_empty()) {
+    if !i.events.is_empty() {
         out.push_str("\nRecent events:\n");
-        let rows: Vec<Vec<String>> = events
+        let rows: Vec<Vec<String>> = i
+            .events
             .iter()
-            .map(|e| vec![clock(&e["ts"]), s(&e["kind"]), s(&e["message"])])
+            .map(|e| vec![clock(e.ts), e.kind.to_string(), e.message.clone()])
             .collect();
         out.push_str(&table(&["TIME", "KIND", "MESSAGE"], &rows));
     }
     out
 }
 
-/// An instance's monitor log, oldest first: events, then the latest load.
-pub fn events(i: &Value) -> String {
-    let empty = Vec::new();
-    let list = i["events"].as_array().unwrap_or(&empty);
-    if list.is_empty() {
+/// An instance's monitor log, oldest first.
+pub fn events(i: &InstanceInfo) -> String {
+    if i.events.is_empty() {
         return "no events in this window\n".into();
     }
-    let rows: Vec<Vec<String>> = list
+    let rows: Vec<Vec<String>> = i
+        .events
         .iter()
         .rev()
         .map(|e| {
             vec![
-                clock(&e["ts"]),
-                s(&e["kind"]),
-                e["node_id"]
-                    .as_i64()
-                    .map_or("-".into(), |n| format!("node-{n}")),
-                s(&e["message"]),
+                clock(e.ts),
+                e.kind.to_string(),
+                e.node_id.map_or("-".into(), |n| format!("node-{n}")),
+                e.message.clone(),
             ]
         })
         .collect();
@@ -302,14 +314,9 @@ pub fn events(i: &Value) -> String {
 }
 
 /// Unix seconds as a UTC time of day, `HH:MM:SSZ`: events are recent, so the date adds little.
-fn clock(ts: &Value) -> String {
-    match ts.as_i64() {
-        Some(t) => {
-            let day = t.rem_euclid(86_400);
-            format!("{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
-        }
-        None => s(ts),
-    }
+fn clock(ts: i64) -> String {
+    let day = ts.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
 }
 
 #[cfg(test)]
@@ -319,7 +326,7 @@ mod tests {
 
     #[test]
     fn clock_is_utc_time_of_day() {
-        assert_eq!(clock(&json!(86_400 + 3 * 3600 + 4 * 60 + 5)), "03:04:05Z");
+        assert_eq!(clock(86_400 + 3 * 3600 + 4 * 60 + 5), "03:04:05Z");
     }
 
     #[test]
@@ -352,12 +359,62 @@ mod tests {
         assert!(c.contains("ERRORS") && !c.contains("\x1b[31m"));
     }
 
+    /// An instance as lbd shows it, with one node (no pid yet) and one backend.
+    fn web() -> InstanceInfo {
+        serde_json::from_value(json!({
+            "id": 1, "type": "instance", "name": "web", "project": "demo",
+            "traffic_type": "http", "port": 8080, "algorithm": "consistent_hash",
+            "subnet": "127.100.0.0/24",
+            "backend": {"entities": [{"address": "127.0.0.1:9001", "weight": 3}],
+                "health-check": {"protocol": "HTTP", "port": 0, "request-path": "/",
+                    "expected-codes": "200-399",
+                    "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}},
+                "auto-scaling": true},
+            "min_nodes": 1, "max_nodes": 4, "desired_nodes": 2,
+            "scaling": {"target_requests_per_s": 1000, "target_connections": 1000, "scale_out_after": 3,
+                        "scale_in_after": 12, "low_water_percent": 50, "cooldown": 60},
+            "hash_on": "header:x-user",
+            "timeouts": {"connect_ms": 3000, "first_byte_ms": 30000, "client_idle_ms": 60000, "backend_idle_ms": 30000},
+            "max_connections": 10000, "proxy_protocol": "none",
+            "dns_name": "web.demo.lbaas.internal", "url": "http://web.demo.lbaas.internal:8080/",
+            "provisioning_status": "ACTIVE", "operating_status": "ONLINE",
+            "nodes": [{"id": 7, "name": "node-7", "address": "127.100.0.2", "state": "starting",
+                       "operating_status": "OFFLINE"}],
+            "events": [], "samples": [], "created_at": 1, "updated_at": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn instance_shows_every_setting_nodes_and_backends() {
+        let text = instance(&web());
+        for line in [
+            "algorithm:    consistent_hash\n",
+            "nodes wanted: 2 (auto-scaling 1 to 4)\n",
+            "hash on:      header:x-user\n",
+            "timeouts:     connect 3000 ms, first byte 30000 ms, client idle 60000 ms, backend idle 30000 ms\n",
+            "max conns:    10000\n",
+            "proxy proto:  none\n",
+            "node-7  127.100.0.2  starting  -    OFFLINE\n",
+            "127.0.0.1:9001  3\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("reason:"), "{text}");
+        assert_eq!(
+            serving(&web()),
+            "http://web.demo.lbaas.internal:8080/\nnodes: 127.100.0.2\n"
+        );
+    }
+
     #[test]
     fn events_print_oldest_first() {
-        let i = json!({"events": [
+        let mut i = web();
+        i.events = serde_json::from_value(json!([
             {"ts": 7200, "kind": "failover", "message": "node 2 replaces node 1", "node_id": 2},
             {"ts": 3600, "kind": "node_failed", "message": "node 1 missed 2 checks", "node_id": 1}
-        ]});
+        ]))
+        .unwrap();
         let text = events(&i);
         let failed = text.find("node_failed").unwrap();
         let failover = text.find("failover").unwrap();
@@ -366,15 +423,17 @@ mod tests {
             text.contains("01:00:00Z") && text.contains("node-2"),
             "{text}"
         );
-        assert_eq!(events(&json!({"events": []})), "no events in this window\n");
+        assert_eq!(events(&web()), "no events in this window\n");
     }
 
     #[test]
     fn project_list_counts_instances() {
-        let out = projects(&[
-            json!({"name": "demo", "user": "john", "subnet": "127.1.0.0/16",
-                                    "provisioning_status": "ACTIVE", "instances": [{}, {}]}),
-        ]);
+        let p: ProjectInfo = serde_json::from_value(json!({
+            "id": 1, "type": "project", "name": "demo", "user": "john", "subnet": "127.1.0.0/16",
+            "provisioning_status": "ACTIVE", "instances": [web(), web()], "created_at": 1
+        }))
+        .unwrap();
+        let out = projects(&[p]);
         assert!(out.lines().nth(1).unwrap().ends_with("ACTIVE  2"), "{out}");
     }
 }

@@ -32,3 +32,23 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn instance_create_help_lists_the_tuning_flags_and_the_models_values() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["instance", "create", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--hash-on",
+        "--connect-timeout-ms",
+        "--max-connections",
+        "--proxy-protocol",
+        "consistent_hash",
+        "none, v1, v2",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}

@@ -151,7 +151,10 @@ pub struct HealthCriteria {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
-    #[serde(default)]
+    // An update without entities keeps the stored ones, so clients leave an
+    // empty list out; the schema still documents the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("default" = []))]
     pub entities: Vec<BackendEntity>,
     #[serde(default, rename = "health-check")]
     pub health_check: Option<HealthCheckSpec>,

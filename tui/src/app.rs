@@ -1,7 +1,7 @@
 //! The dashboard's state and what keys do to it. No terminal here, so every
 //! behaviour is testable without one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use lbaas::model::{EventInfo, InstanceInfo, NodeId, ProjectInfo};
@@ -77,11 +77,35 @@ impl InstanceRow {
     }
 }
 
-/// Per member per node: requests/s from the counters of two refreshes.
+/// Per member per node: requests/s from the counters of two node samples.
 #[derive(Debug, Clone, Default)]
 pub struct MemberRate {
-    last: Option<(Instant, u64)>,
+    /// The node's `sampled_at` (Unix seconds) and the member's request count then.
+    last: Option<(i64, u64)>,
     pub requests_per_s: f64,
+}
+
+impl MemberRate {
+    /// Counts the requests between the previous sample and this one over
+    /// the seconds between them, as lbd measured them. The counters only
+    /// change when lbd samples the node (every health-check interval), not
+    /// on every refresh: the refresh clock would read an unchanged sample
+    /// as no traffic, and the next one as several intervals' worth.
+    fn observe(&mut self, sampled_at: i64, requests: u64) {
+        match self.last {
+            // The same sample again (or one within the same second): keep
+            // the rate and the older base, so no request goes uncounted.
+            Some((at, _)) if sampled_at == at => return,
+            Some((at, before)) if sampled_at > at => {
+                // A restarted node counts from zero: start again from its new count.
+                if let Some(delta) = requests.checked_sub(before) {
+                    self.requests_per_s = delta as f64 / (sampled_at - at) as f64;
+                }
+            }
+            _ => {}
+        }
+        self.last = Some((sampled_at, requests));
+    }
 }
 
 pub struct App {
@@ -141,29 +165,8 @@ impl App {
                 p.instances.into_iter().map(move |i| row(&project, i))
             })
             .collect();
-        for r in &self.rows {
-            let h = self.history.entry(r.key()).or_default();
-            h.push_back((r.requests_per_s, r.p99_ms.unwrap_or(0.0)));
-            while h.len() > HISTORY {
-                h.pop_front();
-            }
-            for node in &r.info.nodes {
-                let Some(stats) = &node.stats else { continue };
-                for m in &stats.members {
-                    let rate = self
-                        .member_rates
-                        .entry((node.id, m.address.to_string()))
-                        .or_default();
-                    if let Some((at, before)) = rate.last {
-                        let secs = now.duration_since(at).as_secs_f64();
-                        if secs > 0.0 {
-                            rate.requests_per_s = m.requests.saturating_sub(before) as f64 / secs;
-                        }
-                    }
-                    rate.last = Some((now, m.requests));
-                }
-            }
-        }
+        self.record_history();
+        self.record_member_rates();
         // Keep the same instance selected when rows move.
         if let Some(key) = keep {
             if let Some(i) = self.visible().iter().position(|r| r.key() == key) {
@@ -171,6 +174,37 @@ impl App {
             }
         }
         self.clamp_selection();
+    }
+
+    /// One sparkline point per instance; instances that are gone lose theirs.
+    fn record_history(&mut self) {
+        let keys: HashSet<(String, String)> = self.rows.iter().map(InstanceRow::key).collect();
+        self.history.retain(|k, _| keys.contains(k));
+        for r in &self.rows {
+            let h = self.history.entry(r.key()).or_default();
+            h.push_back((r.requests_per_s, r.p99_ms.unwrap_or(0.0)));
+            while h.len() > HISTORY {
+                h.pop_front();
+            }
+        }
+    }
+
+    fn record_member_rates(&mut self) {
+        let mut seen = HashSet::new();
+        for node in self.rows.iter().flat_map(|r| &r.info.nodes) {
+            let (Some(stats), Some(sampled_at)) = (&node.stats, node.sampled_at) else {
+                continue;
+            };
+            for m in &stats.members {
+                let key = (node.id, m.address.to_string());
+                self.member_rates
+                    .entry(key.clone())
+                    .or_default()
+                    .observe(sampled_at, m.requests);
+                seen.insert(key);
+            }
+        }
+        self.member_rates.retain(|k, _| seen.contains(k));
     }
 
     /// The daemon did not answer; the last data stays on screen.
@@ -447,20 +481,28 @@ pub mod tests {
     }
 
     #[test]
-    fn member_rates_come_from_two_refreshes() {
+    fn member_rates_come_from_two_node_samples() {
         let mut app = App::new("http://x");
         let t0 = Instant::now();
         app.update(snapshot(&["web"]), t0);
         let mut later = snapshot(&["web"]);
-        later[0].instances[0].nodes[0]
-            .stats
-            .as_mut()
-            .unwrap()
-            .members[0]
-            .requests = 150;
+        let node = &mut later[0].instances[0].nodes[0];
+        node.sampled_at = Some(1002);
+        node.stats.as_mut().unwrap().members[0].requests = 150;
+        app.update(later.clone(), t0 + std::time::Duration::from_secs(1));
+        assert_eq!(
+            app.member_rates[&(NodeId(10), "127.0.0.1:9001".to_string())].requests_per_s,
+            50.0,
+            "100 requests over the 2 s between the samples, whenever they are fetched"
+        );
         app.update(later, t0 + std::time::Duration::from_secs(2));
         let rate = &app.member_rates[&(NodeId(10), "127.0.0.1:9001".to_string())];
-        assert_eq!(rate.requests_per_s, 50.0);
-        assert_eq!(app.history[&("demo".into(), "web".into())].len(), 2);
+        assert_eq!(
+            rate.requests_per_s, 50.0,
+            "the same sample again keeps the rate"
+        );
+        assert_eq!(app.history[&("demo".into(), "web".into())].len(), 3);
+        app.update(Vec::new(), t0 + std::time::Duration::from_secs(3));
+        assert!(app.member_rates.is_empty() && app.history.is_empty());
     }
 }

@@ -399,7 +399,7 @@ fn render_help(f: &mut Frame, area: Rect) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
@@ -458,6 +458,37 @@ mod tests {
         ] {
             assert!(s.contains(text), "{text} missing:\n{s}");
         }
+    }
+
+    /// The snapshot of `web` whose node was sampled at `sampled_at` (Unix
+    /// seconds) with `requests` answered by its member so far.
+    fn sampled(sampled_at: i64, requests: u64) -> Vec<lbaas::model::ProjectInfo> {
+        let mut s = snapshot(&["web"]);
+        let node = &mut s[0].instances[0].nodes[0];
+        node.sampled_at = Some(sampled_at);
+        node.stats.as_mut().unwrap().members[0].requests = requests;
+        s
+    }
+
+    #[test]
+    fn member_req_s_is_counted_over_the_nodes_sample_interval() {
+        // lbd samples a node every health-check interval (5 s here) while top
+        // refreshes every second, so most refreshes bring the same sample.
+        let mut app = App::new("http://x");
+        let t0 = Instant::now();
+        app.update(sampled(1000, 50), t0);
+        app.update(sampled(1005, 5050), t0 + Duration::from_secs(1));
+        app.update(sampled(1005, 5050), t0 + Duration::from_secs(2));
+        app.on_key(Key::Enter);
+        let s = screen(&app, 120, 30);
+        let member = s
+            .lines()
+            .find(|l| l.contains("127.0.0.1:9001"))
+            .unwrap_or_else(|| panic!("no member row:\n{s}"));
+        assert!(
+            member.contains(" 1000.0 "),
+            "5000 requests in the 5 s between two samples:\n{s}"
+        );
     }
 
     #[test]
