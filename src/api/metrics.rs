@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use rusqlite::Connection;
 
+use crate::model::MemberState;
 use crate::store::{self, StoreError};
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -160,7 +161,7 @@ pub fn render(c: &Connection) -> Result<String, StoreError> {
             }
             for m in &s.members {
                 let member = format!("{node},member=\"{}\"", m.address);
-                member_up.add(&member, if m.state == "up" { 1.0 } else { 0.0 });
+                member_up.add(&member, if m.state == MemberState::Up { 1.0 } else { 0.0 });
                 member_requests.add(&member, m.requests as f64);
                 member_failures.add(&member, m.failures as f64);
             }

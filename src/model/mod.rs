@@ -23,7 +23,7 @@ pub use instance::{
     InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,
     NodeInfo, SampleInfo, TrafficType,
 };
-pub use node::{MemberStats, NodeConfig, NodeStats, NodeStatus};
+pub use node::{MemberState, MemberStats, NodeConfig, NodeStats, NodeStatus};
 pub use project::{
     ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef, ProjectSpec, ProjectUpdate,
 };

@@ -2,6 +2,7 @@
 //! `PUT /config` takes a [`NodeConfig`], `GET /status` returns a [`NodeStatus`].
 //! Both need `Authorization: Bearer <node secret>`.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use schemars::JsonSchema;
@@ -100,9 +101,7 @@ pub struct Percentiles {
 pub struct MemberStats {
     #[schemars(with = "String")]
     pub address: SocketAddr,
-    /// `up`; `down` (failed its active health checks); `ejected` (passive
-    /// health: recent errors); `draining` (weight 0: no new requests).
-    pub state: String,
+    pub state: MemberState,
     #[serde(default)]
     pub weight: u32,
     pub requests: u64,
@@ -111,4 +110,63 @@ pub struct MemberStats {
     /// Times passive health ejected this member.
     #[serde(default)]
     pub ejections: u64,
+}
+
+/// Whether a member takes new requests, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Takes new requests.
+    Up,
+    /// Failed its active health checks.
+    Down,
+    /// Passive health: recent errors.
+    Ejected,
+    /// Weight 0: no new requests.
+    Draining,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Ejected => "ejected",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// Down or ejected: unavailable against its configuration (draining is on purpose).
+    pub fn is_failing(self) -> bool {
+        matches!(self, Self::Down | Self::Ejected)
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_state_is_the_lowercase_word_on_the_wire() {
+        for (state, word) in [
+            (MemberState::Up, "up"),
+            (MemberState::Down, "down"),
+            (MemberState::Ejected, "ejected"),
+            (MemberState::Draining, "draining"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), word);
+            assert_eq!(state.as_str(), word);
+            assert_eq!(state.to_string(), word);
+            let back: MemberState = serde_json::from_value(serde_json::json!(word)).unwrap();
+            assert_eq!(back, state);
+        }
+        assert!(serde_json::from_value::<MemberState>(serde_json::json!("Up")).is_err());
+        assert!(MemberState::Ejected.is_failing() && !MemberState::Draining.is_failing());
+    }
 }
