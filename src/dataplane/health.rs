@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::balance::{Balancer, Member};
 use super::stats::{now_ms, MemberCounters};
-use crate::model::instance::{parse_code_range, HealthCheck, HealthProtocol};
+use crate::model::instance::{HealthCheck, HealthProtocol};
 
 /// Consecutive failed requests that eject a member.
 pub const EJECT_AFTER_ERRORS: u64 = 3;
@@ -123,8 +123,7 @@ pub async fn check_member(member: SocketAddr, check: &HealthCheck) -> Result<(),
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("{target} did not answer HTTP: {line:?}"))?;
-        let (lo, hi) = parse_code_range(&check.expected_codes)?;
-        if (lo..=hi).contains(&status) {
+        if check.expected_codes.contains(status) {
             Ok(())
         } else {
             Err(format!(
@@ -182,7 +181,7 @@ mod tests {
             protocol: HealthProtocol::Http,
             port: 0,
             request_path: "/".into(),
-            expected_codes: "200-399".into(),
+            expected_codes: Default::default(),
             criteria: HealthCriteria {
                 interval: 1,
                 timeout: 1,

@@ -15,7 +15,7 @@ use crate::model::tuning::{
     max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
     DEFAULT_MAX_CONNECTIONS,
 };
-use crate::model::{OperatingStatus, ProvisioningStatus, ValidationError};
+use crate::model::{ExpectedCodes, OperatingStatus, ProvisioningStatus, ValidationError};
 
 /// Most nodes one instance may ask for.
 pub const MAX_NODES: u32 = 16;
@@ -80,7 +80,8 @@ pub struct HealthCheckSpec {
     pub port: Option<i64>,
     #[serde(default, rename = "request-path")]
     pub request_path: Option<String>,
-    /// HTTP statuses that pass: `200-399` (default), or one code such as `204`.
+    /// HTTP statuses that pass: `200-399` (default), one code such as `204`, or
+    /// a comma-separated list of both such as `200,301-302`.
     #[serde(default, rename = "expected-codes")]
     pub expected_codes: Option<String>,
     #[serde(default)]
@@ -111,30 +112,10 @@ pub struct HealthCheck {
     pub port: u16,
     #[serde(rename = "request-path")]
     pub request_path: String,
-    #[serde(rename = "expected-codes", default = "default_expected_codes")]
-    pub expected_codes: String,
+    #[serde(rename = "expected-codes", default)]
+    #[schemars(with = "String")]
+    pub expected_codes: ExpectedCodes,
     pub criteria: HealthCriteria,
-}
-
-fn default_expected_codes() -> String {
-    "200-399".to_string()
-}
-
-/// Parses `200-399` or `204` into an inclusive range of HTTP statuses.
-pub fn parse_code_range(s: &str) -> Result<(u16, u16), String> {
-    let code = |c: &str| {
-        c.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|c| (100..=599).contains(c))
-    };
-    let range = match s.split_once('-') {
-        Some((lo, hi)) => code(lo).zip(code(hi)),
-        None => code(s).map(|c| (c, c)),
-    };
-    range.filter(|(lo, hi)| lo <= hi).ok_or_else(|| {
-        format!("expected-codes {s:?}: expected a status (204) or a range (200-399) within 100-599")
-    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -681,11 +662,10 @@ fn health_check(
             "request-path {request_path:?} must start with '/' and contain no spaces"
         )));
     }
-    let expected_codes = spec
-        .expected_codes
-        .clone()
-        .unwrap_or_else(default_expected_codes);
-    parse_code_range(&expected_codes).map_err(ValidationError::InvalidHealthCheck)?;
+    let expected_codes = match &spec.expected_codes {
+        Some(s) => s.parse()?,
+        None => ExpectedCodes::default(),
+    };
     let c = spec.criteria.clone().unwrap_or_default();
     let bounded =
         |name: &str, v: Option<i64>, default: u32, max: u32| -> Result<u32, ValidationError> {
@@ -817,6 +797,14 @@ mod tests {
                 json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": "399-200"}}}),
                 "invalid_health_check",
             ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": "200,abc"}}}),
+                "invalid_health_check",
+            ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": 200}}}),
+                "invalid_field",
+            ),
             (json!({"proxy_protocol": "v2"}), "invalid_field"),
             (json!({"hash_on": "header:x-user"}), "invalid_field"),
             (
@@ -836,6 +824,27 @@ mod tests {
             }
             assert_eq!(create(v.clone()).unwrap_err().code(), code, "{v}");
         }
+    }
+
+    #[test]
+    fn expected_codes_are_parsed_once_and_kept_as_written() {
+        let mut v = base();
+        v["backend"]["health-check"] = json!({"expected-codes": "200, 301-302"});
+        let spec = create(v).unwrap();
+        let codes = &spec.health_check.expected_codes;
+        assert!(codes.contains(200) && codes.contains(302) && !codes.contains(204));
+        // Stored and pushed to nodes as the same string, and read back to the same value.
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["health_check"]["expected-codes"], "200, 301-302");
+        let back: InstanceSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, spec);
+        let node = serde_json::to_value(spec.node_config(1, "127.0.0.1".parse().unwrap())).unwrap();
+        assert_eq!(node["health_check"]["expected-codes"], "200, 301-302");
+        // Absent, it is the default range.
+        assert_eq!(
+            create(base()).unwrap().health_check.expected_codes.as_str(),
+            "200-399"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod envelope;
 pub mod error;
+pub mod expected_codes;
 pub mod instance;
 pub mod names;
 pub mod node;
@@ -18,6 +19,7 @@ pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };
 pub use error::ValidationError;
+pub use expected_codes::ExpectedCodes;
 pub use instance::{
     BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria, HealthProtocol,
     InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,

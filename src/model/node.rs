@@ -151,6 +151,29 @@ impl fmt::Display for MemberState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn config_json() -> serde_json::Value {
+        json!({
+            "version": 1, "traffic_type": "http", "listen": "127.0.0.1:8080",
+            "algorithm": "round_robin",
+            "backends": [{"address": "127.0.0.1:9001", "weight": 1}],
+            "health_check": {"protocol": "HTTP", "port": 0, "request-path": "/",
+                "expected-codes": "200,204",
+                "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}}
+        })
+    }
+
+    #[test]
+    fn a_node_config_parses_expected_codes_on_arrival() {
+        let c: NodeConfig = serde_json::from_value(config_json()).unwrap();
+        assert!(c.health_check.expected_codes.contains(204));
+        assert!(!c.health_check.expected_codes.contains(201));
+        let mut bad = config_json();
+        bad["health_check"]["expected-codes"] = json!("2xx");
+        let err = serde_json::from_value::<NodeConfig>(bad).unwrap_err();
+        assert!(err.to_string().contains("expected-codes \"2xx\""), "{err}");
+    }
 
     #[test]
     fn member_state_is_the_lowercase_word_on_the_wire() {
