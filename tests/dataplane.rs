@@ -208,6 +208,21 @@ fn a_config_the_node_cannot_read_is_refused_and_the_old_one_serves() {
         v["error"].as_str().unwrap().contains("expected-codes"),
         "{v}"
     );
+    // The tuning fields are flattened into the config; an unknown field
+    // next to them is still refused, not ignored.
+    for (key, value) in [("colour", json!("red")), ("max_conections", json!(1))] {
+        let mut unknown = config(3, "http", listen, &[b.addr()]);
+        unknown[key] = value;
+        let (s, v) = node.put_config(&unknown);
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("unknown field `{key}`")),
+            "{v}"
+        );
+    }
     assert_eq!(node.status()["config_version"], 1);
     assert_eq!(http_get(listen, "/").unwrap(), (200, "a".to_string()));
 }

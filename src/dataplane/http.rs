@@ -71,7 +71,7 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
                 .load()
                 .as_ref()
                 .map_or(Timeouts::default().client_idle_ms, |a| {
-                    a.config.timeouts.client_idle_ms
+                    a.config.tuning.timeouts.client_idle_ms
                 });
             let service = service_fn(|req| {
                 let node = node.clone();
@@ -153,7 +153,7 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         );
     };
     let key = match active.balancer.algorithm() {
-        Algorithm::ConsistentHash => hash_key(&active.config.hash_on, &req, peer),
+        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &req, peer),
         _ => 0,
     };
     let Some(pick) = active.balancer.pick(key) else {

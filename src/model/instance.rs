@@ -12,7 +12,7 @@ use crate::model::names::validate_name;
 use crate::model::project::{check_type_tag, parse_subnet};
 use crate::model::scaling::{ScalingPolicy, ScalingSpec};
 use crate::model::tuning::{
-    max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
+    max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec, Tuning,
     DEFAULT_MAX_CONNECTIONS,
 };
 use crate::model::{ExpectedCodes, OperatingStatus, ProvisioningStatus, ValidationError};
@@ -189,21 +189,16 @@ pub struct InstanceSpec {
     pub name: String,
     pub traffic_type: TrafficType,
     pub port: u16,
-    pub algorithm: Algorithm,
+    /// What the nodes get as is; flattened, as stored specs have these fields
+    /// at the top level.
+    #[serde(flatten)]
+    pub tuning: Tuning,
     pub subnet: Option<Ipv4Net>,
     pub backends: Vec<BackendMember>,
     pub health_check: HealthCheck,
     pub auto_scaling: bool,
     pub min_nodes: u32,
     // Added after the first release: stored specs without them take the defaults.
-    #[serde(default)]
-    pub hash_on: HashOn,
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    #[serde(default = "crate::model::tuning::default_max_connections")]
-    pub max_connections: u32,
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
     #[serde(default = "default_max_nodes")]
     pub max_nodes: u32,
     #[serde(default)]
@@ -230,24 +225,21 @@ impl InstanceSpec {
             version,
             traffic_type: self.traffic_type,
             listen: SocketAddr::new(address, self.port),
-            algorithm: self.algorithm,
             backends: self.backends.clone(),
             health_check: self.health_check.clone(),
-            hash_on: self.hash_on.clone(),
-            timeouts: self.timeouts,
-            max_connections: self.max_connections,
-            proxy_protocol: self.proxy_protocol,
+            tuning: self.tuning.clone(),
         }
     }
 
     /// Checks the rules that tie fields together, after create or update.
     fn check_combination(&self) -> Result<(), ValidationError> {
-        if self.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {
+        let t = &self.tuning;
+        if t.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {
             return Err(ValidationError::InvalidField(
                 "proxy_protocol needs traffic_type tcp".into(),
             ));
         }
-        if matches!(self.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
+        if matches!(t.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
             return Err(ValidationError::InvalidField(
                 "hash_on header:<Name> needs traffic_type http".into(),
             ));
@@ -258,7 +250,7 @@ impl InstanceSpec {
                 self.max_nodes, self.min_nodes
             )));
         }
-        if self.hash_on != HashOn::ClientIp && self.algorithm != Algorithm::ConsistentHash {
+        if t.hash_on != HashOn::ClientIp && t.algorithm != Algorithm::ConsistentHash {
             return Err(ValidationError::InvalidField(
                 "hash_on needs algorithm consistent_hash".into(),
             ));
@@ -284,7 +276,6 @@ impl InstanceCreate {
             name: self.name,
             traffic_type: self.traffic_type,
             port,
-            algorithm: self.algorithm.unwrap_or_default(),
             subnet,
             backends,
             health_check,
@@ -299,13 +290,16 @@ impl InstanceCreate {
                 .scaling
                 .unwrap_or_default()
                 .resolve(ScalingPolicy::default())?,
-            hash_on: self.hash_on.unwrap_or_default(),
-            timeouts: self
-                .timeouts
-                .unwrap_or_default()
-                .resolve(Timeouts::default())?,
-            max_connections: max_connections(self.max_connections, DEFAULT_MAX_CONNECTIONS)?,
-            proxy_protocol: self.proxy_protocol.unwrap_or_default(),
+            tuning: Tuning {
+                algorithm: self.algorithm.unwrap_or_default(),
+                hash_on: self.hash_on.unwrap_or_default(),
+                timeouts: self
+                    .timeouts
+                    .unwrap_or_default()
+                    .resolve(Timeouts::default())?,
+                max_connections: max_connections(self.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+                proxy_protocol: self.proxy_protocol.unwrap_or_default(),
+            },
         };
         spec.check_combination()?;
         Ok(spec)
@@ -375,7 +369,7 @@ impl InstanceUpdate {
             next.port = port(p)?;
         }
         if let Some(a) = self.algorithm {
-            next.algorithm = a;
+            next.tuning.algorithm = a;
         }
         if let Some(n) = self.min_nodes {
             next.min_nodes = node_count("min_nodes", Some(n))?;
@@ -386,15 +380,16 @@ impl InstanceUpdate {
         if let Some(sc) = &self.scaling {
             next.scaling = sc.resolve(next.scaling)?;
         }
+        let tuning = &mut next.tuning;
         if let Some(h) = &self.hash_on {
-            next.hash_on = h.clone();
+            tuning.hash_on = h.clone();
         }
         if let Some(t) = &self.timeouts {
-            next.timeouts = t.resolve(next.timeouts)?;
+            tuning.timeouts = t.resolve(tuning.timeouts)?;
         }
-        next.max_connections = max_connections(self.max_connections, next.max_connections)?;
+        tuning.max_connections = max_connections(self.max_connections, tuning.max_connections)?;
         if let Some(p) = self.proxy_protocol {
-            next.proxy_protocol = p;
+            tuning.proxy_protocol = p;
         }
         if let Some(backend) = &self.backend {
             // An update that names no entities keeps the current ones.
@@ -844,6 +839,54 @@ mod tests {
         assert_eq!(
             create(base()).unwrap().health_check.expected_codes.as_str(),
             "200-399"
+        );
+    }
+
+    #[test]
+    fn a_stored_spec_keeps_its_shape_and_old_ones_still_read() {
+        let mut v = base();
+        v["algorithm"] = json!("consistent_hash");
+        v["hash_on"] = json!("header:x-user");
+        v["max_connections"] = json!(77);
+        let spec = create(v).unwrap();
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["algorithm"], "consistent_hash");
+        assert_eq!(stored["hash_on"], "header:x-user");
+        assert_eq!(stored["max_connections"], 77);
+        assert!(stored.get("tuning").is_none(), "{stored}");
+        assert_eq!(
+            serde_json::from_value::<InstanceSpec>(stored).unwrap(),
+            spec
+        );
+        // A spec stored by the first release: none of the later fields.
+        let old = json!({
+            "name": "web", "traffic_type": "http", "port": 80, "algorithm": "round_robin",
+            "subnet": null, "backends": [{"address": "127.0.0.1:9001", "weight": 1}],
+            "health_check": {"protocol": "HTTP", "port": 0, "request-path": "/",
+                "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}},
+            "auto_scaling": false, "min_nodes": 1
+        });
+        let old: InstanceSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(old.tuning.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(old.tuning.hash_on, HashOn::ClientIp);
+        assert_eq!(old.max_nodes, DEFAULT_MAX_NODES);
+        assert_eq!(old.health_check.expected_codes.as_str(), "200-399");
+    }
+
+    #[test]
+    fn a_node_config_carries_the_tuning_as_is() {
+        let mut v = base();
+        v["traffic_type"] = json!("tcp");
+        v["proxy_protocol"] = json!("v2");
+        v["timeouts"] = json!({"connect_ms": 250});
+        let spec = create(v).unwrap();
+        let c = spec.node_config(9, "127.0.0.5".parse().unwrap());
+        assert_eq!(c.tuning, spec.tuning);
+        assert_eq!(c.tuning.proxy_protocol, ProxyProtocol::V2);
+        assert_eq!(c.tuning.timeouts.connect_ms, 250);
+        assert_eq!(
+            (c.version, c.listen.to_string()),
+            (9, "127.0.0.5:8080".into())
         );
     }
 

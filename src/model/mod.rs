@@ -31,4 +31,4 @@ pub use project::{
 };
 pub use scaling::{ScalingPolicy, ScalingSpec};
 pub use status::{derive_operating_status, NodeState, OperatingStatus, ProvisioningStatus};
-pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts};
+pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts, Tuning};

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::instance::HealthCheck;
-use crate::model::{Algorithm, BackendMember, HashOn, ProxyProtocol, Timeouts, TrafficType};
+use crate::model::{BackendMember, TrafficType, Tuning};
 
 /// Everything a node needs to serve an instance. Applying it is idempotent;
 /// a node reports the `version` it runs so the controller knows when to push.
@@ -21,17 +21,12 @@ pub struct NodeConfig {
     /// Where the node's listener binds (the node address and the instance port).
     #[schemars(with = "String")]
     pub listen: SocketAddr,
-    pub algorithm: Algorithm,
+    /// Flattened (top-level fields) and where `algorithm` always was, so the
+    /// wire format and the schema are those of before.
+    #[serde(flatten)]
+    pub tuning: Tuning,
     pub backends: Vec<BackendMember>,
     pub health_check: HealthCheck,
-    #[serde(default)]
-    pub hash_on: HashOn,
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    #[serde(default = "crate::model::tuning::default_max_connections")]
-    pub max_connections: u32,
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
 }
 
 /// A node's answer to `GET /status` (and to a successful `PUT /config`).
@@ -162,6 +157,51 @@ mod tests {
                 "expected-codes": "200,204",
                 "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}}
         })
+    }
+
+    #[test]
+    fn tuning_is_flat_and_unknown_fields_are_still_refused() {
+        let c: NodeConfig = serde_json::from_value(config_json()).unwrap();
+        assert_eq!(
+            c.tuning.max_connections, 10_000,
+            "defaults apply inside the flatten"
+        );
+        let v = serde_json::to_value(&c).unwrap();
+        for key in [
+            "algorithm",
+            "hash_on",
+            "timeouts",
+            "max_connections",
+            "proxy_protocol",
+        ] {
+            assert!(v.get(key).is_some(), "{key} is top-level: {v}");
+        }
+        assert!(v.get("tuning").is_none());
+        assert_eq!(serde_json::from_value::<NodeConfig>(v).unwrap(), c);
+        for (key, value) in [
+            ("colour", json!("red")),
+            ("tuning", json!({})),
+            ("max_conections", json!(5)),
+        ] {
+            let mut bad = config_json();
+            bad[key] = value;
+            let err = serde_json::from_value::<NodeConfig>(bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("unknown field `{key}`")),
+                "{key}: {err}"
+            );
+        }
+        let mut bad = config_json();
+        bad["max_connections"] = json!("many");
+        assert!(serde_json::from_value::<NodeConfig>(bad).is_err());
+        let mut missing = config_json();
+        missing.as_object_mut().unwrap().remove("algorithm");
+        let err = serde_json::from_value::<NodeConfig>(missing).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `algorithm`"),
+            "{err}"
+        );
     }
 
     #[test]
