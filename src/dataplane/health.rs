@@ -62,23 +62,11 @@ pub async fn run_checks(
 
 /// Counts a check result; returns the new state when the member flips.
 pub fn record_check(c: &MemberCounters, passed: bool, check: &HealthCheck) -> Option<bool> {
-    let healthy = c.healthy.load(Relaxed);
-    if passed {
-        c.check_fails.store(0, Relaxed);
-        let passes = c.check_passes.fetch_add(1, Relaxed) + 1;
-        if !healthy && passes >= u64::from(check.criteria.health_threshold) {
-            c.healthy.store(true, Relaxed);
-            return Some(true);
-        }
-    } else {
-        c.check_passes.store(0, Relaxed);
-        let fails = c.check_fails.fetch_add(1, Relaxed) + 1;
-        if healthy && fails >= u64::from(check.criteria.unhealth_threshold) {
-            c.healthy.store(false, Relaxed);
-            return Some(false);
-        }
-    }
-    None
+    let mut streak = c.checks.lock().unwrap_or_else(|p| p.into_inner());
+    streak.record(passed);
+    let up = streak.verdict(c.healthy.load(Relaxed), &check.criteria)?;
+    c.healthy.store(up, Relaxed);
+    Some(up)
 }
 
 /// One check of one member, within the check's timeout.

@@ -13,6 +13,7 @@ pub mod project;
 pub mod scaling;
 pub mod schemas;
 pub mod status;
+pub mod threshold;
 pub mod tuning;
 
 pub use envelope::{
@@ -31,4 +32,5 @@ pub use project::{
 };
 pub use scaling::{ScalingPolicy, ScalingSpec};
 pub use status::{derive_operating_status, NodeState, OperatingStatus, ProvisioningStatus};
+pub use threshold::HealthStreak;
 pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts, Tuning};
