@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,11 +26,9 @@ use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
 use super::health::record_outcome;
-use super::pool::{BackendPool, SendError};
+use super::pool::{BackendPool, ProxyBody, SendError};
 use super::{ActiveConfig, Node};
 use crate::model::{Algorithm, HashOn, Timeouts};
-
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// How to reach the members: connection pooling and timeouts.
 #[derive(Clone)]
