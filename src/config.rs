@@ -25,6 +25,17 @@ pub enum NetworkKind {
     Netns,
 }
 
+/// What `--vm-domain-type` asks libvirt for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmDomainType {
+    /// `kvm` when /dev/kvm opens, else `qemu`.
+    Auto,
+    /// Hardware virtualization (needs /dev/kvm).
+    Kvm,
+    /// Emulation (TCG): slower, but needs no /dev/kvm.
+    Qemu,
+}
+
 /// lbd: the lbaas controller daemon.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "lbd", version, about)]
@@ -70,9 +81,9 @@ pub struct DaemonConfig {
     /// libvirt: the connection URI.
     #[arg(long, env = "LBAAS_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
-    /// libvirt: `auto` (kvm when /dev/kvm works, else qemu), `kvm` or `qemu` (TCG).
-    #[arg(long, env = "LBAAS_VM_DOMAIN_TYPE", default_value = "auto")]
-    pub vm_domain_type: String,
+    /// libvirt: the VMs' domain type.
+    #[arg(long, env = "LBAAS_VM_DOMAIN_TYPE", value_enum, default_value = "auto")]
+    pub vm_domain_type: VmDomainType,
     /// libvirt: memory per VM, MiB.
     #[arg(long, env = "LBAAS_VM_MEMORY", default_value_t = 128)]
     pub vm_memory: u32,
@@ -171,6 +182,24 @@ mod tests {
         assert_eq!(c.dns_ttl, 5);
         assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());
         assert!(DaemonConfig::try_parse_from(["lbd", "--retention-interval", "0"]).is_err());
+        assert_eq!(c.vm_domain_type, VmDomainType::Auto);
+    }
+
+    #[test]
+    fn vm_domain_types() {
+        for (arg, want) in [
+            ("auto", VmDomainType::Auto),
+            ("kvm", VmDomainType::Kvm),
+            ("qemu", VmDomainType::Qemu),
+        ] {
+            let c = DaemonConfig::try_parse_from(["lbd", "--vm-domain-type", arg]).unwrap();
+            assert_eq!(c.vm_domain_type, want);
+        }
+        let err = DaemonConfig::try_parse_from(["lbd", "--vm-domain-type", "xen"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid value 'xen'"), "{err}");
+        assert!(err.contains("[possible values: auto, kvm, qemu]"), "{err}");
     }
 
     #[test]

@@ -173,13 +173,9 @@ fn libvirt_compute(
             .map(|target| target.join("image"))
             .context("cannot place the default image dir; set --vm-image")?,
     };
-    let domain_type = match config.vm_domain_type.as_str() {
-        "auto" => VmSettings::detect_domain_type().to_string(),
-        other => other.to_string(),
-    };
     Ok(Arc::new(LibvirtCompute::new(VmSettings {
         uri: config.libvirt_uri.clone(),
-        domain_type,
+        domain_type: config.vm_domain_type.into(),
         kernel: image.join("vmlinuz"),
         initrd: image.join("initramfs.cpio.gz"),
         memory_mib: config.vm_memory,

@@ -178,6 +178,55 @@ fn a_failed_bind_keeps_the_old_config_serving() {
     assert_eq!(http_get(listen, "/").unwrap(), (200, "a".to_string()));
 }
 
+/// PUT /config with `patch` merged into the health check of a valid config.
+fn with_health_check(mut c: Value, patch: Value) -> Value {
+    for (k, v) in patch.as_object().unwrap() {
+        c["health_check"][k] = v.clone();
+    }
+    c
+}
+
+#[test]
+fn a_config_the_node_cannot_read_is_refused_and_the_old_one_serves() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let node = LbNode::start();
+    let listen = free_addr();
+    let good = with_health_check(
+        config(1, "http", listen, &[a.addr()]),
+        json!({"expected-codes": "200,204-206"}),
+    );
+    let (s, v) = node.put_config(&good);
+    assert_eq!(s, 200, "{v}");
+    // expected-codes is parsed on arrival: a bad one never reaches the checks.
+    let bad_codes = with_health_check(
+        config(2, "http", listen, &[b.addr()]),
+        json!({"expected-codes": "2xx"}),
+    );
+    let (s, v) = node.put_config(&bad_codes);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("expected-codes"),
+        "{v}"
+    );
+    // The tuning fields are flattened into the config; an unknown field
+    // next to them is still refused, not ignored.
+    for (key, value) in [("colour", json!("red")), ("max_conections", json!(1))] {
+        let mut unknown = config(3, "http", listen, &[b.addr()]);
+        unknown[key] = value;
+        let (s, v) = node.put_config(&unknown);
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("unknown field `{key}`")),
+            "{v}"
+        );
+    }
+    assert_eq!(node.status()["config_version"], 1);
+    assert_eq!(http_get(listen, "/").unwrap(), (200, "a".to_string()));
+}
+
 #[test]
 fn tcp_proxy_passes_half_close() {
     let echo = common::backends::EchoBackend::start();

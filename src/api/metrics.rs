@@ -19,7 +19,9 @@ use prometheus_client::registry::Registry;
 use rusqlite::Connection;
 
 use crate::model::instance::TrafficType;
-use crate::model::{InstanceId, NodeId, NodeState, NodeStats, OperatingStatus, ProvisioningStatus};
+use crate::model::{
+    InstanceId, MemberState, NodeId, NodeState, NodeStats, OperatingStatus, ProvisioningStatus,
+};
 use crate::store::{self, StoreError};
 
 /// The `Content-Type` of [`render`]'s output.
@@ -321,9 +323,12 @@ fn encode_members(enc: &mut DescriptorEncoder<'_>, nodes: &[(Labels, &NodeStats)
         enc,
         "lbaas_member_up",
         "1 when a backend member takes traffic.",
-        members
-            .iter()
-            .map(|(l, m)| (l.as_slice(), ConstGauge::new(i64::from(m.state == "up")))),
+        members.iter().map(|(l, m)| {
+            (
+                l.as_slice(),
+                ConstGauge::new(i64::from(m.state == MemberState::Up)),
+            )
+        }),
     )?;
     family(
         enc,
@@ -349,10 +354,10 @@ mod tests {
     use crate::model::{EventKind, InstanceCreate, MemberStats, SampleInfo};
     use crate::store::{EventSubject, Retention, Store};
 
-    fn member(address: &str, state: &str, requests: u64, failures: u64) -> MemberStats {
+    fn member(address: &str, state: MemberState, requests: u64, failures: u64) -> MemberStats {
         MemberStats {
             address: address.parse().unwrap(),
-            state: state.into(),
+            state,
             weight: 1,
             requests,
             failures,
@@ -369,8 +374,8 @@ mod tests {
             bytes_out: 2000,
             backend_errors: 1,
             members: vec![
-                member("127.0.0.1:9001", "up", 7, 0),
-                member("127.0.0.1:9002", "ejected", 5, 4),
+                member("127.0.0.1:9001", MemberState::Up, 7, 0),
+                member("127.0.0.1:9002", MemberState::Ejected, 5, 4),
             ],
             ..NodeStats::default()
         };
@@ -552,7 +557,7 @@ lbaas_events_total{kind="node_ready"} 2
     fn stats(requests_total: u64) -> NodeStats {
         NodeStats {
             requests_total,
-            members: vec![member("127.0.0.1:9001", "up", requests_total, 0)],
+            members: vec![member("127.0.0.1:9001", MemberState::Up, requests_total, 0)],
             ..NodeStats::default()
         }
     }

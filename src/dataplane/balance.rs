@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use super::stats::{now_ms, MemberCounters};
-use crate::model::{Algorithm, BackendMember, MemberStats};
+use crate::model::{Algorithm, BackendMember, MemberState, MemberStats};
 
 pub struct Member {
     pub address: SocketAddr,
@@ -23,9 +23,7 @@ pub struct Member {
 impl Member {
     /// Whether new requests may go to this member now.
     pub fn available(&self, now_ms: u64) -> bool {
-        self.weight > 0
-            && self.counters.healthy.load(Relaxed)
-            && self.counters.ejected_until_ms.load(Relaxed) <= now_ms
+        self.state(now_ms) == MemberState::Up
     }
 
     fn load(&self) -> u64 {
@@ -37,15 +35,16 @@ impl Member {
         self.load() * u64::from(other.weight) < other.load() * u64::from(self.weight)
     }
 
-    fn state(&self, now_ms: u64) -> &'static str {
+    /// What `/status` reports; only `Up` members get new requests.
+    pub fn state(&self, now_ms: u64) -> MemberState {
         if self.weight == 0 {
-            "draining"
+            MemberState::Draining
         } else if !self.counters.healthy.load(Relaxed) {
-            "down"
+            MemberState::Down
         } else if self.counters.ejected_until_ms.load(Relaxed) > now_ms {
-            "ejected"
+            MemberState::Ejected
         } else {
-            "up"
+            MemberState::Up
         }
     }
 }
@@ -202,7 +201,7 @@ impl Balancer {
             .iter()
             .map(|m| MemberStats {
                 address: m.address,
-                state: m.state(now).to_string(),
+                state: m.state(now),
                 weight: m.weight,
                 requests: m.counters.requests.load(Relaxed),
                 failures: m.counters.failures.load(Relaxed),
@@ -423,6 +422,35 @@ mod tests {
             })
             .collect();
         assert_eq!(seen.len(), 3, "fail open spreads over all members");
+    }
+
+    #[test]
+    fn member_stats_report_each_state() {
+        let b = balancer(Algorithm::RoundRobin, &[1, 1, 1, 0]);
+        b.members()[1]
+            .counters
+            .healthy
+            .store(false, Ordering::Relaxed);
+        b.members()[2]
+            .counters
+            .ejected_until_ms
+            .store(now_ms() + 60_000, Ordering::Relaxed);
+        let states: Vec<MemberState> = b.member_stats().iter().map(|m| m.state).collect();
+        assert_eq!(
+            states,
+            [
+                MemberState::Up,
+                MemberState::Down,
+                MemberState::Ejected,
+                MemberState::Draining
+            ]
+        );
+        // Draining wins over down: a weight-0 member gets nothing either way.
+        b.members()[3]
+            .counters
+            .healthy
+            .store(false, Ordering::Relaxed);
+        assert_eq!(b.member_stats()[3].state, MemberState::Draining);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::balance::{Balancer, Member};
 use super::stats::{now_ms, MemberCounters};
-use crate::model::instance::{parse_code_range, HealthCheck, HealthProtocol};
+use crate::model::instance::{HealthCheck, HealthProtocol};
 
 /// Consecutive failed requests that eject a member.
 pub const EJECT_AFTER_ERRORS: u64 = 3;
@@ -62,23 +62,11 @@ pub async fn run_checks(
 
 /// Counts a check result; returns the new state when the member flips.
 pub fn record_check(c: &MemberCounters, passed: bool, check: &HealthCheck) -> Option<bool> {
-    let healthy = c.healthy.load(Relaxed);
-    if passed {
-        c.check_fails.store(0, Relaxed);
-        let passes = c.check_passes.fetch_add(1, Relaxed) + 1;
-        if !healthy && passes >= u64::from(check.criteria.health_threshold) {
-            c.healthy.store(true, Relaxed);
-            return Some(true);
-        }
-    } else {
-        c.check_passes.store(0, Relaxed);
-        let fails = c.check_fails.fetch_add(1, Relaxed) + 1;
-        if healthy && fails >= u64::from(check.criteria.unhealth_threshold) {
-            c.healthy.store(false, Relaxed);
-            return Some(false);
-        }
-    }
-    None
+    let mut streak = c.checks.lock().unwrap_or_else(|p| p.into_inner());
+    streak.record(passed);
+    let up = streak.verdict(c.healthy.load(Relaxed), &check.criteria)?;
+    c.healthy.store(up, Relaxed);
+    Some(up)
 }
 
 /// One check of one member, within the check's timeout.
@@ -123,8 +111,7 @@ pub async fn check_member(member: SocketAddr, check: &HealthCheck) -> Result<(),
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("{target} did not answer HTTP: {line:?}"))?;
-        let (lo, hi) = parse_code_range(&check.expected_codes)?;
-        if (lo..=hi).contains(&status) {
+        if check.expected_codes.contains(status) {
             Ok(())
         } else {
             Err(format!(
@@ -182,7 +169,7 @@ mod tests {
             protocol: HealthProtocol::Http,
             port: 0,
             request_path: "/".into(),
-            expected_codes: "200-399".into(),
+            expected_codes: Default::default(),
             criteria: HealthCriteria {
                 interval: 1,
                 timeout: 1,

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,11 +26,9 @@ use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
 use super::health::record_outcome;
-use super::pool::{BackendPool, SendError};
+use super::pool::{BackendPool, ProxyBody, SendError};
 use super::{ActiveConfig, Node};
 use crate::model::{Algorithm, HashOn, Timeouts};
-
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// How to reach the members: connection pooling and timeouts.
 #[derive(Clone)]
@@ -71,7 +68,7 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
                 .load()
                 .as_ref()
                 .map_or(Timeouts::default().client_idle_ms, |a| {
-                    a.config.timeouts.client_idle_ms
+                    a.config.tuning.timeouts.client_idle_ms
                 });
             let service = service_fn(|req| {
                 let node = node.clone();
@@ -153,7 +150,7 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         );
     };
     let key = match active.balancer.algorithm() {
-        Algorithm::ConsistentHash => hash_key(&active.config.hash_on, &req, peer),
+        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &req, peer),
         _ => 0,
     };
     let Some(pick) = active.balancer.pick(key) else {

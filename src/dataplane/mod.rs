@@ -165,7 +165,7 @@ impl Node {
             listener.as_ref().expect("not rebinding").sockets.clone()
         };
         self.max_connections
-            .store(u64::from(config.max_connections), Relaxed);
+            .store(u64::from(config.tuning.max_connections), Relaxed);
         let active = Arc::new(self.prepare(config.clone()));
         self.start_health_checks(&active);
         self.active.store(Some(active));
@@ -196,7 +196,7 @@ impl Node {
             });
         }
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.algorithm, "config applied");
+        tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.tuning.algorithm, "config applied");
         drop(listener);
         Ok(self.status().await)
     }
@@ -240,15 +240,15 @@ impl Node {
         // Keep the pooled backend connections unless the timeouts changed.
         let client = match self.active.load_full() {
             Some(prev)
-                if prev.config.timeouts == config.timeouts
+                if prev.config.tuning.timeouts == config.tuning.timeouts
                     && prev.config.listen.ip() == config.listen.ip() =>
             {
                 prev.client.clone()
             }
-            _ => http::BackendClient::new(&config.timeouts, config.listen.ip()),
+            _ => http::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
         };
         ActiveConfig {
-            balancer: Balancer::new(config.algorithm, &config.backends, counters),
+            balancer: Balancer::new(config.tuning.algorithm, &config.backends, counters),
             client,
             config,
         }

@@ -8,12 +8,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::http::ProxyBody;
+/// The body of a proxied request or response: what a client or a member
+/// sent, streamed through, or a short body of the node's own. Defined here,
+/// below the HTTP proxy, so the pool depends on nothing of the proxy's.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Connections kept per member per thread.
 const MAX_POOLED: usize = 512;

@@ -2,10 +2,11 @@
 //! and a sliding-window latency histogram.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::model::node::{Percentiles, StatusClasses};
-use crate::model::NodeStats;
+use crate::model::{HealthStreak, NodeStats};
 
 #[derive(Default)]
 pub struct NodeCounters {
@@ -81,9 +82,10 @@ pub struct MemberCounters {
     pub active: AtomicU64,
     /// Active health: false once the member failed `unhealth-threshold` checks.
     pub healthy: AtomicBool,
-    /// Consecutive passing / failing active checks.
-    pub check_passes: AtomicU64,
-    pub check_fails: AtomicU64,
+    /// The run of passing or failing active checks. Under a lock rather than
+    /// in atomics so that counting and flipping `healthy` are one step, even
+    /// while the checks of a replaced config are still winding down.
+    pub checks: Mutex<HealthStreak>,
     /// Passive health: consecutive failed requests, and until when (ms on the
     /// node's clock) the member is ejected.
     pub consecutive_errors: AtomicU64,
@@ -99,8 +101,7 @@ impl Default for MemberCounters {
             active: AtomicU64::new(0),
             // Members start up, so a new LB serves at once; checks take them down.
             healthy: AtomicBool::new(true),
-            check_passes: AtomicU64::new(0),
-            check_fails: AtomicU64::new(0),
+            checks: Mutex::default(),
             consecutive_errors: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU64::new(0),

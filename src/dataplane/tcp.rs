@@ -71,8 +71,8 @@ async fn connect(node: &Node, peer: SocketAddr, local: SocketAddr) -> Option<Tcp
     };
     let pick = active.balancer.pick(key)?;
     node.counters.fail_open.store(pick.fail_open, Relaxed);
-    let timeout = Duration::from_millis(u64::from(active.config.timeouts.connect_ms));
-    let header = super::proxy_protocol::header(active.config.proxy_protocol, peer, local);
+    let timeout = Duration::from_millis(u64::from(active.config.tuning.timeouts.connect_ms));
+    let header = super::proxy_protocol::header(active.config.tuning.proxy_protocol, peer, local);
     let mut member = pick.member;
     for attempt in 0..2 {
         member.counters.requests.fetch_add(1, Relaxed);

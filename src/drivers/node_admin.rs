@@ -85,26 +85,6 @@ impl NodeAdminClient {
         NodeAdminClient { http, timeout }
     }
 
-    pub async fn status(
-        &self,
-        addr: SocketAddr,
-        secret: &str,
-    ) -> Result<NodeStatus, NodeAdminError> {
-        self.call(addr, secret, http::Method::GET, "/status", Bytes::new())
-            .await
-    }
-
-    pub async fn put_config(
-        &self,
-        addr: SocketAddr,
-        secret: &str,
-        config: &NodeConfig,
-    ) -> Result<NodeStatus, NodeAdminError> {
-        let body = serde_json::to_vec(config).expect("a NodeConfig always serializes");
-        self.call(addr, secret, http::Method::PUT, "/config", body.into())
-            .await
-    }
-
     async fn call<T: DeserializeOwned>(
         &self,
         addr: SocketAddr,
@@ -178,4 +158,61 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{admin, Node};
+
+    /// A real node admin API on 127.0.0.1, served in-process.
+    async fn serve_node(secret: &str) -> SocketAddr {
+        let node = Node::new("1".into(), secret.into(), Vec::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, admin::router(node)).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_client_speaks_through_the_trait() {
+        let addr = serve_node("abc123").await;
+        let client: &dyn NodeAdmin = &NodeAdminClient::new(Duration::from_secs(5));
+        let status = client.status(addr, "abc123").await.unwrap();
+        assert_eq!(
+            (status.node_id.as_str(), status.config_version),
+            ("1", None)
+        );
+        match client.status(addr, "wrong").await {
+            Err(NodeAdminError::Refused { status: 401, .. }) => {}
+            other => panic!("expected a 401 refusal, got {other:?}"),
+        }
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen_addr = listen.local_addr().unwrap();
+        drop(listen);
+        let config: NodeConfig = serde_json::from_value(serde_json::json!({
+            "version": 4, "traffic_type": "tcp", "listen": listen_addr.to_string(),
+            "algorithm": "round_robin",
+            "backends": [{"address": "127.0.0.1:9", "weight": 1}],
+            "health_check": {"protocol": "TCP", "port": 0, "request-path": "/",
+                "criteria": {"interval": 60, "timeout": 1, "health-threshold": 2, "unhealth-threshold": 2}}
+        }))
+        .unwrap();
+        let applied = client.put_config(addr, "abc123", &config).await.unwrap();
+        assert_eq!(applied.config_version, Some(4));
+        assert_eq!(applied.listening, Some(listen_addr));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let client = NodeAdminClient::new(Duration::from_secs(5));
+        match NodeAdmin::status(&client, closed, "s").await {
+            Err(NodeAdminError::Unreachable { addr, .. }) => assert_eq!(addr, closed),
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+    }
 }

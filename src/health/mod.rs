@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use crate::drivers::node_admin::NodeAdmin;
 use crate::model::scaling::failover_paused;
 use crate::model::{
-    EventKind, InstanceId, NodeId, NodeState, NodeStats, NodeStatus, OperatingStatus,
+    EventKind, HealthStreak, InstanceId, NodeId, NodeState, NodeStats, NodeStatus, OperatingStatus,
 };
 use crate::store::{self, EventSubject, InstanceRow, NodeRow, Retention, Store, StoreError};
 use autoscale::Autoscaler;
@@ -65,8 +65,7 @@ impl Default for HealthSettings {
 /// What the checker remembers of a node between checks.
 #[derive(Debug)]
 struct NodeHealth {
-    successes: u32,
-    failures: u32,
+    streak: HealthStreak,
     next_due: Instant,
     in_flight: bool,
     /// The previous answer, for rates.
@@ -178,8 +177,7 @@ impl HealthChecker {
             };
             let criteria = &inst.spec.health_check.criteria;
             let health = state.nodes.entry(node.id).or_insert(NodeHealth {
-                successes: 0,
-                failures: 0,
+                streak: HealthStreak::default(),
                 next_due: now,
                 in_flight: false,
                 last: None,
@@ -288,10 +286,9 @@ impl HealthChecker {
         let mut state = self.state();
         let health = state.nodes.get_mut(&node_id)?;
         health.in_flight = false;
-        health.failures = 0;
-        health.successes += 1;
+        let passes = health.streak.pass();
         let previous = health.last.replace((Instant::now(), status.stats.clone()));
-        Some((health.successes, previous))
+        Some((passes, previous))
     }
 
     /// Counts a missed check: consecutive misses.
@@ -299,9 +296,7 @@ impl HealthChecker {
         let mut state = self.state();
         let health = state.nodes.get_mut(&node_id)?;
         health.in_flight = false;
-        health.successes = 0;
-        health.failures += 1;
-        Some(health.failures)
+        Some(health.streak.miss())
     }
 
     async fn on_answer(
@@ -462,7 +457,10 @@ impl HealthChecker {
                 n.state == NodeState::Failed
                     || state.pending.contains_key(&n.id)
                     || (n.state == NodeState::Running
-                        && state.nodes.get(&n.id).is_some_and(|h| h.failures > 0))
+                        && state
+                            .nodes
+                            .get(&n.id)
+                            .is_some_and(|h| h.streak.consecutive_misses() > 0))
             })
             .count();
         let total = nodes

@@ -28,7 +28,7 @@ pub(super) fn from_status(
     let members_down = stats
         .members
         .iter()
-        .filter(|m| m.state == "down" || m.state == "ejected")
+        .filter(|m| m.state.is_failing())
         .count() as u32;
     SampleInfo {
         ts: crate::store::now(),
@@ -49,13 +49,13 @@ pub(super) fn from_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MemberStats;
+    use crate::model::{MemberState, MemberStats};
 
     #[test]
     fn rates_from_counters_and_members_down() {
-        let member = |state: &str| MemberStats {
+        let member = |state: MemberState| MemberStats {
             address: "127.0.0.1:1".parse().unwrap(),
-            state: state.into(),
+            state,
             weight: 1,
             requests: 0,
             failures: 0,
@@ -69,7 +69,11 @@ mod tests {
         let now = NodeStats {
             requests_total: 300,
             active_connections: 4,
-            members: vec![member("up"), member("down"), member("draining")],
+            members: vec![
+                member(MemberState::Up),
+                member(MemberState::Down),
+                member(MemberState::Draining),
+            ],
             ..Default::default()
         };
         let at = Instant::now() - std::time::Duration::from_secs(2);

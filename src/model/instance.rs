@@ -12,10 +12,10 @@ use crate::model::names::validate_name;
 use crate::model::project::{check_type_tag, parse_subnet};
 use crate::model::scaling::{ScalingPolicy, ScalingSpec};
 use crate::model::tuning::{
-    max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
+    max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec, Tuning,
     DEFAULT_MAX_CONNECTIONS,
 };
-use crate::model::{OperatingStatus, ProvisioningStatus, ValidationError};
+use crate::model::{ExpectedCodes, OperatingStatus, ProvisioningStatus, ValidationError};
 
 /// Most nodes one instance may ask for.
 pub const MAX_NODES: u32 = 16;
@@ -80,7 +80,8 @@ pub struct HealthCheckSpec {
     pub port: Option<i64>,
     #[serde(default, rename = "request-path")]
     pub request_path: Option<String>,
-    /// HTTP statuses that pass: `200-399` (default), or one code such as `204`.
+    /// HTTP statuses that pass: `200-399` (default), one code such as `204`, or
+    /// a comma-separated list of both such as `200,301-302`.
     #[serde(default, rename = "expected-codes")]
     pub expected_codes: Option<String>,
     #[serde(default)]
@@ -111,30 +112,10 @@ pub struct HealthCheck {
     pub port: u16,
     #[serde(rename = "request-path")]
     pub request_path: String,
-    #[serde(rename = "expected-codes", default = "default_expected_codes")]
-    pub expected_codes: String,
+    #[serde(rename = "expected-codes", default)]
+    #[schemars(with = "String")]
+    pub expected_codes: ExpectedCodes,
     pub criteria: HealthCriteria,
-}
-
-fn default_expected_codes() -> String {
-    "200-399".to_string()
-}
-
-/// Parses `200-399` or `204` into an inclusive range of HTTP statuses.
-pub fn parse_code_range(s: &str) -> Result<(u16, u16), String> {
-    let code = |c: &str| {
-        c.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|c| (100..=599).contains(c))
-    };
-    let range = match s.split_once('-') {
-        Some((lo, hi)) => code(lo).zip(code(hi)),
-        None => code(s).map(|c| (c, c)),
-    };
-    range.filter(|(lo, hi)| lo <= hi).ok_or_else(|| {
-        format!("expected-codes {s:?}: expected a status (204) or a range (200-399) within 100-599")
-    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -211,21 +192,16 @@ pub struct InstanceSpec {
     pub name: String,
     pub traffic_type: TrafficType,
     pub port: u16,
-    pub algorithm: Algorithm,
+    /// What the nodes get as is; flattened, as stored specs have these fields
+    /// at the top level.
+    #[serde(flatten)]
+    pub tuning: Tuning,
     pub subnet: Option<Ipv4Net>,
     pub backends: Vec<BackendMember>,
     pub health_check: HealthCheck,
     pub auto_scaling: bool,
     pub min_nodes: u32,
     // Added after the first release: stored specs without them take the defaults.
-    #[serde(default)]
-    pub hash_on: HashOn,
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    #[serde(default = "crate::model::tuning::default_max_connections")]
-    pub max_connections: u32,
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
     #[serde(default = "default_max_nodes")]
     pub max_nodes: u32,
     #[serde(default)]
@@ -252,24 +228,21 @@ impl InstanceSpec {
             version,
             traffic_type: self.traffic_type,
             listen: SocketAddr::new(address, self.port),
-            algorithm: self.algorithm,
             backends: self.backends.clone(),
             health_check: self.health_check.clone(),
-            hash_on: self.hash_on.clone(),
-            timeouts: self.timeouts,
-            max_connections: self.max_connections,
-            proxy_protocol: self.proxy_protocol,
+            tuning: self.tuning.clone(),
         }
     }
 
     /// Checks the rules that tie fields together, after create or update.
     fn check_combination(&self) -> Result<(), ValidationError> {
-        if self.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {
+        let t = &self.tuning;
+        if t.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {
             return Err(ValidationError::InvalidField(
                 "proxy_protocol needs traffic_type tcp".into(),
             ));
         }
-        if matches!(self.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
+        if matches!(t.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
             return Err(ValidationError::InvalidField(
                 "hash_on header:<Name> needs traffic_type http".into(),
             ));
@@ -280,7 +253,7 @@ impl InstanceSpec {
                 self.max_nodes, self.min_nodes
             )));
         }
-        if self.hash_on != HashOn::ClientIp && self.algorithm != Algorithm::ConsistentHash {
+        if t.hash_on != HashOn::ClientIp && t.algorithm != Algorithm::ConsistentHash {
             return Err(ValidationError::InvalidField(
                 "hash_on needs algorithm consistent_hash".into(),
             ));
@@ -306,7 +279,6 @@ impl InstanceCreate {
             name: self.name,
             traffic_type: self.traffic_type,
             port,
-            algorithm: self.algorithm.unwrap_or_default(),
             subnet,
             backends,
             health_check,
@@ -321,13 +293,16 @@ impl InstanceCreate {
                 .scaling
                 .unwrap_or_default()
                 .resolve(ScalingPolicy::default())?,
-            hash_on: self.hash_on.unwrap_or_default(),
-            timeouts: self
-                .timeouts
-                .unwrap_or_default()
-                .resolve(Timeouts::default())?,
-            max_connections: max_connections(self.max_connections, DEFAULT_MAX_CONNECTIONS)?,
-            proxy_protocol: self.proxy_protocol.unwrap_or_default(),
+            tuning: Tuning {
+                algorithm: self.algorithm.unwrap_or_default(),
+                hash_on: self.hash_on.unwrap_or_default(),
+                timeouts: self
+                    .timeouts
+                    .unwrap_or_default()
+                    .resolve(Timeouts::default())?,
+                max_connections: max_connections(self.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+                proxy_protocol: self.proxy_protocol.unwrap_or_default(),
+            },
         };
         spec.check_combination()?;
         Ok(spec)
@@ -397,7 +372,7 @@ impl InstanceUpdate {
             next.port = port(p)?;
         }
         if let Some(a) = self.algorithm {
-            next.algorithm = a;
+            next.tuning.algorithm = a;
         }
         if let Some(n) = self.min_nodes {
             next.min_nodes = node_count("min_nodes", Some(n))?;
@@ -408,15 +383,16 @@ impl InstanceUpdate {
         if let Some(sc) = &self.scaling {
             next.scaling = sc.resolve(next.scaling)?;
         }
+        let tuning = &mut next.tuning;
         if let Some(h) = &self.hash_on {
-            next.hash_on = h.clone();
+            tuning.hash_on = h.clone();
         }
         if let Some(t) = &self.timeouts {
-            next.timeouts = t.resolve(next.timeouts)?;
+            tuning.timeouts = t.resolve(tuning.timeouts)?;
         }
-        next.max_connections = max_connections(self.max_connections, next.max_connections)?;
+        tuning.max_connections = max_connections(self.max_connections, tuning.max_connections)?;
         if let Some(p) = self.proxy_protocol {
-            next.proxy_protocol = p;
+            tuning.proxy_protocol = p;
         }
         if let Some(backend) = &self.backend {
             // An update that names no entities keeps the current ones.
@@ -684,11 +660,10 @@ fn health_check(
             "request-path {request_path:?} must start with '/' and contain no spaces"
         )));
     }
-    let expected_codes = spec
-        .expected_codes
-        .clone()
-        .unwrap_or_else(default_expected_codes);
-    parse_code_range(&expected_codes).map_err(ValidationError::InvalidHealthCheck)?;
+    let expected_codes = match &spec.expected_codes {
+        Some(s) => s.parse()?,
+        None => ExpectedCodes::default(),
+    };
     let c = spec.criteria.clone().unwrap_or_default();
     let bounded =
         |name: &str, v: Option<i64>, default: u32, max: u32| -> Result<u32, ValidationError> {
@@ -820,6 +795,14 @@ mod tests {
                 json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": "399-200"}}}),
                 "invalid_health_check",
             ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": "200,abc"}}}),
+                "invalid_health_check",
+            ),
+            (
+                json!({"backend": {"entities": ["1.2.3.4"], "health-check": {"expected-codes": 200}}}),
+                "invalid_field",
+            ),
             (json!({"proxy_protocol": "v2"}), "invalid_field"),
             (json!({"hash_on": "header:x-user"}), "invalid_field"),
             (
@@ -839,6 +822,75 @@ mod tests {
             }
             assert_eq!(create(v.clone()).unwrap_err().code(), code, "{v}");
         }
+    }
+
+    #[test]
+    fn expected_codes_are_parsed_once_and_kept_as_written() {
+        let mut v = base();
+        v["backend"]["health-check"] = json!({"expected-codes": "200, 301-302"});
+        let spec = create(v).unwrap();
+        let codes = &spec.health_check.expected_codes;
+        assert!(codes.contains(200) && codes.contains(302) && !codes.contains(204));
+        // Stored and pushed to nodes as the same string, and read back to the same value.
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["health_check"]["expected-codes"], "200, 301-302");
+        let back: InstanceSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, spec);
+        let node = serde_json::to_value(spec.node_config(1, "127.0.0.1".parse().unwrap())).unwrap();
+        assert_eq!(node["health_check"]["expected-codes"], "200, 301-302");
+        // Absent, it is the default range.
+        assert_eq!(
+            create(base()).unwrap().health_check.expected_codes.as_str(),
+            "200-399"
+        );
+    }
+
+    #[test]
+    fn a_stored_spec_keeps_its_shape_and_old_ones_still_read() {
+        let mut v = base();
+        v["algorithm"] = json!("consistent_hash");
+        v["hash_on"] = json!("header:x-user");
+        v["max_connections"] = json!(77);
+        let spec = create(v).unwrap();
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["algorithm"], "consistent_hash");
+        assert_eq!(stored["hash_on"], "header:x-user");
+        assert_eq!(stored["max_connections"], 77);
+        assert!(stored.get("tuning").is_none(), "{stored}");
+        assert_eq!(
+            serde_json::from_value::<InstanceSpec>(stored).unwrap(),
+            spec
+        );
+        // A spec stored by the first release: none of the later fields.
+        let old = json!({
+            "name": "web", "traffic_type": "http", "port": 80, "algorithm": "round_robin",
+            "subnet": null, "backends": [{"address": "127.0.0.1:9001", "weight": 1}],
+            "health_check": {"protocol": "HTTP", "port": 0, "request-path": "/",
+                "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}},
+            "auto_scaling": false, "min_nodes": 1
+        });
+        let old: InstanceSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(old.tuning.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(old.tuning.hash_on, HashOn::ClientIp);
+        assert_eq!(old.max_nodes, DEFAULT_MAX_NODES);
+        assert_eq!(old.health_check.expected_codes.as_str(), "200-399");
+    }
+
+    #[test]
+    fn a_node_config_carries_the_tuning_as_is() {
+        let mut v = base();
+        v["traffic_type"] = json!("tcp");
+        v["proxy_protocol"] = json!("v2");
+        v["timeouts"] = json!({"connect_ms": 250});
+        let spec = create(v).unwrap();
+        let c = spec.node_config(9, "127.0.0.5".parse().unwrap());
+        assert_eq!(c.tuning, spec.tuning);
+        assert_eq!(c.tuning.proxy_protocol, ProxyProtocol::V2);
+        assert_eq!(c.tuning.timeouts.connect_ms, 250);
+        assert_eq!(
+            (c.version, c.listen.to_string()),
+            (9, "127.0.0.5:8080".into())
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod expected_codes;
 pub mod ids;
 pub mod instance;
 pub mod names;
@@ -14,6 +15,7 @@ pub mod project;
 pub mod scaling;
 pub mod schemas;
 pub mod status;
+pub mod threshold;
 pub mod tuning;
 
 pub use envelope::{
@@ -21,16 +23,18 @@ pub use envelope::{
 };
 pub use error::ValidationError;
 pub use event::EventKind;
+pub use expected_codes::ExpectedCodes;
 pub use ids::{InstanceId, NodeId, ProjectId};
 pub use instance::{
     BackendEntity, BackendMember, EventInfo, HealthCheckSpec, HealthCriteria, HealthProtocol,
     InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef, InstanceSpec, InstanceUpdate,
     NodeInfo, SampleInfo, TrafficType,
 };
-pub use node::{MemberStats, NodeConfig, NodeStats, NodeStatus};
+pub use node::{MemberState, MemberStats, NodeConfig, NodeStats, NodeStatus};
 pub use project::{
     ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef, ProjectSpec, ProjectUpdate,
 };
 pub use scaling::{ScalingPolicy, ScalingSpec};
 pub use status::{derive_operating_status, NodeState, OperatingStatus, ProvisioningStatus};
-pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts};
+pub use threshold::HealthStreak;
+pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts, Tuning};

@@ -2,13 +2,14 @@
 //! `PUT /config` takes a [`NodeConfig`], `GET /status` returns a [`NodeStatus`].
 //! Both need `Authorization: Bearer <node secret>`.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::instance::HealthCheck;
-use crate::model::{Algorithm, BackendMember, HashOn, ProxyProtocol, Timeouts, TrafficType};
+use crate::model::{BackendMember, TrafficType, Tuning};
 
 /// Everything a node needs to serve an instance. Applying it is idempotent;
 /// a node reports the `version` it runs so the controller knows when to push.
@@ -20,17 +21,12 @@ pub struct NodeConfig {
     /// Where the node's listener binds (the node address and the instance port).
     #[schemars(with = "String")]
     pub listen: SocketAddr,
-    pub algorithm: Algorithm,
+    /// Flattened (top-level fields) and where `algorithm` always was, so the
+    /// wire format and the schema are those of before.
+    #[serde(flatten)]
+    pub tuning: Tuning,
     pub backends: Vec<BackendMember>,
     pub health_check: HealthCheck,
-    #[serde(default)]
-    pub hash_on: HashOn,
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    #[serde(default = "crate::model::tuning::default_max_connections")]
-    pub max_connections: u32,
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
 }
 
 /// A node's answer to `GET /status` (and to a successful `PUT /config`).
@@ -100,9 +96,7 @@ pub struct Percentiles {
 pub struct MemberStats {
     #[schemars(with = "String")]
     pub address: SocketAddr,
-    /// `up`; `down` (failed its active health checks); `ejected` (passive
-    /// health: recent errors); `draining` (weight 0: no new requests).
-    pub state: String,
+    pub state: MemberState,
     #[serde(default)]
     pub weight: u32,
     pub requests: u64,
@@ -111,4 +105,131 @@ pub struct MemberStats {
     /// Times passive health ejected this member.
     #[serde(default)]
     pub ejections: u64,
+}
+
+/// Whether a member takes new requests, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Takes new requests.
+    Up,
+    /// Failed its active health checks.
+    Down,
+    /// Passive health: recent errors.
+    Ejected,
+    /// Weight 0: no new requests.
+    Draining,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Ejected => "ejected",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// Down or ejected: unavailable against its configuration (draining is on purpose).
+    pub fn is_failing(self) -> bool {
+        matches!(self, Self::Down | Self::Ejected)
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config_json() -> serde_json::Value {
+        json!({
+            "version": 1, "traffic_type": "http", "listen": "127.0.0.1:8080",
+            "algorithm": "round_robin",
+            "backends": [{"address": "127.0.0.1:9001", "weight": 1}],
+            "health_check": {"protocol": "HTTP", "port": 0, "request-path": "/",
+                "expected-codes": "200,204",
+                "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}}
+        })
+    }
+
+    #[test]
+    fn tuning_is_flat_and_unknown_fields_are_still_refused() {
+        let c: NodeConfig = serde_json::from_value(config_json()).unwrap();
+        assert_eq!(
+            c.tuning.max_connections, 10_000,
+            "defaults apply inside the flatten"
+        );
+        let v = serde_json::to_value(&c).unwrap();
+        for key in [
+            "algorithm",
+            "hash_on",
+            "timeouts",
+            "max_connections",
+            "proxy_protocol",
+        ] {
+            assert!(v.get(key).is_some(), "{key} is top-level: {v}");
+        }
+        assert!(v.get("tuning").is_none());
+        assert_eq!(serde_json::from_value::<NodeConfig>(v).unwrap(), c);
+        for (key, value) in [
+            ("colour", json!("red")),
+            ("tuning", json!({})),
+            ("max_conections", json!(5)),
+        ] {
+            let mut bad = config_json();
+            bad[key] = value;
+            let err = serde_json::from_value::<NodeConfig>(bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("unknown field `{key}`")),
+                "{key}: {err}"
+            );
+        }
+        let mut bad = config_json();
+        bad["max_connections"] = json!("many");
+        assert!(serde_json::from_value::<NodeConfig>(bad).is_err());
+        let mut missing = config_json();
+        missing.as_object_mut().unwrap().remove("algorithm");
+        let err = serde_json::from_value::<NodeConfig>(missing).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `algorithm`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_node_config_parses_expected_codes_on_arrival() {
+        let c: NodeConfig = serde_json::from_value(config_json()).unwrap();
+        assert!(c.health_check.expected_codes.contains(204));
+        assert!(!c.health_check.expected_codes.contains(201));
+        let mut bad = config_json();
+        bad["health_check"]["expected-codes"] = json!("2xx");
+        let err = serde_json::from_value::<NodeConfig>(bad).unwrap_err();
+        assert!(err.to_string().contains("expected-codes \"2xx\""), "{err}");
+    }
+
+    #[test]
+    fn member_state_is_the_lowercase_word_on_the_wire() {
+        for (state, word) in [
+            (MemberState::Up, "up"),
+            (MemberState::Down, "down"),
+            (MemberState::Ejected, "ejected"),
+            (MemberState::Draining, "draining"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), word);
+            assert_eq!(state.as_str(), word);
+            assert_eq!(state.to_string(), word);
+            let back: MemberState = serde_json::from_value(serde_json::json!(word)).unwrap();
+            assert_eq!(back, state);
+        }
+        assert!(serde_json::from_value::<MemberState>(serde_json::json!("Up")).is_err());
+        assert!(MemberState::Ejected.is_failing() && !MemberState::Draining.is_failing());
+    }
 }

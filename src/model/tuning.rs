@@ -143,6 +143,25 @@ impl TimeoutsSpec {
     }
 }
 
+/// How an instance's nodes balance and protect themselves: one struct that
+/// both the stored [`InstanceSpec`](crate::model::InstanceSpec) and each
+/// [`NodeConfig`](crate::model::NodeConfig) embed (flattened, so the fields
+/// stay top-level in both), so a new setting reaches the nodes by being
+/// added here once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Tuning {
+    pub algorithm: Algorithm,
+    // Added after the first release: stored specs without them take the defaults.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+}
+
 /// Connections a node accepts at once unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// The most any node may be told to accept.

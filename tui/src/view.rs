@@ -251,7 +251,7 @@ fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
                 .map_or(0.0, |r| r.requests_per_s);
             Row::new(vec![
                 Cell::from(m.address.to_string()),
-                Cell::from(m.state.clone()).style(status_style(&m.state)),
+                Cell::from(m.state.as_str()).style(status_style(m.state.as_str())),
                 Cell::from(m.weight.to_string()),
                 Cell::from(format!("{rate:.1}")),
                 Cell::from(m.failures.to_string()),

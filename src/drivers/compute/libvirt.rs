@@ -15,15 +15,59 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 
 use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use crate::config::VmDomainType;
 use crate::model::NodeId;
+
+/// The `type` of a libvirt domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainType {
+    Kvm,
+    /// Emulation (TCG).
+    Qemu,
+    /// libvirt's test driver (`test:///default`), which boots nothing.
+    Test,
+}
+
+impl DomainType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Qemu => "qemu",
+            Self::Test => "test",
+        }
+    }
+
+    /// `kvm` when /dev/kvm can be opened for writing, else `qemu` (TCG).
+    pub fn detect() -> Self {
+        let kvm = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if kvm {
+            Self::Kvm
+        } else {
+            Self::Qemu
+        }
+    }
+}
+
+impl From<VmDomainType> for DomainType {
+    fn from(choice: VmDomainType) -> Self {
+        match choice {
+            VmDomainType::Auto => Self::detect(),
+            VmDomainType::Kvm => Self::Kvm,
+            VmDomainType::Qemu => Self::Qemu,
+        }
+    }
+}
 
 /// What every VM gets.
 #[derive(Debug, Clone)]
 pub struct VmSettings {
     /// libvirt connection URI, e.g. `qemu:///system`.
     pub uri: String,
-    /// `kvm`, `qemu` (TCG), or `test` for libvirt's test driver.
-    pub domain_type: String,
+    pub domain_type: DomainType,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub memory_mib: u32,
@@ -32,22 +76,6 @@ pub struct VmSettings {
     pub prefix: String,
     /// Where console logs go.
     pub dir: PathBuf,
-}
-
-impl VmSettings {
-    /// `kvm` when /dev/kvm can be opened for writing, else `qemu` (TCG).
-    pub fn detect_domain_type() -> &'static str {
-        let kvm = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
-        if kvm {
-            "kvm"
-        } else {
-            "qemu"
-        }
-    }
 }
 
 pub struct LibvirtCompute {
@@ -80,13 +108,7 @@ impl LibvirtCompute {
                 settings.prefix
             )));
         }
-        if !["kvm", "qemu", "test"].contains(&settings.domain_type.as_str()) {
-            return Err(bad(format!(
-                "domain type {:?} must be kvm, qemu or test",
-                settings.domain_type
-            )));
-        }
-        if settings.domain_type != "test" {
+        if settings.domain_type != DomainType::Test {
             for f in [&settings.kernel, &settings.initrd] {
                 if !f.exists() {
                     return Err(bad(format!(
@@ -196,7 +218,7 @@ impl LibvirtCompute {
   </devices>
 </domain>
 ",
-            domain_type = xml_escape(&s.domain_type),
+            domain_type = s.domain_type.as_str(),
             name = xml_escape(&self.domain_name(spec)),
             memory = s.memory_mib,
             vcpus = s.vcpus,
@@ -329,7 +351,7 @@ mod tests {
     fn driver(dir: &Path) -> LibvirtCompute {
         LibvirtCompute::new(VmSettings {
             uri: "test:///default".into(),
-            domain_type: "test".into(),
+            domain_type: DomainType::Test,
             kernel: "/nonexistent/vmlinuz".into(),
             initrd: "/nonexistent/initrd".into(),
             memory_mib: 128,
@@ -356,6 +378,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lbaas-virt-xml-{}", std::process::id()));
         let d = driver(&dir);
         let xml = d.domain_xml(&spec(NodeId(7))).unwrap();
+        assert!(xml.starts_with("<domain type='test'>"), "{xml}");
         assert!(xml.contains("<name>ut-demo-web-7</name>"), "{xml}");
         assert!(xml.contains("lbaas.ip=100.64.3.2/24 lbaas.node=7 lbaas.secret=00ff"));
         assert!(xml.contains("<target dev='utv7'/>"));
@@ -371,6 +394,20 @@ mod tests {
         assert_eq!(d.node_id_of("ut2-demo-web-7"), None, "another lbd's VM");
         assert_eq!(d.node_id_of("other"), None);
         let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn domain_type_from_the_flag() {
+        assert_eq!(DomainType::from(VmDomainType::Kvm), DomainType::Kvm);
+        assert_eq!(DomainType::from(VmDomainType::Qemu), DomainType::Qemu);
+        let auto = DomainType::from(VmDomainType::Auto);
+        assert_eq!(auto, DomainType::detect());
+        assert_ne!(
+            auto,
+            DomainType::Test,
+            "auto picks a domain type that boots"
+        );
+        assert_eq!(DomainType::Qemu.as_str(), "qemu");
     }
 
     #[test]
