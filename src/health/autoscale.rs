@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+// tokio's clock, so logic tests can pause and advance it.
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 

@@ -24,7 +24,10 @@ mod sample;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so logic tests can pause and advance it.
+use tokio::time::Instant;
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -532,3 +535,6 @@ impl HealthChecker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

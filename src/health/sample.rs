@@ -1,7 +1,8 @@
 //! A node's status answer turned into a monitor-log sample: counters since
 //! the previous answer become rates.
 
-use std::time::Instant;
+// tokio's clock, so logic tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::model::{NodeStats, SampleInfo};
 
