@@ -91,14 +91,9 @@ pub fn gather(c: &Connection) -> Result<MetricsSnapshot, StoreError> {
     })
 }
 
-/// The stats of each node's newest sample that has them (raw samples carry
-/// the node's whole status; 1-minute averages do not).
+/// Each node's latest whole status (one row per node).
 fn latest_stats(c: &Connection) -> Result<HashMap<NodeId, NodeStats>, StoreError> {
-    let mut stmt = c.prepare(
-        "SELECT s.node_id, s.stats FROM samples s
-         JOIN (SELECT MAX(id) AS id FROM samples WHERE stats IS NOT NULL GROUP BY node_id) latest
-           ON latest.id = s.id",
-    )?;
+    let mut stmt = c.prepare("SELECT node_id, stats FROM node_latest")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, NodeId>(0)?, r.get::<_, String>(1)?)))?;
     let mut out = HashMap::new();
     for row in rows {

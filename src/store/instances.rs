@@ -171,6 +171,11 @@ pub fn set_desired_nodes(c: &Connection, id: InstanceId, desired: u32) -> Result
 /// Deletes an instance with its nodes.
 pub fn delete_instance(c: &Connection, id: InstanceId) -> Result<(), StoreError> {
     c.execute("DELETE FROM samples WHERE instance_id = ?1", [id])?;
+    c.execute(
+        "DELETE FROM node_latest WHERE node_id IN (SELECT id FROM nodes WHERE instance_id = ?1)",
+        [id],
+    )?;
+    c.execute("DELETE FROM member_states WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM nodes WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     Ok(())

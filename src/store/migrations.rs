@@ -105,6 +105,28 @@ const MIGRATIONS: &[&str] = &[
     // Prometheus counter must not go down), seeded from the events kept so far.
     "CREATE TABLE event_counts (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
     INSERT INTO event_counts (kind, count) SELECT kind, COUNT(*) FROM events GROUP BY kind;",
+    // 6: samples keep only their numbers; each node's latest whole status
+    // is one row (overwritten), and member states are logged when they change.
+    "CREATE TABLE node_latest (
+        node_id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        stats TEXT NOT NULL
+    );
+    INSERT INTO node_latest (node_id, ts, stats)
+        SELECT s.node_id, s.ts, s.stats FROM samples s
+        JOIN (SELECT MAX(id) AS id FROM samples WHERE stats IS NOT NULL GROUP BY node_id) l
+          ON l.id = s.id;
+    UPDATE samples SET stats = NULL WHERE stats IS NOT NULL;
+    CREATE TABLE member_states (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        node_id INTEGER NOT NULL,
+        instance_id INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX member_states_by_member ON member_states (node_id, address, id);
+    CREATE INDEX member_states_by_ts ON member_states (ts);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -33,8 +33,8 @@ pub use instances::{
     set_instance_provisioning, update_instance_spec,
 };
 pub use monitor::{
-    add_event, add_sample, apply_retention, latest_node_sample, monitor_log_size, recent_events,
-    recent_samples, EventSubject, Retention, RetentionReport,
+    add_event, add_sample, apply_retention, latest_node_sample, member_state_changes,
+    monitor_log_size, recent_events, recent_samples, EventSubject, Retention, RetentionReport,
 };
 pub use nodes::{
     all_nodes, delete_node, insert_node, list_nodes, move_node, node_by_id, set_node_applied,

@@ -3,15 +3,22 @@
 //! keeps the file bounded: raw samples for an hour, then 1-minute averages
 //! for a day; events for a week (all configurable).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, EventRow, StoreError};
-use crate::model::{EventKind, InstanceId, NodeId, NodeStats, ProjectId, SampleInfo};
+use crate::model::{EventKind, InstanceId, MemberState, NodeId, NodeStats, ProjectId, SampleInfo};
 
 // === samples ===
 
-/// Stores one raw sample; `stats` is the node's whole status, kept so
-/// `info` can show the latest counters as the node reported them.
+/// Stores one raw sample: its numbers as a row of `samples`; the node's
+/// whole status (so `info` can show the latest counters as the node
+/// reported them) replaces the node's one row in `node_latest`; and each
+/// member whose state differs from the previous status gets a row in
+/// `member_states`. So a node with 256 members checked every second adds
+/// one small row a second, not its whole status.
 pub fn add_sample(
     c: &Connection,
     instance_id: InstanceId,
@@ -19,11 +26,18 @@ pub fn add_sample(
     stats: &NodeStats,
 ) -> Result<(), StoreError> {
     let json = serde_json::to_string(stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let previous = latest_node_sample(c, sample.node_id)?.map(|(_, s)| s);
+    c.execute(
+        "INSERT INTO node_latest (node_id, ts, stats) VALUES (?1, ?2, ?3)
+         ON CONFLICT (node_id) DO UPDATE SET ts = excluded.ts, stats = excluded.stats",
+        params![sample.node_id, sample.ts, json],
+    )?;
+    record_member_changes(c, instance_id, sample, previous.as_ref(), stats)?;
     c.execute(
         "INSERT INTO samples (ts, resolution, node_id, instance_id, requests_per_s, active_connections,
                               bytes_in_per_s, bytes_out_per_s, p50_ms, p90_ms, p99_ms,
-                              members_up, members_down, stats)
-         VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                              members_up, members_down)
+         VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             sample.ts,
             sample.node_id,
@@ -37,10 +51,74 @@ pub fn add_sample(
             sample.p99_ms,
             sample.members_up,
             sample.members_down,
-            json
         ],
     )?;
     Ok(())
+}
+
+/// A member's state changes within this many seconds of its last logged
+/// change update that row instead of adding one: a flapping member costs at
+/// most one row a minute, and the row still ends with its latest state.
+const MEMBER_CHANGE_COALESCE_SECS: i64 = 60;
+
+/// Logs the members whose state is new or changed since `previous`.
+fn record_member_changes(
+    c: &Connection,
+    instance_id: InstanceId,
+    sample: &SampleInfo,
+    previous: Option<&NodeStats>,
+    stats: &NodeStats,
+) -> Result<(), StoreError> {
+    let before: HashMap<SocketAddr, MemberState> = previous
+        .map(|p| p.members.iter().map(|m| (m.address, m.state)).collect())
+        .unwrap_or_default();
+    for m in &stats.members {
+        if before.get(&m.address) == Some(&m.state) {
+            continue;
+        }
+        let address = m.address.to_string();
+        let last: Option<(i64, i64)> = c
+            .query_row(
+                "SELECT id, ts FROM member_states WHERE node_id = ?1 AND address = ?2
+                 ORDER BY id DESC LIMIT 1",
+                params![sample.node_id, address],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match last {
+            Some((id, ts)) if sample.ts - ts < MEMBER_CHANGE_COALESCE_SECS => {
+                c.execute(
+                    "UPDATE member_states SET state = ?2 WHERE id = ?1",
+                    params![id, m.state.as_str()],
+                )?;
+            }
+            _ => {
+                c.execute(
+                    "INSERT INTO member_states (ts, node_id, instance_id, address, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        sample.ts,
+                        sample.node_id,
+                        instance_id,
+                        address,
+                        m.state.as_str()
+                    ],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A node's logged member state changes, oldest first: (time, member, state).
+pub fn member_state_changes(
+    c: &Connection,
+    node_id: NodeId,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    let mut stmt =
+        c.prepare("SELECT ts, address, state FROM member_states WHERE node_id = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([node_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The newest counters a node reported, and when.
@@ -50,8 +128,7 @@ pub fn latest_node_sample(
 ) -> Result<Option<(i64, NodeStats)>, StoreError> {
     let row: Option<(i64, String)> = c
         .query_row(
-            "SELECT ts, stats FROM samples WHERE node_id = ?1 AND stats IS NOT NULL
-             ORDER BY id DESC LIMIT 1",
+            "SELECT ts, stats FROM node_latest WHERE node_id = ?1",
             [node_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -120,6 +197,7 @@ pub struct RetentionReport {
     pub minutes_added: usize,
     pub minutes_dropped: usize,
     pub events_dropped: usize,
+    pub member_changes_dropped: usize,
 }
 
 /// One retention pass at time `at`: raw samples of whole minutes older than
@@ -152,11 +230,17 @@ pub fn apply_retention(
         [at - keep.minute_samples],
     )?;
     let events_dropped = c.execute("DELETE FROM events WHERE ts < ?1", [at - keep.events])?;
+    // Member state changes are kept as long as events: they are events of members.
+    let member_changes_dropped = c.execute(
+        "DELETE FROM member_states WHERE ts < ?1",
+        [at - keep.events],
+    )?;
     Ok(RetentionReport {
         raw_folded,
         minutes_added,
         minutes_dropped,
         events_dropped,
+        member_changes_dropped,
     })
 }
 
@@ -318,5 +402,76 @@ mod tests {
         );
         assert_eq!(oldest_minute.p99_ms, Some(15.0));
         assert_eq!(oldest_minute.members_up, 2);
+    }
+
+    fn members(n: u16, down: Option<u16>) -> NodeStats {
+        let members = (0..n)
+            .map(|k| crate::model::MemberStats {
+                address: SocketAddr::from(([127, 0, 0, 1], 10_000 + k)),
+                state: if Some(k) == down {
+                    MemberState::Down
+                } else {
+                    MemberState::Up
+                },
+                weight: 1,
+                requests: u64::from(k),
+                failures: 0,
+                active: 0,
+                ejections: 0,
+            })
+            .collect();
+        NodeStats {
+            members,
+            ..NodeStats::default()
+        }
+    }
+
+    #[test]
+    fn samples_keep_numbers_and_member_states_only_when_they_change() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut conn).unwrap();
+        let (inst, node) = (InstanceId(1), NodeId(7));
+        // Checks every second of a node with 256 members, one of which goes
+        // down at second 100, comes back at 110 (within a minute of going
+        // down: that row is updated), and goes down again at 200.
+        for t in 0..240 {
+            let down = ((100..110).contains(&t) || t >= 200).then_some(5);
+            add_sample(
+                &conn,
+                inst,
+                &sample(1000 + t, node, 1.0),
+                &members(256, down),
+            )
+            .unwrap();
+        }
+        let with_status: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM samples WHERE stats IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(with_status, 0, "no sample row carries the whole status");
+        let latest: i64 = conn
+            .query_row("SELECT COUNT(*) FROM node_latest", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(latest, 1, "one status row per node, overwritten");
+        let changes = member_state_changes(&conn, node).unwrap();
+        assert_eq!(
+            changes.len(),
+            256 + 2,
+            "every member once, then two changes"
+        );
+        assert_eq!(
+            changes[256],
+            (1100, "127.0.0.1:10005".into(), "up".into()),
+            "down and back up within a minute: one row, ending in its latest state"
+        );
+        assert_eq!(
+            changes[257],
+            (1200, "127.0.0.1:10005".into(), "down".into())
+        );
+        let (ts, stats) = latest_node_sample(&conn, node).unwrap().unwrap();
+        assert_eq!((ts, stats.members.len()), (1239, 256));
     }
 }

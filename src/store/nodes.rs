@@ -132,6 +132,8 @@ pub fn delete_node(c: &Connection, id: NodeId, state: NodeState) -> Result<bool,
     )?;
     if deleted == 1 {
         c.execute("DELETE FROM samples WHERE node_id = ?1", [id])?;
+        c.execute("DELETE FROM node_latest WHERE node_id = ?1", [id])?;
+        c.execute("DELETE FROM member_states WHERE node_id = ?1", [id])?;
     }
     Ok(deleted == 1)
 }
