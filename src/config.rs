@@ -108,6 +108,12 @@ pub struct DaemonConfig {
     /// Seconds a retiring node may keep connections open before it is stopped.
     #[arg(long, env = "LBAAS_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
+    /// Size at which an LB node process rotates its log (`nodes/node-N.log`).
+    #[arg(long, env = "LBAAS_NODE_LOG_MAX_BYTES", default_value_t = 10 << 20)]
+    pub node_log_max_bytes: u64,
+    /// Rotated node log files kept.
+    #[arg(long, env = "LBAAS_NODE_LOG_KEEP", default_value_t = 2)]
+    pub node_log_keep: u32,
     /// Seconds raw samples are kept before they become 1-minute averages.
     #[arg(long, env = "LBAAS_SAMPLES_RAW_RETENTION", default_value_t = 3600)]
     pub samples_raw_retention: i64,

@@ -60,7 +60,10 @@ pub async fn run(
                 "lb-node binary not found at {} (set --node-binary)",
                 binary.display()
             );
-            Arc::new(ProcessCompute::new(binary, state_dir.join("nodes"))?)
+            Arc::new(
+                ProcessCompute::new(binary, state_dir.join("nodes"))?
+                    .with_node_log(config.node_log_max_bytes, config.node_log_keep),
+            )
         }
         ComputeKind::Libvirt => libvirt_compute(&config, &state_dir)?,
     };

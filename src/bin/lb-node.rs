@@ -31,6 +31,15 @@ struct Args {
     /// (kept under the controller's 3 s before it sends SIGKILL).
     #[arg(long, default_value_t = 2.0)]
     drain_timeout: f64,
+    /// Log here instead of to stderr, rotated at `--log-max-bytes`.
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
+    /// Size at which the log file is rotated.
+    #[arg(long, default_value_t = lbaas::dataplane::logfile::DEFAULT_MAX_BYTES)]
+    log_max_bytes: u64,
+    /// Rotated log files kept (`.1` is the newest).
+    #[arg(long, default_value_t = lbaas::dataplane::logfile::DEFAULT_KEEP)]
+    log_keep: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,13 +81,31 @@ fn start_workers(n: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
         .collect()
 }
 
-async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+fn init_logging(args: &Args) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let Some(path) = &args.log_file else {
+        builder.with_writer(std::io::stderr).init();
+        return Ok(());
+    };
+    let log = lbaas::dataplane::logfile::RotatingLog::open(path, args.log_max_bytes, args.log_keep)
+        .with_context(|| format!("opening the log file {}", path.display()))?;
+    builder
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
         .init();
+    // stderr may point at a rotated-away file: panics go through the log too.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panic: {info}");
+        default_hook(info);
+    }));
+    Ok(())
+}
+
+async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
+    init_logging(&args)?;
     let secret = std::env::var("LB_NODE_SECRET").unwrap_or_default();
     if secret.is_empty() {
         eprintln!("lb-node: LB_NODE_SECRET must be set to the admin API's secret");

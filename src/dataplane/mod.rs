@@ -9,6 +9,8 @@ pub mod admin;
 pub mod balance;
 pub mod health;
 pub mod http;
+pub mod log_limit;
+pub mod logfile;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod splice;

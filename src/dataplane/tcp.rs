@@ -30,7 +30,9 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
             let local = client.local_addr().unwrap_or(peer);
             let Some(backend) = connect(&node, peer, local).await else {
                 node.counters.backend_errors.fetch_add(1, Relaxed);
-                tracing::warn!("tcp client {peer}: no backend answered");
+                if let Some(left_out) = super::log_limit::allow("tcp_no_backend", "") {
+                    tracing::warn!(left_out, "tcp client {peer}: no backend answered");
+                }
                 return;
             };
             let _ = client.set_nodelay(true);
@@ -94,7 +96,11 @@ async fn connect(node: &Node, peer: SocketAddr, local: SocketAddr) -> Option<Tcp
                 return Some(stream);
             }
             Err(e) => {
-                tracing::warn!("connect {}: {e}", member.address);
+                if let Some(left_out) =
+                    super::log_limit::allow("connect", &member.address.to_string())
+                {
+                    tracing::warn!(left_out, "connect {}: {e}", member.address);
+                }
                 member.counters.failures.fetch_add(1, Relaxed);
                 record_outcome(&active.balancer, member, false);
             }

@@ -19,6 +19,9 @@ pub struct ProcessCompute {
     dir: PathBuf,
     /// Exit reasons of children this lbd started and reaped, by node id.
     children: Arc<Children>,
+    /// Where a node rotates its log, and how many old files it keeps.
+    log_max_bytes: u64,
+    log_keep: u32,
 }
 
 impl ProcessCompute {
@@ -29,7 +32,16 @@ impl ProcessCompute {
             binary,
             dir,
             children: Arc::default(),
+            log_max_bytes: crate::dataplane::logfile::DEFAULT_MAX_BYTES,
+            log_keep: crate::dataplane::logfile::DEFAULT_KEEP,
         })
+    }
+
+    /// Node logs rotate at `max_bytes`, keeping `keep` old files.
+    pub fn with_node_log(mut self, max_bytes: u64, keep: u32) -> Self {
+        self.log_max_bytes = max_bytes;
+        self.log_keep = keep;
+        self
     }
 
     fn pid_file(&self, node_id: NodeId) -> PathBuf {
@@ -177,6 +189,14 @@ impl ComputeDriver for ProcessCompute {
             // before lbd dies is still found (and adopted) by the next lbd.
             .arg("--pid-file")
             .arg(self.pid_file(spec.node_id))
+            // The node rotates its own log (stdout/stderr below only catch
+            // what it prints before its logger is up).
+            .arg("--log-file")
+            .arg(self.log_file(spec.node_id))
+            .arg("--log-max-bytes")
+            .arg(self.log_max_bytes.to_string())
+            .arg("--log-keep")
+            .arg(self.log_keep.to_string())
             .env("LB_NODE_SECRET", &spec.secret)
             // One-line errors in the node's log (its tail goes into status reasons).
             .env_remove("RUST_BACKTRACE")
