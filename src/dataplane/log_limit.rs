@@ -12,10 +12,13 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// this bounds memory against many distinct ones).
 const MAX_KEYS: usize = 4096;
 
+/// (kind of warning, what it is about, e.g. a member address).
+type Key = (&'static str, String);
+
 pub struct LogLimit {
     window: Duration,
     /// Per key: when it last logged, and how many were left out since.
-    keys: Mutex<HashMap<(&'static str, String), (Instant, u64)>>,
+    keys: Mutex<HashMap<Key, (Instant, u64)>>,
 }
 
 impl LogLimit {
