@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +13,11 @@ use anyhow::Context;
 use rand::Rng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
-use crate::dns::EmbeddedDns;
+use crate::dns::{DnsError, EmbeddedDns};
 use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::ComputeDriver;
 use crate::drivers::network::loopback::LoopbackNetwork;
@@ -34,103 +35,26 @@ pub async fn run(
     config: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    validate_zone(&config.zone).map_err(anyhow::Error::msg)?;
-    let state_dir = config.state_dir();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
-        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
-    let token = ensure_admin_token(&state_dir)?;
-    let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
-
-    let (pool, prefix) = config.subnet_pool();
-    let network: Arc<dyn NetworkDriver> = match config.network {
-        NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix)?),
-        NetworkKind::Netns => Arc::new(NetnsNetwork::new(pool, prefix, &config.netns_prefix)?),
-    };
-    let compute: Arc<dyn ComputeDriver> = match config.compute {
-        ComputeKind::Process => {
-            let binary = match &config.node_binary {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?.with_file_name("lb-node"),
-            };
-            anyhow::ensure!(
-                binary.exists(),
-                "lb-node binary not found at {} (set --node-binary)",
-                binary.display()
-            );
-            Arc::new(
-                ProcessCompute::new(binary, state_dir.join("nodes"))?
-                    .with_node_log(config.node_log_max_bytes, config.node_log_keep),
-            )
-        }
-        ComputeKind::Libvirt => libvirt_compute(&config, &state_dir)?,
-    };
-    let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
-    let (udp, tcp) = bind_dns(config.dns_listen).await?;
-    let dns_addr = udp.local_addr()?;
-    let api_listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the API on {}", config.listen))?;
-    let api_addr = api_listener.local_addr()?;
-
-    let wake = Arc::new(Notify::new());
+    let (state_dir, token, store) = open_state(&config)?;
+    let drivers = Drivers::build(&config, &state_dir)?;
+    let listeners = Listeners::bind(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let settings = ReconcileSettings {
-        node_admin_port: config.node_admin_port,
-        failover_grace: Duration::from_secs(config.failover_grace),
-        drain_min: Duration::from_secs(u64::from(config.dns_ttl)),
-        drain_max: Duration::from_secs(config.drain_timeout.max(u64::from(config.dns_ttl))),
-        ..Default::default()
-    };
-    let node_admin = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
-    let reconciler = Arc::new(Reconciler::new(
-        store.clone(),
-        compute,
-        network.clone(),
-        dns.clone(),
-        node_admin.clone(),
-        settings,
-    ));
-    // Before the first pass, so nodes that died while lbd was down restart in place.
-    reconciler
-        .restart_nodes_found_dead()
-        .await
-        .context("checking the nodes at start")?;
-    let reconcile_task = tokio::spawn(reconciler.run(wake.clone(), stop_rx.clone()));
-    let checker = Arc::new(HealthChecker::new(
-        store.clone(),
-        node_admin,
+    let wake = Arc::new(Notify::new());
+    let (api_addr, dns_addr) = (listeners.api.local_addr()?, listeners.udp.local_addr()?);
+    let background = Background::start(
+        &config,
+        &store,
+        &drivers,
         wake.clone(),
-        HealthSettings {
-            node_admin_port: config.node_admin_port,
-            failover_max_share: config.failover_max_share,
-            retention: Retention {
-                raw_samples: config.samples_raw_retention,
-                minute_samples: config.samples_minute_retention,
-                events: config.events_retention,
-            },
-            retention_every: Duration::from_secs(config.retention_interval),
-        },
-    ));
-    let checker_task = tokio::spawn(checker.run(stop_rx.clone()));
-
-    let dns_task = {
-        let dns = dns.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            dns.serve(udp, tcp, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
-
+        &stop_rx,
+        listeners.udp,
+        listeners.tcp,
+    )
+    .await?;
     let state = AppState {
         store,
         wake,
-        network,
+        network: drivers.network,
         zone: config.zone.trim_end_matches('.').to_string(),
         node_admin_port: config.node_admin_port,
         token: token.into(),
@@ -142,20 +66,189 @@ pub async fn run(
         "serving the API on {api_addr}, DNS zone {} on {dns_addr}",
         config.zone
     );
-
-    let mut api_stop = stop_rx.clone();
-    let server = axum::serve(api_listener, app).with_graceful_shutdown(async move {
-        let _ = api_stop.wait_for(|s| *s).await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
+    let server = serve_api(listeners.api, app, stop_rx);
     shutdown.await;
     tracing::info!("shutting down; LB nodes keep serving and are adopted on the next start");
     let _ = stop_tx.send(true);
-    server_task.await??;
-    reconcile_task.await?;
-    checker_task.await?;
-    dns_task.await??;
-    Ok(())
+    server.await??;
+    background.join().await
+}
+
+/// The state dir (mode 0700), the admin token and the store.
+fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, String, Store)> {
+    validate_zone(&config.zone).map_err(anyhow::Error::msg)?;
+    let state_dir = config.state_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let token = ensure_admin_token(&state_dir)?;
+    let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
+    Ok((state_dir, token, store))
+}
+
+struct Drivers {
+    network: Arc<dyn NetworkDriver>,
+    compute: Arc<dyn ComputeDriver>,
+    dns: Arc<EmbeddedDns>,
+}
+
+impl Drivers {
+    fn build(config: &DaemonConfig, state_dir: &Path) -> anyhow::Result<Self> {
+        let (pool, prefix) = config.subnet_pool();
+        let network: Arc<dyn NetworkDriver> = match config.network {
+            NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix)?),
+            NetworkKind::Netns => Arc::new(NetnsNetwork::new(pool, prefix, &config.netns_prefix)?),
+        };
+        let compute = match config.compute {
+            ComputeKind::Process => process_compute(config, state_dir)?,
+            ComputeKind::Libvirt => libvirt_compute(config, state_dir)?,
+        };
+        let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
+        Ok(Drivers {
+            network,
+            compute,
+            dns,
+        })
+    }
+}
+
+fn process_compute(
+    config: &DaemonConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Arc<dyn ComputeDriver>> {
+    let binary = match &config.node_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("lb-node"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "lb-node binary not found at {} (set --node-binary)",
+        binary.display()
+    );
+    Ok(Arc::new(
+        ProcessCompute::new(binary, state_dir.join("nodes"))?
+            .with_node_log(config.node_log_max_bytes, config.node_log_keep),
+    ))
+}
+
+struct Listeners {
+    /// DNS, UDP and TCP on the same port.
+    udp: UdpSocket,
+    tcp: TcpListener,
+    api: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(config: &DaemonConfig) -> anyhow::Result<Self> {
+        let (udp, tcp) = bind_dns(config.dns_listen).await?;
+        let api = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the API on {}", config.listen))?;
+        Ok(Listeners { udp, tcp, api })
+    }
+}
+
+/// The reconciler, the health checker and the DNS server, each a task that
+/// ends once `stop` turns true.
+struct Background {
+    reconcile: JoinHandle<()>,
+    checker: JoinHandle<()>,
+    dns: JoinHandle<Result<(), DnsError>>,
+}
+
+impl Background {
+    async fn start(
+        config: &DaemonConfig,
+        store: &Store,
+        drivers: &Drivers,
+        wake: Arc<Notify>,
+        stop: &watch::Receiver<bool>,
+        udp: UdpSocket,
+        tcp: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let node_admin = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
+        let reconciler = Arc::new(Reconciler::new(
+            store.clone(),
+            drivers.compute.clone(),
+            drivers.network.clone(),
+            drivers.dns.clone(),
+            node_admin.clone(),
+            reconcile_settings(config),
+        ));
+        // Before the first pass, so nodes that died while lbd was down restart in place.
+        reconciler
+            .restart_nodes_found_dead()
+            .await
+            .context("checking the nodes at start")?;
+        let reconcile = tokio::spawn(reconciler.run(wake.clone(), stop.clone()));
+        let checker = Arc::new(HealthChecker::new(
+            store.clone(),
+            node_admin,
+            wake,
+            health_settings(config),
+        ));
+        let checker = tokio::spawn(checker.run(stop.clone()));
+        let dns = {
+            let dns = drivers.dns.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                dns.serve(udp, tcp, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        };
+        Ok(Background {
+            reconcile,
+            checker,
+            dns,
+        })
+    }
+
+    /// Waits for every task, in the order they were started.
+    async fn join(self) -> anyhow::Result<()> {
+        self.reconcile.await?;
+        self.checker.await?;
+        self.dns.await??;
+        Ok(())
+    }
+}
+
+fn reconcile_settings(config: &DaemonConfig) -> ReconcileSettings {
+    ReconcileSettings {
+        node_admin_port: config.node_admin_port,
+        failover_grace: Duration::from_secs(config.failover_grace),
+        drain_min: Duration::from_secs(u64::from(config.dns_ttl)),
+        drain_max: Duration::from_secs(config.drain_timeout.max(u64::from(config.dns_ttl))),
+        ..Default::default()
+    }
+}
+
+fn health_settings(config: &DaemonConfig) -> HealthSettings {
+    HealthSettings {
+        node_admin_port: config.node_admin_port,
+        failover_max_share: config.failover_max_share,
+        retention: Retention {
+            raw_samples: config.samples_raw_retention,
+            minute_samples: config.samples_minute_retention,
+            events: config.events_retention,
+        },
+        retention_every: Duration::from_secs(config.retention_interval),
+    }
+}
+
+/// Serves the API on its own task until `stop` turns true.
+fn serve_api(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    tokio::spawn(async move { server.await })
 }
 
 #[cfg(feature = "libvirt")]

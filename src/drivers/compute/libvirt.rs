@@ -7,12 +7,18 @@
 //! namespace as a port of its bridge (netns network driver). The serial
 //! console goes to `nodes/node-<id>.console.log` in the state dir.
 
+use std::collections::HashMap;
 use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use virt::connect::Connect;
 use virt::domain::Domain;
+use virt::error::ErrorNumber;
 
 use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
 use crate::config::VmDomainType;
@@ -80,6 +86,20 @@ pub struct VmSettings {
 
 pub struct LibvirtCompute {
     settings: VmSettings,
+    /// The one connection every call shares, opened lazily. Each call takes
+    /// its own reference (`Connect::clone`), so calls still run side by side
+    /// as they did with a connection each.
+    conn: Mutex<Option<Connect>>,
+    /// Connections opened so far: past the first, each is a reconnect.
+    opens: AtomicU64,
+    /// Domain names of our nodes by id. `observe_node` only gets the id, and
+    /// the name also holds project and instance; knowing it lets a lookup by
+    /// name replace listing every domain on each observation.
+    names: Mutex<HashMap<NodeId, String>>,
+    /// Makes the kept connection report itself dead, as a remote one does
+    /// once libvirtd goes away (the test driver's never does).
+    #[cfg(test)]
+    severed: AtomicBool,
 }
 
 fn start_error(node_id: NodeId, reason: impl std::fmt::Display) -> ComputeError {
@@ -122,21 +142,105 @@ impl LibvirtCompute {
         // Errors come back as results; libvirt's default handler would also
         // print each one to stderr.
         virt::error::clear_error_callback();
-        let driver = LibvirtCompute { settings };
+        let driver = LibvirtCompute {
+            settings,
+            conn: Mutex::new(None),
+            opens: AtomicU64::new(0),
+            names: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            severed: AtomicBool::new(false),
+        };
         driver.with_connection(NodeId(0), |_| Ok(()))?;
         Ok(driver)
     }
 
+    /// Runs `f` on the shared connection. A call that fails because the
+    /// connection dropped under it (libvirtd restarted) runs once more on a
+    /// fresh one; other failures are not retried, so a VM that cannot be
+    /// created is not tried twice.
     fn with_connection<T>(
         &self,
         node_id: NodeId,
-        f: impl FnOnce(&Connect) -> Result<T, ComputeError>,
+        f: impl Fn(&Connect) -> Result<T, ComputeError>,
     ) -> Result<T, ComputeError> {
-        let mut conn = Connect::open(Some(&self.settings.uri))
-            .map_err(|e| start_error(node_id, format!("libvirt {}: {e}", self.settings.uri)))?;
+        let mut conn = self.connection(node_id)?;
+        let result = f(&conn);
+        if result.is_ok() || self.alive(&conn) {
+            let _ = conn.close();
+            return result;
+        }
+        self.drop_connection(&conn);
+        let _ = conn.close();
+        let mut conn = self.connection(node_id)?;
         let result = f(&conn);
         let _ = conn.close();
         result
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Connect>> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A reference to the kept connection (the caller closes it), opening a
+    /// new one when there is none or the kept one is dead.
+    fn connection(&self, node_id: NodeId) -> Result<Connect, ComputeError> {
+        // Held while opening, so concurrent calls wait for one reconnect
+        // instead of each opening their own.
+        let mut slot = self.slot();
+        if let Some(conn) = slot.as_ref() {
+            if self.alive(conn) {
+                return Ok(conn.clone());
+            }
+        }
+        if let Some(mut dead) = slot.take() {
+            let _ = dead.close();
+        }
+        let uri = &self.settings.uri;
+        let conn = Connect::open(Some(uri))
+            .map_err(|e| start_error(node_id, format!("libvirt {uri}: {e}")))?;
+        #[cfg(test)]
+        self.severed.store(false, Ordering::SeqCst);
+        if self.opens.fetch_add(1, Ordering::SeqCst) > 0 {
+            tracing::warn!("libvirt {uri}: the connection was lost; reconnected");
+        }
+        let shared = conn.clone();
+        *slot = Some(conn);
+        Ok(shared)
+    }
+
+    /// Forgets the kept connection if it is still `dead` (another call may
+    /// already have replaced it).
+    fn drop_connection(&self, dead: &Connect) {
+        let mut slot = self.slot();
+        if slot.as_ref().is_some_and(|c| c.as_ptr() == dead.as_ptr()) {
+            if let Some(mut conn) = slot.take() {
+                let _ = conn.close();
+            }
+        }
+    }
+
+    fn alive(&self, conn: &Connect) -> bool {
+        #[cfg(test)]
+        if self.severed.load(Ordering::SeqCst) {
+            return false;
+        }
+        conn.is_alive().unwrap_or(false)
+    }
+
+    #[cfg(test)]
+    fn opens(&self) -> u64 {
+        self.opens.load(Ordering::SeqCst)
+    }
+
+    /// Stands for libvirtd going away: from now on the kept connection
+    /// reports itself dead.
+    #[cfg(test)]
+    fn sever(&self) {
+        self.severed.store(true, Ordering::SeqCst);
+    }
+
+    fn names(&self) -> MutexGuard<'_, HashMap<NodeId, String>> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn domain_name(&self, spec: &NodeSpec) -> String {
@@ -159,26 +263,40 @@ impl LibvirtCompute {
         rest.rsplit('-').next()?.parse().ok()
     }
 
-    /// Our running domains by node id.
+    /// Our domains by node id; their names are remembered for [`Self::find`].
     fn domains(&self, conn: &Connect) -> Result<Vec<(NodeId, Domain)>, ComputeError> {
         let all = conn
             .list_all_domains(0)
             .map_err(|e| start_error(NodeId(0), format!("listing domains: {e}")))?;
+        let mut names = self.names();
         Ok(all
             .into_iter()
             .filter_map(|d| {
                 let name = d.get_name().ok()?;
-                Some((self.node_id_of(&name)?, d))
+                let id = self.node_id_of(&name)?;
+                names.insert(id, name);
+                Some((id, d))
             })
             .collect())
     }
 
     fn find(&self, conn: &Connect, node_id: NodeId) -> Result<Option<Domain>, ComputeError> {
-        Ok(self
-            .domains(conn)?
-            .into_iter()
-            .find(|(id, _)| *id == node_id)
-            .map(|(_, d)| d))
+        let known = self.names().get(&node_id).cloned();
+        let Some(name) = known else {
+            // Not started by this lbd process (it restarted, or this is a
+            // new node): a listing finds it by the name prefix, if it exists.
+            return Ok(self
+                .domains(conn)?
+                .into_iter()
+                .find(|(id, _)| *id == node_id)
+                .map(|(_, d)| d));
+        };
+        // A node id always names the same domain, so a missing one is gone.
+        match Domain::lookup_by_name(conn, &name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.code() == ErrorNumber::NoDomain => Ok(None),
+            Err(e) => Err(start_error(node_id, format!("looking up {name}: {e}"))),
+        }
     }
 
     /// The domain XML of a node; every value is validated or escaped.
@@ -231,6 +349,16 @@ impl LibvirtCompute {
     }
 }
 
+impl Drop for LibvirtCompute {
+    fn drop(&mut self) {
+        // `Connect` has no `Drop` of its own: without this the connection
+        // stays open until the process exits.
+        if let Some(mut conn) = self.slot().take() {
+            let _ = conn.close();
+        }
+    }
+}
+
 /// Escapes text for XML content and single-quoted attributes.
 pub fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -251,6 +379,7 @@ impl ComputeDriver for LibvirtCompute {
     }
 
     fn ensure_node(&self, spec: &NodeSpec) -> Result<NodeObservation, ComputeError> {
+        self.names().insert(spec.node_id, self.domain_name(spec));
         self.with_connection(spec.node_id, |conn| {
             if let Some(d) = self.find(conn, spec.node_id)? {
                 if d.is_active().unwrap_or(false) {
@@ -318,6 +447,7 @@ impl ComputeDriver for LibvirtCompute {
             }
             Ok(())
         })?;
+        self.names().remove(&node_id);
         let _ = fs::remove_file(self.console_log(node_id));
         Ok(())
     }
@@ -348,7 +478,10 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn driver(dir: &Path) -> LibvirtCompute {
+    /// test:///default is one host shared by every connection of the
+    /// process while any is open, so tests running side by side each use
+    /// their own prefix to see only their own domains.
+    fn driver(dir: &Path, prefix: &str) -> LibvirtCompute {
         LibvirtCompute::new(VmSettings {
             uri: "test:///default".into(),
             domain_type: DomainType::Test,
@@ -356,7 +489,7 @@ mod tests {
             initrd: "/nonexistent/initrd".into(),
             memory_mib: 128,
             vcpus: 1,
-            prefix: "ut".into(),
+            prefix: prefix.into(),
             dir: dir.to_path_buf(),
         })
         .unwrap()
@@ -376,7 +509,7 @@ mod tests {
     #[test]
     fn xml_names_the_node_and_escapes() {
         let dir = std::env::temp_dir().join(format!("lbaas-virt-xml-{}", std::process::id()));
-        let d = driver(&dir);
+        let d = driver(&dir, "ut");
         let xml = d.domain_xml(&spec(NodeId(7))).unwrap();
         assert!(xml.starts_with("<domain type='test'>"), "{xml}");
         assert!(xml.contains("<name>ut-demo-web-7</name>"), "{xml}");
@@ -413,28 +546,119 @@ mod tests {
     #[test]
     fn lifecycle_on_the_libvirt_test_driver() {
         let dir = std::env::temp_dir().join(format!("lbaas-virt-life-{}", std::process::id()));
-        let d = driver(&dir);
-        // test:///default is per connection: each call sees a fresh host, so
-        // only what one connection does can be checked in one go.
-        d.with_connection(NodeId(0), |conn| {
-            let xml = d.domain_xml(&spec(NodeId(3))).unwrap();
-            let dom = Domain::create_xml(conn, &xml, 0).map_err(|e| start_error(NodeId(3), e))?;
-            assert!(dom.is_active().unwrap());
-            let ours: Vec<NodeId> = d.domains(conn)?.into_iter().map(|(id, _)| id).collect();
-            assert_eq!(
-                ours,
-                vec![NodeId(3)],
-                "the test driver's own domain is not ours"
-            );
-            assert!(d.find(conn, NodeId(3))?.is_some());
-            dom.destroy().unwrap();
-            assert!(
-                d.find(conn, NodeId(3))?.is_none(),
-                "a destroyed transient VM is gone"
-            );
+        let d = driver(&dir, "ul");
+        let node = NodeId(3);
+        assert_eq!(d.observe_node(node), NodeObservation::Absent);
+        assert!(matches!(
+            d.ensure_node(&spec(node)).unwrap(),
+            NodeObservation::Running { .. }
+        ));
+        assert!(matches!(
+            d.observe_node(node),
+            NodeObservation::Running { .. }
+        ));
+        assert_eq!(
+            d.list_nodes(),
+            vec![node],
+            "the test driver's own domain is not ours"
+        );
+        d.destroy_node(node).unwrap();
+        assert_eq!(
+            d.observe_node(node),
+            NodeObservation::Absent,
+            "a destroyed transient VM is gone"
+        );
+        assert!(d.list_nodes().is_empty());
+        assert_eq!(d.opens(), 1);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_domain_lbd_did_not_start_is_found_by_its_prefix() {
+        let dir = std::env::temp_dir().join(format!("lbaas-virt-adopt-{}", std::process::id()));
+        let d = driver(&dir, "ua");
+        let node = NodeId(4);
+        // Created behind the driver's back, as by the lbd before a restart.
+        let xml = d.domain_xml(&spec(node)).unwrap();
+        d.with_connection(node, |conn| {
+            Domain::create_xml(conn, &xml, 0).map_err(|e| start_error(node, e))?;
             Ok(())
         })
         .unwrap();
+        assert!(d.names().is_empty());
+        assert!(matches!(
+            d.observe_node(node),
+            NodeObservation::Running { .. }
+        ));
+        assert_eq!(
+            d.names().get(&node).map(String::as_str),
+            Some("ua-demo-web-4")
+        );
+        d.with_connection(node, |conn| {
+            let dom = Domain::lookup_by_name(conn, "ua-demo-web-4").unwrap();
+            dom.destroy().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(d.observe_node(node), NodeObservation::Absent);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn one_connection_serves_every_call() {
+        let dir = std::env::temp_dir().join(format!("lbaas-virt-one-{}", std::process::id()));
+        let d = driver(&dir, "uo");
+        assert_eq!(d.opens(), 1, "new() checks that libvirt answers");
+        for _ in 0..3 {
+            d.ensure_node(&spec(NodeId(5))).unwrap();
+            d.observe_node(NodeId(5));
+            d.list_nodes();
+            d.destroy_node(NodeId(5)).unwrap();
+        }
+        assert_eq!(d.opens(), 1);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_dropped_connection_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("lbaas-virt-drop-{}", std::process::id()));
+        let d = driver(&dir, "ur");
+        d.sever();
+        assert_eq!(d.observe_node(NodeId(6)), NodeObservation::Absent);
+        assert_eq!(d.opens(), 2, "a dead connection is not used");
+        d.list_nodes();
+        assert_eq!(d.opens(), 2, "the new connection is kept");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_call_the_connection_drops_under_runs_once_more() {
+        let dir = std::env::temp_dir().join(format!("lbaas-virt-retry-{}", std::process::id()));
+        let d = driver(&dir, "uc");
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let dropping = |_: &Connect| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                d.sever();
+                return Err(start_error(NodeId(0), "connection reset"));
+            }
+            Ok("answer")
+        };
+        assert_eq!(d.with_connection(NodeId(0), dropping).unwrap(), "answer");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(d.opens(), 2);
+
+        calls.store(0, Ordering::SeqCst);
+        let failing = |_: &Connect| -> Result<(), ComputeError> {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(start_error(NodeId(0), "bad XML"))
+        };
+        assert!(d.with_connection(NodeId(0), failing).is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a failure on a live connection is not retried"
+        );
+        assert_eq!(d.opens(), 2);
         let _ = fs::remove_dir_all(dir);
     }
 }
