@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod forward;
 pub mod health;
 pub mod http;
 pub mod pool;
@@ -43,7 +44,7 @@ pub enum ConfigError {
 pub struct ActiveConfig {
     pub config: NodeConfig,
     pub balancer: Balancer,
-    pub client: http::BackendClient,
+    pub client: forward::BackendClient,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -245,7 +246,7 @@ impl Node {
             {
                 prev.client.clone()
             }
-            _ => http::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
+            _ => forward::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
         };
         ActiveConfig {
             balancer: Balancer::new(config.tuning.algorithm, &config.backends, counters),
