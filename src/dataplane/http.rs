@@ -1,10 +1,9 @@
-//! The HTTP reverse proxy: HTTP/1.1 with keep-alive, and HTTP/2 with prior
-//! knowledge (h2c), from clients; pooled HTTP/1.1 keep-alive connections to
-//! members. Adds `X-Forwarded-For/-Proto/-Host` and `Via`, removes hop-by-hop
-//! headers, streams bodies, passes `Upgrade` (WebSocket) through. A body-less
-//! idempotent request whose member refused or reset the connection before
-//! answering is retried once on another member. Failures answer 502/503/504
-//! with the reason in a short body.
+//! The HTTP reverse proxy, client side: HTTP/1.1 with keep-alive, and
+//! HTTP/2 with prior knowledge (h2c), from clients. Each request goes through
+//! named stages: a config and a member (or 503), the request made ready for
+//! members and sent with the retry rule (`forward.rs`), then the member's
+//! response with hop-by-hop headers removed, an `Upgrade` (WebSocket)
+//! tunnelled, or a failure as 502/504 with the reason in a short body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Full};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,32 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
-use super::health::record_outcome;
-use super::pool::{BackendPool, ProxyBody, SendError};
+use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
+use super::pool::ProxyBody;
 use super::{ActiveConfig, Node};
 use crate::model::{Algorithm, HashOn, Timeouts};
-
-/// How to reach the members: connection pooling and timeouts.
-#[derive(Clone)]
-pub struct BackendClient {
-    pool: BackendPool,
-    first_byte: Duration,
-}
-
-impl BackendClient {
-    /// `source`: the node's own address, which backend connections leave from.
-    pub fn new(timeouts: &Timeouts, source: std::net::IpAddr) -> Self {
-        let ms = |v: u32| Duration::from_millis(u64::from(v));
-        BackendClient {
-            pool: BackendPool::new(
-                ms(timeouts.connect_ms),
-                ms(timeouts.backend_idle_ms),
-                source,
-            ),
-            first_byte: ms(timeouts.first_byte_ms),
-        }
-    }
-}
 
 /// Serves HTTP clients until `stop` turns true.
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
@@ -142,6 +118,8 @@ async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respons
     resp
 }
 
+// === One request's stages ===
+
 async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     let Some(active) = node.active.load_full() else {
         return short(
@@ -149,158 +127,92 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             "lb-node: not configured yet\n".into(),
         );
     };
-    let key = match active.balancer.algorithm() {
-        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &req, peer),
-        _ => 0,
-    };
-    let Some(pick) = active.balancer.pick(key) else {
+    let Some(member) = pick_member(node, &active, &req, peer) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
             "lb-node: no backend is configured\n".into(),
         );
     };
-    node.counters.fail_open.store(pick.fail_open, Relaxed);
     let upgrade = upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let retryable = upgrade.is_none() && idempotent_without_body(&req);
-    let client_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    let authority = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(protocol) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol.clone());
-    }
-    add_forwarded(&mut parts.headers, peer, authority.as_ref(), client_version);
-    if let Some(host) = authority {
-        // HTTP/2 clients send :authority, not Host; members speak HTTP/1.1.
-        parts.headers.insert(header::HOST, host);
-    }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.version = http::Version::HTTP_11;
-    let method = parts.method.clone();
-    // Only a retryable request needs a second copy of its head.
-    let mut spare = retryable.then(|| parts.clone());
-    let mut attempt = Some((parts, body.boxed()));
-    let mut member = pick.member;
-    loop {
-        let (mut head, body) = attempt.take().expect("one attempt at a time");
-        // Origin form (`/path?query`) on the wire; the member is the connection's peer.
-        head.uri = Uri::from(path_and_query.clone());
-        if !head.headers.contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(member.authority.as_str()) {
-                head.headers.insert(header::HOST, host);
-            }
-        }
-        match forward(&active, member, Request::from_parts(head, body)).await {
-            Ok(mut resp) => {
-                record_outcome(&active.balancer, member, resp.status().as_u16() < 500);
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = client_upgrade {
-                        let backend_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_side, backend_side));
-                        return resp.map(|b| b.boxed());
-                    }
-                }
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                return Response::from_parts(parts, body.boxed());
-            }
-            Err(ForwardError::Timeout(after)) => {
-                record_outcome(&active.balancer, member, false);
-                node.counters.backend_errors.fetch_add(1, Relaxed);
-                let reason = format!(
-                    "backend {} sent no response within {} ms",
-                    member.address,
-                    after.as_millis()
-                );
-                tracing::warn!("{method} {path_and_query}: {reason}");
-                return short(StatusCode::GATEWAY_TIMEOUT, format!("lb-node: {reason}\n"));
-            }
-            Err(ForwardError::Failed { unanswered, reason }) => {
-                record_outcome(&active.balancer, member, false);
-                if unanswered {
-                    if let (Some(head), Some(other)) =
-                        (spare.take(), active.balancer.retry_member(member))
-                    {
-                        tracing::debug!(
-                            "{method} {path_and_query}: retrying on {} after: {reason}",
-                            other.address
-                        );
-                        member = other;
-                        attempt = Some((head, Empty::new().map_err(|e| match e {}).boxed()));
-                        continue;
-                    }
-                }
-                node.counters.backend_errors.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    "{method} {path_and_query}: no backend answered: {reason} ({})",
-                    member.address
-                );
-                return short(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "lb-node: no backend answered (last error: {reason} ({}))\n",
-                        member.address
-                    ),
-                );
-            }
-        }
+    let (head, body) = req.into_parts();
+    let upstream = Upstream::new(head, peer, upgrade, retryable);
+    match send_with_retry(&active, member, upstream, body.boxed()).await {
+        Ok(resp) => client_response(resp, client_upgrade),
+        Err(failure) => failure_response(node, failure),
     }
 }
 
-enum ForwardError {
-    Timeout(Duration),
-    /// `unanswered`: the member refused or dropped the connection before any
-    /// response byte, so an idempotent request may be sent elsewhere.
-    Failed {
-        unanswered: bool,
-        reason: String,
-    },
-}
-
-async fn forward(
-    active: &ActiveConfig,
-    member: &Member,
-    req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, ForwardError> {
-    let c = &member.counters;
-    c.requests.fetch_add(1, Relaxed);
-    c.active.fetch_add(1, Relaxed);
-    let result = tokio::time::timeout(
-        active.client.first_byte,
-        active.client.pool.send(member.address, req),
-    )
-    .await;
-    c.active.fetch_sub(1, Relaxed);
-    let (unanswered, reason) = match result {
-        Ok(Ok(resp)) => {
-            if resp.status().is_server_error() {
-                c.failures.fetch_add(1, Relaxed);
-            }
-            return Ok(resp);
-        }
-        Ok(Err(SendError::Unanswered(reason))) => (true, reason),
-        Ok(Err(SendError::Failed(reason))) => (false, reason),
-        Err(_) => {
-            c.failures.fetch_add(1, Relaxed);
-            return Err(ForwardError::Timeout(active.client.first_byte));
-        }
+/// The member for a request's first attempt; None when no member has weight.
+fn pick_member<'a>(
+    node: &Node,
+    active: &'a ActiveConfig,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Option<&'a Member> {
+    let key = match active.balancer.algorithm() {
+        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, req, peer),
+        _ => 0,
     };
-    c.failures.fetch_add(1, Relaxed);
-    Err(ForwardError::Failed { unanswered, reason })
+    let pick = active.balancer.pick(key)?;
+    node.counters.fail_open.store(pick.fail_open, Relaxed);
+    Some(pick.member)
+}
+
+/// The member's response as the client gets it. A `101` to a client that
+/// asked to upgrade keeps its headers, which the client needs to switch too.
+fn client_response(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_upgrade {
+            let backend_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, backend_side));
+            return resp.map(|b| b.boxed());
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// No member answered in time (504) or at all (502): the reason goes to the
+/// client and to the node's log.
+fn failure_response(node: &Node, failure: Failure<'_>) -> Response<ProxyBody> {
+    node.counters.backend_errors.fetch_add(1, Relaxed);
+    let Failure {
+        member,
+        error,
+        method,
+        target,
+    } = failure;
+    match error {
+        ForwardError::Timeout(after) => {
+            let reason = format!(
+                "backend {} sent no response within {} ms",
+                member.address,
+                after.as_millis()
+            );
+            tracing::warn!("{method} {target}: {reason}");
+            short(StatusCode::GATEWAY_TIMEOUT, format!("lb-node: {reason}\n"))
+        }
+        ForwardError::Failed { reason, .. } => {
+            tracing::warn!(
+                "{method} {target}: no backend answered: {reason} ({})",
+                member.address
+            );
+            short(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "lb-node: no backend answered (last error: {reason} ({}))\n",
+                    member.address
+                ),
+            )
+        }
+    }
 }
 
 /// Copies bytes both ways between an upgraded client and member connection.
@@ -366,103 +278,9 @@ fn hash_key<B>(on: &HashOn, req: &Request<B>, peer: SocketAddr) -> u64 {
     }
 }
 
-/// Headers that describe one hop (RFC 9110 §7.6.1) and must not be forwarded,
-/// including any that `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
-}
-
-fn add_forwarded(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    host: Option<&HeaderValue>,
-    version: http::Version,
-) {
-    let client = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client}"),
-        None => client,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", host.clone());
-        }
-    }
-    let hop = if version == http::Version::HTTP_2 {
-        "2 lb-node"
-    } else {
-        "1.1 lb-node"
-    };
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {hop}"),
-        None => hop.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&via) {
-        headers.insert(header::VIA, v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_including_named_ones() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::HOST, HeaderValue::from_static("web"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key(header::HOST));
-    }
-
-    #[test]
-    fn forwarded_headers_append() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert(header::VIA, HeaderValue::from_static("1.0 edge"));
-        let host = HeaderValue::from_static("web.demo");
-        add_forwarded(
-            &mut h,
-            "127.0.0.9:5555".parse().unwrap(),
-            Some(&host),
-            http::Version::HTTP_11,
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "web.demo");
-        assert_eq!(h[header::VIA], "1.0 edge, 1.1 lb-node");
-    }
 
     #[test]
     fn only_body_less_idempotent_requests_are_retryable() {

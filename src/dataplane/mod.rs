@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod forward;
 pub mod health;
 pub mod http;
 pub mod log_limit;
@@ -45,7 +46,7 @@ pub enum ConfigError {
 pub struct ActiveConfig {
     pub config: NodeConfig,
     pub balancer: Balancer,
-    pub client: http::BackendClient,
+    pub client: forward::BackendClient,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -247,7 +248,7 @@ impl Node {
             {
                 prev.client.clone()
             }
-            _ => http::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
+            _ => forward::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
         };
         ActiveConfig {
             balancer: Balancer::new(config.tuning.algorithm, &config.backends, counters),

@@ -8,6 +8,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState};
 use ratatui::Frame;
 
+use lbaas::model::InstanceInfo;
+
 use crate::app::{node_load, App, InstanceRow, Pane, View};
 
 pub fn render(f: &mut Frame, app: &App) {
@@ -44,6 +46,18 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
 }
 
+fn pane_block(title: String, focused: bool) -> Block<'static> {
+    let style = if focused {
+        Style::default().fg(Color::Cyan)
+    } else {
+        Style::default()
+    };
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(style)
+        .title(title)
+}
+
 fn render_header(f: &mut Frame, app: &App, area: Rect) {
     let state = match &app.disconnected {
         Some(e) => Span::styled(
@@ -61,110 +75,147 @@ fn render_header(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(Paragraph::new(line), area);
 }
 
+// === The list of instances ===
+
 fn render_list(f: &mut Frame, app: &App, area: Rect) {
     let rows = app.visible();
-    let wide = area.width >= 100;
-    let medium = area.width >= 60;
-    let mut header = vec!["PROJECT", "INSTANCE", "STATUS"];
-    if medium {
-        header.extend(["OPER", "NODES", "REQ/S", "P99 MS"]);
+    let columns = ListColumns::for_width(area.width);
+    let body: Vec<Row> = rows.iter().map(|r| instance_row(r, columns)).collect();
+    let table = Table::new(body, columns.widths())
+        .header(Row::new(columns.header()).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(pane_block(
+            list_title(app, rows.len()),
+            app.pane == Pane::Table,
+        ))
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default().with_selected(Some(app.selected));
+    f.render_stateful_widget(table, area, &mut state);
+    if rows.is_empty() {
+        render_empty_list(f, app, area);
     }
-    if wide {
-        header.push("URL");
+}
+
+/// The list's columns that fit the terminal's width: name and status always,
+/// load from 60 columns, the URL from 100.
+#[derive(Clone, Copy)]
+struct ListColumns {
+    medium: bool,
+    wide: bool,
+}
+
+impl ListColumns {
+    fn for_width(width: u16) -> Self {
+        ListColumns {
+            medium: width >= 60,
+            wide: width >= 100,
+        }
     }
-    let body: Vec<Row> = rows
-        .iter()
-        .map(|r| {
-            let mut cells = vec![
-                Cell::from(r.project.clone()),
-                Cell::from(r.info.name.clone()),
-                Cell::from(r.info.provisioning_status.as_str())
-                    .style(status_style(r.info.provisioning_status.as_str())),
-            ];
-            if medium {
-                let running = r
-                    .info
-                    .nodes
-                    .iter()
-                    .filter(|n| n.state == lbaas::model::NodeState::Running)
-                    .count();
-                cells.extend([
-                    Cell::from(r.info.operating_status.as_str())
-                        .style(status_style(r.info.operating_status.as_str())),
-                    Cell::from(format!("{running}/{}", r.info.desired_nodes)),
-                    Cell::from(format!("{:.1}", r.requests_per_s)),
-                    Cell::from(ms(r.p99_ms)),
-                ]);
-            }
-            if wide {
-                cells.push(Cell::from(r.info.url.clone()));
-            }
-            Row::new(cells)
-        })
-        .collect();
-    let mut widths = vec![
-        Constraint::Length(14),
-        Constraint::Length(16),
-        Constraint::Length(15),
+
+    fn header(self) -> Vec<&'static str> {
+        let mut header = vec!["PROJECT", "INSTANCE", "STATUS"];
+        if self.medium {
+            header.extend(["OPER", "NODES", "REQ/S", "P99 MS"]);
+        }
+        if self.wide {
+            header.push("URL");
+        }
+        header
+    }
+
+    fn widths(self) -> Vec<Constraint> {
+        let mut widths = vec![
+            Constraint::Length(14),
+            Constraint::Length(16),
+            Constraint::Length(15),
+        ];
+        if self.medium {
+            widths.extend([
+                Constraint::Length(9),
+                Constraint::Length(6),
+                Constraint::Length(9),
+                Constraint::Length(7),
+            ]);
+        }
+        if self.wide {
+            widths.push(Constraint::Min(10));
+        }
+        widths
+    }
+}
+
+fn instance_row(r: &InstanceRow, columns: ListColumns) -> Row<'static> {
+    let mut cells = vec![
+        Cell::from(r.project.clone()),
+        Cell::from(r.info.name.clone()),
+        Cell::from(r.info.provisioning_status.as_str())
+            .style(status_style(r.info.provisioning_status.as_str())),
     ];
-    if medium {
-        widths.extend([
-            Constraint::Length(9),
-            Constraint::Length(6),
-            Constraint::Length(9),
-            Constraint::Length(7),
+    if columns.medium {
+        let running = r
+            .info
+            .nodes
+            .iter()
+            .filter(|n| n.state == lbaas::model::NodeState::Running)
+            .count();
+        cells.extend([
+            Cell::from(r.info.operating_status.as_str())
+                .style(status_style(r.info.operating_status.as_str())),
+            Cell::from(format!("{running}/{}", r.info.desired_nodes)),
+            Cell::from(format!("{:.1}", r.requests_per_s)),
+            Cell::from(ms(r.p99_ms)),
         ]);
     }
-    if wide {
-        widths.push(Constraint::Min(10));
+    if columns.wide {
+        cells.push(Cell::from(r.info.url.clone()));
     }
-    let title = format!(
-        " instances ({}){} sort: {} ",
-        rows.len(),
+    Row::new(cells)
+}
+
+fn list_title(app: &App, count: usize) -> String {
+    format!(
+        " instances ({count}){} sort: {} ",
         if app.filter.is_empty() {
             String::new()
         } else {
             format!(" filter: {}", app.filter)
         },
         app.sort.label()
-    );
-    let table = Table::new(body, widths)
-        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
-        .block(pane_block(title, app.pane == Pane::Table))
-        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
-    let mut state = TableState::default().with_selected(Some(app.selected));
-    f.render_stateful_widget(table, area, &mut state);
-    if rows.is_empty() {
-        let msg = if app.last_update.is_none() {
-            "waiting for lbd..."
-        } else {
-            "no instances (lbctl instance create ...)"
-        };
-        let inner = area.inner(ratatui::layout::Margin::new(2, 2));
-        f.render_widget(Paragraph::new(msg), inner);
-    }
+    )
 }
 
-fn pane_block(title: String, focused: bool) -> Block<'static> {
-    let style = if focused {
-        Style::default().fg(Color::Cyan)
+/// Says why the list is empty, inside the table's borders.
+fn render_empty_list(f: &mut Frame, app: &App, area: Rect) {
+    let msg = if app.last_update.is_none() {
+        "waiting for lbd..."
     } else {
-        Style::default()
+        "no instances (lbctl instance create ...)"
     };
-    Block::default()
-        .borders(Borders::ALL)
-        .border_style(style)
-        .title(title)
+    let inner = area.inner(ratatui::layout::Margin::new(2, 2));
+    f.render_widget(Paragraph::new(msg), inner);
 }
+
+// === One instance ===
 
 fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
-    let info = &row.info;
     let [summary, tables, sparks] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(4),
         Constraint::Length(if area.height >= 16 { 5 } else { 0 }),
     ])
     .areas(area);
+    render_summary(f, row, summary);
+    let [nodes_area, members_area] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(tables);
+    render_nodes(f, app, &row.info, nodes_area);
+    render_members(f, app, &row.info, members_area);
+    if sparks.height > 0 {
+        render_sparklines(f, app, row, sparks);
+    }
+}
+
+/// Two lines: name, statuses, type and URL; then DNS, algorithm and node count.
+fn render_summary(f: &mut Frame, row: &InstanceRow, area: Rect) {
+    let info = &row.info;
     let lines = vec![
         Line::from(vec![
             Span::styled(
@@ -197,10 +248,10 @@ fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
             }
         )),
     ];
-    f.render_widget(Paragraph::new(lines), summary);
+    f.render_widget(Paragraph::new(lines), area);
+}
 
-    let [nodes_area, members_area] =
-        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(tables);
+fn render_nodes(f: &mut Frame, app: &App, info: &InstanceInfo, area: Rect) {
     let node_rows: Vec<Row> = info
         .nodes
         .iter()
@@ -233,8 +284,11 @@ fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
             .style(Style::default().add_modifier(Modifier::BOLD)),
     )
     .block(pane_block(" nodes ".into(), app.pane == Pane::Table));
-    f.render_widget(nodes, nodes_area);
+    f.render_widget(nodes, area);
+}
 
+/// Every node's view of every member: a member appears once per node.
+fn render_members(f: &mut Frame, app: &App, info: &InstanceInfo, area: Rect) {
     let member_rows: Vec<Row> = info
         .nodes
         .iter()
@@ -273,49 +327,42 @@ fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
             .style(Style::default().add_modifier(Modifier::BOLD)),
     )
     .block(pane_block(" members ".into(), false));
-    f.render_widget(members, members_area);
-
-    if sparks.height > 0 {
-        let history = app.history.get(&row.key()).cloned().unwrap_or_default();
-        let width = sparks.width as usize / 2;
-        let skip = history.len().saturating_sub(width.saturating_sub(2));
-        let rps: Vec<u64> = history
-            .iter()
-            .skip(skip)
-            .map(|(r, _)| r.round() as u64)
-            .collect();
-        let p99: Vec<u64> = history
-            .iter()
-            .skip(skip)
-            .map(|(_, p)| (p * 10.0).round() as u64)
-            .collect();
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-                .areas(sparks);
-        f.render_widget(
-            Sparkline::default()
-                .block(
-                    Block::default()
-                        .borders(Borders::ALL)
-                        .title(format!(" req/s {:.1} ", row.requests_per_s)),
-                )
-                .data(&rps)
-                .style(Style::default().fg(Color::Green)),
-            left,
-        );
-        f.render_widget(
-            Sparkline::default()
-                .block(
-                    Block::default()
-                        .borders(Borders::ALL)
-                        .title(format!(" p99 ms {} ", ms(row.p99_ms))),
-                )
-                .data(&p99)
-                .style(Style::default().fg(Color::Yellow)),
-            right,
-        );
-    }
+    f.render_widget(members, area);
 }
+
+/// Requests/s and p99 over the instance's recent refreshes, side by side;
+/// each gets as much history as its half of the width shows.
+fn render_sparklines(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
+    let history = app.history.get(&row.key()).cloned().unwrap_or_default();
+    let width = area.width as usize / 2;
+    let skip = history.len().saturating_sub(width.saturating_sub(2));
+    let rps: Vec<u64> = history
+        .iter()
+        .skip(skip)
+        .map(|(r, _)| r.round() as u64)
+        .collect();
+    // Tenths of a millisecond, so that sub-millisecond latencies still show.
+    let p99: Vec<u64> = history
+        .iter()
+        .skip(skip)
+        .map(|(_, p)| (p * 10.0).round() as u64)
+        .collect();
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    let rps_title = format!(" req/s {:.1} ", row.requests_per_s);
+    f.render_widget(sparkline(rps_title, &rps, Color::Green), left);
+    let p99_title = format!(" p99 ms {} ", ms(row.p99_ms));
+    f.render_widget(sparkline(p99_title, &p99, Color::Yellow), right);
+}
+
+fn sparkline(title: String, data: &[u64], color: Color) -> Sparkline<'_> {
+    Sparkline::default()
+        .block(Block::default().borders(Borders::ALL).title(title))
+        .data(data)
+        .style(Style::default().fg(color))
+}
+
+// === Events, footer, help ===
 
 fn render_events(f: &mut Frame, app: &App, area: Rect) {
     let events = app.events();
