@@ -5,6 +5,7 @@
 //! response with hop-by-hop headers removed, an `Upgrade` (WebSocket)
 //! tunnelled, or a failure as 502/504 with the reason in a short body.
 
+use super::log_limit;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -196,14 +197,19 @@ fn failure_response(node: &Node, failure: Failure<'_>) -> Response<ProxyBody> {
                 member.address,
                 after.as_millis()
             );
-            tracing::warn!("{method} {target}: {reason}");
+            if let Some(left_out) = log_limit::allow("timeout", &member.address.to_string()) {
+                tracing::warn!(left_out, "{method} {target}: {reason}");
+            }
             short(StatusCode::GATEWAY_TIMEOUT, format!("lb-node: {reason}\n"))
         }
         ForwardError::Failed { reason, .. } => {
-            tracing::warn!(
-                "{method} {target}: no backend answered: {reason} ({})",
-                member.address
-            );
+            if let Some(left_out) = log_limit::allow("failed", &member.address.to_string()) {
+                tracing::warn!(
+                    left_out,
+                    "{method} {target}: no backend answered: {reason} ({})",
+                    member.address
+                );
+            }
             short(
                 StatusCode::BAD_GATEWAY,
                 format!(
