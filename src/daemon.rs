@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +83,10 @@ fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, String, Store)>
         .mode(0o700)
         .create(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    // DirBuilder's mode applies only to a new dir; an existing one is
+    // closed too, since it holds the admin token and node secrets.
+    fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making state dir {} private", state_dir.display()))?;
     let token = ensure_admin_token(&state_dir)?;
     let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
     Ok((state_dir, token, store))
@@ -295,6 +299,16 @@ fn libvirt_compute(
 /// Reads the admin token, writing a new one (mode 0600) on first start.
 fn ensure_admin_token(state_dir: &Path) -> anyhow::Result<String> {
     let path = state_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(meta) = fs::metadata(&path) {
+        let mode = meta.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "{} has mode {mode:04o}: group or others can read the admin token; \
+             run `chmod 600 {}` (and consider rotating the token) or remove it for a new one",
+            path.display(),
+            path.display()
+        );
+    }
     match fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => anyhow::bail!("{} is empty; remove it to get a new token", path.display()),

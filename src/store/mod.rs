@@ -66,6 +66,11 @@ pub enum StoreError {
     },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
+    #[error("state database file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -120,6 +125,31 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The database and its WAL files hold node secrets: only the owner may
+/// read them. SQLite creates `-wal` and `-shm` with the database file's
+/// mode, so creating that one 0600 first covers all three; files left by
+/// an older lbd are closed here too.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| StoreError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     // A panic while holding the lock cannot leave a transaction open
     // (rusqlite rolls back on drop), so the connection is still usable.
@@ -134,6 +164,7 @@ impl Store {
     }
 
     pub fn open_with_deadline(path: &Path, write_deadline: Duration) -> Result<Store, StoreError> {
+        make_private(path)?;
         let mut writer = open_connection(path)?;
         writer.busy_timeout(Duration::from_secs(5))?;
         migrations::migrate(&mut writer)?;
