@@ -130,6 +130,12 @@ pub async fn run(
         network,
         zone: config.zone.trim_end_matches('.').to_string(),
         node_admin_port: config.node_admin_port,
+        backends: Arc::new(api::BackendGuard::new(
+            api_addr,
+            dns_addr,
+            config.node_admin_port,
+            config.allow_backend_cidr.clone(),
+        )),
         token: token.into(),
     };
     let app = api::router(state);

@@ -5,6 +5,7 @@
 use rusqlite::Connection;
 use serde_json::Value;
 
+use super::backend_guard::OwnListener;
 use super::views::{instance_info, instance_info_with, project_info, History};
 use super::{ApiError, AppState};
 use crate::drivers::network::NetworkError;
@@ -190,7 +191,7 @@ fn create_instance(
     if spec.port == state.node_admin_port {
         return Err(ApiError::PortReserved(spec.port));
     }
-    check_backends(state, &spec)?;
+    check_backends(state, &spec, &p, &[])?;
     if let Some(subnet) = spec.subnet {
         if !p.subnet.contains(&subnet) {
             return Err(ApiError::SubnetMismatch {
@@ -266,7 +267,11 @@ fn update_instance(
         });
     }
     let next = req.apply_to(&row.spec)?;
-    check_backends(state, &next)?;
+    let nodes: Vec<_> = store::list_nodes(tx, row.id)?
+        .iter()
+        .map(|n| n.address)
+        .collect();
+    check_backends(state, &next, &p, &nodes)?;
     if next.port == state.node_admin_port {
         return Err(ApiError::PortReserved(next.port));
     }
@@ -296,9 +301,22 @@ fn delete_instance(
     Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
 }
 
-/// The network driver's word on whether the nodes can reach each backend.
-fn check_backends(state: &AppState, spec: &crate::model::InstanceSpec) -> Result<(), ApiError> {
+/// Refuses backends that point into the control plane or back at the
+/// instance (`nodes`: the addresses its nodes have now), then asks the
+/// network driver whether the nodes can reach each one.
+fn check_backends(
+    state: &AppState,
+    spec: &crate::model::InstanceSpec,
+    project: &ProjectRow,
+    nodes: &[std::net::IpAddr],
+) -> Result<(), ApiError> {
+    let own = OwnListener {
+        port: spec.port,
+        subnet: project.subnet,
+        nodes,
+    };
     for member in &spec.backends {
+        state.backends.check(member.address, &own)?;
         state.network.check_backend(member.address)?;
     }
     Ok(())

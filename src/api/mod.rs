@@ -3,6 +3,7 @@
 //! Handlers validate, write desired state in one transaction, wake the
 //! reconciler and answer; they never talk to a driver.
 
+mod backend_guard;
 mod error;
 mod handlers;
 mod metrics;
@@ -19,6 +20,7 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
+pub use backend_guard::BackendGuard;
 pub use error::ApiError;
 
 use crate::drivers::network::NetworkDriver;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub network: Arc<dyn NetworkDriver>,
     pub zone: String,
     pub node_admin_port: u16,
+    /// Refuses backends that point into the control plane.
+    pub backends: Arc<BackendGuard>,
     pub token: Arc<str>,
 }
 
