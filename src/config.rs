@@ -72,6 +72,12 @@ pub struct DaemonConfig {
     /// (`<prefix>-<project id>`, `<prefix>h<id>`); 1 to 6 letters or digits.
     #[arg(long, env = "LBAAS_NETNS_PREFIX", default_value = "lbaas")]
     pub netns_prefix: String,
+    /// Where this lbd claims its project subnets on the host (a lock file
+    /// per subnet), so other lbds do not take them; every lbd on a host must
+    /// use the same one [default: /run/lbaas/subnets, else
+    /// $XDG_RUNTIME_DIR/lbaas/subnets, else /tmp/lbaas-<uid>/subnets].
+    #[arg(long, env = "LBAAS_SUBNET_LOCK_DIR")]
+    pub subnet_lock_dir: Option<PathBuf>,
     /// Port of every LB node's admin API (on the node's own address).
     #[arg(long, env = "LBAAS_NODE_ADMIN_PORT", default_value_t = 9901)]
     pub node_admin_port: u16,

@@ -19,6 +19,7 @@ use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
 use crate::dns::EmbeddedDns;
 use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::ComputeDriver;
+use crate::drivers::network::claims::SubnetClaims;
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::drivers::network::netns::NetnsNetwork;
 use crate::drivers::network::NetworkDriver;
@@ -45,9 +46,15 @@ pub async fn run(
     let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
 
     let (pool, prefix) = config.subnet_pool();
+    let claims = SubnetClaims::open(config.subnet_lock_dir.as_deref())?;
     let network: Arc<dyn NetworkDriver> = match config.network {
-        NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix)?),
-        NetworkKind::Netns => Arc::new(NetnsNetwork::new(pool, prefix, &config.netns_prefix)?),
+        NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix, claims)?),
+        NetworkKind::Netns => Arc::new(NetnsNetwork::new(
+            pool,
+            prefix,
+            &config.netns_prefix,
+            claims,
+        )?),
     };
     let compute: Arc<dyn ComputeDriver> = match config.compute {
         ComputeKind::Process => {
@@ -90,6 +97,7 @@ pub async fn run(
         node_admin.clone(),
         settings,
     ));
+    reconciler.claim_project_subnets().await?;
     // Before the first pass, so nodes that died while lbd was down restart in place.
     reconciler
         .restart_nodes_found_dead()

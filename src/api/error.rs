@@ -97,7 +97,9 @@ impl ApiError {
             | Self::InstanceExists { .. }
             | Self::ProjectNotEmpty { .. }
             | Self::Pending { .. } => StatusCode::CONFLICT,
-            Self::Network(NetworkError::Overlap { .. }) => StatusCode::CONFLICT,
+            Self::Network(NetworkError::Overlap { .. } | NetworkError::InUse { .. }) => {
+                StatusCode::CONFLICT
+            }
             Self::Network(NetworkError::Unusable { .. } | NetworkError::Backend { .. }) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -128,6 +130,7 @@ impl ApiError {
             Self::BackendIsAdminPort { .. } => "backend_is_admin_port",
             Self::BackendLoop { .. } => "backend_loop",
             Self::Network(NetworkError::Overlap { .. }) => "subnet_overlap",
+            Self::Network(NetworkError::InUse { .. }) => "subnet_in_use",
             Self::Network(NetworkError::Unusable { .. }) => "invalid_subnet",
             Self::Network(NetworkError::PoolExhausted { .. }) => "subnet_pool_exhausted",
             Self::Network(NetworkError::Setup(_)) => "network_error",
@@ -180,6 +183,14 @@ mod tests {
         assert_eq!(
             ApiError::BodyTooLarge(1).status(),
             StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let e = ApiError::from(NetworkError::InUse {
+            subnet: "127.1.0.0/16".parse().unwrap(),
+            reason: "another lbd holds it".into(),
+        });
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::CONFLICT, "subnet_in_use")
         );
         let e = ApiError::from(StoreError::Unavailable);
         assert_eq!(

@@ -2,6 +2,9 @@
 //! either commits the whole change or leaves the store as it was. Reads use
 //! the store's reader, so they work while another process holds the lock.
 
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -9,7 +12,7 @@ use super::backend_guard::OwnListener;
 use super::views::{instance_info, instance_info_with, project_info, History};
 use super::{ApiError, AppState};
 use crate::drivers::network::NetworkError;
-use crate::model::allocator::{allocate_subnet, overlaps};
+use crate::model::allocator::{free_subnets, overlaps};
 use crate::model::envelope::ApiRequest;
 use crate::model::{
     EventKind, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
@@ -19,6 +22,10 @@ use crate::store::{self, EventSubject, ProjectRow};
 
 pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, ApiError> {
     let st = state.clone();
+    // The subnet a new project claimed on the host, given back if its row
+    // does not commit (an error in the transaction or at its commit).
+    let claimed = Arc::new(Mutex::new(None));
+    let claim = claimed.clone();
     match req {
         ApiRequest::ProjectInfo(r) => {
             return st
@@ -39,7 +46,7 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
     let info = state
         .store
         .transaction(move |tx| match req {
-            ApiRequest::CreateProject(r) => create_project(&st, tx, r),
+            ApiRequest::CreateProject(r) => create_project(&st, tx, r, &claim),
             ApiRequest::UpdateProject(r) => update_project(&st, tx, r),
             ApiRequest::DeleteProject(r) => delete_project(&st, tx, r),
             ApiRequest::CreateInstance(r) => create_instance(&st, tx, r),
@@ -49,7 +56,16 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
                 unreachable!("reads are answered above")
             }
         })
-        .await?;
+        .await;
+    if info.is_err() {
+        let subnet = claimed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(subnet) = subnet {
+            let network = state.network.clone();
+            // File locks: off the runtime, like the transaction.
+            let _ = tokio::task::spawn_blocking(move || network.release_subnet(&subnet)).await;
+        }
+    }
+    let info = info?;
     state.wake.notify_one();
     Ok(info)
 }
@@ -75,6 +91,7 @@ fn create_project(
     state: &AppState,
     tx: &Connection,
     req: ProjectCreate,
+    claimed: &Mutex<Option<Ipv4Net>>,
 ) -> Result<Value, ApiError> {
     let spec = req.validate()?;
     if store::project_by_name(tx, &spec.name)?.is_some() {
@@ -92,16 +109,20 @@ fn create_project(
                 }
                 .into());
             }
+            // Last, so a request refused for another reason claims nothing.
+            state.network.claim_subnet(&subnet)?;
             subnet
         }
         None => {
             let (pool, prefix) = state.network.pool();
             let mut taken: Vec<_> = others.iter().map(|p| p.subnet).collect();
             taken.extend(state.network.reserved());
-            allocate_subnet(pool, prefix, &taken)
-                .ok_or(NetworkError::PoolExhausted { pool, prefix })?
+            let mut candidates = free_subnets(pool, prefix, &taken);
+            let free = state.network.claim_free_subnet(&mut candidates)?;
+            free.ok_or(NetworkError::PoolExhausted { pool, prefix })?
         }
     };
+    *claimed.lock().unwrap_or_else(|p| p.into_inner()) = Some(subnet);
     let row = store::insert_project(tx, &spec.name, &spec.user, &subnet.to_string())?;
     store::add_event(
         tx,

@@ -22,6 +22,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use super::claims::{SocketCheck, SubnetClaims};
 use super::netlink::{self, in_netns, link_by_name, setup};
 use super::{NetworkDriver, NetworkError};
 use crate::model::ProjectId;
@@ -33,11 +34,19 @@ pub struct NetnsNetwork {
     prefix: u8,
     /// Start of every namespace and host interface name this lbd owns.
     names: String,
+    /// Project subnets claimed on the host, so two lbds whose pools overlap
+    /// never give one subnet to two veths.
+    claims: SubnetClaims,
 }
 
 impl NetnsNetwork {
     /// Checks privileges and the pool, and installs the pool's `unreachable` route.
-    pub fn new(pool: Ipv4Net, prefix: u8, names: &str) -> Result<Self, NetworkError> {
+    pub fn new(
+        pool: Ipv4Net,
+        prefix: u8,
+        names: &str,
+        claims: SubnetClaims,
+    ) -> Result<Self, NetworkError> {
         // SAFETY: geteuid(2) has no preconditions.
         #[allow(unsafe_code)]
         let euid = unsafe { libc::geteuid() };
@@ -72,6 +81,7 @@ impl NetnsNetwork {
             pool,
             prefix,
             names: names.to_string(),
+            claims,
         };
         driver.guard_pool()?;
         Ok(driver)
@@ -250,11 +260,31 @@ impl NetworkDriver for NetnsNetwork {
         Ok(())
     }
 
+    fn claim_subnet(&self, subnet: &Ipv4Net) -> Result<(), NetworkError> {
+        self.claims.claim_new(*subnet, SocketCheck::Ignore)
+    }
+
+    fn claim_free_subnet(
+        &self,
+        candidates: &mut dyn Iterator<Item = Ipv4Net>,
+    ) -> Result<Option<Ipv4Net>, NetworkError> {
+        self.claims.claim_first(candidates, SocketCheck::Ignore)
+    }
+
+    fn reclaim_subnet(&self, subnet: &Ipv4Net) -> Result<(), NetworkError> {
+        self.claims.reclaim(*subnet)
+    }
+
+    fn release_subnet(&self, subnet: &Ipv4Net) {
+        self.claims.release(subnet)
+    }
+
     fn ensure_project_network(
         &self,
         project_id: ProjectId,
         subnet: &Ipv4Net,
     ) -> Result<(), NetworkError> {
+        self.claims.reclaim(*subnet)?;
         let ns = netlink::create_netns(&self.ns_name(project_id))?;
         let (host_if, peer_if) = (self.host_if(project_id), self.peer_if(project_id));
         let gateway = gateway(subnet)?;
