@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
@@ -32,6 +33,8 @@ use crate::model::allocator::overlaps;
 /// on the host must use the same directory to see the others.
 pub const DEFAULT_DIR: &str = "/run/lbaas/subnets";
 const DIR_LOCK: &str = ".dir.lock";
+/// How long a claim waits for another lbd's scan of the directory.
+const DIR_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 pub struct SubnetClaims {
     dir: PathBuf,
@@ -180,14 +183,33 @@ impl SubnetClaims {
             .join(format!("{}-{}.lock", subnet.network(), subnet.prefix_len()))
     }
 
+    /// Runs `f` holding the dir lock. Holders keep it for one directory
+    /// scan, so waiting long means a stuck process: give up rather than
+    /// hold the API's store transaction.
     fn with_dir_lock<T>(
         &self,
         f: impl FnOnce() -> Result<T, NetworkError>,
     ) -> Result<T, NetworkError> {
         let path = self.dir.join(DIR_LOCK);
-        let lock = lock_file(&path)
-            .and_then(|file| file.lock().map(|()| file))
-            .map_err(|e| NetworkError::Setup(format!("lock {}: {e}", path.display())))?;
+        let fail = |e: &dyn std::fmt::Display| {
+            NetworkError::Setup(format!("lock {}: {e}", path.display()))
+        };
+        let lock = lock_file(&path).map_err(|e| fail(&e))?;
+        let deadline = Instant::now() + DIR_LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(fail(&format!(
+                        "held by another process for over {DIR_LOCK_WAIT:?}"
+                    )))
+                }
+                Err(TryLockError::Error(e)) => return Err(fail(&e)),
+            }
+        }
         let out = f();
         drop(lock);
         out
@@ -512,6 +534,21 @@ mod tests {
         let err = restarted.reclaim(net("127.100.0.0/24")).unwrap_err();
         assert!(matches!(err, NetworkError::InUse { .. }), "{err}");
         restarted.reclaim(net("127.100.1.0/24")).unwrap();
+    }
+
+    #[test]
+    fn a_stuck_dir_lock_fails_the_claim_instead_of_hanging() {
+        let dir = Dir::new();
+        let a = SubnetClaims::open(Some(&dir.0)).unwrap();
+        let stuck = lock_file(&dir.0.join(DIR_LOCK)).unwrap();
+        stuck.lock().unwrap();
+        let err = a
+            .claim_new(net("127.100.0.0/24"), SocketCheck::Ignore)
+            .unwrap_err();
+        assert!(err.to_string().contains("held by another process"), "{err}");
+        drop(stuck);
+        a.claim_new(net("127.100.0.0/24"), SocketCheck::Ignore)
+            .unwrap();
     }
 
     #[test]
