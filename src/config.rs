@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ComputeKind {
@@ -72,9 +72,26 @@ pub struct DaemonConfig {
     /// (`<prefix>-<project id>`, `<prefix>h<id>`); 1 to 6 letters or digits.
     #[arg(long, env = "LBAAS_NETNS_PREFIX", default_value = "lbaas")]
     pub netns_prefix: String,
+    /// Where this lbd claims its project subnets on the host (a lock file
+    /// per subnet), so other lbds do not take them; every lbd on a host must
+    /// use the same one [default: /run/lbaas/subnets, else
+    /// $XDG_RUNTIME_DIR/lbaas/subnets, else /tmp/lbaas-<uid>/subnets].
+    #[arg(long, env = "LBAAS_SUBNET_LOCK_DIR")]
+    pub subnet_lock_dir: Option<PathBuf>,
     /// Port of every LB node's admin API (on the node's own address).
     #[arg(long, env = "LBAAS_NODE_ADMIN_PORT", default_value_t = 9901)]
     pub node_admin_port: u16,
+    /// Backends inside this CIDR (IPv4 or IPv6) may be link-local, lbd's own
+    /// listeners or on the node admin port; repeat the flag for more (the
+    /// variable takes a comma-separated list). A backend on the instance's
+    /// own listener is refused anyway.
+    #[arg(
+        long = "allow-backend-cidr",
+        env = "LBAAS_ALLOW_BACKEND_CIDR",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_backend_cidr: Vec<IpNet>,
     /// The `lb-node` executable [default: next to `lbd`].
     #[arg(long, env = "LBAAS_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
@@ -189,6 +206,30 @@ mod tests {
         assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());
         assert!(DaemonConfig::try_parse_from(["lbd", "--retention-interval", "0"]).is_err());
         assert_eq!(c.vm_domain_type, VmDomainType::Auto);
+        assert!(c.allow_backend_cidr.is_empty());
+    }
+
+    #[test]
+    fn allowed_backend_cidrs_repeat() {
+        let c = DaemonConfig::try_parse_from([
+            "lbd",
+            "--allow-backend-cidr",
+            "169.254.0.0/16",
+            "--allow-backend-cidr",
+            "fe80::/10",
+        ])
+        .unwrap();
+        let want: Vec<IpNet> = vec![
+            "169.254.0.0/16".parse().unwrap(),
+            "fe80::/10".parse().unwrap(),
+        ];
+        assert_eq!(c.allow_backend_cidr, want);
+        for bad in ["169.254.0.1", "10.0.0.0/33", "example.com/8"] {
+            assert!(
+                DaemonConfig::try_parse_from(["lbd", "--allow-backend-cidr", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

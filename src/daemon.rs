@@ -20,6 +20,7 @@ use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
 use crate::dns::{DnsError, EmbeddedDns};
 use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::ComputeDriver;
+use crate::drivers::network::claims::SubnetClaims;
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::drivers::network::netns::NetnsNetwork;
 use crate::drivers::network::NetworkDriver;
@@ -57,6 +58,12 @@ pub async fn run(
         network: drivers.network,
         zone: config.zone.trim_end_matches('.').to_string(),
         node_admin_port: config.node_admin_port,
+        backends: Arc::new(api::BackendGuard::new(
+            api_addr,
+            dns_addr,
+            config.node_admin_port,
+            config.allow_backend_cidr.clone(),
+        )),
         token: token.into(),
     };
     let app = api::router(state);
@@ -101,9 +108,15 @@ struct Drivers {
 impl Drivers {
     fn build(config: &DaemonConfig, state_dir: &Path) -> anyhow::Result<Self> {
         let (pool, prefix) = config.subnet_pool();
+        let claims = SubnetClaims::open(config.subnet_lock_dir.as_deref())?;
         let network: Arc<dyn NetworkDriver> = match config.network {
-            NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix)?),
-            NetworkKind::Netns => Arc::new(NetnsNetwork::new(pool, prefix, &config.netns_prefix)?),
+            NetworkKind::Loopback => Arc::new(LoopbackNetwork::new(pool, prefix, claims)?),
+            NetworkKind::Netns => Arc::new(NetnsNetwork::new(
+                pool,
+                prefix,
+                &config.netns_prefix,
+                claims,
+            )?),
         };
         let compute = match config.compute {
             ComputeKind::Process => process_compute(config, state_dir)?,
@@ -181,6 +194,7 @@ impl Background {
             node_admin.clone(),
             reconcile_settings(config),
         ));
+        reconciler.claim_project_subnets().await?;
         // Before the first pass, so nodes that died while lbd was down restart in place.
         reconciler
             .restart_nodes_found_dead()

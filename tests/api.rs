@@ -205,3 +205,77 @@ fn allocated_subnets_do_not_overlap() {
         }
     }
 }
+
+#[test]
+fn backends_into_the_control_plane_or_back_into_the_instance_are_refused() {
+    let lbd = Lbd::start();
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    assert_eq!(s, 200, "{v}");
+    let subnet: ipnet::Ipv4Net = v["info"]["subnet"].as_str().unwrap().parse().unwrap();
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+        "backend": {"entities": ["127.0.0.1:9"]}}}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("demo", "web");
+    let node = info["nodes"][0]["address"].as_str().unwrap().to_string();
+    let spare = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 77);
+    let before = snapshot(&lbd);
+
+    let cases = [
+        ("169.254.169.254:80".to_string(), "backend_link_local"),
+        ("[fe80::1]:80".to_string(), "backend_link_local"),
+        (lbd.api.to_string(), "backend_is_control_plane"),
+        (lbd.dns.to_string(), "backend_is_control_plane"),
+        ("127.0.0.1:9901".to_string(), "backend_is_admin_port"),
+        ("10.1.2.3:9901".to_string(), "backend_is_admin_port"),
+        (format!("{node}:8080"), "backend_loop"),
+        (format!("{spare}:8080"), "backend_loop"),
+    ];
+    for (backend, code) in &cases {
+        // A good backend first: one bad entity is enough to refuse them all.
+        let entities = json!(["127.0.0.1:9", backend]);
+        let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+            "name": "web2", "project": "demo", "traffic_type": "http", "port": 8080,
+            "backend": {"entities": entities}}}));
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (422, Some(*code)),
+            "create with {backend}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(backend.trim_start_matches('[').split(']').next().unwrap()),
+            "{v}"
+        );
+        let (s, v) = lbd.api(
+            &json!({"action": "info", "type": "instance", "info": {"project": "demo", "name": "web2"}}),
+        );
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (404, Some("instance_not_found")),
+            "{v}"
+        );
+
+        let (s, v) = lbd.api(&json!({"action": "update", "type": "instance", "info": {
+            "project": "demo", "name": "web", "backend": {"entities": entities}}}));
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (422, Some(*code)),
+            "update with {backend}: {v}"
+        );
+    }
+    // Moving the listener onto a backend's port makes that backend a loop too.
+    let (s, v) = lbd.api(&json!({"action": "update", "type": "instance", "info": {
+        "project": "demo", "name": "web", "port": 8081,
+        "backend": {"entities": [format!("{spare}:8081")]}}}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("backend_loop")),
+        "{v}"
+    );
+
+    assert_eq!(snapshot(&lbd), before, "refused backends changed the store");
+    assert_eq!(lbd.instance("demo", "web")["provisioning_status"], "ACTIVE");
+}

@@ -1,6 +1,8 @@
 //! One error type for the API: each variant has an HTTP status and a stable
 //! `error.code`; the message is for humans.
 
+use std::net::SocketAddr;
+
 use axum::http::StatusCode;
 use thiserror::Error;
 
@@ -35,6 +37,29 @@ pub enum ApiError {
         subnet: String,
         project_subnet: String,
     },
+    #[error(
+        "backend {backend} is link-local (169.254.0.0/16, fe80::/10): such addresses reach \
+         the host's own links and cloud metadata services, not a backend; an operator can \
+         allow it with --allow-backend-cidr"
+    )]
+    BackendLinkLocal { backend: SocketAddr },
+    #[error(
+        "backend {backend} is lbd's own {what} listener ({listener}): an LB must not forward \
+         its clients into the control plane; an operator can allow it with --allow-backend-cidr"
+    )]
+    BackendIsControlPlane {
+        backend: SocketAddr,
+        what: &'static str,
+        listener: SocketAddr,
+    },
+    #[error(
+        "backend {backend} uses port {port}, the LB nodes' admin API port (--node-admin-port): \
+         an LB must not forward its clients to a node's admin API; an operator can allow it \
+         with --allow-backend-cidr"
+    )]
+    BackendIsAdminPort { backend: SocketAddr, port: u16 },
+    #[error("backend {backend} is the instance's own listener, a loop: {reason}")]
+    BackendLoop { backend: SocketAddr, reason: String },
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error("state store unavailable: {0}")]
@@ -56,9 +81,13 @@ impl ApiError {
                 | V::UnknownField(_)
                 | V::InvalidField(_),
             ) => StatusCode::BAD_REQUEST,
-            Self::Invalid(_) | Self::PortReserved(_) | Self::SubnetMismatch { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::Invalid(_)
+            | Self::PortReserved(_)
+            | Self::SubnetMismatch { .. }
+            | Self::BackendLinkLocal { .. }
+            | Self::BackendIsControlPlane { .. }
+            | Self::BackendIsAdminPort { .. }
+            | Self::BackendLoop { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ProjectNotFound(_) | Self::InstanceNotFound { .. } | Self::NoRoute => {
@@ -68,7 +97,9 @@ impl ApiError {
             | Self::InstanceExists { .. }
             | Self::ProjectNotEmpty { .. }
             | Self::Pending { .. } => StatusCode::CONFLICT,
-            Self::Network(NetworkError::Overlap { .. }) => StatusCode::CONFLICT,
+            Self::Network(NetworkError::Overlap { .. } | NetworkError::InUse { .. }) => {
+                StatusCode::CONFLICT
+            }
             Self::Network(NetworkError::Unusable { .. } | NetworkError::Backend { .. }) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -94,7 +125,12 @@ impl ApiError {
             Self::Pending { .. } => "object_pending",
             Self::PortReserved(_) => "invalid_port",
             Self::SubnetMismatch { .. } => "subnet_mismatch",
+            Self::BackendLinkLocal { .. } => "backend_link_local",
+            Self::BackendIsControlPlane { .. } => "backend_is_control_plane",
+            Self::BackendIsAdminPort { .. } => "backend_is_admin_port",
+            Self::BackendLoop { .. } => "backend_loop",
             Self::Network(NetworkError::Overlap { .. }) => "subnet_overlap",
+            Self::Network(NetworkError::InUse { .. }) => "subnet_in_use",
             Self::Network(NetworkError::Unusable { .. }) => "invalid_subnet",
             Self::Network(NetworkError::PoolExhausted { .. }) => "subnet_pool_exhausted",
             Self::Network(NetworkError::Setup(_)) => "network_error",
@@ -147,6 +183,14 @@ mod tests {
         assert_eq!(
             ApiError::BodyTooLarge(1).status(),
             StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let e = ApiError::from(NetworkError::InUse {
+            subnet: "127.1.0.0/16".parse().unwrap(),
+            reason: "another lbd holds it".into(),
+        });
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::CONFLICT, "subnet_in_use")
         );
         let e = ApiError::from(StoreError::Unavailable);
         assert_eq!(

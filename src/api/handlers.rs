@@ -2,13 +2,17 @@
 //! either commits the whole change or leaves the store as it was. Reads use
 //! the store's reader, so they work while another process holds the lock.
 
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
 use rusqlite::Connection;
 use serde_json::Value;
 
+use super::backend_guard::OwnListener;
 use super::views::{instance_info, instance_info_with, project_info, History};
 use super::{ApiError, AppState};
 use crate::drivers::network::NetworkError;
-use crate::model::allocator::{allocate_subnet, overlaps};
+use crate::model::allocator::{free_subnets, overlaps};
 use crate::model::envelope::ApiRequest;
 use crate::model::{
     EventKind, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
@@ -18,6 +22,10 @@ use crate::store::{self, EventSubject, ProjectRow};
 
 pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, ApiError> {
     let st = state.clone();
+    // The subnet a new project claimed on the host, given back if its row
+    // does not commit (an error in the transaction or at its commit).
+    let claimed = Arc::new(Mutex::new(None));
+    let claim = claimed.clone();
     match req {
         ApiRequest::ProjectInfo(r) => {
             return st
@@ -38,7 +46,7 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
     let info = state
         .store
         .transaction(move |tx| match req {
-            ApiRequest::CreateProject(r) => create_project(&st, tx, r),
+            ApiRequest::CreateProject(r) => create_project(&st, tx, r, &claim),
             ApiRequest::UpdateProject(r) => update_project(&st, tx, r),
             ApiRequest::DeleteProject(r) => delete_project(&st, tx, r),
             ApiRequest::CreateInstance(r) => create_instance(&st, tx, r),
@@ -48,7 +56,16 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
                 unreachable!("reads are answered above")
             }
         })
-        .await?;
+        .await;
+    if info.is_err() {
+        let subnet = claimed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(subnet) = subnet {
+            let network = state.network.clone();
+            // File locks: off the runtime, like the transaction.
+            let _ = tokio::task::spawn_blocking(move || network.release_subnet(&subnet)).await;
+        }
+    }
+    let info = info?;
     state.wake.notify_one();
     Ok(info)
 }
@@ -74,6 +91,7 @@ fn create_project(
     state: &AppState,
     tx: &Connection,
     req: ProjectCreate,
+    claimed: &Mutex<Option<Ipv4Net>>,
 ) -> Result<Value, ApiError> {
     let spec = req.validate()?;
     if store::project_by_name(tx, &spec.name)?.is_some() {
@@ -91,16 +109,20 @@ fn create_project(
                 }
                 .into());
             }
+            // Last, so a request refused for another reason claims nothing.
+            state.network.claim_subnet(&subnet)?;
             subnet
         }
         None => {
             let (pool, prefix) = state.network.pool();
             let mut taken: Vec<_> = others.iter().map(|p| p.subnet).collect();
             taken.extend(state.network.reserved());
-            allocate_subnet(pool, prefix, &taken)
-                .ok_or(NetworkError::PoolExhausted { pool, prefix })?
+            let mut candidates = free_subnets(pool, prefix, &taken);
+            let free = state.network.claim_free_subnet(&mut candidates)?;
+            free.ok_or(NetworkError::PoolExhausted { pool, prefix })?
         }
     };
+    *claimed.lock().unwrap_or_else(|p| p.into_inner()) = Some(subnet);
     let row = store::insert_project(tx, &spec.name, &spec.user, &subnet.to_string())?;
     store::add_event(
         tx,
@@ -190,7 +212,7 @@ fn create_instance(
     if spec.port == state.node_admin_port {
         return Err(ApiError::PortReserved(spec.port));
     }
-    check_backends(state, &spec)?;
+    check_backends(state, &spec, &p, &[])?;
     if let Some(subnet) = spec.subnet {
         if !p.subnet.contains(&subnet) {
             return Err(ApiError::SubnetMismatch {
@@ -266,7 +288,11 @@ fn update_instance(
         });
     }
     let next = req.apply_to(&row.spec)?;
-    check_backends(state, &next)?;
+    let nodes: Vec<_> = store::list_nodes(tx, row.id)?
+        .iter()
+        .map(|n| n.address)
+        .collect();
+    check_backends(state, &next, &p, &nodes)?;
     if next.port == state.node_admin_port {
         return Err(ApiError::PortReserved(next.port));
     }
@@ -296,9 +322,22 @@ fn delete_instance(
     Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
 }
 
-/// The network driver's word on whether the nodes can reach each backend.
-fn check_backends(state: &AppState, spec: &crate::model::InstanceSpec) -> Result<(), ApiError> {
+/// Refuses backends that point into the control plane or back at the
+/// instance (`nodes`: the addresses its nodes have now), then asks the
+/// network driver whether the nodes can reach each one.
+fn check_backends(
+    state: &AppState,
+    spec: &crate::model::InstanceSpec,
+    project: &ProjectRow,
+    nodes: &[std::net::IpAddr],
+) -> Result<(), ApiError> {
+    let own = OwnListener {
+        port: spec.port,
+        subnet: project.subnet,
+        nodes,
+    };
     for member in &spec.backends {
+        state.backends.check(member.address, &own)?;
         state.network.check_backend(member.address)?;
     }
     Ok(())

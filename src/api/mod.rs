@@ -1,8 +1,10 @@
 //! The HTTP API (axum): `/api` takes the action envelope by GET (with a JSON
 //! body, as the seed says) or POST; `/healthz` says the daemon serves.
 //! Handlers validate, write desired state in one transaction, wake the
-//! reconciler and answer; they never talk to a driver.
+//! reconciler and answer; they never talk to a driver, except to claim a new
+//! project's subnet on the host (so two lbds cannot allocate one range).
 
+mod backend_guard;
 mod error;
 mod handlers;
 mod metrics;
@@ -19,6 +21,7 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
+pub use backend_guard::BackendGuard;
 pub use error::ApiError;
 
 use crate::drivers::network::NetworkDriver;
@@ -37,10 +40,13 @@ pub struct AppState {
     pub store: Store,
     /// Wakes the reconciler after a write.
     pub wake: Arc<Notify>,
-    /// Only consulted for subnet rules and the pool; never to change anything.
+    /// Consulted for subnet rules and the pool, and claims a new project's
+    /// subnet on the host; never changes a network.
     pub network: Arc<dyn NetworkDriver>,
     pub zone: String,
     pub node_admin_port: u16,
+    /// Refuses backends that point into the control plane.
+    pub backends: Arc<BackendGuard>,
     pub token: Arc<str>,
 }
 

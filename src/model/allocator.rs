@@ -13,9 +13,20 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// The first `/prefix` inside `pool` that overlaps nothing in `taken`.
 pub fn allocate_subnet(pool: Ipv4Net, prefix: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    free_subnets(pool, prefix, taken).next()
+}
+
+/// Every `/prefix` inside `pool` that overlaps nothing in `taken`, lowest
+/// first (the network driver then skips those other lbds hold).
+pub fn free_subnets<'a>(
+    pool: Ipv4Net,
+    prefix: u8,
+    taken: &'a [Ipv4Net],
+) -> impl Iterator<Item = Ipv4Net> + 'a {
     pool.subnets(prefix)
-        .ok()?
-        .find(|candidate| !taken.iter().any(|t| overlaps(candidate, t)))
+        .into_iter()
+        .flatten()
+        .filter(move |candidate| !taken.iter().any(|t| overlaps(candidate, t)))
 }
 
 /// The subnet's gateway: its first host address. Nodes never get it, so a
@@ -51,6 +62,8 @@ mod tests {
         ];
         assert_eq!(allocate_subnet(pool, 16, &taken), Some(net("127.3.0.0/16")));
         assert_eq!(allocate_subnet(pool, 16, &[]), Some(net("127.0.0.0/16")));
+        let free: Vec<_> = free_subnets(net("127.0.0.0/14"), 16, &taken).collect();
+        assert_eq!(free, vec![net("127.3.0.0/16")]);
     }
 
     #[test]

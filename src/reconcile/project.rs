@@ -33,6 +33,12 @@ impl Reconciler {
         .and_then(|r| r.map_err(ReconcileError::from));
         let (status, reason, kind, message) = match (&outcome, p.provisioning_status) {
             (Ok(()), ProvisioningStatus::Active) => return,
+            // Already shown; one event per failure, not one per pass.
+            (Err(e), ProvisioningStatus::Error)
+                if p.status_reason.as_deref() == Some(e.to_string().as_str()) =>
+            {
+                return
+            }
             (Ok(()), _) => (
                 ProvisioningStatus::Active,
                 None,
@@ -127,7 +133,30 @@ impl Reconciler {
             })
             .await;
         if let Err(e) = deleted {
-            tracing::warn!("project {}: {e}", p.name);
+            return tracing::warn!("project {}: {e}", p.name);
         }
+        let (network, subnet) = (self.network.clone(), p.subnet);
+        let _ = tokio::task::spawn_blocking(move || network.release_subnet(&subnet)).await;
+    }
+
+    /// At start-up, before serving: takes the host claims of every stored
+    /// project's subnet again (the store is the truth), so no other lbd
+    /// allocates them. One that another lbd took while this one was down is
+    /// reported here, and its project goes to ERROR on the first pass.
+    pub async fn claim_project_subnets(&self) -> Result<(), store::StoreError> {
+        let projects = self.store.read(store::list_projects).await?;
+        let network = self.network.clone();
+        let claimed = tokio::task::spawn_blocking(move || {
+            for p in &projects {
+                if let Err(e) = network.reclaim_subnet(&p.subnet) {
+                    tracing::error!("project {}: {e}", p.name);
+                }
+            }
+        })
+        .await;
+        if let Err(e) = claimed {
+            tracing::error!("claiming the project subnets: {e}");
+        }
+        Ok(())
     }
 }

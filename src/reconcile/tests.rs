@@ -9,6 +9,7 @@ use super::{ReconcileSettings, Reconciler};
 use crate::dns::{DnsDriver, EmbeddedDns};
 use crate::drivers::compute::{ComputeDriver, NodeSpec};
 use crate::drivers::fake::FakeHost;
+use crate::drivers::network::claims::SubnetClaims;
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::model::{
     EventKind, InstanceCreate, InstanceId, NodeId, NodeState, OperatingStatus, ProvisioningStatus,
@@ -28,6 +29,7 @@ impl Drop for Harness {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.db.display()));
         }
+        let _ = std::fs::remove_dir_all(self.db.with_extension("claims"));
     }
 }
 
@@ -41,7 +43,9 @@ fn harness() -> Harness {
     let store = Store::open(&db).unwrap();
     let host = Arc::new(FakeHost::default());
     let dns = Arc::new(EmbeddedDns::new("lbaas.internal", 5).unwrap());
-    let network = Arc::new(LoopbackNetwork::new("127.0.0.0/8".parse().unwrap(), 16).unwrap());
+    let claims = SubnetClaims::open(Some(&db.with_extension("claims"))).unwrap();
+    let network =
+        Arc::new(LoopbackNetwork::new("127.0.0.0/8".parse().unwrap(), 16, claims).unwrap());
     let settings = ReconcileSettings {
         node_ready_timeout: std::time::Duration::from_millis(200),
         // Errored objects are retried on every pass here.

@@ -130,6 +130,10 @@ pub struct Lbd {
     pub http: reqwest::blocking::Client,
     /// Flags added to every start (e.g. short failover windows).
     extra_args: Vec<String>,
+    /// Environment added to every start. Unless it names one, each lbd
+    /// gets its own subnet lock dir in its state dir, so tests stay apart
+    /// (their pools do too) and leave nothing in /run.
+    envs: Vec<(String, String)>,
     /// The API address to bind instead of a free port.
     listen: Option<SocketAddr>,
 }
@@ -141,8 +145,19 @@ impl Lbd {
 
     /// Starts lbd with extra flags, kept for restarts.
     pub fn start_with(extra_args: &[&str]) -> Lbd {
+        Lbd::start_with_env(extra_args, &[])
+    }
+
+    /// Starts lbd with extra flags and environment variables, kept for
+    /// restarts. A `--subnet-pool` among the flags replaces the slot's pool
+    /// (e.g. to make two lbds share one on purpose).
+    pub fn start_with_env(extra_args: &[&str], envs: &[(&str, &str)]) -> Lbd {
         let mut lbd = Lbd {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             listen: None,
             child: None,
             api: "0.0.0.0:0".parse().unwrap(),
@@ -168,6 +183,8 @@ impl Lbd {
                 "--netns-prefix".to_string(),
                 self.slot.netns_prefix(),
             ]
+        } else if self.extra_args.iter().any(|a| a == "--subnet-pool") {
+            Vec::new()
         } else {
             vec!["--subnet-pool".to_string(), self.slot.pool()]
         };
@@ -192,6 +209,8 @@ impl Lbd {
             .arg(&self.state.0)
             .args(&self.extra_args)
             .env("RUST_LOG", "info,hickory_server=warn")
+            .env("LBAAS_SUBNET_LOCK_DIR", self.state.0.join("subnet-locks"))
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(
                 fs::OpenOptions::new()

@@ -1,5 +1,6 @@
 //! Network drivers: where a project's subnet lives and how its nodes get addresses.
 
+pub mod claims;
 pub mod loopback;
 mod netlink;
 pub mod netns;
@@ -23,6 +24,9 @@ pub enum NetworkError {
         project: String,
         other: Ipv4Net,
     },
+    /// Another lbd on this host holds the subnet (or part of it).
+    #[error("subnet {subnet} is in use on this host: {reason}")]
+    InUse { subnet: Ipv4Net, reason: String },
     #[error("the subnet pool {pool} has no free /{prefix} left")]
     PoolExhausted { pool: Ipv4Net, prefix: u8 },
     #[error("network setup failed: {0}")]
@@ -42,7 +46,27 @@ pub trait NetworkDriver: Send + Sync {
     fn check_subnet(&self, subnet: &Ipv4Net) -> Result<(), NetworkError>;
     /// Addresses no project may use (e.g. 127.0.0.0/16 on loopback).
     fn reserved(&self) -> Vec<Ipv4Net>;
-    /// Makes the project's network exist.
+    /// Claims `subnet`, given by a user, on this host for a new project of
+    /// this lbd; [`NetworkError::InUse`] when another lbd holds (part of) it.
+    fn claim_subnet(&self, _subnet: &Ipv4Net) -> Result<(), NetworkError> {
+        Ok(())
+    }
+    /// Claims the first of `candidates` no other lbd on this host holds,
+    /// for a new project; `None` when all are taken.
+    fn claim_free_subnet(
+        &self,
+        candidates: &mut dyn Iterator<Item = Ipv4Net>,
+    ) -> Result<Option<Ipv4Net>, NetworkError> {
+        Ok(candidates.next())
+    }
+    /// Takes the claim of a stored project's subnet again (at start);
+    /// [`NetworkError::InUse`] when another lbd took it meanwhile.
+    fn reclaim_subnet(&self, _subnet: &Ipv4Net) -> Result<(), NetworkError> {
+        Ok(())
+    }
+    /// Gives back the claim of a subnet no project of this lbd has (any more).
+    fn release_subnet(&self, _subnet: &Ipv4Net) {}
+    /// Makes the project's network exist (and holds its subnet's claim).
     fn ensure_project_network(
         &self,
         project_id: ProjectId,

@@ -22,6 +22,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use super::claims::{SocketCheck, SubnetClaims};
 use super::netlink::{self, in_netns, link_by_name, setup};
 use super::{NetworkDriver, NetworkError};
 use crate::model::ProjectId;
@@ -33,11 +34,19 @@ pub struct NetnsNetwork {
     prefix: u8,
     /// Start of every namespace and host interface name this lbd owns.
     names: String,
+    /// Project subnets claimed on the host, so two lbds whose pools overlap
+    /// never give one subnet to two veths.
+    claims: SubnetClaims,
 }
 
 impl NetnsNetwork {
     /// Checks privileges and the pool, and installs the pool's `unreachable` route.
-    pub fn new(pool: Ipv4Net, prefix: u8, names: &str) -> Result<Self, NetworkError> {
+    pub fn new(
+        pool: Ipv4Net,
+        prefix: u8,
+        names: &str,
+        claims: SubnetClaims,
+    ) -> Result<Self, NetworkError> {
         // SAFETY: geteuid(2) has no preconditions.
         #[allow(unsafe_code)]
         let euid = unsafe { libc::geteuid() };
@@ -72,6 +81,7 @@ impl NetnsNetwork {
             pool,
             prefix,
             names: names.to_string(),
+            claims,
         };
         driver.guard_pool()?;
         Ok(driver)
@@ -97,18 +107,29 @@ impl NetnsNetwork {
     /// routes the whole pool to `unreachable` in the host namespace.
     fn guard_pool(&self) -> Result<(), NetworkError> {
         let pool = self.pool;
-        let ours = format!("{}h", self.names);
+        let prefix_names = self.names.clone();
         in_netns(None, move |handle| async move {
             let names = link_names(&handle).await?;
             let mut routes = handle
                 .route()
                 .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
                 .execute();
+            let main_table = RouteMessageBuilder::<Ipv4Addr>::new().build().header.table;
+            let mut guarded = false;
             while let Some(route) = routes.try_next().await.map_err(|e| setup("routes", e))? {
-                if route.header.kind != RouteType::Unicast
-                    || route.header.table
-                        != RouteMessageBuilder::<Ipv4Addr>::new().build().header.table
+                if route.header.table != main_table {
+                    continue;
+                }
+                if route.header.kind == RouteType::Unreachable
+                    && route.header.destination_prefix_length == pool.prefix_len()
+                    && route.attributes.iter().any(|a| {
+                        matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d))
+                            if *d == pool.network())
+                    })
                 {
+                    guarded = true;
+                }
+                if route.header.kind != RouteType::Unicast {
                     continue;
                 }
                 let mut dst = Ipv4Addr::UNSPECIFIED;
@@ -125,7 +146,7 @@ impl NetnsNetwork {
                 };
                 let on_ours = oif
                     .and_then(|i| names.iter().find(|(idx, _)| *idx == i))
-                    .is_some_and(|(_, n)| n.starts_with(&ours));
+                    .is_some_and(|(_, n)| is_own_host_link(n, &prefix_names));
                 if net.prefix_len() > 0
                     && !on_ours
                     && crate::model::allocator::overlaps(&net, &pool)
@@ -136,19 +157,32 @@ impl NetnsNetwork {
                     });
                 }
             }
+            // Another lbd with the same pool may have put it there: leave it
+            // (no lbd removes it, so it never goes while one still needs it).
+            if guarded {
+                return Ok(());
+            }
             let unreachable = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(pool.network(), pool.prefix_len())
                 .kind(RouteType::Unreachable)
                 .build();
-            handle
-                .route()
-                .add(unreachable)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| setup(&format!("unreachable route for {pool}"), e))
+            match handle.route().add(unreachable).execute().await {
+                Ok(()) => Ok(()),
+                // Added by an lbd starting at the same moment.
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+                Err(e) => Err(setup(&format!("unreachable route for {pool}"), e)),
+            }
         })
     }
+}
+
+/// Whether `link` is a host veth end of the lbd whose names start with
+/// `prefix`: exactly `<prefix>h<project id>`. With prefix `a`, `ah1h2` is the
+/// veth of an lbd with prefix `ah1`, whose routes are not ours to ignore.
+fn is_own_host_link(link: &str, prefix: &str) -> bool {
+    link.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('h'))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// (index, name) of every link.
@@ -250,11 +284,31 @@ impl NetworkDriver for NetnsNetwork {
         Ok(())
     }
 
+    fn claim_subnet(&self, subnet: &Ipv4Net) -> Result<(), NetworkError> {
+        self.claims.claim_new(*subnet, SocketCheck::Ignore)
+    }
+
+    fn claim_free_subnet(
+        &self,
+        candidates: &mut dyn Iterator<Item = Ipv4Net>,
+    ) -> Result<Option<Ipv4Net>, NetworkError> {
+        self.claims.claim_first(candidates, SocketCheck::Ignore)
+    }
+
+    fn reclaim_subnet(&self, subnet: &Ipv4Net) -> Result<(), NetworkError> {
+        self.claims.reclaim(*subnet)
+    }
+
+    fn release_subnet(&self, subnet: &Ipv4Net) {
+        self.claims.release(subnet)
+    }
+
     fn ensure_project_network(
         &self,
         project_id: ProjectId,
         subnet: &Ipv4Net,
     ) -> Result<(), NetworkError> {
+        self.claims.reclaim(*subnet)?;
         let ns = netlink::create_netns(&self.ns_name(project_id))?;
         let (host_if, peer_if) = (self.host_if(project_id), self.peer_if(project_id));
         let gateway = gateway(subnet)?;
@@ -454,4 +508,29 @@ async fn join_bridge(handle: &Handle, name: &str) -> Result<(), NetworkError> {
         .execute()
         .await
         .map_err(|e| setup(&format!("attach {name} to the bridge"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_own_host_link;
+
+    #[test]
+    fn host_links_of_other_prefixes_are_not_ours() {
+        assert!(is_own_host_link("lbaash3", "lbaas"));
+        assert!(is_own_host_link("ah12", "a"));
+        for (link, prefix) in [
+            ("ah1h2", "a"), // prefix ah1, project 2
+            ("ahh2", "a"),  // prefix ah
+            ("an2", "a"),   // our namespace end, never on the host
+            ("ah", "a"),    // no id
+            ("lbaas-3", "lbaas"),
+            ("t1h2", "t"), // prefix t1
+            ("eth0", "e"),
+        ] {
+            assert!(
+                !is_own_host_link(link, prefix),
+                "{link} with prefix {prefix}"
+            );
+        }
+    }
 }
