@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::backends::{http_get, http_request, HttpBackend};
 use common::node::{config, config_with, free_addr, wait_status, LbNode};
@@ -595,4 +595,97 @@ fn a_hang_up_before_the_response_is_retried_for_get_not_for_post() {
     assert_eq!(live.hits(), 1, "only the GET reached the live member");
     stop.store(true, Ordering::SeqCst);
     let _ = TcpStream::connect(flaky);
+}
+
+/// `PUT /config` that must answer within `deadline`: lb-node applies a config
+/// on the thread that also serves its admin API, so a config that stalls the
+/// apply takes `/status` down with it.
+fn put_config_within(node: &LbNode, config: &Value, deadline: Duration) -> (u16, Value) {
+    let start = Instant::now();
+    let resp = node
+        .http
+        .put(format!("http://{}/config", node.admin))
+        .bearer_auth(&node.secret)
+        .timeout(deadline)
+        .json(config)
+        .send()
+        .unwrap_or_else(|e| panic!("PUT /config did not answer within {deadline:?}: {e}"));
+    assert!(
+        start.elapsed() < deadline,
+        "PUT /config took {:?}",
+        start.elapsed()
+    );
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+#[test]
+fn consistent_hash_with_every_member_at_weight_zero_answers_503_and_the_node_stays_up() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let node = LbNode::start();
+    let deadline = Duration::from_secs(5);
+    let drained = |version: u64, traffic: &str, listen: SocketAddr| {
+        let mut c = config_with(
+            version,
+            traffic,
+            listen,
+            &[a.addr(), b.addr()],
+            json!({"algorithm": "consistent_hash"}),
+        );
+        for m in c["backends"].as_array_mut().unwrap() {
+            m["weight"] = json!(0);
+        }
+        c
+    };
+    // A valid config ("drain everything") that used to spin forever building
+    // the Maglev table, on this node and on every node that replaced it.
+    let listen = free_addr();
+    let (s, v) = put_config_within(&node, &drained(1, "http", listen), deadline);
+    assert_eq!(s, 200, "{v}");
+    let st = node.status();
+    assert_eq!(st["config_version"], 1, "{st}");
+    for m in [a.addr(), b.addr()] {
+        assert_eq!(member(&st, m)["state"], "draining", "{st}");
+    }
+    let (status, body) = http_get(listen, "/").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("weight 0"), "the reason is given: {body}");
+    assert_eq!(a.hits() + b.hits(), 0, "no drained member got the request");
+
+    // TCP has no way to say 503: the client's connection is closed.
+    let tcp_listen = free_addr();
+    let (s, v) = put_config_within(&node, &drained(2, "tcp", tcp_listen), deadline);
+    assert_eq!(s, 200, "{v}");
+    let mut conn = TcpStream::connect(tcp_listen).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = conn.read_to_end(&mut buf);
+    assert!(
+        matches!(&read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed by the node, not left open: {read:?}"
+    );
+    let st = node.status();
+    for m in [a.addr(), b.addr()] {
+        assert_eq!(member(&st, m)["requests"], 0, "never connected to: {st}");
+    }
+
+    // The node is still fully usable: weights back, traffic flows.
+    let listen = free_addr();
+    let (s, v) = put_config_within(
+        &node,
+        &config_with(
+            3,
+            "http",
+            listen,
+            &[a.addr(), b.addr()],
+            json!({"algorithm": "consistent_hash"}),
+        ),
+        deadline,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(http_get(listen, "/").unwrap().0, 200);
+    assert_eq!(node.status()["config_version"], 3);
 }

@@ -130,10 +130,14 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     };
     let Some(member) = pick_member(node, &active, &req, peer) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
-        return short(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "lb-node: no backend is configured\n".into(),
-        );
+        // Nothing to pick is also every member drained on purpose; the
+        // reason must not send an operator looking for a missing backend.
+        let reason = if active.balancer.members().is_empty() {
+            "lb-node: no backend is configured\n"
+        } else {
+            "lb-node: every backend has weight 0 (draining)\n"
+        };
+        return short(StatusCode::SERVICE_UNAVAILABLE, reason.into());
     };
     let upgrade = upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
