@@ -17,8 +17,17 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// `tmux` on this session's own server (socket named after the
+    /// session): ending one session's server never races another's start.
+    fn tmux(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.name]);
+        c
+    }
+
     fn start(name: &str, command: &str) -> Tmux {
         let status = Command::new("tmux")
+            .args(["-L", name])
             .args([
                 "new-session",
                 "-d",
@@ -39,7 +48,8 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
+        let out = self
+            .tmux()
             .args(["capture-pane", "-p", "-t", &self.name])
             .output()
             .unwrap();
@@ -48,7 +58,7 @@ impl Tmux {
 
     fn keys(&self, keys: &[&str]) {
         for k in keys {
-            Command::new("tmux")
+            self.tmux()
                 .args(["send-keys", "-t", &self.name, k])
                 .status()
                 .unwrap();
@@ -64,7 +74,8 @@ impl Tmux {
 
     /// The pid of the program the pane's shell runs (lbctl).
     fn program_pid(&self) -> u32 {
-        let out = Command::new("tmux")
+        let out = self
+            .tmux()
             .args(["list-panes", "-t", &self.name, "-F", "#{pane_pid}"])
             .output()
             .unwrap();
@@ -82,9 +93,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.name])
-            .status();
+        let _ = self.tmux().arg("kill-server").status();
     }
 }
 
