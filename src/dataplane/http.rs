@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,7 +27,7 @@ use super::balance::{fnv1a, Member};
 use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
 use super::pool::ProxyBody;
 use super::{ActiveConfig, Node};
-use crate::model::{Algorithm, HashOn, Timeouts};
+use crate::model::{tuning, Algorithm, HashOn, Timeouts};
 
 /// Serves HTTP clients until `stop` turns true.
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
@@ -40,13 +40,16 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
                 return refuse(stream).await;
             };
             let _ = stream.set_nodelay(true);
-            let idle = node
-                .active
-                .load()
-                .as_ref()
-                .map_or(Timeouts::default().client_idle_ms, |a| {
-                    a.config.tuning.timeouts.client_idle_ms
-                });
+            let (idle, max_head) = node.active.load().as_ref().map_or(
+                (
+                    Timeouts::default().client_idle_ms,
+                    tuning::DEFAULT_MAX_HEADER_BYTES,
+                ),
+                |a| {
+                    let t = &a.config.tuning;
+                    (t.timeouts.client_idle_ms, t.max_header_bytes)
+                },
+            );
             let service = service_fn(|req| {
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(proxy(&node, req, peer).await) }
@@ -55,11 +58,17 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_millis(u64::from(idle)));
+                .header_read_timeout(Duration::from_millis(u64::from(idle)))
+                // A head that does not fit the read buffer is answered 431 by
+                // hyper itself and never reaches a member; hyper needs at
+                // least 8 KiB, which the API already enforces.
+                .max_buf_size(max_head.max(tuning::MIN_MAX_HEADER_BYTES) as usize);
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(256);
+                .max_concurrent_streams(256)
+                // The same limit for HTTP/2 (h2 answers 431 to a larger header list).
+                .max_header_list_size(max_head);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             // On stop, the request in flight finishes and the connection
@@ -122,6 +131,13 @@ async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respons
 // === One request's stages ===
 
 async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    if let Some(reason) = bad_host(&req) {
+        let mut resp = short(StatusCode::BAD_REQUEST, reason.into());
+        // The client is broken; do not wait for its next request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let Some(active) = node.active.load_full() else {
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -143,6 +159,25 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     match send_with_retry(&active, member, upstream, body.boxed()).await {
         Ok(resp) => client_response(resp, client_upgrade),
         Err(failure) => failure_response(node, failure),
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1.x
+/// request with more than one, is answered 400 instead of being guessed at.
+/// (HTTP/2 carries the authority in `:authority`.) Looks at the headers only:
+/// no allocation on the request path.
+fn bad_host<B>(req: &Request<B>) -> Option<&'static str> {
+    let version = req.version();
+    if version != Version::HTTP_11 && version != Version::HTTP_10 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => {
+            Some("lb-node: an HTTP/1.1 request needs a Host header\n")
+        }
+        (Some(_), Some(_)) => Some("lb-node: more than one Host header\n"),
+        _ => None,
     }
 }
 
@@ -301,6 +336,22 @@ mod tests {
         assert!(idempotent_without_body(&req(Method::DELETE, Some("0"))));
         assert!(!idempotent_without_body(&req(Method::PUT, Some("5"))));
         assert!(!idempotent_without_body(&req(Method::POST, None)));
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        let req = |v: Version, hosts: &[&str]| {
+            let mut r = Request::builder().version(v);
+            for h in hosts {
+                r = r.header(header::HOST, *h);
+            }
+            r.body(()).unwrap()
+        };
+        assert!(bad_host(&req(Version::HTTP_11, &["a"])).is_none());
+        assert!(bad_host(&req(Version::HTTP_11, &[])).is_some());
+        assert!(bad_host(&req(Version::HTTP_11, &["a", "b"])).is_some());
+        assert!(bad_host(&req(Version::HTTP_10, &[])).is_none());
+        assert!(bad_host(&req(Version::HTTP_2, &[])).is_none());
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub struct Tuning {
     pub timeouts: Timeouts,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// The most bytes a client's request head (request line and headers) may
+    /// take; a longer one is answered 431 and never reaches a backend.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
 }
@@ -169,6 +173,32 @@ pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
 
 pub fn default_max_connections() -> u32 {
     DEFAULT_MAX_CONNECTIONS
+}
+
+/// A request head's size limit unless told otherwise (64 KiB, as HAProxy's
+/// `tune.bufsize` and nginx's `large_client_header_buffers` are in that range).
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// hyper's read buffer cannot be smaller than 8 KiB.
+pub const MIN_MAX_HEADER_BYTES: u32 = 8 * 1024;
+/// A head over 1 MiB is an attack, not a request.
+pub const MAX_MAX_HEADER_BYTES: u32 = 1024 * 1024;
+
+pub fn default_max_header_bytes() -> u32 {
+    DEFAULT_MAX_HEADER_BYTES
+}
+
+pub fn max_header_bytes(v: Option<i64>, current: u32) -> Result<u32, ValidationError> {
+    match v {
+        None => Ok(current),
+        Some(v)
+            if (i64::from(MIN_MAX_HEADER_BYTES)..=i64::from(MAX_MAX_HEADER_BYTES)).contains(&v) =>
+        {
+            Ok(v as u32)
+        }
+        Some(v) => Err(ValidationError::InvalidField(format!(
+            "max_header_bytes must be {MIN_MAX_HEADER_BYTES} to {MAX_MAX_HEADER_BYTES}, got {v}"
+        ))),
+    }
 }
 
 pub fn max_connections(v: Option<i64>, current: u32) -> Result<u32, ValidationError> {
