@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
-use common::backends::{http_get, HttpBackend};
-use common::node::{config_with, free_addr, LbNode};
+use common::backends::{http_get, EchoBackend, HttpBackend};
+use common::node::{config_with, free_addr, wait_status, LbNode};
 use serde_json::{json, Value};
 
 /// An HTTP node in front of `backend` with `extra` merged into its config.
@@ -100,4 +100,192 @@ fn an_http11_request_without_host_gets_400() {
     let answer = exchange(listen, b"GET / HTTP/1.0\r\n\r\n".to_vec());
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer:?}");
     assert_eq!(http_get(listen, "/").unwrap(), (200, "a".to_string()));
+}
+/// Reads until the node closes the connection; how long that took. Panics
+/// if it is still open after `limit` (the test's bound, not the node's).
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    conn.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return start.elapsed(),
+            Err(e) => panic!("still open after {:?}: {e}", start.elapsed()),
+        }
+    }
+}
+
+/// Short deadlines, so the tests take well under a second each.
+fn quick(handshake_ms: u32, client_idle_ms: u32) -> Value {
+    json!({"timeouts": {"connect_ms": 1000, "first_byte_ms": 5000, "backend_idle_ms": 5000,
+        "client_idle_ms": client_idle_ms, "handshake_ms": handshake_ms}})
+}
+
+#[test]
+fn a_client_that_sends_nothing_is_closed_after_handshake_ms() {
+    let a = HttpBackend::start("a");
+    let (node, listen) = http_node(a.addr(), quick(300, 60_000));
+    let mut conn = TcpStream::connect(listen).unwrap();
+    wait_status(&node, "the silent client is counted", |st| {
+        st["stats"]["active_connections"] == 1
+    });
+    let took = closed_within(&mut conn, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed too early: {took:?}"
+    );
+    wait_status(&node, "its slot is free again", |st| {
+        st["stats"]["active_connections"] == 0
+    });
+}
+
+#[test]
+fn half_an_http2_preface_is_closed_after_handshake_ms() {
+    let a = HttpBackend::start("a");
+    let (_node, listen) = http_node(a.addr(), quick(300, 60_000));
+    let mut conn = TcpStream::connect(listen).unwrap();
+    // 16 of the preface's 24 bytes: the auto builder waits for the rest.
+    conn.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let took = closed_within(&mut conn, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed too early: {took:?}"
+    );
+    // A half-sent HTTP/1 head likewise (hyper's own timer would allow client_idle_ms).
+    let mut conn = TcpStream::connect(listen).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    closed_within(&mut conn, Duration::from_secs(5));
+    assert_eq!(http_get(listen, "/").unwrap(), (200, "a".to_string()));
+}
+
+#[test]
+fn a_silent_tcp_relay_is_closed_after_client_idle_ms() {
+    let echo = EchoBackend::start();
+    let node = LbNode::start();
+    let listen = free_addr();
+    let (s, v) = node.put_config(&config_with(
+        1,
+        "tcp",
+        listen,
+        &[echo.addr()],
+        quick(60_000, 300),
+    ));
+    assert_eq!(s, 200, "{v}");
+    let mut conn = TcpStream::connect(listen).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    let took = closed_within(&mut conn, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed too early: {took:?}"
+    );
+    wait_status(&node, "its slot is free again", |st| {
+        st["stats"]["active_connections"] == 0
+    });
+}
+
+/// A backend that switches any `Upgrade` request to an echo of raw bytes
+/// and answers anything else (health checks) with an empty 200.
+fn upgrade_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut upgrade = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    upgrade |= line.to_ascii_lowercase().starts_with("upgrade:");
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                if !upgrade {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket tunnel through the node, checked to echo.
+fn open_tunnel(listen: SocketAddr) -> TcpStream {
+    let mut conn = TcpStream::connect(listen).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    conn.write_all(b"hello").unwrap();
+    let mut echo = [0u8; 5];
+    conn.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"hello");
+    conn
+}
+
+#[test]
+fn an_idle_websocket_tunnel_is_closed_after_client_idle_ms() {
+    let backend = upgrade_backend();
+    let (node, listen) = http_node(backend, quick(5_000, 300));
+    let mut conn = open_tunnel(listen);
+    let took = closed_within(&mut conn, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed too early: {took:?}"
+    );
+    wait_status(&node, "its slot is free again", |st| {
+        st["stats"]["active_connections"] == 0
+    });
+}
+
+#[test]
+fn upgraded_tunnels_count_against_max_connections() {
+    let backend = upgrade_backend();
+    let (node, listen) = http_node(backend, json!({"max_connections": 2}));
+    let tunnels: Vec<TcpStream> = (0..2).map(|_| open_tunnel(listen)).collect();
+    wait_status(&node, "two tunnels counted", |st| {
+        st["stats"]["active_connections"] == 2
+    });
+    let (status, body) = http_get(listen, "/").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many connections"), "{body}");
+    drop(tunnels);
+    wait_status(&node, "tunnels released", |st| {
+        st["stats"]["active_connections"] == 0
+    });
+    assert_eq!(http_get(listen, "/").unwrap().0, 200);
 }

@@ -372,6 +372,7 @@ fn timeouts(t: &TuningArgs) -> Option<TimeoutsSpec> {
         first_byte_ms: t.first_byte_timeout_ms.map(i64::from),
         client_idle_ms: t.client_idle_timeout_ms.map(i64::from),
         backend_idle_ms: t.backend_idle_timeout_ms.map(i64::from),
+        handshake_ms: None,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod forward;
 pub mod health;
 pub mod http;
+pub mod idle;
 pub mod log_limit;
 pub mod logfile;
 pub mod pool;
