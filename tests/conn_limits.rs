@@ -289,3 +289,78 @@ fn upgraded_tunnels_count_against_max_connections() {
     });
     assert_eq!(http_get(listen, "/").unwrap().0, 200);
 }
+
+/// Raises this test process's soft `RLIMIT_NOFILE` to its hard limit (the
+/// clients and the echo backend need two fds a connection); the soft limit after.
+#[allow(unsafe_code)]
+fn raise_own_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
+}
+
+#[test]
+fn two_thousand_concurrent_tcp_connections_are_all_served() {
+    const N: usize = 2_000;
+    let limit = raise_own_nofile();
+    // lb-node needs up to 6 fds a relayed connection: 12,000 plus its own.
+    if limit < 13_000 {
+        eprintln!("skipped: the hard RLIMIT_NOFILE is {limit}, 13000 needed");
+        return;
+    }
+    let echo = EchoBackend::start();
+    // Started with the usual default soft limit: lb-node must raise it itself.
+    let node = LbNode::start_with_nofile("-Sn", 1024);
+    let listen = free_addr();
+    let (s, v) = node.put_config(&config_with(1, "tcp", listen, &[echo.addr()], json!({})));
+    assert_eq!(s, 200, "{v}");
+    let mut conns: Vec<TcpStream> = (0..N)
+        .map(|i| {
+            let c = TcpStream::connect(listen).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c
+        })
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!("{i:05}").as_bytes()).unwrap();
+    }
+    let mut served = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut back = [0u8; 5];
+        if c.read_exact(&mut back).is_ok() && back == format!("{i:05}").as_bytes() {
+            served += 1;
+        }
+    }
+    assert_eq!(served, N, "connections served");
+    let st = node.status();
+    assert_eq!(st["stats"]["active_connections"], N, "{st}");
+}
+
+#[test]
+fn max_connections_is_capped_to_the_fd_limit() {
+    let a = HttpBackend::start("a");
+    // A hard limit of 400 fds: (400 - 64 reserved) / 6 = 56 connections,
+    // though the config asks for the default 10,000.
+    let node = LbNode::start_with_nofile("-n", 400);
+    let listen = free_addr();
+    let (s, v) = node.put_config(&config_with(1, "http", listen, &[a.addr()], json!({})));
+    assert_eq!(s, 200, "{v}");
+    let held: Vec<TcpStream> = (0..56)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    wait_status(&node, "56 connections held", |st| {
+        st["stats"]["active_connections"] == 56
+    });
+    let (status, body) = http_get(listen, "/").unwrap();
+    assert_eq!(status, 503, "refused politely, not by EMFILE: {body}");
+    assert!(body.contains("too many connections"), "{body}");
+    drop(held);
+}
