@@ -104,6 +104,7 @@ pub fn instance_info_with(
         hash_on: i.spec.tuning.hash_on.clone(),
         timeouts: i.spec.tuning.timeouts,
         max_connections: i.spec.tuning.max_connections,
+        max_header_bytes: i.spec.tuning.max_header_bytes,
         proxy_protocol: i.spec.tuning.proxy_protocol,
         dns_name,
         url,

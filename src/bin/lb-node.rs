@@ -114,6 +114,15 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
     let grace = std::time::Duration::try_from_secs_f64(args.drain_timeout)
         .context("--drain-timeout must be a number of seconds, 0 or more")?;
     let node = Node::new(args.node_id.clone(), secret, workers);
+    // Before any traffic: the soft limit (often 1024) would otherwise be hit
+    // long before max_connections.
+    if let Some(soft) = lbaas::dataplane::fdlimit::raise_to_hard() {
+        node.limit_fds(soft);
+        tracing::info!(
+            "RLIMIT_NOFILE {soft}: up to {} connections",
+            lbaas::dataplane::fdlimit::connection_cap(soft)
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;

@@ -8,13 +8,13 @@
 use super::log_limit;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -25,9 +25,10 @@ use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
 use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
+use super::idle::{timed_out, Activity, Tracked};
 use super::pool::ProxyBody;
 use super::{ActiveConfig, Node};
-use crate::model::{Algorithm, HashOn, Timeouts};
+use crate::model::{tuning, Algorithm, HashOn, Timeouts};
 
 /// Serves HTTP clients until `stop` turns true.
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
@@ -40,14 +41,17 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
                 return refuse(stream).await;
             };
             let _ = stream.set_nodelay(true);
-            let idle = node
-                .active
-                .load()
-                .as_ref()
-                .map_or(Timeouts::default().client_idle_ms, |a| {
-                    a.config.tuning.timeouts.client_idle_ms
-                });
+            let (timeouts, max_head) = node.active.load().as_ref().map_or(
+                (Timeouts::default(), tuning::DEFAULT_MAX_HEADER_BYTES),
+                |a| (a.config.tuning.timeouts, a.config.tuning.max_header_bytes),
+            );
+            let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
+            let handshake = Duration::from_millis(u64::from(timeouts.handshake_ms));
+            // Set by the first request: until then the handshake deadline
+            // applies. A local the service borrows: nothing allocated.
+            let started = AtomicBool::new(false);
             let service = service_fn(|req| {
+                started.store(true, Relaxed);
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(proxy(&node, req, peer).await) }
             });
@@ -55,20 +59,48 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_millis(u64::from(idle)));
+                // Heads after the first: the keep-alive idle time.
+                .header_read_timeout(idle)
+                // A head that does not fit the read buffer is answered 431 by
+                // hyper itself and never reaches a member; hyper needs at
+                // least 8 KiB, which the API already enforces.
+                .max_buf_size(max_head.max(tuning::MIN_MAX_HEADER_BYTES) as usize);
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(256);
+                .max_concurrent_streams(256)
+                // The same limit for HTTP/2 (h2 answers 431 to a larger header list).
+                .max_header_list_size(max_head)
+                // A peer that stops answering pings (gone without a FIN) is
+                // closed even while a stream waits for a slow member.
+                .keep_alive_interval(Some(idle))
+                .keep_alive_timeout(idle.min(Duration::from_secs(20)));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            // On stop, the request in flight finishes and the connection
-            // closes after it instead of waiting for the client's next one.
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = async { drop(stop.wait_for(|s| *s).await) } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            // hyper-util's auto builder starts no timer while it detects the
+            // protocol, and hyper's h1 header timer only starts after that:
+            // a client that sends nothing or half an HTTP/2 preface would
+            // hold its slot for ever. So the first request must have started
+            // by `handshake_ms`, or the connection is dropped (closed).
+            let deadline = tokio::time::sleep(handshake);
+            tokio::pin!(deadline);
+            let mut handshake_done = false;
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = &mut deadline, if !handshake_done => {
+                        if !started.load(Relaxed) {
+                            tracing::debug!("client {peer}: no request within {} ms", handshake.as_millis());
+                            return;
+                        }
+                        handshake_done = true;
+                    }
+                    // On stop, the request in flight finishes and the connection
+                    // closes after it instead of waiting for the client's next one.
+                    _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
                 }
             };
             if let Err(e) = result {
@@ -104,7 +136,7 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
-async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+async fn proxy(node: &Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
     let start = Instant::now();
     node.counters.requests_total.fetch_add(1, Relaxed);
     if let Some(len) = content_length(req.headers()) {
@@ -121,7 +153,18 @@ async fn proxy(node: &Node, req: Request<Incoming>, peer: SocketAddr) -> Respons
 
 // === One request's stages ===
 
-async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+async fn route(
+    node: &Arc<Node>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    if let Some(reason) = bad_host(&req) {
+        let mut resp = short(StatusCode::BAD_REQUEST, reason.into());
+        // The client is broken; do not wait for its next request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let Some(active) = node.active.load_full() else {
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -145,8 +188,27 @@ async fn route(node: &Node, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     let (head, body) = req.into_parts();
     let upstream = Upstream::new(head, peer, upgrade, retryable);
     match send_with_retry(&active, member, upstream, body.boxed()).await {
-        Ok(resp) => client_response(resp, client_upgrade),
+        Ok(resp) => client_response(node, &active, resp, client_upgrade),
         Err(failure) => failure_response(node, failure),
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1.x
+/// request with more than one, is answered 400 instead of being guessed at.
+/// (HTTP/2 carries the authority in `:authority`.) Looks at the headers only:
+/// no allocation on the request path.
+fn bad_host<B>(req: &Request<B>) -> Option<&'static str> {
+    let version = req.version();
+    if version != Version::HTTP_11 && version != Version::HTTP_10 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => {
+            Some("lb-node: an HTTP/1.1 request needs a Host header\n")
+        }
+        (Some(_), Some(_)) => Some("lb-node: more than one Host header\n"),
+        _ => None,
     }
 }
 
@@ -169,13 +231,20 @@ fn pick_member<'a>(
 /// The member's response as the client gets it. A `101` to a client that
 /// asked to upgrade keeps its headers, which the client needs to switch too.
 fn client_response(
+    node: &Arc<Node>,
+    active: &ActiveConfig,
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = client_upgrade {
             let backend_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, backend_side));
+            // Taken before hyper hands the socket over (and the connection's
+            // own admission guard drops), so the count never dips.
+            let slot = TunnelSlot::take(node);
+            let idle =
+                Duration::from_millis(u64::from(active.config.tuning.timeouts.client_idle_ms));
+            tokio::spawn(tunnel(slot, client_side, backend_side, idle));
             return resp.map(|b| b.boxed());
         }
     }
@@ -225,16 +294,53 @@ fn failure_response(node: &Node, failure: Failure<'_>) -> Response<ProxyBody> {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and member connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, backend) {
-        Ok((c, b)) => {
-            let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
-                tracing::debug!("upgraded connection: {e}");
-            }
+/// An upgraded tunnel's place under `max_connections`: a tunnel is a client
+/// connection like any other, though hyper no longer owns its socket.
+struct TunnelSlot(Arc<Node>);
+
+impl TunnelSlot {
+    fn take(node: &Arc<Node>) -> TunnelSlot {
+        // No limit check: the client's connection was admitted already.
+        node.counters.active_connections.fetch_add(1, Relaxed);
+        TunnelSlot(node.clone())
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.0.counters.active_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and member connection,
+/// until both ends close or nothing moved for `idle`.
+async fn tunnel(
+    _slot: TunnelSlot,
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+) {
+    let activity = Activity::default();
+    let upgraded = async {
+        let (c, b) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(e) => return tracing::debug!("upgrade failed: {e}"),
+        };
+        let mut c = Tracked {
+            inner: TokioIo::new(c),
+            activity: &activity,
+        };
+        let mut b = Tracked {
+            inner: TokioIo::new(b),
+            activity: &activity,
+        };
+        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+            tracing::debug!("upgraded connection: {e}");
         }
-        Err(e) => tracing::debug!("upgrade failed: {e}"),
+    };
+    tokio::select! {
+        () = upgraded => {}
+        () = activity.expired(idle) => tracing::debug!("upgraded connection: {}", timed_out(idle)),
     }
 }
 
@@ -305,6 +411,22 @@ mod tests {
         assert!(idempotent_without_body(&req(Method::DELETE, Some("0"))));
         assert!(!idempotent_without_body(&req(Method::PUT, Some("5"))));
         assert!(!idempotent_without_body(&req(Method::POST, None)));
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        let req = |v: Version, hosts: &[&str]| {
+            let mut r = Request::builder().version(v);
+            for h in hosts {
+                r = r.header(header::HOST, *h);
+            }
+            r.body(()).unwrap()
+        };
+        assert!(bad_host(&req(Version::HTTP_11, &["a"])).is_none());
+        assert!(bad_host(&req(Version::HTTP_11, &[])).is_some());
+        assert!(bad_host(&req(Version::HTTP_11, &["a", "b"])).is_some());
+        assert!(bad_host(&req(Version::HTTP_10, &[])).is_none());
+        assert!(bad_host(&req(Version::HTTP_2, &[])).is_none());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod balance;
+pub mod fdlimit;
 pub mod forward;
 pub mod health;
 pub mod http;
+pub mod idle;
 pub mod log_limit;
 pub mod logfile;
 pub mod pool;
@@ -109,8 +111,12 @@ pub struct Node {
     pub secret: String,
     pub active: ArcSwapOption<ActiveConfig>,
     pub counters: NodeCounters,
-    /// `max_connections` of the config in force.
+    /// `max_connections` of the config in force, capped by `fd_cap`.
     pub max_connections: AtomicU64,
+    /// The most connections the file descriptor limit allows (see `fdlimit`).
+    fd_cap: AtomicU64,
+    /// The cap was logged already: it is said once, not on every config.
+    fd_cap_logged: std::sync::atomic::AtomicBool,
     /// Per-member counters and health survive config changes, keyed by address.
     members: Mutex<HashMap<SocketAddr, Arc<MemberCounters>>>,
     listener: tokio::sync::Mutex<Option<Listener>>,
@@ -134,12 +140,21 @@ impl Node {
             max_connections: AtomicU64::new(u64::from(
                 crate::model::tuning::DEFAULT_MAX_CONNECTIONS,
             )),
+            fd_cap: AtomicU64::new(u64::MAX),
+            fd_cap_logged: Default::default(),
             members: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
             health_stop: Mutex::default(),
             last_error: Mutex::default(),
             workers,
         })
+    }
+
+    /// Caps `max_connections` to what a soft `RLIMIT_NOFILE` of
+    /// `soft_limit` fds allows (lb-node calls it at start).
+    pub fn limit_fds(&self, soft_limit: u64) {
+        self.fd_cap
+            .store(fdlimit::connection_cap(soft_limit), Relaxed);
     }
 
     /// Applies a config: binds a new listener first when the address changes
@@ -167,8 +182,15 @@ impl Node {
         } else {
             listener.as_ref().expect("not rebinding").sockets.clone()
         };
-        self.max_connections
-            .store(u64::from(config.tuning.max_connections), Relaxed);
+        let wanted = u64::from(config.tuning.max_connections);
+        let cap = self.fd_cap.load(Relaxed);
+        if wanted > cap && !self.fd_cap_logged.swap(true, Relaxed) {
+            tracing::warn!(
+                "max_connections {wanted} capped to {cap}: the file descriptor limit allows no more ({} fds a connection)",
+                fdlimit::FDS_PER_CONNECTION
+            );
+        }
+        self.max_connections.store(wanted.min(cap), Relaxed);
         let active = Arc::new(self.prepare(config.clone()));
         self.start_health_checks(&active);
         self.active.store(Some(active));

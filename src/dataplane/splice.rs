@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::idle::Activity;
+
 /// Bytes moved per splice call (the default pipe holds 64 KiB).
 const CHUNK: usize = 64 * 1024;
 
@@ -61,8 +63,9 @@ fn shutdown_write(s: &TcpStream) {
     }
 }
 
-/// Moves `src` to `dst` until EOF, then half-closes `dst`. Returns the bytes moved.
-async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+/// Moves `src` to `dst` until EOF, then half-closes `dst`. Returns the bytes
+/// moved; stamps `activity` for each chunk, for the relay's idle deadline.
+async fn one_way(src: &TcpStream, dst: &TcpStream, activity: &Activity) -> io::Result<u64> {
     let pipe = Pipe::new()?;
     let mut total = 0u64;
     loop {
@@ -81,6 +84,7 @@ async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             shutdown_write(dst);
             return Ok(total);
         }
+        activity.touch();
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
@@ -97,8 +101,8 @@ async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
 }
 
 /// Relays both ways until both directions reached EOF; returns (a→b, b→a) bytes.
-pub async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+pub async fn relay(a: &TcpStream, b: &TcpStream, activity: &Activity) -> io::Result<(u64, u64)> {
+    tokio::try_join!(one_way(a, b, activity), one_way(b, a, activity))
 }
 
 #[cfg(test)]
@@ -120,7 +124,8 @@ mod tests {
         // client <-> (proxy_in | proxy_out) <-> server
         let (mut client, proxy_in) = pair().await;
         let (proxy_out, mut server) = pair().await;
-        let relay = tokio::spawn(async move { relay(&proxy_in, &proxy_out).await });
+        let relay =
+            tokio::spawn(async move { relay(&proxy_in, &proxy_out, &Activity::default()).await });
         let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {

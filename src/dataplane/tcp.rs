@@ -13,7 +13,9 @@ use tokio::sync::watch;
 
 use super::balance::fnv1a;
 use super::health::record_outcome;
+use super::idle::{timed_out, Activity, Tracked};
 use super::Node;
+use crate::model::Timeouts;
 
 const COPY_BUF: usize = 64 * 1024;
 
@@ -36,20 +38,40 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
                 return;
             };
             let _ = client.set_nodelay(true);
-            // splice(2) keeps the bytes in the kernel; a plain copy is the
-            // fallback where splice is not available.
-            let moved = match super::splice::relay(&client, &backend).await {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    let (mut client, mut backend) = (client, backend);
-                    tokio::io::copy_bidirectional_with_sizes(
-                        &mut client,
-                        &mut backend,
-                        COPY_BUF,
-                        COPY_BUF,
-                    )
-                    .await
+            let idle = Duration::from_millis(u64::from(
+                node.active
+                    .load()
+                    .as_ref()
+                    .map_or(Timeouts::default().client_idle_ms, |a| {
+                        a.config.tuning.timeouts.client_idle_ms
+                    }),
+            ));
+            // No byte either way for `client_idle_ms` closes the relay: a
+            // silent peer would otherwise hold its connection slot for ever.
+            let activity = Activity::default();
+            let (mut client, mut backend) = (client, backend);
+            let relay = async {
+                // splice(2) keeps the bytes in the kernel; a plain copy is the
+                // fallback where splice is not available.
+                match super::splice::relay(&client, &backend, &activity).await {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        let mut c = Tracked {
+                            inner: &mut client,
+                            activity: &activity,
+                        };
+                        let mut b = Tracked {
+                            inner: &mut backend,
+                            activity: &activity,
+                        };
+                        tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, COPY_BUF, COPY_BUF)
+                            .await
+                    }
+                    other => other,
                 }
-                other => other,
+            };
+            let moved = tokio::select! {
+                moved = relay => moved,
+                _ = activity.expired(idle) => Err(timed_out(idle)),
             };
             match moved {
                 Ok((up, down)) => {

@@ -12,8 +12,8 @@ use crate::model::names::validate_name;
 use crate::model::project::{check_type_tag, parse_subnet};
 use crate::model::scaling::{ScalingPolicy, ScalingSpec};
 use crate::model::tuning::{
-    max_connections, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec, Tuning,
-    DEFAULT_MAX_CONNECTIONS,
+    max_connections, max_header_bytes, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
+    Tuning, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
 };
 use crate::model::{ExpectedCodes, OperatingStatus, ProvisioningStatus, ValidationError};
 
@@ -178,6 +178,9 @@ pub struct InstanceCreate {
     /// Client connections one node serves at once; more are refused politely.
     #[serde(default)]
     pub max_connections: Option<i64>,
+    /// The most bytes of an HTTP request head (default 65536); more get 431.
+    #[serde(default)]
+    pub max_header_bytes: Option<i64>,
     /// PROXY protocol header towards backends (`tcp` only): `none`, `v1`, `v2`.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -301,6 +304,10 @@ impl InstanceCreate {
                     .unwrap_or_default()
                     .resolve(Timeouts::default())?,
                 max_connections: max_connections(self.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+                max_header_bytes: max_header_bytes(
+                    self.max_header_bytes,
+                    DEFAULT_MAX_HEADER_BYTES,
+                )?,
                 proxy_protocol: self.proxy_protocol.unwrap_or_default(),
             },
         };
@@ -359,6 +366,8 @@ pub struct InstanceUpdate {
     #[serde(default)]
     pub max_connections: Option<i64>,
     #[serde(default)]
+    pub max_header_bytes: Option<i64>,
+    #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
 }
 
@@ -391,6 +400,7 @@ impl InstanceUpdate {
             tuning.timeouts = t.resolve(tuning.timeouts)?;
         }
         tuning.max_connections = max_connections(self.max_connections, tuning.max_connections)?;
+        tuning.max_header_bytes = max_header_bytes(self.max_header_bytes, tuning.max_header_bytes)?;
         if let Some(p) = self.proxy_protocol {
             tuning.proxy_protocol = p;
         }
@@ -462,6 +472,9 @@ pub struct InstanceInfo {
     pub hash_on: HashOn,
     pub timeouts: Timeouts,
     pub max_connections: u32,
+    // Absent from servers before it existed.
+    #[serde(default = "crate::model::tuning::default_max_header_bytes")]
+    pub max_header_bytes: u32,
     pub proxy_protocol: ProxyProtocol,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
@@ -813,6 +826,8 @@ mod tests {
             (json!({"timeouts": {"connect_ms": 0}}), "invalid_field"),
             (json!({"timeouts": {"connect": 5}}), "unknown_field"),
             (json!({"max_connections": 0}), "invalid_field"),
+            (json!({"max_header_bytes": 100}), "invalid_field"),
+            (json!({"max_header_bytes": 2_000_000}), "invalid_field"),
             (json!({"colour": "red"}), "unknown_field"),
         ];
         for (patch, code) in cases {
@@ -871,6 +886,7 @@ mod tests {
         });
         let old: InstanceSpec = serde_json::from_value(old).unwrap();
         assert_eq!(old.tuning.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(old.tuning.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
         assert_eq!(old.tuning.hash_on, HashOn::ClientIp);
         assert_eq!(old.max_nodes, DEFAULT_MAX_NODES);
         assert_eq!(old.health_check.expected_codes.as_str(), "200-399");

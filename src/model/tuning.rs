@@ -96,6 +96,9 @@ pub struct TimeoutsSpec {
     /// A pooled backend connection with nothing to do is closed after this.
     #[serde(default)]
     pub backend_idle_ms: Option<i64>,
+    /// A new client connection must have sent its first request head by then (HTTP).
+    #[serde(default)]
+    pub handshake_ms: Option<i64>,
 }
 
 /// Resolved timeouts, in milliseconds.
@@ -105,6 +108,14 @@ pub struct Timeouts {
     pub first_byte_ms: u32,
     pub client_idle_ms: u32,
     pub backend_idle_ms: u32,
+    /// Protocol detection and the first request head of a client connection
+    /// (like nginx's `client_header_timeout`). Added later: absent, the default.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_ms: u32,
+}
+
+fn default_handshake_ms() -> u32 {
+    10_000
 }
 
 impl Default for Timeouts {
@@ -114,6 +125,7 @@ impl Default for Timeouts {
             first_byte_ms: 30_000,
             client_idle_ms: 60_000,
             backend_idle_ms: 30_000,
+            handshake_ms: default_handshake_ms(),
         }
     }
 }
@@ -139,6 +151,7 @@ impl TimeoutsSpec {
                 self.backend_idle_ms,
                 base.backend_idle_ms,
             )?,
+            handshake_ms: pick("handshake_ms", self.handshake_ms, base.handshake_ms)?,
         })
     }
 }
@@ -158,6 +171,10 @@ pub struct Tuning {
     pub timeouts: Timeouts,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// The most bytes a client's request head (request line and headers) may
+    /// take; a longer one is answered 431 and never reaches a backend.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
 }
@@ -169,6 +186,32 @@ pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
 
 pub fn default_max_connections() -> u32 {
     DEFAULT_MAX_CONNECTIONS
+}
+
+/// A request head's size limit unless told otherwise (64 KiB, as HAProxy's
+/// `tune.bufsize` and nginx's `large_client_header_buffers` are in that range).
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// hyper's read buffer cannot be smaller than 8 KiB.
+pub const MIN_MAX_HEADER_BYTES: u32 = 8 * 1024;
+/// A head over 1 MiB is an attack, not a request.
+pub const MAX_MAX_HEADER_BYTES: u32 = 1024 * 1024;
+
+pub fn default_max_header_bytes() -> u32 {
+    DEFAULT_MAX_HEADER_BYTES
+}
+
+pub fn max_header_bytes(v: Option<i64>, current: u32) -> Result<u32, ValidationError> {
+    match v {
+        None => Ok(current),
+        Some(v)
+            if (i64::from(MIN_MAX_HEADER_BYTES)..=i64::from(MAX_MAX_HEADER_BYTES)).contains(&v) =>
+        {
+            Ok(v as u32)
+        }
+        Some(v) => Err(ValidationError::InvalidField(format!(
+            "max_header_bytes must be {MIN_MAX_HEADER_BYTES} to {MAX_MAX_HEADER_BYTES}, got {v}"
+        ))),
+    }
 }
 
 pub fn max_connections(v: Option<i64>, current: u32) -> Result<u32, ValidationError> {
@@ -210,6 +253,12 @@ mod tests {
         .resolve(Timeouts::default())
         .unwrap();
         assert_eq!((t.connect_ms, t.first_byte_ms), (100, 30_000));
+        assert_eq!(t.handshake_ms, 10_000);
+        // Stored before handshake_ms existed: the default.
+        let old: Timeouts = serde_json::from_value(serde_json::json!({"connect_ms": 1,
+            "first_byte_ms": 2, "client_idle_ms": 3, "backend_idle_ms": 4}))
+        .unwrap();
+        assert_eq!(old.handshake_ms, 10_000);
         assert!(TimeoutsSpec {
             client_idle_ms: Some(0),
             ..Default::default()

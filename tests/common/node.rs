@@ -17,9 +17,27 @@ pub struct LbNode {
 
 impl LbNode {
     pub fn start() -> LbNode {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-node"));
+        cmd.args(["--node-id", "7", "--admin-listen", "127.0.0.1:0"]);
+        LbNode::spawn(cmd)
+    }
+
+    /// An lb-node started under `ulimit <flag> <n>` (`-Sn`: the soft
+    /// `RLIMIT_NOFILE` only; `-n`: soft and hard), through
+    /// `sh -c 'ulimit ...; exec lb-node'`: the child keeps the shell's PID.
+    pub fn start_with_nofile(flag: &str, n: u64) -> LbNode {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("ulimit {flag} {n} && exec \"$0\" --node-id 7 --admin-listen 127.0.0.1:0"),
+            env!("CARGO_BIN_EXE_lb-node"),
+        ]);
+        LbNode::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> LbNode {
         let secret = "s3cret-for-tests".to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lb-node"))
-            .args(["--node-id", "7", "--admin-listen", "127.0.0.1:0"])
+        let mut child = cmd
             .env("LB_NODE_SECRET", &secret)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
