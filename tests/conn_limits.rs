@@ -312,8 +312,10 @@ fn two_thousand_concurrent_tcp_connections_are_all_served() {
     const N: usize = 2_000;
     let limit = raise_own_nofile();
     // lb-node needs up to 6 fds a relayed connection: 12,000 plus its own.
-    if limit < 13_000 {
-        eprintln!("skipped: the hard RLIMIT_NOFILE is {limit}, 13000 needed");
+    if !common::require(
+        &format!("a hard RLIMIT_NOFILE of 13000 (it is {limit})"),
+        limit >= 13_000,
+    ) {
         return;
     }
     let echo = EchoBackend::start();
