@@ -40,6 +40,13 @@ struct Args {
     /// Rotated log files kept (`.1` is the newest).
     #[arg(long, default_value_t = lbaas::dataplane::logfile::DEFAULT_KEEP)]
     log_keep: u32,
+    /// Milliseconds a client of the admin API has to send a request head
+    /// (also the idle time allowed between requests on a keep-alive connection).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    admin_header_timeout_ms: u64,
+    /// Admin API connections open at once; more get a 503 and are closed.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    admin_max_connections: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,10 +129,23 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
     std::io::stdout().flush()?;
     tracing::info!(node = %args.node_id, "admin API on {addr}");
     let app = admin::router(node.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(lbaas::signals::shutdown_signal())
-        .await?;
-    let open = node.drain(grace).await;
+    let limits = lbaas::serve::Limits {
+        header_timeout: std::time::Duration::from_millis(args.admin_header_timeout_ms),
+        max_connections: args.admin_max_connections as usize,
+        shutdown_grace: grace,
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let admin = lbaas::serve::serve(listener, app, limits, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let stop = async {
+        lbaas::signals::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        // The admin API and the traffic drain at the same time, so the whole
+        // stop stays within `--drain-timeout` (under the driver's SIGKILL).
+        node.drain(grace).await
+    };
+    let ((), open) = tokio::join!(admin, stop);
     tracing::info!(connections_cut = open, "stopped");
     Ok(())
 }

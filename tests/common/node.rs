@@ -17,9 +17,15 @@ pub struct LbNode {
 
 impl LbNode {
     pub fn start() -> LbNode {
+        LbNode::start_with(&[])
+    }
+
+    /// Starts lb-node with extra flags.
+    pub fn start_with(extra_args: &[&str]) -> LbNode {
         let secret = "s3cret-for-tests".to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lb-node"))
             .args(["--node-id", "7", "--admin-listen", "127.0.0.1:0"])
+            .args(extra_args)
             .env("LB_NODE_SECRET", &secret)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
