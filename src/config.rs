@@ -85,6 +85,10 @@ pub struct DaemonConfig {
     /// The `lb-node` executable [default: next to `lbd`].
     #[arg(long, env = "LBAAS_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
+    /// netns: the user LB node processes become once their admin socket is
+    /// bound (they start as root to join the namespace); a name or a uid.
+    #[arg(long, env = "LBAAS_NODE_USER", default_value = "nobody")]
+    pub node_user: String,
     /// libvirt: the connection URI.
     #[arg(long, env = "LBAAS_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
@@ -198,6 +202,7 @@ mod tests {
         assert_eq!(c.vm_domain_type, VmDomainType::Auto);
         assert_eq!(c.api_header_timeout_ms, 10_000);
         assert_eq!(c.api_max_connections, 256);
+        assert_eq!(c.node_user, "nobody");
         assert!(DaemonConfig::try_parse_from(["lbd", "--api-max-connections", "0"]).is_err());
     }
 

@@ -129,7 +129,8 @@ fn process_compute(
     );
     Ok(Arc::new(
         ProcessCompute::new(binary, state_dir.join("nodes"))?
-            .with_node_log(config.node_log_max_bytes, config.node_log_keep),
+            .with_node_log(config.node_log_max_bytes, config.node_log_keep)
+            .with_node_user(Some(config.node_user.clone())),
     ))
 }
 

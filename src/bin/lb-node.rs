@@ -47,6 +47,11 @@ struct Args {
     /// Admin API connections open at once; more get a 503 and are closed.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     admin_max_connections: u32,
+    /// Once the admin socket is bound and the log and pid files are open,
+    /// become this user (a name or a uid) with `no_new_privs` and no
+    /// capabilities. lbd passes it under `--network netns`, where nodes start as root.
+    #[arg(long)]
+    run_as: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +59,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    init_logging(&args)?;
+    // Bound before the drop (the admin port may be privileged) and before
+    // any thread exists, so the drop covers every thread.
+    let admin = std::net::TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
+    admin.set_nonblocking(true)?;
+    if let Some(user) = &args.run_as {
+        let who = lbaas::dataplane::privilege::RunAs::resolve(user)?;
+        lbaas::dataplane::privilege::drop_to(who).context("dropping privileges")?;
+        tracing::info!(
+            uid = who.uid,
+            gid = who.gid,
+            "running as {user}, no capabilities"
+        );
     }
     let threads = args
         .threads
@@ -69,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    runtime.block_on(run(args, workers))
+    runtime.block_on(run(args, admin, workers))
 }
 
 /// Starts `n` threads, each running a single-threaded runtime until the process exits.
@@ -111,8 +131,11 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
-    init_logging(&args)?;
+async fn run(
+    args: Args,
+    admin: std::net::TcpListener,
+    workers: Vec<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
     let secret = std::env::var("LB_NODE_SECRET").unwrap_or_default();
     if secret.is_empty() {
         eprintln!("lb-node: LB_NODE_SECRET must be set to the admin API's secret");
@@ -121,9 +144,7 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
     let grace = std::time::Duration::try_from_secs_f64(args.drain_timeout)
         .context("--drain-timeout must be a number of seconds, 0 or more")?;
     let node = Node::new(args.node_id.clone(), secret, workers);
-    let listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
+    let listener = tokio::net::TcpListener::from_std(admin)?;
     let addr = listener.local_addr()?;
     println!("lb-node ready admin={addr}");
     std::io::stdout().flush()?;

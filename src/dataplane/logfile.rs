@@ -73,7 +73,14 @@ impl Write for RotatingLog {
             && self.written > 0
             && self.written + buf.len() as u64 > self.max_bytes
         {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                // E.g. a node that dropped privileges cannot rename files in
+                // lbd's directory: start the file over so it stays bounded and
+                // the node keeps logging.
+                self.file.set_len(0)?;
+                self.written = 0;
+                let _ = writeln!(self.file, "log rotation failed ({e}); file truncated");
+            }
         }
         let n = self.file.write(buf)?;
         self.written += n as u64;

@@ -13,6 +13,7 @@ pub mod http;
 pub mod log_limit;
 pub mod logfile;
 pub mod pool;
+pub mod privilege;
 pub mod proxy_protocol;
 pub mod splice;
 pub mod stats;
