@@ -127,4 +127,26 @@ mod tests {
         );
         let _ = fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn a_failed_rotation_truncates_and_keeps_logging() {
+        let dir = std::env::temp_dir().join(format!("lbaas-logfile-fail-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("node-1.log");
+        // `.1` is a non-empty directory, so renaming the log onto it fails
+        // (as it does, for lack of permission, for a node that dropped root).
+        fs::create_dir_all(numbered(&path, 1).join("x")).unwrap();
+        let mut log = RotatingLog::open(&path, 100, 1).unwrap();
+        for i in 0..50 {
+            writeln!(log, "line {i:03} of a failing backend").unwrap();
+        }
+        let newest = fs::read_to_string(&path).unwrap();
+        assert!(newest.len() <= 200, "bounded: {} bytes", newest.len());
+        assert!(newest.contains("log rotation failed"), "{newest}");
+        assert!(
+            newest.ends_with("line 049 of a failing backend\n"),
+            "{newest}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
