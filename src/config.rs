@@ -47,6 +47,13 @@ pub struct DaemonConfig {
     /// [default: $XDG_STATE_HOME/lbaas or ~/.local/state/lbaas].
     #[arg(long, env = "LBAAS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Milliseconds a client has to send a request head on the API (also the
+    /// idle time allowed between requests on a keep-alive connection).
+    #[arg(long, env = "LBAAS_API_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_header_timeout_ms: u64,
+    /// API connections open at once; more get a 503 and are closed.
+    #[arg(long, env = "LBAAS_API_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_connections: u32,
     /// Address of the authoritative DNS server (UDP and TCP, same port).
     #[arg(long, env = "LBAAS_DNS_LISTEN", default_value = "127.0.0.1:5353")]
     pub dns_listen: SocketAddr,
@@ -95,6 +102,10 @@ pub struct DaemonConfig {
     /// The `lb-node` executable [default: next to `lbd`].
     #[arg(long, env = "LBAAS_NODE_BINARY")]
     pub node_binary: Option<PathBuf>,
+    /// netns: the user LB node processes become once their admin socket is
+    /// bound (they start as root to join the namespace); a name or a uid.
+    #[arg(long, env = "LBAAS_NODE_USER", default_value = "nobody")]
+    pub node_user: String,
     /// libvirt: the connection URI.
     #[arg(long, env = "LBAAS_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
@@ -206,6 +217,10 @@ mod tests {
         assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());
         assert!(DaemonConfig::try_parse_from(["lbd", "--retention-interval", "0"]).is_err());
         assert_eq!(c.vm_domain_type, VmDomainType::Auto);
+        assert_eq!(c.api_header_timeout_ms, 10_000);
+        assert_eq!(c.api_max_connections, 256);
+        assert_eq!(c.node_user, "nobody");
+        assert!(DaemonConfig::try_parse_from(["lbd", "--api-max-connections", "0"]).is_err());
         assert!(c.allow_backend_cidr.is_empty());
     }
 

@@ -73,11 +73,11 @@ pub async fn run(
         "serving the API on {api_addr}, DNS zone {} on {dns_addr}",
         config.zone
     );
-    let server = serve_api(listeners.api, app, stop_rx);
+    let server = serve_api(listeners.api, app, api_limits(&config), stop_rx);
     shutdown.await;
     tracing::info!("shutting down; LB nodes keep serving and are adopted on the next start");
     let _ = stop_tx.send(true);
-    server.await??;
+    server.await?;
     background.join().await
 }
 
@@ -146,7 +146,8 @@ fn process_compute(
     );
     Ok(Arc::new(
         ProcessCompute::new(binary, state_dir.join("nodes"))?
-            .with_node_log(config.node_log_max_bytes, config.node_log_keep),
+            .with_node_log(config.node_log_max_bytes, config.node_log_keep)
+            .with_node_user(Some(config.node_user.clone())),
     ))
 }
 
@@ -257,16 +258,27 @@ fn health_settings(config: &DaemonConfig) -> HealthSettings {
     }
 }
 
+/// How long API requests in flight get to finish once lbd is told to stop.
+const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn api_limits(config: &DaemonConfig) -> crate::serve::Limits {
+    crate::serve::Limits {
+        header_timeout: Duration::from_millis(config.api_header_timeout_ms),
+        max_connections: config.api_max_connections as usize,
+        shutdown_grace: API_SHUTDOWN_GRACE,
+    }
+}
+
 /// Serves the API on its own task until `stop` turns true.
 fn serve_api(
     listener: TcpListener,
     app: axum::Router,
+    limits: crate::serve::Limits,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+) -> JoinHandle<()> {
+    tokio::spawn(crate::serve::serve(listener, app, limits, async move {
         let _ = stop.wait_for(|s| *s).await;
-    });
-    tokio::spawn(async move { server.await })
+    }))
 }
 
 #[cfg(feature = "libvirt")]

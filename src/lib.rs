@@ -24,6 +24,8 @@ pub mod health;
 #[cfg(feature = "server")]
 pub mod reconcile;
 #[cfg(feature = "server")]
+pub mod serve;
+#[cfg(feature = "server")]
 pub mod signals;
 #[cfg(feature = "server")]
 pub mod store;

@@ -233,3 +233,90 @@ fn lbd_refuses_netns_without_root_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs root"), "{stderr}");
 }
+
+/// The `Name:\tvalue` fields of a /proc status file.
+fn proc_status(path: &str) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn nodes_in_a_namespace_drop_root_and_keep_serving() {
+    if skip_unless_root() {
+        return;
+    }
+    let lbd = Lbd::start_with(&["--network", "netns"]);
+    let pool: ipnet::Ipv4Net = lbd.slot.netns_pool().parse().unwrap();
+    let subnet = pool.subnets(24).unwrap().nth(5).unwrap();
+    let gateway = subnet.hosts().next().unwrap();
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project",
+        "info": {"name": "priv", "subnet": subnet.to_string()}}));
+    assert_eq!(s, 200, "{v}");
+    // The gateway address exists once the project network is up.
+    wait_for("project ACTIVE", Duration::from_secs(20), || {
+        let (_, v) =
+            lbd.api(&json!({"action": "info", "type": "project", "info": {"name": "priv"}}));
+        (v["info"]["provisioning_status"] == "ACTIVE").then_some(())
+    });
+    let a = HttpBackend::start_on(SocketAddr::new(gateway.into(), 0), "a");
+    let b = HttpBackend::start_on(SocketAddr::new(gateway.into(), 0), "b");
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "priv", "traffic_type": "http", "port": 8080,
+        "backend": {"entities": [a.addr().to_string()]}}}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("priv", "web");
+    let pid = info["nodes"][0]["pid"].as_u64().unwrap();
+    let node_ip = info["nodes"][0]["address"].as_str().unwrap().to_string();
+
+    // Every thread of the node (the admin thread and the traffic workers).
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!tasks.is_empty());
+    for tid in tasks {
+        let status = proc_status(&format!("/proc/{pid}/task/{tid}/status"));
+        for key in ["Uid", "Gid"] {
+            let ids: Vec<&str> = status[key].split_whitespace().collect();
+            assert_eq!(ids.len(), 4, "{key}: {ids:?}");
+            assert!(
+                ids.iter().all(|id| *id != "0"),
+                "thread {tid} {key}: {ids:?}"
+            );
+        }
+        assert_eq!(status["NoNewPrivs"], "1", "thread {tid}");
+        for key in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            assert_eq!(
+                u64::from_str_radix(&status[key], 16).unwrap(),
+                0,
+                "thread {tid} {key}"
+            );
+        }
+    }
+
+    // Still serving, its admin API still answers (the node is ONLINE by its
+    // /status) and a config push still applies.
+    let lb: SocketAddr = format!("{node_ip}:8080").parse().unwrap();
+    assert_eq!(http_get(lb, "/").unwrap(), (200, "a".to_string()));
+    wait_for("node ONLINE", Duration::from_secs(20), || {
+        let info = lbd.instance("priv", "web");
+        (info["nodes"][0]["operating_status"] == "ONLINE").then_some(())
+    });
+    let (s, v) = lbd.api(&json!({"action": "update", "type": "instance", "info": {
+        "project": "priv", "name": "web", "backend": {"entities": [b.addr().to_string()]}}}));
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "traffic to the new backend",
+        Duration::from_secs(20),
+        || (http_get(lb, "/").ok()? == (200, "b".to_string())).then_some(()),
+    );
+    assert_eq!(
+        lbd.instance("priv", "web")["nodes"][0]["pid"].as_u64(),
+        Some(pid),
+        "the same process took the new config"
+    );
+}

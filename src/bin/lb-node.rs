@@ -40,6 +40,18 @@ struct Args {
     /// Rotated log files kept (`.1` is the newest).
     #[arg(long, default_value_t = lbaas::dataplane::logfile::DEFAULT_KEEP)]
     log_keep: u32,
+    /// Milliseconds a client of the admin API has to send a request head
+    /// (also the idle time allowed between requests on a keep-alive connection).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    admin_header_timeout_ms: u64,
+    /// Admin API connections open at once; more get a 503 and are closed.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    admin_max_connections: u32,
+    /// Once the admin socket is bound and the log and pid files are open,
+    /// become this user (a name or a uid) with `no_new_privs` and no
+    /// capabilities. lbd passes it under `--network netns`, where nodes start as root.
+    #[arg(long)]
+    run_as: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +59,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    init_logging(&args)?;
+    // Bound before the drop (the admin port may be privileged) and before
+    // any thread exists, so the drop covers every thread.
+    let admin = std::net::TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
+    admin.set_nonblocking(true)?;
+    if let Some(user) = &args.run_as {
+        let who = lbaas::dataplane::privilege::RunAs::resolve(user)?;
+        lbaas::dataplane::privilege::drop_to(who).context("dropping privileges")?;
+        tracing::info!(
+            uid = who.uid,
+            gid = who.gid,
+            "running as {user}, no capabilities"
+        );
     }
     let threads = args
         .threads
@@ -62,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    runtime.block_on(run(args, workers))
+    runtime.block_on(run(args, admin, workers))
 }
 
 /// Starts `n` threads, each running a single-threaded runtime until the process exits.
@@ -104,8 +131,11 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
-    init_logging(&args)?;
+async fn run(
+    args: Args,
+    admin: std::net::TcpListener,
+    workers: Vec<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
     let secret = std::env::var("LB_NODE_SECRET").unwrap_or_default();
     if secret.is_empty() {
         eprintln!("lb-node: LB_NODE_SECRET must be set to the admin API's secret");
@@ -123,18 +153,29 @@ async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> anyhow::Result
             lbaas::dataplane::fdlimit::connection_cap(soft)
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
+    let listener = tokio::net::TcpListener::from_std(admin)?;
     let addr = listener.local_addr()?;
     println!("lb-node ready admin={addr}");
     std::io::stdout().flush()?;
     tracing::info!(node = %args.node_id, "admin API on {addr}");
     let app = admin::router(node.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(lbaas::signals::shutdown_signal())
-        .await?;
-    let open = node.drain(grace).await;
+    let limits = lbaas::serve::Limits {
+        header_timeout: std::time::Duration::from_millis(args.admin_header_timeout_ms),
+        max_connections: args.admin_max_connections as usize,
+        shutdown_grace: grace,
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let admin = lbaas::serve::serve(listener, app, limits, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let stop = async {
+        lbaas::signals::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        // The admin API and the traffic drain at the same time, so the whole
+        // stop stays within `--drain-timeout` (under the driver's SIGKILL).
+        node.drain(grace).await
+    };
+    let ((), open) = tokio::join!(admin, stop);
     tracing::info!(connections_cut = open, "stopped");
     Ok(())
 }

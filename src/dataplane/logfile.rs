@@ -73,7 +73,14 @@ impl Write for RotatingLog {
             && self.written > 0
             && self.written + buf.len() as u64 > self.max_bytes
         {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                // E.g. a node that dropped privileges cannot rename files in
+                // lbd's directory: start the file over so it stays bounded and
+                // the node keeps logging.
+                self.file.set_len(0)?;
+                self.written = 0;
+                let _ = writeln!(self.file, "log rotation failed ({e}); file truncated");
+            }
         }
         let n = self.file.write(buf)?;
         self.written += n as u64;
@@ -117,6 +124,28 @@ mod tests {
         assert!(
             newest.starts_with("line "),
             "lines are never split: {newest}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_rotation_truncates_and_keeps_logging() {
+        let dir = std::env::temp_dir().join(format!("lbaas-logfile-fail-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("node-1.log");
+        // `.1` is a non-empty directory, so renaming the log onto it fails
+        // (as it does, for lack of permission, for a node that dropped root).
+        fs::create_dir_all(numbered(&path, 1).join("x")).unwrap();
+        let mut log = RotatingLog::open(&path, 100, 1).unwrap();
+        for i in 0..50 {
+            writeln!(log, "line {i:03} of a failing backend").unwrap();
+        }
+        let newest = fs::read_to_string(&path).unwrap();
+        assert!(newest.len() <= 200, "bounded: {} bytes", newest.len());
+        assert!(newest.contains("log rotation failed"), "{newest}");
+        assert!(
+            newest.ends_with("line 049 of a failing backend\n"),
+            "{newest}"
         );
         let _ = fs::remove_dir_all(&dir);
     }

@@ -15,6 +15,7 @@ pub mod idle;
 pub mod log_limit;
 pub mod logfile;
 pub mod pool;
+pub mod privilege;
 pub mod proxy_protocol;
 pub mod splice;
 pub mod stats;

@@ -81,6 +81,9 @@ impl NodeAdminClient {
         connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(2)
+            // Under the node's idle limit (`--admin-header-timeout-ms`,
+            // 10 s): a connection the node may be closing is never reused.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build(connector);
         NodeAdminClient { http, timeout }
     }

@@ -17,8 +17,14 @@ pub struct LbNode {
 
 impl LbNode {
     pub fn start() -> LbNode {
+        LbNode::start_with(&[])
+    }
+
+    /// Starts lb-node with extra flags.
+    pub fn start_with(extra_args: &[&str]) -> LbNode {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-node"));
-        cmd.args(["--node-id", "7", "--admin-listen", "127.0.0.1:0"]);
+        cmd.args(["--node-id", "7", "--admin-listen", "127.0.0.1:0"])
+            .args(extra_args);
         LbNode::spawn(cmd)
     }
 

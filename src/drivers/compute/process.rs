@@ -22,6 +22,9 @@ pub struct ProcessCompute {
     /// Where a node rotates its log, and how many old files it keeps.
     log_max_bytes: u64,
     log_keep: u32,
+    /// Under netns (nodes start as root there): the user nodes become
+    /// once their admin socket is bound (`lb-node --run-as`).
+    node_user: Option<String>,
 }
 
 impl ProcessCompute {
@@ -34,7 +37,14 @@ impl ProcessCompute {
             children: Arc::default(),
             log_max_bytes: crate::dataplane::logfile::DEFAULT_MAX_BYTES,
             log_keep: crate::dataplane::logfile::DEFAULT_KEEP,
+            node_user: None,
         })
+    }
+
+    /// Nodes started in a network namespace drop to `user`.
+    pub fn with_node_user(mut self, user: Option<String>) -> Self {
+        self.node_user = user;
+        self
     }
 
     /// Node logs rotate at `max_bytes`, keeping `keep` old files.
@@ -179,6 +189,10 @@ impl ComputeDriver for ProcessCompute {
         let mut command = Command::new(&self.binary);
         if let Some(netns) = &spec.netns {
             enter_netns_on_exec(&mut command, netns)?;
+            // Joining the namespace needs root; parsing traffic must not have it.
+            if let Some(user) = &self.node_user {
+                command.arg("--run-as").arg(user);
+            }
         }
         let mut child = command
             .arg("--node-id")
