@@ -338,9 +338,15 @@ pub struct TuningArgs {
     /// Milliseconds a pooled backend connection may idle before it is closed.
     #[arg(long, value_name = "MS")]
     pub backend_idle_timeout_ms: Option<u32>,
+    /// Milliseconds a new client connection has to send its first request head.
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u32>,
     /// Client connections one node serves at once; more are refused.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,
+    /// Largest request head in bytes (http); larger ones get 431.
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<u32>,
     /// PROXY protocol header towards the backends (tcp only).
     #[arg(long, value_name = "VERSION", value_parser = model_enum::<ProxyProtocol>())]
     pub proxy_protocol: Option<ProxyProtocol>,

@@ -283,7 +283,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         hash_on: tuning.hash_on.clone(),
         timeouts: timeouts(tuning),
         max_connections: tuning.max_connections.map(i64::from),
-        max_header_bytes: None,
+        max_header_bytes: tuning.max_header_bytes.map(i64::from),
         proxy_protocol: tuning.proxy_protocol,
         // The envelope's `type` already says instance.
         object_type: None,
@@ -320,7 +320,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         hash_on: tuning.hash_on.clone(),
         timeouts: timeouts(tuning),
         max_connections: tuning.max_connections.map(i64::from),
-        max_header_bytes: None,
+        max_header_bytes: tuning.max_header_bytes.map(i64::from),
         proxy_protocol: tuning.proxy_protocol,
     }
 }
@@ -372,7 +372,7 @@ fn timeouts(t: &TuningArgs) -> Option<TimeoutsSpec> {
         first_byte_ms: t.first_byte_timeout_ms.map(i64::from),
         client_idle_ms: t.client_idle_timeout_ms.map(i64::from),
         backend_idle_ms: t.backend_idle_timeout_ms.map(i64::from),
-        handshake_ms: None,
+        handshake_ms: t.handshake_timeout_ms.map(i64::from),
     })
 }
 

@@ -277,8 +277,12 @@ const CREATE_ALL: &[&str] = &[
     "3000",
     "--backend-idle-timeout-ms",
     "4000",
+    "--handshake-timeout-ms",
+    "5000",
     "--max-connections",
     "500",
+    "--max-header-bytes",
+    "32768",
     "--proxy-protocol",
     "v1",
 ];
@@ -307,7 +311,9 @@ fn every_flag_lands_in_its_field() {
             "criteria": {"interval": 2, "timeout": 1, "health-threshold": 3, "unhealth-threshold": 4}},
         "auto-scaling": true});
     let tuning = json!({"hash_on": "header:x-user", "max_connections": 500, "proxy_protocol": "v1",
-        "timeouts": {"connect_ms": 1000, "first_byte_ms": 2000, "client_idle_ms": 3000, "backend_idle_ms": 4000}});
+        "max_header_bytes": 32768,
+        "timeouts": {"connect_ms": 1000, "first_byte_ms": 2000, "client_idle_ms": 3000,
+            "backend_idle_ms": 4000, "handshake_ms": 5000}});
     let mut create = json!({"name": "web", "project": "demo", "traffic_type": "tcp", "port": 8080,
         "subnet": "127.1.0.0/24", "algorithm": "consistent_hash", "backend": backend,
         "min_nodes": 2, "max_nodes": 6, "scaling": scaling});
