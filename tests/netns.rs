@@ -209,14 +209,14 @@ fn subnets_and_backends_the_namespace_cannot_use_are_refused() {
 #[test]
 fn lbd_refuses_netns_without_root_with_a_clear_error() {
     let state = std::env::temp_dir().join(format!("lbaas-noroot-{}", std::process::id()));
-    let mut lbd = Command::new(env!("CARGO_BIN_EXE_lbd"));
-    if is_root() {
-        // Seen from an unprivileged user (nobody), so this runs under CI too.
-        use std::os::unix::process::CommandExt;
-        lbd.uid(65534).gid(65534);
-    }
-    let out = lbd
-        .args([
+    let run = |binary: &std::path::Path| {
+        let mut lbd = Command::new(binary);
+        if is_root() {
+            // Seen from an unprivileged user (nobody), so this runs under CI too.
+            use std::os::unix::process::CommandExt;
+            lbd.uid(65534).gid(65534);
+        }
+        lbd.args([
             "--network",
             "netns",
             "--listen",
@@ -227,7 +227,24 @@ fn lbd_refuses_netns_without_root_with_a_clear_error() {
         .arg("--state-dir")
         .arg(&state)
         .output()
-        .expect("running lbd (as nobody when root: the binary must be readable by all)");
+    };
+    let built = std::path::Path::new(env!("CARGO_BIN_EXE_lbd"));
+    let out = match run(built) {
+        Ok(out) => out,
+        // The checkout may sit where nobody cannot reach (a 0700 home):
+        // run a copy from a directory everyone can read.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let copy = common::TempDir::new("noroot-bin");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(&copy.0, mode(0o755)).unwrap();
+            let lbd = copy.0.join("lbd");
+            std::fs::copy(built, &lbd).unwrap();
+            std::fs::set_permissions(&lbd, mode(0o755)).unwrap();
+            run(&lbd).expect("running a copy of lbd as nobody")
+        }
+        Err(e) => panic!("running lbd: {e}"),
+    };
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&state);
     let stderr = String::from_utf8_lossy(&out.stderr);
