@@ -307,8 +307,12 @@ fn instance_create_stores_the_tuning_flags() {
         "45000",
         "--backend-idle-timeout-ms",
         "25000",
+        "--handshake-timeout-ms",
+        "5000",
         "--max-connections",
         "500",
+        "--max-header-bytes",
+        "32768",
         "--expected-codes",
         "200-299",
         "--scale-out-after",
@@ -322,9 +326,11 @@ fn instance_create_stores_the_tuning_flags() {
     assert_eq!(web["hash_on"], "header:x-user", "{web}");
     assert_eq!(
         web["timeouts"],
-        json!({"connect_ms": 1500, "first_byte_ms": 20000, "client_idle_ms": 45000, "backend_idle_ms": 25000})
+        json!({"connect_ms": 1500, "first_byte_ms": 20000, "client_idle_ms": 45000,
+               "backend_idle_ms": 25000, "handshake_ms": 5000})
     );
     assert_eq!(web["max_connections"], 500);
+    assert_eq!(web["max_header_bytes"], 32768);
     assert_eq!(web["proxy_protocol"], "none");
     assert_eq!(
         web["backend"]["entities"],
@@ -426,7 +432,8 @@ fn instance_update_changes_the_tuning_flags() {
     assert_eq!(web["hash_on"], "header:x-tenant", "{web}");
     assert_eq!(
         web["timeouts"],
-        json!({"connect_ms": 900, "first_byte_ms": 9000, "client_idle_ms": 9500, "backend_idle_ms": 8000})
+        json!({"connect_ms": 900, "first_byte_ms": 9000, "client_idle_ms": 9500,
+               "backend_idle_ms": 8000, "handshake_ms": 10000})
     );
     assert_eq!(web["max_connections"], 700);
     assert_eq!(
