@@ -526,13 +526,7 @@ impl HealthChecker {
     async fn event(&self, inst: &InstanceRow, kind: EventKind, message: String) {
         tracing::info!(%kind, instance = %inst.name, "{message}");
         let subject = EventSubject::instance(inst.project_id, inst.id);
-        if let Err(e) = self
-            .store
-            .transaction(move |c| store::add_event(c, subject, kind, &message))
-            .await
-        {
-            tracing::warn!("cannot record event {kind}: {e}");
-        }
+        self.store.record_event(subject, kind, message).await;
     }
 }
 

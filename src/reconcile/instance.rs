@@ -348,15 +348,10 @@ impl Reconciler {
         if !self.compute.node_address_on_host() {
             return Ok(prefix_len);
         }
-        let network = self.network.clone();
-        tokio::task::spawn_blocking(move || {
-            network.set_node_addresses(project.id, &project.subnet, &[addr], false)
+        self.network_call(move |n| {
+            n.set_node_addresses(project.id, &project.subnet, &[addr], false)
         })
-        .await
-        .map_err(|e| ReconcileError::Task {
-            task: "network",
-            reason: e.to_string(),
-        })??;
+        .await?;
         Ok(prefix_len)
     }
 

@@ -221,15 +221,9 @@ impl Reconciler {
             if projects.contains(&project_id) {
                 continue;
             }
-            let network = self.network.clone();
-            let removed =
-                tokio::task::spawn_blocking(move || network.remove_project_network(project_id))
-                    .await
-                    .map_err(|e| ReconcileError::Task {
-                        task: "network",
-                        reason: e.to_string(),
-                    })
-                    .and_then(|r| r.map_err(ReconcileError::from));
+            let removed = self
+                .network_call(move |n| n.remove_project_network(project_id))
+                .await;
             self.orphan_removed(
                 EventSubject::project(project_id),
                 format!("network of project {project_id}"),
@@ -254,6 +248,24 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Runs a network driver call on a blocking thread (netlink and
+    /// namespace setup block), like [`Compute`] does for compute calls.
+    async fn network_call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn NetworkDriver) -> Result<T, crate::drivers::network::NetworkError>
+            + Send
+            + 'static,
+    ) -> Result<T, ReconcileError> {
+        let network = self.network.clone();
+        tokio::task::spawn_blocking(move || call(network.as_ref()))
+            .await
+            .map_err(|e| ReconcileError::Task {
+                task: "network",
+                reason: e.to_string(),
+            })?
+            .map_err(ReconcileError::from)
+    }
+
     /// Records the outcome of removing `what`, a resource with no row.
     async fn orphan_removed<E: std::fmt::Display>(
         &self,
@@ -274,17 +286,9 @@ impl Reconciler {
         }
     }
 
-    /// Records an event; the monitor log must never stop reconciliation,
-    /// so a failure to write it is only logged.
     async fn event(&self, subject: EventSubject, kind: EventKind, message: String) {
         tracing::info!(%kind, "{message}");
-        if let Err(e) = self
-            .store
-            .transaction(move |c| store::add_event(c, subject, kind, &message))
-            .await
-        {
-            tracing::warn!("cannot record event {kind}: {e}");
-        }
+        self.store.record_event(subject, kind, message).await;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{ReconcileError, Reconciler};
+use super::Reconciler;
 use crate::model::{EventKind, ProjectId, ProvisioningStatus};
 use crate::store::{self, EventSubject, ProjectRow};
 
@@ -12,7 +12,6 @@ impl Reconciler {
         if p.deleting {
             return;
         }
-        let network = self.network.clone();
         let (id, subnet) = (p.id, p.subnet);
         // The node addresses on the project network are exactly those of its node rows.
         let wanted = match self.project_node_addresses(p.id).await {
@@ -21,16 +20,12 @@ impl Reconciler {
             Ok(w) => w,
             Err(e) => return tracing::warn!("project {}: {e}", p.name),
         };
-        let outcome = tokio::task::spawn_blocking(move || {
-            network.ensure_project_network(id, &subnet)?;
-            network.set_node_addresses(id, &subnet, &wanted, true)
-        })
-        .await
-        .map_err(|e| ReconcileError::Task {
-            task: "network",
-            reason: e.to_string(),
-        })
-        .and_then(|r| r.map_err(ReconcileError::from));
+        let outcome = self
+            .network_call(move |network| {
+                network.ensure_project_network(id, &subnet)?;
+                network.set_node_addresses(id, &subnet, &wanted, true)
+            })
+            .await;
         let (status, reason, kind, message) = match (&outcome, p.provisioning_status) {
             (Ok(()), ProvisioningStatus::Active) => return,
             // Already shown; one event per failure, not one per pass.
@@ -95,14 +90,9 @@ impl Reconciler {
             Ok(_) => return,
             Err(e) => return tracing::warn!("project {}: {e}", p.name),
         }
-        let network = self.network.clone();
-        let removed = tokio::task::spawn_blocking(move || network.remove_project_network(id))
-            .await
-            .map_err(|e| ReconcileError::Task {
-                task: "network",
-                reason: e.to_string(),
-            })
-            .and_then(|r| r.map_err(ReconcileError::from));
+        let removed = self
+            .network_call(move |n| n.remove_project_network(id))
+            .await;
         if let Err(e) = removed {
             // Shown as ERROR with the reason; the delete stays requested and
             // is tried again on every pass.

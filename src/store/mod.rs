@@ -215,6 +215,23 @@ impl Store {
         }
     }
 
+    /// Records one event in its own transaction. The monitor log must never
+    /// stop its caller (reconciler, health checker), so a failure to write
+    /// it is only logged.
+    pub async fn record_event(
+        &self,
+        subject: EventSubject,
+        kind: crate::model::EventKind,
+        message: String,
+    ) {
+        if let Err(e) = self
+            .transaction(move |c| add_event(c, subject, kind, &message))
+            .await
+        {
+            tracing::warn!("cannot record event {kind}: {e}");
+        }
+    }
+
     /// [`Store::transaction`] for synchronous callers (start-up, tools,
     /// tests). Never call it from async code.
     pub fn transaction_blocking<T, E: From<StoreError>>(
