@@ -104,11 +104,30 @@ impl Drop for LbNode {
     }
 }
 
+/// A loopback address with a port nothing listens on, for a listener a
+/// process under test will bind later.
+///
+/// The port comes from below the kernel's ephemeral range: a port the kernel
+/// hands out for `bind(:0)` is also one it hands to outgoing connections, so
+/// a test opening thousands of client sockets in parallel could take it
+/// between this check and the node's bind. A process-wide counter keeps two
+/// callers from getting the same port.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Spread concurrent test binaries (and reruns) over the range.
+    let start = (std::process::id() % u32::from(LAST - FIRST)) as u16;
+    let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..(LAST - FIRST) {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % (LAST - FIRST);
+        let addr = SocketAddr::from(([127, 0, 0, 1], FIRST + offset));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}-{LAST}");
 }
 
 pub fn config(version: u64, traffic: &str, listen: SocketAddr, backends: &[SocketAddr]) -> Value {
