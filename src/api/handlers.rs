@@ -41,6 +41,12 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
                 .read(move |c| instance_info_or_list(&st, c, r))
                 .await
         }
+        ApiRequest::CreateUser(_)
+        | ApiRequest::UserInfo(_)
+        | ApiRequest::UpdateUser(_)
+        | ApiRequest::DeleteUser(_)
+        | ApiRequest::AuditInfo(_)
+        | ApiRequest::WhoAmI => return Err(ApiError::NoRoute),
         _ => {}
     }
     let info = state
@@ -52,8 +58,8 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
             ApiRequest::CreateInstance(r) => create_instance(&st, tx, r),
             ApiRequest::UpdateInstance(r) => update_instance(&st, tx, r),
             ApiRequest::DeleteInstance(r) => delete_instance(&st, tx, r),
-            ApiRequest::ProjectInfo(_) | ApiRequest::InstanceInfo(_) => {
-                unreachable!("reads are answered above")
+            _ => {
+                unreachable!("reads and tenant requests are answered above")
             }
         })
         .await;

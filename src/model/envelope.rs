@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{
-    InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate, ProjectDelete,
-    ProjectRef, ProjectUpdate, ValidationError,
+    AuditQuery, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
+    ProjectDelete, ProjectRef, ProjectUpdate, UserCreate, UserDelete, UserRef, UserUpdate,
+    ValidationError,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -37,6 +38,12 @@ impl Action {
 pub enum ObjectType {
     Project,
     Instance,
+    /// Tenants (admin only).
+    User,
+    /// The audit log (admin only, `info` only).
+    Audit,
+    /// Who the caller's token names (`info` only).
+    Whoami,
 }
 
 impl ObjectType {
@@ -44,6 +51,9 @@ impl ObjectType {
         match self {
             Self::Project => "project",
             Self::Instance => "instance",
+            Self::User => "user",
+            Self::Audit => "audit",
+            Self::Whoami => "whoami",
         }
     }
 }
@@ -105,6 +115,46 @@ pub enum ApiRequest {
     InstanceInfo(InstanceRef),
     UpdateInstance(InstanceUpdate),
     DeleteInstance(InstanceDelete),
+    CreateUser(UserCreate),
+    /// `name: None` lists all users.
+    UserInfo(UserRef),
+    UpdateUser(UserUpdate),
+    DeleteUser(UserDelete),
+    AuditInfo(AuditQuery),
+    WhoAmI,
+}
+
+impl ApiRequest {
+    /// Whether the request changes state (reads are `info`).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Self::ProjectInfo(_)
+                | Self::InstanceInfo(_)
+                | Self::UserInfo(_)
+                | Self::AuditInfo(_)
+                | Self::WhoAmI
+        )
+    }
+
+    /// The name of the object the request is about, for the audit log.
+    pub fn object_name(&self) -> Option<&str> {
+        match self {
+            Self::CreateProject(r) => Some(&r.name),
+            Self::ProjectInfo(r) => r.name.as_deref(),
+            Self::UpdateProject(r) => Some(&r.name),
+            Self::DeleteProject(r) => Some(&r.name),
+            Self::CreateInstance(r) => Some(&r.name),
+            Self::InstanceInfo(r) => r.name.as_deref(),
+            Self::UpdateInstance(r) => Some(&r.name),
+            Self::DeleteInstance(r) => Some(&r.name),
+            Self::CreateUser(r) => Some(&r.name),
+            Self::UserInfo(r) => r.name.as_deref(),
+            Self::UpdateUser(r) => Some(&r.name),
+            Self::DeleteUser(r) => Some(&r.name),
+            Self::AuditInfo(_) | Self::WhoAmI => None,
+        }
+    }
 }
 
 /// The action and type as far as they could be read, for echoing in an error answer.
@@ -196,9 +246,32 @@ impl ApiRequest {
             (A::Info, T::Instance) => Self::InstanceInfo(typed(info)?),
             (A::Update, T::Instance) => Self::UpdateInstance(typed(info)?),
             (A::Delete, T::Instance) => Self::DeleteInstance(typed(info)?),
+            (A::Create, T::User) => Self::CreateUser(typed(info)?),
+            (A::Info, T::User) => Self::UserInfo(typed(info)?),
+            (A::Update, T::User) => Self::UpdateUser(typed(info)?),
+            (A::Delete, T::User) => Self::DeleteUser(typed(info)?),
+            (A::Info, T::Audit) => Self::AuditInfo(typed(info)?),
+            (A::Info, T::Whoami) => {
+                typed::<Empty>(info)?;
+                Self::WhoAmI
+            }
+            (
+                action @ (A::Create | A::Update | A::Delete),
+                object_type @ (T::Audit | T::Whoami),
+            ) => {
+                return Err(ValidationError::UnsupportedAction {
+                    action: action.as_str(),
+                    object_type: object_type.as_str(),
+                })
+            }
         })
     }
 }
+
+/// An `info` that takes no fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
 
 fn parse_action(s: &str) -> Result<Action, ValidationError> {
     serde_json::from_value(Value::String(s.to_string()))
@@ -260,6 +333,14 @@ mod tests {
             "unknown_type"
         );
         assert_eq!(code(r#"{"action":7,"type":"project"}"#), "invalid_field");
+        assert_eq!(
+            code(r#"{"action":"delete","type":"audit"}"#),
+            "unsupported_action"
+        );
+        assert_eq!(
+            code(r#"{"action":"info","type":"whoami","info":{"x":1}}"#),
+            "unknown_field"
+        );
         assert_eq!(
             code(r#"{"action":"create","type":"project","inf":{}}"#),
             "unknown_field"

@@ -14,8 +14,13 @@ pub enum ValidationError {
     InvalidEnvelope(String),
     #[error("unknown action {0:?}: expected one of create, info, update, delete")]
     UnknownAction(String),
-    #[error("unknown type {0:?}: expected project or instance")]
+    #[error("unknown type {0:?}: expected project, instance, user, audit or whoami")]
     UnknownType(String),
+    #[error("`{action}` is not an action of type `{object_type}`: it only takes `info`")]
+    UnsupportedAction {
+        action: &'static str,
+        object_type: &'static str,
+    },
     #[error("missing field `{0}`")]
     MissingField(String),
     #[error("unknown field `{0}`")]
@@ -47,6 +52,7 @@ impl ValidationError {
             Self::InvalidEnvelope(_) => "invalid_envelope",
             Self::UnknownAction(_) => "unknown_action",
             Self::UnknownType(_) => "unknown_type",
+            Self::UnsupportedAction { .. } => "unsupported_action",
             Self::MissingField(_) => "missing_field",
             Self::UnknownField(_) => "unknown_field",
             Self::InvalidField(_) => "invalid_field",

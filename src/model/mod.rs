@@ -3,6 +3,7 @@
 //! without pulling in the daemon.
 
 pub mod allocator;
+pub mod audit;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -17,7 +18,9 @@ pub mod schemas;
 pub mod status;
 pub mod threshold;
 pub mod tuning;
+pub mod user;
 
+pub use audit::{AuditEntry, AuditQuery};
 pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };
@@ -38,3 +41,7 @@ pub use scaling::{ScalingPolicy, ScalingSpec};
 pub use status::{derive_operating_status, NodeState, OperatingStatus, ProvisioningStatus};
 pub use threshold::HealthStreak;
 pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts, Tuning};
+pub use user::{
+    Limit, Quota, QuotaKind, QuotaSpec, QuotaUsage, Role, UserCreate, UserDelete, UserInfo,
+    UserRef, UserUpdate, WhoAmI,
+};
