@@ -8,6 +8,7 @@ mod backend_guard;
 mod error;
 mod handlers;
 mod metrics;
+pub mod rate_limit;
 mod views;
 
 use std::sync::Arc;
