@@ -550,7 +550,7 @@ fn node_count(field: &str, n: Option<i64>) -> Result<u32, ValidationError> {
     }
 }
 
-fn members(
+pub(crate) fn members(
     entities: &[BackendEntity],
     default_port: u16,
     traffic: TrafficType,
@@ -647,7 +647,7 @@ fn backend_address(
     Ok(addr)
 }
 
-fn health_check(
+pub(crate) fn health_check(
     spec: Option<&HealthCheckSpec>,
     traffic: TrafficType,
 ) -> Result<HealthCheck, ValidationError> {

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod instance;
 pub mod names;
 pub mod node;
+pub mod policy;
 pub mod project;
 pub mod scaling;
 pub mod schemas;
