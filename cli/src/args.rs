@@ -3,7 +3,7 @@
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use lbaas::model::instance::BackendEntity;
-use lbaas::model::{Algorithm, HashOn, HealthProtocol, ProxyProtocol, TrafficType};
+use lbaas::model::{Algorithm, HashOn, HealthProtocol, Limit, ProxyProtocol, Role, TrafficType};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -11,14 +11,19 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 #[command(name = "lbctl", version, about = "Command-line client for lbaas", after_help = EXAMPLES)]
 pub struct Cli {
-    /// lbd's API address [default: `url` in ~/.config/lbaas/config.toml,
-    /// else http://127.0.0.1:7070].
+    /// lbd's API address [default: the context's `url` in
+    /// ~/.config/lbaas/config.toml, else the top-level one, else http://127.0.0.1:7070].
     #[arg(long, global = true, env = "LBAAS_URL")]
     pub url: Option<String>,
-    /// API token [default: `token` in ~/.config/lbaas/config.toml, else the
-    /// admin.token in lbd's default state dir].
+    /// API token [default: the context's `token` in ~/.config/lbaas/config.toml,
+    /// else the top-level one, else (with no context) the admin.token in lbd's
+    /// default state dir].
     #[arg(long, global = true, env = "LBAAS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Which `[context.NAME]` of ~/.config/lbaas/config.toml to use
+    /// [default: its `current`, else its top-level url and token].
+    #[arg(long, global = true, env = "LBAAS_CONTEXT")]
+    pub context: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     pub output: Output,
@@ -33,11 +38,15 @@ const EXAMPLES: &str = "Examples:
   lbctl project create demo --user john
   lbctl instance create web --project demo --type http --port 8080 --backend 10.1.0.5:80 --backend 10.1.0.6:80
   lbctl instance info web --project demo -o json
+  lbctl user create alice --max-projects 2
+  lbctl --context alice whoami
   echo '{\"action\": \"info\", \"type\": \"project\"}' | lbctl raw -
 
-Settings: flags override environment (LBAAS_URL, LBAAS_TOKEN), which overrides
-~/.config/lbaas/config.toml (url = \"...\", token = \"...\"). Colors only on a
-terminal, never with NO_COLOR set.
+Settings: flags override environment (LBAAS_URL, LBAAS_TOKEN, LBAAS_CONTEXT),
+which override ~/.config/lbaas/config.toml: url = \"...\", token = \"...\" at the
+top level, or per context ([context.alice] url = \"...\" token = \"...\"), chosen
+with --context or current = \"alice\". Colors only on a terminal, never with
+NO_COLOR set.
 
 Exit codes: 0 ok, 1 the API refused or the instance failed, 2 usage, 3 cannot reach lbd.";
 
@@ -76,12 +85,19 @@ pub enum Command {
     /// Instances: load balancers.
     #[command(subcommand)]
     Instance(InstanceCmd),
+    /// Users (tenants): their role, quota and token (admin only).
+    #[command(subcommand, after_help = USER_EXAMPLES)]
+    User(UserCmd),
+    /// Who the token names: `alice (member)`.
+    Whoami,
+    /// The audit log: who called what, newest first (admin only).
+    Audit(AuditArgs),
     /// Send a raw JSON envelope from FILE (or - for stdin) and print the answer.
     Raw {
         #[arg(default_value = "-")]
         file: String,
     },
-    /// A live dashboard of every load balancer (q quits, ? for keys).
+    /// A live dashboard of every load balancer the token may see (q quits, ? for keys).
     Top {
         /// Seconds between refreshes.
         #[arg(long, default_value_t = 1.0, value_parser = interval)]
@@ -443,4 +459,78 @@ pub struct UpdateArgs {
     pub tuning: TuningArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+const USER_EXAMPLES: &str = "Examples:
+  lbctl user create alice --role member --max-projects 2 --max-instances 10
+  lbctl user update alice --max-nodes -1        (-1: unlimited)
+  lbctl user rotate-token alice";
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user; prints its token on stdout, the only time it is shown.
+    #[command(after_help = USER_EXAMPLES)]
+    Create {
+        name: String,
+        /// What the user may do [default: member].
+        #[arg(long, value_parser = model_enum::<Role>())]
+        role: Option<Role>,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// List users with their usage and limits.
+    List,
+    /// Show a user.
+    Info { name: String },
+    /// Change a user's role or limits (given flags replace the stored values).
+    #[command(after_help = USER_EXAMPLES)]
+    Update {
+        name: String,
+        #[arg(long, value_parser = model_enum::<Role>())]
+        role: Option<Role>,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Give a user a new token (printed once); the old one stops working at once.
+    RotateToken { name: String },
+    /// Delete a user (refused while it owns projects).
+    Delete { name: String },
+}
+
+/// A user's limits; `-1` is unlimited, an absent flag keeps lbd's value
+/// (its default on create).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct QuotaArgs {
+    /// Projects the user may own (-1: unlimited).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = limit)]
+    pub max_projects: Option<Limit>,
+    /// Instances in all its projects (-1: unlimited).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = limit)]
+    pub max_instances: Option<Limit>,
+    /// LB nodes its instances may cost: min nodes, or max nodes with
+    /// autoscaling (-1: unlimited).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = limit)]
+    pub max_nodes: Option<Limit>,
+}
+
+fn limit(s: &str) -> Result<Limit, String> {
+    let v: i64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number (-1 for unlimited)"))?;
+    Limit::from_wire(v).map_err(|e| e.to_string())
+}
+
+/// `audit`: the filters of the API's `info audit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// Only this user's calls.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only the last N minutes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=527_040))]
+    pub minutes: Option<u32>,
+    /// At most N entries [default: lbd's, 100].
+    #[arg(long, value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(lbaas::model::audit::MAX_AUDIT_LIMIT)))]
+    pub limit: Option<u32>,
 }

@@ -1,15 +1,16 @@
 //! What each command sends (a [`RequestEnvelope`] built from the model's
 //! request types), what it reads back, and how `create`/`update` wait for
-//! the load balancer.
+//! the load balancer. Users and whoami are in `users.rs`, the audit log in
+//! `audit.rs`.
 
 use std::time::{Duration, Instant};
 
 use lbaas::model::instance::{BackendSpec, HealthCriteriaSpec};
 use lbaas::model::tuning::TimeoutsSpec;
 use lbaas::model::{
-    Action, HealthCheckSpec, InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef,
+    Action, AuditEntry, HealthCheckSpec, InstanceCreate, InstanceDelete, InstanceInfo, InstanceRef,
     InstanceUpdate, ObjectType, ProjectCreate, ProjectDelete, ProjectInfo, ProjectRef,
-    ProjectUpdate, ProvisioningStatus, RequestEnvelope, ScalingSpec,
+    ProjectUpdate, ProvisioningStatus, RequestEnvelope, ScalingSpec, UserInfo, WhoAmI,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -27,6 +28,12 @@ pub enum Shape {
     Projects,
     Instance,
     Instances,
+    User,
+    Users,
+    WhoAmI,
+    Audit,
+    /// Whatever it is, only shown by `-o json`/`-o yaml`.
+    Done,
 }
 
 /// A command's request and the shape of its answer.
@@ -43,6 +50,11 @@ pub enum Typed {
     Projects(Vec<ProjectInfo>),
     Instance(Box<InstanceInfo>),
     Instances(Vec<InstanceInfo>),
+    User(Box<UserInfo>),
+    Users(Vec<UserInfo>),
+    WhoAmI(WhoAmI),
+    Audit(Vec<AuditEntry>),
+    Done,
 }
 
 /// An answer: typed for tables, and as lbd sent it for `-o json`/`-o yaml`.
@@ -79,6 +91,11 @@ pub fn send(client: &ApiClient, request: &Request) -> Result<Answer, ClientError
         Shape::Projects => read(client, e, Typed::Projects),
         Shape::Instance => read(client, e, |i| Typed::Instance(Box::new(i))),
         Shape::Instances => read(client, e, Typed::Instances),
+        Shape::User => read(client, e, |u| Typed::User(Box::new(u))),
+        Shape::Users => read(client, e, Typed::Users),
+        Shape::WhoAmI => read(client, e, Typed::WhoAmI),
+        Shape::Audit => read(client, e, Typed::Audit),
+        Shape::Done => read(client, e, |_: Value| Typed::Done),
     }
 }
 
@@ -116,8 +133,17 @@ pub fn request(cmd: &Command) -> Option<Request> {
         Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => return None,
         Command::Project(p) => project_request(p),
         Command::Instance(i) => instance_request(i),
+        Command::User(u) => users::request(u),
+        Command::Whoami => users::whoami(),
+        Command::Audit(a) => audit::request(a, unix_now()),
     };
     Some(Request { envelope, shape })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The request that lists every project with its instances (also `lbctl top`'s).
@@ -433,6 +459,9 @@ pub fn wait_until_active(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+pub mod audit;
+pub mod users;
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use lbaas::model::{ProjectInfo, ProvisioningStatus};
 
-use args::{Cli, Command, InstanceCmd, Output, ProjectCmd};
+use args::{Cli, Command, InstanceCmd, Output, ProjectCmd, UserCmd};
 use client::{ApiClient, ClientError};
 use commands::{Answer, Typed, WaitError};
 
@@ -40,27 +40,44 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 /// Where lbctl finds lbd and its token: flags, then the environment (both
-/// through clap), then the config file, then the defaults.
+/// through clap), then the config file's chosen context, then its top
+/// level, then the defaults.
 struct Settings {
     url: String,
     token: String,
+    context: Option<String>,
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
-    let file = config::load()?;
-    let url = cli
+    let resolved = config::load()?.resolve(config::Overrides {
+        url: cli.url.as_deref(),
+        token: cli.token.as_deref(),
+        context: cli.context.as_deref(),
+    })?;
+    let url = resolved
         .url
-        .clone()
-        .or(file.url)
         .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
-    if let Some(t) = cli.token.clone().or(file.token) {
-        return Ok(Settings { url, token: t });
+    let context = resolved.context;
+    if let Some(token) = resolved.token {
+        return Ok(Settings {
+            url,
+            token,
+            context,
+        });
+    }
+    // A chosen context without a token must not quietly act as admin.
+    if let Some(name) = &context {
+        anyhow::bail!(
+            "context {name:?} has no token: add token = \"...\" to [context.{name}] in {}, or pass --token",
+            config::path().display()
+        );
     }
     let path = lbaas::paths::default_state_dir().join(lbaas::paths::ADMIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(Settings {
             url,
             token: t.trim().to_string(),
+            context,
         }),
         Err(e) => anyhow::bail!(
             "no token: pass --token or LBAAS_TOKEN, put token = \"...\" in {}, or start lbd so it writes {} ({e})",
@@ -80,7 +97,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let client = ApiClient::new(&settings.url, settings.token);
     match &cli.command {
         Command::Raw { file } => return raw(&client, file),
-        Command::Top { interval } => return top(client, &settings.url, *interval),
+        Command::Top { interval } => {
+            let title = match &settings.context {
+                Some(c) => format!("{} ({c})", settings.url),
+                None => settings.url.clone(),
+            };
+            return top(client, &title, *interval);
+        }
         _ => {}
     }
     let request = commands::request(&cli.command).expect("every other command sends a request");
@@ -107,8 +130,28 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         answer = reply.into();
     }
+    if let Typed::User(user) = &answer.typed {
+        if let Some(token) = &user.token {
+            return new_token(cli, &answer, &user.name, token, &settings.url);
+        }
+    }
     if !cli.quiet {
         print(cli, &answer);
+    }
+    Ok(())
+}
+
+/// A created user's or a rotated token: shown this once, so even `-q`
+/// prints it (it is the result, not chatter); `-o json|yaml` print lbd's
+/// answer, which holds it. The hint goes to stderr, so stdout is only the token.
+fn new_token(cli: &Cli, answer: &Answer, user: &str, token: &str, url: &str) -> anyhow::Result<()> {
+    let notice = commands::users::token_notice(user, token, url, &config::path());
+    match cli.output {
+        Output::Table => print!("{}", notice.stdout),
+        Output::Json | Output::Yaml => print(cli, answer),
+    }
+    if !cli.quiet {
+        eprint!("{}", notice.stderr);
     }
     Ok(())
 }
@@ -162,6 +205,12 @@ fn print(cli: &Cli, answer: &Answer) {
         (_, Typed::Instances(list)) => output::instances(list),
         (_, Typed::Project(p)) => output::project(p),
         (_, Typed::Projects(list)) => output::projects(list),
+        (Command::User(UserCmd::Delete { name }), _) => format!("user {name} deleted\n"),
+        (_, Typed::User(u)) => commands::users::info(u),
+        (_, Typed::Users(list)) => commands::users::list(list),
+        (_, Typed::WhoAmI(w)) => commands::users::whoami_text(w),
+        (_, Typed::Audit(entries)) => commands::audit::text(entries),
+        (_, Typed::Done) => String::new(),
     };
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let text = if color { output::colorize(&text) } else { text };

@@ -319,6 +319,23 @@ fn clock(ts: i64) -> String {
     format!("{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
 }
 
+/// Unix seconds as a UTC date and time, `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339),
+/// for what may be days old (audit entries, a user's creation). One word,
+/// so a table cell stays one cell for `cut`/`awk`.
+pub fn datetime(ts: i64) -> String {
+    // Days to a civil date: Howard Hinnant's `civil_from_days`.
+    let z = ts.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{}", clock(ts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +344,14 @@ mod tests {
     #[test]
     fn clock_is_utc_time_of_day() {
         assert_eq!(clock(86_400 + 3 * 3600 + 4 * 60 + 5), "03:04:05Z");
+    }
+
+    #[test]
+    fn datetime_is_utc_rfc3339() {
+        assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
+        assert_eq!(datetime(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(datetime(1_796_170_000), "2026-12-02T00:06:40Z");
+        assert_eq!(datetime(-1), "1969-12-31T23:59:59Z");
     }
 
     #[test]

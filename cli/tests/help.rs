@@ -52,3 +52,25 @@ fn instance_create_help_lists_the_tuning_flags_and_the_models_values() {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+#[test]
+fn user_help_lists_the_quota_flags_and_the_roles() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["user", "create", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--role",
+        "--max-projects",
+        "--max-instances",
+        "--max-nodes",
+        "-1: unlimited",
+        "member",
+        "reader",
+        "--context",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}

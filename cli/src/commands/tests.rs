@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::args::Cli;
+use lbaas::model::{UserCreate, UserUpdate};
 
 fn cli(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied()))
@@ -468,6 +469,34 @@ fn is_kind(schema: &Value, value: &Value) -> bool {
     }
 }
 
+/// Every flag of `user create` and `user update`.
+const USER_CREATE_ALL: &[&str] = &[
+    "user",
+    "create",
+    "alice",
+    "--role",
+    "reader",
+    "--max-projects",
+    "2",
+    "--max-instances",
+    "-1",
+    "--max-nodes",
+    "0",
+];
+const USER_UPDATE_ALL: &[&str] = &[
+    "user",
+    "update",
+    "alice",
+    "--role",
+    "admin",
+    "--max-projects",
+    "-1",
+    "--max-instances",
+    "3",
+    "--max-nodes",
+    "4",
+];
+
 /// Fails when a field of the API (in its published schema) has no lbctl
 /// flag: the command lines above give every flag there is, so a field they
 /// leave unset is one no flag can set.
@@ -485,8 +514,21 @@ fn every_field_of_the_api_has_a_flag() {
             update_all(),
             schemars::schema_for!(InstanceUpdate).to_value(),
         ),
+        (
+            USER_CREATE_ALL.to_vec(),
+            schemars::schema_for!(UserCreate).to_value(),
+        ),
+        // `rotate_token` is the `rotate-token` subcommand, not a flag of `update`.
+        (
+            USER_UPDATE_ALL.to_vec(),
+            schemars::schema_for!(UserUpdate).to_value(),
+        ),
     ] {
-        let info = env_of(&args)["info"].clone();
+        let mut info = env_of(&args)["info"].clone();
+        if args[..2] == ["user", "update"] {
+            info["rotate_token"] =
+                env_of(&["user", "rotate-token", "alice"])["info"]["rotate_token"].clone();
+        }
         let mut missing = Vec::new();
         unset(&schema, &schema, &info, "info", &mut missing);
         missing.retain(|m| !TAGS.contains(&m.as_str()));
