@@ -17,6 +17,7 @@ pub mod logfile;
 pub mod pool;
 pub mod privilege;
 pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod rules;
 pub mod splice;
 pub mod stats;
