@@ -189,6 +189,35 @@ fn a_silent_tcp_relay_is_closed_after_client_idle_ms() {
     });
 }
 
+#[test]
+fn an_idle_http11_keep_alive_connection_is_closed_after_client_idle_ms() {
+    let a = HttpBackend::start("a");
+    let (node, listen) = http_node(a.addr(), quick(60_000, 300));
+    let mut conn = TcpStream::connect(listen).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+    // The rest of the head, then the one-byte body ("a").
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let mut body = [0u8; 1];
+    reader.read_exact(&mut body).unwrap();
+    let took = closed_within(&mut conn, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed too early: {took:?}"
+    );
+    wait_status(&node, "its slot is free again", |st| {
+        st["stats"]["active_connections"] == 0
+    });
+}
+
 /// A backend that switches any `Upgrade` request to an echo of raw bytes
 /// and answers anything else (health checks) with an empty 200.
 fn upgrade_backend() -> SocketAddr {

@@ -8,7 +8,7 @@
 use super::log_limit;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
 use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
-use super::idle::{timed_out, Activity, Tracked};
+use super::idle::{timed_out, Activity, Counted, Streams, Tracked};
 use super::pool::ProxyBody;
 use super::{ActiveConfig, Node};
 use crate::model::{tuning, Algorithm, HashOn, Timeouts};
@@ -34,81 +34,110 @@ use crate::model::{tuning, Algorithm, HashOn, Timeouts};
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
     let stop_conns = stop.clone();
     super::accept_loop(listener, stop, move |stream, peer| {
-        let node = node.clone();
-        let mut stop = stop_conns.clone();
-        async move {
-            let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
-                return refuse(stream).await;
-            };
-            let _ = stream.set_nodelay(true);
-            let (timeouts, max_head) = node.active.load().as_ref().map_or(
-                (Timeouts::default(), tuning::DEFAULT_MAX_HEADER_BYTES),
-                |a| (a.config.tuning.timeouts, a.config.tuning.max_header_bytes),
-            );
-            let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
-            let handshake = Duration::from_millis(u64::from(timeouts.handshake_ms));
-            // Set by the first request: until then the handshake deadline
-            // applies. A local the service borrows: nothing allocated.
-            let started = AtomicBool::new(false);
-            let service = service_fn(|req| {
-                started.store(true, Relaxed);
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(proxy(&node, req, peer).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                // Heads after the first: the keep-alive idle time.
-                .header_read_timeout(idle)
-                // A head that does not fit the read buffer is answered 431 by
-                // hyper itself and never reaches a member; hyper needs at
-                // least 8 KiB, which the API already enforces.
-                .max_buf_size(max_head.max(tuning::MIN_MAX_HEADER_BYTES) as usize);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(256)
-                // The same limit for HTTP/2 (h2 answers 431 to a larger header list).
-                .max_header_list_size(max_head)
-                // A peer that stops answering pings (gone without a FIN) is
-                // closed even while a stream waits for a slow member.
-                .keep_alive_interval(Some(idle))
-                .keep_alive_timeout(idle.min(Duration::from_secs(20)));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            // hyper-util's auto builder starts no timer while it detects the
-            // protocol, and hyper's h1 header timer only starts after that:
-            // a client that sends nothing or half an HTTP/2 preface would
-            // hold its slot for ever. So the first request must have started
-            // by `handshake_ms`, or the connection is dropped (closed).
-            let deadline = tokio::time::sleep(handshake);
-            tokio::pin!(deadline);
-            let mut handshake_done = false;
-            let result = loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    _ = &mut deadline, if !handshake_done => {
-                        if !started.load(Relaxed) {
-                            tracing::debug!("client {peer}: no request within {} ms", handshake.as_millis());
-                            return;
-                        }
-                        handshake_done = true;
-                    }
-                    // On stop, the request in flight finishes and the connection
-                    // closes after it instead of waiting for the client's next one.
-                    _ = async { drop(stop.wait_for(|s| *s).await) } => {
-                        conn.as_mut().graceful_shutdown();
-                        break conn.await;
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!("client {peer}: {e}");
-            }
-        }
+        serve_client(node.clone(), stream, peer, stop_conns.clone())
     })
     .await
+}
+
+/// One client connection, from admission to close.
+async fn serve_client(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
+        return refuse(stream).await;
+    };
+    let _ = stream.set_nodelay(true);
+    let (timeouts, max_head) = node.active.load().as_ref().map_or(
+        (Timeouts::default(), tuning::DEFAULT_MAX_HEADER_BYTES),
+        |a| (a.config.tuning.timeouts, a.config.tuning.max_header_bytes),
+    );
+    let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
+    let handshake = Duration::from_millis(u64::from(timeouts.handshake_ms));
+    // The connection's open requests, for the idle close below; the one
+    // allocation per connection. A request clones the Arc into its guard.
+    let streams = Arc::new(Streams::default());
+    let service = service_fn(|req| {
+        let open = streams.open();
+        let node = node.clone();
+        async move {
+            let resp = proxy(&node, req, peer).await;
+            Ok::<_, Infallible>(resp.map(|body| Counted::new(body, open)))
+        }
+    });
+    let builder = connection_builder(idle, max_head);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // hyper-util's auto builder starts no timer while it detects the
+    // protocol, and hyper's h1 header timer only starts after that:
+    // a client that sends nothing or half an HTTP/2 preface would
+    // hold its slot for ever. So the first request must have started
+    // by `handshake_ms`, or the connection is dropped (closed).
+    let deadline = tokio::time::sleep(handshake);
+    tokio::pin!(deadline);
+    let mut handshake_done = false;
+    // hyper closes an HTTP/1 connection idle between requests itself (its
+    // header timer), but has nothing for an HTTP/2 one without streams,
+    // whose client answers the keep-alive pings: that is closed here.
+    let quiet = streams.quiet_for(idle);
+    tokio::pin!(quiet);
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = &mut deadline, if !handshake_done => {
+                if !streams.any_opened() {
+                    tracing::debug!("client {peer}: no request within {} ms", handshake.as_millis());
+                    return;
+                }
+                handshake_done = true;
+            }
+            // GOAWAY (HTTP/2) and close: the client knows no request was lost.
+            () = &mut quiet => {
+                tracing::debug!("client {peer}: no request open for {} ms", idle.as_millis());
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            // On stop, the request in flight finishes and the connection
+            // closes after it instead of waiting for the client's next one.
+            _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("client {peer}: {e}");
+    }
+}
+
+/// hyper's settings for a client connection, both protocols.
+fn connection_builder(
+    idle: Duration,
+    max_head: u32,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Heads after the first: the keep-alive idle time.
+        .header_read_timeout(idle)
+        // A head that does not fit the read buffer is answered 431 by
+        // hyper itself and never reaches a member; hyper needs at
+        // least 8 KiB, which the API already enforces.
+        .max_buf_size(max_head.max(tuning::MIN_MAX_HEADER_BYTES) as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        // The same limit for HTTP/2 (h2 answers 431 to a larger header list).
+        .max_header_list_size(max_head)
+        // A peer that stops answering pings (gone without a FIN) is
+        // closed even while a stream waits for a slow member.
+        .keep_alive_interval(Some(idle))
+        .keep_alive_timeout(idle.min(Duration::from_secs(20)));
+    builder
 }
 
 /// Over `max_connections`: a short 503 instead of a silent close.

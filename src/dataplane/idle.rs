@@ -1,12 +1,18 @@
-//! Idle deadlines for byte relays (TCP instances, upgraded HTTP tunnels): a
-//! relay with no byte in either direction for `client_idle_ms` is closed, so
-//! a silent peer cannot hold a `max_connections` slot for ever.
+//! Idle deadlines, so a peer that stays connected but does nothing cannot
+//! hold a `max_connections` slot for ever: a byte relay (TCP instances,
+//! upgraded HTTP tunnels) with no byte in either direction for
+//! `client_idle_ms` is closed (`Activity`), and so is an HTTP client
+//! connection with no request open for as long (`Streams`), like nginx's
+//! `keepalive_timeout`. hyper has no such setting for HTTP/2: its keep-alive
+//! pings only find peers that are gone, not live ones that never ask.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -93,6 +99,104 @@ pub fn timed_out(idle: Duration) -> std::io::Error {
     )
 }
 
+/// One finished request in `Streams::state`'s high half.
+const FINISHED: u64 = 1 << 32;
+/// `Streams::state`'s low half: the requests open now.
+const OPEN: u64 = FINISHED - 1;
+
+/// The requests a client connection has open (HTTP/2 streams, or HTTP/1's
+/// one at a time). One word for both halves, so a request costs one atomic
+/// add when it starts and one when it ends, and no clock read: the low half
+/// counts open requests, the high half finished ones (wrapping), so a
+/// request that starts and ends between two looks of `quiet_for` still
+/// shows as activity.
+#[derive(Default)]
+pub struct Streams {
+    state: AtomicU64,
+}
+
+impl Streams {
+    /// Counts a request as open until the guard drops (see `Counted`).
+    pub fn open(self: &Arc<Self>) -> StreamGuard {
+        self.state.fetch_add(1, Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    /// Whether any request ever started on the connection.
+    pub fn any_opened(&self) -> bool {
+        self.state.load(Relaxed) != 0
+    }
+
+    /// Resolves once no request was open for `idle`, counted from the
+    /// connection's start or from the end of its last request: at `idle` to
+    /// `idle` and a quarter after that. It looks four times per `idle`
+    /// rather than being woken by requests, which keeps them cheap; an idle
+    /// connection costs a timer wake per quarter.
+    pub async fn quiet_for(&self, idle: Duration) {
+        let tick = (idle / 4).max(Duration::from_millis(1));
+        let mut seen = self.state.load(Relaxed);
+        let mut quiet_since = Instant::now();
+        loop {
+            let deadline = quiet_since + idle;
+            tokio::time::sleep_until((Instant::now() + tick).min(deadline)).await;
+            let now = self.state.load(Relaxed);
+            if now != seen || now & OPEN != 0 {
+                seen = now;
+                quiet_since = Instant::now();
+            } else if Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+}
+
+/// A request's place in `Streams`, given back on drop (its response sent,
+/// or the request abandoned: a client's reset drops it too).
+pub struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        // Open minus one, finished plus one, in one add (open is >= 1 here).
+        self.0.state.fetch_add(FINISHED - 1, Relaxed);
+    }
+}
+
+/// A response body that keeps its request open in `Streams` until hyper
+/// drops it, i.e. until it was sent in full or abandoned: a response that
+/// trickles for longer than `client_idle_ms` keeps its connection.
+pub struct Counted<B> {
+    inner: B,
+    _open: StreamGuard,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, open: StreamGuard) -> Self {
+        Counted { inner, _open: open }
+    }
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    // Forwarded: hyper sets END_STREAM on an empty body's HEADERS and
+    // Content-Length from these.
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +210,92 @@ mod tests {
         let start = Instant::now();
         a.expired(idle).await;
         assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    const IDLE: Duration = Duration::from_millis(1000);
+
+    /// Whether `quiet_for(IDLE)` resolves within `within` from now.
+    async fn quiet_within(s: &Streams, within: Duration) -> bool {
+        tokio::time::timeout(within, s.quiet_for(IDLE))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_requests_is_quiet_after_idle() {
+        let s = Streams::default();
+        let start = Instant::now();
+        s.quiet_for(IDLE).await;
+        assert_eq!(start.elapsed(), IDLE);
+        assert!(!s.any_opened());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_request_holds_it_off_and_its_end_restarts_the_wait() {
+        let s = Arc::new(Streams::default());
+        let guard = s.open();
+        assert!(s.any_opened());
+        let watcher = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.quiet_for(IDLE).await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(IDLE * 10).await;
+        assert!(!watcher.is_finished(), "quiet with a request open");
+        let ended = Instant::now();
+        drop(guard);
+        let quiet_at = watcher.await.unwrap();
+        let after = quiet_at - ended;
+        assert!(after >= IDLE && after <= IDLE + IDLE / 4, "{after:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_between_two_looks_still_counts() {
+        let s = Arc::new(Streams::default());
+        let watch = s.quiet_for(IDLE);
+        tokio::pin!(watch);
+        // Past the first look (at a quarter), then a request comes and goes
+        // before the second.
+        assert!(tokio::time::timeout(IDLE * 3 / 8, &mut watch)
+            .await
+            .is_err());
+        let ended = Instant::now();
+        drop(s.open());
+        watch.await;
+        assert!(ended.elapsed() >= IDLE, "{:?}", ended.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_counts_until_dropped() {
+        let s = Arc::new(Streams::default());
+        let mut body = Counted::new(Full::new(bytes::Bytes::from_static(b"hi")), s.open());
+        assert_eq!(body.size_hint().exact(), Some(2));
+        assert!(!body.is_end_stream());
+        assert!(
+            !quiet_within(&s, IDLE * 3).await,
+            "quiet while the body is unsent"
+        );
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hi");
+        assert!(body.is_end_stream());
+        drop(body);
+        assert!(quiet_within(&s, IDLE * 2).await);
+    }
+
+    #[test]
+    fn the_halves_do_not_mix() {
+        let s = Arc::new(Streams::default());
+        let guards: Vec<_> = (0..3).map(|_| s.open()).collect();
+        assert_eq!(s.state.load(Relaxed), 3);
+        drop(guards);
+        assert_eq!(s.state.load(Relaxed), 3 * FINISHED);
     }
 }

@@ -76,7 +76,8 @@ impl Seen {
 
 /// An HTTP/1.1 backend (keep-alive) that answers `200 <name>`. `hits` and
 /// `seen` leave out lb-node's health checks.
-/// Paths: `/slow` answers after 700 ms; `/status/NNN` answers NNN; while
+/// Paths: `/slow` answers after 700 ms, `/sleep/MS` after MS ms; `/drip/N`
+/// sends its body in N chunks 300 ms apart; `/status/NNN` answers NNN; while
 /// `healthy` is false every request gets 503.
 pub struct HttpBackend {
     server: Server,
@@ -170,8 +171,11 @@ fn serve_http(
             hits.fetch_add(1, Ordering::SeqCst);
         }
         let mut status = 200;
+        let drip = path.strip_prefix("/drip/").and_then(|n| n.parse().ok());
         if path == "/slow" {
             std::thread::sleep(std::time::Duration::from_millis(700));
+        } else if let Some(ms) = path.strip_prefix("/sleep/").and_then(|n| n.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         } else if let Some(code) = path.strip_prefix("/status/") {
             status = code.parse().unwrap_or(500);
         }
@@ -181,6 +185,12 @@ fn serve_http(
         if !is_check {
             seen.lock().unwrap().push(Seen { path, headers });
         }
+        if let Some(chunks) = drip {
+            if send_dripping(&mut writer, status, body, chunks).is_err() {
+                return;
+            }
+            continue;
+        }
         let resp = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -189,6 +199,28 @@ fn serve_http(
             return;
         }
     }
+}
+
+/// A chunked response whose body (`body` per chunk) comes in `chunks`
+/// pieces 300 ms apart: a response in progress for that long.
+fn send_dripping(
+    writer: &mut TcpStream,
+    status: u16,
+    body: &str,
+    chunks: usize,
+) -> std::io::Result<()> {
+    write!(
+        writer,
+        "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )?;
+    for i in 0..chunks {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        write!(writer, "{:x}\r\n{body}\r\n", body.len())?;
+        writer.flush()?;
+    }
+    write!(writer, "0\r\n\r\n")
 }
 
 /// A TCP server that echoes what it reads until the peer half-closes, then
