@@ -6,6 +6,7 @@
 //! how removed members drain.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod fdlimit;
 pub mod forward;
