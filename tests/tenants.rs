@@ -796,3 +796,35 @@ fn a_database_from_before_tenants_opens_and_keeps_working() {
     assert_eq!(names(&v["info"]), ["jp"]);
     assert_eq!(v["info"][0]["instances"][0]["name"], "web");
 }
+
+#[test]
+fn concurrent_creates_cannot_both_pass_the_quota() {
+    let lbd = Lbd::start();
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "user",
+        "info": {"name": "alice", "quota": {"max_projects": 1}}}));
+    assert_eq!(s, 200, "{v}");
+    let alice = v["info"]["token"].as_str().unwrap().to_string();
+    let statuses: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|k| {
+                let (lbd, alice) = (&lbd, &alice);
+                scope.spawn(move || {
+                    let got = call(lbd, alice, project(&format!("c{k}")));
+                    let (s, c) = code(&got);
+                    (s, c.to_string())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let created = statuses.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|(s, c)| *s == 200 || (*s == 403 && c == "quota_exceeded")),
+        "{statuses:?}"
+    );
+    let (_, v) = lbd.api(&json!({"action": "info", "type": "user", "info": {"name": "alice"}}));
+    assert_eq!(v["info"]["usage"]["projects"], 1);
+}
