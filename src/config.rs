@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use ipnet::{IpNet, Ipv4Net};
 
+use crate::model::{Limit, Quota};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ComputeKind {
     /// Each LB node is a local `lb-node` process.
@@ -154,6 +156,26 @@ pub struct DaemonConfig {
     /// Seconds between retention passes over the monitor log.
     #[arg(long, env = "LBAAS_RETENTION_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_interval: u64,
+    /// Days audit log entries are kept.
+    #[arg(long, env = "LBAAS_AUDIT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=36_500))]
+    pub audit_retention_days: i64,
+    /// Projects a user may own unless its own quota says; -1: unlimited.
+    #[arg(long, env = "LBAAS_DEFAULT_QUOTA_PROJECTS", default_value_t = -1, allow_negative_numbers = true, value_parser = limit)]
+    pub default_quota_projects: i64,
+    /// Instances a user may have unless its own quota says; -1: unlimited.
+    #[arg(long, env = "LBAAS_DEFAULT_QUOTA_INSTANCES", default_value_t = -1, allow_negative_numbers = true, value_parser = limit)]
+    pub default_quota_instances: i64,
+    /// LB nodes a user's instances may cost (`min_nodes`, or `max_nodes`
+    /// with autoscaling) unless its own quota says; -1: unlimited.
+    #[arg(long, env = "LBAAS_DEFAULT_QUOTA_NODES", default_value_t = -1, allow_negative_numbers = true, value_parser = limit)]
+    pub default_quota_nodes: i64,
+}
+
+fn limit(s: &str) -> Result<i64, String> {
+    let v: i64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    Limit::from_wire(v)
+        .map(Limit::to_wire)
+        .map_err(|e| e.to_string())
 }
 
 fn share(s: &str) -> Result<f64, String> {
@@ -175,6 +197,16 @@ impl DaemonConfig {
                 .unwrap_or_else(|| pool.parse().expect("constant")),
             self.subnet_prefix.unwrap_or(prefix),
         )
+    }
+
+    /// The quota of users whose own limits do not say.
+    pub fn default_quota(&self) -> Quota {
+        let l = |v| Limit::from_wire(v).unwrap_or(Limit::Unlimited);
+        Quota {
+            max_projects: l(self.default_quota_projects),
+            max_instances: l(self.default_quota_instances),
+            max_nodes: l(self.default_quota_nodes),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -209,6 +241,11 @@ mod tests {
         assert_eq!(c.compute, ComputeKind::Process);
         assert_eq!(c.network, NetworkKind::Loopback);
         assert_eq!(c.subnet_pool().0.to_string(), "127.0.0.0/8");
+        assert_eq!(c.default_quota(), Quota::UNLIMITED);
+        assert_eq!(c.audit_retention_days, 30);
+        let q = DaemonConfig::try_parse_from(["lbd", "--default-quota-instances", "3"]).unwrap();
+        assert_eq!(q.default_quota().max_instances, Limit::AtMost(3));
+        assert!(DaemonConfig::try_parse_from(["lbd", "--default-quota-nodes", "-2"]).is_err());
         let netns = DaemonConfig::try_parse_from(["lbd", "--network", "netns"]).unwrap();
         assert_eq!(netns.subnet_pool(), ("100.64.0.0/10".parse().unwrap(), 24));
         assert_eq!(c.failover_grace, 60);

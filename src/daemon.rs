@@ -36,7 +36,7 @@ pub async fn run(
     config: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (state_dir, token, store) = open_state(&config)?;
+    let (state_dir, store) = open_state(&config)?;
     let drivers = Drivers::build(&config, &state_dir)?;
     let listeners = Listeners::bind(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -64,7 +64,7 @@ pub async fn run(
             config.node_admin_port,
             config.allow_backend_cidr.clone(),
         )),
-        token: token.into(),
+        default_quota: config.default_quota(),
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -81,8 +81,9 @@ pub async fn run(
     background.join().await
 }
 
-/// The state dir (mode 0700), the admin token and the store.
-fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, String, Store)> {
+/// The state dir (mode 0700) and the store, whose built-in `admin` user
+/// gets the hash of the admin token (the token itself is never stored).
+fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, Store)> {
     validate_zone(&config.zone).map_err(anyhow::Error::msg)?;
     let state_dir = config.state_dir();
     fs::DirBuilder::new()
@@ -96,7 +97,11 @@ fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, String, Store)>
         .with_context(|| format!("making state dir {} private", state_dir.display()))?;
     let token = ensure_admin_token(&state_dir)?;
     let store = Store::open(&state_dir.join("lbaas.db")).context("opening the state database")?;
-    Ok((state_dir, token, store))
+    let hash = api::hash_token(&token);
+    store
+        .transaction_blocking(|tx| crate::store::ensure_admin(tx, &hash))
+        .context("recording the admin token's hash")?;
+    Ok((state_dir, store))
 }
 
 struct Drivers {
@@ -253,7 +258,9 @@ fn health_settings(config: &DaemonConfig) -> HealthSettings {
             raw_samples: config.samples_raw_retention,
             minute_samples: config.samples_minute_retention,
             events: config.events_retention,
+            audit: config.audit_retention_days.saturating_mul(86_400),
         },
+        default_quota: config.default_quota(),
         retention_every: Duration::from_secs(config.retention_interval),
     }
 }

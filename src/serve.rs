@@ -111,6 +111,8 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    // Handlers see the client's address (the API's audit log records it).
+    let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)

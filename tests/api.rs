@@ -34,6 +34,8 @@ fn snapshot(lbd: &Lbd) -> Value {
 #[test]
 fn bad_input_gets_a_code_and_changes_nothing() {
     let lbd = Lbd::start();
+    // A project's user must exist (tenants): the admin makes john first.
+    lbd.add_user("john", "member");
     let (s, v) = lbd.api(
         &json!({"action": "create", "type": "project", "info": {"name": "demo", "user": "john"}}),
     );
@@ -134,6 +136,7 @@ fn bad_input_gets_a_code_and_changes_nothing() {
 #[test]
 fn get_with_a_json_body_works_as_the_seed_says() {
     let lbd = Lbd::start();
+    lbd.add_user("john", "member");
     let resp = lbd
         .http
         .get(format!("{}/api", lbd.url()))

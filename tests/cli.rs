@@ -18,6 +18,8 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn output_formats_and_exit_codes() {
     let lbd = Lbd::start();
+    // A project's user must exist (tenants).
+    lbd.add_user("ann", "member");
 
     // -o json prints the API's info.
     let json: Value = serde_json::from_str(
@@ -97,6 +99,7 @@ fn output_formats_and_exit_codes() {
 #[test]
 fn raw_sends_the_envelope_as_is() {
     let lbd = Lbd::start();
+    lbd.add_user("john", "member");
     let run = |input: &str| {
         let mut child = Command::new(lbctl_bin())
             .args(["--url", &lbd.url(), "--token", &lbd.token, "raw", "-"])

@@ -37,6 +37,8 @@ fn http_walkthrough_with_lbctl_dns_update_and_delete() {
         HttpBackend::start("c"),
     );
     let lbd = Lbd::start();
+    // A project's user must exist (tenants).
+    lbd.add_user("john", "member");
 
     let out = lbd.lbctl_ok(&["project", "create", "demo", "--user", "john"]);
     assert!(out.contains("demo"), "{out}");

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use thiserror::Error;
 
 use crate::drivers::network::NetworkError;
-use crate::model::{ProvisioningStatus, ValidationError};
+use crate::model::{Limit, ProvisioningStatus, QuotaKind, ValidationError};
 use crate::store::StoreError;
 
 #[derive(Debug, Error)]
@@ -16,6 +16,26 @@ pub enum ApiError {
     Invalid(#[from] ValidationError),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("quota exceeded: {} is {limit} and user {user} uses {used}", kind.field())]
+    QuotaExceeded {
+        kind: QuotaKind,
+        limit: Limit,
+        user: String,
+        used: u64,
+    },
+    #[error("no user named {0:?}")]
+    UserNotFound(String),
+    #[error("a user named {0:?} already exists")]
+    UserExists(String),
+    #[error("user {name:?} still owns {count} project(s); delete them or give them to another user first")]
+    UserHasProjects { name: String, count: u64 },
+    #[error(
+        "the built-in admin user cannot be deleted, demoted or changed through the API; \
+         to change its token, replace admin.token in lbd's state dir and restart lbd"
+    )]
+    BuiltinUser,
     #[error("request body is larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("no project named {0:?}")]
@@ -89,6 +109,11 @@ impl ApiError {
             | Self::BackendIsAdminPort { .. }
             | Self::BackendLoop { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
+            Self::UserNotFound(_) => StatusCode::NOT_FOUND,
+            Self::UserExists(_) | Self::UserHasProjects { .. } | Self::BuiltinUser => {
+                StatusCode::CONFLICT
+            }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ProjectNotFound(_) | Self::InstanceNotFound { .. } | Self::NoRoute => {
                 StatusCode::NOT_FOUND
@@ -116,6 +141,12 @@ impl ApiError {
         match self {
             Self::Invalid(v) => v.code(),
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::UserNotFound(_) => "user_not_found",
+            Self::UserExists(_) => "user_exists",
+            Self::UserHasProjects { .. } => "user_has_projects",
+            Self::BuiltinUser => "builtin_user",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::ProjectNotFound(_) => "project_not_found",
             Self::InstanceNotFound { .. } => "instance_not_found",
@@ -191,6 +222,20 @@ mod tests {
         assert_eq!(
             (e.status(), e.code()),
             (StatusCode::CONFLICT, "subnet_in_use")
+        );
+        let e = ApiError::QuotaExceeded {
+            kind: QuotaKind::Instances,
+            limit: Limit::AtMost(2),
+            user: "alice".into(),
+            used: 2,
+        };
+        assert_eq!(
+            (e.status(), e.code(), e.to_string().as_str()),
+            (
+                StatusCode::FORBIDDEN,
+                "quota_exceeded",
+                "quota exceeded: max_instances is 2 and user alice uses 2"
+            )
         );
         let e = ApiError::from(StoreError::Unavailable);
         assert_eq!(

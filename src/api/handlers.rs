@@ -8,20 +8,27 @@ use ipnet::Ipv4Net;
 use rusqlite::Connection;
 use serde_json::Value;
 
+use super::auth::Caller;
 use super::backend_guard::OwnListener;
 use super::views::{instance_info, instance_info_with, project_info, History};
-use super::{ApiError, AppState};
+use super::{quota, users, ApiError, AppState};
 use crate::drivers::network::NetworkError;
 use crate::model::allocator::{free_subnets, overlaps};
 use crate::model::envelope::ApiRequest;
 use crate::model::{
     EventKind, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
-    ProjectDelete, ProjectRef, ProjectUpdate, ProvisioningStatus, ValidationError,
+    ProjectDelete, ProjectRef, ProjectUpdate, ProvisioningStatus, QuotaUsage, ValidationError,
+    WhoAmI,
 };
 use crate::store::{self, EventSubject, ProjectRow};
 
-pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, ApiError> {
+pub(super) async fn handle(
+    state: &AppState,
+    caller: &Caller,
+    req: ApiRequest,
+) -> Result<Value, ApiError> {
     let st = state.clone();
+    let who = caller.clone();
     // The subnet a new project claimed on the host, given back if its row
     // does not commit (an error in the transaction or at its commit).
     let claimed = Arc::new(Mutex::new(None));
@@ -31,33 +38,38 @@ pub(super) async fn handle(state: &AppState, req: ApiRequest) -> Result<Value, A
             return st
                 .store
                 .clone()
-                .read(move |c| project_info_or_list(&st, c, r))
+                .read(move |c| project_info_or_list(&st, &who, c, r))
                 .await
         }
         ApiRequest::InstanceInfo(r) => {
             return st
                 .store
                 .clone()
-                .read(move |c| instance_info_or_list(&st, c, r))
+                .read(move |c| instance_info_or_list(&st, &who, c, r))
                 .await
+        }
+        ApiRequest::WhoAmI => {
+            return Ok(to_value(WhoAmI {
+                user: caller.user.clone(),
+                role: caller.role,
+            }))
         }
         ApiRequest::CreateUser(_)
         | ApiRequest::UserInfo(_)
         | ApiRequest::UpdateUser(_)
         | ApiRequest::DeleteUser(_)
-        | ApiRequest::AuditInfo(_)
-        | ApiRequest::WhoAmI => return Err(ApiError::NoRoute),
+        | ApiRequest::AuditInfo(_) => return users::handle(state, req).await,
         _ => {}
     }
     let info = state
         .store
         .transaction(move |tx| match req {
-            ApiRequest::CreateProject(r) => create_project(&st, tx, r, &claim),
-            ApiRequest::UpdateProject(r) => update_project(&st, tx, r),
-            ApiRequest::DeleteProject(r) => delete_project(&st, tx, r),
-            ApiRequest::CreateInstance(r) => create_instance(&st, tx, r),
-            ApiRequest::UpdateInstance(r) => update_instance(&st, tx, r),
-            ApiRequest::DeleteInstance(r) => delete_instance(&st, tx, r),
+            ApiRequest::CreateProject(r) => create_project(&st, &who, tx, r, &claim),
+            ApiRequest::UpdateProject(r) => update_project(&st, &who, tx, r),
+            ApiRequest::DeleteProject(r) => delete_project(&st, &who, tx, r),
+            ApiRequest::CreateInstance(r) => create_instance(&st, &who, tx, r),
+            ApiRequest::UpdateInstance(r) => update_instance(&st, &who, tx, r),
+            ApiRequest::DeleteInstance(r) => delete_instance(&st, &who, tx, r),
             _ => {
                 unreachable!("reads and tenant requests are answered above")
             }
@@ -80,8 +92,12 @@ fn to_value<T: serde::Serialize>(v: T) -> Value {
     serde_json::to_value(v).expect("API views always serialize")
 }
 
-fn project(tx: &Connection, name: &str) -> Result<ProjectRow, ApiError> {
-    store::project_by_name(tx, name)?.ok_or_else(|| ApiError::ProjectNotFound(name.to_string()))
+/// The project named `name` if the caller may see it. Another tenant's
+/// project answers exactly like a missing one, so names do not leak.
+fn project(tx: &Connection, caller: &Caller, name: &str) -> Result<ProjectRow, ApiError> {
+    store::project_by_name(tx, name)?
+        .filter(|p| caller.owns(&p.user))
+        .ok_or_else(|| ApiError::ProjectNotFound(name.to_string()))
 }
 
 fn instance(tx: &Connection, p: &ProjectRow, name: &str) -> Result<store::InstanceRow, ApiError> {
@@ -95,14 +111,23 @@ fn instance(tx: &Connection, p: &ProjectRow, name: &str) -> Result<store::Instan
 
 fn create_project(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
-    req: ProjectCreate,
+    mut req: ProjectCreate,
     claimed: &Mutex<Option<Ipv4Net>>,
 ) -> Result<Value, ApiError> {
+    // A member's project is its own; an admin's defaults to `admin`.
+    req.user.get_or_insert_with(|| caller.user.clone());
     let spec = req.validate()?;
+    if !store::user_exists(tx, &spec.user)? {
+        return Err(ApiError::UserNotFound(spec.user));
+    }
+    // Project names are global (they are DNS labels): a taken name is
+    // refused whoever holds it.
     if store::project_by_name(tx, &spec.name)?.is_some() {
         return Err(ApiError::ProjectExists(spec.name));
     }
+    quota::check(tx, &spec.user, state.default_quota, quota::PROJECT)?;
     let others = store::list_projects(tx)?;
     let subnet = match spec.subnet {
         Some(subnet) => {
@@ -141,18 +166,20 @@ fn create_project(
 
 fn project_info_or_list(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: ProjectRef,
 ) -> Result<Value, ApiError> {
     match req.name {
         Some(name) => Ok(to_value(project_info(
             tx,
-            &project(tx, &name)?,
+            &project(tx, caller, &name)?,
             &state.zone,
         )?)),
         None => {
             let list = store::list_projects(tx)?
                 .iter()
+                .filter(|p| caller.owns(&p.user))
                 .map(|p| project_info(tx, p, &state.zone))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(to_value(list))
@@ -162,25 +189,46 @@ fn project_info_or_list(
 
 fn update_project(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: ProjectUpdate,
 ) -> Result<Value, ApiError> {
     req.validate()?;
-    let p = project(tx, &req.name)?;
+    let p = project(tx, caller, &req.name)?;
     ApiError::check_not_pending(format!("project {:?}", p.name), p.provisioning_status)?;
-    if let Some(user) = &req.user {
-        store::set_project_user(tx, p.id, user)?;
+    if let Some(user) = req.user.as_ref().filter(|u| **u != p.user) {
+        give_project(state, tx, &p, user)?;
     }
-    let p = project(tx, &req.name)?;
+    let p = project(tx, caller, &req.name)?;
     Ok(to_value(project_info(tx, &p, &state.zone)?))
+}
+
+/// A new owner for `p` (admin only, see `auth`): it must exist, and the
+/// project with its instances must fit in the new owner's quota.
+fn give_project(
+    state: &AppState,
+    tx: &Connection,
+    p: &ProjectRow,
+    user: &str,
+) -> Result<(), ApiError> {
+    if !store::user_exists(tx, user)? {
+        return Err(ApiError::UserNotFound(user.to_string()));
+    }
+    let instances = store::list_instances(tx, p.id)?;
+    let live = instances.iter().filter(|i| !i.deleting).map(|i| &i.spec);
+    let moving = QuotaUsage::count(1, live);
+    quota::check(tx, user, state.default_quota, moving)?;
+    store::set_project_user(tx, p.id, user)?;
+    Ok(())
 }
 
 fn delete_project(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: ProjectDelete,
 ) -> Result<Value, ApiError> {
-    let p = project(tx, &req.name)?;
+    let p = project(tx, caller, &req.name)?;
     ApiError::check_not_pending(format!("project {:?}", p.name), p.provisioning_status)?;
     let instances = store::list_instances(tx, p.id)?;
     if !instances.is_empty() && !req.force {
@@ -196,7 +244,7 @@ fn delete_project(
         }
     }
     store::set_project_status(tx, p.id, ProvisioningStatus::PendingDelete, None)?;
-    let p = project(tx, &req.name)?;
+    let p = project(tx, caller, &req.name)?;
     Ok(to_value(project_info(tx, &p, &state.zone)?))
 }
 
@@ -204,11 +252,12 @@ fn delete_project(
 
 fn create_instance(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: InstanceCreate,
 ) -> Result<Value, ApiError> {
     let spec = req.clone().validate()?;
-    let p = project(tx, &req.project)?;
+    let p = project(tx, caller, &req.project)?;
     if p.deleting {
         return Err(ApiError::Pending {
             what: format!("project {:?}", p.name),
@@ -233,6 +282,8 @@ fn create_instance(
             name: spec.name,
         });
     }
+    let cost = quota::instance(spec.quota_nodes());
+    quota::check(tx, &p.user, state.default_quota, cost)?;
     let row = store::insert_instance(tx, p.id, &spec)?;
     store::add_event(
         tx,
@@ -245,10 +296,11 @@ fn create_instance(
 
 fn instance_info_or_list(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: InstanceRef,
 ) -> Result<Value, ApiError> {
-    let p = project(tx, &req.project)?;
+    let p = project(tx, caller, &req.project)?;
     let history = match req.history {
         None => History::Recent,
         Some(secs) if (1..=366 * 86_400).contains(&secs) => History::LastSecs(secs),
@@ -281,10 +333,11 @@ fn instance_info_or_list(
 
 fn update_instance(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: InstanceUpdate,
 ) -> Result<Value, ApiError> {
-    let p = project(tx, &req.project)?;
+    let p = project(tx, caller, &req.project)?;
     let row = instance(tx, &p, &req.name)?;
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     if row.deleting {
@@ -303,6 +356,8 @@ fn update_instance(
         return Err(ApiError::PortReserved(next.port));
     }
     if next != row.spec {
+        let cost = quota::more_nodes(row.spec.quota_nodes(), next.quota_nodes());
+        quota::check(tx, &p.user, state.default_quota, cost)?;
         store::update_instance_spec(tx, row.id, &next)?;
         store::add_event(
             tx,
@@ -317,10 +372,11 @@ fn update_instance(
 
 fn delete_instance(
     state: &AppState,
+    caller: &Caller,
     tx: &Connection,
     req: InstanceDelete,
 ) -> Result<Value, ApiError> {
-    let p = project(tx, &req.project)?;
+    let p = project(tx, caller, &req.project)?;
     let row = instance(tx, &p, &req.name)?;
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     store::set_instance_provisioning(tx, row.id, ProvisioningStatus::PendingDelete, None)?;

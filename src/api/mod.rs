@@ -4,30 +4,35 @@
 //! reconciler and answer; they never talk to a driver, except to claim a new
 //! project's subnet on the host (so two lbds cannot allocate one range).
 
+mod audit;
+mod auth;
 mod backend_guard;
 mod error;
 mod handlers;
 mod metrics;
+mod quota;
 pub mod rate_limit;
+mod users;
 mod views;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
+pub use auth::{hash_token, Caller};
 pub use backend_guard::BackendGuard;
 pub use error::ApiError;
 
 use crate::drivers::network::NetworkDriver;
 use crate::model::envelope::{ApiRequest, EnvelopeHeader};
-use crate::model::{ResponseEnvelope, ResponseStatus};
+use crate::model::{Quota, ResponseEnvelope, ResponseStatus};
 use crate::store::Store;
 
 /// Largest request body accepted.
@@ -48,7 +53,8 @@ pub struct AppState {
     pub node_admin_port: u16,
     /// Refuses backends that point into the control plane.
     pub backends: Arc<BackendGuard>,
-    pub token: Arc<str>,
+    /// The quota of users whose own limits do not say (`--default-quota-*`).
+    pub default_quota: Quota,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -60,49 +66,80 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `/api`: the caller (from the token, before the body is read), the
+/// envelope, what the caller's role allows, the handler; then the audit
+/// log and the answer.
 async fn api(State(state): State<AppState>, request: Request) -> Response {
-    if !authorized(&request, &state.token) {
-        return envelope(&EnvelopeHeader::default(), Err(ApiError::Unauthorized));
-    }
+    let client = audit::client(&request);
+    let none = EnvelopeHeader::default();
+    let caller = match auth::caller(&state.store, request.headers()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let result = Err(e);
+            let call = audit::Call {
+                user: None,
+                client,
+                header: &none,
+                name: None,
+            };
+            audit::record(&state.store, call, &result).await;
+            return envelope(&none, result);
+        }
+    };
+    // The API rate limit (per token, 429 `rate_limited`) goes here: the
+    // caller is known, nothing has been read or done yet.
     let body = match read_body(request.into_body()).await {
         Ok(b) => b,
-        Err(e) => return envelope(&EnvelopeHeader::default(), Err(e)),
+        Err(e) => return envelope(&none, Err(e)),
     };
     let (header, parsed) = ApiRequest::parse(&body);
+    let name = parsed
+        .as_ref()
+        .ok()
+        .and_then(|r| r.object_name())
+        .map(str::to_string);
     let result = match parsed {
-        Ok(req) => handlers::handle(&state, req).await,
+        Ok(req) => match auth::authorize(&caller, &req) {
+            Ok(()) => handlers::handle(&state, &caller, req).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e.into()),
     };
+    let call = audit::Call {
+        user: Some(&caller.user),
+        client,
+        header: &header,
+        name: name.as_deref(),
+    };
+    audit::record(&state.store, call, &result).await;
     envelope(&header, result)
 }
 
+/// `/metrics`: admins and readers. Refusals go to the audit log (type `metrics`).
 async fn prometheus(State(state): State<AppState>, request: Request) -> Response {
-    if !authorized(&request, &state.token) {
-        return envelope(&EnvelopeHeader::default(), Err(ApiError::Unauthorized));
+    let client = audit::client(&request);
+    let caller = auth::caller(&state.store, request.headers()).await;
+    let user = caller.as_ref().ok().map(|c| c.user.clone());
+    let allowed = caller.and_then(|c| auth::may_read_metrics(&c));
+    if allowed.is_err() {
+        let header = EnvelopeHeader {
+            action: None,
+            object_type: Some("metrics".into()),
+        };
+        let call = audit::Call {
+            user: user.as_deref(),
+            client,
+            header: &header,
+            name: None,
+        };
+        audit::record(&state.store, call, &allowed).await;
+        let result = allowed.map(|()| serde_json::Value::Null);
+        return envelope(&EnvelopeHeader::default(), result);
     }
     match state.store.read(metrics::gather).await {
         Ok(snapshot) => metrics::response(&snapshot),
         Err(e) => envelope(&EnvelopeHeader::default(), Err(e.into())),
     }
-}
-
-fn authorized(request: &Request, token: &str) -> bool {
-    let Some(value) = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(given) = value.strip_prefix("Bearer ") else {
-        return false;
-    };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-}
-
-/// Compares without an early exit, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read_body(mut body: Body) -> Result<bytes::Bytes, ApiError> {

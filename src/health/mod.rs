@@ -52,6 +52,9 @@ pub struct HealthSettings {
     pub retention: Retention,
     /// How often retention runs.
     pub retention_every: Duration,
+    /// The quota of users whose own limits do not say: the autoscaler
+    /// never takes a user past `max_nodes`.
+    pub default_quota: crate::model::Quota,
 }
 
 impl Default for HealthSettings {
@@ -61,6 +64,7 @@ impl Default for HealthSettings {
             failover_max_share: 0.5,
             retention: Retention::default(),
             retention_every: Duration::from_secs(60),
+            default_quota: crate::model::Quota::UNLIMITED,
         }
     }
 }
@@ -110,7 +114,7 @@ impl HealthChecker {
         settings: HealthSettings,
     ) -> Self {
         HealthChecker {
-            autoscaler: Autoscaler::new(store.clone(), wake.clone()),
+            autoscaler: Autoscaler::new(store.clone(), wake.clone(), settings.default_quota),
             store,
             admin,
             wake,

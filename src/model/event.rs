@@ -61,6 +61,9 @@ event_kinds! {
     FailoverResumed => "failover_resumed",
     ScaleOut => "scale_out",
     ScaleIn => "scale_in",
+    /// The autoscaler would scale out, but the owner's `max_nodes` quota
+    /// is reached (recorded once per streak of such decisions).
+    ScaleBlocked => "scale_blocked",
     /// A resource without a row (a node, a project network) was removed.
     OrphanRemoved => "orphan_removed",
 }
@@ -81,7 +84,10 @@ impl EventKind {
 
     /// The autoscaler acted.
     pub fn is_scaling(self) -> bool {
-        matches!(self, EventKind::ScaleOut | EventKind::ScaleIn)
+        matches!(
+            self,
+            EventKind::ScaleOut | EventKind::ScaleIn | EventKind::ScaleBlocked
+        )
     }
 }
 

@@ -225,6 +225,16 @@ impl InstanceSpec {
         }
     }
 
+    /// What the instance may cost in nodes, as the quota counts it:
+    /// `max_nodes` with autoscaling, else `min_nodes`.
+    pub fn quota_nodes(&self) -> u32 {
+        if self.auto_scaling {
+            self.max_nodes.max(self.min_nodes)
+        } else {
+            self.min_nodes
+        }
+    }
+
     /// What a node at `address` runs for this spec, as config `version`.
     pub fn node_config(&self, version: u64, address: IpAddr) -> crate::model::NodeConfig {
         crate::model::NodeConfig {

@@ -16,7 +16,8 @@ pub const DEFAULT_USER: &str = "admin";
 pub struct ProjectCreate {
     /// A DNS label: `[a-z0-9-]{1,63}`.
     pub name: String,
-    /// The owner; defaults to `admin`.
+    /// The owner, an existing user; defaults to the caller (a member may
+    /// name only itself).
     #[serde(default)]
     pub user: Option<String>,
     /// An IPv4 CIDR; allocated from the daemon's pool when absent.

@@ -6,8 +6,9 @@ use serde_json::Value;
 
 use crate::model::instance::HealthCheckSpec;
 use crate::model::{
-    InstanceCreate, InstanceInfo, InstanceUpdate, NodeConfig, NodeStatus, ProjectCreate,
-    ProjectInfo, RequestEnvelope, ResponseEnvelope,
+    AuditEntry, AuditQuery, InstanceCreate, InstanceInfo, InstanceUpdate, NodeConfig, NodeStatus,
+    ProjectCreate, ProjectInfo, RequestEnvelope, ResponseEnvelope, UserCreate, UserInfo,
+    UserUpdate, WhoAmI,
 };
 
 /// Every published schema, by file name (under `schemas/`).
@@ -26,5 +27,11 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("health-check.json", v(schema_for!(HealthCheckSpec))),
         ("node.config.json", v(schema_for!(NodeConfig))),
         ("node.status.json", v(schema_for!(NodeStatus))),
+        ("user.create.json", v(schema_for!(UserCreate))),
+        ("user.update.json", v(schema_for!(UserUpdate))),
+        ("user.info.json", v(schema_for!(UserInfo))),
+        ("whoami.json", v(schema_for!(WhoAmI))),
+        ("audit.query.json", v(schema_for!(AuditQuery))),
+        ("audit.entry.json", v(schema_for!(AuditEntry))),
     ]
 }

@@ -183,6 +183,15 @@ impl Quota {
             QuotaKind::Nodes => self.max_nodes,
         }
     }
+
+    /// The first limit that `used` plus `adding` would pass, if any. Only
+    /// what is added is judged: a quota lowered under the current use
+    /// refuses growth, never what exists.
+    pub fn first_exceeded(&self, used: QuotaUsage, adding: QuotaUsage) -> Option<QuotaKind> {
+        [QuotaKind::Projects, QuotaKind::Instances, QuotaKind::Nodes]
+            .into_iter()
+            .find(|&k| adding.used(k) > 0 && !self.limit(k).allows(used.used(k), adding.used(k)))
+    }
 }
 
 /// What a user's projects use now, counted as the quota counts it.
@@ -194,6 +203,22 @@ pub struct QuotaUsage {
 }
 
 impl QuotaUsage {
+    /// What `projects` projects holding instances of these specs use.
+    pub fn count<'a>(
+        projects: u64,
+        instances: impl IntoIterator<Item = &'a crate::model::InstanceSpec>,
+    ) -> QuotaUsage {
+        let mut usage = QuotaUsage {
+            projects,
+            ..Default::default()
+        };
+        for spec in instances {
+            usage.instances += 1;
+            usage.nodes += u64::from(spec.quota_nodes());
+        }
+        usage
+    }
+
     pub fn used(&self, kind: QuotaKind) -> u64 {
         match kind {
             QuotaKind::Projects => self.projects,
@@ -322,6 +347,39 @@ mod tests {
         assert_eq!(q.max_projects, Limit::AtMost(5));
         assert_eq!(q.max_instances, Limit::AtMost(1));
         assert_eq!(q.max_nodes, Limit::Unlimited);
+    }
+
+    #[test]
+    fn the_first_exceeded_limit_is_named_and_only_growth_is_judged() {
+        let q = Quota {
+            max_projects: Limit::AtMost(1),
+            max_instances: Limit::AtMost(2),
+            max_nodes: Limit::AtMost(4),
+        };
+        let used = QuotaUsage {
+            projects: 1,
+            instances: 2,
+            nodes: 4,
+        };
+        let one = |projects, instances, nodes| QuotaUsage {
+            projects,
+            instances,
+            nodes,
+        };
+        assert_eq!(
+            q.first_exceeded(used, one(1, 0, 0)),
+            Some(QuotaKind::Projects)
+        );
+        assert_eq!(
+            q.first_exceeded(used, one(0, 1, 1)),
+            Some(QuotaKind::Instances)
+        );
+        assert_eq!(q.first_exceeded(used, one(0, 0, 1)), Some(QuotaKind::Nodes));
+        assert_eq!(q.first_exceeded(used, one(0, 0, 0)), None);
+        // Over a lowered quota already: nothing added, nothing refused.
+        let over = one(5, 5, 9);
+        assert_eq!(q.first_exceeded(over, QuotaUsage::default()), None);
+        assert_eq!(Quota::UNLIMITED.first_exceeded(over, one(1, 1, 16)), None);
     }
 
     #[test]

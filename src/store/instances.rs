@@ -80,6 +80,12 @@ pub fn all_instances(c: &Connection) -> Result<Vec<InstanceRow>, StoreError> {
     query_instances(c, "", [])
 }
 
+/// The instances of `user`'s projects that are not being deleted: what
+/// their quota counts.
+pub fn instances_of_user(c: &Connection, user: &str) -> Result<Vec<InstanceRow>, StoreError> {
+    query_instances(c, "WHERE p.user = ?1 AND i.deleting = 0", [user])
+}
+
 /// Stores a new desired spec: the generation goes up, and the nodes get the new config.
 pub fn update_instance_spec(
     c: &Connection,

@@ -127,6 +127,37 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX member_states_by_member ON member_states (node_id, address, id);
     CREATE INDEX member_states_by_ts ON member_states (ts);",
+    // 7: tenants. Users with a role, the SHA-256 of their token and quota
+    // limits (NULL: lbd's defaults); one user per project owner named so
+    // far (a member, or the admin for `admin`; no token until an admin
+    // rotates one). The audit log.
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        token_hash BLOB UNIQUE,
+        max_projects INTEGER,
+        max_instances INTEGER,
+        max_nodes INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO users (name, role, created_at) VALUES ('admin', 'admin', unixepoch());
+    INSERT OR IGNORE INTO users (name, role, created_at)
+        SELECT DISTINCT user, 'member', unixepoch() FROM projects;
+    CREATE INDEX projects_by_user ON projects (user);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        user TEXT,
+        client TEXT NOT NULL,
+        action TEXT,
+        type TEXT,
+        name TEXT,
+        status INTEGER NOT NULL,
+        code TEXT
+    );
+    CREATE INDEX audit_by_ts ON audit (ts);
+    CREATE INDEX audit_by_user ON audit (user, ts);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -162,6 +193,37 @@ mod tests {
             migrate(&mut conn),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn project_owners_become_users() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        conn.execute_batch(
+            "INSERT INTO projects (name, user, subnet, provisioning_status, created_at, updated_at)
+             VALUES ('a', 'john', '127.1.0.0/24', 'ACTIVE', 1, 1),
+                    ('b', 'john', '127.1.1.0/24', 'ACTIVE', 1, 1),
+                    ('c', 'admin', '127.1.2.0/24', 'ACTIVE', 1, 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let users: Vec<(String, String, bool)> = conn
+            .prepare("SELECT name, role, token_hash IS NULL FROM users ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            users,
+            vec![
+                ("admin".to_string(), "admin".to_string(), true),
+                ("john".to_string(), "member".to_string(), true),
+            ]
+        );
     }
 
     #[test]

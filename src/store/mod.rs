@@ -9,6 +9,7 @@
 //! gives up at its deadline with [`StoreError::Unavailable`] instead of
 //! stalling its caller.
 
+mod audit;
 mod counters;
 mod instances;
 mod migrations;
@@ -17,6 +18,7 @@ mod nodes;
 mod projects;
 mod rows;
 mod sql_types;
+mod users;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,11 +28,12 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use thiserror::Error;
 
 use crate::model::{NodeId, NodeState};
+pub use audit::{add_audit, query_audit};
 pub use counters::{count_event, event_counts};
 pub use instances::{
     all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
-    list_instances, refresh_instance_operating, set_desired_nodes, set_instance_operating,
-    set_instance_provisioning, update_instance_spec,
+    instances_of_user, list_instances, refresh_instance_operating, set_desired_nodes,
+    set_instance_operating, set_instance_provisioning, update_instance_spec,
 };
 pub use monitor::{
     add_event, add_sample, apply_retention, latest_node_sample, member_state_changes,
@@ -45,6 +48,11 @@ pub use projects::{
     set_project_status, set_project_user,
 };
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
+pub use users::{
+    count_projects_of, delete_user, ensure_admin, insert_user, list_users, set_user_quota,
+    set_user_role, set_user_token_hash, user_by_name, user_by_token_hash, user_exists,
+    user_target_nodes, user_usage, UserRow,
+};
 
 #[derive(Debug, Error)]
 pub enum StoreError {

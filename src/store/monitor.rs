@@ -178,6 +178,8 @@ pub struct Retention {
     pub raw_samples: i64,
     pub minute_samples: i64,
     pub events: i64,
+    /// Seconds audit log entries are kept.
+    pub audit: i64,
 }
 
 impl Default for Retention {
@@ -186,6 +188,7 @@ impl Default for Retention {
             raw_samples: 3600,
             minute_samples: 86_400,
             events: 7 * 86_400,
+            audit: 30 * 86_400,
         }
     }
 }
@@ -198,6 +201,7 @@ pub struct RetentionReport {
     pub minutes_dropped: usize,
     pub events_dropped: usize,
     pub member_changes_dropped: usize,
+    pub audit_dropped: usize,
 }
 
 /// One retention pass at time `at`: raw samples of whole minutes older than
@@ -235,12 +239,15 @@ pub fn apply_retention(
         "DELETE FROM member_states WHERE ts < ?1",
         [at - keep.events],
     )?;
+    // The audit log is not the monitor log, but it is pruned on the same pass.
+    let audit_dropped = c.execute("DELETE FROM audit WHERE ts < ?1", [at - keep.audit])?;
     Ok(RetentionReport {
         raw_folded,
         minutes_added,
         minutes_dropped,
         events_dropped,
         member_changes_dropped,
+        audit_dropped,
     })
 }
 
@@ -328,6 +335,33 @@ pub fn recent_events(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn audit_entries_past_their_retention_are_dropped() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut conn).unwrap();
+        for ts in [100, 5_000] {
+            let entry = crate::model::AuditEntry {
+                ts,
+                user: Some("alice".into()),
+                client: "127.0.0.1".into(),
+                action: Some("create".into()),
+                object_type: Some("project".into()),
+                name: Some("p".into()),
+                status: 200,
+                code: None,
+            };
+            super::super::add_audit(&conn, &entry).unwrap();
+        }
+        let keep = Retention {
+            audit: 1_000,
+            ..Retention::default()
+        };
+        let report = apply_retention(&conn, keep, 5_500).unwrap();
+        assert_eq!(report.audit_dropped, 1);
+        let left = super::super::query_audit(&conn, &Default::default()).unwrap();
+        assert_eq!(left.iter().map(|e| e.ts).collect::<Vec<_>>(), vec![5_000]);
+    }
+
     use super::*;
 
     fn sample(ts: i64, node_id: NodeId, rps: f64) -> SampleInfo {
@@ -355,6 +389,7 @@ mod tests {
             raw_samples: 3600,
             minute_samples: 86_400,
             events: 86_400,
+            audit: 86_400,
         };
         let start = 1_000_000 * 60;
         let stats = NodeStats::default();

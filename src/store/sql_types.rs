@@ -5,7 +5,7 @@
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 use crate::model::{
-    EventKind, InstanceId, NodeId, NodeState, OperatingStatus, ProjectId, ProvisioningStatus,
+    EventKind, InstanceId, NodeId, NodeState, OperatingStatus, ProjectId, ProvisioningStatus, Role,
 };
 
 macro_rules! text_enum {
@@ -31,6 +31,7 @@ text_enum!(NodeState, "node state");
 text_enum!(OperatingStatus, "operating status");
 text_enum!(ProvisioningStatus, "provisioning status");
 text_enum!(EventKind, "event kind");
+text_enum!(Role, "role");
 
 macro_rules! integer_id {
     ($ty:ident) => {

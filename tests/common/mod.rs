@@ -316,6 +316,17 @@ impl Lbd {
         stdout
     }
 
+    /// Creates a user (as admin); returns its token.
+    pub fn add_user(&self, name: &str, role: &str) -> String {
+        let (status, v) = self.api(&serde_json::json!({"action": "create", "type": "user",
+            "info": {"name": name, "role": role}}));
+        assert_eq!(status, 200, "{v}");
+        v["info"]["token"]
+            .as_str()
+            .expect("a new user's token")
+            .to_string()
+    }
+
     pub fn instance(&self, project: &str, name: &str) -> Value {
         let (status, v) = self.api(&serde_json::json!({"action": "info", "type": "instance", "info": {"project": project, "name": name}}));
         assert_eq!(status, 200, "{v}");
