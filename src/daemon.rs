@@ -19,7 +19,7 @@ use crate::api::{self, AppState};
 use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
 use crate::dns::{DnsError, EmbeddedDns};
 use crate::drivers::compute::process::ProcessCompute;
-use crate::drivers::compute::ComputeDriver;
+use crate::drivers::compute::{ComputeDriver, ComputeWarnings};
 use crate::drivers::network::claims::SubnetClaims;
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::drivers::network::netns::NetnsNetwork;
@@ -42,6 +42,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let (api_addr, dns_addr) = (listeners.api.local_addr()?, listeners.udp.local_addr()?);
+    let compute = crate::drivers::compute::Compute::new(drivers.compute.clone());
     let background = Background::start(
         &config,
         &store,
@@ -65,6 +66,7 @@ pub async fn run(
             config.allow_backend_cidr.clone(),
         )),
         token: token.into(),
+        compute_warnings: drivers.compute_warnings.clone(),
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -78,6 +80,8 @@ pub async fn run(
     tracing::info!("shutting down; LB nodes keep serving and are adopted on the next start");
     let _ = stop_tx.send(true);
     server.await?;
+    // Before joining: a reconciler pass may be waiting for the KVM probe.
+    compute.shutdown().await;
     background.join().await
 }
 
@@ -102,6 +106,8 @@ fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, String, Store)>
 struct Drivers {
     network: Arc<dyn NetworkDriver>,
     compute: Arc<dyn ComputeDriver>,
+    /// Written by the compute driver, shown by the API.
+    compute_warnings: ComputeWarnings,
     dns: Arc<EmbeddedDns>,
 }
 
@@ -118,6 +124,7 @@ impl Drivers {
                 claims,
             )?),
         };
+        let compute_warnings = ComputeWarnings::default();
         let compute = match config.compute {
             ComputeKind::Process => process_compute(config, state_dir)?,
             ComputeKind::Libvirt => libvirt_compute(config, state_dir)?,
@@ -126,6 +133,7 @@ impl Drivers {
         Ok(Drivers {
             network,
             compute,
+            compute_warnings,
             dns,
         })
     }

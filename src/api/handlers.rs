@@ -130,7 +130,7 @@ fn create_project(
         EventKind::ProjectCreated,
         &format!("project {} created with subnet {subnet}", row.name),
     )?;
-    Ok(to_value(project_info(tx, &row, &state.zone)?))
+    Ok(to_value(project_info(tx, &row, &state.view())?))
 }
 
 fn project_info_or_list(
@@ -142,12 +142,12 @@ fn project_info_or_list(
         Some(name) => Ok(to_value(project_info(
             tx,
             &project(tx, &name)?,
-            &state.zone,
+            &state.view(),
         )?)),
         None => {
             let list = store::list_projects(tx)?
                 .iter()
-                .map(|p| project_info(tx, p, &state.zone))
+                .map(|p| project_info(tx, p, &state.view()))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(to_value(list))
         }
@@ -166,7 +166,7 @@ fn update_project(
         store::set_project_user(tx, p.id, user)?;
     }
     let p = project(tx, &req.name)?;
-    Ok(to_value(project_info(tx, &p, &state.zone)?))
+    Ok(to_value(project_info(tx, &p, &state.view())?))
 }
 
 fn delete_project(
@@ -191,7 +191,7 @@ fn delete_project(
     }
     store::set_project_status(tx, p.id, ProvisioningStatus::PendingDelete, None)?;
     let p = project(tx, &req.name)?;
-    Ok(to_value(project_info(tx, &p, &state.zone)?))
+    Ok(to_value(project_info(tx, &p, &state.view())?))
 }
 
 // === instances ===
@@ -234,7 +234,7 @@ fn create_instance(
         EventKind::InstanceCreated,
         &format!("instance {}.{} requested", row.name, p.name),
     )?;
-    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+    Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
 fn instance_info_or_list(
@@ -259,14 +259,14 @@ fn instance_info_or_list(
                 tx,
                 &row,
                 &p,
-                &state.zone,
+                &state.view(),
                 history,
             )?))
         }
         None => {
             let list = store::list_instances(tx, p.id)?
                 .iter()
-                .map(|i| instance_info(tx, i, &p, &state.zone))
+                .map(|i| instance_info(tx, i, &p, &state.view()))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(to_value(list))
         }
@@ -306,7 +306,7 @@ fn update_instance(
         )?;
     }
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
-    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+    Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
 fn delete_instance(
@@ -319,7 +319,7 @@ fn delete_instance(
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     store::set_instance_provisioning(tx, row.id, ProvisioningStatus::PendingDelete, None)?;
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
-    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+    Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
 /// Refuses backends that point into the control plane or back at the

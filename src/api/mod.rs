@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 pub use backend_guard::BackendGuard;
 pub use error::ApiError;
 
+use crate::drivers::compute::ComputeWarnings;
 use crate::drivers::network::NetworkDriver;
 use crate::model::envelope::{ApiRequest, EnvelopeHeader};
 use crate::model::{ResponseEnvelope, ResponseStatus};
@@ -48,6 +49,18 @@ pub struct AppState {
     /// Refuses backends that point into the control plane.
     pub backends: Arc<BackendGuard>,
     pub token: Arc<str>,
+    /// What the compute driver found wrong with the host (shown with each
+    /// instance); only read here.
+    pub compute_warnings: ComputeWarnings,
+}
+
+impl AppState {
+    fn view(&self) -> views::ViewContext<'_> {
+        views::ViewContext {
+            zone: &self.zone,
+            warnings: self.compute_warnings.list(),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

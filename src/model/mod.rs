@@ -17,6 +17,7 @@ pub mod schemas;
 pub mod status;
 pub mod threshold;
 pub mod tuning;
+pub mod warning;
 
 pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
@@ -38,3 +39,4 @@ pub use scaling::{ScalingPolicy, ScalingSpec};
 pub use status::{derive_operating_status, NodeState, OperatingStatus, ProvisioningStatus};
 pub use threshold::HealthStreak;
 pub use tuning::{Algorithm, HashOn, ProxyProtocol, Timeouts, Tuning};
+pub use warning::{Warning, WarningCode};
