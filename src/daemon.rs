@@ -127,7 +127,7 @@ impl Drivers {
         let compute_warnings = ComputeWarnings::default();
         let compute = match config.compute {
             ComputeKind::Process => process_compute(config, state_dir)?,
-            ComputeKind::Libvirt => libvirt_compute(config, state_dir)?,
+            ComputeKind::Libvirt => libvirt_compute(config, state_dir, &compute_warnings)?,
         };
         let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
         Ok(Drivers {
@@ -293,8 +293,9 @@ fn serve_api(
 fn libvirt_compute(
     config: &DaemonConfig,
     state_dir: &Path,
+    warnings: &ComputeWarnings,
 ) -> anyhow::Result<Arc<dyn ComputeDriver>> {
-    use crate::drivers::compute::libvirt::{LibvirtCompute, VmSettings};
+    use crate::drivers::compute::libvirt::{DomainTypeSetting, LibvirtCompute, VmSettings};
     anyhow::ensure!(
         config.network == NetworkKind::Netns,
         "--compute libvirt needs --network netns (VMs attach to the project's bridge)"
@@ -309,13 +310,15 @@ fn libvirt_compute(
     };
     Ok(Arc::new(LibvirtCompute::new(VmSettings {
         uri: config.libvirt_uri.clone(),
-        domain_type: config.vm_domain_type.into(),
+        domain_type: DomainTypeSetting::from(config.vm_domain_type),
         kernel: image.join("vmlinuz"),
         initrd: image.join("initramfs.cpio.gz"),
         memory_mib: config.vm_memory,
         vcpus: config.vm_vcpus,
         prefix: config.vm_prefix.clone(),
         dir: state_dir.join("nodes"),
+        secret_dir: config.vm_secret_dir.clone(),
+        warnings: warnings.clone(),
     })?))
 }
 
@@ -323,6 +326,7 @@ fn libvirt_compute(
 fn libvirt_compute(
     _config: &DaemonConfig,
     _state_dir: &Path,
+    _warnings: &ComputeWarnings,
 ) -> anyhow::Result<Arc<dyn ComputeDriver>> {
     anyhow::bail!(
         "this lbd was built without libvirt support: build with `--features libvirt` \
