@@ -326,6 +326,13 @@ fn the_default_domain_type_serves_and_says_when_it_falls_back_to_tcg() {
         .is_ok();
     let warnings = info["warnings"].as_array().cloned().unwrap_or_default();
     let text = lbd.lbctl_ok(&["instance", "info", "web", "--project", "vm"]);
+    for line in lbd
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("vm-domain-type auto"))
+    {
+        eprintln!("lbd: {line}");
+    }
     if xml.starts_with("<domain type='kvm'") {
         eprintln!("KVM works here: no fallback");
         assert!(warnings.is_empty(), "{warnings:?}");

@@ -225,15 +225,18 @@ pub fn spawn(
             if host.cancel.load(Ordering::SeqCst) {
                 return;
             }
+            let took = started.elapsed().as_secs_f64();
             match &decision.warning {
                 Some(w) => {
-                    tracing::warn!("--vm-domain-type auto: {}", w.message);
+                    tracing::warn!(
+                        "--vm-domain-type auto: {} (probed for {took:.1} s)",
+                        w.message
+                    );
                     warnings.add(w.clone());
                 }
                 None => tracing::info!(
-                    "--vm-domain-type auto: VMs run as {} (decided in {:.1} s)",
-                    decision.domain_type.as_str(),
-                    started.elapsed().as_secs_f64()
+                    "--vm-domain-type auto: VMs run as {} (probed for {took:.1} s)",
+                    decision.domain_type.as_str()
                 ),
             }
             cell.set(State::Ready(decision.domain_type));
