@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Builds the LB node VM image: the Debian kernel and an initramfs holding
-# busybox, the virtio network modules, lb-node with the libraries it links,
-# and an init that configures the NIC from the kernel command line and runs
-# lb-node. Output: target/image/{vmlinuz,initramfs.cpio.gz}; rebuilt only
-# when lb-node, the kernel or this script changed.
+# busybox, the virtio network and block modules, lb-node with the libraries
+# it links, and an init that configures the NIC from the kernel command line,
+# reads the node's admin secret from its secret disk and runs lb-node.
+# Output: target/image/{vmlinuz,initramfs.cpio.gz}; rebuilt only when
+# lb-node, the kernel or this script changed.
 #
 #   scripts/build-image.sh [path/to/lb-node]   (default: builds target/release/lb-node)
 #
-# Kernel command line the controller passes (see src/drivers/compute/libvirt.rs):
-#   lbaas.ip=ADDR/PREFIX lbaas.node=ID lbaas.secret=HEX console=ttyS0
+# What the controller passes (see src/drivers/compute/libvirt/):
+#   kernel command line: console=ttyS0 quiet lbaas.ip=ADDR/PREFIX lbaas.node=ID
+#   /dev/vda (read-only virtio disk): the hex secret on its first line, then
+#     zeros. Never on the command line, which every user of the host can read
+#     (qemu's /proc/<pid>/cmdline, virsh dumpxml).
+#   lbaas.probe instead (the KVM probe of --vm-domain-type auto): init prints
+#     its marker and halts.
+# The init prints "lbaas-node: init" first on every boot (the probe waits for
+# it) and its command line, so the console log shows what the guest got.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -43,13 +51,13 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,run,lib/modules,etc}
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount ip insmod sleep cat echo mkdir ln; do
+for applet in sh mount ip insmod sleep cat echo mkdir ln halt; do
   ln -s busybox "$root/bin/$applet"
 done
 
-# virtio NIC and its dependencies, in load order.
+# virtio NIC and disk and their dependencies, in load order.
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         failover net_failover virtio_net; do
+         failover net_failover virtio_net virtio_blk; do
   cp "$(modinfo -k "$kver" -n "$m")" "$root/lib/modules/"
 done
 
@@ -65,17 +73,28 @@ cat > "$root/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         failover net_failover virtio_net; do
-  insmod /lib/modules/$m.ko 2>/dev/null
-done
+echo "lbaas-node: init"
+echo "lbaas-node: cmdline: $(cat /proc/cmdline)"
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
+    lbaas.probe) echo "lbaas-node: probe, halting"; exec halt -f ;;
     lbaas.ip=*) ip_addr=${arg#lbaas.ip=} ;;
     lbaas.node=*) node=${arg#lbaas.node=} ;;
-    lbaas.secret=*) secret=${arg#lbaas.secret=} ;;
   esac
 done
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+         failover net_failover virtio_net virtio_blk; do
+  insmod /lib/modules/$m.ko 2>/dev/null
+done
+n=0
+while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
+secret=
+[ -b /dev/vda ] && read -r secret < /dev/vda
+case "$secret" in
+  ""|*[!0-9a-fA-F]*)
+    echo "lbaas-node: no secret on /dev/vda; not starting lb-node"
+    while true; do sleep 3600; done ;;
+esac
 ip link set lo up
 n=0
 while ! ip link show eth0 >/dev/null 2>&1 && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done

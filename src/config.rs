@@ -30,7 +30,8 @@ pub enum NetworkKind {
 /// What `--vm-domain-type` asks libvirt for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum VmDomainType {
-    /// `kvm` when /dev/kvm opens, else `qemu`.
+    /// `kvm` when /dev/kvm opens and a KVM guest boots there (probed once,
+    /// in the background), else `qemu`.
     Auto,
     /// Hardware virtualization (needs /dev/kvm).
     Kvm,
@@ -127,6 +128,15 @@ pub struct DaemonConfig {
     /// libvirt: start of this lbd's domain and tap names (`<prefix>-<project>-<instance>-<node>`).
     #[arg(long, env = "LBAAS_VM_PREFIX", default_value = "lbaas")]
     pub vm_prefix: String,
+    /// libvirt: where each VM's secret disk is written (mode 0600). Not the
+    /// state dir: that is 0700, and qemu runs as its own user, which must
+    /// be able to pass through this directory (lbd makes it 0711).
+    #[arg(
+        long,
+        env = "LBAAS_VM_SECRET_DIR",
+        default_value = "/run/lbaas/vm-secrets"
+    )]
+    pub vm_secret_dir: PathBuf,
     /// Seconds a failed node may take to become healthy again before it is
     /// deleted (its replacement serves meanwhile).
     #[arg(long, env = "LBAAS_FAILOVER_GRACE", default_value_t = 60)]
@@ -254,6 +264,7 @@ mod tests {
         assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());
         assert!(DaemonConfig::try_parse_from(["lbd", "--retention-interval", "0"]).is_err());
         assert_eq!(c.vm_domain_type, VmDomainType::Auto);
+        assert_eq!(c.vm_secret_dir, PathBuf::from("/run/lbaas/vm-secrets"));
         assert_eq!(c.api_header_timeout_ms, 10_000);
         assert_eq!(c.api_max_connections, 256);
         assert_eq!(c.node_user, "nobody");

@@ -19,7 +19,7 @@ use crate::api::{self, AppState};
 use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
 use crate::dns::{DnsError, EmbeddedDns};
 use crate::drivers::compute::process::ProcessCompute;
-use crate::drivers::compute::ComputeDriver;
+use crate::drivers::compute::{ComputeDriver, ComputeWarnings};
 use crate::drivers::network::claims::SubnetClaims;
 use crate::drivers::network::loopback::LoopbackNetwork;
 use crate::drivers::network::netns::NetnsNetwork;
@@ -42,6 +42,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let (api_addr, dns_addr) = (listeners.api.local_addr()?, listeners.udp.local_addr()?);
+    let compute = crate::drivers::compute::Compute::new(drivers.compute.clone());
     let background = Background::start(
         &config,
         &store,
@@ -65,6 +66,7 @@ pub async fn run(
             config.allow_backend_cidr.clone(),
         )),
         default_quota: config.default_quota(),
+        compute_warnings: drivers.compute_warnings.clone(),
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -78,6 +80,8 @@ pub async fn run(
     tracing::info!("shutting down; LB nodes keep serving and are adopted on the next start");
     let _ = stop_tx.send(true);
     server.await?;
+    // Before joining: a reconciler pass may be waiting for the KVM probe.
+    compute.shutdown().await;
     background.join().await
 }
 
@@ -107,6 +111,8 @@ fn open_state(config: &DaemonConfig) -> anyhow::Result<(PathBuf, Store)> {
 struct Drivers {
     network: Arc<dyn NetworkDriver>,
     compute: Arc<dyn ComputeDriver>,
+    /// Written by the compute driver, shown by the API.
+    compute_warnings: ComputeWarnings,
     dns: Arc<EmbeddedDns>,
 }
 
@@ -123,14 +129,16 @@ impl Drivers {
                 claims,
             )?),
         };
+        let compute_warnings = ComputeWarnings::default();
         let compute = match config.compute {
             ComputeKind::Process => process_compute(config, state_dir)?,
-            ComputeKind::Libvirt => libvirt_compute(config, state_dir)?,
+            ComputeKind::Libvirt => libvirt_compute(config, state_dir, &compute_warnings)?,
         };
         let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
         Ok(Drivers {
             network,
             compute,
+            compute_warnings,
             dns,
         })
     }
@@ -292,8 +300,9 @@ fn serve_api(
 fn libvirt_compute(
     config: &DaemonConfig,
     state_dir: &Path,
+    warnings: &ComputeWarnings,
 ) -> anyhow::Result<Arc<dyn ComputeDriver>> {
-    use crate::drivers::compute::libvirt::{LibvirtCompute, VmSettings};
+    use crate::drivers::compute::libvirt::{DomainTypeSetting, LibvirtCompute, VmSettings};
     anyhow::ensure!(
         config.network == NetworkKind::Netns,
         "--compute libvirt needs --network netns (VMs attach to the project's bridge)"
@@ -308,13 +317,15 @@ fn libvirt_compute(
     };
     Ok(Arc::new(LibvirtCompute::new(VmSettings {
         uri: config.libvirt_uri.clone(),
-        domain_type: config.vm_domain_type.into(),
+        domain_type: DomainTypeSetting::from(config.vm_domain_type),
         kernel: image.join("vmlinuz"),
         initrd: image.join("initramfs.cpio.gz"),
         memory_mib: config.vm_memory,
         vcpus: config.vm_vcpus,
         prefix: config.vm_prefix.clone(),
         dir: state_dir.join("nodes"),
+        secret_dir: config.vm_secret_dir.clone(),
+        warnings: warnings.clone(),
     })?))
 }
 
@@ -322,6 +333,7 @@ fn libvirt_compute(
 fn libvirt_compute(
     _config: &DaemonConfig,
     _state_dir: &Path,
+    _warnings: &ComputeWarnings,
 ) -> anyhow::Result<Arc<dyn ComputeDriver>> {
     anyhow::bail!(
         "this lbd was built without libvirt support: build with `--features libvirt` \

@@ -213,7 +213,16 @@ pub fn project(p: &ProjectInfo) -> String {
 /// A load balancer that serves: its URL and node addresses.
 pub fn serving(i: &InstanceInfo) -> String {
     let nodes: Vec<&str> = i.nodes.iter().map(|n| n.address.as_str()).collect();
-    format!("{}\nnodes: {}\n", i.url, nodes.join(", "))
+    let mut out = format!("{}\nnodes: {}\n", i.url, nodes.join(", "));
+    for w in &i.warnings {
+        out.push_str(&format!("warning: {}\n", warning(w)));
+    }
+    out
+}
+
+/// A host warning: its message and its stable code.
+fn warning(w: &lbaas::model::Warning) -> String {
+    format!("{} [{}]", w.message, w.code.as_str())
 }
 
 pub fn instance(i: &InstanceInfo) -> String {
@@ -232,6 +241,7 @@ pub fn instance(i: &InstanceInfo) -> String {
     if let Some(reason) = &i.status_reason {
         fields.push(("reason", reason.clone()));
     }
+    fields.extend(i.warnings.iter().map(|w| ("warning", warning(w))));
     let scaling = if i.backend.auto_scaling {
         format!("auto-scaling {} to {}", i.min_nodes, i.max_nodes)
     } else {
@@ -426,10 +436,24 @@ mod tests {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
         assert!(!text.contains("reason:"), "{text}");
+        assert!(!text.contains("warning:"), "{text}");
         assert_eq!(
             serving(&web()),
             "http://web.demo.lbaas.internal:8080/\nnodes: 127.100.0.2\n"
         );
+    }
+
+    #[test]
+    fn host_warnings_are_shown_with_their_code() {
+        let mut i = web();
+        i.warnings = serde_json::from_value(json!([
+            {"code": "vm_tcg_fallback", "message": "KVM guests do not run; VMs run under TCG"}
+        ]))
+        .unwrap();
+        let want = "KVM guests do not run; VMs run under TCG [vm_tcg_fallback]\n";
+        let text = instance(&i);
+        assert!(text.contains(&format!("warning:      {want}")), "{text}");
+        assert!(serving(&i).ends_with(&format!("warning: {want}")));
     }
 
     #[test]

@@ -161,7 +161,7 @@ fn create_project(
         EventKind::ProjectCreated,
         &format!("project {} created with subnet {subnet}", row.name),
     )?;
-    Ok(to_value(project_info(tx, &row, &state.zone)?))
+    Ok(to_value(project_info(tx, &row, &state.view())?))
 }
 
 fn project_info_or_list(
@@ -174,13 +174,13 @@ fn project_info_or_list(
         Some(name) => Ok(to_value(project_info(
             tx,
             &project(tx, caller, &name)?,
-            &state.zone,
+            &state.view(),
         )?)),
         None => {
             let list = store::list_projects(tx)?
                 .iter()
                 .filter(|p| caller.owns(&p.user))
-                .map(|p| project_info(tx, p, &state.zone))
+                .map(|p| project_info(tx, p, &state.view()))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(to_value(list))
         }
@@ -200,7 +200,7 @@ fn update_project(
         give_project(state, tx, &p, user)?;
     }
     let p = project(tx, caller, &req.name)?;
-    Ok(to_value(project_info(tx, &p, &state.zone)?))
+    Ok(to_value(project_info(tx, &p, &state.view())?))
 }
 
 /// A new owner for `p` (admin only, see `auth`): it must exist, and the
@@ -245,7 +245,7 @@ fn delete_project(
     }
     store::set_project_status(tx, p.id, ProvisioningStatus::PendingDelete, None)?;
     let p = project(tx, caller, &req.name)?;
-    Ok(to_value(project_info(tx, &p, &state.zone)?))
+    Ok(to_value(project_info(tx, &p, &state.view())?))
 }
 
 // === instances ===
@@ -291,7 +291,7 @@ fn create_instance(
         EventKind::InstanceCreated,
         &format!("instance {}.{} requested", row.name, p.name),
     )?;
-    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+    Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
 fn instance_info_or_list(
@@ -317,14 +317,14 @@ fn instance_info_or_list(
                 tx,
                 &row,
                 &p,
-                &state.zone,
+                &state.view(),
                 history,
             )?))
         }
         None => {
             let list = store::list_instances(tx, p.id)?
                 .iter()
-                .map(|i| instance_info(tx, i, &p, &state.zone))
+                .map(|i| instance_info(tx, i, &p, &state.view()))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(to_value(list))
         }
@@ -367,7 +367,7 @@ fn update_instance(
         )?;
     }
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
-    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+    Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
 fn delete_instance(
@@ -381,7 +381,7 @@ fn delete_instance(
     ApiError::check_not_pending(format!("instance {:?}", row.name), row.provisioning_status)?;
     store::set_instance_provisioning(tx, row.id, ProvisioningStatus::PendingDelete, None)?;
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
-    Ok(to_value(instance_info(tx, &row, &p, &state.zone)?))
+    Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
 /// Refuses backends that point into the control plane or back at the

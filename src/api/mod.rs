@@ -30,6 +30,7 @@ pub use auth::{hash_token, Caller};
 pub use backend_guard::BackendGuard;
 pub use error::ApiError;
 
+use crate::drivers::compute::ComputeWarnings;
 use crate::drivers::network::NetworkDriver;
 use crate::model::envelope::{ApiRequest, EnvelopeHeader};
 use crate::model::{Quota, ResponseEnvelope, ResponseStatus};
@@ -55,6 +56,18 @@ pub struct AppState {
     pub backends: Arc<BackendGuard>,
     /// The quota of users whose own limits do not say (`--default-quota-*`).
     pub default_quota: Quota,
+    /// What the compute driver found wrong with the host (shown with each
+    /// instance); only read here.
+    pub compute_warnings: ComputeWarnings,
+}
+
+impl AppState {
+    fn view(&self) -> views::ViewContext<'_> {
+        views::ViewContext {
+            zone: &self.zone,
+            warnings: self.compute_warnings.list(),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

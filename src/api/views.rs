@@ -3,18 +3,29 @@
 use rusqlite::Connection;
 
 use crate::model::instance::BackendView;
-use crate::model::{EventInfo, InstanceInfo, NodeInfo, ProjectInfo, TrafficType};
+use crate::model::{EventInfo, InstanceInfo, NodeInfo, ProjectInfo, TrafficType, Warning};
 use crate::store::{self, InstanceRow, ProjectRow, StoreError};
+
+/// What views need besides the rows: the DNS zone and the host's warnings
+/// (the same for every instance of this lbd).
+pub struct ViewContext<'a> {
+    pub zone: &'a str,
+    pub warnings: Vec<Warning>,
+}
 
 /// How many events `info instance` shows.
 const RECENT_EVENTS: u32 = 10;
 /// How many samples `info instance` shows.
 const RECENT_SAMPLES: u32 = 20;
 
-pub fn project_info(c: &Connection, p: &ProjectRow, zone: &str) -> Result<ProjectInfo, StoreError> {
+pub fn project_info(
+    c: &Connection,
+    p: &ProjectRow,
+    view: &ViewContext<'_>,
+) -> Result<ProjectInfo, StoreError> {
     let instances = store::list_instances(c, p.id)?
         .iter()
-        .map(|i| instance_info(c, i, p, zone))
+        .map(|i| instance_info(c, i, p, view))
         .collect::<Result<_, _>>()?;
     Ok(ProjectInfo {
         id: p.id,
@@ -46,16 +57,16 @@ pub fn instance_info(
     c: &Connection,
     i: &InstanceRow,
     p: &ProjectRow,
-    zone: &str,
+    view: &ViewContext<'_>,
 ) -> Result<InstanceInfo, StoreError> {
-    instance_info_with(c, i, p, zone, History::Recent)
+    instance_info_with(c, i, p, view, History::Recent)
 }
 
 pub fn instance_info_with(
     c: &Connection,
     i: &InstanceRow,
     p: &ProjectRow,
-    zone: &str,
+    view: &ViewContext<'_>,
     history: History,
 ) -> Result<InstanceInfo, StoreError> {
     let (since, events_limit, samples_limit) = match history {
@@ -78,7 +89,7 @@ pub fn instance_info_with(
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    let dns_name = format!("{}.{}.{}", i.name, p.name, zone.trim_end_matches('.'));
+    let dns_name = format!("{}.{}.{}", i.name, p.name, view.zone.trim_end_matches('.'));
     let url = match i.spec.traffic_type {
         TrafficType::Http => format!("http://{dns_name}:{}/", i.spec.port),
         TrafficType::Tcp => format!("tcp://{dns_name}:{}", i.spec.port),
@@ -114,6 +125,7 @@ pub fn instance_info_with(
         nodes,
         events: events(c, i.id, since, events_limit)?,
         samples: store::recent_samples(c, i.id, since, samples_limit)?,
+        warnings: view.warnings.clone(),
         created_at: i.created_at,
         updated_at: i.updated_at,
     })

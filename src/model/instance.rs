@@ -502,6 +502,10 @@ pub struct InstanceInfo {
     /// The most recent load samples of the instance's nodes (newest first).
     #[serde(default)]
     pub samples: Vec<SampleInfo>,
+    /// Conditions of the host that affect this instance's nodes (e.g. VMs
+    /// emulated because KVM does not work); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<crate::model::Warning>,
     pub created_at: i64,
     pub updated_at: i64,
 }

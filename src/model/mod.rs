@@ -20,6 +20,7 @@ pub mod status;
 pub mod threshold;
 pub mod tuning;
 pub mod user;
+pub mod warning;
 
 pub use audit::{AuditEntry, AuditQuery};
 pub use envelope::{
@@ -46,3 +47,4 @@ pub use user::{
     Limit, Quota, QuotaKind, QuotaSpec, QuotaUsage, Role, UserCreate, UserDelete, UserInfo,
     UserRef, UserUpdate, WhoAmI,
 };
+pub use warning::{Warning, WarningCode};

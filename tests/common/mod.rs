@@ -136,6 +136,9 @@ pub struct Lbd {
     envs: Vec<(String, String)>,
     /// The API address to bind instead of a free port.
     listen: Option<SocketAddr>,
+    /// libvirt: the VMs' secret disks (`--vm-secret-dir`), so tests leave
+    /// nothing in /run.
+    pub vm_secrets: Option<TempDir>,
 }
 
 impl Lbd {
@@ -159,6 +162,7 @@ impl Lbd {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             listen: None,
+            vm_secrets: None,
             child: None,
             api: "0.0.0.0:0".parse().unwrap(),
             dns: "0.0.0.0:0".parse().unwrap(),
@@ -170,6 +174,9 @@ impl Lbd {
                 .build()
                 .unwrap(),
         };
+        if lbd.libvirt() {
+            lbd.vm_secrets = Some(TempDir::new("vm-secrets"));
+        }
         lbd.spawn();
         lbd
     }
@@ -191,6 +198,12 @@ impl Lbd {
         let mut network_args = network_args;
         if self.libvirt() {
             network_args.extend(["--vm-prefix".to_string(), self.slot.netns_prefix()]);
+            if let Some(dir) = &self.vm_secrets {
+                network_args.extend([
+                    "--vm-secret-dir".to_string(),
+                    dir.0.to_string_lossy().into_owned(),
+                ]);
+            }
         }
         let listen = self
             .listen

@@ -5,12 +5,12 @@ pub mod libvirt;
 pub mod process;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::model::NodeId;
+use crate::model::{NodeId, Warning};
 
 #[derive(Debug, Error)]
 pub enum ComputeError {
@@ -22,6 +22,28 @@ pub enum ComputeError {
     Io(#[from] std::io::Error),
     #[error("compute driver task failed: {0}")]
     Task(String),
+}
+
+/// What a compute driver found wrong with the host, shared with the API,
+/// which shows it with each instance. Written rarely (once, by the libvirt
+/// driver's KVM probe), read on every `info`.
+#[derive(Debug, Clone, Default)]
+pub struct ComputeWarnings(Arc<Mutex<Vec<Warning>>>);
+
+impl ComputeWarnings {
+    pub fn add(&self, warning: Warning) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(warning);
+    }
+
+    pub fn list(&self) -> Vec<Warning> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// What a node needs to boot: who it is, where its admin API listens, its secret.
@@ -75,6 +97,9 @@ pub trait ComputeDriver: Send + Sync {
     fn node_address_on_host(&self) -> bool {
         true
     }
+    /// Called once when lbd stops, to end the driver's own background work
+    /// (the libvirt driver's KVM probe VM); nodes keep running.
+    fn shutdown(&self) {}
 }
 
 /// The one way async code calls a [`ComputeDriver`]: drivers block (they
@@ -133,5 +158,9 @@ impl Compute {
 
     pub fn node_address_on_host(&self) -> bool {
         self.0.node_address_on_host()
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.blocking(|d| d.shutdown()).await;
     }
 }

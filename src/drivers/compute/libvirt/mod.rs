@@ -2,78 +2,50 @@
 //! `libvirt`): each LB node is a transient VM named
 //! `<prefix>-<project>-<instance>-<node id>` that boots the image of
 //! `scripts/build-image.sh` directly (kernel + initramfs). The node's address
-//! and secret go on the kernel command line; its virtio NIC is a tap that
+//! goes on the kernel command line, its secret on a read-only disk
+//! (`secret_disk.rs`: never on a command line); its virtio NIC is a tap that
 //! libvirt creates on the host and that is then moved into the project's
 //! namespace as a port of its bridge (netns network driver). The serial
-//! console goes to `nodes/node-<id>.console.log` in the state dir.
+//! console goes to `nodes/node-<id>.console.log` in the state dir. With
+//! `--vm-domain-type auto` the domain type comes from a KVM probe
+//! (`probe.rs`).
+
+mod domain_xml;
+mod probe;
+mod secret_disk;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
-#[cfg(test)]
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
-use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
-use crate::config::VmDomainType;
+use super::{ComputeDriver, ComputeError, ComputeWarnings, NodeObservation, NodeSpec};
 use crate::model::NodeId;
+pub use domain_xml::{kvm_device_opens, xml_escape, DomainType, DomainTypeSetting};
+pub use probe::{decide, Decision, KvmHost, KVM_PROBE_DEADLINE};
+use probe::{DomainTypeCell, LibvirtKvmHost};
+use secret_disk::SecretDisks;
 
-/// The `type` of a libvirt domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainType {
-    Kvm,
-    /// Emulation (TCG).
-    Qemu,
-    /// libvirt's test driver (`test:///default`), which boots nothing.
-    Test,
-}
-
-impl DomainType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kvm => "kvm",
-            Self::Qemu => "qemu",
-            Self::Test => "test",
-        }
-    }
-
-    /// `kvm` when /dev/kvm can be opened for writing, else `qemu` (TCG).
-    pub fn detect() -> Self {
-        let kvm = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
-        if kvm {
-            Self::Kvm
-        } else {
-            Self::Qemu
-        }
-    }
-}
-
-impl From<VmDomainType> for DomainType {
-    fn from(choice: VmDomainType) -> Self {
-        match choice {
-            VmDomainType::Auto => Self::detect(),
-            VmDomainType::Kvm => Self::Kvm,
-            VmDomainType::Qemu => Self::Qemu,
-        }
-    }
-}
+/// How long a node's creation waits for the KVM probe: its deadline, plus
+/// time to create and destroy the probe VM.
+const PROBE_WAIT: Duration = Duration::from_secs(KVM_PROBE_DEADLINE.as_secs() + 30);
 
 /// What every VM gets.
 #[derive(Debug, Clone)]
 pub struct VmSettings {
     /// libvirt connection URI, e.g. `qemu:///system`.
     pub uri: String,
-    pub domain_type: DomainType,
+    pub domain_type: DomainTypeSetting,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub memory_mib: u32,
@@ -82,6 +54,10 @@ pub struct VmSettings {
     pub prefix: String,
     /// Where console logs go.
     pub dir: PathBuf,
+    /// Where secret disks go (see `secret_disk.rs`).
+    pub secret_dir: PathBuf,
+    /// Where the KVM probe reports a fallback to TCG.
+    pub warnings: ComputeWarnings,
 }
 
 pub struct LibvirtCompute {
@@ -96,6 +72,11 @@ pub struct LibvirtCompute {
     /// the name also holds project and instance; knowing it lets a lookup by
     /// name replace listing every domain on each observation.
     names: Mutex<HashMap<NodeId, String>>,
+    disks: SecretDisks,
+    domain_type: Arc<DomainTypeCell>,
+    /// The KVM probe's thread while it may run, and how to stop it.
+    probe: Mutex<Option<JoinHandle<()>>>,
+    probe_cancel: Arc<AtomicBool>,
     /// Makes the kept connection report itself dead, as a remote one does
     /// once libvirtd goes away (the test driver's never does).
     #[cfg(test)]
@@ -109,49 +90,96 @@ fn start_error(node_id: NodeId, reason: impl std::fmt::Display) -> ComputeError 
     }
 }
 
-impl LibvirtCompute {
-    /// Checks the settings and that libvirt answers.
-    pub fn new(settings: VmSettings) -> Result<Self, ComputeError> {
-        let bad = |reason: String| ComputeError::Start {
-            node_id: NodeId(0),
-            reason,
-        };
-        if settings.prefix.is_empty()
-            || settings.prefix.len() > 6
-            || !settings
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
-            return Err(bad(format!(
-                "VM name prefix {:?} must be 1 to 6 lowercase letters or digits",
-                settings.prefix
-            )));
-        }
-        if settings.domain_type != DomainType::Test {
-            for f in [&settings.kernel, &settings.initrd] {
-                if !f.exists() {
-                    return Err(bad(format!(
-                        "{} is missing: build the node image with scripts/build-image.sh",
-                        f.display()
-                    )));
-                }
+/// The prefix is a name part, and the image must exist to boot.
+fn check_settings(settings: &VmSettings) -> Result<(), ComputeError> {
+    let bad = |reason: String| start_error(NodeId(0), reason);
+    if settings.prefix.is_empty()
+        || settings.prefix.len() > 6
+        || !settings
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(bad(format!(
+            "VM name prefix {:?} must be 1 to 6 lowercase letters or digits",
+            settings.prefix
+        )));
+    }
+    if settings.domain_type != DomainTypeSetting::Fixed(DomainType::Test) {
+        for f in [&settings.kernel, &settings.initrd] {
+            if !f.exists() {
+                return Err(bad(format!(
+                    "{} is missing: build the node image with scripts/build-image.sh",
+                    f.display()
+                )));
             }
         }
+    }
+    Ok(())
+}
+
+/// The domain type when it needs no probe: forced, or no /dev/kvm.
+fn initial_domain_type(setting: DomainTypeSetting) -> DomainTypeCell {
+    match setting {
+        DomainTypeSetting::Fixed(t) => DomainTypeCell::ready(t),
+        DomainTypeSetting::Auto if !kvm_device_opens() => {
+            tracing::info!("--vm-domain-type auto: /dev/kvm does not open; VMs run under TCG");
+            DomainTypeCell::ready(DomainType::Qemu)
+        }
+        DomainTypeSetting::Auto => DomainTypeCell::probing(),
+    }
+}
+
+impl LibvirtCompute {
+    /// Checks the settings and that libvirt answers; starts the KVM probe
+    /// when the domain type depends on it.
+    pub fn new(settings: VmSettings) -> Result<Self, ComputeError> {
+        check_settings(&settings)?;
         fs::create_dir_all(&settings.dir)?;
+        let disks = SecretDisks::open(&settings.secret_dir, &settings.prefix)?;
         // Errors come back as results; libvirt's default handler would also
         // print each one to stderr.
         virt::error::clear_error_callback();
+        let domain_type = initial_domain_type(settings.domain_type);
         let driver = LibvirtCompute {
             settings,
             conn: Mutex::new(None),
             opens: AtomicU64::new(0),
             names: Mutex::new(HashMap::new()),
+            disks,
+            domain_type: Arc::new(domain_type),
+            probe: Mutex::new(None),
+            probe_cancel: Arc::new(AtomicBool::new(false)),
             #[cfg(test)]
             severed: AtomicBool::new(false),
         };
         driver.with_connection(NodeId(0), |_| Ok(()))?;
+        if driver.domain_type.wait(Duration::ZERO).is_err() {
+            driver.start_probe()?;
+        }
         Ok(driver)
+    }
+
+    /// Starts the KVM probe in the background: lbd serves meanwhile, and the
+    /// first node waits for its answer.
+    fn start_probe(&self) -> Result<(), ComputeError> {
+        let s = &self.settings;
+        let host = LibvirtKvmHost {
+            uri: s.uri.clone(),
+            kernel: s.kernel.clone(),
+            initrd: s.initrd.clone(),
+            memory_mib: s.memory_mib,
+            name: format!("{}-kvm-probe", s.prefix),
+            console: s.dir.join("kvm-probe.console.log"),
+            cancel: self.probe_cancel.clone(),
+        };
+        tracing::info!(
+            "--vm-domain-type auto: /dev/kvm opens; checking that a KVM guest boots (at most {} s)",
+            KVM_PROBE_DEADLINE.as_secs()
+        );
+        let thread = probe::spawn(host, self.domain_type.clone(), s.warnings.clone())?;
+        *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        Ok(())
     }
 
     /// Runs `f` on the shared connection. A call that fails because the
@@ -299,53 +327,54 @@ impl LibvirtCompute {
         }
     }
 
-    /// The domain XML of a node; every value is validated or escaped.
-    pub fn domain_xml(&self, spec: &NodeSpec) -> Result<String, ComputeError> {
+    /// The domain XML of a node, whose secret is on the disk at `disk`.
+    pub fn domain_xml(
+        &self,
+        spec: &NodeSpec,
+        domain_type: DomainType,
+        disk: &std::path::Path,
+    ) -> Result<String, ComputeError> {
         let IpAddr::V4(ip) = spec.admin_addr.ip() else {
             return Err(start_error(spec.node_id, "VM nodes need an IPv4 address"));
         };
-        if !spec.secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(start_error(spec.node_id, "the node secret must be hex"));
-        }
         let s = &self.settings;
-        let cmdline = format!(
-            "console=ttyS0 quiet lbaas.ip={ip}/{} lbaas.node={} lbaas.secret={}",
-            spec.prefix_len, spec.node_id, spec.secret
-        );
-        Ok(format!(
-            "<domain type='{domain_type}'>
-  <name>{name}</name>
-  <memory unit='MiB'>{memory}</memory>
-  <vcpu>{vcpus}</vcpu>
-  <os>
-    <type arch='x86_64'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>{cmdline}</cmdline>
-  </os>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <interface type='ethernet'>
-      <target dev='{tap}'/>
-      <model type='virtio'/>
-    </interface>
-    <serial type='file'>
-      <source path='{console}'/>
-      <target port='0'/>
-    </serial>
-  </devices>
-</domain>
-",
-            domain_type = s.domain_type.as_str(),
-            name = xml_escape(&self.domain_name(spec)),
-            memory = s.memory_mib,
-            vcpus = s.vcpus,
-            kernel = xml_escape(&s.kernel.to_string_lossy()),
-            initrd = xml_escape(&s.initrd.to_string_lossy()),
-            cmdline = xml_escape(&cmdline),
-            tap = xml_escape(&self.tap_name(spec.node_id)),
-            console = xml_escape(&self.console_log(spec.node_id).to_string_lossy()),
+        let boot = domain_xml::Boot {
+            domain_type,
+            kernel: &s.kernel,
+            initrd: &s.initrd,
+            memory_mib: s.memory_mib,
+            vcpus: s.vcpus,
+        };
+        Ok(domain_xml::node_xml(
+            &boot,
+            &domain_xml::NodeDomain {
+                name: &self.domain_name(spec),
+                ip,
+                prefix_len: spec.prefix_len,
+                node_id: spec.node_id,
+                tap: &self.tap_name(spec.node_id),
+                console: &self.console_log(spec.node_id),
+                secret_disk: disk,
+            },
         ))
+    }
+
+    /// Writes the node's secret disk and creates its VM; the disk goes
+    /// again when the VM cannot be made.
+    fn create_vm(&self, conn: &Connect, spec: &NodeSpec) -> Result<Domain, ComputeError> {
+        let domain_type = self
+            .domain_type
+            .wait(PROBE_WAIT)
+            .map_err(|e| start_error(spec.node_id, e))?;
+        let disk = self.disks.write(spec.node_id, &spec.secret)?;
+        let created = self.domain_xml(spec, domain_type, &disk).and_then(|xml| {
+            Domain::create_xml(conn, &xml, 0)
+                .map_err(|e| start_error(spec.node_id, format!("creating the VM: {e}")))
+        });
+        if created.is_err() {
+            self.disks.remove(spec.node_id);
+        }
+        created
     }
 }
 
@@ -357,15 +386,6 @@ impl Drop for LibvirtCompute {
             let _ = conn.close();
         }
     }
-}
-
-/// Escapes text for XML content and single-quoted attributes.
-pub fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }
 
 fn domain_pid(d: &Domain) -> u32 {
@@ -392,15 +412,14 @@ impl ComputeDriver for LibvirtCompute {
                 }
             }
             let _ = fs::remove_file(self.console_log(spec.node_id));
-            let xml = self.domain_xml(spec)?;
-            let domain = Domain::create_xml(conn, &xml, 0)
-                .map_err(|e| start_error(spec.node_id, format!("creating the VM: {e}")))?;
+            let domain = self.create_vm(conn, spec)?;
             if let Some(netns) = &spec.netns {
                 if let Err(e) = crate::drivers::network::netns::attach_to_bridge(
                     &self.tap_name(spec.node_id),
                     netns,
                 ) {
                     let _ = domain.destroy();
+                    self.disks.remove(spec.node_id);
                     return Err(start_error(spec.node_id, e));
                 }
             }
@@ -449,6 +468,7 @@ impl ComputeDriver for LibvirtCompute {
         })?;
         self.names().remove(&node_id);
         let _ = fs::remove_file(self.console_log(node_id));
+        self.disks.remove(node_id);
         Ok(())
     }
 
@@ -471,194 +491,18 @@ impl ComputeDriver for LibvirtCompute {
         // Seconds under TCG on an idle host; far more on a loaded one.
         Some(std::time::Duration::from_secs(120))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    /// test:///default is one host shared by every connection of the
-    /// process while any is open, so tests running side by side each use
-    /// their own prefix to see only their own domains.
-    fn driver(dir: &Path, prefix: &str) -> LibvirtCompute {
-        LibvirtCompute::new(VmSettings {
-            uri: "test:///default".into(),
-            domain_type: DomainType::Test,
-            kernel: "/nonexistent/vmlinuz".into(),
-            initrd: "/nonexistent/initrd".into(),
-            memory_mib: 128,
-            vcpus: 1,
-            prefix: prefix.into(),
-            dir: dir.to_path_buf(),
-        })
-        .unwrap()
-    }
-
-    fn spec(node_id: NodeId) -> NodeSpec {
-        NodeSpec {
-            node_id,
-            admin_addr: "100.64.3.2:9901".parse().unwrap(),
-            secret: "00ff".into(),
-            netns: None,
-            name: "demo-web".into(),
-            prefix_len: 24,
+    fn shutdown(&self) {
+        self.probe_cancel.store(true, Ordering::SeqCst);
+        self.domain_type.stop();
+        let thread = self
+            .probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The probe destroys its VM before it ends.
+        if let Some(thread) = thread {
+            let _ = thread.join();
         }
-    }
-
-    #[test]
-    fn xml_names_the_node_and_escapes() {
-        let dir = std::env::temp_dir().join(format!("lbaas-virt-xml-{}", std::process::id()));
-        let d = driver(&dir, "ut");
-        let xml = d.domain_xml(&spec(NodeId(7))).unwrap();
-        assert!(xml.starts_with("<domain type='test'>"), "{xml}");
-        assert!(xml.contains("<name>ut-demo-web-7</name>"), "{xml}");
-        assert!(xml.contains("lbaas.ip=100.64.3.2/24 lbaas.node=7 lbaas.secret=00ff"));
-        assert!(xml.contains("<target dev='utv7'/>"));
-        assert!(xml.contains("<memory unit='MiB'>128</memory>"));
-        assert_eq!(xml_escape("a<b>&'\""), "a&lt;b&gt;&amp;&apos;&quot;");
-        let mut bad = spec(NodeId(7));
-        bad.secret = "x' onload='".into();
-        assert!(
-            d.domain_xml(&bad).is_err(),
-            "only hex secrets reach the XML"
-        );
-        assert_eq!(d.node_id_of("ut-demo-web-7"), Some(NodeId(7)));
-        assert_eq!(d.node_id_of("ut2-demo-web-7"), None, "another lbd's VM");
-        assert_eq!(d.node_id_of("other"), None);
-        let _ = fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn domain_type_from_the_flag() {
-        assert_eq!(DomainType::from(VmDomainType::Kvm), DomainType::Kvm);
-        assert_eq!(DomainType::from(VmDomainType::Qemu), DomainType::Qemu);
-        let auto = DomainType::from(VmDomainType::Auto);
-        assert_eq!(auto, DomainType::detect());
-        assert_ne!(
-            auto,
-            DomainType::Test,
-            "auto picks a domain type that boots"
-        );
-        assert_eq!(DomainType::Qemu.as_str(), "qemu");
-    }
-
-    #[test]
-    fn lifecycle_on_the_libvirt_test_driver() {
-        let dir = std::env::temp_dir().join(format!("lbaas-virt-life-{}", std::process::id()));
-        let d = driver(&dir, "ul");
-        let node = NodeId(3);
-        assert_eq!(d.observe_node(node), NodeObservation::Absent);
-        assert!(matches!(
-            d.ensure_node(&spec(node)).unwrap(),
-            NodeObservation::Running { .. }
-        ));
-        assert!(matches!(
-            d.observe_node(node),
-            NodeObservation::Running { .. }
-        ));
-        assert_eq!(
-            d.list_nodes(),
-            vec![node],
-            "the test driver's own domain is not ours"
-        );
-        d.destroy_node(node).unwrap();
-        assert_eq!(
-            d.observe_node(node),
-            NodeObservation::Absent,
-            "a destroyed transient VM is gone"
-        );
-        assert!(d.list_nodes().is_empty());
-        assert_eq!(d.opens(), 1);
-        let _ = fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_domain_lbd_did_not_start_is_found_by_its_prefix() {
-        let dir = std::env::temp_dir().join(format!("lbaas-virt-adopt-{}", std::process::id()));
-        let d = driver(&dir, "ua");
-        let node = NodeId(4);
-        // Created behind the driver's back, as by the lbd before a restart.
-        let xml = d.domain_xml(&spec(node)).unwrap();
-        d.with_connection(node, |conn| {
-            Domain::create_xml(conn, &xml, 0).map_err(|e| start_error(node, e))?;
-            Ok(())
-        })
-        .unwrap();
-        assert!(d.names().is_empty());
-        assert!(matches!(
-            d.observe_node(node),
-            NodeObservation::Running { .. }
-        ));
-        assert_eq!(
-            d.names().get(&node).map(String::as_str),
-            Some("ua-demo-web-4")
-        );
-        d.with_connection(node, |conn| {
-            let dom = Domain::lookup_by_name(conn, "ua-demo-web-4").unwrap();
-            dom.destroy().unwrap();
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(d.observe_node(node), NodeObservation::Absent);
-        let _ = fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn one_connection_serves_every_call() {
-        let dir = std::env::temp_dir().join(format!("lbaas-virt-one-{}", std::process::id()));
-        let d = driver(&dir, "uo");
-        assert_eq!(d.opens(), 1, "new() checks that libvirt answers");
-        for _ in 0..3 {
-            d.ensure_node(&spec(NodeId(5))).unwrap();
-            d.observe_node(NodeId(5));
-            d.list_nodes();
-            d.destroy_node(NodeId(5)).unwrap();
-        }
-        assert_eq!(d.opens(), 1);
-        let _ = fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_dropped_connection_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("lbaas-virt-drop-{}", std::process::id()));
-        let d = driver(&dir, "ur");
-        d.sever();
-        assert_eq!(d.observe_node(NodeId(6)), NodeObservation::Absent);
-        assert_eq!(d.opens(), 2, "a dead connection is not used");
-        d.list_nodes();
-        assert_eq!(d.opens(), 2, "the new connection is kept");
-        let _ = fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_call_the_connection_drops_under_runs_once_more() {
-        let dir = std::env::temp_dir().join(format!("lbaas-virt-retry-{}", std::process::id()));
-        let d = driver(&dir, "uc");
-        let calls = std::sync::atomic::AtomicU32::new(0);
-        let dropping = |_: &Connect| {
-            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                d.sever();
-                return Err(start_error(NodeId(0), "connection reset"));
-            }
-            Ok("answer")
-        };
-        assert_eq!(d.with_connection(NodeId(0), dropping).unwrap(), "answer");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert_eq!(d.opens(), 2);
-
-        calls.store(0, Ordering::SeqCst);
-        let failing = |_: &Connect| -> Result<(), ComputeError> {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(start_error(NodeId(0), "bad XML"))
-        };
-        assert!(d.with_connection(NodeId(0), failing).is_err());
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "a failure on a live connection is not retried"
-        );
-        assert_eq!(d.opens(), 2);
-        let _ = fs::remove_dir_all(dir);
     }
 }
