@@ -169,6 +169,24 @@ pub struct DaemonConfig {
     /// Days audit log entries are kept.
     #[arg(long, env = "LBAAS_AUDIT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=36_500))]
     pub audit_retention_days: i64,
+    /// API writes per second per user (GCRA; `rate_limited` 429 beyond).
+    #[arg(long, env = "LBAAS_API_WRITE_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_write_rate: u32,
+    /// API writes one user may make at once on top of the rate.
+    #[arg(long, env = "LBAAS_API_WRITE_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_write_burst: u32,
+    /// API reads per second per user.
+    #[arg(long, env = "LBAAS_API_READ_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_read_rate: u32,
+    /// API reads one user may make at once.
+    #[arg(long, env = "LBAAS_API_READ_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_read_burst: u32,
+    /// Calls per second per client address without a valid token.
+    #[arg(long, env = "LBAAS_API_ANONYMOUS_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_anonymous_rate: u32,
+    /// Calls one address without a valid token may make at once.
+    #[arg(long, env = "LBAAS_API_ANONYMOUS_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_anonymous_burst: u32,
     /// Projects a user may own unless its own quota says; -1: unlimited.
     #[arg(long, env = "LBAAS_DEFAULT_QUOTA_PROJECTS", default_value_t = -1, allow_negative_numbers = true, value_parser = limit)]
     pub default_quota_projects: i64,
@@ -207,6 +225,18 @@ impl DaemonConfig {
                 .unwrap_or_else(|| pool.parse().expect("constant")),
             self.subnet_prefix.unwrap_or(prefix),
         )
+    }
+
+    /// The API's own rate limits.
+    pub fn api_rates(&self) -> crate::api::rate_limit::ApiRates {
+        use crate::api::rate_limit::{ApiRates, Rate};
+        // clap keeps every value at least 1.
+        let rate = |r, b| Rate::new(r, b).expect("flags are at least 1");
+        ApiRates {
+            writes: rate(self.api_write_rate, self.api_write_burst),
+            reads: rate(self.api_read_rate, self.api_read_burst),
+            anonymous: rate(self.api_anonymous_rate, self.api_anonymous_burst),
+        }
     }
 
     /// The quota of users whose own limits do not say.
@@ -253,6 +283,7 @@ mod tests {
         assert_eq!(c.subnet_pool().0.to_string(), "127.0.0.0/8");
         assert_eq!(c.default_quota(), Quota::UNLIMITED);
         assert_eq!(c.audit_retention_days, 30);
+        assert_eq!(c.api_rates(), crate::api::rate_limit::ApiRates::default());
         let q = DaemonConfig::try_parse_from(["lbd", "--default-quota-instances", "3"]).unwrap();
         assert_eq!(q.default_quota().max_instances, Limit::AtMost(3));
         assert!(DaemonConfig::try_parse_from(["lbd", "--default-quota-nodes", "-2"]).is_err());

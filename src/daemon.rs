@@ -53,6 +53,8 @@ pub async fn run(
         listeners.tcp,
     )
     .await?;
+    let rate_limiter = Arc::new(api::rate_limit::ApiRateLimiter::new(config.api_rates()));
+    forget_idle_callers(rate_limiter.clone(), stop_rx.clone());
     let state = AppState {
         store,
         wake,
@@ -66,6 +68,7 @@ pub async fn run(
             config.allow_backend_cidr.clone(),
         )),
         default_quota: config.default_quota(),
+        rate_limiter,
         compute_warnings: drivers.compute_warnings.clone(),
     };
     let app = api::router(state);
@@ -83,6 +86,23 @@ pub async fn run(
     // Before joining: a reconciler pass may be waiting for the KVM probe.
     compute.shutdown().await;
     background.join().await
+}
+
+/// Drops, once a minute, the API rate limiter's cells of callers whose
+/// budget is whole again, so addresses seen once do not stay in memory.
+fn forget_idle_callers(
+    limiter: Arc<api::rate_limit::ApiRateLimiter>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => limiter.forget_idle(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
 }
 
 /// The state dir (mode 0700) and the store, whose built-in `admin` user

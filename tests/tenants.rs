@@ -360,12 +360,19 @@ fn a_rotated_token_is_refused_at_once_and_the_builtin_admin_stays() {
     // A user who owns projects stays until they are gone.
     assert_eq!(code(&call(&lbd, &new, project("ap"))).0, 200);
     let delete = json!({"action": "delete", "type": "user", "info": {"name": "alice"}});
-    assert_eq!(code(&lbd.api(&delete)), (409, "user_has_projects"));
+    assert_eq!(code(&lbd.api(&delete)), (409, "user_owns_projects"));
     let dup = json!({"action": "create", "type": "user", "info": {"name": "alice"}});
     assert_eq!(code(&lbd.api(&dup)), (409, "user_exists"));
-    let for_ghost =
-        json!({"action": "create", "type": "project", "info": {"name": "gp", "user": "ghost"}});
-    assert_eq!(code(&lbd.api(&for_ghost)), (404, "user_not_found"));
+    // Seed 003's `"user": "john"`: an admin naming a user who does not
+    // exist yet makes them a member without a token.
+    let for_john =
+        json!({"action": "create", "type": "project", "info": {"name": "gp", "user": "john"}});
+    assert_eq!(code(&lbd.api(&for_john)).0, 200);
+    let (s, john) = lbd.api(&json!({"action": "info", "type": "user", "info": {"name": "john"}}));
+    assert_eq!(s, 200, "{john}");
+    assert_eq!(john["info"]["role"], "member");
+    assert_eq!(john["info"]["has_token"], false);
+    assert_eq!(john["info"]["usage"]["projects"], 1);
     let (s, v) = lbd.api(&json!({"action": "delete", "type": "project", "info": {"name": "ap"}}));
     assert_eq!(s, 200, "{v}");
     wait_for("alice's project gone", Duration::from_secs(20), || {

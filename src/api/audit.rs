@@ -1,8 +1,8 @@
 //! Records API calls in the audit log. One rule decides what is recorded:
 //! a call whose action (as far as it could be read) is `create`, `update`
-//! or `delete`, whatever its answer, and any call answered 401, 403, 404
-//! or 429 (refused for who the caller is, or an object the caller may not
-//! see, which looks like a missing one), reads included. Never a token,
+//! or `delete`, whatever its answer but 429, and any call answered 401,
+//! 403 or 404 (refused for who the caller is, or an object the caller may
+//! not see, which looks like a missing one), reads included. Never a token,
 //! never a body: the user the token named, the client's IP, the action,
 //! type and name the request gave, the HTTP status and the error code.
 
@@ -19,16 +19,25 @@ use crate::store::{self, Store};
 
 /// The client's IP, when the server passed it on (`serve` does).
 pub fn client(request: &Request) -> String {
+    client_ip(request).map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
+}
+
+/// The peer's address, as `serve` put it on the request.
+pub fn client_ip(request: &Request) -> Option<std::net::IpAddr> {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+        .map(|c| c.0.ip())
 }
 
 /// Whether a call goes to the audit log (the rule of the module doc).
+///
+/// A call refused by the API's rate limit (429) is not: a flood of them
+/// would turn into a flood of store writes, the very thing the limit stops.
 pub fn recorded(action: Option<&str>, status: StatusCode) -> bool {
-    matches!(action, Some("create" | "update" | "delete"))
-        || matches!(status.as_u16(), 401 | 403 | 404 | 429)
+    status != StatusCode::TOO_MANY_REQUESTS
+        && (matches!(action, Some("create" | "update" | "delete"))
+            || matches!(status.as_u16(), 401 | 403 | 404))
 }
 
 /// What one call was, as far as the API read it.
@@ -96,7 +105,8 @@ mod tests {
         assert!(recorded(None, StatusCode::UNAUTHORIZED));
         assert!(recorded(Some("info"), StatusCode::FORBIDDEN));
         assert!(recorded(Some("info"), StatusCode::NOT_FOUND));
-        assert!(recorded(Some("info"), StatusCode::TOO_MANY_REQUESTS));
+        assert!(!recorded(Some("info"), StatusCode::TOO_MANY_REQUESTS));
+        assert!(!recorded(Some("create"), StatusCode::TOO_MANY_REQUESTS));
         assert!(!recorded(Some("info"), StatusCode::OK));
         assert!(!recorded(Some("info"), StatusCode::BAD_REQUEST));
     }

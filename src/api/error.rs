@@ -18,6 +18,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error("too many API calls: retry after {} s", .0.header_seconds())]
+    RateLimited(super::rate_limit::RetryAfter),
     #[error("quota exceeded: {} is {limit} and user {user} uses {used}", kind.field())]
     QuotaExceeded {
         kind: QuotaKind,
@@ -30,7 +32,7 @@ pub enum ApiError {
     #[error("a user named {0:?} already exists")]
     UserExists(String),
     #[error("user {name:?} still owns {count} project(s); delete them or give them to another user first")]
-    UserHasProjects { name: String, count: u64 },
+    UserOwnsProjects { name: String, count: u64 },
     #[error(
         "the built-in admin user cannot be deleted, demoted or changed through the API; \
          to change its token, replace admin.token in lbd's state dir and restart lbd"
@@ -109,9 +111,10 @@ impl ApiError {
             | Self::BackendIsAdminPort { .. }
             | Self::BackendLoop { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) | Self::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             Self::UserNotFound(_) => StatusCode::NOT_FOUND,
-            Self::UserExists(_) | Self::UserHasProjects { .. } | Self::BuiltinUser => {
+            Self::UserExists(_) | Self::UserOwnsProjects { .. } | Self::BuiltinUser => {
                 StatusCode::CONFLICT
             }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -141,11 +144,12 @@ impl ApiError {
         match self {
             Self::Invalid(v) => v.code(),
             Self::Unauthorized => "unauthorized",
+            Self::RateLimited(_) => "rate_limited",
             Self::Forbidden(_) => "forbidden",
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::UserNotFound(_) => "user_not_found",
             Self::UserExists(_) => "user_exists",
-            Self::UserHasProjects { .. } => "user_has_projects",
+            Self::UserOwnsProjects { .. } => "user_owns_projects",
             Self::BuiltinUser => "builtin_user",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::ProjectNotFound(_) => "project_not_found",

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -35,6 +35,7 @@ use crate::drivers::network::NetworkDriver;
 use crate::model::envelope::{ApiRequest, EnvelopeHeader};
 use crate::model::{Quota, ResponseEnvelope, ResponseStatus};
 use crate::store::Store;
+use rate_limit::CallClass;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub backends: Arc<BackendGuard>,
     /// The quota of users whose own limits do not say (`--default-quota-*`).
     pub default_quota: Quota,
+    /// The API's own rate limit, per user and per address without a token.
+    pub rate_limiter: Arc<rate_limit::ApiRateLimiter>,
     /// What the compute driver found wrong with the host (shown with each
     /// instance); only read here.
     pub compute_warnings: ComputeWarnings,
@@ -84,11 +87,14 @@ pub fn router(state: AppState) -> Router {
 /// log and the answer.
 async fn api(State(state): State<AppState>, request: Request) -> Response {
     let client = audit::client(&request);
+    let client_ip = audit::client_ip(&request);
     let none = EnvelopeHeader::default();
     let caller = match auth::caller(&state.store, request.headers()).await {
         Ok(c) => c,
         Err(e) => {
-            let result = Err(e);
+            // Without a valid token, calls are limited per address, so
+            // guessing tokens is slow; a refused guess is not audited.
+            let result = Err(anonymous_refusal(&state, client_ip, e));
             let call = audit::Call {
                 user: None,
                 client,
@@ -99,8 +105,6 @@ async fn api(State(state): State<AppState>, request: Request) -> Response {
             return envelope(&none, result);
         }
     };
-    // The API rate limit (per token, 429 `rate_limited`) goes here: the
-    // caller is known, nothing has been read or done yet.
     let body = match read_body(request.into_body()).await {
         Ok(b) => b,
         Err(e) => return envelope(&none, Err(e)),
@@ -111,8 +115,17 @@ async fn api(State(state): State<AppState>, request: Request) -> Response {
         .ok()
         .and_then(|r| r.object_name())
         .map(str::to_string);
+    let class = match &parsed {
+        Ok(r) if !r.is_write() => CallClass::Read,
+        _ => CallClass::Write,
+    };
     let result = match parsed {
-        Ok(req) => match auth::authorize(&caller, &req) {
+        Ok(req) => match state
+            .rate_limiter
+            .check_user(&caller.user, class)
+            .map_err(ApiError::RateLimited)
+            .and_then(|()| auth::authorize(&caller, &req))
+        {
             Ok(()) => handlers::handle(&state, &caller, req).await,
             Err(e) => Err(e),
         },
@@ -128,10 +141,32 @@ async fn api(State(state): State<AppState>, request: Request) -> Response {
     envelope(&header, result)
 }
 
+/// Spends one call of the address's budget for calls without a valid
+/// token: the refusal as it is, or 429 once the budget is spent.
+fn anonymous_refusal(
+    state: &AppState,
+    client_ip: Option<std::net::IpAddr>,
+    refusal: ApiError,
+) -> ApiError {
+    let ip = client_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    match state.rate_limiter.check_anonymous(ip) {
+        Ok(()) => refusal,
+        Err(retry) => ApiError::RateLimited(retry),
+    }
+}
+
 /// `/metrics`: admins and readers. Refusals go to the audit log (type `metrics`).
 async fn prometheus(State(state): State<AppState>, request: Request) -> Response {
     let client = audit::client(&request);
-    let caller = auth::caller(&state.store, request.headers()).await;
+    let client_ip = audit::client_ip(&request);
+    let caller = match auth::caller(&state.store, request.headers()).await {
+        Ok(c) => state
+            .rate_limiter
+            .check_user(&c.user, CallClass::Read)
+            .map(|()| c)
+            .map_err(ApiError::RateLimited),
+        Err(e) => Err(anonymous_refusal(&state, client_ip, e)),
+    };
     let user = caller.as_ref().ok().map(|c| c.user.clone());
     let allowed = caller.and_then(|c| auth::may_read_metrics(&c));
     if allowed.is_err() {
@@ -181,6 +216,10 @@ async fn read_body(mut body: Body) -> Result<bytes::Bytes, ApiError> {
 }
 
 fn envelope(header: &EnvelopeHeader, result: Result<serde_json::Value, ApiError>) -> Response {
+    let retry_after = match &result {
+        Err(ApiError::RateLimited(r)) => Some(r.header_seconds()),
+        _ => None,
+    };
     let (status, body) = match result {
         Ok(info) => (
             StatusCode::OK,
@@ -211,5 +250,11 @@ fn envelope(header: &EnvelopeHeader, result: Result<serde_json::Value, ApiError>
             )
         }
     };
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    response
 }

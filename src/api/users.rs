@@ -123,7 +123,7 @@ fn delete_user(tx: &Connection, defaults: Quota, req: UserDelete) -> Result<Valu
     }
     let count = store::count_projects_of(tx, &row.name)?;
     if count > 0 {
-        return Err(ApiError::UserHasProjects {
+        return Err(ApiError::UserOwnsProjects {
             name: row.name,
             count,
         });

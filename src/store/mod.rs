@@ -49,9 +49,9 @@ pub use projects::{
 };
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
 pub use users::{
-    count_projects_of, delete_user, ensure_admin, insert_user, list_users, set_user_quota,
-    set_user_role, set_user_token_hash, user_by_name, user_by_token_hash, user_exists,
-    user_target_nodes, user_usage, UserRow,
+    count_projects_of, delete_user, ensure_admin, insert_tokenless_member, insert_user, list_users,
+    set_user_quota, set_user_role, set_user_token_hash, user_by_name, user_by_token_hash,
+    user_exists, user_target_nodes, user_usage, UserRow,
 };
 
 #[derive(Debug, Error)]

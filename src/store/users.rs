@@ -79,6 +79,17 @@ pub fn insert_user(
     user_by_name(c, name)?.ok_or_else(|| StoreError::Corrupt("inserted user vanished".into()))
 }
 
+/// A member without a token: the owner an admin names for a project before
+/// the user exists (seed 003's `"user": "john"`), as the migration makes
+/// them. An admin hands out its token with `rotate_token`.
+pub fn insert_tokenless_member(c: &Connection, name: &str) -> Result<UserRow, StoreError> {
+    c.execute(
+        "INSERT INTO users (name, role, token_hash, created_at) VALUES (?1, ?2, NULL, ?3)",
+        params![name, Role::Member, now()],
+    )?;
+    user_by_name(c, name)?.ok_or_else(|| StoreError::Corrupt("inserted user vanished".into()))
+}
+
 pub fn user_by_name(c: &Connection, name: &str) -> Result<Option<UserRow>, StoreError> {
     Ok(query_users(c, "WHERE name = ?1", [name])?.pop())
 }
