@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::backends::HttpBackend;
 use common::{lbctl_bin, require, signal, wait_for, Lbd};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A detached tmux session, killed on drop.
 struct Tmux {
@@ -250,4 +250,40 @@ fn top_reads_keys_and_quits_while_lbd_does_not_answer() {
         s.contains("EXITED")
     });
     assert!(s.contains("EXITED 0"), "{s}");
+}
+
+#[test]
+fn top_with_a_members_token_shows_only_what_it_may_see() {
+    if !require("tmux (apt-get install tmux; .ci/run does)", have_tmux()) {
+        return;
+    }
+    let lbd = Lbd::start();
+    let alice = lbd.add_user("alice", "member");
+    let instance = |project: &str, name: &str, port: u16| {
+        json!({"action": "create", "type": "instance", "info": {
+            "name": name, "project": project, "traffic_type": "http", "port": port,
+            "backend": {"entities": ["127.0.0.1:9"]}}})
+    };
+    let as_alice = |body: Value| lbd.api_raw(serde_json::to_vec(&body).unwrap(), Some(&alice));
+    let (s, v) =
+        as_alice(json!({"action": "create", "type": "project", "info": {"name": "alices"}}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = as_alice(instance("alices", "mine", 8091));
+    assert_eq!(s, 200, "{v}");
+    lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "admins"}}));
+    let (s, v) = lbd.api(&instance("admins", "theirs", 8092));
+    assert_eq!(s, 200, "{v}");
+    let top = format!(
+        "{} --url {} --token {alice} top --interval 0.5",
+        lbctl_bin().display(),
+        lbd.url(),
+    );
+    let name = format!("lbaas-top-member-{}-{}", std::process::id(), lbd.slot.index);
+    let tmux = Tmux::start(&name, &format!("{top}; sleep 120"));
+    let s = tmux.wait_screen("alice's instance listed", |s| {
+        s.contains("connected") && s.contains("mine")
+    });
+    assert!(s.contains("instances (1)"), "{s}");
+    assert!(!s.contains("theirs") && !s.contains("admins"), "{s}");
+    tmux.keys(&["q"]);
 }
