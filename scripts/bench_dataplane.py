@@ -20,7 +20,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LB_NODE = os.path.join(ROOT, "target", "release", "lb-node")
+# LB_NODE=path measures another build (an A/B run against an older commit).
+LB_NODE = os.environ.get("LB_NODE") or os.path.join(ROOT, "target", "release", "lb-node")
 DURATION = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 CONNECTIONS = 50
 CORES = os.cpu_count() or 1
