@@ -7,9 +7,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::backends::{http_get, EchoBackend, HttpBackend};
+use common::backends::{http_get, read_until_closed, EchoBackend, HttpBackend};
 use common::node::{config_with, free_addr, wait_status, LbNode};
 use serde_json::{json, Value};
 
@@ -26,25 +26,14 @@ fn http_node(backend: SocketAddr, extra: Value) -> (LbNode, SocketAddr) {
 /// errors: the node may answer and close before it has read everything) and
 /// returns everything the node sent back before closing.
 fn exchange(listen: SocketAddr, request: Vec<u8>) -> String {
-    let conn = TcpStream::connect(listen).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut conn = TcpStream::connect(listen).unwrap();
     let mut writer = conn.try_clone().unwrap();
     let sending = std::thread::spawn(move || {
         let _ = writer.write_all(&request);
     });
-    let mut got = Vec::new();
-    let mut conn = conn;
-    let mut buf = [0u8; 4096];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            // A reset after the answer (the node closed with request bytes unread).
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("no answer from the node: {e}; got {got:?}"),
-        }
-    }
+    // A reset after the answer counts as the close (the node closed with
+    // request bytes unread).
+    let (got, _) = read_until_closed(&mut conn, Duration::from_secs(10));
     sending.join().unwrap();
     String::from_utf8_lossy(&got).into_owned()
 }
@@ -103,18 +92,9 @@ fn an_http11_request_without_host_gets_400() {
 }
 /// Reads until the node closes the connection; how long that took. Panics
 /// if it is still open after `limit` (the test's bound, not the node's).
+/// How long until the node closes `conn` (at most `limit`).
 fn closed_within(conn: &mut TcpStream, limit: Duration) -> Duration {
-    let start = Instant::now();
-    conn.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => return start.elapsed(),
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return start.elapsed(),
-            Err(e) => panic!("still open after {:?}: {e}", start.elapsed()),
-        }
-    }
+    read_until_closed(conn, limit).1
 }
 
 /// Short deadlines, so the tests take well under a second each.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -26,25 +26,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
 /// Reads until the server closes; what it sent, and how long that took.
 /// Panics if the server keeps the connection open past `READ_BOUND`.
 fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!(
-                    "still open after {:?} (got {:?})",
-                    start.elapsed(),
-                    String::from_utf8_lossy(&got)
-                )
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    (got, start.elapsed())
+    common::backends::read_until_closed(s, READ_BOUND)
 }
 
 /// A silent client is closed after about `timeout`, with nothing sent.

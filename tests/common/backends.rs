@@ -253,6 +253,31 @@ impl EchoBackend {
     }
 }
 
+/// Reads from `conn` until the peer closes it (FIN or reset): what it
+/// sent, and how long that took. Panics if it is still open after `limit`.
+pub fn read_until_closed(
+    conn: &mut TcpStream,
+    limit: std::time::Duration,
+) -> (Vec<u8>, std::time::Duration) {
+    let start = std::time::Instant::now();
+    conn.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "still open after {:?} ({e}); got {:?}",
+                start.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (got, start.elapsed())
+}
+
 /// A plain HTTP/1.1 GET on a fresh connection; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, "")
