@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::balance::{fnv1a, Member};
 use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
-use super::idle::{timed_out, Activity, Counted, Streams, Tracked};
+use super::idle::{timed_out, Activity, Counted, OwnWakes, Streams, Tracked};
 use super::pool::ProxyBody;
 use super::{ActiveConfig, Node};
 use crate::model::{tuning, Algorithm, HashOn, Timeouts};
@@ -56,8 +56,8 @@ async fn serve_client(
     );
     let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
     let handshake = Duration::from_millis(u64::from(timeouts.handshake_ms));
-    // The connection's open requests, for the idle close below; the one
-    // allocation per connection. A request clones the Arc into its guard.
+    // The connection's open requests, for the idle close below. A request
+    // clones the Arc into its guard.
     let streams = Arc::new(Streams::default());
     let service = service_fn(|req| {
         let open = streams.open();
@@ -70,45 +70,69 @@ async fn serve_client(
     let builder = connection_builder(idle, max_head);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    // hyper-util's auto builder starts no timer while it detects the
-    // protocol, and hyper's h1 header timer only starts after that:
-    // a client that sends nothing or half an HTTP/2 preface would
-    // hold its slot for ever. So the first request must have started
-    // by `handshake_ms`, or the connection is dropped (closed).
-    let deadline = tokio::time::sleep(handshake);
-    tokio::pin!(deadline);
-    let mut handshake_done = false;
-    // hyper closes an HTTP/1 connection idle between requests itself (its
-    // header timer), but has nothing for an HTTP/2 one without streams,
-    // whose client answers the keep-alive pings: that is closed here.
-    let quiet = streams.quiet_for(idle);
-    tokio::pin!(quiet);
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = &mut deadline, if !handshake_done => {
-                if !streams.any_opened() {
-                    tracing::debug!("client {peer}: no request within {} ms", handshake.as_millis());
-                    return;
-                }
-                handshake_done = true;
+    let watch = watchdog(&streams, handshake, idle, &mut stop);
+    tokio::pin!(watch);
+    // Biased, and the deadlines polled only when they fire: a wake of the
+    // connection costs no timer poll and no random branch order.
+    let result = tokio::select! {
+        biased;
+        r = conn.as_mut() => r,
+        ending = OwnWakes::new(watch.as_mut()) => match ending {
+            Ending::NoRequest => {
+                tracing::debug!("client {peer}: no request within {} ms", handshake.as_millis());
+                return;
             }
             // GOAWAY (HTTP/2) and close: the client knows no request was lost.
-            () = &mut quiet => {
-                tracing::debug!("client {peer}: no request open for {} ms", idle.as_millis());
+            Ending::Quiet | Ending::Stop => {
+                if ending == Ending::Quiet {
+                    tracing::debug!("client {peer}: no request open for {} ms", idle.as_millis());
+                }
                 conn.as_mut().graceful_shutdown();
-                break conn.await;
+                conn.await
             }
-            // On stop, the request in flight finishes and the connection
-            // closes after it instead of waiting for the client's next one.
-            _ = async { drop(stop.wait_for(|s| *s).await) } => {
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
-            }
-        }
+        },
     };
     if let Err(e) = result {
         tracing::debug!("client {peer}: {e}");
+    }
+}
+
+/// Why a client connection is ended before it ends itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// No request started within `handshake_ms` (dropped, closed).
+    NoRequest,
+    /// No request open for `client_idle_ms`.
+    Quiet,
+    /// The listener stops: the request in flight finishes, then the
+    /// connection closes instead of waiting for the client's next one.
+    Stop,
+}
+
+/// A client connection's deadlines. hyper-util's auto builder starts no
+/// timer while it detects the protocol, and hyper's h1 header timer only
+/// starts after that: a client that sends nothing or half an HTTP/2 preface
+/// would hold its slot for ever, so the first request must have started by
+/// `handshake`. hyper closes an HTTP/1 connection idle between requests
+/// itself (its header timer), but has nothing for an HTTP/2 one without
+/// streams whose client answers the keep-alive pings: that is `Quiet`.
+async fn watchdog(
+    streams: &Streams,
+    handshake: Duration,
+    idle: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Ending {
+    let first_request = async {
+        tokio::time::sleep(handshake).await;
+        if streams.any_opened() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => Ending::Stop,
+        () = first_request => Ending::NoRequest,
+        () = streams.quiet_for(idle) => Ending::Quiet,
     }
 }
 

@@ -6,12 +6,14 @@
 //! `keepalive_timeout`. hyper has no such setting for HTTP/2: its keep-alive
 //! pings only find peers that are gone, not live ones that never ask.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -197,6 +199,65 @@ impl<B: Body + Unpin> Body for Counted<B> {
     }
 }
 
+/// A future that is polled only when one of its own wakers fired, not each
+/// time the task it shares is woken. A client connection's deadlines (its
+/// handshake, idle and stop watches) race the connection in one `select!`,
+/// which polls every branch at every wake: once per request, a timer and a
+/// watch channel were polled for nothing. Wrapped, they cost two atomic
+/// operations per wake and are polled when a timer or the stop fires.
+pub struct OwnWakes<'a, F> {
+    inner: Pin<&'a mut F>,
+    flag: Arc<WakeFlag>,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<'a, F: Future> OwnWakes<'a, F> {
+    pub fn new(inner: Pin<&'a mut F>) -> Self {
+        OwnWakes {
+            inner,
+            // Woken, so that the first poll registers the inner wakers.
+            flag: Arc::new(WakeFlag {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: Future> Future for OwnWakes<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // Registered before the flag is read: a wake between the two finds
+        // the task's waker and polls again.
+        self.flag.task.register(cx.waker());
+        if !self
+            .flag
+            .woken
+            .swap(false, std::sync::atomic::Ordering::Acquire)
+        {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.flag.clone());
+        self.inner.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +271,68 @@ mod tests {
         let start = Instant::now();
         a.expired(idle).await;
         assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    /// A future that counts its polls and is ready at its second.
+    struct CountPolls<'a>(&'a std::cell::Cell<u32>);
+
+    impl Future for CountPolls<'_> {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.0.set(self.0.get() + 1);
+            if self.0.get() >= 2 {
+                Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn own_wakes_polls_only_after_its_own_wakers_fire() {
+        // A timer that the task's other wakes must not poll.
+        let timer = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(timer);
+        let mut watched = OwnWakes::new(timer.as_mut());
+        let noop = Waker::noop();
+        let mut cx = Context::from_waker(noop);
+        assert!(Pin::new(&mut watched).poll(&mut cx).is_pending());
+        assert!(!watched.flag.woken.load(Relaxed));
+        // The timer's wake fires when the clock passes it; then it is polled.
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert!(watched.flag.woken.load(Relaxed));
+        assert!(Pin::new(&mut watched).poll(&mut cx).is_ready());
+
+        // And an inner future that wakes itself is polled again.
+        let polls = std::cell::Cell::new(0);
+        let counting = CountPolls(&polls);
+        tokio::pin!(counting);
+        let mut watched = OwnWakes::new(counting.as_mut());
+        assert!(Pin::new(&mut watched).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut watched).poll(&mut cx).is_ready());
+        assert_eq!(polls.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn own_wakes_skips_polls_without_a_wake() {
+        let polls = std::cell::Cell::new(0);
+        struct Never<'a>(&'a std::cell::Cell<u32>);
+        impl Future for Never<'_> {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                self.0.set(self.0.get() + 1);
+                Poll::Pending
+            }
+        }
+        let never = Never(&polls);
+        tokio::pin!(never);
+        let mut watched = OwnWakes::new(never.as_mut());
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..10 {
+            assert!(Pin::new(&mut watched).poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.get(), 1, "polled only the first time");
     }
 }
 
