@@ -187,6 +187,14 @@ pub struct DaemonConfig {
     /// Calls one address without a valid token may make at once.
     #[arg(long, env = "LBAAS_API_ANONYMOUS_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_anonymous_burst: u32,
+    /// Where `global`-scope rate limits count (`redis://host:port[/db]`),
+    /// passed to the nodes; without it, `global` limits count per node.
+    #[arg(long, env = "LBAAS_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// How long a node waits for Redis per check before it falls back to
+    /// its `node` share of the limit.
+    #[arg(long, env = "LBAAS_REDIS_TIMEOUT_MS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub redis_timeout_ms: u32,
     /// Projects a user may own unless its own quota says; -1: unlimited.
     #[arg(long, env = "LBAAS_DEFAULT_QUOTA_PROJECTS", default_value_t = -1, allow_negative_numbers = true, value_parser = limit)]
     pub default_quota_projects: i64,

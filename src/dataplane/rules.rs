@@ -11,7 +11,7 @@ use regex::Regex;
 use thiserror::Error;
 
 use crate::model::policy::rules::{HostMatch, Match, MAX_REGEX_LEN, REGEX_SIZE_LIMIT};
-use crate::model::policy::{Auth, Policy, RuleAction};
+use crate::model::policy::{Policy, RuleAction};
 
 /// A stored policy that does not compile: lbd validated it, so this means a
 /// controller and a node of different versions.
@@ -50,8 +50,6 @@ pub struct CompiledRule {
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
     pub require_groups: Vec<String>,
-    /// `None`: a public rule.
-    pub auth: Option<Auth>,
 }
 
 /// The rules of a config, in order.
@@ -90,7 +88,6 @@ impl RuleTable {
                         .map(|n| header(n))
                         .collect::<Result<_, _>>()?,
                     require_groups: r.rule.require_groups.clone(),
-                    auth: r.auth.clone(),
                 })
             })
             .collect::<Result<_, RuleError>>()?;

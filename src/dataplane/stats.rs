@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::model::node::{Percentiles, StatusClasses};
+use crate::model::node::{Percentiles, PolicyStats, StatusClasses};
 use crate::model::{HealthStreak, NodeStats};
 
 #[derive(Default)]
@@ -21,6 +21,36 @@ pub struct NodeCounters {
     pub classes: [AtomicU64; 5],
     pub latency: LatencyWindow,
     pub fail_open: AtomicBool,
+    pub policy: PolicyCounters,
+}
+
+/// The auth and rate limit stages' outcomes (`PolicyStats` on the wire).
+#[derive(Default)]
+pub struct PolicyCounters {
+    pub auth_allowed: AtomicU64,
+    pub auth_denied: AtomicU64,
+    pub auth_error: AtomicU64,
+    pub auth_cached: AtomicU64,
+    pub auth_stale: AtomicU64,
+    pub auth_failure_allowed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub rate_limit_store_down: AtomicU64,
+}
+
+impl PolicyCounters {
+    pub fn snapshot(&self) -> PolicyStats {
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        PolicyStats {
+            auth_allowed: l(&self.auth_allowed),
+            auth_denied: l(&self.auth_denied),
+            auth_error: l(&self.auth_error),
+            auth_cached: l(&self.auth_cached),
+            auth_stale: l(&self.auth_stale),
+            auth_failure_allowed: l(&self.auth_failure_allowed),
+            rate_limited: l(&self.rate_limited),
+            rate_limit_store_down: l(&self.rate_limit_store_down),
+        }
+    }
 }
 
 impl NodeCounters {
@@ -44,6 +74,7 @@ impl NodeCounters {
             latency_ms: self.latency.percentiles(),
             fail_open: self.fail_open.load(Relaxed),
             members: Vec::new(),
+            policy: self.policy.snapshot(),
         }
     }
 

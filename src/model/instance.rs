@@ -209,6 +209,12 @@ pub struct InstanceSpec {
     pub max_nodes: u32,
     #[serde(default)]
     pub scaling: ScalingPolicy,
+    /// Pools, rules, auth, rate limits (http only).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::model::policy::Policy::is_empty"
+    )]
+    pub policy: crate::model::policy::Policy,
 }
 
 fn default_max_nodes() -> u32 {
@@ -244,6 +250,9 @@ impl InstanceSpec {
             backends: self.backends.clone(),
             health_check: self.health_check.clone(),
             tuning: self.tuning.clone(),
+            policy: self.policy.clone(),
+            serving_nodes: 1,
+            redis: None,
         }
     }
 
@@ -320,6 +329,8 @@ impl InstanceCreate {
                 )?,
                 proxy_protocol: self.proxy_protocol.unwrap_or_default(),
             },
+            // Filled in by issue 15's wiring: see `validate_with`.
+            policy: Default::default(),
         };
         spec.check_combination()?;
         Ok(spec)

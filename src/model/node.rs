@@ -27,6 +27,33 @@ pub struct NodeConfig {
     pub tuning: Tuning,
     pub backends: Vec<BackendMember>,
     pub health_check: HealthCheck,
+    /// Pools, rules, auth and rate limits (http only); absent: none.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::model::policy::Policy::is_empty"
+    )]
+    pub policy: crate::model::policy::Policy,
+    /// How many nodes serve the instance now: a `node`-scope rate limit
+    /// allows `threshold / serving_nodes` on each (pushed when it changes).
+    #[serde(default = "one")]
+    pub serving_nodes: u32,
+    /// Where `global`-scope rate limits keep their counters (lbd's `--redis-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisTarget>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The Redis that `global` rate limits count in, and how long a node waits
+/// for it before it falls back to its `node` share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTarget {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    pub timeout_ms: u32,
 }
 
 /// A node's answer to `GET /status` (and to a successful `PUT /config`).
@@ -67,6 +94,30 @@ pub struct NodeStats {
     #[serde(default)]
     pub fail_open: bool,
     pub members: Vec<MemberStats>,
+    /// What the L7 policy stages decided (absent from older nodes).
+    #[serde(default)]
+    pub policy: PolicyStats,
+}
+
+/// Outcomes of the auth and rate limit stages, since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyStats {
+    /// Requests the auth stage let through (a fresh or joined call).
+    pub auth_allowed: u64,
+    /// Requests refused: 401/403 from the service, bad credentials, missing groups.
+    pub auth_denied: u64,
+    /// Auth service failures (unreachable, timeout, 5xx, unreadable answer).
+    pub auth_error: u64,
+    /// Requests decided from the decision cache.
+    pub auth_cached: u64,
+    /// Requests let through on a stale decision while the service failed.
+    pub auth_stale: u64,
+    /// Requests let through by `failure: allow` while the service failed.
+    pub auth_failure_allowed: u64,
+    /// Requests answered 429.
+    pub rate_limited: u64,
+    /// Checks that fell back to the node share because Redis failed.
+    pub rate_limit_store_down: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -4,3 +4,6 @@
 
 pub mod cache;
 pub mod service;
+pub mod stage;
+
+pub use stage::{AuthOutcome, AuthStage, Caller};

@@ -131,14 +131,31 @@ pub struct PolicySpec {
     pub rate_limits: Option<Vec<RateLimitSpec>>,
 }
 
-/// A rule with its auth resolved: `None` is a public rule.
+/// Which auth a rule's requests go through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAuth {
+    /// The instance's `auth` (none when it has none).
+    #[default]
+    Inherit,
+    /// `"auth": "none"`: a public path.
+    Public,
+    Own(Auth),
+}
+
+impl RuleAuth {
+    fn is_inherit(&self) -> bool {
+        *self == RuleAuth::Inherit
+    }
+}
+
+/// A rule and the auth its requests go through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     #[serde(flatten)]
     pub rule: Rule,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<Auth>,
+    #[serde(default, skip_serializing_if = "RuleAuth::is_inherit")]
+    pub auth: RuleAuth,
 }
 
 /// A validated policy, as stored and as pushed to the nodes.
@@ -159,6 +176,16 @@ pub struct Policy {
 impl Policy {
     pub fn is_empty(&self) -> bool {
         self == &Policy::default()
+    }
+
+    /// The auth that requests matched by rule `rule` (an index into
+    /// `rules`; `None`: no rule matched) go through; `None` is public.
+    pub fn effective_auth(&self, rule: Option<usize>) -> Option<&Auth> {
+        match rule.and_then(|i| self.rules.get(i)).map(|r| &r.auth) {
+            None | Some(RuleAuth::Inherit) => self.auth.as_ref(),
+            Some(RuleAuth::Public) => None,
+            Some(RuleAuth::Own(a)) => Some(a),
+        }
     }
 }
 
@@ -259,11 +286,16 @@ impl PolicySpec {
                     }
                 }
                 let auth = match &spec.auth {
-                    None => instance_auth.cloned(),
-                    Some(RuleAuthSpec::None(_)) => None,
-                    Some(RuleAuthSpec::Own(a)) => Some(a.validate(hasher)?),
+                    None => RuleAuth::Inherit,
+                    Some(RuleAuthSpec::None(_)) => RuleAuth::Public,
+                    Some(RuleAuthSpec::Own(a)) => RuleAuth::Own(a.validate(hasher)?),
                 };
-                if !rule.require_groups.is_empty() && auth.is_none() {
+                let effective = match &auth {
+                    RuleAuth::Inherit => instance_auth,
+                    RuleAuth::Public => None,
+                    RuleAuth::Own(a) => Some(a),
+                };
+                if !rule.require_groups.is_empty() && effective.is_none() {
                     return Err(PolicyError::InvalidRule {
                         rule: rule.name,
                         reason:
@@ -391,8 +423,10 @@ mod tests {
                          {"name":"private","require_groups":["g1"],"action":{"pool":"default"}}]}"#,
         )
         .unwrap();
-        assert_eq!(p.rules[0].auth, None);
-        assert!(matches!(p.rules[1].auth, Some(Auth::Service(_))));
+        assert_eq!(p.rules[0].auth, RuleAuth::Public);
+        assert_eq!(p.effective_auth(Some(0)), None);
+        assert!(matches!(p.effective_auth(Some(1)), Some(Auth::Service(_))));
+        assert!(matches!(p.effective_auth(None), Some(Auth::Service(_))));
     }
 
     #[test]
