@@ -23,10 +23,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::auth::AuthOutcome;
 use super::balance::{fnv1a, Member};
 use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
 use super::idle::{timed_out, Activity, Counted, OwnWakes, Streams, Tracked};
 use super::pool::ProxyBody;
+use super::rate_limit::{LimitOutcome, LimitRequest};
 use super::{ActiveConfig, Node};
 use crate::model::{tuning, Algorithm, HashOn, Timeouts};
 
@@ -224,7 +226,39 @@ async fn route(
             "lb-node: not configured yet\n".into(),
         );
     };
-    let Some(member) = pick_member(node, &active, &req, peer) else {
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let retryable = upgrade.is_none() && idempotent_without_body(&req);
+    let (mut head, body) = req.into_parts();
+    // The rules stage picks the rule (issue 15); none matched yet.
+    let rule = None;
+    if !active.auth.is_empty() {
+        match active
+            .auth
+            .authorize(rule, &mut head, peer.ip(), &node.counters.policy)
+            .await
+        {
+            AuthOutcome::Pass(_caller) => {}
+            AuthOutcome::Respond(resp) => return resp,
+        }
+    }
+    let limit_headers = if active.limits.is_empty() {
+        Vec::new()
+    } else {
+        let facts = LimitRequest {
+            method: &head.method,
+            path: head.uri.path(),
+            headers: &head.headers,
+            client_ip: peer.ip(),
+            auth_token: None,
+            body_bytes: content_length(&head.headers),
+        };
+        match active.limits.check(&facts, &node.counters.policy).await {
+            LimitOutcome::Pass { headers } => headers,
+            LimitOutcome::Limited(resp) => return resp,
+        }
+    };
+    let Some(member) = pick_member(node, &active, &head, peer) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         // Nothing to pick is also every member drained on purpose; the
         // reason must not send an operator looking for a missing backend.
@@ -235,15 +269,13 @@ async fn route(
         };
         return short(StatusCode::SERVICE_UNAVAILABLE, reason.into());
     };
-    let upgrade = upgrade_protocol(req.headers());
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let retryable = upgrade.is_none() && idempotent_without_body(&req);
-    let (head, body) = req.into_parts();
     let upstream = Upstream::new(head, peer, upgrade, retryable);
-    match send_with_retry(&active, member, upstream, body.boxed()).await {
+    let mut resp = match send_with_retry(&active, member, upstream, body.boxed()).await {
         Ok(resp) => client_response(node, &active, resp, client_upgrade),
         Err(failure) => failure_response(node, failure),
-    }
+    };
+    resp.headers_mut().extend(limit_headers);
+    resp
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1.x
@@ -269,11 +301,11 @@ fn bad_host<B>(req: &Request<B>) -> Option<&'static str> {
 fn pick_member<'a>(
     node: &Node,
     active: &'a ActiveConfig,
-    req: &Request<Incoming>,
+    head: &http::request::Parts,
     peer: SocketAddr,
 ) -> Option<&'a Member> {
     let key = match active.balancer.algorithm() {
-        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, req, peer),
+        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &head.headers, peer),
         _ => 0,
     };
     let pick = active.balancer.pick(key)?;
@@ -435,9 +467,9 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-fn hash_key<B>(on: &HashOn, req: &Request<B>, peer: SocketAddr) -> u64 {
+fn hash_key(on: &HashOn, headers: &HeaderMap, peer: SocketAddr) -> u64 {
     if let HashOn::Header(name) = on {
-        if let Some(v) = req.headers().get(name.as_str()) {
+        if let Some(v) = headers.get(name.as_str()) {
             return fnv1a(v.as_bytes());
         }
     }

@@ -53,6 +53,10 @@ pub struct ActiveConfig {
     pub config: NodeConfig,
     pub balancer: Balancer,
     pub client: forward::BackendClient,
+    /// The pipeline's auth stage (`auth::stage`); empty without auth.
+    pub auth: auth::AuthStage,
+    /// The pipeline's rate limit stage; empty without limits.
+    pub limits: rate_limit::RateLimitStage,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -276,9 +280,18 @@ impl Node {
             }
             _ => forward::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
         };
+        let previous = self.active.load_full();
+        let previous = previous.as_deref();
         ActiveConfig {
             balancer: Balancer::new(config.tuning.algorithm, &config.backends, counters),
             client,
+            auth: auth::AuthStage::new(&config.policy, previous.map(|p| &p.auth)),
+            limits: rate_limit::RateLimitStage::new(
+                &config.policy,
+                config.serving_nodes,
+                config.redis.as_ref(),
+                previous.map(|p| &p.limits),
+            ),
             config,
         }
     }
