@@ -367,3 +367,36 @@ fn a_live_rule_and_pool_change_under_wrk_load_fails_no_request() {
     assert!(b.seen.lock().unwrap().iter().all(|s| s.path == "/x"));
     assert_eq!(node.status()["config_version"], configs.len() as u64);
 }
+
+#[test]
+fn a_policy_the_node_cannot_compile_is_refused_and_the_old_config_serves() {
+    let (default, api) = (HttpBackend::start("default"), HttpBackend::start("api"));
+    let node = LbNode::start();
+    let listen = free_addr();
+    let spec = json!({
+        "pools": {"api": pool(&[&api])},
+        "rules": [{"name": "api", "match": {"path_prefix": "/api/"}, "action": {"pool": "api"}}]
+    });
+    push(&node, 1, listen, &[default.addr()], spec.clone());
+    // A controller of another version could send a rule naming a pool this
+    // node does not have: the node says so and keeps serving version 1.
+    let mut bad = policy(spec);
+    bad["pools"] = json!({});
+    let config = config_with(
+        2,
+        "http",
+        listen,
+        &[default.addr()],
+        json!({ "policy": bad }),
+    );
+    let (status, answer) = node.put_config(&config);
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.to_string().contains("api"), "{answer}");
+    let now = node.status();
+    assert_eq!(now["config_version"], 1, "{now}");
+    assert!(
+        now["error"].as_str().is_some_and(|e| e.contains("policy")),
+        "{now}"
+    );
+    assert_eq!(reached(listen, "/api/x", &[]), "api");
+}
