@@ -68,21 +68,13 @@ pub(super) async fn route(
     }
 
     // Stage: auth.
-    let caller = if active.auth.is_empty() {
-        None
-    } else {
-        match active
-            .auth
-            .authorize(rule_index, &mut head, peer.ip(), &node.counters.policy)
-            .await
-        {
-            AuthOutcome::Pass(caller) => Some(caller),
-            AuthOutcome::Respond(resp) => return resp,
-        }
+    let caller = match authorize(node, &active, rule_index, &mut head, peer).await {
+        AuthOutcome::Pass(caller) => caller,
+        AuthOutcome::Respond(resp) => return resp,
     };
 
     // Stage: rate limit.
-    let limit_headers = match limit(node, &active, &head, peer, caller.as_ref()).await {
+    let limit_headers = match limit(node, &active, &head, peer, &caller).await {
         LimitOutcome::Pass { headers } => headers,
         LimitOutcome::Limited(resp) => return resp,
     };
@@ -101,10 +93,8 @@ pub(super) async fn route(
     // would wait here until they are woken, before a member is chosen.
     // Named point "federation": a routing mode that sends to another
     // region's LB would resolve here instead of a local pool.
-    let upstream_set = caller
-        .as_ref()
-        .filter(|c| !c.upstream.is_empty())
-        .map(|c| active.upstreams.balancer(&c.upstream));
+    let upstream_set =
+        (!caller.upstream.is_empty()).then(|| active.upstreams.balancer(&caller.upstream));
     let balancer = upstream_set.as_deref().unwrap_or_else(|| active.pool(pool));
     let Some(member) = pick_member(node, &active, balancer, &head, peer) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
@@ -112,20 +102,7 @@ pub(super) async fn route(
     };
 
     // Stage: toward the backend.
-    if let Some(rule) = rule {
-        edit_headers(&mut head.headers, &rule.set_headers, &rule.remove_headers);
-    }
-    let target = match rule.map(|r| &r.action) {
-        Some(Action::Pool {
-            strip: Some(prefix),
-            ..
-        }) => Some(stripped_target(&head.uri, prefix)),
-        _ => None,
-    };
-    let mut upstream = Upstream::new(head, peer, upgrade, retryable);
-    if let Some(target) = target {
-        upstream.retarget(target);
-    }
+    let upstream = toward_backend(rule, head, peer, upgrade, retryable);
 
     // Stage: upstream.
     let mut resp =
@@ -149,13 +126,58 @@ fn match_rule<'a>(
     active.rules.first_match(&RequestFacts::of(head, peer.ip()))
 }
 
+/// The auth stage; without auth anywhere in the policy an anonymous caller
+/// (which allocates nothing).
+async fn authorize(
+    node: &Node,
+    active: &ActiveConfig,
+    rule_index: Option<usize>,
+    head: &mut request::Parts,
+    peer: SocketAddr,
+) -> AuthOutcome {
+    if active.auth.is_empty() {
+        return AuthOutcome::Pass(Caller::default());
+    }
+    active
+        .auth
+        .authorize(rule_index, head, peer.ip(), &node.counters.policy)
+        .await
+}
+
+/// The request as the backend gets it: the rule's header edits, and its
+/// path without the prefix under `strip_prefix`.
+fn toward_backend(
+    rule: Option<&CompiledRule>,
+    mut head: request::Parts,
+    peer: SocketAddr,
+    upgrade: Option<HeaderValue>,
+    retryable: bool,
+) -> Upstream {
+    let Some(rule) = rule else {
+        return Upstream::new(head, peer, upgrade, retryable);
+    };
+    edit_headers(&mut head.headers, &rule.set_headers, &rule.remove_headers);
+    let target = match &rule.action {
+        Action::Pool {
+            strip: Some(prefix),
+            ..
+        } => Some(stripped_target(&head.uri, prefix)),
+        _ => None,
+    };
+    let mut upstream = Upstream::new(head, peer, upgrade, retryable);
+    if let Some(target) = target {
+        upstream.retarget(target);
+    }
+    upstream
+}
+
 /// The rate limit stage: the fields to add to the response, or the 429.
 async fn limit(
     node: &Node,
     active: &ActiveConfig,
     head: &request::Parts,
     peer: SocketAddr,
-    caller: Option<&Caller>,
+    caller: &Caller,
 ) -> LimitOutcome {
     if active.limits.is_empty() {
         // An empty Vec does not allocate.
@@ -168,7 +190,7 @@ async fn limit(
         path: head.uri.path(),
         headers: &head.headers,
         client_ip: peer.ip(),
-        auth_token: caller.and_then(|c| c.auth_token.as_deref()),
+        auth_token: caller.auth_token.as_deref(),
         body_bytes: content_length(&head.headers),
     };
     active.limits.check(&facts, &node.counters.policy).await
