@@ -400,3 +400,50 @@ fn a_policy_the_node_cannot_compile_is_refused_and_the_old_config_serves() {
     );
     assert_eq!(reached(listen, "/api/x", &[]), "api");
 }
+
+/// One HTTP/2 (prior knowledge) GET of `uri` (its authority is `:authority`,
+/// with no `Host` header); the response's status.
+fn h2_get(listen: SocketAddr, uri: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get(uri).body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("no answer within 10 s")
+            .expect("an h2 response");
+        resp.status().as_u16()
+    })
+}
+
+#[test]
+fn an_h2_request_is_routed_by_its_authority() {
+    let (default, api) = (HttpBackend::start("default"), HttpBackend::start("api"));
+    let node = LbNode::start();
+    let listen = free_addr();
+    push(
+        &node,
+        1,
+        listen,
+        &[default.addr()],
+        json!({
+            "pools": {"api": pool(&[&api])},
+            "rules": [{"name": "api", "match": {"host": "api.example.com", "path_prefix": "/api/"},
+                       "action": {"pool": "api", "strip_prefix": true}}]
+        }),
+    );
+    assert_eq!(h2_get(listen, "http://api.example.com/api/x?y=1"), 200);
+    assert_eq!(h2_get(listen, "http://www.example.com/api/x"), 200);
+    let seen = api.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/x?y=1");
+    assert_eq!(seen[0].header("host"), Some("api.example.com"));
+    assert_eq!(default.hits(), 1);
+}
