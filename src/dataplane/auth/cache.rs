@@ -86,18 +86,23 @@ impl<D: Clone> DecisionCache<D> {
             .await
             .clone();
         if ran {
-            lock(&self.in_flight).remove(&key);
+            // Stored before the flight is left: a request arriving in
+            // between finds the entry instead of starting a second call.
             if let Ok((d, allowed)) = &outcome {
                 self.store(key, d.clone(), *allowed);
             }
+            lock(&self.in_flight).remove(&key);
         }
         match outcome {
             Ok((d, allowed)) => Some((d, allowed, Source::Called)),
-            Err(()) => self.stale(key, Instant::now()),
+            Err(()) => self.stale(key),
         }
     }
 
-    fn stale(&self, key: CacheKey, now: Instant) -> Option<(D, bool, Source)> {
+    /// A positive decision past its TTL but within `stale_on_error`, for
+    /// a request whose call failed (or ran out of time while waiting).
+    pub fn stale(&self, key: CacheKey) -> Option<(D, bool, Source)> {
+        let now = Instant::now();
         let entries = lock(&self.entries);
         let e = entries.get(&key)?;
         (e.allowed && e.expires + self.policy.stale_on_error > now)
