@@ -24,25 +24,33 @@ struct Proxy {
 
 impl Proxy {
     fn start(backend: &HttpBackend, policy: Value) -> Proxy {
+        let proxy = Proxy {
+            node: LbNode::start(),
+            listen: free_addr(),
+        };
+        proxy.configure(1, &[backend.addr()], policy);
+        wait_for("the listener", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(proxy.listen).ok()
+        });
+        proxy
+    }
+
+    /// Pushes config `version`: `backends` and `policy` (a `PolicySpec`,
+    /// validated and hashed here as lbd would).
+    fn configure(&self, version: u64, backends: &[SocketAddr], policy: Value) {
         let spec: PolicySpec = serde_json::from_value(policy).unwrap();
         let policy = spec
             .validate(TrafficType::Http, 80, &Argon2Hasher)
             .expect("a valid policy");
-        let node = LbNode::start();
-        let listen = free_addr();
         let config = config_with(
-            1,
+            version,
             "http",
-            listen,
-            &[backend.addr()],
+            self.listen,
+            backends,
             json!({"policy": serde_json::to_value(&policy).unwrap()}),
         );
-        let (status, answer) = node.put_config(&config);
+        let (status, answer) = self.node.put_config(&config);
         assert_eq!(status, 200, "{answer}");
-        wait_for("the listener", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(listen).ok()
-        });
-        Proxy { node, listen }
     }
 
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
@@ -99,6 +107,10 @@ fn the_service_refuses_or_grants_and_the_backend_sees_only_the_auth_token() {
     assert_eq!(status, 403);
     assert_eq!(body, "forbidden by the test auth service\n");
     assert_eq!(backend.hits(), 0, "a refused request reached the backend");
+    // Refusals are cached too (negative_ttl_s).
+    let calls = service.total();
+    assert_eq!(proxy.get("/a", &[("Authorization", "Bearer wrong")]).0, 403);
+    assert_eq!(service.total(), calls);
 
     let (status, _, body) = proxy.get(
         "/path?q=1",
@@ -133,10 +145,41 @@ fn the_service_refuses_or_grants_and_the_backend_sees_only_the_auth_token() {
         Some("tok-alice")
     );
 
+    // A 5xx from the service is a failure: 503 under `failure: deny`.
+    let (status, _, body) = proxy.get("/d", &[("Authorization", "Bearer boom")]);
+    assert_eq!(status, 503, "{body}");
+
     let stats = proxy.policy_stats();
     assert_eq!(counter(&stats, "auth_allowed"), 3, "{stats}");
-    assert_eq!(counter(&stats, "auth_denied"), 2, "{stats}");
-    assert_eq!(counter(&stats, "auth_error"), 0, "{stats}");
+    assert_eq!(counter(&stats, "auth_denied"), 3, "{stats}");
+    assert_eq!(counter(&stats, "auth_cached"), 1, "{stats}");
+    assert_eq!(counter(&stats, "auth_error"), 1, "{stats}");
+}
+
+#[test]
+fn an_unchanged_auth_object_keeps_its_cache_across_config_updates() {
+    let Some(service) = AuthService::start() else {
+        return;
+    };
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let policy = |ttl: u32| service_policy(&service, json!({"cache_ttl_s": ttl}));
+    let proxy = Proxy::start(&a, policy(30));
+    let token = [("Authorization", "Bearer ok-1")];
+    assert_eq!(proxy.get("/", &token).0, 200);
+    assert_eq!(service.total(), 1);
+    // Another backend, the same auth: the decision is still cached. (A
+    // PUT answers once the config is in force.)
+    proxy.configure(2, &[a.addr(), b.addr()], policy(30));
+    assert_eq!(proxy.get("/", &token).0, 200);
+    assert_eq!(
+        service.total(),
+        1,
+        "the cache was dropped by an unrelated change"
+    );
+    // A changed auth object starts afresh.
+    proxy.configure(3, &[a.addr(), b.addr()], policy(31));
+    assert_eq!(proxy.get("/", &token).0, 200);
+    assert_eq!(service.total(), 2);
 }
 
 #[test]
