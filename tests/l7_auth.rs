@@ -313,7 +313,6 @@ fn stale_positive_decisions_bridge_a_dead_service() {
 }
 
 #[test]
-#[ignore = "needs http.rs to send to Caller.upstream (the pools helper's part of issue 15)"]
 fn the_upstream_named_by_the_service_gets_the_request() {
     let Some(service) = AuthService::start() else {
         return;
@@ -375,7 +374,6 @@ fn api_keys_are_checked_by_the_node() {
 }
 
 #[test]
-#[ignore = "needs http.rs to pass the matched rule to the auth stage (the rules helper's part of issue 15)"]
 fn require_groups_lets_members_in_and_keeps_others_out() {
     let backend = HttpBackend::start("app");
     let proxy = Proxy::start(
