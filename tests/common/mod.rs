@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod node;
+pub mod redis;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
