@@ -7,6 +7,7 @@ pub mod auth_service;
 pub mod backends;
 pub mod l7;
 pub mod node;
+pub mod redis;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
