@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -25,8 +25,7 @@ use super::auth::{AuthOutcome, Caller};
 use super::balance::{fnv1a, Balancer, Member};
 use super::forward::{send_with_retry, Upstream};
 use super::http::{
-    bad_host, client_response, content_length, failure_response, idempotent_without_body, short,
-    upgrade_protocol,
+    bad_host, client_response, failure_response, idempotent_without_body, short, upgrade_protocol,
 };
 use super::pool::ProxyBody;
 use super::pools::PoolRef;
@@ -74,7 +73,8 @@ pub(super) async fn route(
     };
 
     // Stage: rate limit.
-    let limit_headers = match limit(node, &active, &head, peer, &caller).await {
+    let body_bytes = hyper::body::Body::size_hint(&body).exact();
+    let limit_headers = match limit(node, &active, &head, body_bytes, peer, &caller).await {
         LimitOutcome::Pass { headers } => headers,
         LimitOutcome::Limited(resp) => return resp,
     };
@@ -85,7 +85,7 @@ pub(super) async fn route(
         Some(Action::Pool { pool, .. }) => *pool,
         Some(answering) => {
             let mut resp = answering.answer().expect("not a pool action");
-            resp.headers_mut().extend(limit_headers);
+            add_limit_fields(&mut resp, limit_headers);
             return resp;
         }
     };
@@ -110,8 +110,16 @@ pub(super) async fn route(
             Ok(resp) => client_response(node, &active, resp, client_upgrade),
             Err(failure) => failure_response(node, failure),
         };
-    resp.headers_mut().extend(limit_headers);
+    add_limit_fields(&mut resp, limit_headers);
     resp
+}
+
+/// The rate limit fields of this node replace any a backend sent, so a
+/// client never sees two `RateLimit` fields that disagree.
+fn add_limit_fields(resp: &mut Response<ProxyBody>, fields: Vec<(HeaderName, HeaderValue)>) {
+    for (name, value) in fields {
+        resp.headers_mut().insert(name, value);
+    }
 }
 
 /// The first rule the request matches, and its index; none without rules.
@@ -176,6 +184,7 @@ async fn limit(
     node: &Node,
     active: &ActiveConfig,
     head: &request::Parts,
+    body_bytes: Option<u64>,
     peer: SocketAddr,
     caller: &Caller,
 ) -> LimitOutcome {
@@ -191,7 +200,9 @@ async fn limit(
         headers: &head.headers,
         client_ip: peer.ip(),
         auth_token: caller.auth_token.as_deref(),
-        body_bytes: content_length(&head.headers),
+        // Exact from Content-Length (HTTP/1.1 and HTTP/2 alike) or an
+        // ended stream; `None` for a chunked or open-ended body.
+        body_bytes,
     };
     active.limits.check(&facts, &node.counters.policy).await
 }
