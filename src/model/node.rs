@@ -54,6 +54,10 @@ pub struct RedisTarget {
     /// `redis://host:port[/db]`.
     pub url: String,
     pub timeout_ms: u32,
+    /// Namespaces the counters (lbd sends the instance id), so instances
+    /// with limits of the same name never share them.
+    #[serde(default)]
+    pub key_prefix: String,
 }
 
 /// A node's answer to `GET /status` (and to a successful `PUT /config`).

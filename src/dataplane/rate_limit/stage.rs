@@ -114,7 +114,12 @@ impl RateLimitStage {
         let limits = policy
             .rate_limits
             .iter()
-            .map(|spec| limit(spec, serving_nodes, store.is_some(), previous))
+            .map(|spec| {
+                let global_prefix = store
+                    .is_some()
+                    .then(|| redis.map_or("", |r| r.key_prefix.as_str()));
+                limit(spec, serving_nodes, global_prefix, previous)
+            })
             .collect();
         RateLimitStage {
             limits,
@@ -228,7 +233,8 @@ fn reuse_or_open(
 fn limit(
     spec: &RateLimit,
     serving_nodes: u32,
-    has_redis: bool,
+    // The instance's Redis key prefix; `None` without a Redis.
+    global_prefix: Option<&str>,
     previous: Option<&RateLimitStage>,
 ) -> Limit {
     let nodes = u64::from(serving_nodes.max(1));
@@ -245,15 +251,17 @@ fn limit(
         }
         None => Arc::new(LocalLimiter::new(gcra, DEFAULT_CAPACITY)),
     };
-    let global = (spec.scope == LimitScope::Global && has_redis).then(|| Global {
-        gcra: GlobalGcra {
-            period,
-            threshold: spec.threshold,
-            burst: spec.burst,
-        },
-        policy: headers::policy(&spec.name, spec.threshold, spec.period, spec.unit),
-        namespace: namespace(spec),
-    });
+    let global = global_prefix
+        .filter(|_| spec.scope == LimitScope::Global)
+        .map(|prefix| Global {
+            gcra: GlobalGcra {
+                period,
+                threshold: spec.threshold,
+                burst: spec.burst,
+            },
+            policy: headers::policy(&spec.name, spec.threshold, spec.period, spec.unit),
+            namespace: namespace(prefix, spec),
+        });
     Limit {
         local_policy: headers::policy(&spec.name, share, spec.period, spec.unit),
         spec: spec.clone(),
@@ -263,11 +271,12 @@ fn limit(
     }
 }
 
-/// `lbaas:rl:<name>:<digest of the limit>`.
-fn namespace(spec: &RateLimit) -> String {
+/// `lbaas:rl:<instance>:<name>:<digest of the limit>`: two instances with
+/// the same limit never share counters, and a changed limit starts fresh.
+fn namespace(prefix: &str, spec: &RateLimit) -> String {
     let params = serde_json::to_vec(spec).unwrap_or_default();
     let digest = Sha256::digest(&params);
-    format!("lbaas:rl:{}:{}", spec.name, hex(&digest[..8]))
+    format!("lbaas:rl:{prefix}:{}:{}", spec.name, hex(&digest[..8]))
 }
 
 /// Keys (tokens, cookies) go to Redis as digests: key names are visible to
@@ -438,6 +447,7 @@ mod tests {
         let dead = RedisTarget {
             url: "redis://127.0.0.1:1".into(),
             timeout_ms: 20,
+            key_prefix: "1".into(),
         };
         let down = RateLimitStage::new(&p, 2, Some(&dead), None);
         let start = std::time::Instant::now();
@@ -451,8 +461,9 @@ mod tests {
         let a = policy(&[FIVE_PER_TEN]).rate_limits.remove(0);
         let mut b = a.clone();
         b.threshold = 6;
-        assert!(namespace(&a).starts_with("lbaas:rl:five:"));
-        assert_ne!(namespace(&a), namespace(&b));
+        assert!(namespace("7", &a).starts_with("lbaas:rl:7:five:"));
+        assert_ne!(namespace("7", &a), namespace("7", &b));
+        assert_ne!(namespace("7", &a), namespace("8", &a));
         assert_eq!(key_digest(b"secret-token").len(), 32);
         assert!(!key_digest(b"secret-token").contains("secret"));
     }
