@@ -76,7 +76,7 @@ async fn create_instance(store: &Store, min_nodes: u32) -> InstanceId {
         "backend": {"entities": ["127.0.0.1:9001", "127.0.0.1:9002"]}
     }))
     .unwrap();
-    let spec = spec.validate().unwrap();
+    let spec = spec.validate(&crate::password::Argon2Hasher).unwrap();
     store
         .transaction(move |tx| {
             let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;

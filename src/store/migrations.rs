@@ -158,6 +158,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_ts ON audit (ts);
     CREATE INDEX audit_by_user ON audit (user, ts);",
+    // 8: how many nodes the instance's current config was built for (node
+    // rate limits enforce threshold / serving nodes); 0: not yet counted.
+    "ALTER TABLE instances ADD COLUMN serving_nodes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
