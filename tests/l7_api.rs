@@ -214,6 +214,7 @@ fn secrets_never_leave_lbd_and_credentials_are_kept_by_name() {
     let (s, v) = update(&lbd, "web", fields);
     assert_eq!(s, 200, "{v}");
     assert_eq!(stored_hash(&lbd, "web"), hash);
+    lbd.wait_active("demo", "web");
     // A new name needs its secret.
     let new_user = json!({"mode": "basic", "users": [{"name": "bob", "groups": ["ops"]}]});
     assert_eq!(

@@ -16,7 +16,8 @@ use super::{quota, users, ApiError, AppState};
 use crate::drivers::network::NetworkError;
 use crate::model::allocator::{free_subnets, overlaps};
 use crate::model::envelope::ApiRequest;
-use crate::model::policy::SecretHasher;
+use crate::model::policy::auth::MAX_SECRETS_PER_REQUEST;
+use crate::model::policy::{PolicyError, SecretHasher};
 use crate::model::{
     EventKind, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
     ProjectDelete, ProjectRef, ProjectUpdate, ProvisioningStatus, QuotaUsage, ValidationError,
@@ -109,7 +110,14 @@ impl Prehashed {
         if secrets.is_empty() {
             return Ok(Prehashed::default());
         }
-        let secrets: Vec<String> = secrets.into_iter().map(str::to_string).collect();
+        let secrets: std::collections::BTreeSet<String> =
+            secrets.into_iter().map(str::to_string).collect();
+        if secrets.len() > MAX_SECRETS_PER_REQUEST {
+            return Err(ValidationError::from(PolicyError::InvalidAuth(format!(
+                "at most {MAX_SECRETS_PER_REQUEST} distinct passwords and keys per request"
+            )))
+            .into());
+        }
         let hashed = tokio::task::spawn_blocking(move || {
             secrets
                 .into_iter()
@@ -460,4 +468,25 @@ fn check_backends(
         state.network.check_backend(member.address)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn secrets_are_hashed_once_ahead_and_looked_up() {
+        let h = Prehashed::of(vec!["pw-1234567", "pw-1234567"])
+            .await
+            .unwrap();
+        assert_eq!(h.0.len(), 1, "the same secret is hashed once");
+        let hash = h.hash("pw-1234567");
+        assert_eq!(hash, h.hash("pw-1234567"), "looked up, not hashed again");
+        assert!(crate::password::verify(&hash, "pw-1234567"));
+        let many: Vec<String> = (0..=MAX_SECRETS_PER_REQUEST)
+            .map(|i| format!("secret-{i}"))
+            .collect();
+        let refused = Prehashed::of(many.iter().map(String::as_str).collect()).await;
+        assert_eq!(refused.err().map(|e| e.code()), Some("invalid_auth"));
+    }
 }

@@ -167,6 +167,34 @@ async fn update_pushes_a_new_generation_without_restarting() {
 }
 
 #[tokio::test]
+async fn nodes_get_the_serving_node_count_again_when_it_changes() {
+    let h = harness();
+    let id = create_instance(&h.store, 2).await;
+    h.reconciler.reconcile_once().await.unwrap();
+    let pushed: Vec<(u64, u32)> = h
+        .host
+        .configs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.version, c.serving_nodes))
+        .collect();
+    // Counted before the first push: no second round for the count.
+    assert_eq!(pushed, [(1, 2), (1, 2)]);
+    let mut spec = instance(&h, id).await.spec;
+    spec.min_nodes = 1;
+    write(&h, move |c| store::update_instance_spec(c, id, &spec)).await;
+    h.reconciler.reconcile_once().await.unwrap();
+    let inst = instance(&h, id).await;
+    assert_eq!((inst.generation, inst.serving_nodes), (3, 1));
+    let last = h.host.configs.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((last.version, last.serving_nodes), (3, 1));
+    let pushes = h.host.pushes.load(Ordering::SeqCst);
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(h.host.pushes.load(Ordering::SeqCst), pushes, "settled");
+}
+
+#[tokio::test]
 async fn a_running_node_that_dies_leaves_dns_and_waits_for_failover() {
     let h = harness();
     let id = create_instance(&h.store, 2).await;

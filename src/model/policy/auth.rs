@@ -14,6 +14,10 @@ pub const DEFAULT_NEGATIVE_TTL_S: u32 = 5;
 pub const DEFAULT_AUTH_TOKEN_HEADER: &str = "x-auth-token";
 /// The most users or keys one auth object lists.
 pub const MAX_CREDENTIALS: usize = 1024;
+/// The most passwords and keys one request may carry: each costs an argon2
+/// hash (tens of ms of CPU) before validation, so this bounds the work one
+/// request can ask for.
+pub const MAX_SECRETS_PER_REQUEST: usize = 1024;
 
 /// Turns a password or key into what is stored (argon2 in lbd); injected
 /// so the model stays free of slow work and I/O.
