@@ -63,7 +63,7 @@ fn pools_and_rules_are_edited_by_name() {
         "http:/healthz",
     ]));
     assert!(
-        out.contains("api") && out.contains("127.0.0.1:11=2"),
+        out.contains("127.0.0.1:11=2") && out.contains("least_connections"),
         "{out}"
     );
     let out = lbd.lbctl_ok(&with_target(&["pool", "list"]));
@@ -125,6 +125,12 @@ fn pools_and_rules_are_edited_by_name() {
     assert_eq!(p["rules"][1]["action"]["strip_prefix"], true);
     assert_eq!(p["rules"][0]["match"]["header"]["x-env"], "beta");
     assert_eq!(p["pools"]["api"]["algorithm"], "least_connections");
+
+    let info = lbd.lbctl_ok(&["instance", "info", "web", "--project", "demo"]);
+    assert!(
+        info.contains("1 pools, 4 rules, auth none, 0 rate limits"),
+        "{info}"
+    );
 
     add(&["rule", "move", "admin", "--before", "beta"]);
     add(&["rule", "move", "beta", "--last"]);

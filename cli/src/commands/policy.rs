@@ -314,8 +314,8 @@ pub fn pools_text(p: &PolicySpec) -> String {
                     },
                 })
                 .collect();
-            let algorithm = pool.algorithm.unwrap_or_default();
-            vec![name.clone(), format!("{algorithm:?}"), members.join(",")]
+            let algorithm = wire(&pool.algorithm.unwrap_or_default());
+            vec![name.clone(), algorithm, members.join(",")]
         })
         .collect();
     if rows.is_empty() {
@@ -365,6 +365,14 @@ pub fn policy_text(p: &PolicySpec) -> String {
         ));
     }
     out
+}
+
+/// A model enum as the API spells it.
+fn wire(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "-".into(),
+    }
 }
 
 fn matches(m: &MatchSpec) -> String {
