@@ -6,7 +6,12 @@ in front of it, and measures with wrk, same connections and duration for
 each: direct to the backend, lb-node and HAProxy with one thread, then both
 with every core. Then TCP bulk throughput with iperf3 (direct, lb-node,
 HAProxy mode tcp), and the memory an idle keep-alive connection costs each
-proxy. Every process it starts is ended by PID when it finishes.
+proxy. With every core it also measures the L7 policy stack: lb-node with 10
+rules (only the last matches), service auth answered from its cache (a tiny
+Python auth service) and a local rate limit that never trips, against the
+same lb-node without a policy and HAProxy with 10 equivalent ACLs and a
+stick table (HAProxy has no auth service call: its figure is an upper
+bound). Every process it starts is ended by PID when it finishes.
 """
 import json
 import os
@@ -28,6 +33,8 @@ CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND, LB_HTTP, HAPROXY_HTTP, ADMIN = 18081, 18082, 18083, 18090
 IPERF, LB_TCP, HAPROXY_TCP = 18201, 18202, 18203
+AUTH, HAPROXY_POLICY = 18091, 18084
+POLICY_RULES = 10
 SECRET = "bench-secret"
 
 procs = []
@@ -130,6 +137,84 @@ def node_config(traffic, listen, backend):
             "max_connections": 100000}
 
 
+def policy_config(listen, backend):
+    """node_config with the benchmark's policy, in the validated shape a node
+    takes: 10 rules of which only the last matches, cached service auth, one
+    local rate limit far above any rate wrk reaches."""
+    cfg = node_config("http", listen, backend)
+    to_default = {"pool": {"pool": "default", "strip_prefix": False}}
+    rules = [{"name": f"r{i}", "match": {"path_prefix": f"/nomatch-{i}/"}, "action": to_default}
+             for i in range(POLICY_RULES - 1)]
+    rules.append({"name": "last", "match": {"path_prefix": "/"}, "action": to_default})
+    cfg["policy"] = {
+        "rules": rules,
+        "auth": {"mode": "service", "url": f"http://127.0.0.1:{AUTH}/auth", "timeout_ms": 200,
+                 "auth_token_header": "X-Auth-Token", "pass_credentials": False, "cache_ttl_s": 3600,
+                 "negative_ttl_s": 5, "cache_key": ["credentials", "method", "uri", "client_ip"],
+                 "failure": "deny", "stale_on_error_s": 0},
+        "rate_limits": [{"name": "never", "key": "client_ip", "period": 1, "threshold": 10 ** 9,
+                         "burst": 10 ** 9, "unit": "requests", "scope": "node"}],
+    }
+    return cfg
+
+
+AUTH_SERVICE = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"auth_token": "t"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def start_auth_service():
+    p = start([sys.executable, "-c", AUTH_SERVICE, str(AUTH)])
+    wait_port(AUTH)
+    return p
+
+
+def start_haproxy_policy(tmp, threads):
+    """HAProxy with the policy's equivalent: 10 path ACLs (the last matches)
+    and a per-source stick table with a request-rate limit that never trips."""
+    cfg = os.path.join(tmp, "haproxy-policy.cfg")
+    acls = "".join(f"    acl r{i} path_beg /nomatch-{i}/\n    use_backend web if r{i}\n"
+                   for i in range(POLICY_RULES - 1))
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    nbthread {threads}
+    maxconn 9000
+defaults
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+frontend http
+    mode http
+    option forwardfor
+    bind 127.0.0.1:{HAPROXY_POLICY}
+    stick-table type ip size 100k expire 60s store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 1000000000 }}
+{acls}    acl last path_beg /
+    use_backend web if last
+backend web
+    mode http
+    http-reuse always
+    server s1 127.0.0.1:{BACKEND}
+""")
+    p = start(["haproxy", "-db", "-f", cfg])
+    wait_port(HAPROXY_POLICY)
+    return p
+
+
 def start_lb_node(threads):
     env = dict(os.environ, LB_NODE_SECRET=SECRET, RUST_LOG="warn")
     args = [LB_NODE, "--node-id", "bench", "--admin-listen", f"127.0.0.1:{ADMIN}"]
@@ -226,6 +311,11 @@ http {{
             results["http"][f"lb-node {label}"] = measure_http(f"lb-node {label}", LB_HTTP, [node.pid])
             if threads == CORES:
                 results["idle_keepalive_bytes_per_conn"]["lb-node"] = idle_memory(LB_HTTP, [node.pid])
+                auth = start_auth_service()
+                put_config(policy_config(LB_HTTP, BACKEND))
+                results["http"]["lb-node with policy"] = measure_http(
+                    f"lb-node with policy {label}", LB_HTTP, [node.pid])
+                stop(auth)
                 put_config(node_config("tcp", LB_TCP, IPERF))
                 wait_port(LB_TCP)
             else:
@@ -234,6 +324,10 @@ http {{
             results["http"][f"haproxy {label}"] = measure_http(f"haproxy {label}", HAPROXY_HTTP, [hap.pid])
             if threads == CORES:
                 results["idle_keepalive_bytes_per_conn"]["haproxy"] = idle_memory(HAPROXY_HTTP, [hap.pid])
+                hap_policy = start_haproxy_policy(tmp, threads)
+                results["http"]["haproxy with policy"] = measure_http(
+                    f"haproxy with acls {label}", HAPROXY_POLICY, [hap_policy.pid])
+                stop(hap_policy)
             else:
                 stop(hap)
 
@@ -254,6 +348,10 @@ http {{
         ratios[f"req/s lb-node/haproxy ({label})"] = round(lb["rps"] / hap["rps"], 3)
         ratios[f"p99 lb-node/haproxy ({label})"] = round(lb["p99_ms"] / hap["p99_ms"], 3)
         ratios[f"req/s lb-node/direct ({label})"] = round(lb["rps"] / h["direct"]["rps"], 3)
+    policy, plain = h["lb-node with policy"], h[f"lb-node {CORES} threads"]
+    ratios["req/s lb-node policy/no policy"] = round(policy["rps"] / plain["rps"], 3)
+    ratios["p99 lb-node policy/no policy"] = round(policy["p99_ms"] / plain["p99_ms"], 3)
+    ratios["req/s lb-node policy/haproxy acls"] = round(policy["rps"] / h["haproxy with policy"]["rps"], 3)
     t = results["tcp_gbps"]
     ratios["tcp lb-node/haproxy"] = round(t["lb-node"] / t["haproxy"], 3)
     ratios["tcp lb-node/direct"] = round(t["lb-node"] / t["direct"], 3)

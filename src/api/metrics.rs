@@ -358,6 +358,7 @@ mod tests {
             failures,
             active: 0,
             ejections: 0,
+            pool: None,
         }
     }
 

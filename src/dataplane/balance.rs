@@ -212,6 +212,7 @@ impl Balancer {
                 failures: m.counters.failures.load(Relaxed),
                 active: m.counters.active.load(Relaxed),
                 ejections: m.counters.ejections.load(Relaxed),
+                pool: None,
             })
             .collect()
     }

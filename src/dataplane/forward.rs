@@ -15,10 +15,9 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 
-use super::balance::Member;
+use super::balance::{Balancer, Member};
 use super::health::record_outcome;
 use super::pool::{BackendPool, ProxyBody, SendError};
-use super::ActiveConfig;
 use crate::model::Timeouts;
 
 /// How to reach the members: connection pooling and timeouts.
@@ -97,6 +96,12 @@ impl Upstream {
             method,
             spare,
         }
+    }
+
+    /// Sends every attempt to `target` instead of the client's (a rule's
+    /// `strip_prefix`).
+    pub(super) fn retarget(&mut self, target: PathAndQuery) {
+        self.target = target;
     }
 }
 
@@ -209,11 +214,13 @@ pub(super) struct Failure<'a> {
     pub target: PathAndQuery,
 }
 
-/// Sends `upstream` to `member`, and on a failure the retry rule allows
-/// (`retry_reason`, and a spare head) once more to another member. Every
-/// attempt's outcome counts for the member's passive health.
+/// Sends `upstream` to `member` of `balancer` (the request's pool), and on
+/// a failure the retry rule allows (`retry_reason`, and a spare head) once
+/// more to another member of it. Every attempt's outcome counts for the
+/// member's passive health in that pool.
 pub(super) async fn send_with_retry<'a>(
-    active: &'a ActiveConfig,
+    client: &BackendClient,
+    balancer: &'a Balancer,
     mut member: &'a Member,
     upstream: Upstream,
     body: ProxyBody,
@@ -228,17 +235,16 @@ pub(super) async fn send_with_retry<'a>(
     loop {
         let (mut head, body) = attempt;
         address_to(&mut head, &target, &member.authority);
-        let error = match forward(active, member, Request::from_parts(head, body)).await {
+        let error = match forward(client, member, Request::from_parts(head, body)).await {
             Ok(resp) => {
-                record_outcome(&active.balancer, member, resp.status().as_u16() < 500);
+                record_outcome(balancer, member, resp.status().as_u16() < 500);
                 return Ok(resp);
             }
             Err(error) => error,
         };
-        record_outcome(&active.balancer, member, false);
+        record_outcome(balancer, member, false);
         if let Some(reason) = error.retry_reason() {
-            if let (Some(head), Some(other)) = (spare.take(), active.balancer.retry_member(member))
-            {
+            if let (Some(head), Some(other)) = (spare.take(), balancer.retry_member(member)) {
                 tracing::debug!(
                     "{method} {target}: retrying on {} after: {reason}",
                     other.address
@@ -259,18 +265,15 @@ pub(super) async fn send_with_retry<'a>(
 
 /// One attempt on one member, counted in the member's stats.
 async fn forward(
-    active: &ActiveConfig,
+    client: &BackendClient,
     member: &Member,
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, ForwardError> {
     let c = &member.counters;
     c.requests.fetch_add(1, Relaxed);
     c.active.fetch_add(1, Relaxed);
-    let result = tokio::time::timeout(
-        active.client.first_byte,
-        active.client.pool.send(member.address, req),
-    )
-    .await;
+    let result =
+        tokio::time::timeout(client.first_byte, client.pool.send(member.address, req)).await;
     c.active.fetch_sub(1, Relaxed);
     let (unanswered, reason) = match result {
         Ok(Ok(resp)) => {
@@ -283,7 +286,7 @@ async fn forward(
         Ok(Err(SendError::Failed(reason))) => (false, reason),
         Err(_) => {
             c.failures.fetch_add(1, Relaxed);
-            return Err(ForwardError::Timeout(active.client.first_byte));
+            return Err(ForwardError::Timeout(client.first_byte));
         }
     };
     c.failures.fetch_add(1, Relaxed);
@@ -347,6 +350,18 @@ mod tests {
         assert_eq!(up.head.headers[header::VIA], "2 lb-node");
         assert!(!up.head.headers.contains_key(header::TE));
         assert!(up.spare.is_some(), "a retryable request keeps a spare head");
+    }
+
+    #[test]
+    fn a_retargeted_request_sends_the_new_target_on_every_attempt() {
+        let req = head(
+            Request::builder()
+                .uri("/api/users?x=1")
+                .header(header::HOST, "web"),
+        );
+        let mut up = Upstream::new(req, "127.0.0.9:5555".parse().unwrap(), None, true);
+        up.retarget(PathAndQuery::from_static("/users?x=1"));
+        assert_eq!(up.target, "/users?x=1");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The HTTP reverse proxy, client side: HTTP/1.1 with keep-alive, and
 //! HTTP/2 with prior knowledge (h2c), from clients. Each request goes through
-//! named stages: a config and a member (or 503), the request made ready for
-//! members and sent with the retry rule (`forward.rs`), then the member's
-//! response with hop-by-hop headers removed, an `Upgrade` (WebSocket)
+//! the stages of `pipeline.rs` (rules, auth, rate limit, pool, upstream);
+//! here are the connection's life and the pieces of a response: the
+//! member's with hop-by-hop headers removed, an `Upgrade` (WebSocket)
 //! tunnelled, or a failure as 502/504 with the reason in a short body.
 
 use super::log_limit;
@@ -23,14 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::auth::AuthOutcome;
-use super::balance::{fnv1a, Member};
-use super::forward::{send_with_retry, strip_hop_by_hop, Failure, ForwardError, Upstream};
+use super::forward::{strip_hop_by_hop, Failure, ForwardError};
 use super::idle::{timed_out, Activity, Counted, OwnWakes, Streams, Tracked};
 use super::pool::ProxyBody;
-use super::rate_limit::{LimitOutcome, LimitRequest};
 use super::{ActiveConfig, Node};
-use crate::model::{tuning, Algorithm, HashOn, Timeouts};
+use crate::model::{tuning, Timeouts};
 
 /// Serves HTTP clients until `stop` turns true.
 pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Receiver<bool>) {
@@ -197,7 +194,7 @@ async fn proxy(node: &Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Re
     if let Some(len) = content_length(req.headers()) {
         node.counters.bytes_in.fetch_add(len, Relaxed);
     }
-    let resp = route(node, req, peer).await;
+    let resp = super::pipeline::route(node, req, peer).await;
     if let Some(len) = content_length(resp.headers()) {
         node.counters.bytes_out.fetch_add(len, Relaxed);
     }
@@ -206,83 +203,13 @@ async fn proxy(node: &Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Re
     resp
 }
 
-// === One request's stages ===
-
-async fn route(
-    node: &Arc<Node>,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ProxyBody> {
-    if let Some(reason) = bad_host(&req) {
-        let mut resp = short(StatusCode::BAD_REQUEST, reason.into());
-        // The client is broken; do not wait for its next request.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
-    let Some(active) = node.active.load_full() else {
-        return short(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "lb-node: not configured yet\n".into(),
-        );
-    };
-    let upgrade = upgrade_protocol(req.headers());
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let retryable = upgrade.is_none() && idempotent_without_body(&req);
-    let (mut head, body) = req.into_parts();
-    // The rules stage picks the rule (issue 15); none matched yet.
-    let rule = None;
-    if !active.auth.is_empty() {
-        match active
-            .auth
-            .authorize(rule, &mut head, peer.ip(), &node.counters.policy)
-            .await
-        {
-            AuthOutcome::Pass(_caller) => {}
-            AuthOutcome::Respond(resp) => return resp,
-        }
-    }
-    let limit_headers = if active.limits.is_empty() {
-        Vec::new()
-    } else {
-        let facts = LimitRequest {
-            method: &head.method,
-            path: head.uri.path(),
-            headers: &head.headers,
-            client_ip: peer.ip(),
-            auth_token: None,
-            body_bytes: content_length(&head.headers),
-        };
-        match active.limits.check(&facts, &node.counters.policy).await {
-            LimitOutcome::Pass { headers } => headers,
-            LimitOutcome::Limited(resp) => return resp,
-        }
-    };
-    let Some(member) = pick_member(node, &active, &head, peer) else {
-        node.counters.backend_errors.fetch_add(1, Relaxed);
-        // Nothing to pick is also every member drained on purpose; the
-        // reason must not send an operator looking for a missing backend.
-        let reason = if active.balancer.members().is_empty() {
-            "lb-node: no backend is configured\n"
-        } else {
-            "lb-node: every backend has weight 0 (draining)\n"
-        };
-        return short(StatusCode::SERVICE_UNAVAILABLE, reason.into());
-    };
-    let upstream = Upstream::new(head, peer, upgrade, retryable);
-    let mut resp = match send_with_retry(&active, member, upstream, body.boxed()).await {
-        Ok(resp) => client_response(node, &active, resp, client_upgrade),
-        Err(failure) => failure_response(node, failure),
-    };
-    resp.headers_mut().extend(limit_headers);
-    resp
-}
+// === Pieces of the request pipeline (`pipeline.rs` orders them) ===
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any HTTP/1.x
 /// request with more than one, is answered 400 instead of being guessed at.
 /// (HTTP/2 carries the authority in `:authority`.) Looks at the headers only:
 /// no allocation on the request path.
-fn bad_host<B>(req: &Request<B>) -> Option<&'static str> {
+pub(super) fn bad_host<B>(req: &Request<B>) -> Option<&'static str> {
     let version = req.version();
     if version != Version::HTTP_11 && version != Version::HTTP_10 {
         return None;
@@ -297,25 +224,9 @@ fn bad_host<B>(req: &Request<B>) -> Option<&'static str> {
     }
 }
 
-/// The member for a request's first attempt; None when no member has weight.
-fn pick_member<'a>(
-    node: &Node,
-    active: &'a ActiveConfig,
-    head: &http::request::Parts,
-    peer: SocketAddr,
-) -> Option<&'a Member> {
-    let key = match active.balancer.algorithm() {
-        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &head.headers, peer),
-        _ => 0,
-    };
-    let pick = active.balancer.pick(key)?;
-    node.counters.fail_open.store(pick.fail_open, Relaxed);
-    Some(pick.member)
-}
-
 /// The member's response as the client gets it. A `101` to a client that
 /// asked to upgrade keeps its headers, which the client needs to switch too.
-fn client_response(
+pub(super) fn client_response(
     node: &Arc<Node>,
     active: &ActiveConfig,
     mut resp: Response<Incoming>,
@@ -340,7 +251,7 @@ fn client_response(
 
 /// No member answered in time (504) or at all (502): the reason goes to the
 /// client and to the node's log.
-fn failure_response(node: &Node, failure: Failure<'_>) -> Response<ProxyBody> {
+pub(super) fn failure_response(node: &Node, failure: Failure<'_>) -> Response<ProxyBody> {
     node.counters.backend_errors.fetch_add(1, Relaxed);
     let Failure {
         member,
@@ -429,7 +340,7 @@ async fn tunnel(
     }
 }
 
-fn short(status: StatusCode, text: String) -> Response<ProxyBody> {
+pub(super) fn short(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -437,12 +348,12 @@ fn short(status: StatusCode, text: String) -> Response<ProxyBody> {
     resp
 }
 
-fn content_length(h: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Only a request without a body can be sent twice: its bytes were not consumed.
-fn idempotent_without_body<B>(req: &Request<B>) -> bool {
+pub(super) fn idempotent_without_body<B>(req: &Request<B>) -> bool {
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
@@ -451,7 +362,7 @@ fn idempotent_without_body<B>(req: &Request<B>) -> bool {
 }
 
 /// The protocol of an HTTP/1.1 `Connection: upgrade` request.
-fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+pub(super) fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
     let asks = h
         .get_all(header::CONNECTION)
         .iter()
@@ -464,18 +375,6 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
         h.get(header::UPGRADE).cloned()
     } else {
         None
-    }
-}
-
-fn hash_key(on: &HashOn, headers: &HeaderMap, peer: SocketAddr) -> u64 {
-    if let HashOn::Header(name) = on {
-        if let Some(v) = headers.get(name.as_str()) {
-            return fnv1a(v.as_bytes());
-        }
-    }
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
-        std::net::IpAddr::V6(ip) => fnv1a(&ip.octets()),
     }
 }
 

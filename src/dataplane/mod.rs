@@ -5,6 +5,7 @@
 //! restart; requests in flight keep the config they started with, which is
 //! how removed members drain.
 
+pub mod actions;
 pub mod admin;
 pub mod auth;
 pub mod balance;
@@ -15,7 +16,9 @@ pub mod http;
 pub mod idle;
 pub mod log_limit;
 pub mod logfile;
+pub mod pipeline;
 pub mod pool;
+pub mod pools;
 pub mod privilege;
 pub mod proxy_protocol;
 pub mod rate_limit;
@@ -24,7 +27,6 @@ pub mod splice;
 pub mod stats;
 pub mod tcp;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -35,9 +37,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::model::policy::DEFAULT_POOL;
 use crate::model::{NodeConfig, NodeStats, NodeStatus, TrafficType};
 use balance::Balancer;
-use stats::{MemberCounters, NodeCounters};
+use pools::{MemberRegistry, NamedPools, PoolRef, UpstreamSets};
+use stats::NodeCounters;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -46,12 +50,32 @@ pub enum ConfigError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The old config keeps serving.
+    #[error("policy: {0}")]
+    Policy(#[from] rules::RuleError),
+}
+
+impl ActiveConfig {
+    /// The balancer of a pool a rule resolved to.
+    pub fn pool(&self, pool: PoolRef) -> &Balancer {
+        match pool {
+            PoolRef::Default => &self.balancer,
+            PoolRef::Named(i) => &self.pools.get(i).balancer,
+        }
+    }
 }
 
 /// The config in force, with everything the request path needs precomputed.
 pub struct ActiveConfig {
     pub config: NodeConfig,
+    /// The default pool (the seed's `backends`; TCP instances have only it).
     pub balancer: Balancer,
+    /// The policy's named pools.
+    pub pools: NamedPools,
+    /// The policy's rules, compiled; empty without rules.
+    pub rules: rules::RuleTable,
+    /// Balancers over auth-service `upstream` lists, carried across configs.
+    pub upstreams: Arc<UpstreamSets>,
     pub client: forward::BackendClient,
     /// The pipeline's auth stage (`auth::stage`); empty without auth.
     pub auth: auth::AuthStage,
@@ -125,8 +149,9 @@ pub struct Node {
     fd_cap: AtomicU64,
     /// The cap was logged already: it is said once, not on every config.
     fd_cap_logged: std::sync::atomic::AtomicBool,
-    /// Per-member counters and health survive config changes, keyed by address.
-    members: Mutex<HashMap<SocketAddr, Arc<MemberCounters>>>,
+    /// Per-member counters and health survive config changes, keyed by
+    /// pool and address (`pools.rs` says why per pool).
+    members: MemberRegistry,
     listener: tokio::sync::Mutex<Option<Listener>>,
     /// Stops the active health checks of the previous config.
     health_stop: Mutex<Option<watch::Sender<bool>>>,
@@ -150,7 +175,7 @@ impl Node {
             )),
             fd_cap: AtomicU64::new(u64::MAX),
             fd_cap_logged: Default::default(),
-            members: Mutex::default(),
+            members: MemberRegistry::default(),
             listener: tokio::sync::Mutex::new(None),
             health_stop: Mutex::default(),
             last_error: Mutex::default(),
@@ -198,8 +223,15 @@ impl Node {
                 fdlimit::FDS_PER_CONNECTION
             );
         }
+        let active = match self.prepare(config.clone()) {
+            Ok(active) => Arc::new(active),
+            Err(err) => {
+                let err = ConfigError::from(err);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+                return Err(err);
+            }
+        };
         self.max_connections.store(wanted.min(cap), Relaxed);
-        let active = Arc::new(self.prepare(config.clone()));
         self.start_health_checks(&active);
         self.active.store(Some(active));
         if restart {
@@ -229,7 +261,7 @@ impl Node {
             });
         }
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.tuning.algorithm, "config applied");
+        tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.tuning.algorithm, pools = config.policy.pools.len(), rules = config.policy.rules.len(), "config applied");
         drop(listener);
         Ok(self.status().await)
     }
@@ -259,19 +291,18 @@ impl Node {
             .collect()
     }
 
-    fn prepare(&self, config: NodeConfig) -> ActiveConfig {
-        let counters: Vec<Arc<MemberCounters>> = {
-            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-            let counters = config
-                .backends
-                .iter()
-                .map(|m| members.entry(m.address).or_default().clone())
-                .collect();
-            members.retain(|addr, _| config.backends.iter().any(|m| m.address == *addr));
-            counters
-        };
+    /// Everything a config needs on the request path; a policy that does
+    /// not compile (a controller of another version) is refused.
+    fn prepare(&self, config: NodeConfig) -> Result<ActiveConfig, rules::RuleError> {
+        let balancer =
+            self.members
+                .balancer(DEFAULT_POOL, config.tuning.algorithm, &config.backends);
+        let pools = NamedPools::new(&config.policy, &self.members);
+        let rules = rules::RuleTable::compile(&config.policy, &pools)?;
+        self.members.retain(&config.backends, &config.policy);
+        let previous = self.active.load_full();
         // Keep the pooled backend connections unless the timeouts changed.
-        let client = match self.active.load_full() {
+        let client = match &previous {
             Some(prev)
                 if prev.config.tuning.timeouts == config.tuning.timeouts
                     && prev.config.listen.ip() == config.listen.ip() =>
@@ -280,10 +311,12 @@ impl Node {
             }
             _ => forward::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
         };
-        let previous = self.active.load_full();
         let previous = previous.as_deref();
-        ActiveConfig {
-            balancer: Balancer::new(config.tuning.algorithm, &config.backends, counters),
+        Ok(ActiveConfig {
+            balancer,
+            pools,
+            rules,
+            upstreams: previous.map_or_else(Default::default, |p| p.upstreams.clone()),
             client,
             auth: auth::AuthStage::new(&config.policy, previous.map(|p| &p.auth)),
             limits: rate_limit::RateLimitStage::new(
@@ -293,7 +326,7 @@ impl Node {
                 previous.map(|p| &p.limits),
             ),
             config,
-        }
+        })
     }
 
     /// Replaces the active health checks with those of `active`.
@@ -307,17 +340,26 @@ impl Node {
         {
             let _ = old.send(true);
         }
-        let members = active
-            .balancer
-            .members()
-            .iter()
-            .map(|m| (m.address, m.counters.clone()))
-            .collect();
+        let members = |b: &Balancer| -> Vec<(SocketAddr, Arc<stats::MemberCounters>)> {
+            b.members()
+                .iter()
+                .map(|m| (m.address, m.counters.clone()))
+                .collect()
+        };
+        // Each pool runs its own checks: a dead member of one pool is taken
+        // down by that pool's health check only.
         tokio::spawn(health::run_checks(
-            members,
+            members(&active.balancer),
             active.config.health_check.clone(),
-            stop_rx,
+            stop_rx.clone(),
         ));
+        for pool in active.pools.iter() {
+            tokio::spawn(health::run_checks(
+                members(&pool.balancer),
+                pool.health_check.clone(),
+                stop_rx.clone(),
+            ));
+        }
     }
 
     pub async fn status(&self) -> NodeStatus {
@@ -331,7 +373,11 @@ impl Node {
         let active = self.active.load_full();
         let members = active
             .as_ref()
-            .map(|a| a.balancer.member_stats())
+            .map(|a| {
+                let mut members = a.balancer.member_stats();
+                members.extend(a.pools.member_stats());
+                members
+            })
             .unwrap_or_default();
         NodeStatus {
             node_id: self.node_id.clone(),

@@ -10,8 +10,10 @@ use ipnet::IpNet;
 use regex::Regex;
 use thiserror::Error;
 
+use super::actions::Action;
+use super::pools::NamedPools;
 use crate::model::policy::rules::{HostMatch, Match, MAX_REGEX_LEN, REGEX_SIZE_LIMIT};
-use crate::model::policy::{Policy, RuleAction};
+use crate::model::policy::Policy;
 
 /// A stored policy that does not compile: lbd validated it, so this means a
 /// controller and a node of different versions.
@@ -32,6 +34,24 @@ pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
 }
 
+impl<'a> RequestFacts<'a> {
+    /// The facts of a request head, borrowed from it (nothing is copied).
+    pub fn of(head: &'a http::request::Parts, client_ip: IpAddr) -> RequestFacts<'a> {
+        let host = head
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| head.uri.authority().map(|a| a.as_str()));
+        RequestFacts {
+            host,
+            path: head.uri.path(),
+            method: &head.method,
+            headers: &head.headers,
+            client_ip,
+        }
+    }
+}
+
 struct CompiledMatch {
     host: Option<HostMatch>,
     path_prefix: Option<String>,
@@ -46,7 +66,7 @@ struct CompiledMatch {
 pub struct CompiledRule {
     pub name: String,
     matches: CompiledMatch,
-    pub action: RuleAction,
+    pub action: Action,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
     pub require_groups: Vec<String>,
@@ -59,7 +79,8 @@ pub struct RuleTable {
 }
 
 impl RuleTable {
-    pub fn compile(policy: &Policy) -> Result<RuleTable, RuleError> {
+    /// `pools`: the config's named pools, which `pool` actions resolve to.
+    pub fn compile(policy: &Policy, pools: &NamedPools) -> Result<RuleTable, RuleError> {
         let rules = policy
             .rules
             .iter()
@@ -76,7 +97,12 @@ impl RuleTable {
                 Ok(CompiledRule {
                     name: r.rule.name.clone(),
                     matches: compile_match(&r.rule.matches).map_err(invalid)?,
-                    action: r.rule.action.clone(),
+                    action: Action::compile(
+                        &r.rule.action,
+                        r.rule.matches.path_prefix.as_deref(),
+                        pools,
+                    )
+                    .map_err(invalid)?,
                     set_headers: edits
                         .set
                         .iter()
@@ -98,9 +124,13 @@ impl RuleTable {
         self.rules.is_empty()
     }
 
-    /// The first rule whose every condition holds.
-    pub fn first_match(&self, facts: &RequestFacts<'_>) -> Option<&CompiledRule> {
-        self.rules.iter().find(|r| r.matches.holds(facts))
+    /// The first rule whose every condition holds, with its index in the
+    /// policy's `rules` (which the auth stage takes).
+    pub fn first_match(&self, facts: &RequestFacts<'_>) -> Option<(usize, &CompiledRule)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches.holds(facts))
     }
 }
 
@@ -246,7 +276,9 @@ mod tests {
             r#"{{"pools":{{"api":{{"entities":["127.0.0.1:9"]}}}},"rules":{rules}}}"#
         ))
         .unwrap();
-        RuleTable::compile(&spec.validate(TrafficType::Http, 80, &NoHash).unwrap()).unwrap()
+        let policy = spec.validate(TrafficType::Http, 80, &NoHash).unwrap();
+        let pools = NamedPools::new(&policy, &Default::default());
+        RuleTable::compile(&policy, &pools).unwrap()
     }
 
     fn first<'t>(
@@ -271,7 +303,7 @@ mod tests {
             headers: &map,
             client_ip: ip.parse().unwrap(),
         };
-        t.first_match(&facts).map(|r| r.name.as_str())
+        t.first_match(&facts).map(|(_, r)| r.name.as_str())
     }
 
     #[test]
@@ -352,6 +384,43 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn the_match_gives_its_index_and_resolved_action() {
+        let t = table(
+            r#"[{"name":"a","match":{"path_prefix":"/a/"},"action":{"reject":403}},
+                {"name":"b","match":{"path_prefix":"/api/"},"action":{"pool":"api","strip_prefix":true}}]"#,
+        );
+        let head = http::Request::builder()
+            .uri("/api/x")
+            .header("host", "web")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let (index, rule) = t
+            .first_match(&RequestFacts::of(&head, "127.0.0.1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(index, 1);
+        assert!(matches!(
+            &rule.action,
+            Action::Pool { pool: crate::dataplane::pools::PoolRef::Named(0), strip: Some(p) } if p == "/api/"
+        ));
+    }
+
+    #[test]
+    fn facts_take_the_host_from_the_authority_without_a_host_header() {
+        let head = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("http://api.example.com/x?y=1")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let facts = RequestFacts::of(&head, "127.0.0.1".parse().unwrap());
+        assert_eq!(facts.host, Some("api.example.com"));
+        assert_eq!(facts.path, "/x");
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod tests {
             failures: 0,
             active: 0,
             ejections: 0,
+            pool: None,
         };
         let before = NodeStats {
             requests_total: 100,

@@ -156,6 +156,10 @@ pub struct MemberStats {
     /// Times passive health ejected this member.
     #[serde(default)]
     pub ejections: u64,
+    /// The named pool of the policy the member belongs to; absent: the
+    /// default pool (the instance's `backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Whether a member takes new requests, and if not, why.

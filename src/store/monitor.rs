@@ -453,6 +453,7 @@ mod tests {
                 failures: 0,
                 active: 0,
                 ejections: 0,
+                pool: None,
             })
             .collect();
         NodeStats {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod l7;
 pub mod node;
 
 use std::fs;

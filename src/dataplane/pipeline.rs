@@ -1,0 +1,260 @@
+//! One request's way through lb-node, stage by stage:
+//!
+//! ```text
+//! accept (Host check, config) → rules → reject? → auth → rate limit
+//!   → action: redirect | respond | pool → [wake queue] → member
+//!   → strip_prefix, header edits → upstream (send_with_retry)
+//! ```
+//!
+//! Each stage is its own module (`rules`, `auth`, `rate_limit`, `actions`,
+//! `pools`, `forward`); this file only orders them. A stage whose part of
+//! the policy is empty is skipped by an `is_empty()` check, so a config
+//! without a policy costs no allocation or lock here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{request, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::actions::{edit_headers, stripped_target, Action};
+use super::auth::{AuthOutcome, Caller};
+use super::balance::{fnv1a, Balancer, Member};
+use super::forward::{send_with_retry, Upstream};
+use super::http::{
+    bad_host, client_response, content_length, failure_response, idempotent_without_body, short,
+    upgrade_protocol,
+};
+use super::pool::ProxyBody;
+use super::pools::PoolRef;
+use super::rate_limit::{LimitOutcome, LimitRequest};
+use super::rules::{CompiledRule, RequestFacts};
+use super::{ActiveConfig, Node};
+use crate::model::{Algorithm, HashOn};
+
+pub(super) async fn route(
+    node: &Arc<Node>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    // Stage: accept.
+    if let Some(reason) = bad_host(&req) {
+        let mut resp = short(StatusCode::BAD_REQUEST, reason.into());
+        // The client is broken; do not wait for its next request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    let Some(active) = node.active.load_full() else {
+        return short(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lb-node: not configured yet\n".into(),
+        );
+    };
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let retryable = upgrade.is_none() && idempotent_without_body(&req);
+    let (mut head, body) = req.into_parts();
+
+    // Stage: rules. A reject answers before anything else is asked.
+    let matched = match_rule(&active, &head, peer);
+    let rule_index = matched.map(|(i, _)| i);
+    let rule = matched.map(|(_, r)| r);
+    if let Some(reject @ Action::Reject(_)) = rule.map(|r| &r.action) {
+        return reject.answer().expect("a reject answers");
+    }
+
+    // Stage: auth.
+    let caller = match authorize(node, &active, rule_index, &mut head, peer).await {
+        AuthOutcome::Pass(caller) => caller,
+        AuthOutcome::Respond(resp) => return resp,
+    };
+
+    // Stage: rate limit.
+    let limit_headers = match limit(node, &active, &head, peer, &caller).await {
+        LimitOutcome::Pass { headers } => headers,
+        LimitOutcome::Limited(resp) => return resp,
+    };
+
+    // Stage: action. Redirect and respond are the node's own answers.
+    let pool = match rule.map(|r| &r.action) {
+        None => PoolRef::Default,
+        Some(Action::Pool { pool, .. }) => *pool,
+        Some(answering) => {
+            let mut resp = answering.answer().expect("not a pool action");
+            resp.headers_mut().extend(limit_headers);
+            return resp;
+        }
+    };
+    // Named point "wake queue": a request for a pool whose members sleep
+    // would wait here until they are woken, before a member is chosen.
+    // Named point "federation": a routing mode that sends to another
+    // region's LB would resolve here instead of a local pool.
+    let upstream_set =
+        (!caller.upstream.is_empty()).then(|| active.upstreams.balancer(&caller.upstream));
+    let balancer = upstream_set.as_deref().unwrap_or_else(|| active.pool(pool));
+    let Some(member) = pick_member(node, &active, balancer, &head, peer) else {
+        node.counters.backend_errors.fetch_add(1, Relaxed);
+        return no_member(balancer);
+    };
+
+    // Stage: toward the backend.
+    let upstream = toward_backend(rule, head, peer, upgrade, retryable);
+
+    // Stage: upstream.
+    let mut resp =
+        match send_with_retry(&active.client, balancer, member, upstream, body.boxed()).await {
+            Ok(resp) => client_response(node, &active, resp, client_upgrade),
+            Err(failure) => failure_response(node, failure),
+        };
+    resp.headers_mut().extend(limit_headers);
+    resp
+}
+
+/// The first rule the request matches, and its index; none without rules.
+fn match_rule<'a>(
+    active: &'a ActiveConfig,
+    head: &request::Parts,
+    peer: SocketAddr,
+) -> Option<(usize, &'a CompiledRule)> {
+    if active.rules.is_empty() {
+        return None;
+    }
+    active.rules.first_match(&RequestFacts::of(head, peer.ip()))
+}
+
+/// The auth stage; without auth anywhere in the policy an anonymous caller
+/// (which allocates nothing).
+async fn authorize(
+    node: &Node,
+    active: &ActiveConfig,
+    rule_index: Option<usize>,
+    head: &mut request::Parts,
+    peer: SocketAddr,
+) -> AuthOutcome {
+    if active.auth.is_empty() {
+        return AuthOutcome::Pass(Caller::default());
+    }
+    active
+        .auth
+        .authorize(rule_index, head, peer.ip(), &node.counters.policy)
+        .await
+}
+
+/// The request as the backend gets it: the rule's header edits, and its
+/// path without the prefix under `strip_prefix`.
+fn toward_backend(
+    rule: Option<&CompiledRule>,
+    mut head: request::Parts,
+    peer: SocketAddr,
+    upgrade: Option<HeaderValue>,
+    retryable: bool,
+) -> Upstream {
+    let Some(rule) = rule else {
+        return Upstream::new(head, peer, upgrade, retryable);
+    };
+    edit_headers(&mut head.headers, &rule.set_headers, &rule.remove_headers);
+    let target = match &rule.action {
+        Action::Pool {
+            strip: Some(prefix),
+            ..
+        } => Some(stripped_target(&head.uri, prefix)),
+        _ => None,
+    };
+    let mut upstream = Upstream::new(head, peer, upgrade, retryable);
+    if let Some(target) = target {
+        upstream.retarget(target);
+    }
+    upstream
+}
+
+/// The rate limit stage: the fields to add to the response, or the 429.
+async fn limit(
+    node: &Node,
+    active: &ActiveConfig,
+    head: &request::Parts,
+    peer: SocketAddr,
+    caller: &Caller,
+) -> LimitOutcome {
+    if active.limits.is_empty() {
+        // An empty Vec does not allocate.
+        return LimitOutcome::Pass {
+            headers: Vec::new(),
+        };
+    }
+    let facts = LimitRequest {
+        method: &head.method,
+        path: head.uri.path(),
+        headers: &head.headers,
+        client_ip: peer.ip(),
+        auth_token: caller.auth_token.as_deref(),
+        body_bytes: content_length(&head.headers),
+    };
+    active.limits.check(&facts, &node.counters.policy).await
+}
+
+/// Nothing to pick is also every member drained on purpose; the reason
+/// must not send an operator looking for a missing backend.
+fn no_member(balancer: &Balancer) -> Response<ProxyBody> {
+    let reason = if balancer.members().is_empty() {
+        "lb-node: no backend is configured\n"
+    } else {
+        "lb-node: every backend has weight 0 (draining)\n"
+    };
+    short(StatusCode::SERVICE_UNAVAILABLE, reason.into())
+}
+
+/// The member of `balancer` for a request's first attempt; None when no
+/// member has weight.
+fn pick_member<'a>(
+    node: &Node,
+    active: &ActiveConfig,
+    balancer: &'a Balancer,
+    head: &request::Parts,
+    peer: SocketAddr,
+) -> Option<&'a Member> {
+    let key = match balancer.algorithm() {
+        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &head.headers, peer),
+        _ => 0,
+    };
+    let pick = balancer.pick(key)?;
+    node.counters.fail_open.store(pick.fail_open, Relaxed);
+    Some(pick.member)
+}
+
+fn hash_key(on: &HashOn, headers: &HeaderMap, peer: SocketAddr) -> u64 {
+    if let HashOn::Header(name) = on {
+        if let Some(v) = headers.get(name.as_str()) {
+            return fnv1a(v.as_bytes());
+        }
+    }
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
+        std::net::IpAddr::V6(ip) => fnv1a(&ip.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_key_is_the_header_when_asked_and_present() {
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let on = HashOn::Header("x-user".into());
+        let by_ip = hash_key(&on, &h, peer);
+        assert_eq!(by_ip, hash_key(&HashOn::ClientIp, &h, peer));
+        h.insert("x-user", HeaderValue::from_static("alice"));
+        assert_eq!(hash_key(&on, &h, peer), fnv1a(b"alice"));
+    }
+
+    #[test]
+    fn no_member_says_why() {
+        let empty = Balancer::new(Algorithm::RoundRobin, &[], Vec::new());
+        assert_eq!(no_member(&empty).status(), 503);
+    }
+}
