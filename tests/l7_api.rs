@@ -188,6 +188,15 @@ fn secrets_never_leave_lbd_and_credentials_are_kept_by_name() {
     assert_eq!(s, 200, "{created}");
     let hash = stored_hash(&lbd, "web");
     assert!(hash.starts_with("$argon2id$"), "stored as argon2: {hash}");
+    // The hashes live in lbd's database, readable by lbd's user only.
+    for file in ["lbaas.db", "lbaas.db-wal"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(lbd.state.0.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} mode {mode:o}");
+    }
     let shown = lbd.wait_active("demo", "web");
     let (_, listed) =
         lbd.api(&json!({"action": "info", "type": "project", "info": {"name": "demo"}}));

@@ -78,8 +78,8 @@ pub(super) async fn handle(
             ApiRequest::CreateProject(r) => create_project(&st, &who, tx, r, &claim),
             ApiRequest::UpdateProject(r) => update_project(&st, &who, tx, r),
             ApiRequest::DeleteProject(r) => delete_project(&st, &who, tx, r),
-            ApiRequest::CreateInstance(r) => create_instance(&st, &who, tx, r, &hashes),
-            ApiRequest::UpdateInstance(r) => update_instance(&st, &who, tx, r, &hashes),
+            ApiRequest::CreateInstance(r) => create_instance(&st, &who, tx, *r, &hashes),
+            ApiRequest::UpdateInstance(r) => update_instance(&st, &who, tx, *r, &hashes),
             ApiRequest::DeleteInstance(r) => delete_instance(&st, &who, tx, r),
             _ => {
                 unreachable!("reads and tenant requests are answered above")
@@ -101,46 +101,48 @@ pub(super) async fn handle(
 
 /// The argon2 hashes of a request's passwords and keys, made on a blocking
 /// thread before its transaction; validation inside the transaction then
-/// only looks them up.
+/// only takes them. One hash (one salt) per occurrence: two users with the
+/// same password get different hashes, so the store does not tell.
 #[derive(Default)]
-pub(super) struct Prehashed(HashMap<String, String>);
+pub(super) struct Prehashed(Mutex<HashMap<String, Vec<String>>>);
 
 impl Prehashed {
     async fn of(secrets: Vec<&str>) -> Result<Prehashed, ApiError> {
         if secrets.is_empty() {
             return Ok(Prehashed::default());
         }
-        let secrets: std::collections::BTreeSet<String> =
-            secrets.into_iter().map(str::to_string).collect();
         if secrets.len() > MAX_SECRETS_PER_REQUEST {
             return Err(ValidationError::from(PolicyError::InvalidAuth(format!(
-                "at most {MAX_SECRETS_PER_REQUEST} distinct passwords and keys per request"
+                "at most {MAX_SECRETS_PER_REQUEST} passwords and keys per request"
             )))
             .into());
         }
+        let secrets: Vec<String> = secrets.into_iter().map(str::to_string).collect();
         let hashed = tokio::task::spawn_blocking(move || {
-            secrets
-                .into_iter()
-                .map(|s| {
-                    let h = Argon2Hasher.hash(&s);
-                    (s, h)
-                })
-                .collect()
+            let mut hashed: HashMap<String, Vec<String>> = HashMap::new();
+            for s in secrets {
+                let h = Argon2Hasher.hash(&s);
+                hashed.entry(s).or_default().push(h);
+            }
+            hashed
         })
         .await
         .map_err(|e| ApiError::Store(store::StoreError::Worker(e.to_string())))?;
-        Ok(Prehashed(hashed))
+        Ok(Prehashed(Mutex::new(hashed)))
     }
 }
 
 impl SecretHasher for Prehashed {
     fn hash(&self, secret: &str) -> String {
-        match self.0.get(secret) {
-            Some(h) => h.clone(),
-            // Every secret of the request was hashed ahead; this is a
-            // fallback, correct but slow.
-            None => Argon2Hasher.hash(secret),
-        }
+        let ahead = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(secret)
+            .and_then(Vec::pop);
+        // Every secret of the request was hashed ahead; the fallback is
+        // correct but slow.
+        ahead.unwrap_or_else(|| Argon2Hasher.hash(secret))
     }
 }
 
@@ -475,14 +477,14 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn secrets_are_hashed_once_ahead_and_looked_up() {
+    async fn secrets_are_hashed_ahead_once_per_occurrence() {
         let h = Prehashed::of(vec!["pw-1234567", "pw-1234567"])
             .await
             .unwrap();
-        assert_eq!(h.0.len(), 1, "the same secret is hashed once");
-        let hash = h.hash("pw-1234567");
-        assert_eq!(hash, h.hash("pw-1234567"), "looked up, not hashed again");
-        assert!(crate::password::verify(&hash, "pw-1234567"));
+        let (first, second) = (h.hash("pw-1234567"), h.hash("pw-1234567"));
+        assert_ne!(first, second, "each occurrence has its own salt");
+        assert!(crate::password::verify(&first, "pw-1234567"));
+        assert!(crate::password::verify(&second, "pw-1234567"));
         let many: Vec<String> = (0..=MAX_SECRETS_PER_REQUEST)
             .map(|i| format!("secret-{i}"))
             .collect();
