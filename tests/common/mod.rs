@@ -3,9 +3,11 @@
 //! process and file they made, also when a test fails.
 #![allow(dead_code)]
 
+pub mod auth_service;
 pub mod backends;
 pub mod l7;
 pub mod node;
+pub mod redis;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

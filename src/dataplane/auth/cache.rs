@@ -77,6 +77,11 @@ impl<D: Clone> DecisionCache<D> {
             }
         }
         let cell = lock(&self.in_flight).entry(key).or_default().clone();
+        let _left = LeaveFlight {
+            in_flight: &self.in_flight,
+            key,
+            cell: &cell,
+        };
         let mut ran = false;
         let outcome = cell
             .get_or_init(|| {
@@ -86,18 +91,23 @@ impl<D: Clone> DecisionCache<D> {
             .await
             .clone();
         if ran {
-            lock(&self.in_flight).remove(&key);
+            // Stored before the flight is left: a request arriving in
+            // between finds the entry instead of starting a second call.
             if let Ok((d, allowed)) = &outcome {
                 self.store(key, d.clone(), *allowed);
             }
+            lock(&self.in_flight).remove(&key);
         }
         match outcome {
             Ok((d, allowed)) => Some((d, allowed, Source::Called)),
-            Err(()) => self.stale(key, Instant::now()),
+            Err(()) => self.stale(key),
         }
     }
 
-    fn stale(&self, key: CacheKey, now: Instant) -> Option<(D, bool, Source)> {
+    /// A positive decision past its TTL but within `stale_on_error`, for
+    /// a request whose call failed (or ran out of time while waiting).
+    pub fn stale(&self, key: CacheKey) -> Option<(D, bool, Source)> {
+        let now = Instant::now();
         let entries = lock(&self.entries);
         let e = entries.get(&key)?;
         (e.allowed && e.expires + self.policy.stale_on_error > now)
@@ -146,6 +156,35 @@ impl<D: Clone> DecisionCache<D> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A request dropped while its flight is in the air (its client went, or
+/// its own deadline fired first) must not leave an empty flight behind for
+/// ever: the last one out of an unfinished flight removes it. A waiter
+/// still there takes the call over instead (tokio's `OnceCell`).
+struct LeaveFlight<'a, D> {
+    in_flight: &'a Mutex<HashMap<CacheKey, Flight<D>>>,
+    key: CacheKey,
+    cell: &'a Flight<D>,
+}
+
+impl<D> Drop for LeaveFlight<'_, D> {
+    fn drop(&mut self) {
+        if self.cell.initialized() {
+            // Finished: its caller removes it once the entry is stored.
+            return;
+        }
+        let mut flights = lock(self.in_flight);
+        // The map's reference and ours: nobody else waits on it.
+        let alone = Arc::strong_count(self.cell) == 2;
+        if alone
+            && flights
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, self.cell))
+        {
+            flights.remove(&self.key);
+        }
     }
 }
 
@@ -215,6 +254,21 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(c.get_or_call(1, fail).await.is_none());
         assert!(c.get_or_call(3, fail).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_call_leaves_no_flight_behind() {
+        let c = cache(30, 5, 0);
+        let call = c.get_or_call(9, || async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(("late", true))
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(10), call)
+            .await
+            .is_err());
+        assert!(lock(&c.in_flight).is_empty());
+        let again = c.get_or_call(9, || async { Ok(("now", true)) }).await;
+        assert_eq!(again.unwrap().0, "now");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,9 +1,14 @@
 //! The auth stage of lb-node's request pipeline (issue 15): who the caller
-//! is, by an auth service (`service`), HTTP Basic users (`basic`) or API
-//! keys (`api_key`), and the groups a rule may require.
+//! is, by an auth service (`service`), HTTP Basic users or API keys
+//! (`secrets`), and the groups a rule may require (`groups`).
 
 pub mod cache;
+mod groups;
+mod headers;
+mod key;
+mod secrets;
 pub mod service;
+mod service_auth;
 pub mod stage;
 
 pub use stage::{AuthOutcome, AuthStage, Caller};

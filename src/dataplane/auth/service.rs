@@ -145,9 +145,18 @@ pub fn verdict(
     body: Bytes,
 ) -> Result<Verdict, AuthCallError> {
     match status.as_u16() {
+        // serde_json's message may quote the answer (a token): only its
+        // kind and place go into the error, which is logged.
         200 => serde_json::from_slice::<Grant>(&body)
             .map(Verdict::Allow)
-            .map_err(|e| AuthCallError::BadAnswer(e.to_string())),
+            .map_err(|e| {
+                AuthCallError::BadAnswer(format!(
+                    "{:?} error in the JSON at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ))
+            }),
         401 | 403 => Ok(Verdict::Refuse(Refusal {
             status,
             www_authenticate: headers.get(WWW_AUTHENTICATE).cloned(),
@@ -294,5 +303,13 @@ mod tests {
             verdict(StatusCode::OK, &HeaderMap::new(), Bytes::from_static(b"{}")),
             Err(AuthCallError::BadAnswer(_))
         ));
+        let Err(e) = verdict(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Bytes::from_static(br#"{"auth_token":12345678}"#),
+        ) else {
+            panic!()
+        };
+        assert!(!e.to_string().contains("12345678"), "{e}");
     }
 }

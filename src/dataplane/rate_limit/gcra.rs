@@ -91,28 +91,64 @@ impl Gcra {
 
 /// Per-key GCRA states of one limit, bounded to `capacity` keys.
 pub struct LocalLimiter {
-    gcra: Mutex<Gcra>,
     epoch: Instant,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<u64, u128>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+}
+
+/// One shard's keys and the limit they are counted against. Each shard
+/// holds its own copy of the limit so that changing it (and rescaling the
+/// stored times to the new units) is atomic with respect to every check.
+struct Shard {
+    gcra: Gcra,
+    tats: HashMap<u64, u128>,
 }
 
 impl LocalLimiter {
     pub fn new(gcra: Gcra, capacity: usize) -> LocalLimiter {
         LocalLimiter {
-            gcra: Mutex::new(gcra),
             epoch: Instant::now(),
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        gcra,
+                        tats: HashMap::new(),
+                    })
+                })
+                .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
     /// Changes the limit in place (a new node share, or an edited limit),
-    /// keeping the keys' states.
+    /// keeping the keys' states: what each key has used so far stays used,
+    /// counted in units of the new limit (2 of 5 used become 2 of 3).
     pub fn set_gcra(&self, gcra: Gcra) {
-        *self.gcra.lock().unwrap_or_else(|p| p.into_inner()) = gcra;
+        self.set_gcra_at(gcra, self.epoch.elapsed());
+    }
+
+    fn set_gcra_at(&self, gcra: Gcra, now: Duration) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let old = shard.gcra;
+            let (old_now, new_now) = (old.scaled(now), gcra.scaled(now));
+            for tat in shard.tats.values_mut() {
+                // Scaled, one unit is `period_ns` long in either limit.
+                let used = tat.saturating_sub(old_now);
+                *tat = new_now + (used * gcra.period_ns).div_ceil(old.period_ns);
+            }
+            shard.gcra = gcra;
+        }
+    }
+
+    /// The limit keys are counted against now.
+    pub fn gcra(&self) -> Gcra {
+        self.shards[0]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gcra
     }
 
     pub fn check(&self, key: &[u8], cost: u64) -> Decision {
@@ -120,17 +156,17 @@ impl LocalLimiter {
     }
 
     fn check_at(&self, key: &[u8], cost: u64, now: Duration) -> Decision {
-        let gcra = *self.gcra.lock().unwrap_or_else(|p| p.into_inner());
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shards[hash as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let (decision, tat) = gcra.decide(shard.get(&hash).copied(), now, cost);
+        let gcra = shard.gcra;
+        let (decision, tat) = gcra.decide(shard.tats.get(&hash).copied(), now, cost);
         if let Some(tat) = tat {
-            if shard.len() >= self.per_shard && !shard.contains_key(&hash) {
-                make_room(&mut shard, gcra.scaled(now));
+            if shard.tats.len() >= self.per_shard && !shard.tats.contains_key(&hash) {
+                make_room(&mut shard.tats, gcra.scaled(now));
             }
-            shard.insert(hash, tat);
+            shard.tats.insert(hash, tat);
         }
         decision
     }
@@ -139,7 +175,7 @@ impl LocalLimiter {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).tats.len())
             .sum()
     }
 
@@ -245,5 +281,31 @@ mod tests {
             l.check_at(&i.to_le_bytes(), 1, S * (i + 2));
         }
         assert!(l.len() <= 16 * 8 + SHARDS);
+    }
+
+    #[test]
+    fn a_new_share_keeps_what_each_key_used() {
+        let l = LocalLimiter::new(Gcra::new(10 * S, 5, 5), 100);
+        let t0 = Duration::from_secs(100);
+        for _ in 0..3 {
+            assert!(allowed(l.check_at(b"k", 1, t0)));
+        }
+        // 3 used, and the new share allows only 2 at once (one per 5 s):
+        // the next one passes once 2 units have come back.
+        l.set_gcra_at(Gcra::new(10 * S, 2, 2), t0);
+        assert_eq!(l.gcra(), Gcra::new(10 * S, 2, 2));
+        let Decision::Deny { retry_after, .. } = l.check_at(b"k", 1, t0) else {
+            panic!("passed after the share shrank")
+        };
+        assert_eq!(retry_after, 10 * S);
+        assert!(allowed(l.check_at(b"k", 1, t0 + 10 * S)));
+        // A bigger share: 2 of 2 used leave 3 of 5.
+        l.set_gcra_at(Gcra::new(10 * S, 5, 5), t0 + 10 * S);
+        let Decision::Allow { remaining, .. } = l.check_at(b"k", 1, t0 + 10 * S) else {
+            panic!()
+        };
+        assert_eq!(remaining, 2);
+        // An untouched key gets the new burst.
+        assert!(allowed(l.check_at(b"j", 5, t0)));
     }
 }

@@ -3,6 +3,9 @@
 //! Redis (`global` scope, with the node share as the fallback).
 
 pub mod gcra;
+mod headers;
+mod keys;
+mod redis;
 pub mod stage;
 
 pub use gcra::{Decision, Gcra, LocalLimiter};
