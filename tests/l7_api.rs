@@ -348,3 +348,71 @@ fn every_node_gets_the_count_of_serving_nodes() {
         .expect("a running node");
     assert_eq!(http_get(node_addr(&info, serving), "/").unwrap().0, 200);
 }
+
+/// `ann:` + [`PASSWORD`], as HTTP Basic.
+const BASIC_ANN: &str = "Basic YW5uOmNvcnJlY3QtaG9yc2UtYmF0dGVyeQ==";
+
+#[test]
+fn a_user_made_through_lbd_logs_in_at_the_node_and_keeps_the_password_on_update() {
+    let backend = HttpBackend::start("b");
+    let lbd = Lbd::start();
+    create_project(&lbd);
+    let extra = json!({
+        "auth": {"mode": "basic", "users": [{"name": "ann", "password": PASSWORD, "groups": ["ops"]}]},
+        "rules": [{"name": "ops", "match": {"path_prefix": "/ops/"}, "require_groups": ["ops"],
+                   "action": {"pool": "default"}}]
+    });
+    let (s, v) = create(
+        &lbd,
+        instance_info("web", &backend.addr().to_string(), extra),
+    );
+    assert_eq!(s, 200, "{v}");
+    let node = node_addr(&lbd.wait_active("demo", "web"), 0);
+    assert_eq!(common::l7::get(node, "/ops/x", &[]).status, 401);
+    let ok = common::l7::get(node, "/ops/x", &[("Authorization", BASIC_ANN)]);
+    assert_eq!((ok.status, ok.body.as_str()), (200, "b"));
+
+    // Out of the group, without resending the password: the node still
+    // verifies it (the hash was kept) and now refuses the group.
+    let users = json!({"mode": "basic", "users": [{"name": "ann", "groups": ["dev"]}]});
+    let (s, v) = update(&lbd, "web", json!({"auth": users}));
+    assert_eq!(s, 200, "{v}");
+    lbd.wait_active("demo", "web");
+    wait_for(
+        "the new groups at the node",
+        Duration::from_secs(10),
+        || {
+            let r = common::l7::get(node, "/ops/x", &[("Authorization", BASIC_ANN)]);
+            (r.status == 403).then_some(())
+        },
+    );
+    assert_eq!(
+        common::l7::get(node, "/other", &[("Authorization", BASIC_ANN)]).status,
+        200
+    );
+}
+
+/// Requests from one client to `node` until the first 429: how many passed.
+fn passed_before_429(node: SocketAddr, most: usize) -> usize {
+    (0..most)
+        .take_while(|_| common::l7::get(node, "/", &[]).status == 200)
+        .count()
+}
+
+#[test]
+fn node_rate_limits_enforce_the_share_of_the_nodes_serving() {
+    let backend = HttpBackend::start("b");
+    let lbd = Lbd::start();
+    create_project(&lbd);
+    let extra = json!({"min_nodes": 2,
+        "rate_limits": [{"name": "ip", "key": "client_ip", "period": 3600, "threshold": 6}]});
+    let (s, v) = create(
+        &lbd,
+        instance_info("web", &backend.addr().to_string(), extra),
+    );
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("demo", "web");
+    // 6 per hour over 2 nodes: 3 on each.
+    assert_eq!(passed_before_429(node_addr(&info, 0), 10), 3);
+    assert_eq!(passed_before_429(node_addr(&info, 1), 10), 3);
+}
