@@ -230,6 +230,31 @@ mod tests {
     }
 
     #[test]
+    fn instances_from_before_the_serving_count_start_uncounted() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO projects (name, user, subnet, provisioning_status, created_at, updated_at)
+                VALUES ('p', 'admin', '127.1.0.0/24', 'ACTIVE', 1, 1);
+             INSERT INTO instances (project_id, name, spec, generation, provisioning_status,
+                                    operating_status, created_at, updated_at)
+             VALUES (1, 'web', '{}', 4, 'ACTIVE', 'ONLINE', 1, 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let (count, generation): (i64, i64) = conn
+            .query_row("SELECT serving_nodes, generation FROM instances", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        // 0: the first count goes into the next config without a bump.
+        assert_eq!((count, generation), (0, 4));
+    }
+
+    #[test]
     fn event_counts_start_from_the_events_already_stored() {
         let mut conn = Connection::open_in_memory().unwrap();
         for sql in &MIGRATIONS[..4] {
