@@ -189,7 +189,7 @@ pub struct DaemonConfig {
     pub api_anonymous_burst: u32,
     /// Where `global`-scope rate limits count (`redis://host:port[/db]`),
     /// passed to the nodes; without it, `global` limits count per node.
-    #[arg(long, env = "LBAAS_REDIS_URL")]
+    #[arg(long, env = "LBAAS_REDIS_URL", value_parser = redis_url)]
     pub redis_url: Option<String>,
     /// How long a node waits for Redis per check before it falls back to
     /// its `node` share of the limit.
@@ -212,6 +212,21 @@ fn limit(s: &str) -> Result<i64, String> {
     Limit::from_wire(v)
         .map(Limit::to_wire)
         .map_err(|e| e.to_string())
+}
+
+/// Refused at start rather than by every node at its first check.
+fn redis_url(s: &str) -> Result<String, String> {
+    let host = s
+        .strip_prefix("redis://")
+        .or_else(|| s.strip_prefix("rediss://"))
+        .map(|rest| rest.rsplit('@').next().unwrap_or_default())
+        .and_then(|rest| rest.split(['/', '?']).next());
+    match host {
+        Some(h) if !h.is_empty() && !s.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
+            Ok(s.to_string())
+        }
+        _ => Err("expected redis://host:port[/db] or rediss://...".to_string()),
+    }
 }
 
 fn share(s: &str) -> Result<f64, String> {
@@ -298,6 +313,18 @@ mod tests {
         let netns = DaemonConfig::try_parse_from(["lbd", "--network", "netns"]).unwrap();
         assert_eq!(netns.subnet_pool(), ("100.64.0.0/10".parse().unwrap(), 24));
         assert_eq!(c.failover_grace, 60);
+        assert_eq!(c.redis_url, None);
+        let r = DaemonConfig::try_parse_from(["lbd", "--redis-url", "redis://127.0.0.1:6379/0"]);
+        assert_eq!(
+            r.unwrap().redis_url.as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        for bad in ["127.0.0.1:6379", "http://x", "redis://", "redis:///0"] {
+            assert!(
+                DaemonConfig::try_parse_from(["lbd", "--redis-url", bad]).is_err(),
+                "{bad}"
+            );
+        }
         assert_eq!(c.failover_max_share, 0.5);
         assert_eq!(c.dns_ttl, 5);
         assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());

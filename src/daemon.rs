@@ -274,6 +274,13 @@ fn reconcile_settings(config: &DaemonConfig) -> ReconcileSettings {
         failover_grace: Duration::from_secs(config.failover_grace),
         drain_min: Duration::from_secs(u64::from(config.dns_ttl)),
         drain_max: Duration::from_secs(config.drain_timeout.max(u64::from(config.dns_ttl))),
+        redis: config
+            .redis_url
+            .clone()
+            .map(|url| crate::model::node::RedisTarget {
+                url,
+                timeout_ms: config.redis_timeout_ms,
+            }),
         ..Default::default()
     }
 }

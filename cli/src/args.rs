@@ -404,6 +404,208 @@ pub enum InstanceCmd {
         #[arg(long)]
         project: String,
     },
+    /// Named pools of an http load balancer (besides `default`, its backends).
+    #[command(subcommand, after_help = POOL_EXAMPLES)]
+    Pool(PoolCmd),
+    /// Routing rules of an http load balancer, in order: the first match wins.
+    #[command(subcommand, after_help = RULE_EXAMPLES)]
+    Rule(RuleCmd),
+    /// The whole L7 policy (pools, rules, auth, rate limits).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Replace the whole L7 policy with FILE's (JSON, as `policy show -o json`
+    /// prints it; `-` for stdin): what it leaves out is removed.
+    Apply(ApplyArgs),
+}
+
+const POOL_EXAMPLES: &str = "Examples:
+  lbctl instance pool add api --instance web --project demo --backend 10.1.0.7:8080,10.1.0.8:8080
+  lbctl instance pool add api --instance web --project demo --backend 10.1.0.7:8080 \\
+      --algorithm least_connections --health-check http:/healthz
+  lbctl instance pool list --instance web --project demo
+  lbctl instance pool remove api --instance web --project demo";
+
+const RULE_EXAMPLES: &str = "Examples:
+  lbctl instance rule add api --instance web --project demo --path-prefix /api/ --to api --strip-prefix
+  lbctl instance rule add old --instance web --project demo --path-prefix /old/ --redirect https://new.example/ --code 301
+  lbctl instance rule add admin --instance web --project demo --path-prefix /admin --reject 403
+  lbctl instance rule add beta --instance web --project demo --host '*.example.com' --header X-Env=beta --to beta
+  lbctl instance rule move admin --before api --instance web --project demo
+  lbctl instance rule list --instance web --project demo";
+
+/// Which load balancer a policy command changes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstanceArgs {
+    /// The load balancer's name.
+    #[arg(long)]
+    pub instance: String,
+    #[arg(long)]
+    pub project: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Add a named pool.
+    Add(Box<PoolAddArgs>),
+    /// Remove a pool (no rule may still send to it).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        target: InstanceArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List the pools.
+    List {
+        #[command(flatten)]
+        target: InstanceArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PoolAddArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub target: InstanceArgs,
+    /// Member IP:PORT or IP:PORT=WEIGHT; repeat it or separate with commas.
+    #[arg(long = "backend", required = true, value_delimiter = ',', value_parser = backend)]
+    pub backends: Vec<BackendArg>,
+    /// How nodes pick a member of this pool [default: round_robin].
+    #[arg(long, value_parser = model_enum::<Algorithm>())]
+    pub algorithm: Option<Algorithm>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCmd {
+    /// Add a rule (at the end, or --before another).
+    Add(Box<RuleAddArgs>),
+    /// Remove a rule.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        target: InstanceArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Move a rule before another one, or to the end.
+    Move {
+        name: String,
+        /// The rule it goes before.
+        #[arg(long, required_unless_present = "last")]
+        before: Option<String>,
+        /// To the end of the list.
+        #[arg(long, conflicts_with = "before")]
+        last: bool,
+        #[command(flatten)]
+        target: InstanceArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List the rules in the order they are tried.
+    List {
+        #[command(flatten)]
+        target: InstanceArgs,
+    },
+}
+
+/// `rule add`: what the rule matches (all given conditions), and exactly
+/// one action.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("action").required(true)
+    .args(["to", "redirect", "reject", "respond_status"])))]
+pub struct RuleAddArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub target: InstanceArgs,
+    /// Insert before this rule [default: at the end].
+    #[arg(long)]
+    pub before: Option<String>,
+    /// Host, exact or `*.suffix`.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long, value_name = "PREFIX")]
+    pub path_prefix: Option<String>,
+    #[arg(long, value_name = "REGEX")]
+    pub path_regex: Option<String>,
+    /// Methods; repeat it or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub method: Vec<String>,
+    /// A header NAME=VALUE that must be present (VALUE `*`: any value); repeatable.
+    #[arg(long, value_name = "NAME=VALUE", value_parser = pair)]
+    pub header: Vec<(String, String)>,
+    /// A cookie NAME=VALUE (VALUE `*`: any value); repeatable.
+    #[arg(long, value_name = "NAME=VALUE", value_parser = pair)]
+    pub cookie: Vec<(String, String)>,
+    /// Client address in this CIDR; repeat it or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub source_cidr: Vec<String>,
+    /// Action: send to this pool (`default`: the instance's backends).
+    #[arg(long, value_name = "POOL")]
+    pub to: Option<String>,
+    /// With --to and --path-prefix: the pool sees the path without the prefix.
+    #[arg(long, requires = "to")]
+    pub strip_prefix: bool,
+    /// Action: redirect to this URL (or /path).
+    #[arg(long, value_name = "URL")]
+    pub redirect: Option<String>,
+    /// The redirect's status: 301, 302 (default), 307 or 308.
+    #[arg(long, requires = "redirect")]
+    pub code: Option<u16>,
+    /// Action: answer with this status (400-599).
+    #[arg(long, value_name = "STATUS")]
+    pub reject: Option<u16>,
+    /// Action: answer with this status and --respond-body.
+    #[arg(long, value_name = "STATUS")]
+    pub respond_status: Option<u16>,
+    #[arg(long, value_name = "TEXT", requires = "respond_status")]
+    pub respond_body: Option<String>,
+    #[arg(long, value_name = "TYPE", requires = "respond_status")]
+    pub respond_content_type: Option<String>,
+    /// A header NAME=VALUE set toward the backend; repeatable.
+    #[arg(long, value_name = "NAME=VALUE", value_parser = pair)]
+    pub set_header: Vec<(String, String)>,
+    /// A header removed toward the backend; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub remove_header: Vec<String>,
+    /// A public path: no auth, even when the instance has one.
+    #[arg(long)]
+    pub public: bool,
+    /// The caller must be in each of these groups; repeat it or separate with commas.
+    #[arg(long = "require-group", value_delimiter = ',')]
+    pub require_groups: Vec<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+fn pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Show the whole policy; `-o json` prints what `apply -f` takes.
+    Show {
+        #[command(flatten)]
+        target: InstanceArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub target: InstanceArgs,
+    /// The policy as JSON (`-`: stdin).
+    #[arg(short, long)]
+    pub file: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `instance create`: one flag per field of the API's `create instance`.

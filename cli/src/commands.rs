@@ -54,6 +54,8 @@ pub enum Typed {
     Users(Vec<UserInfo>),
     WhoAmI(WhoAmI),
     Audit(Vec<AuditEntry>),
+    /// An instance's L7 policy (the policy commands).
+    Policy(Box<lbaas::model::policy::PolicySpec>),
     Done,
 }
 
@@ -127,12 +129,13 @@ fn envelope(action: Action, object_type: ObjectType, request: &impl Serialize) -
     }
 }
 
-/// The request a command sends (`raw`, `top` and `completions` send none of their own).
+/// The request a command sends (`raw`, `top`, `completions` and the policy
+/// commands, see `policy::run`, send none of their own).
 pub fn request(cmd: &Command) -> Option<Request> {
     let (envelope, shape) = match cmd {
         Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => return None,
         Command::Project(p) => project_request(p),
-        Command::Instance(i) => instance_request(i),
+        Command::Instance(i) => instance_request(i)?,
         Command::User(u) => users::request(u),
         Command::Whoami => users::whoami(),
         Command::Audit(a) => audit::request(a, unix_now()),
@@ -220,9 +223,13 @@ fn project_request(cmd: &ProjectCmd) -> (RequestEnvelope, Shape) {
     }
 }
 
-fn instance_request(cmd: &InstanceCmd) -> (RequestEnvelope, Shape) {
+fn instance_request(cmd: &InstanceCmd) -> Option<(RequestEnvelope, Shape)> {
     use {Action as A, ObjectType::Instance as I};
-    match cmd {
+    Some(match cmd {
+        InstanceCmd::Pool(_)
+        | InstanceCmd::Rule(_)
+        | InstanceCmd::Policy(_)
+        | InstanceCmd::Apply(_) => return None,
         InstanceCmd::Create(args) => (
             envelope(A::Create, I, &instance_create(args)),
             Shape::Instance,
@@ -271,7 +278,7 @@ fn instance_request(cmd: &InstanceCmd) -> (RequestEnvelope, Shape) {
             ),
             Shape::Instance,
         ),
-    }
+    })
 }
 
 /// `instance create`'s request. Fields are spelled out (no `..`) on both
@@ -311,6 +318,11 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         max_connections: tuning.max_connections.map(i64::from),
         max_header_bytes: tuning.max_header_bytes.map(i64::from),
         proxy_protocol: tuning.proxy_protocol,
+        // Set later by the policy commands (`pool`, `rule`, `apply`).
+        pools: None,
+        rules: None,
+        auth: None,
+        rate_limits: None,
         // The envelope's `type` already says instance.
         object_type: None,
     }
@@ -348,6 +360,11 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         max_connections: tuning.max_connections.map(i64::from),
         max_header_bytes: tuning.max_header_bytes.map(i64::from),
         proxy_protocol: tuning.proxy_protocol,
+        // The policy commands (`pool`, `rule`, `apply`) send these.
+        pools: None,
+        rules: None,
+        auth: None,
+        rate_limits: None,
     }
 }
 
@@ -461,6 +478,7 @@ pub fn wait_until_active(
 }
 
 pub mod audit;
+pub mod policy;
 pub mod users;
 
 #[cfg(test)]

@@ -106,6 +106,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    if let Command::Instance(cmd) = &cli.command {
+        if let Some(answer) = commands::policy::run(&client, cmd) {
+            let answer = answer?;
+            if !cli.quiet {
+                print(cli, &answer);
+            }
+            return Ok(());
+        }
+    }
     let request = commands::request(&cli.command).expect("every other command sends a request");
     let mut answer = commands::send(&client, &request)?;
     if let (Some(wait), Typed::Instance(instance)) =
@@ -210,6 +219,13 @@ fn print(cli: &Cli, answer: &Answer) {
         (_, Typed::Users(list)) => commands::users::list(list),
         (_, Typed::WhoAmI(w)) => commands::users::whoami_text(w),
         (_, Typed::Audit(entries)) => commands::audit::text(entries),
+        (Command::Instance(InstanceCmd::Pool(_)), Typed::Policy(p)) => {
+            commands::policy::pools_text(p)
+        }
+        (Command::Instance(InstanceCmd::Rule(_)), Typed::Policy(p)) => {
+            commands::policy::rules_text(p)
+        }
+        (_, Typed::Policy(p)) => commands::policy::policy_text(p),
         (_, Typed::Done) => String::new(),
     };
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -260,6 +260,22 @@ pub fn instance(i: &InstanceInfo) -> String {
         ("max conns", i.max_connections.to_string()),
         ("proxy proto", wire(&i.proxy_protocol)),
     ]);
+    if !i.pools.is_empty() || !i.rules.is_empty() || i.auth.is_some() || !i.rate_limits.is_empty() {
+        let auth = i
+            .auth
+            .as_ref()
+            .and_then(|a| a.mode)
+            .map_or("none".to_string(), |m| wire(&m));
+        fields.push((
+            "policy",
+            format!(
+                "{} pools, {} rules, auth {auth}, {} rate limits (lbctl instance policy show)",
+                i.pools.len(),
+                i.rules.len(),
+                i.rate_limits.len()
+            ),
+        ));
+    }
     let mut out = String::new();
     for (label, value) in fields {
         out.push_str(&format!("{:<13} {value}\n", format!("{label}:")));

@@ -2,6 +2,7 @@
 //! either commits the whole change or leaves the store as it was. Reads use
 //! the store's reader, so they work while another process holds the lock.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
@@ -15,11 +16,14 @@ use super::{quota, users, ApiError, AppState};
 use crate::drivers::network::NetworkError;
 use crate::model::allocator::{free_subnets, overlaps};
 use crate::model::envelope::ApiRequest;
+use crate::model::policy::auth::MAX_SECRETS_PER_REQUEST;
+use crate::model::policy::{PolicyError, SecretHasher};
 use crate::model::{
     EventKind, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
     ProjectDelete, ProjectRef, ProjectUpdate, ProvisioningStatus, QuotaUsage, ValidationError,
     WhoAmI,
 };
+use crate::password::Argon2Hasher;
 use crate::store::{self, EventSubject, ProjectRow};
 
 pub(super) async fn handle(
@@ -33,6 +37,13 @@ pub(super) async fn handle(
     // does not commit (an error in the transaction or at its commit).
     let claimed = Arc::new(Mutex::new(None));
     let claim = claimed.clone();
+    // Hashed before the write transaction: argon2 is slow and the writer
+    // lock is shared by every API write (see `Prehashed`).
+    let hashes = match &req {
+        ApiRequest::CreateInstance(r) => Prehashed::of(r.policy_spec().secrets()).await?,
+        ApiRequest::UpdateInstance(r) => Prehashed::of(r.secrets()).await?,
+        _ => Prehashed::default(),
+    };
     match req {
         ApiRequest::ProjectInfo(r) => {
             return st
@@ -67,8 +78,8 @@ pub(super) async fn handle(
             ApiRequest::CreateProject(r) => create_project(&st, &who, tx, r, &claim),
             ApiRequest::UpdateProject(r) => update_project(&st, &who, tx, r),
             ApiRequest::DeleteProject(r) => delete_project(&st, &who, tx, r),
-            ApiRequest::CreateInstance(r) => create_instance(&st, &who, tx, r),
-            ApiRequest::UpdateInstance(r) => update_instance(&st, &who, tx, r),
+            ApiRequest::CreateInstance(r) => create_instance(&st, &who, tx, *r, &hashes),
+            ApiRequest::UpdateInstance(r) => update_instance(&st, &who, tx, *r, &hashes),
             ApiRequest::DeleteInstance(r) => delete_instance(&st, &who, tx, r),
             _ => {
                 unreachable!("reads and tenant requests are answered above")
@@ -86,6 +97,53 @@ pub(super) async fn handle(
     let info = info?;
     state.wake.notify_one();
     Ok(info)
+}
+
+/// The argon2 hashes of a request's passwords and keys, made on a blocking
+/// thread before its transaction; validation inside the transaction then
+/// only takes them. One hash (one salt) per occurrence: two users with the
+/// same password get different hashes, so the store does not tell.
+#[derive(Default)]
+pub(super) struct Prehashed(Mutex<HashMap<String, Vec<String>>>);
+
+impl Prehashed {
+    async fn of(secrets: Vec<&str>) -> Result<Prehashed, ApiError> {
+        if secrets.is_empty() {
+            return Ok(Prehashed::default());
+        }
+        if secrets.len() > MAX_SECRETS_PER_REQUEST {
+            return Err(ValidationError::from(PolicyError::InvalidAuth(format!(
+                "at most {MAX_SECRETS_PER_REQUEST} passwords and keys per request"
+            )))
+            .into());
+        }
+        let secrets: Vec<String> = secrets.into_iter().map(str::to_string).collect();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut hashed: HashMap<String, Vec<String>> = HashMap::new();
+            for s in secrets {
+                let h = Argon2Hasher.hash(&s);
+                hashed.entry(s).or_default().push(h);
+            }
+            hashed
+        })
+        .await
+        .map_err(|e| ApiError::Store(store::StoreError::Worker(e.to_string())))?;
+        Ok(Prehashed(Mutex::new(hashed)))
+    }
+}
+
+impl SecretHasher for Prehashed {
+    fn hash(&self, secret: &str) -> String {
+        let ahead = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(secret)
+            .and_then(Vec::pop);
+        // Every secret of the request was hashed ahead; the fallback is
+        // correct but slow.
+        ahead.unwrap_or_else(|| Argon2Hasher.hash(secret))
+    }
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Value {
@@ -261,8 +319,9 @@ fn create_instance(
     caller: &Caller,
     tx: &Connection,
     req: InstanceCreate,
+    hasher: &Prehashed,
 ) -> Result<Value, ApiError> {
-    let spec = req.clone().validate()?;
+    let spec = req.clone().validate(hasher)?;
     let p = project(tx, caller, &req.project)?;
     if p.deleting {
         return Err(ApiError::Pending {
@@ -342,6 +401,7 @@ fn update_instance(
     caller: &Caller,
     tx: &Connection,
     req: InstanceUpdate,
+    hasher: &Prehashed,
 ) -> Result<Value, ApiError> {
     let p = project(tx, caller, &req.project)?;
     let row = instance(tx, &p, &req.name)?;
@@ -352,7 +412,7 @@ fn update_instance(
             status: row.provisioning_status.as_str(),
         });
     }
-    let next = req.apply_to(&row.spec)?;
+    let next = req.apply_to(&row.spec, hasher)?;
     let nodes: Vec<_> = store::list_nodes(tx, row.id)?
         .iter()
         .map(|n| n.address)
@@ -390,7 +450,7 @@ fn delete_instance(
     Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
 }
 
-/// Refuses backends that point into the control plane or back at the
+/// Refuses backends (of every pool) that point into the control plane or back at the
 /// instance (`nodes`: the addresses its nodes have now), then asks the
 /// network driver whether the nodes can reach each one.
 fn check_backends(
@@ -404,9 +464,31 @@ fn check_backends(
         subnet: project.subnet,
         nodes,
     };
-    for member in &spec.backends {
+    let pools = spec.policy.pools.values().flat_map(|p| &p.members);
+    for member in spec.backends.iter().chain(pools) {
         state.backends.check(member.address, &own)?;
         state.network.check_backend(member.address)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn secrets_are_hashed_ahead_once_per_occurrence() {
+        let h = Prehashed::of(vec!["pw-1234567", "pw-1234567"])
+            .await
+            .unwrap();
+        let (first, second) = (h.hash("pw-1234567"), h.hash("pw-1234567"));
+        assert_ne!(first, second, "each occurrence has its own salt");
+        assert!(crate::password::verify(&first, "pw-1234567"));
+        assert!(crate::password::verify(&second, "pw-1234567"));
+        let many: Vec<String> = (0..=MAX_SECRETS_PER_REQUEST)
+            .map(|i| format!("secret-{i}"))
+            .collect();
+        let refused = Prehashed::of(many.iter().map(String::as_str).collect()).await;
+        assert_eq!(refused.err().map(|e| e.code()), Some("invalid_auth"));
+    }
 }

@@ -581,7 +581,7 @@ lbaas_events_total{kind="node_ready"} 2
             "backend": {"entities": ["127.0.0.1:9001"]}
         }))
         .unwrap();
-        spec.validate().unwrap()
+        spec.validate(&crate::password::Argon2Hasher).unwrap()
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn instance_info_with(
         TrafficType::Http => format!("http://{dns_name}:{}/", i.spec.port),
         TrafficType::Tcp => format!("tcp://{dns_name}:{}", i.spec.port),
     };
+    let policy = i.spec.policy.to_spec();
     Ok(InstanceInfo {
         id: i.id,
         object_type: "instance".into(),
@@ -117,6 +118,10 @@ pub fn instance_info_with(
         max_connections: i.spec.tuning.max_connections,
         max_header_bytes: i.spec.tuning.max_header_bytes,
         proxy_protocol: i.spec.tuning.proxy_protocol,
+        pools: policy.pools.unwrap_or_default(),
+        rules: policy.rules.unwrap_or_default(),
+        auth: policy.auth,
+        rate_limits: policy.rate_limits.unwrap_or_default(),
         dns_name,
         url,
         provisioning_status: i.provisioning_status,

@@ -232,7 +232,7 @@ mod tests {
             "backend": {"entities": ["127.0.0.1:9001"], "auto-scaling": true}
         }))
         .unwrap();
-        let spec = create.validate().unwrap();
+        let spec = create.validate(&crate::password::Argon2Hasher).unwrap();
         store
             .transaction(move |tx| {
                 let quota = QuotaSpec {

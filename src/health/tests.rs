@@ -53,7 +53,7 @@ async fn fixture(n: usize) -> Fixture {
             "criteria": {"interval": 1, "timeout": 1, "health-threshold": 2, "unhealth-threshold": 2}}}
     }))
     .unwrap();
-    let spec = create.validate().unwrap();
+    let spec = create.validate(&crate::password::Argon2Hasher).unwrap();
     let (inst, nodes) = store
         .transaction(move |tx| {
             let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;

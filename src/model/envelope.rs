@@ -110,10 +110,11 @@ pub enum ApiRequest {
     ProjectInfo(ProjectRef),
     UpdateProject(ProjectUpdate),
     DeleteProject(ProjectDelete),
-    CreateInstance(InstanceCreate),
+    // Boxed: with the L7 policy fields they dwarf the other requests.
+    CreateInstance(Box<InstanceCreate>),
     /// `name: None` lists the instances of the project.
     InstanceInfo(InstanceRef),
-    UpdateInstance(InstanceUpdate),
+    UpdateInstance(Box<InstanceUpdate>),
     DeleteInstance(InstanceDelete),
     CreateUser(UserCreate),
     /// `name: None` lists all users.
@@ -242,9 +243,9 @@ impl ApiRequest {
             (A::Info, T::Project) => Self::ProjectInfo(typed(info)?),
             (A::Update, T::Project) => Self::UpdateProject(typed(info)?),
             (A::Delete, T::Project) => Self::DeleteProject(typed(info)?),
-            (A::Create, T::Instance) => Self::CreateInstance(typed(info)?),
+            (A::Create, T::Instance) => Self::CreateInstance(Box::new(typed(info)?)),
             (A::Info, T::Instance) => Self::InstanceInfo(typed(info)?),
-            (A::Update, T::Instance) => Self::UpdateInstance(typed(info)?),
+            (A::Update, T::Instance) => Self::UpdateInstance(Box::new(typed(info)?)),
             (A::Delete, T::Instance) => Self::DeleteInstance(typed(info)?),
             (A::Create, T::User) => Self::CreateUser(typed(info)?),
             (A::Info, T::User) => Self::UserInfo(typed(info)?),

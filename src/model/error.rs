@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::model::policy::PolicyError;
+
 /// A request that cannot be accepted as written. Each variant has a stable
 /// code (see [`ValidationError::code`]) that clients can match on.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -42,6 +44,20 @@ pub enum ValidationError {
     InvalidHealthCheck(String),
     #[error("invalid auto-scaling settings: {0}")]
     InvalidScaling(String),
+    /// An L7 policy (pools, rules, auth, rate limits) that cannot be
+    /// accepted; its code is the policy error's own.
+    #[error(transparent)]
+    Policy(PolicyError),
+}
+
+impl From<PolicyError> for ValidationError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            // A field the traffic type does not take, like `proxy_protocol` on http.
+            PolicyError::NotForTcp(reason) => Self::InvalidField(reason),
+            e => Self::Policy(e),
+        }
+    }
 }
 
 impl ValidationError {
@@ -63,6 +79,7 @@ impl ValidationError {
             Self::InvalidBackend { .. } => "invalid_backend",
             Self::InvalidHealthCheck(_) => "invalid_health_check",
             Self::InvalidScaling(_) => "invalid_auto_scaling",
+            Self::Policy(e) => e.code(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! `backend.entities`, `backend.health-check`, `backend.auto-scaling`, plus our
 //! additions (`port`, `algorithm`, `min_nodes`), never renames.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::Ipv4Net;
@@ -9,6 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::names::validate_name;
+use crate::model::policy::{
+    AuthSpec, PolicySpec, PoolSpec, RateLimitSpec, RuleAuthSpec, RuleSpec, SecretHasher,
+};
 use crate::model::project::{check_type_tag, parse_subnet};
 use crate::model::scaling::{ScalingPolicy, ScalingSpec};
 use crate::model::tuning::{
@@ -184,6 +188,18 @@ pub struct InstanceCreate {
     /// PROXY protocol header towards backends (`tcp` only): `none`, `v1`, `v2`.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Named pools besides `backend` (the pool `default`); http only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pools: Option<BTreeMap<String, PoolSpec>>,
+    /// Routing rules, in order; the first match wins. http only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RuleSpec>>,
+    /// Authorization of requests no rule overrides. http only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// http only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<RateLimitSpec>>,
     /// Accepted as in the seed's instance shape; must be `instance`.
     #[serde(default, rename = "type")]
     pub object_type: Option<String>,
@@ -285,7 +301,18 @@ impl InstanceSpec {
 }
 
 impl InstanceCreate {
-    pub fn validate(self) -> Result<InstanceSpec, ValidationError> {
+    /// The policy fields, as one spec.
+    pub fn policy_spec(&self) -> PolicySpec {
+        PolicySpec {
+            pools: self.pools.clone(),
+            rules: self.rules.clone(),
+            auth: self.auth.clone(),
+            rate_limits: self.rate_limits.clone(),
+        }
+    }
+
+    /// `hasher` turns the policy's passwords and keys into what is stored.
+    pub fn validate(self, hasher: &dyn SecretHasher) -> Result<InstanceSpec, ValidationError> {
         validate_name(&self.name)?;
         validate_name(&self.project)?;
         check_type_tag(self.object_type.as_deref(), "instance")?;
@@ -297,6 +324,9 @@ impl InstanceCreate {
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
         let backends = members(&self.backend.entities, port, self.traffic_type)?;
         let health_check = health_check(self.backend.health_check.as_ref(), self.traffic_type)?;
+        let policy = self
+            .policy_spec()
+            .validate(self.traffic_type, port, hasher)?;
         let spec = InstanceSpec {
             name: self.name,
             traffic_type: self.traffic_type,
@@ -329,8 +359,7 @@ impl InstanceCreate {
                 )?,
                 proxy_protocol: self.proxy_protocol.unwrap_or_default(),
             },
-            // Filled in by issue 15's wiring: see `validate_with`.
-            policy: Default::default(),
+            policy,
         };
         spec.check_combination()?;
         Ok(spec)
@@ -361,7 +390,7 @@ pub struct InstanceDelete {
 
 /// `update instance`: every field but the names is optional; what is given replaces
 /// what was stored, and the nodes apply it in place.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceUpdate {
     pub project: String,
@@ -390,11 +419,66 @@ pub struct InstanceUpdate {
     pub max_header_bytes: Option<i64>,
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Replaces all named pools (`{}`: none left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pools: Option<BTreeMap<String, PoolSpec>>,
+    /// Replaces all rules (`[]`: none left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<RuleSpec>>,
+    /// Replaces the instance auth; `"none"` removes it. A user or key
+    /// given without its secret keeps the stored one of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RuleAuthSpec>,
+    /// Replaces all rate limits (`[]`: none left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<RateLimitSpec>>,
 }
 
 impl InstanceUpdate {
-    /// The spec after this update, validated as a whole.
-    pub fn apply_to(&self, current: &InstanceSpec) -> Result<InstanceSpec, ValidationError> {
+    /// Whether the update touches the L7 policy.
+    pub fn has_policy(&self) -> bool {
+        self.pools.is_some()
+            || self.rules.is_some()
+            || self.auth.is_some()
+            || self.rate_limits.is_some()
+    }
+
+    /// The passwords and keys this update carries.
+    pub fn secrets(&self) -> Vec<&str> {
+        let rules = self.rules.iter().flatten();
+        let own = rules.filter_map(|r| r.auth.as_ref().and_then(RuleAuthSpec::own));
+        let auth = self.auth.as_ref().and_then(RuleAuthSpec::own);
+        auth.into_iter()
+            .chain(own)
+            .flat_map(AuthSpec::secrets)
+            .collect()
+    }
+
+    /// The stored policy with the given fields replaced, as a spec.
+    fn merged_policy(&self, current: &crate::model::policy::Policy) -> PolicySpec {
+        let mut spec = current.to_spec();
+        if let Some(p) = &self.pools {
+            spec.pools = Some(p.clone());
+        }
+        if let Some(r) = &self.rules {
+            spec.rules = Some(r.clone());
+        }
+        if let Some(a) = &self.auth {
+            spec.auth = a.own().cloned();
+        }
+        if let Some(l) = &self.rate_limits {
+            spec.rate_limits = Some(l.clone());
+        }
+        spec
+    }
+
+    /// The spec after this update, validated as a whole (the policy too:
+    /// rules against the pools and the auth they end up with).
+    pub fn apply_to(
+        &self,
+        current: &InstanceSpec,
+        hasher: &dyn SecretHasher,
+    ) -> Result<InstanceSpec, ValidationError> {
         validate_name(&self.name)?;
         validate_name(&self.project)?;
         let mut next = current.clone();
@@ -436,6 +520,16 @@ impl InstanceUpdate {
             if let Some(a) = backend.auto_scaling {
                 next.auto_scaling = a;
             }
+        }
+        // Revalidated even when untouched: pools carry the listener port
+        // as their members' default.
+        if self.has_policy() || self.port.is_some() {
+            next.policy = self.merged_policy(&current.policy).validate_keeping(
+                next.traffic_type,
+                next.port,
+                hasher,
+                &current.policy,
+            )?;
         }
         next.check_combination()?;
         Ok(next)
@@ -497,6 +591,17 @@ pub struct InstanceInfo {
     #[serde(default = "crate::model::tuning::default_max_header_bytes")]
     pub max_header_bytes: u32,
     pub proxy_protocol: ProxyProtocol,
+    /// The L7 policy in the shapes `create`/`update` take, so it can be sent
+    /// again; users and keys by name and groups only (never a secret or a
+    /// hash). Absent from servers before it existed.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSpec>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
     /// `http://<dns_name>:<port>/` or `tcp://<dns_name>:<port>`.
@@ -739,10 +844,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    struct Tagged;
+    impl SecretHasher for Tagged {
+        fn hash(&self, s: &str) -> String {
+            format!("hash-of-{}", s.len())
+        }
+    }
+
     fn create(v: serde_json::Value) -> Result<InstanceSpec, ValidationError> {
         serde_json::from_value::<InstanceCreate>(v)
             .map_err(|e| ValidationError::from_serde(&e))?
-            .validate()
+            .validate(&Tagged)
+    }
+
+    fn update(spec: &InstanceSpec, v: serde_json::Value) -> Result<InstanceSpec, ValidationError> {
+        let mut v = v;
+        v["project"] = json!("demo");
+        v["name"] = json!("web");
+        serde_json::from_value::<InstanceUpdate>(v)
+            .unwrap()
+            .apply_to(spec, &Tagged)
     }
 
     fn base() -> serde_json::Value {
@@ -949,13 +1070,118 @@ mod tests {
             "project": "demo", "name": "web", "backend": {"entities": ["127.0.0.1:9002", "127.0.0.1:9003"]}
         }))
         .unwrap();
-        let next = upd.apply_to(&spec).unwrap();
+        let next = upd.apply_to(&spec, &Tagged).unwrap();
         assert_eq!(next.backends.len(), 2);
         assert_eq!(next.port, 8080);
         assert_eq!(next.health_check, spec.health_check);
         let bad: InstanceUpdate =
             serde_json::from_value(json!({"project": "demo", "name": "web", "port": 70000}))
                 .unwrap();
-        assert_eq!(bad.apply_to(&spec).unwrap_err().code(), "invalid_port");
+        assert_eq!(
+            bad.apply_to(&spec, &Tagged).unwrap_err().code(),
+            "invalid_port"
+        );
+    }
+
+    fn with_policy() -> InstanceSpec {
+        let mut v = base();
+        v["pools"] = json!({"api": {"entities": ["127.0.0.1:9101"]}});
+        v["rules"] = json!([
+            {"name": "api", "match": {"path_prefix": "/api/"}, "action": {"pool": "api"}},
+            {"name": "ops", "require_groups": ["ops"], "match": {"path_prefix": "/ops/"},
+             "action": {"pool": "default"}}
+        ]);
+        v["auth"] = json!({"mode": "basic", "users": [{"name": "ann", "password": "pw-123456", "groups": ["ops"]}]});
+        v["rate_limits"] =
+            json!([{"name": "ip", "key": "client_ip", "period": 10, "threshold": 5}]);
+        create(v).unwrap()
+    }
+
+    #[test]
+    fn create_validates_the_policy_with_its_own_codes() {
+        let spec = with_policy();
+        assert_eq!(spec.policy.pools.len(), 1);
+        assert_eq!(spec.policy.rules.len(), 2);
+        let cases = [
+            (
+                json!({"rules": [{"name": "a", "action": {"pool": "nope"}}]}),
+                "unknown_pool",
+            ),
+            (json!({"rules": [{"name": "a"}]}), "missing_rule_action"),
+            (
+                json!({"rate_limits": [{"name": "a", "key": "client_ip", "period": 0, "threshold": 1}]}),
+                "invalid_rate_limit_period",
+            ),
+            (
+                json!({"auth": {"mode": "service", "url": "ftp://x/"}}),
+                "invalid_auth_url",
+            ),
+        ];
+        for (patch, code) in cases {
+            let mut v = base();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            assert_eq!(create(v.clone()).unwrap_err().code(), code, "{v}");
+        }
+        let mut tcp = base();
+        tcp["traffic_type"] = json!("tcp");
+        tcp["rules"] = json!([]);
+        assert_eq!(create(tcp).unwrap_err().code(), "invalid_field");
+    }
+
+    #[test]
+    fn an_update_replaces_given_policy_fields_and_checks_the_result() {
+        let spec = with_policy();
+        // Absent fields stay; a given one replaces.
+        let next = update(&spec, json!({"rate_limits": []})).unwrap();
+        assert!(next.policy.rate_limits.is_empty());
+        assert_eq!(next.policy.rules, spec.policy.rules);
+        assert_eq!(next.policy.auth, spec.policy.auth);
+        // A rule left naming a removed pool.
+        let e = update(&spec, json!({"pools": {}})).unwrap_err();
+        assert_eq!(e.code(), "unknown_pool");
+        // require_groups left without auth.
+        let e = update(&spec, json!({"auth": "none"})).unwrap_err();
+        assert_eq!(e.code(), "invalid_rule");
+        let next = update(&spec, json!({"auth": "none", "rules": []})).unwrap();
+        assert!(next.policy.auth.is_none() && next.policy.rules.is_empty());
+        // A tcp instance takes no policy field.
+        let mut tcp = base();
+        tcp["traffic_type"] = json!("tcp");
+        let tcp = create(tcp).unwrap();
+        assert_eq!(
+            update(&tcp, json!({"rules": []})).unwrap_err().code(),
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn an_update_keeps_credentials_by_name_without_their_secrets() {
+        let spec = with_policy();
+        let stored_hash = |s: &InstanceSpec| match &s.policy.auth {
+            Some(crate::model::policy::Auth::Basic { users, .. }) => {
+                (users[0].hash.clone(), users[0].groups.clone())
+            }
+            other => panic!("{other:?}"),
+        };
+        let next = update(
+            &spec,
+            json!({"auth": {"mode": "basic", "users": [{"name": "ann", "groups": ["ops", "dev"]}]}}),
+        )
+        .unwrap();
+        assert_eq!(stored_hash(&next).0, stored_hash(&spec).0);
+        assert_eq!(stored_hash(&next).1, ["ops", "dev"]);
+        let e = update(
+            &spec,
+            json!({"auth": {"mode": "basic", "users": [{"name": "bob"}]}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_auth");
+        // What info shows, sent back as is, changes nothing.
+        let shown = spec.policy.to_spec();
+        let v = json!({"pools": shown.pools, "rules": shown.rules, "auth": shown.auth,
+                       "rate_limits": shown.rate_limits});
+        assert_eq!(update(&spec, v).unwrap(), spec);
     }
 }

@@ -39,6 +39,10 @@ impl Reconciler {
             Ok(nodes) => nodes,
             Err(e) => return self.record_failure(&inst, e.to_string(), &e, 0).await,
         };
+        let inst = match self.count_serving_nodes(inst, nodes.len()).await {
+            Ok(inst) => inst,
+            Err((inst, e)) => return self.record_failure(&inst, e.to_string(), &e, 0).await,
+        };
         let mut serving = Vec::new();
         let mut errors = Vec::new();
         for node in &nodes {
@@ -77,6 +81,43 @@ impl Reconciler {
             self.record_failure(&inst, e.to_string(), &e, serving.len())
                 .await;
         }
+    }
+
+    /// Records the count of active (starting or running) nodes as the
+    /// instance's serving nodes: the nodes that serve or are about to, so a
+    /// replacement does not change it. A change bumps the generation (see
+    /// [`store::set_serving_nodes`]); the row comes back as it is now.
+    async fn count_serving_nodes(
+        &self,
+        inst: InstanceRow,
+        active: usize,
+    ) -> Result<InstanceRow, (InstanceRow, ReconcileError)> {
+        let count = u32::try_from(active).unwrap_or(u32::MAX).max(1);
+        if inst.serving_nodes == count {
+            return Ok(inst);
+        }
+        let id = inst.id;
+        let read = self
+            .store
+            .transaction(move |tx| {
+                store::set_serving_nodes(tx, id, count)?;
+                store::instance_by_id(tx, id)
+            })
+            .await;
+        match read {
+            Ok(Some(row)) => Ok(row),
+            // Deleted meanwhile: the next pass sees it.
+            Ok(None) => Ok(inst),
+            Err(e) => Err((inst, e.into())),
+        }
+    }
+
+    /// What a node of `inst` at `address` runs now.
+    fn node_config(&self, inst: &InstanceRow, address: IpAddr) -> crate::model::NodeConfig {
+        let mut config = inst.spec.node_config(inst.generation, address);
+        config.serving_nodes = inst.serving_nodes.max(1);
+        config.redis = self.settings.redis.clone();
+        config
     }
 
     /// Errored instances are retried on a slow cadence instead of every pass.
@@ -210,8 +251,18 @@ impl Reconciler {
         }
         let status = self.wait_ready(node, admin).await?;
         if status.config_version != Some(inst.generation) {
-            let config = inst.spec.node_config(inst.generation, node.address);
+            let config = self.node_config(inst, node.address);
             self.nodes.put_config(admin, &node.secret, &config).await?;
+            // Operators (and tests) see which share of the node-scope limits
+            // each node got; the config itself carries hashes, so it is not logged.
+            tracing::info!(
+                "node {} config version {} pushed: serving_nodes={} rules={} rate_limits={}",
+                node.id,
+                config.version,
+                config.serving_nodes,
+                config.policy.rules.len(),
+                config.policy.rate_limits.len()
+            );
         }
         let (id, generation) = (node.id, inst.generation);
         self.store

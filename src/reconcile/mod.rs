@@ -46,6 +46,8 @@ pub struct ReconcileSettings {
     pub drain_min: Duration,
     /// A retiring node is stopped after this even with connections open.
     pub drain_max: Duration,
+    /// Where nodes count `global` rate limits (`--redis-url`).
+    pub redis: Option<crate::model::node::RedisTarget>,
 }
 
 impl Default for ReconcileSettings {
@@ -58,6 +60,7 @@ impl Default for ReconcileSettings {
             period: Duration::from_secs(1),
             failover_grace: Duration::from_secs(60),
             drain_min: Duration::from_secs(5),
+            redis: None,
             drain_max: Duration::from_secs(30),
         }
     }

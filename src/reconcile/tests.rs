@@ -34,6 +34,10 @@ impl Drop for Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(|_| {})
+}
+
+fn harness_with(adjust: impl FnOnce(&mut ReconcileSettings)) -> Harness {
     static N: AtomicUsize = AtomicUsize::new(0);
     let db = std::env::temp_dir().join(format!(
         "lbaas-reconcile-{}-{}.db",
@@ -46,12 +50,13 @@ fn harness() -> Harness {
     let claims = SubnetClaims::open(Some(&db.with_extension("claims"))).unwrap();
     let network =
         Arc::new(LoopbackNetwork::new("127.0.0.0/8".parse().unwrap(), 16, claims).unwrap());
-    let settings = ReconcileSettings {
+    let mut settings = ReconcileSettings {
         node_ready_timeout: std::time::Duration::from_millis(200),
         // Errored objects are retried on every pass here.
         error_retry: std::time::Duration::ZERO,
         ..Default::default()
     };
+    adjust(&mut settings);
     let reconciler = Arc::new(Reconciler::new(
         store.clone(),
         host.clone(),
@@ -76,7 +81,7 @@ async fn create_instance(store: &Store, min_nodes: u32) -> InstanceId {
         "backend": {"entities": ["127.0.0.1:9001", "127.0.0.1:9002"]}
     }))
     .unwrap();
-    let spec = spec.validate().unwrap();
+    let spec = spec.validate(&crate::password::Argon2Hasher).unwrap();
     store
         .transaction(move |tx| {
             let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;
@@ -164,6 +169,48 @@ async fn update_pushes_a_new_generation_without_restarting() {
         1,
         "no restart for an update"
     );
+}
+
+#[tokio::test]
+async fn nodes_get_the_serving_node_count_again_when_it_changes() {
+    let h = harness();
+    let id = create_instance(&h.store, 2).await;
+    h.reconciler.reconcile_once().await.unwrap();
+    let pushed: Vec<(u64, u32)> = h
+        .host
+        .configs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.version, c.serving_nodes))
+        .collect();
+    // Counted before the first push: no second round for the count.
+    assert_eq!(pushed, [(1, 2), (1, 2)]);
+    let mut spec = instance(&h, id).await.spec;
+    spec.min_nodes = 1;
+    write(&h, move |c| store::update_instance_spec(c, id, &spec)).await;
+    h.reconciler.reconcile_once().await.unwrap();
+    let inst = instance(&h, id).await;
+    assert_eq!((inst.generation, inst.serving_nodes), (3, 1));
+    let last = h.host.configs.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((last.version, last.serving_nodes), (3, 1));
+    let pushes = h.host.pushes.load(Ordering::SeqCst);
+    h.reconciler.reconcile_once().await.unwrap();
+    assert_eq!(h.host.pushes.load(Ordering::SeqCst), pushes, "settled");
+}
+
+#[tokio::test]
+async fn nodes_get_lbd_s_redis_for_global_limits() {
+    let redis = crate::model::node::RedisTarget {
+        url: "redis://127.0.0.1:6379".into(),
+        timeout_ms: 7,
+    };
+    let target = redis.clone();
+    let h = harness_with(move |s| s.redis = Some(target));
+    create_instance(&h.store, 1).await;
+    h.reconciler.reconcile_once().await.unwrap();
+    let config = h.host.configs.lock().unwrap()[0].clone();
+    assert_eq!(config.redis, Some(redis));
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use crate::model::{
 const INSTANCE_COLS: &str =
     "i.id, i.project_id, p.name, i.name, i.spec, i.generation, i.provisioning_status,
      i.operating_status, i.status_reason, i.created_at, i.updated_at, i.desired_nodes, i.scaled_at,
-     i.deleting";
+     i.deleting, i.serving_nodes";
 
 fn spec_json(spec: &InstanceSpec) -> Result<String, StoreError> {
     serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -84,6 +84,20 @@ pub fn all_instances(c: &Connection) -> Result<Vec<InstanceRow>, StoreError> {
 /// their quota counts.
 pub fn instances_of_user(c: &Connection, user: &str) -> Result<Vec<InstanceRow>, StoreError> {
     query_instances(c, "WHERE p.user = ?1 AND i.deleting = 0", [user])
+}
+
+/// Records how many nodes serve the instance. A change of a count already
+/// recorded bumps the generation, so the nodes get a config with the new
+/// count (their share of `node` rate limits); the first count goes into the
+/// first config as it is. Whether anything changed.
+pub fn set_serving_nodes(c: &Connection, id: InstanceId, count: u32) -> Result<bool, StoreError> {
+    let changed = c.execute(
+        "UPDATE instances SET serving_nodes = ?2,
+                generation = generation + CASE WHEN serving_nodes = 0 THEN 0 ELSE 1 END
+         WHERE id = ?1 AND serving_nodes IS NOT ?2",
+        params![id, count],
+    )?;
+    Ok(changed > 0)
 }
 
 /// Stores a new desired spec: the generation goes up, and the nodes get the new config.

@@ -158,6 +158,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_ts ON audit (ts);
     CREATE INDEX audit_by_user ON audit (user, ts);",
+    // 8: how many nodes the instance's current config was built for (node
+    // rate limits enforce threshold / serving nodes); 0: not yet counted.
+    "ALTER TABLE instances ADD COLUMN serving_nodes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -224,6 +227,31 @@ mod tests {
                 ("john".to_string(), "member".to_string(), true),
             ]
         );
+    }
+
+    #[test]
+    fn instances_from_before_the_serving_count_start_uncounted() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO projects (name, user, subnet, provisioning_status, created_at, updated_at)
+                VALUES ('p', 'admin', '127.1.0.0/24', 'ACTIVE', 1, 1);
+             INSERT INTO instances (project_id, name, spec, generation, provisioning_status,
+                                    operating_status, created_at, updated_at)
+             VALUES (1, 'web', '{}', 4, 'ACTIVE', 'ONLINE', 1, 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let (count, generation): (i64, i64) = conn
+            .query_row("SELECT serving_nodes, generation FROM instances", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        // 0: the first count goes into the next config without a bump.
+        assert_eq!((count, generation), (0, 4));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use counters::{count_event, event_counts};
 pub use instances::{
     all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
     instances_of_user, list_instances, refresh_instance_operating, set_desired_nodes,
-    set_instance_operating, set_instance_provisioning, update_instance_spec,
+    set_instance_operating, set_instance_provisioning, set_serving_nodes, update_instance_spec,
 };
 pub use monitor::{
     add_event, add_sample, apply_retention, latest_node_sample, member_state_changes,

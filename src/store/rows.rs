@@ -42,6 +42,8 @@ pub struct InstanceRow {
     pub scaled_at: Option<i64>,
     /// A delete was requested (see [`ProjectRow::deleting`]).
     pub deleting: bool,
+    /// The node count the current config was built for (0: not counted yet).
+    pub serving_nodes: u32,
 }
 
 impl InstanceRow {
@@ -124,6 +126,7 @@ impl InstanceRow {
                 desired_nodes: r.get::<_, Option<i64>>(11)?.map(|n| n.max(0) as u32),
                 scaled_at: r.get(12)?,
                 deleting: r.get(13)?,
+                serving_nodes: r.get::<_, i64>(14)?.clamp(0, i64::from(u32::MAX)) as u32,
             })
         })())
     }

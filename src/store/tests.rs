@@ -35,7 +35,7 @@ fn spec() -> InstanceSpec {
         "backend": {"entities": ["127.0.0.1:8000"]}
     }))
     .unwrap();
-    create.validate().unwrap()
+    create.validate(&crate::password::Argon2Hasher).unwrap()
 }
 
 /// A store with one project, one instance and one running node.

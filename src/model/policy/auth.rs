@@ -14,6 +14,10 @@ pub const DEFAULT_NEGATIVE_TTL_S: u32 = 5;
 pub const DEFAULT_AUTH_TOKEN_HEADER: &str = "x-auth-token";
 /// The most users or keys one auth object lists.
 pub const MAX_CREDENTIALS: usize = 1024;
+/// The most passwords and keys one request may carry: each costs an argon2
+/// hash (tens of ms of CPU) before validation, so this bounds the work one
+/// request can ask for.
+pub const MAX_SECRETS_PER_REQUEST: usize = 1024;
 
 /// Turns a password or key into what is stored (argon2 in lbd); injected
 /// so the model stays free of slow work and I/O.
@@ -164,6 +168,18 @@ pub enum Auth {
 
 impl AuthSpec {
     pub fn validate(&self, hasher: &dyn SecretHasher) -> Result<Auth, PolicyError> {
+        self.validate_keeping(hasher, None)
+    }
+
+    /// Validates, keeping the stored hash of each user or key given without
+    /// its secret whose name `previous` (the auth stored at the same place)
+    /// lists in the same mode: so a client can send back what `info` shows,
+    /// and change groups without resending secrets.
+    pub fn validate_keeping(
+        &self,
+        hasher: &dyn SecretHasher,
+        previous: Option<&Auth>,
+    ) -> Result<Auth, PolicyError> {
         let mode = self
             .mode
             .ok_or_else(|| invalid("`mode` is service, basic or api_key"))?;
@@ -214,7 +230,11 @@ impl AuthSpec {
                         "realm may not hold quotes, backslashes or control characters",
                     ));
                 }
-                let users = credentials(self.users.as_deref(), Secret::Password, hasher)?;
+                let kept = match previous {
+                    Some(Auth::Basic { users, .. }) => users.as_slice(),
+                    _ => &[],
+                };
+                let users = credentials(self.users.as_deref(), Secret::Password, hasher, kept)?;
                 Ok(Auth::Basic { realm, users })
             }
             AuthMode::ApiKey => {
@@ -226,7 +246,11 @@ impl AuthSpec {
                 )?;
                 let header = self.header.clone().unwrap_or_else(|| "x-api-key".into());
                 check_header_name(&header)?;
-                let keys = credentials(self.keys.as_deref(), Secret::Key, hasher)?;
+                let kept = match previous {
+                    Some(Auth::ApiKey { keys, .. }) => keys.as_slice(),
+                    _ => &[],
+                };
+                let keys = credentials(self.keys.as_deref(), Secret::Key, hasher, kept)?;
                 Ok(Auth::ApiKey {
                     header: header.to_ascii_lowercase(),
                     keys,
@@ -286,6 +310,29 @@ impl AuthSpec {
     }
 }
 
+impl AuthSpec {
+    /// The passwords and keys this object carries, to be hashed before
+    /// validation (hashing is slow; see `password.rs`).
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        let users = self
+            .users
+            .iter()
+            .flatten()
+            .filter_map(|c| c.password.as_deref());
+        let keys = self.keys.iter().flatten().filter_map(|c| c.key.as_deref());
+        users.chain(keys)
+    }
+}
+
+impl RuleAuthSpec {
+    pub fn own(&self) -> Option<&AuthSpec> {
+        match self {
+            Self::None(_) => None,
+            Self::Own(a) => Some(a),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Secret {
     Password,
@@ -296,6 +343,7 @@ fn credentials(
     list: Option<&[CredentialSpec]>,
     secret: Secret,
     hasher: &dyn SecretHasher,
+    kept: &[Credential],
 ) -> Result<Vec<Credential>, PolicyError> {
     let (field, what) = match secret {
         Secret::Password => ("users", "password"),
@@ -326,18 +374,23 @@ fn credentials(
                     c.name
                 )));
             }
-            let value = value.as_deref().filter(|v| v.len() >= 8).ok_or_else(|| {
-                invalid(&format!(
-                    "{field}: {:?} needs a {what} of at least 8 characters",
-                    c.name
-                ))
-            })?;
             for g in &c.groups {
                 check_policy_name("group", g)?;
             }
+            let stored = kept.iter().find(|k| k.name == c.name);
+            let hash = match (value.as_deref(), stored) {
+                (None, Some(stored)) => stored.hash.clone(),
+                (Some(v), _) if v.len() >= 8 => hasher.hash(v),
+                _ => {
+                    return Err(invalid(&format!(
+                        "{field}: {:?} needs a {what} of at least 8 characters",
+                        c.name
+                    )))
+                }
+            };
             Ok(Credential {
                 name: c.name.clone(),
-                hash: hasher.hash(value),
+                hash,
                 groups: c.groups.clone(),
             })
         })
@@ -432,6 +485,43 @@ mod tests {
         assert!(json.contains("h:wp-terces"), "{json}");
         let k = auth(r#"{"mode":"api_key","keys":[{"name":"ci","key":"k-123456789"}]}"#).unwrap();
         assert!(!serde_json::to_string(&k).unwrap().contains("k-123456789"));
+    }
+
+    #[test]
+    fn a_credential_without_its_secret_keeps_the_stored_hash_by_name() {
+        let stored = auth(
+            r#"{"mode":"basic","users":[{"name":"ann","password":"secret-pw"},{"name":"bob","password":"bobs-pass"}]}"#,
+        )
+        .unwrap();
+        let spec: AuthSpec = serde_json::from_str(
+            r#"{"mode":"basic","users":[{"name":"ann","groups":["ops"]},{"name":"bob","password":"new-password"}]}"#,
+        )
+        .unwrap();
+        let Auth::Basic { users, .. } = spec.validate_keeping(&Reverse, Some(&stored)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(users[0].hash, "h:wp-terces");
+        assert_eq!(users[0].groups, ["ops"]);
+        assert_eq!(users[1].hash, "h:drowssap-wen");
+        // A new name, or another mode at that place, needs its secret.
+        let new: AuthSpec =
+            serde_json::from_str(r#"{"mode":"basic","users":[{"name":"cid"}]}"#).unwrap();
+        assert_eq!(
+            new.validate_keeping(&Reverse, Some(&stored))
+                .unwrap_err()
+                .code(),
+            "invalid_auth"
+        );
+        let keys: AuthSpec =
+            serde_json::from_str(r#"{"mode":"api_key","keys":[{"name":"ann"}]}"#).unwrap();
+        assert_eq!(
+            keys.validate_keeping(&Reverse, Some(&stored))
+                .unwrap_err()
+                .code(),
+            "invalid_auth"
+        );
+        assert_eq!(spec.secrets().collect::<Vec<_>>(), ["new-password"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod rate_limit;
 pub mod rules;
+mod to_spec;
 
 use std::collections::BTreeMap;
 
@@ -194,6 +195,17 @@ impl PolicySpec {
         self == &PolicySpec::default()
     }
 
+    /// Every password and key in the policy, instance auth and rules' own.
+    pub fn secrets(&self) -> Vec<&str> {
+        let rules = self.rules.iter().flatten();
+        let own = rules.filter_map(|r| r.auth.as_ref().and_then(RuleAuthSpec::own));
+        self.auth
+            .iter()
+            .chain(own)
+            .flat_map(AuthSpec::secrets)
+            .collect()
+    }
+
     /// Validates the whole policy of an instance listening on `port`.
     pub fn validate(
         &self,
@@ -201,14 +213,32 @@ impl PolicySpec {
         port: u16,
         hasher: &dyn SecretHasher,
     ) -> Result<Policy, PolicyError> {
+        self.validate_keeping(traffic, port, hasher, &Policy::default())
+    }
+
+    /// Validates as [`Self::validate`]; a user or key given without its
+    /// secret keeps its hash from `previous` (the stored policy) when the
+    /// same place there (the instance auth, or the same-named rule's own
+    /// auth) lists it in the same mode.
+    pub fn validate_keeping(
+        &self,
+        traffic: TrafficType,
+        port: u16,
+        hasher: &dyn SecretHasher,
+        previous: &Policy,
+    ) -> Result<Policy, PolicyError> {
         if traffic != TrafficType::Http && !self.is_empty() {
             return Err(PolicyError::NotForTcp(
                 "pools, rules, auth and rate_limits need traffic_type http".into(),
             ));
         }
         let pools = self.pools(port)?;
-        let auth = self.auth.as_ref().map(|a| a.validate(hasher)).transpose()?;
-        let rules = self.rules(&pools, auth.as_ref(), hasher)?;
+        let auth = self
+            .auth
+            .as_ref()
+            .map(|a| a.validate_keeping(hasher, previous.auth.as_ref()))
+            .transpose()?;
+        let rules = self.rules(&pools, auth.as_ref(), hasher, previous)?;
         let rate_limits = self.rate_limits()?;
         Ok(Policy {
             pools,
@@ -258,6 +288,7 @@ impl PolicySpec {
         pools: &BTreeMap<String, Pool>,
         instance_auth: Option<&Auth>,
         hasher: &dyn SecretHasher,
+        previous: &Policy,
     ) -> Result<Vec<PolicyRule>, PolicyError> {
         let specs = self.rules.as_deref().unwrap_or_default();
         if specs.len() > MAX_RULES {
@@ -288,7 +319,13 @@ impl PolicySpec {
                 let auth = match &spec.auth {
                     None => RuleAuth::Inherit,
                     Some(RuleAuthSpec::None(_)) => RuleAuth::Public,
-                    Some(RuleAuthSpec::Own(a)) => RuleAuth::Own(a.validate(hasher)?),
+                    Some(RuleAuthSpec::Own(a)) => {
+                        let stored = previous.rules.iter().find_map(|r| match &r.auth {
+                            RuleAuth::Own(a) if r.rule.name == rule.name => Some(a),
+                            _ => None,
+                        });
+                        RuleAuth::Own(a.validate_keeping(hasher, stored)?)
+                    }
                 };
                 let effective = match &auth {
                     RuleAuth::Inherit => instance_auth,
