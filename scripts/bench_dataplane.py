@@ -27,6 +27,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # LB_NODE=path measures another build (an A/B run against an older commit).
 LB_NODE = os.environ.get("LB_NODE") or os.path.join(ROOT, "target", "release", "lb-node")
+# BENCH_POLICY=0 leaves out the L7 policy runs (for builds from before it).
+POLICY = os.environ.get("BENCH_POLICY", "1") != "0"
 DURATION = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 CONNECTIONS = 50
 CORES = os.cpu_count() or 1
@@ -311,11 +313,12 @@ http {{
             results["http"][f"lb-node {label}"] = measure_http(f"lb-node {label}", LB_HTTP, [node.pid])
             if threads == CORES:
                 results["idle_keepalive_bytes_per_conn"]["lb-node"] = idle_memory(LB_HTTP, [node.pid])
-                auth = start_auth_service()
-                put_config(policy_config(LB_HTTP, BACKEND))
-                results["http"]["lb-node with policy"] = measure_http(
-                    f"lb-node with policy {label}", LB_HTTP, [node.pid])
-                stop(auth)
+                if POLICY:
+                    auth = start_auth_service()
+                    put_config(policy_config(LB_HTTP, BACKEND))
+                    results["http"]["lb-node with policy"] = measure_http(
+                        f"lb-node with policy {label}", LB_HTTP, [node.pid])
+                    stop(auth)
                 put_config(node_config("tcp", LB_TCP, IPERF))
                 wait_port(LB_TCP)
             else:
@@ -324,10 +327,11 @@ http {{
             results["http"][f"haproxy {label}"] = measure_http(f"haproxy {label}", HAPROXY_HTTP, [hap.pid])
             if threads == CORES:
                 results["idle_keepalive_bytes_per_conn"]["haproxy"] = idle_memory(HAPROXY_HTTP, [hap.pid])
-                hap_policy = start_haproxy_policy(tmp, threads)
-                results["http"]["haproxy with policy"] = measure_http(
-                    f"haproxy with acls {label}", HAPROXY_POLICY, [hap_policy.pid])
-                stop(hap_policy)
+                if POLICY:
+                    hap_policy = start_haproxy_policy(tmp, threads)
+                    results["http"]["haproxy with policy"] = measure_http(
+                        f"haproxy with acls {label}", HAPROXY_POLICY, [hap_policy.pid])
+                    stop(hap_policy)
             else:
                 stop(hap)
 
@@ -348,10 +352,12 @@ http {{
         ratios[f"req/s lb-node/haproxy ({label})"] = round(lb["rps"] / hap["rps"], 3)
         ratios[f"p99 lb-node/haproxy ({label})"] = round(lb["p99_ms"] / hap["p99_ms"], 3)
         ratios[f"req/s lb-node/direct ({label})"] = round(lb["rps"] / h["direct"]["rps"], 3)
-    policy, plain = h["lb-node with policy"], h[f"lb-node {CORES} threads"]
-    ratios["req/s lb-node policy/no policy"] = round(policy["rps"] / plain["rps"], 3)
-    ratios["p99 lb-node policy/no policy"] = round(policy["p99_ms"] / plain["p99_ms"], 3)
-    ratios["req/s lb-node policy/haproxy acls"] = round(policy["rps"] / h["haproxy with policy"]["rps"], 3)
+    if POLICY:
+        policy, plain = h["lb-node with policy"], h[f"lb-node {CORES} threads"]
+        ratios["req/s lb-node policy/no policy"] = round(policy["rps"] / plain["rps"], 3)
+        ratios["p99 lb-node policy/no policy"] = round(policy["p99_ms"] / plain["p99_ms"], 3)
+        ratios["req/s lb-node policy/haproxy acls"] = round(
+            policy["rps"] / h["haproxy with policy"]["rps"], 3)
     t = results["tcp_gbps"]
     ratios["tcp lb-node/haproxy"] = round(t["lb-node"] / t["haproxy"], 3)
     ratios["tcp lb-node/direct"] = round(t["lb-node"] / t["direct"], 3)

@@ -280,6 +280,8 @@ fn reconcile_settings(config: &DaemonConfig) -> ReconcileSettings {
             .map(|url| crate::model::node::RedisTarget {
                 url,
                 timeout_ms: config.redis_timeout_ms,
+                // Set per instance by the reconciler.
+                key_prefix: String::new(),
             }),
         ..Default::default()
     }

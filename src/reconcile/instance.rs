@@ -116,7 +116,15 @@ impl Reconciler {
     fn node_config(&self, inst: &InstanceRow, address: IpAddr) -> crate::model::NodeConfig {
         let mut config = inst.spec.node_config(inst.generation, address);
         config.serving_nodes = inst.serving_nodes.max(1);
-        config.redis = self.settings.redis.clone();
+        // Each instance counts under its own keys in a shared Redis.
+        config.redis = self
+            .settings
+            .redis
+            .clone()
+            .map(|r| crate::model::node::RedisTarget {
+                key_prefix: inst.id.to_string(),
+                ..r
+            });
         config
     }
 

@@ -204,13 +204,19 @@ async fn nodes_get_lbd_s_redis_for_global_limits() {
     let redis = crate::model::node::RedisTarget {
         url: "redis://127.0.0.1:6379".into(),
         timeout_ms: 7,
+        key_prefix: String::new(),
     };
     let target = redis.clone();
     let h = harness_with(move |s| s.redis = Some(target));
-    create_instance(&h.store, 1).await;
+    let id = create_instance(&h.store, 1).await;
     h.reconciler.reconcile_once().await.unwrap();
     let config = h.host.configs.lock().unwrap()[0].clone();
-    assert_eq!(config.redis, Some(redis));
+    // The instance's own key prefix, so instances never share counters.
+    let expected = crate::model::node::RedisTarget {
+        key_prefix: id.to_string(),
+        ..redis
+    };
+    assert_eq!(config.redis, Some(expected));
 }
 
 #[tokio::test]
