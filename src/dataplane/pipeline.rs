@@ -146,10 +146,15 @@ async fn authorize(
     if active.auth.is_empty() {
         return AuthOutcome::Pass(Caller::default());
     }
-    active
-        .auth
-        .authorize(rule_index, head, peer.ip(), &node.counters.policy)
-        .await
+    // Boxed: the stage's future holds its slow paths (the service call,
+    // argon2 off the runtime), several KiB that would otherwise be part of
+    // every request's future and moved with it.
+    Box::pin(
+        active
+            .auth
+            .authorize(rule_index, head, peer.ip(), &node.counters.policy),
+    )
+    .await
 }
 
 /// The request as the backend gets it: the rule's header edits, and its
@@ -204,7 +209,8 @@ async fn limit(
         // ended stream; `None` for a chunked or open-ended body.
         body_bytes,
     };
-    active.limits.check(&facts, &node.counters.policy).await
+    // Boxed for the same reason as the auth stage (the Redis round trip).
+    Box::pin(active.limits.check(&facts, &node.counters.policy)).await
 }
 
 /// Nothing to pick is also every member drained on purpose; the reason
