@@ -53,17 +53,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, extra: &str, body: &str) 
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
     let took = start.elapsed();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let (status, headers, _) = common::backends::parse_response(&text);
     Answer {
         status,
         headers,

@@ -100,18 +100,13 @@ pub fn request(
     conn.write_all(head.as_bytes()).unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).expect("reading the answer");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+    let (status, headers, body) = super::backends::parse_response(&text);
+    // Lower case, so callers look fields up by one spelling.
+    let headers = headers
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
-    (status, headers, body.to_string())
+    (status, headers, body)
 }
 
 /// The value of `name` (lower case) among `headers`.

@@ -278,6 +278,23 @@ pub fn read_until_closed(
     (got, start.elapsed())
 }
 
+/// An HTTP/1.x response as read off a socket: its status (0 when there is
+/// none), its header fields as sent, and its body.
+pub fn parse_response(text: &str) -> (u16, Vec<(String, String)>, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
 /// A plain HTTP/1.1 GET on a fresh connection; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, "")

@@ -66,22 +66,11 @@ pub fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
     conn.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).expect("read the answer");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let (status, headers, body) = super::backends::parse_response(&String::from_utf8_lossy(&raw));
     Reply {
         status,
         headers,
-        body: body.to_string(),
+        body,
     }
 }
 
