@@ -6,9 +6,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
 
-use super::pool::ProxyBody;
+use super::pool::{full_body, ProxyBody};
 use super::pools::{NamedPools, PoolRef};
 use super::rules::strip_prefix;
 use crate::model::policy::RuleAction;
@@ -76,7 +75,7 @@ impl Action {
             Action::Redirect { code, .. } | Action::Reject(code) => (*code, Bytes::new()),
             Action::Respond { status, body, .. } => (*status, body.clone()),
         };
-        let mut resp = Response::new(Full::new(body).map_err(|e| match e {}).boxed());
+        let mut resp = Response::new(full_body(body));
         *resp.status_mut() = status;
         match self {
             Action::Redirect { location, .. } => {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::forward::{strip_hop_by_hop, Failure, ForwardError};
 use super::idle::{timed_out, Activity, Counted, OwnWakes, Streams, Tracked};
-use super::pool::ProxyBody;
+use super::pool::{full_body, ProxyBody};
 use super::{ActiveConfig, Node};
 use crate::model::{tuning, Timeouts};
 
@@ -340,8 +340,9 @@ async fn tunnel(
     }
 }
 
-pub(super) fn short(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+/// A short text/plain answer of the node's own.
+pub(super) fn short(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(full_body(text));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -41,7 +41,7 @@ pub(super) async fn route(
 ) -> Response<ProxyBody> {
     // Stage: accept.
     if let Some(reason) = bad_host(&req) {
-        let mut resp = short(StatusCode::BAD_REQUEST, reason.into());
+        let mut resp = short(StatusCode::BAD_REQUEST, reason);
         // The client is broken; do not wait for its next request.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -50,7 +50,7 @@ pub(super) async fn route(
     let Some(active) = node.active.load_full() else {
         return short(
             StatusCode::SERVICE_UNAVAILABLE,
-            "lb-node: not configured yet\n".into(),
+            "lb-node: not configured yet\n",
         );
     };
     let upgrade = upgrade_protocol(req.headers());
@@ -221,7 +221,7 @@ fn no_member(balancer: &Balancer) -> Response<ProxyBody> {
     } else {
         "lb-node: every backend has weight 0 (draining)\n"
     };
-    short(StatusCode::SERVICE_UNAVAILABLE, reason.into())
+    short(StatusCode::SERVICE_UNAVAILABLE, reason)
 }
 
 /// The member of `balancer` for a request's first attempt; None when no

@@ -20,6 +20,15 @@ use hyper_util::rt::TokioIo;
 /// below the HTTP proxy, so the pool depends on nothing of the proxy's.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// A body of the node's own (an error text, a 429, a `respond` action),
+/// whole in memory.
+pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed()
+}
+
 /// Connections kept per member per thread.
 const MAX_POOLED: usize = 512;
 

@@ -1,15 +1,14 @@
 //! What the auth stage changes in a request on its way to the backend, and
 //! the answers it gives the client itself.
 
-use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use super::service::Refusal;
-use crate::dataplane::pool::ProxyBody;
+use crate::dataplane::http::short;
+use crate::dataplane::pool::{full_body, ProxyBody};
 
 /// Set toward the backend when a request passes because the auth service
 /// failed under `failure: allow`.
@@ -33,18 +32,9 @@ pub fn strip_credentials(headers: &mut HeaderMap, other: Option<&HeaderName>) {
     }
 }
 
-/// A short text answer from the node itself.
-pub fn text(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp
-}
-
 /// `failure: deny` and a failed auth service.
 pub fn unavailable() -> Response<ProxyBody> {
-    let mut resp = text(
+    let mut resp = short(
         StatusCode::SERVICE_UNAVAILABLE,
         "lb-node: the auth service is unavailable\n",
     );
@@ -57,7 +47,7 @@ pub fn unavailable() -> Response<ProxyBody> {
 /// `WWW-Authenticate`, `Content-Type` and body, nothing else (no framing or
 /// hop-by-hop field of the service's answer reaches the client).
 pub fn refusal(r: &Refusal) -> Response<ProxyBody> {
-    let mut resp = Response::new(body(r.body.clone()));
+    let mut resp = Response::new(full_body(r.body.clone()));
     *resp.status_mut() = r.status;
     if let Some(v) = &r.www_authenticate {
         resp.headers_mut().insert(WWW_AUTHENTICATE, v.clone());
@@ -70,7 +60,7 @@ pub fn refusal(r: &Refusal) -> Response<ProxyBody> {
 
 /// 401 with a challenge (`Basic realm="…"` for basic auth).
 pub fn challenge(challenge: &HeaderValue) -> Response<ProxyBody> {
-    let mut resp = text(StatusCode::UNAUTHORIZED, "lb-node: unauthorized\n");
+    let mut resp = short(StatusCode::UNAUTHORIZED, "lb-node: unauthorized\n");
     resp.headers_mut()
         .insert(WWW_AUTHENTICATE, challenge.clone());
     resp
@@ -78,19 +68,16 @@ pub fn challenge(challenge: &HeaderValue) -> Response<ProxyBody> {
 
 /// A caller without every group the rule requires.
 pub fn missing_groups() -> Response<ProxyBody> {
-    text(
+    short(
         StatusCode::FORBIDDEN,
         "lb-node: forbidden: the caller lacks a group this path requires\n",
     )
 }
 
-fn body(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|e| match e {}).boxed()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn reserved_headers_and_credentials_are_removed() {

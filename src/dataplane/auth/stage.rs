@@ -194,10 +194,12 @@ fn outcome(decision: Decision, required: &[String], counters: &PolicyCounters) -
         Decision::Unavailable(resp) => AuthOutcome::Respond(resp),
         // Without a decision there are no groups: a rule that requires
         // some cannot be let through, and the caller is not to blame.
-        Decision::FailureAllowed if !required.is_empty() => AuthOutcome::Respond(headers::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "lb-node: the auth service is unavailable and this path requires groups\n",
-        )),
+        Decision::FailureAllowed if !required.is_empty() => {
+            AuthOutcome::Respond(crate::dataplane::http::short(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lb-node: the auth service is unavailable and this path requires groups\n",
+            ))
+        }
         Decision::FailureAllowed => {
             counters.auth_failure_allowed.fetch_add(1, Relaxed);
             AuthOutcome::Pass(Caller::default())

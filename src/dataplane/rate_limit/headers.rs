@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
+use crate::dataplane::http::short;
 use crate::dataplane::pool::ProxyBody;
 use crate::model::policy::rate_limit::LimitUnit;
 
@@ -59,10 +58,8 @@ pub fn too_many_requests(
 ) -> Response<ProxyBody> {
     let retry_s = whole_seconds_up(retry_after).max(1);
     let body = format!("lb-node: rate limit {name} exceeded; retry in {retry_s} s\n");
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let mut resp = short(StatusCode::TOO_MANY_REQUESTS, body);
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     h.insert(RETRY_AFTER, HeaderValue::from(retry_s));
     h.insert(RATELIMIT_POLICY, policy);
     h.insert(RATELIMIT, state(name, 0, reset));
