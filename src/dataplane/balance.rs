@@ -213,6 +213,10 @@ impl Balancer {
                 active: m.counters.active.load(Relaxed),
                 ejections: m.counters.ejections.load(Relaxed),
                 pool: None,
+                // Filled by the wake stage's activity tracking (issue 16).
+                open_connections: 0,
+                idle_ms: None,
+                resource: None,
             })
             .collect()
     }

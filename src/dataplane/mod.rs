@@ -392,6 +392,8 @@ impl Node {
                 members,
                 ..self.counters.snapshot()
             },
+            // Filled by the wake stage (issue 16).
+            managed_version: None,
         }
     }
 

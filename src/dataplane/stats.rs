@@ -75,6 +75,7 @@ impl NodeCounters {
             fail_open: self.fail_open.load(Relaxed),
             members: Vec::new(),
             policy: self.policy.snapshot(),
+            managed: Vec::new(),
         }
     }
 

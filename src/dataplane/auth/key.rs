@@ -1,15 +1,20 @@
-//! Cache keys of the auth stage: a keyed SHA-256 of the decision's inputs.
-//! Keyed with a random secret per auth object so that a key (held in
-//! memory next to decisions) says nothing about the credentials it came
-//! from, and nobody outside the node can aim collisions at an entry.
+//! Cache keys of the auth stage: a keyed 128-bit SipHash-1-3 of the
+//! decision's inputs. Keyed with a random secret per auth object so that a
+//! key (held in memory next to decisions) says nothing about the
+//! credentials it came from, and nobody outside the node can aim
+//! collisions at an entry. SipHash is a keyed PRF made for exactly this
+//! (hash-flooding resistance for in-memory tables) and costs a fraction of
+//! the SHA-256 it replaced on every request's cache lookup.
 
-use sha2::{Digest, Sha256};
+use std::hash::Hasher as _;
+
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use super::cache::CacheKey;
 
 /// Hashes inputs into cache keys with this auth object's own secret.
 pub struct KeyHasher {
-    secret: [u8; 32],
+    secret: [u8; 16],
 }
 
 impl KeyHasher {
@@ -24,22 +29,18 @@ impl KeyHasher {
     /// present) and length-prefixed, so `("ab", "c")`, `("a", "bc")` and
     /// `(None, "")` all hash apart.
     pub fn key(&self, parts: &[Option<&[u8]>]) -> CacheKey {
-        let mut h = Sha256::new();
-        h.update(self.secret);
+        let mut h = SipHasher13::new_with_key(&self.secret);
         for part in parts {
             match part {
-                None => h.update([0u8]),
+                None => h.write_u8(0),
                 Some(bytes) => {
-                    h.update([1u8]);
-                    h.update((bytes.len() as u64).to_le_bytes());
-                    h.update(bytes);
+                    h.write_u8(1);
+                    h.write_u64(bytes.len() as u64);
+                    h.write(bytes);
                 }
             }
         }
-        let digest = h.finalize();
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&digest[..16]);
-        u128::from_le_bytes(first)
+        h.finish128().as_u128()
     }
 }
 

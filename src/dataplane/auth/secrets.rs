@@ -115,7 +115,7 @@ impl SecretAuthorizer {
             }
         }
         Decision::Granted(Caller {
-            auth_token: Some(entry.name.clone()),
+            auth_token: Some(entry.name.as_str().into()),
             groups: entry.groups.clone(),
             upstream: Vec::new(),
         })

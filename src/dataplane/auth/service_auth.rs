@@ -108,12 +108,15 @@ impl ServiceAuthorizer {
         let deadline = Duration::from_millis(u64::from(self.config.timeout_ms));
         // The call inside has the same deadline; this one also bounds
         // a request that joined a call whose owner went away.
-        let found = tokio::time::timeout(
-            deadline,
-            self.cache.get_or_call(key, || self.call(&query, deadline)),
-        )
-        .await
-        .unwrap_or_else(|_| self.cache.stale(key));
+        let found = match self.cache.fresh(key) {
+            Some(found) => Some(found),
+            None => tokio::time::timeout(
+                deadline,
+                self.cache.get_or_call(key, || self.call(&query, deadline)),
+            )
+            .await
+            .unwrap_or_else(|_| self.cache.stale(key)),
+        };
         headers::strip_reserved(&mut head.headers, reserved);
         match found {
             Some((answer, _, source)) => {
@@ -140,14 +143,19 @@ impl ServiceAuthorizer {
     fn cache_key(&self, q: &AuthQuery<'_>) -> CacheKey {
         let has = |p| self.config.cache_key.contains(&p);
         let credentials = has(CacheKeyPart::Credentials);
-        let ip = q.client_ip.to_string();
+        // As 16 bytes on the stack (an IPv4 address as its mapped form).
+        let ip = match q.client_ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        }
+        .octets();
         self.keys.key(&[
             included(credentials, q.username),
             included(credentials, q.password),
             included(credentials, q.token),
             has(CacheKeyPart::Method).then_some(q.method.as_bytes()),
             has(CacheKeyPart::Uri).then_some(q.uri.as_bytes()),
-            has(CacheKeyPart::ClientIp).then_some(ip.as_bytes()),
+            has(CacheKeyPart::ClientIp).then_some(ip.as_slice()),
         ])
     }
 
@@ -168,7 +176,7 @@ impl ServiceAuthorizer {
                     AuthCallError::BadAnswer("auth_token is not a valid header value".into())
                 })?;
                 let caller = Caller {
-                    auth_token: Some(grant.auth_token),
+                    auth_token: Some(grant.auth_token.into()),
                     groups: grant.groups,
                     upstream: grant.upstream,
                 };

@@ -24,7 +24,7 @@ use crate::model::policy::{Auth, Policy};
 pub struct Caller {
     /// The auth service's `auth_token` (also the `auth_token` rate limit
     /// key); for `basic` and `api_key`, the user's or key's name.
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Arc<str>>,
     pub groups: Vec<String>,
     /// The auth service's `upstream`: where to send instead of the pool.
     pub upstream: Vec<SocketAddr>,
