@@ -309,6 +309,8 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
             entities: entities(backends),
             health_check: health_check(health),
             auto_scaling: auto_scaling(scaling),
+            // The managed flags (issue 16) fill this.
+            managed: None,
         },
         min_nodes: scaling.min_nodes.map(i64::from),
         max_nodes: scaling.max_nodes.map(i64::from),
@@ -345,6 +347,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         entities: entities(backends),
         health_check: health_check(health),
         auto_scaling: auto_scaling(scaling),
+        managed: None,
     };
     InstanceUpdate {
         project: project.clone(),

@@ -70,6 +70,7 @@ pub(super) async fn handle(
         | ApiRequest::UpdateUser(_)
         | ApiRequest::DeleteUser(_)
         | ApiRequest::AuditInfo(_) => return users::handle(state, req).await,
+        ApiRequest::UsageInfo(q) => return super::usage::usage_info(state, &caller, q).await,
         _ => {}
     }
     let info = state
@@ -152,7 +153,11 @@ fn to_value<T: serde::Serialize>(v: T) -> Value {
 
 /// The project named `name` if the caller may see it. Another tenant's
 /// project answers exactly like a missing one, so names do not leak.
-fn project(tx: &Connection, caller: &Caller, name: &str) -> Result<ProjectRow, ApiError> {
+pub(super) fn project(
+    tx: &Connection,
+    caller: &Caller,
+    name: &str,
+) -> Result<ProjectRow, ApiError> {
     store::project_by_name(tx, name)?
         .filter(|p| caller.owns(&p.user))
         .ok_or_else(|| ApiError::ProjectNotFound(name.to_string()))

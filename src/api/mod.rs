@@ -12,6 +12,7 @@ mod handlers;
 mod metrics;
 mod quota;
 pub mod rate_limit;
+mod usage;
 mod users;
 mod views;
 

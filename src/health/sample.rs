@@ -63,6 +63,9 @@ mod tests {
             active: 0,
             ejections: 0,
             pool: None,
+            open_connections: 0,
+            idle_ms: None,
+            resource: None,
         };
         let before = NodeStats {
             requests_total: 100,

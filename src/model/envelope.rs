@@ -44,6 +44,8 @@ pub enum ObjectType {
     Audit,
     /// Who the caller's token names (`info` only).
     Whoami,
+    /// A project's accounting (`info` only).
+    Usage,
 }
 
 impl ObjectType {
@@ -54,6 +56,7 @@ impl ObjectType {
             Self::User => "user",
             Self::Audit => "audit",
             Self::Whoami => "whoami",
+            Self::Usage => "usage",
         }
     }
 }
@@ -123,6 +126,7 @@ pub enum ApiRequest {
     DeleteUser(UserDelete),
     AuditInfo(AuditQuery),
     WhoAmI,
+    UsageInfo(crate::model::usage::UsageQuery),
 }
 
 impl ApiRequest {
@@ -135,6 +139,7 @@ impl ApiRequest {
                 | Self::UserInfo(_)
                 | Self::AuditInfo(_)
                 | Self::WhoAmI
+                | Self::UsageInfo(_)
         )
     }
 
@@ -153,6 +158,7 @@ impl ApiRequest {
             Self::UserInfo(r) => r.name.as_deref(),
             Self::UpdateUser(r) => Some(&r.name),
             Self::DeleteUser(r) => Some(&r.name),
+            Self::UsageInfo(r) => Some(&r.project),
             Self::AuditInfo(_) | Self::WhoAmI => None,
         }
     }
@@ -252,13 +258,14 @@ impl ApiRequest {
             (A::Update, T::User) => Self::UpdateUser(typed(info)?),
             (A::Delete, T::User) => Self::DeleteUser(typed(info)?),
             (A::Info, T::Audit) => Self::AuditInfo(typed(info)?),
+            (A::Info, T::Usage) => Self::UsageInfo(typed(info)?),
             (A::Info, T::Whoami) => {
                 typed::<Empty>(info)?;
                 Self::WhoAmI
             }
             (
                 action @ (A::Create | A::Update | A::Delete),
-                object_type @ (T::Audit | T::Whoami),
+                object_type @ (T::Audit | T::Whoami | T::Usage),
             ) => {
                 return Err(ValidationError::UnsupportedAction {
                     action: action.as_str(),

@@ -48,6 +48,16 @@ pub enum ValidationError {
     /// accepted; its code is the policy error's own.
     #[error(transparent)]
     Policy(PolicyError),
+    /// A managed pool (`backend.managed`, `pools.<name>.managed`) that
+    /// cannot be accepted; its code is the managed error's own.
+    #[error(transparent)]
+    Managed(crate::model::managed::ManagedError),
+}
+
+impl From<crate::model::managed::ManagedError> for ValidationError {
+    fn from(e: crate::model::managed::ManagedError) -> Self {
+        Self::Managed(e)
+    }
 }
 
 impl From<PolicyError> for ValidationError {
@@ -80,6 +90,7 @@ impl ValidationError {
             Self::InvalidHealthCheck(_) => "invalid_health_check",
             Self::InvalidScaling(_) => "invalid_auto_scaling",
             Self::Policy(e) => e.code(),
+            Self::Managed(e) => e.code(),
         }
     }
 

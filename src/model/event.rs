@@ -66,6 +66,17 @@ event_kinds! {
     ScaleBlocked => "scale_blocked",
     /// A resource without a row (a node, a project network) was removed.
     OrphanRemoved => "orphan_removed",
+    /// lbd started a managed backend (a wake, a scale-up or `min`).
+    BackendStarting => "backend_starting",
+    /// A managed backend passed `ready` and was pushed to the nodes.
+    BackendReady => "backend_ready",
+    /// A managed backend exited or missed `start_timeout` before it was
+    /// ready; the message carries the last lines it wrote.
+    BackendStartFailed => "backend_start_failed",
+    /// A managed backend was stopped (idle, scale-down or instance deleted).
+    BackendStopped => "backend_stopped",
+    /// A ready managed backend's process or VM ended by itself.
+    BackendExited => "backend_exited",
 }
 
 impl EventKind {

@@ -145,6 +145,11 @@ pub struct BackendSpec {
     pub health_check: Option<HealthCheckSpec>,
     #[serde(default, rename = "auto-scaling")]
     pub auto_scaling: Option<bool>,
+    /// The default pool's members are started by lbd on demand (then
+    /// `entities` stays empty). On update: replaces the stored one; giving
+    /// `entities` instead makes the pool a plain one again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<crate::model::managed::ManagedSpec>,
 }
 
 /// `create instance`.
@@ -231,6 +236,9 @@ pub struct InstanceSpec {
         skip_serializing_if = "crate::model::policy::Policy::is_empty"
     )]
     pub policy: crate::model::policy::Policy,
+    /// The default pool (`backend`) is managed: lbd starts its members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<crate::model::managed::Managed>,
 }
 
 fn default_max_nodes() -> u32 {
@@ -266,10 +274,29 @@ impl InstanceSpec {
             backends: self.backends.clone(),
             health_check: self.health_check.clone(),
             tuning: self.tuning.clone(),
-            policy: self.policy.clone(),
+            policy: self.policy.for_node(),
             serving_nodes: 1,
             redis: None,
+            managed: self
+                .managed_pools()
+                .map(|(pool, m)| (pool.to_string(), m.for_node()))
+                .collect(),
         }
+    }
+
+    /// Every managed pool of the instance, by pool name (`default` for
+    /// `backend`).
+    pub fn managed_pools(&self) -> impl Iterator<Item = (&str, &crate::model::managed::Managed)> {
+        let default = self
+            .managed
+            .as_ref()
+            .map(|m| (crate::model::policy::DEFAULT_POOL, m));
+        let named = self
+            .policy
+            .pools
+            .iter()
+            .filter_map(|(name, pool)| pool.managed.as_ref().map(|m| (name.as_str(), m)));
+        default.into_iter().chain(named)
     }
 
     /// Checks the rules that tie fields together, after create or update.
@@ -324,6 +351,7 @@ impl InstanceCreate {
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
         let backends = members(&self.backend.entities, port, self.traffic_type)?;
         let health_check = health_check(self.backend.health_check.as_ref(), self.traffic_type)?;
+        let managed = default_managed(self.backend.managed.as_ref(), &backends, self.traffic_type)?;
         let policy = self
             .policy_spec()
             .validate(self.traffic_type, port, hasher)?;
@@ -360,10 +388,24 @@ impl InstanceCreate {
                 proxy_protocol: self.proxy_protocol.unwrap_or_default(),
             },
             policy,
+            managed,
         };
         spec.check_combination()?;
         Ok(spec)
     }
+}
+
+/// The default pool's `managed`, validated; a managed pool lists no entities.
+fn default_managed(
+    spec: Option<&crate::model::managed::ManagedSpec>,
+    backends: &[BackendMember],
+    traffic: TrafficType,
+) -> Result<Option<crate::model::managed::Managed>, ValidationError> {
+    let Some(spec) = spec else { return Ok(None) };
+    if !backends.is_empty() {
+        return Err(crate::model::managed::ManagedError::EntitiesGiven.into());
+    }
+    Ok(Some(spec.validate(traffic)?))
 }
 
 /// `info instance` (and the list of a project's instances when `name` is absent).
@@ -519,6 +561,12 @@ impl InstanceUpdate {
             }
             if let Some(a) = backend.auto_scaling {
                 next.auto_scaling = a;
+            }
+            if backend.managed.is_some() {
+                next.managed =
+                    default_managed(backend.managed.as_ref(), &next.backends, next.traffic_type)?;
+            } else if !backend.entities.is_empty() {
+                next.managed = None;
             }
         }
         // Revalidated even when untouched: pools carry the listener port

@@ -10,6 +10,7 @@ pub mod event;
 pub mod expected_codes;
 pub mod ids;
 pub mod instance;
+pub mod managed;
 pub mod names;
 pub mod node;
 pub mod policy;
@@ -19,7 +20,9 @@ pub mod schemas;
 pub mod status;
 pub mod threshold;
 pub mod tuning;
+pub mod usage;
 pub mod user;
+pub mod wake;
 pub mod warning;
 
 pub use audit::{AuditEntry, AuditQuery};

@@ -2,6 +2,7 @@
 //! `PUT /config` takes a [`NodeConfig`], `GET /status` returns a [`NodeStatus`].
 //! Both need `Authorization: Bearer <node secret>`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -40,6 +41,11 @@ pub struct NodeConfig {
     /// Where `global`-scope rate limits keep their counters (lbd's `--redis-url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisTarget>,
+    /// The managed pools, by pool name (`default`: the `backend`). Their
+    /// members are not in `backends` or the policy's pools: lbd pushes
+    /// them with `PUT /managed` as backends become ready.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub managed: BTreeMap<String, crate::model::managed::NodeManagedPool>,
 }
 
 fn one() -> u32 {
@@ -72,6 +78,9 @@ pub struct NodeStatus {
     /// The last configuration error, if the last push failed.
     pub error: Option<String>,
     pub stats: NodeStats,
+    /// The version of the last `PUT /managed` applied; `None` before any.
+    #[serde(default)]
+    pub managed_version: Option<u64>,
 }
 
 /// Counters since the node started.
@@ -101,6 +110,9 @@ pub struct NodeStats {
     /// What the L7 policy stages decided (absent from older nodes).
     #[serde(default)]
     pub policy: PolicyStats,
+    /// Managed pools: the wake queue and cold starts, per pool (and resource).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed: Vec<crate::model::wake::ManagedPoolStats>,
 }
 
 /// Outcomes of the auth and rate limit stages, since the node started.
@@ -164,6 +176,17 @@ pub struct MemberStats {
     /// default pool (the instance's `backend`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Client connections, streams, WebSockets and TCP tunnels open to
+    /// this member now (a long download counts until its last byte).
+    #[serde(default)]
+    pub open_connections: u64,
+    /// Milliseconds since the member last had a request in flight or an
+    /// open connection (0 while it has); `None`: never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// The resource of a `per_resource` managed pool the member serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
 }
 
 /// Whether a member takes new requests, and if not, why.

@@ -18,6 +18,7 @@ mod nodes;
 mod projects;
 mod rows;
 mod sql_types;
+mod usage;
 mod users;
 
 use std::path::Path;
@@ -48,6 +49,7 @@ pub use projects::{
     set_project_status, set_project_user,
 };
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
+pub use usage::usage_report;
 pub use users::{
     count_projects_of, delete_user, ensure_admin, insert_tokenless_member, insert_user, list_users,
     set_user_quota, set_user_role, set_user_token_hash, user_by_name, user_by_token_hash,

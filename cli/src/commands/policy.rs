@@ -137,6 +137,7 @@ pub fn pool_spec(args: &PoolAddArgs) -> PoolSpec {
         entities: entities(&args.backends),
         health_check: health_check(&args.health),
         algorithm: args.algorithm,
+        managed: None,
     }
 }
 
@@ -492,6 +493,7 @@ mod tests {
             entities: vec![lbaas::model::BackendEntity::Text("10.0.0.1:80".into())],
             health_check: None,
             algorithm: None,
+            managed: None,
         };
         add_pool(&mut pools, "api", pool.clone()).unwrap();
         assert_eq!(

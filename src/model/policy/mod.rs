@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::instance::{health_check, members, BackendEntity, HealthCheck, HealthCheckSpec};
+use crate::model::managed::{Managed, ManagedError, ManagedSpec};
 use crate::model::{Algorithm, BackendMember, TrafficType, ValidationError};
 
 pub use auth::{Auth, AuthSpec, RuleAuthSpec, SecretHasher};
@@ -68,6 +69,11 @@ pub enum PolicyError {
     InvalidRateLimit(String),
     #[error("{0}")]
     NotForTcp(String),
+    #[error("pool {pool:?}: {error}")]
+    Managed {
+        pool: String,
+        error: crate::model::managed::ManagedError,
+    },
 }
 
 impl PolicyError {
@@ -90,6 +96,7 @@ impl PolicyError {
             Self::InvalidThreshold { .. } => "invalid_rate_limit_threshold",
             Self::InvalidRateLimit(_) => "invalid_rate_limit",
             Self::NotForTcp(_) => "invalid_field",
+            Self::Managed { error, .. } => error.code(),
         }
     }
 }
@@ -107,6 +114,10 @@ pub struct PoolSpec {
     pub health_check: Option<HealthCheckSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<Algorithm>,
+    /// Members lbd starts on demand and stops when idle (then `entities`
+    /// stays empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -116,6 +127,9 @@ pub struct Pool {
     #[serde(rename = "health-check")]
     pub health_check: HealthCheck,
     pub algorithm: Algorithm,
+    /// Stored with the instance; a node gets `NodeConfig.managed` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<Managed>,
 }
 
 /// The policy fields of an instance as a client writes them.
@@ -177,6 +191,17 @@ pub struct Policy {
 impl Policy {
     pub fn is_empty(&self) -> bool {
         self == &Policy::default()
+    }
+
+    /// The policy as a node gets it: managed pools without their templates
+    /// (commands and environments may hold secrets; the node gets
+    /// `NodeConfig.managed` instead).
+    pub fn for_node(&self) -> Policy {
+        let mut policy = self.clone();
+        for pool in policy.pools.values_mut() {
+            pool.managed = None;
+        }
+        policy
     }
 
     /// The auth that requests matched by rule `rule` (an index into
@@ -273,10 +298,16 @@ impl PolicySpec {
                 members(&spec.entities, port, TrafficType::Http).map_err(|e| invalid(&name, e))?;
             let health_check = health_check(spec.health_check.as_ref(), TrafficType::Http)
                 .map_err(|e| invalid(&name, e))?;
+            let managed = spec
+                .managed
+                .as_ref()
+                .map(|m| managed_pool(&name, m, &members))
+                .transpose()?;
             let pool = Pool {
                 members,
                 health_check,
                 algorithm: spec.algorithm.unwrap_or_default(),
+                managed,
             };
             out.insert(name, pool);
         }
@@ -389,6 +420,22 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), PolicyError> {
     } else {
         Err(PolicyError::InvalidHeaderName(name.to_string()))
     }
+}
+
+/// A named pool's `managed`, validated; a managed pool lists no entities.
+fn managed_pool(
+    pool: &str,
+    spec: &ManagedSpec,
+    members: &[BackendMember],
+) -> Result<Managed, PolicyError> {
+    let error = |error: ManagedError| PolicyError::Managed {
+        pool: pool.to_string(),
+        error,
+    };
+    if !members.is_empty() {
+        return Err(error(ManagedError::EntitiesGiven));
+    }
+    spec.validate(TrafficType::Http).map_err(error)
 }
 
 #[cfg(test)]

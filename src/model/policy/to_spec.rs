@@ -2,6 +2,7 @@
 //! shows can be sent again as it is. Credentials come back by name and
 //! groups only; validation then keeps their stored hashes by name.
 
+use crate::model::managed::Managed;
 use std::collections::BTreeMap;
 
 use super::auth::{CredentialSpec, NoAuth};
@@ -40,6 +41,7 @@ impl Pool {
             entities: entities(&self.members),
             health_check: Some(health_check_spec(&self.health_check)),
             algorithm: Some(self.algorithm),
+            managed: self.managed.as_ref().map(Managed::to_spec),
         }
     }
 }
