@@ -108,6 +108,8 @@ pub fn instance_info_with(
             entities: i.spec.backends.clone(),
             health_check: i.spec.health_check.clone(),
             auto_scaling: i.spec.auto_scaling,
+            // Redaction of env values comes with the API work of issue 16.
+            managed: i.spec.managed.as_ref().map(|m| m.to_spec()),
         },
         min_nodes: i.spec.min_nodes,
         max_nodes: i.spec.max_nodes,
@@ -131,6 +133,7 @@ pub fn instance_info_with(
         events: events(c, i.id, since, events_limit)?,
         samples: store::recent_samples(c, i.id, since, samples_limit)?,
         warnings: view.warnings.clone(),
+        backends: store::backends_of_instance(c, i.id)?,
         created_at: i.created_at,
         updated_at: i.updated_at,
     })

@@ -611,6 +611,9 @@ pub struct BackendView {
     pub health_check: HealthCheck,
     #[serde(rename = "auto-scaling")]
     pub auto_scaling: bool,
+    /// As given, with `process.env` values shown as `"***"` (they may be secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<crate::model::managed::ManagedSpec>,
 }
 
 /// An instance as the API shows it.
@@ -670,6 +673,9 @@ pub struct InstanceInfo {
     /// emulated because KVM does not work); absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<crate::model::Warning>,
+    /// The managed backends lbd runs for the instance's managed pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<crate::model::managed::ManagedBackendInfo>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -364,6 +364,60 @@ impl Managed {
     }
 }
 
+/// A managed backend's state machine (its row in lbd's store):
+/// `starting` → `ready` → `stopping` → (row deleted); `starting` →
+/// `stopping` when it fails to start or is no longer wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    Starting,
+    Ready,
+    Stopping,
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Stopping => "stopping",
+        }
+    }
+
+    pub fn can_move_to(self, to: BackendState) -> bool {
+        use BackendState::*;
+        matches!(
+            (self, to),
+            (Starting, Ready) | (Starting, Stopping) | (Ready, Stopping)
+        )
+    }
+}
+
+/// A managed backend as `info instance` (and `lbctl instance backends`) shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ManagedBackendInfo {
+    pub id: i64,
+    pub pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub state: BackendState,
+    pub compute: ManagedCompute,
+    /// `address:port` the backend serves on.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Unix ms.
+    pub started_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at_ms: Option<i64>,
+    /// Unix ms of the last request or open connection any node reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_ms: Option<i64>,
+    /// Requests served, as the nodes counted them.
+    #[serde(default)]
+    pub requests: u64,
+}
+
 /// The text with placeholders filled, per backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placeholders<'a> {

@@ -49,7 +49,7 @@ pub use projects::{
     set_project_status, set_project_user,
 };
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
-pub use usage::usage_report;
+pub use usage::{backends_of_instance, usage_report};
 pub use users::{
     count_projects_of, delete_user, ensure_admin, insert_tokenless_member, insert_user, list_users,
     set_user_quota, set_user_role, set_user_token_hash, user_by_name, user_by_token_hash,

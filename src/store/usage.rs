@@ -26,3 +26,12 @@ pub fn usage_report(
         totals: Default::default(),
     })
 }
+
+/// The managed backends of an instance, as the API shows them, oldest first.
+/// (Contract stub: filled by the lbd-side work of issue 16.)
+pub fn backends_of_instance(
+    _c: &Connection,
+    _instance_id: crate::model::InstanceId,
+) -> Result<Vec<crate::model::managed::ManagedBackendInfo>, StoreError> {
+    Ok(Vec::new())
+}
