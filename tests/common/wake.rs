@@ -169,7 +169,7 @@ pub fn managed_config(listen: SocketAddr, traffic: &str, queue: Value) -> Value 
         listen,
         &[],
         json!({
-            "health_check": {"protocol": "TCP", "port": 0,
+            "health_check": {"protocol": "TCP", "port": 0, "request-path": "/",
                 "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}},
             "managed": {"default": {"queue": queue, "target_in_flight": 10, "max": 2}}
         }),

@@ -195,7 +195,7 @@ mod tests {
         let mut c: NodeConfig = serde_json::from_value(serde_json::json!({
             "version": 1, "traffic_type": "http", "listen": "127.0.0.1:0",
             "algorithm": "round_robin", "backends": [],
-            "health_check": {"protocol": "TCP", "port": 0,
+            "health_check": {"protocol": "TCP", "port": 0, "request-path": "/",
                 "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}}
         }))
         .unwrap();
