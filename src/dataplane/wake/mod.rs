@@ -244,4 +244,47 @@ mod tests {
             .stage(&plain.managed, &NamedPools::default())
             .is_empty());
     }
+
+    #[test]
+    fn a_managed_named_pool_gets_its_members_and_its_target() {
+        let wake = Wake::default();
+        let mut config = node_config(&["api"]);
+        let pool: crate::model::policy::Pool = serde_json::from_value(serde_json::json!({
+            "members": [], "algorithm": "round_robin",
+            "health-check": {"protocol": "TCP", "port": 0, "request-path": "/",
+                "criteria": {"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}}
+        }))
+        .unwrap();
+        config.policy.pools.insert("api".into(), pool);
+        wake.store_members(ManagedMembers {
+            version: 1,
+            targets: vec![ManagedTargetState {
+                target: ManagedTarget {
+                    pool: "api".into(),
+                    resource: None,
+                },
+                members: vec![BackendMember {
+                    address: "127.0.0.1:8001".parse().unwrap(),
+                    weight: 1,
+                }],
+                starting: 0,
+                failures: 0,
+                last_failure: None,
+            }],
+        });
+        let merged = wake.merge(config);
+        assert_eq!(merged.policy.pools["api"].members.len(), 1);
+        assert!(
+            merged.backends.is_empty(),
+            "the default pool is not managed"
+        );
+        let registry = crate::dataplane::pools::MemberRegistry::default();
+        let pools = NamedPools::new(&merged.policy, &registry);
+        let stage = wake.stage(&merged.managed, &pools);
+        let api = pools.resolve("api").unwrap();
+        assert_eq!(stage.target(api).map(|t| t.pool.as_str()), Some("api"));
+        assert!(stage.target(PoolRef::Default).is_none());
+        wake.settle();
+        assert_eq!(wake.stats()[0].ready, 1);
+    }
 }
