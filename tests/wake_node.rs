@@ -204,3 +204,27 @@ fn a_tcp_connection_is_held_unread_until_a_member_is_pushed() {
     let m = &node.status()["stats"]["members"][0];
     assert_eq!(m["open_connections"], 1, "the relay is open: {m}");
 }
+
+#[test]
+fn the_wake_endpoints_need_the_node_secret() {
+    let (node, _listen) = node_with("http", default_queue());
+    let url = |path: &str| format!("http://{}{path}", node.admin);
+    let events = node.http.get(url("/events")).send().unwrap();
+    assert_eq!(events.status(), 401);
+    let put = node
+        .http
+        .put(url("/managed"))
+        .json(&json!({"version": 1, "targets": []}))
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), 401);
+    let bad = node
+        .http
+        .put(url("/managed"))
+        .bearer_auth(&node.secret)
+        .body("{\"version\": \"x\"}")
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(node.status()["managed_version"].is_null());
+}
