@@ -101,17 +101,10 @@ pub(super) async fn route(
         .then(|| wake_target(&active, pool))
         .flatten();
     let _in_flight = target.as_ref().map(|t| t.in_flight());
-    let mut woken = None;
-    let mut cold_start = None;
-    if let Some(t) = target.as_deref() {
-        if active.pool(pool).members().is_empty() {
-            match t.hold().await {
-                Ok(waited) => cold_start = waited,
-                Err(refused) => return wake::answer::refusal(refused),
-            }
-            woken = node.active.load_full();
-        }
-    }
+    let (woken, cold_start) = match hold(node, &active, target.as_deref(), pool).await {
+        Ok(woken) => woken,
+        Err(refused) => return wake::answer::refusal(refused),
+    };
     // After a wake the pool is looked up again in the config that has its
     // member (its place may have moved if a new config came meanwhile).
     let (serving, pool) = match woken.as_deref() {
@@ -157,6 +150,23 @@ pub(super) async fn route(
         wake::answer::add_cold_start(&mut resp, ms);
     }
     resp
+}
+
+/// Holds a request for a managed pool without members until one is pushed:
+/// the config that has it and the cold start, or why it was not woken.
+async fn hold(
+    node: &Node,
+    active: &ActiveConfig,
+    target: Option<&wake::Target>,
+    pool: PoolRef,
+) -> Result<(Option<Arc<ActiveConfig>>, Option<u64>), wake::HoldError> {
+    match target {
+        Some(t) if active.pool(pool).members().is_empty() => {
+            let waited = t.hold().await?;
+            Ok((node.active.load_full(), waited))
+        }
+        _ => Ok((None, None)),
+    }
 }
 
 /// The wake target of `pool`; none without managed pools, at the cost of
