@@ -349,7 +349,11 @@ impl InstanceCreate {
             (None, TrafficType::Tcp) => return Err(ValidationError::MissingField("port".into())),
         };
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
-        let backends = members(&self.backend.entities, port, self.traffic_type)?;
+        let backends = if self.backend.managed.is_some() && self.backend.entities.is_empty() {
+            Vec::new()
+        } else {
+            members(&self.backend.entities, port, self.traffic_type)?
+        };
         let health_check = health_check(self.backend.health_check.as_ref(), self.traffic_type)?;
         let managed = default_managed(self.backend.managed.as_ref(), &backends, self.traffic_type)?;
         let policy = self
@@ -563,6 +567,10 @@ impl InstanceUpdate {
                 next.auto_scaling = a;
             }
             if backend.managed.is_some() {
+                // Managed without entities: the pool's members are lbd's now.
+                if backend.entities.is_empty() {
+                    next.backends.clear();
+                }
                 next.managed =
                     default_managed(backend.managed.as_ref(), &next.backends, next.traffic_type)?;
             } else if !backend.entities.is_empty() {

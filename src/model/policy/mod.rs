@@ -105,6 +105,8 @@ impl PolicyError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
+    /// Absent or empty for a managed pool.
+    #[serde(default)]
     pub entities: Vec<BackendEntity>,
     #[serde(
         default,
@@ -294,8 +296,11 @@ impl PolicySpec {
                     reason: "`default` is the instance's `backend`; set it there".into(),
                 });
             }
-            let members =
-                members(&spec.entities, port, TrafficType::Http).map_err(|e| invalid(&name, e))?;
+            let members = if spec.managed.is_some() && spec.entities.is_empty() {
+                Vec::new()
+            } else {
+                members(&spec.entities, port, TrafficType::Http).map_err(|e| invalid(&name, e))?
+            };
             let health_check = health_check(spec.health_check.as_ref(), TrafficType::Http)
                 .map_err(|e| invalid(&name, e))?;
             let managed = spec
