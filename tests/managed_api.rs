@@ -135,7 +135,7 @@ fn each_bad_managed_pool_has_its_own_code_and_changes_nothing() {
     // A named pool's managed is checked the same way (and its kernel too).
     let mut pool = json!({"name": "new", "project": "demo", "traffic_type": "http", "port": 8080,
         "backend": {"entities": ["127.0.0.1:9000"]},
-        "pools": {"api": {"managed": vm("/nonexistent/api-kernel")}}});
+        "pools": {"api": {"entities": [], "managed": vm("/nonexistent/api-kernel")}}});
     let a = create(&lbd, pool.clone());
     assert_eq!(code(&a), (422, "kernel_not_found"), "{}", a.1);
     pool["pools"]["api"]["managed"] = process(json!([]));
@@ -155,7 +155,7 @@ fn a_managed_instance_shows_in_info_with_env_values_redacted_everywhere() {
     );
     info["backend"]["managed"]["process"]["env"] =
         json!({"API_TOKEN": SECRET, "MODE": "{instance}"});
-    info["pools"] = json!({"api": {"managed": {"compute": "process", "port": 9000,
+    info["pools"] = json!({"api": {"entities": [], "managed": {"compute": "process", "port": 9000,
         "process": {"command": ["app", "{port}"], "env": {"KEY": SECRET}}}}});
     let (s, created) = create(&lbd, info);
     assert_eq!(s, 200, "{created}");

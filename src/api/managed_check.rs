@@ -101,8 +101,8 @@ mod tests {
     fn kernels_and_initrds_of_every_pool_are_collected() {
         let req = create(
             vm("/k1", Some("/i1")),
-            json!({"api": {"managed": vm("/k2", None)},
-                   "plain": {"entities": [{"ip": "127.0.0.1", "port": 80}]}}),
+            json!({"api": {"entities": [], "managed": vm("/k2", None)},
+                   "plain": {"entities": ["127.0.0.1:80"]}}),
         );
         let files = vm_files(&req);
         assert_eq!(

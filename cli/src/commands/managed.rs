@@ -115,6 +115,122 @@ mod tests {
         assert!(v["vm"].is_null() && v["min"].is_null());
     }
 
+    fn parse(args: &[&str]) -> Result<crate::args::Cli, clap::Error> {
+        use clap::Parser;
+        crate::args::Cli::try_parse_from(["lbctl"].iter().chain(args))
+    }
+
+    #[test]
+    fn managed_flags_parse_into_backend_managed() {
+        let cli = parse(&[
+            "instance",
+            "create",
+            "app",
+            "--project",
+            "demo",
+            "--type",
+            "http",
+            "--managed-command",
+            "python3 -m http.server {port} --bind '{address}'",
+            "--managed-port",
+            "8000",
+            "--managed-env",
+            "A=1",
+            "--managed-env",
+            "B=2",
+            "--managed-cwd",
+            "/srv",
+            "--min",
+            "1",
+            "--max",
+            "3",
+            "--target-in-flight",
+            "5",
+            "--idle-timeout",
+            "60",
+            "--start-timeout",
+            "10",
+            "--queue-max",
+            "20",
+            "--queue-max-wait-ms",
+            "500",
+            "--min-nodes",
+            "2",
+        ])
+        .unwrap();
+        let env = super::super::request(&cli.command).unwrap().envelope;
+        let info = &env.info;
+        assert_eq!(info["min_nodes"], 2, "--min is not --min-nodes");
+        assert!(info["backend"]
+            .get("entities")
+            .is_none_or(|e| e == &json!([])));
+        assert_eq!(
+            info["backend"]["managed"],
+            json!({"compute": "process", "port": 8000, "min": 1, "max": 3,
+                "target_in_flight": 5, "idle_timeout": 60, "start_timeout": 10,
+                "queue": {"max_requests": 20, "max_wait_ms": 500},
+                "process": {"command": ["python3", "-m", "http.server", "{port}", "--bind", "{address}"],
+                            "env": {"A": "1", "B": "2"}, "cwd": "/srv"}})
+        );
+        // VM flags; a managed flag without a template, or with --backend, is refused.
+        let cli = parse(&[
+            "instance",
+            "update",
+            "app",
+            "--project",
+            "demo",
+            "--managed-vm-kernel",
+            "/k",
+            "--managed-vm-initrd",
+            "/i",
+            "--managed-vm-cmdline",
+            "console=ttyS0",
+            "--managed-vm-memory-mb",
+            "256",
+            "--managed-port",
+            "80",
+        ])
+        .unwrap();
+        let env = super::super::request(&cli.command).unwrap().envelope;
+        let vm = &env.info["backend"]["managed"]["vm"];
+        assert_eq!(vm["memory_mb"], 256);
+        assert_eq!(vm["cmdline"], "console=ttyS0");
+        assert!(parse(&[
+            "instance",
+            "update",
+            "app",
+            "--project",
+            "demo",
+            "--max",
+            "3"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "instance",
+            "create",
+            "app",
+            "--project",
+            "demo",
+            "--type",
+            "http",
+            "--backend",
+            "10.0.0.1:80",
+            "--managed-command",
+            "app",
+        ])
+        .is_err());
+        assert!(parse(&[
+            "instance",
+            "create",
+            "app",
+            "--project",
+            "demo",
+            "--type",
+            "http"
+        ])
+        .is_err());
+    }
+
     #[test]
     fn vm_flags_make_a_vm_pool_and_no_template_makes_none() {
         let args = ManagedArgs {
