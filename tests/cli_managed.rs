@@ -82,7 +82,11 @@ fn managed_command_create_and_update_set_backend_managed() {
         "json",
     ]))
     .unwrap();
-    assert_eq!(json["backends"], serde_json::json!([]));
+    // An empty list is left out of the answer.
+    assert!(
+        json["backends"].as_array().is_none_or(|b| b.is_empty()),
+        "{json}"
+    );
 
     // A refused flag value is the API's code, and a flag without a template is a usage error.
     let out = lbd.lbctl(&[

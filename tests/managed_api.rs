@@ -191,10 +191,10 @@ fn a_managed_instance_shows_in_info_with_env_values_redacted_everywhere() {
         json!({"KEY": "***"})
     );
     assert_eq!(shown["backend"]["entities"], json!([]));
-    assert_eq!(
-        shown["backends"],
-        json!([]),
-        "no backend runs before a request"
+    // Empty lists are left out of the answer.
+    assert!(
+        shown["backends"].as_array().is_none_or(|b| b.is_empty()),
+        "no backend runs before a request: {shown}"
     );
     // Nowhere else either: the create's answer, the project, the audit log, lbd's log.
     let (_, project) =
