@@ -72,7 +72,7 @@ pub(super) async fn handle(
         | ApiRequest::UpdateUser(_)
         | ApiRequest::DeleteUser(_)
         | ApiRequest::AuditInfo(_) => return users::handle(state, req).await,
-        ApiRequest::UsageInfo(q) => return super::usage::usage_info(state, &caller, q).await,
+        ApiRequest::UsageInfo(q) => return super::usage::usage_info(state, caller, q).await,
         _ => {}
     }
     let info = state

@@ -52,6 +52,11 @@ struct Args {
     /// capabilities. lbd passes it under `--network netns`, where nodes start as root.
     #[arg(long)]
     run_as: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` auth services, in
+    /// addition to the platform's roots (which honour SSL_CERT_FILE and
+    /// SSL_CERT_DIR). Read once at start, before privileges are dropped.
+    #[arg(long)]
+    auth_ca_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +71,10 @@ fn main() -> anyhow::Result<()> {
     let admin = std::net::TcpListener::bind(args.admin_listen)
         .with_context(|| format!("binding the admin API on {}", args.admin_listen))?;
     admin.set_nonblocking(true)?;
+    // Once, before any runtime (it reads files) and while the file is
+    // still readable by the user lb-node started as.
+    lbaas::dataplane::auth::tls::init(args.auth_ca_file.as_deref())
+        .context("loading the TLS roots for auth services")?;
     if let Some(user) = &args.run_as {
         let who = lbaas::dataplane::privilege::RunAs::resolve(user)?;
         lbaas::dataplane::privilege::drop_to(who).context("dropping privileges")?;

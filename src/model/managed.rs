@@ -475,8 +475,8 @@ fn unknown_placeholders(text: &str) -> Option<String> {
     let mut rest = text;
     while let Some(i) = rest.find('{') {
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
-            rest = &tail[2..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            rest = after;
             continue;
         }
         let end = tail.find('}').unwrap_or(tail.len());

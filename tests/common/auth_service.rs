@@ -13,11 +13,25 @@ use serde_json::Value;
 pub struct AuthService {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Where `GET /calls` is asked in plain HTTP: `addr`, or the second
+    /// port of a TLS service.
+    control: SocketAddr,
+    tls: bool,
 }
 
 impl AuthService {
     /// `None` when python3 is missing outside CI (the test then skips).
     pub fn start() -> Option<AuthService> {
+        Self::spawn(&[])
+    }
+
+    /// The service over HTTPS with this certificate chain and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<AuthService> {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        Self::spawn(&["--tls-cert", cert, "--tls-key", key])
+    }
+
+    fn spawn(args: &[&str]) -> Option<AuthService> {
         let python = Command::new("python3").arg("--version").output();
         if !super::require("python3", python.is_ok_and(|o| o.status.success())) {
             return None;
@@ -28,6 +42,7 @@ impl AuthService {
         );
         let mut child = Command::new("python3")
             .arg(script)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -36,24 +51,33 @@ impl AuthService {
         let mut service = AuthService {
             child: Some(child),
             addr: "127.0.0.1:0".parse().unwrap(),
+            control: "127.0.0.1:0".parse().unwrap(),
+            tls: !args.is_empty(),
         };
         let line = super::ready_line(stdout, Duration::from_secs(20))
             .expect("the auth service's ready line");
-        let port: u16 = line
+        let ports = line
             .strip_prefix("ready port=")
-            .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("bad ready line {line:?}"));
-        service.addr.set_port(port);
+        // "N" or, for TLS, "N plain=M".
+        let (main, plain) = ports.split_once(" plain=").unwrap_or((ports, ports));
+        let parse = |p: &str| -> u16 {
+            p.parse()
+                .unwrap_or_else(|_| panic!("bad ready line {line:?}"))
+        };
+        service.addr.set_port(parse(main));
+        service.control.set_port(parse(plain));
         Some(service)
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/auth", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/auth", self.addr)
     }
 
     /// `{"total": n, "last": query}`: what the service was asked.
     pub fn calls(&self) -> Value {
-        let (status, _, body) = request(self.addr, "GET", "/calls", &[]);
+        let (status, _, body) = request(self.control, "GET", "/calls", &[]);
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }

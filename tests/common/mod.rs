@@ -8,6 +8,7 @@ pub mod backends;
 pub mod l7;
 pub mod node;
 pub mod redis;
+pub mod wake;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

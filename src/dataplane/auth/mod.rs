@@ -10,5 +10,6 @@ mod secrets;
 pub mod service;
 mod service_auth;
 pub mod stage;
+pub mod tls;
 
 pub use stage::{AuthOutcome, AuthStage, Caller};

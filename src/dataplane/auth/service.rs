@@ -1,5 +1,5 @@
 //! `auth.mode: service` (seed 001): what lb-node asks the auth service, how
-//! it reads the answer, and the HTTP call itself with its hard deadline.
+//! it reads the answer, and the HTTP(S) call itself with its hard deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -10,6 +10,7 @@ use http::header::{
 };
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
@@ -132,6 +133,10 @@ pub enum AuthCallError {
     Timeout(Duration),
     #[error("auth service unreachable: {0}")]
     Unreachable(String),
+    /// The TLS handshake failed: an untrusted or expired certificate, a
+    /// certificate for another host name, no common protocol.
+    #[error("auth service TLS handshake failed: {0}")]
+    Tls(String),
     #[error("auth service answered {0}")]
     Status(StatusCode),
     #[error("auth service answer unreadable: {0}")]
@@ -167,21 +172,66 @@ pub fn verdict(
     }
 }
 
-/// Calls auth services over HTTP/1.1 with kept-alive connections.
+/// Calls auth services over HTTP/1.1, plain or TLS (by the URL's scheme),
+/// with kept-alive connections.
 #[derive(Clone)]
 pub struct AuthClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for AuthClient {
+    /// Shares the process's TLS roots (`tls::init` at start-up): building
+    /// a client reads no file.
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // The TLS layer above takes https URLs; this one only opens TCP.
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config((*super::tls::client_config()).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         AuthClient {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
         }
+    }
+}
+
+/// An error of the client as logged: the whole chain of causes (hyper's own
+/// message is only "client error (Connect)"), and a TLS failure as such.
+/// None of these errors carries the query, so no credential gets in.
+fn call_error(e: &hyper_util::client::legacy::Error) -> AuthCallError {
+    let mut text = e.to_string();
+    let mut tls = None;
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(r) = rustls_error(c) {
+            tls = Some(r.to_string());
+        }
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    match tls {
+        Some(reason) => AuthCallError::Tls(reason),
+        None => AuthCallError::Unreachable(text),
+    }
+}
+
+/// rustls's error in `e`: tokio-rustls hands it inside an io::Error (which
+/// hyper-rustls may wrap in another), and an io::Error's `source` skips
+/// what it wraps: look inside.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut e = e;
+    loop {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        e = inner;
     }
 }
 
@@ -206,7 +256,7 @@ impl AuthClient {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| AuthCallError::Unreachable(e.to_string()))?;
+                .map_err(|e| call_error(&e))?;
             let (head, body) = resp.into_parts();
             let body = Limited::new(body, MAX_ANSWER_BYTES)
                 .collect()
@@ -271,6 +321,16 @@ mod tests {
         assert_eq!(v["length"], serde_json::Value::Null);
         assert_eq!(v["token"], "t");
         assert_eq!(v["client_ip"], "127.0.0.1");
+    }
+
+    #[test]
+    fn a_rustls_error_is_found_inside_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls.clone());
+        let outer = std::io::Error::other(io);
+        assert_eq!(rustls_error(&outer), Some(&tls));
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(rustls_error(&plain), None);
     }
 
     #[test]
