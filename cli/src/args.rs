@@ -8,6 +8,9 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod managed;
+pub use managed::ManagedArgs;
+
 #[derive(Debug, Parser)]
 #[command(name = "lbctl", version, about = "Command-line client for lbaas", after_help = EXAMPLES)]
 pub struct Cli {
@@ -60,7 +63,11 @@ const CREATE_EXAMPLES: &str = "Examples:
   lbctl instance create web --project demo --type http --backend 10.1.0.5:80,10.1.0.6:80 \\
       --algorithm consistent_hash --hash-on header:X-User --first-byte-timeout-ms 10000
   lbctl instance create db --project demo --type tcp --port 5432 --backend 10.1.0.7:5432 \\
-      --proxy-protocol v2 --max-connections 2000 --client-idle-timeout-ms 300000";
+      --proxy-protocol v2 --max-connections 2000 --client-idle-timeout-ms 300000
+  lbctl instance create app --project demo --type http --managed-port 8000 \\
+      --managed-command 'python3 -m http.server {port} --bind {address}' --min 0 --max 2 --idle-timeout 60
+  lbctl instance create vmapp --project demo --type http --managed-port 80 \\
+      --managed-vm-kernel /srv/vmlinuz --managed-vm-initrd /srv/initrd.img --max 1";
 
 const UPDATE_EXAMPLES: &str = "Examples:
   lbctl instance update web --project demo --backend 10.1.0.5:80,10.1.0.8:80
@@ -68,7 +75,9 @@ const UPDATE_EXAMPLES: &str = "Examples:
   lbctl instance update web --project demo --backend 10.1.0.5:80=0,10.1.0.8:80
   lbctl instance update web --project demo --connect-timeout-ms 500 --max-connections 20000
   lbctl instance update web --project demo --health-check http:8081:/ready --healthy-threshold 2
-  lbctl instance update web --project demo --auto-scaling false --min-nodes 2";
+  lbctl instance update web --project demo --auto-scaling false --min-nodes 2
+  lbctl instance update app --project demo --managed-port 8000 \\
+      --managed-command 'python3 -m http.server {port} --bind {address}' --max 3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -275,6 +284,16 @@ pub enum ProjectCmd {
     List,
     /// Show a project and its instances.
     Info { name: String },
+    /// What a project's managed backends and LB nodes ran, per instance and pool.
+    Usage {
+        name: String,
+        /// From this date (2026-12-01, its UTC start) or RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this date (its end) or RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Change a project's owner.
     Update {
         name: String,
@@ -380,6 +399,12 @@ pub enum InstanceCmd {
     },
     /// Show a load balancer: nodes, backends, DNS name, URL, events.
     Info {
+        name: String,
+        #[arg(long)]
+        project: String,
+    },
+    /// List a load balancer's managed backends: state, address, uptime, last activity.
+    Backends {
         name: String,
         #[arg(long)]
         project: String,
@@ -624,7 +649,9 @@ pub struct CreateArgs {
     #[arg(long)]
     pub subnet: Option<String>,
     /// Backend IP:PORT, or IP:PORT=WEIGHT (0 to 256, default 1; 0 drains); repeat it or separate with commas.
-    #[arg(long = "backend", required = true, value_delimiter = ',', value_parser = backend)]
+    #[arg(long = "backend", value_delimiter = ',', value_parser = backend,
+          required_unless_present_any = ["managed_command", "managed_vm_kernel"],
+          conflicts_with = "managed_template")]
     pub backends: Vec<BackendArg>,
     /// How nodes pick a backend [default: round_robin].
     #[arg(long, value_parser = model_enum::<Algorithm>())]
@@ -635,6 +662,8 @@ pub struct CreateArgs {
     pub scaling: ScalingArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub managed: ManagedArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -659,6 +688,8 @@ pub struct UpdateArgs {
     pub scaling: ScalingArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub managed: ManagedArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

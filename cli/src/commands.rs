@@ -32,6 +32,7 @@ pub enum Shape {
     Users,
     WhoAmI,
     Audit,
+    Usage,
     /// Whatever it is, only shown by `-o json`/`-o yaml`.
     Done,
 }
@@ -54,6 +55,7 @@ pub enum Typed {
     Users(Vec<UserInfo>),
     WhoAmI(WhoAmI),
     Audit(Vec<AuditEntry>),
+    Usage(Box<lbaas::model::usage::UsageReport>),
     /// An instance's L7 policy (the policy commands).
     Policy(Box<lbaas::model::policy::PolicySpec>),
     Done,
@@ -97,6 +99,7 @@ pub fn send(client: &ApiClient, request: &Request) -> Result<Answer, ClientError
         Shape::Users => read(client, e, Typed::Users),
         Shape::WhoAmI => read(client, e, Typed::WhoAmI),
         Shape::Audit => read(client, e, Typed::Audit),
+        Shape::Usage => read(client, e, |u| Typed::Usage(Box::new(u))),
         Shape::Done => read(client, e, |_: Value| Typed::Done),
     }
 }
@@ -198,6 +201,10 @@ fn project_request(cmd: &ProjectCmd) -> (RequestEnvelope, Shape) {
             ),
             Shape::Project,
         ),
+        ProjectCmd::Usage { name, since, until } => (
+            managed::usage_request(name, since.as_deref(), until.as_deref()),
+            Shape::Usage,
+        ),
         ProjectCmd::Update { name, user } => (
             envelope(
                 A::Update,
@@ -250,7 +257,9 @@ fn instance_request(cmd: &InstanceCmd) -> Option<(RequestEnvelope, Shape)> {
             ),
             Shape::Instances,
         ),
-        InstanceCmd::Info { name, project } => (instance_info(project, name), Shape::Instance),
+        InstanceCmd::Info { name, project } | InstanceCmd::Backends { name, project } => {
+            (instance_info(project, name), Shape::Instance)
+        }
         InstanceCmd::Events {
             name,
             project,
@@ -296,6 +305,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         health,
         scaling,
         tuning,
+        managed,
         wait: _,
     } = args;
     InstanceCreate {
@@ -309,8 +319,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
             entities: entities(backends),
             health_check: health_check(health),
             auto_scaling: auto_scaling(scaling),
-            // The managed flags (issue 16) fill this.
-            managed: None,
+            managed: managed::spec(managed),
         },
         min_nodes: scaling.min_nodes.map(i64::from),
         max_nodes: scaling.max_nodes.map(i64::from),
@@ -341,13 +350,14 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         health,
         scaling,
         tuning,
+        managed,
         wait: _,
     } = args;
     let backend = BackendSpec {
         entities: entities(backends),
         health_check: health_check(health),
         auto_scaling: auto_scaling(scaling),
-        managed: None,
+        managed: managed::spec(managed),
     };
     InstanceUpdate {
         project: project.clone(),
@@ -481,6 +491,7 @@ pub fn wait_until_active(
 }
 
 pub mod audit;
+pub mod managed;
 pub mod policy;
 pub mod users;
 

@@ -210,6 +210,10 @@ fn print(cli: &Cli, answer: &Answer) {
             Typed::Instance(i),
         ) if i.provisioning_status == ProvisioningStatus::Active => output::serving(i),
         (Command::Instance(InstanceCmd::Events { .. }), Typed::Instance(i)) => output::events(i),
+        (Command::Instance(InstanceCmd::Backends { .. }), Typed::Instance(i)) => {
+            output::managed::backends(i, unix_now_ms())
+        }
+        (_, Typed::Usage(r)) => output::managed::usage(r),
         (_, Typed::Instance(i)) => output::instance(i),
         (_, Typed::Instances(list)) => output::instances(list),
         (_, Typed::Project(p)) => output::project(p),
@@ -231,6 +235,12 @@ fn print(cli: &Cli, answer: &Answer) {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let text = if color { output::colorize(&text) } else { text };
     let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn raw(client: &ApiClient, file: &str) -> anyhow::Result<()> {

@@ -4,6 +4,8 @@
 use lbaas::model::{InstanceInfo, ProjectInfo};
 use serde_json::Value;
 
+pub mod managed;
+
 /// Renders rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -306,6 +308,7 @@ pub fn instance(i: &InstanceInfo) -> String {
         .collect();
     out.push_str("\nBackends:\n");
     out.push_str(&table(&["ADDRESS", "WEIGHT"], &backends));
+    out.push_str(&managed::pools(i));
     if !i.events.is_empty() {
         out.push_str("\nRecent events:\n");
         let rows: Vec<Vec<String>> = i

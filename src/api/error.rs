@@ -88,6 +88,10 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("no such endpoint")]
     NoRoute,
+    /// `info usage`: a `since`/`until` that is not a date or RFC 3339 time,
+    /// or a window that ends before it starts.
+    #[error("{0}")]
+    InvalidTime(String),
 }
 
 impl ApiError {
@@ -102,7 +106,8 @@ impl ApiError {
                 | V::MissingField(_)
                 | V::UnknownField(_)
                 | V::InvalidField(_),
-            ) => StatusCode::BAD_REQUEST,
+            )
+            | Self::InvalidTime(_) => StatusCode::BAD_REQUEST,
             Self::Invalid(_)
             | Self::PortReserved(_)
             | Self::SubnetMismatch { .. }
@@ -173,6 +178,7 @@ impl ApiError {
             Self::Store(StoreError::Unavailable | StoreError::Sqlite(_)) => "store_unavailable",
             Self::Store(_) => "internal",
             Self::NoRoute => "not_found",
+            Self::InvalidTime(_) => "invalid_time",
         }
     }
 

@@ -44,6 +44,8 @@ pub(super) async fn handle(
         ApiRequest::UpdateInstance(r) => Prehashed::of(r.secrets()).await?,
         _ => Prehashed::default(),
     };
+    // File checks (a VM kernel) before the transaction, off the runtime.
+    super::managed_check::check(&req).await?;
     match req {
         ApiRequest::ProjectInfo(r) => {
             return st

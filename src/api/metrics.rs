@@ -35,6 +35,8 @@ pub struct MetricsSnapshot {
     pub instances: Vec<InstanceMetrics>,
     /// Events ever recorded per kind (see [`store::count_event`]), by kind.
     pub events: Vec<(String, u64)>,
+    /// Managed backends' accounted running time, per project, instance and pool.
+    pub backend_seconds: Vec<super::managed_metrics::BackendSeconds>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,8 +60,9 @@ pub struct NodeMetrics {
     pub stats: Option<NodeStats>,
 }
 
-/// Reads the snapshot in five queries: the project count, all instances, all
-/// nodes, the latest stats of every node, and the event counts.
+/// Reads the snapshot in five queries (the project count, all instances, all
+/// nodes, the latest stats of every node, and the event counts) plus one
+/// usage report per project.
 pub fn gather(c: &Connection) -> Result<MetricsSnapshot, StoreError> {
     let projects: i64 = c.query_row("SELECT COUNT(*) FROM projects", [], |r| r.get(0))?;
     let mut stats = latest_stats(c)?;
@@ -88,6 +91,7 @@ pub fn gather(c: &Connection) -> Result<MetricsSnapshot, StoreError> {
         projects: projects.max(0) as u64,
         instances,
         events: store::event_counts(c)?,
+        backend_seconds: super::managed_metrics::gather_backend_seconds(c)?,
     })
 }
 
@@ -132,7 +136,7 @@ pub fn response(snapshot: &MetricsSnapshot) -> axum::response::Response {
 #[derive(Debug)]
 struct Snapshot(MetricsSnapshot);
 
-type Labels = Vec<(&'static str, String)>;
+pub(super) type Labels = Vec<(&'static str, String)>;
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
@@ -153,6 +157,8 @@ impl Collector for Snapshot {
             .collect();
         encode_node_stats(&mut enc, &nodes)?;
         encode_members(&mut enc, &nodes)?;
+        super::managed_metrics::encode_managed(&mut enc, &nodes)?;
+        super::managed_metrics::encode_backend_seconds(&mut enc, &s.backend_seconds)?;
         family(
             &mut enc,
             "lbaas_events",
@@ -166,7 +172,7 @@ impl Collector for Snapshot {
 }
 
 /// Writes one metric family: its HELP and TYPE lines, then a series per item.
-fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+pub(super) fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -408,6 +414,7 @@ mod tests {
                 ],
             }],
             events: vec![("failover".into(), 3), ("node_ready".into(), 2)],
+            backend_seconds: Vec::new(),
         }
     }
 
@@ -681,6 +688,9 @@ lbaas_events_total{kind="node_ready"} 2
             .instances
             .iter()
             .all(|i| i.nodes.len() == 2 && i.nodes.iter().all(|n| n.stats.is_some())));
-        assert_eq!((one, twenty), (5, 5));
+        // Five, plus the projects and each project's usage report: the
+        // same for one instance as for twenty.
+        assert_eq!(one, twenty);
+        assert!(one >= 6, "{one} statements");
     }
 }

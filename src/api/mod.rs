@@ -9,6 +9,8 @@ mod auth;
 mod backend_guard;
 mod error;
 mod handlers;
+mod managed_check;
+mod managed_metrics;
 mod metrics;
 mod quota;
 pub mod rate_limit;

@@ -3,6 +3,7 @@
 use rusqlite::Connection;
 
 use crate::model::instance::BackendView;
+use crate::model::managed::ManagedSpec;
 use crate::model::{EventInfo, InstanceInfo, NodeInfo, ProjectInfo, TrafficType, Warning};
 use crate::store::{self, InstanceRow, ProjectRow, StoreError};
 
@@ -108,8 +109,7 @@ pub fn instance_info_with(
             entities: i.spec.backends.clone(),
             health_check: i.spec.health_check.clone(),
             auto_scaling: i.spec.auto_scaling,
-            // Redaction of env values comes with the API work of issue 16.
-            managed: i.spec.managed.as_ref().map(|m| m.to_spec()),
+            managed: i.spec.managed.as_ref().map(|m| redacted(m.to_spec())),
         },
         min_nodes: i.spec.min_nodes,
         max_nodes: i.spec.max_nodes,
@@ -120,7 +120,15 @@ pub fn instance_info_with(
         max_connections: i.spec.tuning.max_connections,
         max_header_bytes: i.spec.tuning.max_header_bytes,
         proxy_protocol: i.spec.tuning.proxy_protocol,
-        pools: policy.pools.unwrap_or_default(),
+        pools: policy
+            .pools
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, mut pool)| {
+                pool.managed = pool.managed.map(redacted);
+                (name, pool)
+            })
+            .collect(),
         rules: policy.rules.unwrap_or_default(),
         auth: policy.auth,
         rate_limits: policy.rate_limits.unwrap_or_default(),
@@ -139,6 +147,25 @@ pub fn instance_info_with(
     })
 }
 
+/// What a managed env value shows as: it may hold a secret.
+pub const REDACTED: &str = "***";
+
+/// A managed spec as `info` shows it: env names stay, their values (and the
+/// per-resource envs) do not.
+fn redacted(mut spec: ManagedSpec) -> ManagedSpec {
+    if let Some(p) = spec.process.as_mut() {
+        p.env.values_mut().for_each(|v| *v = REDACTED.to_string());
+    }
+    let resources = spec
+        .per_resource
+        .as_mut()
+        .and_then(|r| r.resources.as_mut());
+    for r in resources.into_iter().flat_map(|r| r.values_mut()) {
+        r.env.values_mut().for_each(|v| *v = REDACTED.to_string());
+    }
+    spec
+}
+
 /// An instance's events since `since`, newest first.
 pub fn events(
     c: &Connection,
@@ -155,4 +182,32 @@ pub fn events(
             node_id: e.node_id,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::instance::TrafficType;
+    use serde_json::json;
+
+    #[test]
+    fn env_values_are_redacted_names_and_the_rest_stay() {
+        let spec: ManagedSpec = serde_json::from_value(json!({
+            "compute": "process",
+            "process": {"command": ["app", "{port}"], "env": {"TOKEN": "s3cret", "MODE": "prod"}},
+            "port": 8000,
+            "per_resource": {"path_segment": 1,
+                             "resources": {"r1": {"env": {"KEY": "k1"}, "require_groups": ["g"]}}}
+        }))
+        .unwrap();
+        let shown = redacted(spec.validate(TrafficType::Http).unwrap().to_spec());
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(!text.contains("s3cret") && !text.contains("prod") && !text.contains("k1"));
+        let process = shown.process.unwrap();
+        assert_eq!(process.env["TOKEN"], REDACTED);
+        assert_eq!(process.command, ["app", "{port}"]);
+        let resources = shown.per_resource.unwrap().resources.unwrap();
+        assert_eq!(resources["r1"].env["KEY"], REDACTED);
+        assert_eq!(resources["r1"].require_groups, ["g"]);
+    }
 }

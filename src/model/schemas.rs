@@ -33,5 +33,13 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("whoami.json", v(schema_for!(WhoAmI))),
         ("audit.query.json", v(schema_for!(AuditQuery))),
         ("audit.entry.json", v(schema_for!(AuditEntry))),
+        (
+            "usage.query.json",
+            v(schema_for!(crate::model::usage::UsageQuery)),
+        ),
+        (
+            "usage.report.json",
+            v(schema_for!(crate::model::usage::UsageReport)),
+        ),
     ]
 }

@@ -6,6 +6,7 @@
 //! HTTP client), never from the database.
 
 pub mod app;
+pub mod managed;
 pub mod view;
 
 use std::io;

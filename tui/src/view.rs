@@ -197,13 +197,24 @@ fn render_empty_list(f: &mut Frame, app: &App, area: Rect) {
 // === One instance ===
 
 fn render_detail(f: &mut Frame, app: &App, row: &InstanceRow, area: Rect) {
-    let [summary, tables, sparks] = Layout::vertical([
+    let managed = crate::managed::pools(&row.info);
+    // Header and borders around the pools' rows, when there are any.
+    let managed_height = if managed.is_empty() {
+        0
+    } else {
+        managed.len() as u16 + 3
+    };
+    let [summary, tables, managed_area, sparks] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(4),
+        Constraint::Length(managed_height),
         Constraint::Length(if area.height >= 16 { 5 } else { 0 }),
     ])
     .areas(area);
     render_summary(f, row, summary);
+    if managed_area.height > 0 {
+        render_managed(f, &managed, managed_area);
+    }
     let [nodes_area, members_area] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(tables);
     render_nodes(f, app, &row.info, nodes_area);
@@ -328,6 +339,55 @@ fn render_members(f: &mut Frame, app: &App, info: &InstanceInfo, area: Rect) {
     )
     .block(pane_block(" members ".into(), false));
     f.render_widget(members, area);
+}
+
+/// Managed pools: backends ready and starting, requests held, cold starts.
+fn render_managed(f: &mut Frame, pools: &[crate::managed::ManagedPoolRow], area: Rect) {
+    let rows: Vec<Row> = pools
+        .iter()
+        .map(|p| {
+            let queued_style = if p.queued > 0 {
+                Style::default().fg(Color::Yellow)
+            } else {
+                Style::default()
+            };
+            Row::new(vec![
+                Cell::from(p.pool.clone()),
+                Cell::from(p.ready.to_string()),
+                Cell::from(p.starting.to_string()),
+                Cell::from(p.queued.to_string()).style(queued_style),
+                Cell::from(p.cold_starts.to_string()),
+                Cell::from(
+                    p.last_cold_start_ms
+                        .map_or("-".into(), |m| format!("{m} ms")),
+                ),
+            ])
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(20),
+            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(12),
+            Constraint::Length(16),
+        ],
+    )
+    .header(
+        Row::new([
+            "MANAGED POOL",
+            "READY",
+            "STARTING",
+            "QUEUED",
+            "COLD STARTS",
+            "LAST COLD START",
+        ])
+        .style(Style::default().add_modifier(Modifier::BOLD)),
+    )
+    .block(pane_block(" managed pools ".into(), false));
+    f.render_widget(table, area);
 }
 
 /// Requests/s and p99 over the instance's recent refreshes, side by side;
@@ -536,6 +596,26 @@ mod tests {
             member.contains(" 1000.0 "),
             "5000 requests in the 5 s between two samples:\n{s}"
         );
+    }
+
+    #[test]
+    fn the_detail_view_shows_managed_pools_only_when_there_are_some() {
+        let mut app = App::new("http://x");
+        app.update(crate::managed::tests::managed_snapshot(), Instant::now());
+        app.on_key(Key::Enter);
+        let s = screen(&app, 120, 34);
+        let row = s
+            .lines()
+            .find(|l| l.contains("MANAGED POOL"))
+            .and_then(|_| s.lines().find(|l| l.contains("default")))
+            .unwrap_or_else(|| panic!("no managed pool row:\n{s}"));
+        for cell in ["default", " 1 ", " 4 ", " 7 ", "840 ms"] {
+            assert!(row.contains(cell), "{cell} missing in {row:?}:\n{s}");
+        }
+        let mut plain = App::new("http://x");
+        plain.update(snapshot(&["web"]), Instant::now());
+        plain.on_key(Key::Enter);
+        assert!(!screen(&plain, 120, 34).contains("MANAGED POOL"));
     }
 
     #[test]
