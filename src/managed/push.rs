@@ -124,12 +124,18 @@ mod tests {
     fn spec() -> InstanceSpec {
         let create: crate::model::InstanceCreate = serde_json::from_value(serde_json::json!({
             "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
-            "backend": {"managed": {"compute": "process", "port": 8000,
-                "process": {"command": ["python3", "-m", "http.server", "{port}"],
-                            "env": {"SECRET": "do-not-leak"}}}}
+            "backend": {"entities": ["127.0.0.1:9"]}
         }))
         .unwrap();
-        create.validate(&crate::password::Argon2Hasher).unwrap()
+        let mut spec = create.validate(&crate::password::Argon2Hasher).unwrap();
+        let managed: crate::model::managed::ManagedSpec = serde_json::from_value(serde_json::json!({
+            "compute": "process", "port": 8000,
+            "process": {"command": ["python3", "-m", "http.server", "{port}"],
+                        "env": {"SECRET": "do-not-leak"}}
+        }))
+        .unwrap();
+        spec.managed = Some(managed.validate(spec.traffic_type).unwrap());
+        spec
     }
 
     fn row(id: i64, state: BackendState) -> BackendRow {
