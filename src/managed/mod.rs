@@ -18,6 +18,9 @@ mod push;
 pub mod ready;
 mod tick;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};

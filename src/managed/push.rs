@@ -128,12 +128,13 @@ mod tests {
         }))
         .unwrap();
         let mut spec = create.validate(&crate::password::Argon2Hasher).unwrap();
-        let managed: crate::model::managed::ManagedSpec = serde_json::from_value(serde_json::json!({
-            "compute": "process", "port": 8000,
-            "process": {"command": ["python3", "-m", "http.server", "{port}"],
-                        "env": {"SECRET": "do-not-leak"}}
-        }))
-        .unwrap();
+        let managed: crate::model::managed::ManagedSpec =
+            serde_json::from_value(serde_json::json!({
+                "compute": "process", "port": 8000,
+                "process": {"command": ["python3", "-m", "http.server", "{port}"],
+                            "env": {"SECRET": "do-not-leak"}}
+            }))
+            .unwrap();
         spec.managed = Some(managed.validate(spec.traffic_type).unwrap());
         spec
     }

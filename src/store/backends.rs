@@ -306,7 +306,7 @@ pub fn backend_pid(c: &Connection, id: i64) -> Result<Option<u32>, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Store;
 

@@ -10,7 +10,7 @@
 //! stalling its caller.
 
 mod audit;
-mod backends;
+pub(crate) mod backends;
 mod counters;
 mod instances;
 mod migrations;
