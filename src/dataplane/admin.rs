@@ -1,5 +1,6 @@
-//! The node's admin API: `GET /status`, `PUT /config`, both behind the node's
-//! bearer secret. The controller is its only client.
+//! The node's admin API: `GET /status`, `PUT /config`, `PUT /managed` and
+//! `GET /events`, all behind the node's bearer secret. The controller is its
+//! only client.
 
 use std::sync::Arc;
 
@@ -12,12 +13,15 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::Node;
+use crate::model::wake::{ManagedMembers, NodeEvent};
 use crate::model::NodeConfig;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/config", put(config))
+        .route("/managed", put(managed))
+        .route("/events", get(events))
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(node)
 }
@@ -58,5 +62,99 @@ async fn config(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) 
     match node.apply(config).await {
         Ok(status) => Json(status).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn managed(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&node, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized".into());
+    }
+    let members: ManagedMembers = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid managed members: {e}"),
+            )
+        }
+    };
+    match node.apply_managed(members).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// How often an idle events stream gets a `Keepalive` line.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /events`: NDJSON, `Hello` first, then every event as it happens.
+/// A subscriber that falls behind loses the oldest events (the request path
+/// never waits for it); demand is sent again while it lasts.
+async fn events(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if !authorized(&node, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized".into());
+    }
+    let hello = NodeEvent::Hello {
+        node_id: node.node_id.clone(),
+        managed_version: node.wake.version(),
+    };
+    let stream = event_lines(hello, node.wake.subscribe(), KEEPALIVE);
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn event_lines(
+    hello: NodeEvent,
+    events: tokio::sync::broadcast::Receiver<NodeEvent>,
+    keepalive: std::time::Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    use tokio::sync::broadcast::error::RecvError;
+    let state = (Some(hello), events);
+    futures_util::stream::unfold(state, move |(mut first, mut events)| async move {
+        let event = match first.take() {
+            Some(hello) => hello,
+            None => loop {
+                match tokio::time::timeout(keepalive, events.recv()).await {
+                    Err(_) => break NodeEvent::Keepalive,
+                    Ok(Ok(event)) => break event,
+                    Ok(Err(RecvError::Lagged(n))) => {
+                        tracing::debug!("events: a slow subscriber lost {n} events");
+                    }
+                    Ok(Err(RecvError::Closed)) => return None,
+                }
+            },
+        };
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok(Bytes::from(line)), (first, events)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_says_hello_then_events_then_keepalives() {
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        let hello = NodeEvent::Hello {
+            node_id: "7".into(),
+            managed_version: None,
+        };
+        let mut lines = Box::pin(event_lines(hello, rx, KEEPALIVE));
+        let first = lines.next().await.unwrap().unwrap();
+        assert!(first.starts_with(b"{\"kind\":\"hello\""), "{first:?}");
+        tx.send(NodeEvent::Keepalive).unwrap();
+        assert_eq!(
+            &lines.next().await.unwrap().unwrap()[..],
+            b"{\"kind\":\"keepalive\"}\n"
+        );
+        // Nothing sent: a keepalive after the interval.
+        let idle = lines.next().await.unwrap().unwrap();
+        assert_eq!(&idle[..], b"{\"kind\":\"keepalive\"}\n");
     }
 }

@@ -204,19 +204,21 @@ impl Balancer {
         let now = now_ms();
         self.members
             .iter()
-            .map(|m| MemberStats {
-                address: m.address,
-                state: m.state(now),
-                weight: m.weight,
-                requests: m.counters.requests.load(Relaxed),
-                failures: m.counters.failures.load(Relaxed),
-                active: m.counters.active.load(Relaxed),
-                ejections: m.counters.ejections.load(Relaxed),
-                pool: None,
-                // Filled by the wake stage's activity tracking (issue 16).
-                open_connections: 0,
-                idle_ms: None,
-                resource: None,
+            .map(|m| {
+                let (open_connections, idle_ms) = m.counters.activity();
+                MemberStats {
+                    address: m.address,
+                    state: m.state(now),
+                    weight: m.weight,
+                    requests: m.counters.requests.load(Relaxed),
+                    failures: m.counters.failures.load(Relaxed),
+                    active: m.counters.active.load(Relaxed),
+                    ejections: m.counters.ejections.load(Relaxed),
+                    pool: None,
+                    open_connections,
+                    idle_ms,
+                    resource: None,
+                }
             })
             .collect()
     }

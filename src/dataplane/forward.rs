@@ -217,14 +217,15 @@ pub(super) struct Failure<'a> {
 /// Sends `upstream` to `member` of `balancer` (the request's pool), and on
 /// a failure the retry rule allows (`retry_reason`, and a spare head) once
 /// more to another member of it. Every attempt's outcome counts for the
-/// member's passive health in that pool.
+/// member's passive health in that pool. The member that answered comes
+/// with its response.
 pub(super) async fn send_with_retry<'a>(
     client: &BackendClient,
     balancer: &'a Balancer,
     mut member: &'a Member,
     upstream: Upstream,
     body: ProxyBody,
-) -> Result<Response<Incoming>, Failure<'a>> {
+) -> Result<(Response<Incoming>, &'a Member), Failure<'a>> {
     let Upstream {
         head,
         target,
@@ -238,7 +239,7 @@ pub(super) async fn send_with_retry<'a>(
         let error = match forward(client, member, Request::from_parts(head, body)).await {
             Ok(resp) => {
                 record_outcome(balancer, member, resp.status().as_u16() < 500);
-                return Ok(resp);
+                return Ok((resp, member));
             }
             Err(error) => error,
         };

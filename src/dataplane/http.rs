@@ -26,6 +26,8 @@ use tokio::sync::watch;
 use super::forward::{strip_hop_by_hop, Failure, ForwardError};
 use super::idle::{timed_out, Activity, Counted, OwnWakes, Streams, Tracked};
 use super::pool::{full_body, ProxyBody};
+use super::stats::OpenGuard;
+use super::wake::activity::OpenBody;
 use super::{ActiveConfig, Node};
 use crate::model::{tuning, Timeouts};
 
@@ -231,6 +233,7 @@ pub(super) fn client_response(
     active: &ActiveConfig,
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    open: Option<OpenGuard>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = client_upgrade {
@@ -240,13 +243,18 @@ pub(super) fn client_response(
             let slot = TunnelSlot::take(node);
             let idle =
                 Duration::from_millis(u64::from(active.config.tuning.timeouts.client_idle_ms));
-            tokio::spawn(tunnel(slot, client_side, backend_side, idle));
+            tokio::spawn(tunnel(slot, client_side, backend_side, idle, open));
             return resp.map(|b| b.boxed());
         }
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
+    let body = match open {
+        // A managed member: open until the body's last byte.
+        Some(open) => OpenBody::new(body, open).boxed(),
+        None => body.boxed(),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// No member answered in time (504) or at all (502): the reason goes to the
@@ -315,6 +323,8 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     idle: Duration,
+    // A managed member stays open (not idle) while the tunnel is.
+    _open: Option<OpenGuard>,
 ) {
     let activity = Activity::default();
     let upgraded = async {

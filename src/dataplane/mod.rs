@@ -26,6 +26,7 @@ pub mod rules;
 pub mod splice;
 pub mod stats;
 pub mod tcp;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -81,6 +82,8 @@ pub struct ActiveConfig {
     pub auth: auth::AuthStage,
     /// The pipeline's rate limit stage; empty without limits.
     pub limits: rate_limit::RateLimitStage,
+    /// The wake queues of managed pools; empty without managed pools.
+    pub wake: wake::WakeStage,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -152,6 +155,11 @@ pub struct Node {
     /// Per-member counters and health survive config changes, keyed by
     /// pool and address (`pools.rs` says why per pool).
     members: MemberRegistry,
+    /// Managed pools: the pushed members, the wake queues, the events.
+    pub wake: wake::Wake,
+    /// The last config applied as lbd sent it, before the pushed managed
+    /// members are merged in (a `PUT /managed` is merged into it).
+    sent: Mutex<Option<NodeConfig>>,
     listener: tokio::sync::Mutex<Option<Listener>>,
     /// Stops the active health checks of the previous config.
     health_stop: Mutex<Option<watch::Sender<bool>>>,
@@ -176,6 +184,8 @@ impl Node {
             fd_cap: AtomicU64::new(u64::MAX),
             fd_cap_logged: Default::default(),
             members: MemberRegistry::default(),
+            wake: wake::Wake::default(),
+            sent: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
             health_stop: Mutex::default(),
             last_error: Mutex::default(),
@@ -223,7 +233,7 @@ impl Node {
                 fdlimit::FDS_PER_CONNECTION
             );
         }
-        let active = match self.prepare(config.clone()) {
+        let active = match self.prepare(self.wake.merge(config.clone())) {
             Ok(active) => Arc::new(active),
             Err(err) => {
                 let err = ConfigError::from(err);
@@ -234,6 +244,8 @@ impl Node {
         self.max_connections.store(wanted.min(cap), Relaxed);
         self.start_health_checks(&active);
         self.active.store(Some(active));
+        self.wake.settle();
+        *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some(config.clone());
         if restart {
             if let Some(old) = listener.take() {
                 let _ = old.stop.send(true);
@@ -262,6 +274,27 @@ impl Node {
         }
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         tracing::info!(version = config.version, listen = %config.listen, backends = config.backends.len(), algorithm = ?config.tuning.algorithm, pools = config.policy.pools.len(), rules = config.policy.rules.len(), "config applied");
+        drop(listener);
+        Ok(self.status().await)
+    }
+
+    /// Applies a `PUT /managed`: the managed pools' members change, the
+    /// rest of the config in force stays; held requests of a target that
+    /// got a member are released once its balancer has it.
+    pub async fn apply_managed(
+        self: &Arc<Self>,
+        members: crate::model::wake::ManagedMembers,
+    ) -> Result<NodeStatus, ConfigError> {
+        // The listener lock orders this with `apply`.
+        let listener = self.listener.lock().await;
+        self.wake.store_members(members);
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(config) = sent {
+            let active = Arc::new(self.prepare(self.wake.merge(config))?);
+            self.start_health_checks(&active);
+            self.active.store(Some(active));
+        }
+        self.wake.settle();
         drop(listener);
         Ok(self.status().await)
     }
@@ -299,6 +332,7 @@ impl Node {
                 .balancer(DEFAULT_POOL, config.tuning.algorithm, &config.backends);
         let pools = NamedPools::new(&config.policy, &self.members);
         let rules = rules::RuleTable::compile(&config.policy, &pools)?;
+        let wake = self.wake.stage(&config.managed, &pools);
         self.members.retain(&config.backends, &config.policy);
         let previous = self.active.load_full();
         // Keep the pooled backend connections unless the timeouts changed.
@@ -325,6 +359,7 @@ impl Node {
                 config.redis.as_ref(),
                 previous.map(|p| &p.limits),
             ),
+            wake,
             config,
         })
     }
@@ -390,10 +425,10 @@ impl Node {
                 .clone(),
             stats: NodeStats {
                 members,
+                managed: self.wake.stats(),
                 ..self.counters.snapshot()
             },
-            // Filled by the wake stage (issue 16).
-            managed_version: None,
+            managed_version: self.wake.version(),
         }
     }
 

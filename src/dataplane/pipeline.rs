@@ -31,6 +31,8 @@ use super::pool::ProxyBody;
 use super::pools::PoolRef;
 use super::rate_limit::{LimitOutcome, LimitRequest};
 use super::rules::{CompiledRule, RequestFacts};
+use super::stats::OpenGuard;
+use super::wake;
 use super::{ActiveConfig, Node};
 use crate::model::{Algorithm, HashOn};
 
@@ -89,29 +91,81 @@ pub(super) async fn route(
             return resp;
         }
     };
-    // Named point "wake queue": a request for a pool whose members sleep
-    // would wait here until they are woken, before a member is chosen.
+    // Stage: wake queue. A request for a managed pool with no member
+    // waits here until lbd pushes one (then with the config that has it).
     // Named point "federation": a routing mode that sends to another
     // region's LB would resolve here instead of a local pool.
+    let target = caller
+        .upstream
+        .is_empty()
+        .then(|| wake_target(&active, pool))
+        .flatten();
+    let _in_flight = target.as_ref().map(|t| t.in_flight());
+    let mut woken = None;
+    let mut cold_start = None;
+    if let Some(t) = target.as_deref() {
+        if active.pool(pool).members().is_empty() {
+            match t.hold().await {
+                Ok(waited) => cold_start = waited,
+                Err(refused) => return wake::answer::refusal(refused),
+            }
+            woken = node.active.load_full();
+        }
+    }
+    // After a wake the pool is looked up again in the config that has its
+    // member (its place may have moved if a new config came meanwhile).
+    let (serving, pool) = match woken.as_deref() {
+        Some(now) => match now.pools.resolve(target.as_deref().map_or("", |t| &t.pool)) {
+            Some(pool) => (now, pool),
+            None => return no_member(active.pool(pool)),
+        },
+        None => (&*active, pool),
+    };
     let upstream_set =
-        (!caller.upstream.is_empty()).then(|| active.upstreams.balancer(&caller.upstream));
-    let balancer = upstream_set.as_deref().unwrap_or_else(|| active.pool(pool));
-    let Some(member) = pick_member(node, &active, balancer, &head, peer) else {
+        (!caller.upstream.is_empty()).then(|| serving.upstreams.balancer(&caller.upstream));
+    let balancer = upstream_set
+        .as_deref()
+        .unwrap_or_else(|| serving.pool(pool));
+    let Some(member) = pick_member(node, serving, balancer, &head, peer) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         return no_member(balancer);
     };
+    // A managed member is open (not idle) from here to its body's end.
+    let open = target
+        .is_some()
+        .then(|| OpenGuard::new(member.counters.clone()));
 
     // Stage: toward the backend.
     let upstream = toward_backend(rule, head, peer, upgrade, retryable);
 
     // Stage: upstream.
     let mut resp =
-        match send_with_retry(&active.client, balancer, member, upstream, body.boxed()).await {
-            Ok(resp) => client_response(node, &active, resp, client_upgrade),
+        match send_with_retry(&serving.client, balancer, member, upstream, body.boxed()).await {
+            Ok((resp, served)) => {
+                let open = match open {
+                    Some(_) if !std::ptr::eq(served, member) => {
+                        Some(OpenGuard::new(served.counters.clone()))
+                    }
+                    open => open,
+                };
+                client_response(node, serving, resp, client_upgrade, open)
+            }
             Err(failure) => failure_response(node, failure),
         };
     add_limit_fields(&mut resp, limit_headers);
+    if let Some(ms) = cold_start {
+        wake::answer::add_cold_start(&mut resp, ms);
+    }
     resp
+}
+
+/// The wake target of `pool`; none without managed pools, at the cost of
+/// one check.
+fn wake_target(active: &ActiveConfig, pool: PoolRef) -> Option<wake::TargetRef> {
+    if active.wake.is_empty() {
+        return None;
+    }
+    active.wake.target(pool).cloned()
 }
 
 /// The rate limit fields of this node replace any a backend sent, so a

@@ -123,6 +123,43 @@ pub struct MemberCounters {
     pub consecutive_errors: AtomicU64,
     pub ejected_until_ms: AtomicU64,
     pub ejections: AtomicU64,
+    /// Requests until their response body ends, upgraded tunnels and TCP
+    /// relays open to the member now (lbd's idle decisions).
+    pub open: AtomicU64,
+    /// When (`now_ms` + 1; 0: never) the member last had nothing open.
+    pub last_open_ms: AtomicU64,
+}
+
+/// One thing open to a member (a response body, a tunnel, a relay) while it
+/// lives: the member is not idle.
+pub struct OpenGuard(std::sync::Arc<MemberCounters>);
+
+impl OpenGuard {
+    pub fn new(counters: std::sync::Arc<MemberCounters>) -> OpenGuard {
+        counters.open.fetch_add(1, Relaxed);
+        OpenGuard(counters)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        // Stamped before the count drops, so a reader that sees 0 open
+        // sees this end's time too.
+        self.0.last_open_ms.store(now_ms() + 1, Relaxed);
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl MemberCounters {
+    /// `(open_connections, idle_ms)` of `MemberStats`.
+    pub fn activity(&self) -> (u64, Option<u64>) {
+        let open = self.open.load(Relaxed);
+        if open > 0 {
+            return (open, Some(0));
+        }
+        let last = self.last_open_ms.load(Relaxed);
+        (0, last.checked_sub(1).map(|t| now_ms().saturating_sub(t)))
+    }
 }
 
 impl Default for MemberCounters {
@@ -137,6 +174,8 @@ impl Default for MemberCounters {
             consecutive_errors: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            last_open_ms: AtomicU64::new(0),
         }
     }
 }
@@ -275,6 +314,21 @@ mod tests {
         assert_eq!(w.percentiles_at(70).count, 0, "a minute later it is gone");
         w.record_at(Duration::from_millis(5), 70);
         assert_eq!(w.percentiles_at(70).count, 1, "a reused slot starts empty");
+    }
+
+    #[test]
+    fn a_member_is_busy_while_anything_is_open() {
+        let c = std::sync::Arc::new(MemberCounters::default());
+        assert_eq!(c.activity(), (0, None), "never used");
+        let a = OpenGuard::new(c.clone());
+        let b = OpenGuard::new(c.clone());
+        assert_eq!(c.activity(), (2, Some(0)));
+        drop(a);
+        assert_eq!(c.activity(), (1, Some(0)));
+        drop(b);
+        let (open, idle) = c.activity();
+        assert_eq!(open, 0);
+        assert!(idle.is_some());
     }
 
     #[test]

@@ -14,6 +14,9 @@ use tokio::sync::watch;
 use super::balance::fnv1a;
 use super::health::record_outcome;
 use super::idle::{timed_out, Activity, Tracked};
+use super::pools::PoolRef;
+use super::stats::OpenGuard;
+use super::wake::TargetRef;
 use super::Node;
 use crate::model::Timeouts;
 
@@ -30,7 +33,20 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
             };
             node.counters.requests_total.fetch_add(1, Relaxed);
             let local = client.local_addr().unwrap_or(peer);
-            let Some(backend) = connect(&node, peer, local).await else {
+            // A managed default pool with no member: the connection waits,
+            // unread, for lbd to push one (a slower connect to the client);
+            // on a timeout or a failed start it is closed.
+            let target = wake_target(&node);
+            let _in_flight = target.as_ref().map(|t| t.in_flight());
+            if let Some(t) = target.as_deref() {
+                if asleep(&node) {
+                    if let Err(e) = t.hold().await {
+                        tracing::debug!("tcp client {peer}: not woken: {e:?}");
+                        return;
+                    }
+                }
+            }
+            let Some((backend, _open)) = connect(&node, peer, local).await else {
                 node.counters.backend_errors.fetch_add(1, Relaxed);
                 if let Some(left_out) = super::log_limit::allow("tcp_no_backend", "") {
                     tracing::warn!(left_out, "tcp client {peer}: no backend answered");
@@ -85,9 +101,31 @@ pub async fn serve(node: Arc<Node>, listener: Arc<TcpListener>, stop: watch::Rec
     .await
 }
 
+/// The wake target of the default pool, if it is managed.
+fn wake_target(node: &Node) -> Option<TargetRef> {
+    let active = node.active.load();
+    let active = active.as_ref()?;
+    if active.wake.is_empty() {
+        return None;
+    }
+    active.wake.target(PoolRef::Default).cloned()
+}
+
+fn asleep(node: &Node) -> bool {
+    node.active
+        .load()
+        .as_ref()
+        .is_none_or(|a| a.balancer.members().is_empty())
+}
+
 /// Connects to the chosen member or, if that fails, one other member, and
-/// sends the PROXY protocol header when configured.
-async fn connect(node: &Node, peer: SocketAddr, local: SocketAddr) -> Option<TcpStream> {
+/// sends the PROXY protocol header when configured. The member is open (not
+/// idle) while the guard that comes with the stream lives.
+async fn connect(
+    node: &Node,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<(TcpStream, OpenGuard)> {
     let active = node.active.load_full()?;
     let key = match peer.ip() {
         std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
@@ -115,7 +153,7 @@ async fn connect(node: &Node, peer: SocketAddr, local: SocketAddr) -> Option<Tcp
         match result {
             Ok(stream) => {
                 record_outcome(&active.balancer, member, true);
-                return Some(stream);
+                return Some((stream, OpenGuard::new(member.counters.clone())));
             }
             Err(e) => {
                 if let Some(left_out) =
