@@ -107,7 +107,7 @@ fn a_backend_that_exits_fails_held_requests_at_once_with_its_output() {
     let asked = Instant::now();
     let (status, headers, _) = get(lb, "/");
     let took = asked.elapsed();
-    assert_eq!(status, 503, "{headers:?}");
+    assert_eq!(status, 503, "{headers:?}\n{}", lbd.stderr());
     let why = header(&headers, "x-lbaas-wake-error").expect("X-Lbaas-Wake-Error");
     assert!(why.contains("exited with code 1"), "{why}");
     // The process lives 0.5 s; the answer comes within 1 s of its exit

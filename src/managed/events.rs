@@ -73,6 +73,7 @@ async fn follow(shared: Arc<Shared>, t: StreamTarget) {
                     }
                     Ok(None) | Err(_) => break,
                 };
+                tracing::debug!("node {}: {event:?}", t.node);
                 if !on_event(&shared, &t, event).await {
                     return;
                 }

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use super::decide::{self, Activity};
 use super::events::{StreamTarget, Streams};
 use super::lifecycle::{self, counts, managed_of, StopReason};
-use super::{lock, push, Shared};
+use super::{lock, push, Shared, Signal};
 use crate::drivers::backend::BackendObservation;
 use crate::drivers::node_admin::NodeAdmin;
 use crate::model::managed::BackendState;
+use crate::model::wake::{ManagedTarget, WakeDemand};
 use crate::model::NodeStatus;
 use crate::store::{self, BackendRow, InstanceRow, NodeRow, StoreError};
 
@@ -170,6 +171,7 @@ async fn activity(
     if behind && !running.is_empty() {
         push::push(shared, inst.id).await;
     }
+    missed_wakes(shared, inst, &statuses).await;
     let complete = statuses.iter().all(Option::is_some);
     let now = store::now_ms();
     let ready: Vec<&BackendRow> = mine
@@ -202,6 +204,37 @@ async fn activity(
             tokio::spawn(async move {
                 lifecycle::stop(&shared, &name, project, b, StopReason::Idle { idle_s }).await
             });
+        }
+    }
+}
+
+/// Requests a node holds are demand even if its `Wake` went out while no
+/// stream was open (a node sends it once per hold): each pass asks again.
+async fn missed_wakes(shared: &Arc<Shared>, inst: &InstanceRow, statuses: &[Option<NodeStatus>]) {
+    for pool in statuses
+        .iter()
+        .flatten()
+        .flat_map(|s| s.stats.managed.iter())
+    {
+        if pool.queued == 0 {
+            continue;
+        }
+        let demand = WakeDemand {
+            target: ManagedTarget {
+                pool: pool.pool.clone(),
+                resource: pool.resource.clone(),
+            },
+            queued: pool.queued,
+            in_flight: pool.queued,
+            ready: pool.ready,
+        };
+        if shared
+            .signals
+            .send(Signal::Wake(inst.id, demand))
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
