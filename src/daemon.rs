@@ -45,7 +45,6 @@ pub async fn run(
     let compute = crate::drivers::compute::Compute::new(drivers.compute.clone());
     let background = Background::start(
         &config,
-        &state_dir,
         &store,
         &drivers,
         wake.clone(),
@@ -135,6 +134,8 @@ struct Drivers {
     /// Written by the compute driver, shown by the API.
     compute_warnings: ComputeWarnings,
     dns: Arc<EmbeddedDns>,
+    /// Managed backends' processes.
+    backends: Arc<dyn crate::drivers::backend::BackendDriver>,
 }
 
 impl Drivers {
@@ -161,6 +162,7 @@ impl Drivers {
             compute,
             compute_warnings,
             dns,
+            backends: backend_driver(config, state_dir)?,
         })
     }
 }
@@ -228,7 +230,6 @@ struct Background {
 impl Background {
     async fn start(
         config: &DaemonConfig,
-        state_dir: &Path,
         store: &Store,
         drivers: &Drivers,
         wake: Arc<Notify>,
@@ -255,7 +256,7 @@ impl Background {
         let managed = tokio::spawn(
             crate::managed::Manager::new(
                 store.clone(),
-                backend_driver(config, state_dir)?,
+                drivers.backends.clone(),
                 (*node_admin).clone(),
                 drivers.network.clone(),
                 crate::managed::ManagerSettings {

@@ -197,7 +197,7 @@ async fn a_wake_starts_a_backend_that_is_pushed_ready_then_stopped_when_idle() {
     let conn = tokio::net::TcpStream::connect(member.address).await;
     assert!(conn.is_ok(), "{member:?}");
     let pid = store
-        .read_blocking(|c| store::all_backends(c))
+        .read_blocking(store::all_backends)
         .unwrap()
         .first()
         .and_then(|b| b.pid)
@@ -218,7 +218,7 @@ async fn a_wake_starts_a_backend_that_is_pushed_ready_then_stopped_when_idle() {
     .await;
     wait_until("the row gone", || {
         store
-            .read_blocking(|c| store::all_backends(c))
+            .read_blocking(store::all_backends)
             .unwrap()
             .is_empty()
             .then_some(())

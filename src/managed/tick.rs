@@ -314,7 +314,11 @@ async fn top_up_min(shared: &Arc<Shared>, inst: &InstanceRow, mine: &[BackendRow
 }
 
 async fn prune(shared: &Arc<Shared>) {
-    if shared.ticks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY_TICKS != 0 {
+    if !shared
+        .ticks
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY_TICKS)
+    {
         return;
     }
     let keep = shared.settings.lifetime_retention_s;

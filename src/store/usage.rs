@@ -154,6 +154,9 @@ pub fn prune_usage(
     Ok(days + lives)
 }
 
+/// Per instance (id, name): the sums of each pool.
+type ByInstance = Vec<(i64, String, Vec<(String, Sums)>)>;
+
 #[derive(Default)]
 struct Sums {
     figures: UsageFigures,
@@ -215,7 +218,7 @@ pub fn usage_report(
         ))
     })?;
     // (instance id, name) → pool → sums
-    let mut by_instance: Vec<(i64, String, Vec<(String, Sums)>)> = Vec::new();
+    let mut by_instance: ByInstance = Vec::new();
     for row in rows {
         let (id, name, pool, sums) = row?;
         match by_instance.last_mut() {
@@ -262,7 +265,7 @@ pub fn usage_report(
 fn add_running(
     c: &Connection,
     project_id: ProjectId,
-    by_instance: &mut Vec<(i64, String, Vec<(String, Sums)>)>,
+    by_instance: &mut ByInstance,
 ) -> Result<(), StoreError> {
     let now_ms = super::now_ms();
     let mut stmt = c.prepare(
