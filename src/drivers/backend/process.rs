@@ -299,6 +299,25 @@ impl BackendDriver for ProcessBackends {
         }
         match self.live_pid(id) {
             Some(pid) => BackendObservation::Running { pid },
+            // Our child has not exec'd yet (its environ is still lbd's), or
+            // just exited and its reaper records how in a moment.
+            None if matches!(self.children().get(&id), Some(None)) => {
+                let deadline = Instant::now() + Duration::from_secs(1);
+                loop {
+                    if let Some(Some(reason)) = self.children().get(&id).cloned() {
+                        return BackendObservation::Exited { reason };
+                    }
+                    if let Some(pid) = self.live_pid(id) {
+                        return BackendObservation::Running { pid };
+                    }
+                    if Instant::now() >= deadline {
+                        return BackendObservation::Exited {
+                            reason: "the process is gone".into(),
+                        };
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             None if self.pid_file(id).exists() => BackendObservation::Exited {
                 reason: "the process is gone".into(),
             },
@@ -389,8 +408,9 @@ mod tests {
                 &["sh", "-c", "echo \"$GREETING\"; exec sleep 30"],
             ))
             .unwrap();
+        // Until it has exec'd, the child's environ is still its parent's.
+        wait_until("the marker", || d.live().contains(&(5, pid)));
         assert_eq!(d.observe(5), BackendObservation::Running { pid });
-        assert!(d.live().contains(&(5, pid)));
         wait_until("output", || d.output_tail(5).contains("on 127.0.0.1:9"));
         // Another owner's marker is not ours.
         assert_eq!(backend_of(pid, "/elsewhere"), None);
