@@ -134,6 +134,8 @@ struct Drivers {
     /// Written by the compute driver, shown by the API.
     compute_warnings: ComputeWarnings,
     dns: Arc<EmbeddedDns>,
+    /// Managed backends' processes.
+    backends: Arc<dyn crate::drivers::backend::BackendDriver>,
 }
 
 impl Drivers {
@@ -160,6 +162,7 @@ impl Drivers {
             compute,
             compute_warnings,
             dns,
+            backends: backend_driver(config, state_dir)?,
         })
     }
 }
@@ -184,6 +187,20 @@ fn process_compute(
     ))
 }
 
+/// Managed backends' processes: pid and output files under the state dir;
+/// under netns they run as the node user, like lb-node.
+fn backend_driver(
+    config: &DaemonConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Arc<dyn crate::drivers::backend::BackendDriver>> {
+    let user = (config.network == NetworkKind::Netns).then(|| config.node_user.clone());
+    let dir = state_dir.join("backends");
+    Ok(Arc::new(
+        crate::drivers::backend::process::ProcessBackends::new(dir.clone(), user)
+            .with_context(|| format!("creating {}", dir.display()))?,
+    ))
+}
+
 struct Listeners {
     /// DNS, UDP and TCP on the same port.
     udp: UdpSocket,
@@ -205,6 +222,7 @@ impl Listeners {
 /// ends once `stop` turns true.
 struct Background {
     reconcile: JoinHandle<()>,
+    managed: JoinHandle<()>,
     checker: JoinHandle<()>,
     dns: JoinHandle<Result<(), DnsError>>,
 }
@@ -235,6 +253,19 @@ impl Background {
             .await
             .context("checking the nodes at start")?;
         let reconcile = tokio::spawn(reconciler.run(wake.clone(), stop.clone()));
+        let managed = tokio::spawn(
+            crate::managed::Manager::new(
+                store.clone(),
+                drivers.backends.clone(),
+                (*node_admin).clone(),
+                drivers.network.clone(),
+                crate::managed::ManagerSettings {
+                    node_admin_port: config.node_admin_port,
+                    lifetime_retention_s: config.events_retention,
+                },
+            )
+            .run(stop.clone()),
+        );
         let checker = Arc::new(HealthChecker::new(
             store.clone(),
             node_admin,
@@ -254,6 +285,7 @@ impl Background {
         };
         Ok(Background {
             reconcile,
+            managed,
             checker,
             dns,
         })
@@ -262,6 +294,7 @@ impl Background {
     /// Waits for every task, in the order they were started.
     async fn join(self) -> anyhow::Result<()> {
         self.reconcile.await?;
+        self.managed.await?;
         self.checker.await?;
         self.dns.await??;
         Ok(())

@@ -2,6 +2,7 @@
 //! small trait with one file per implementation, so the reconciler never
 //! knows whether a node is a process or a VM.
 
+pub mod backend;
 pub mod compute;
 pub mod network;
 pub mod node_admin;

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::dns::BoxFuture;
+use crate::model::wake::{ManagedMembers, NodeEvent};
 use crate::model::{NodeConfig, NodeStatus};
 
 #[derive(Debug, Error)]
@@ -148,6 +149,110 @@ impl NodeAdminClient {
             addr,
             reason: e.to_string(),
         })
+    }
+}
+
+impl NodeAdminClient {
+    /// `PUT /managed`: the instance's whole managed state (idempotent).
+    pub async fn put_managed(
+        &self,
+        addr: SocketAddr,
+        secret: &str,
+        members: &ManagedMembers,
+    ) -> Result<serde_json::Value, NodeAdminError> {
+        let body = serde_json::to_vec(members).expect("ManagedMembers always serializes");
+        match self
+            .call::<serde_json::Value>(addr, secret, http::Method::PUT, "/managed", body.into())
+            .await
+        {
+            // Accepted (2xx) with an empty or non-JSON body: still accepted.
+            Err(NodeAdminError::BadAnswer { .. }) => Ok(serde_json::Value::Null),
+            other => other,
+        }
+    }
+
+    /// Opens `GET /events`: the node's NDJSON stream of [`NodeEvent`]s.
+    /// Only the answer's head has the client's deadline; the stream stays
+    /// open until either side drops it.
+    pub async fn events(
+        &self,
+        addr: SocketAddr,
+        secret: &str,
+    ) -> Result<EventStream, NodeAdminError> {
+        let req = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(format!("http://{addr}/events"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {secret}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| NodeAdminError::BadAnswer {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let resp = tokio::time::timeout(self.timeout, self.http.request(req))
+            .await
+            .map_err(|_| NodeAdminError::Timeout {
+                addr,
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(|e| NodeAdminError::Unreachable {
+                addr,
+                reason: error_chain(&e),
+            })?;
+        if !resp.status().is_success() {
+            return Err(NodeAdminError::Refused {
+                addr,
+                status: resp.status().as_u16(),
+                message: "GET /events refused".into(),
+            });
+        }
+        Ok(EventStream {
+            addr,
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// An open `GET /events`, read line by line.
+pub struct EventStream {
+    addr: SocketAddr,
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the node closed the stream. A line that
+    /// is not an event this lbd knows is skipped (a newer node may say more).
+    pub async fn next(&mut self) -> Option<Result<NodeEvent, NodeAdminError>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let line = line.trim_ascii();
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<NodeEvent>(line) {
+                    Ok(e) => return Some(Ok(e)),
+                    Err(e) => {
+                        tracing::debug!("node {}: skipping an unknown event line: {e}", self.addr);
+                        continue;
+                    }
+                }
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => {
+                    return Some(Err(NodeAdminError::Unreachable {
+                        addr: self.addr,
+                        reason: e.to_string(),
+                    }))
+                }
+            }
+        }
     }
 }
 

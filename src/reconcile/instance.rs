@@ -588,6 +588,8 @@ fn sync_node_rows(
             IpAddr::V6(_) => None,
         })
         .collect();
+    // Managed backends hold addresses of the same subnet (from the top down).
+    taken.extend(store::backend_addresses(tx)?);
     let subject = |node_id| EventSubject::node(inst.project_id, inst.id, node_id);
     let mut added = 0;
     while active.len() < target {

@@ -161,6 +161,63 @@ const MIGRATIONS: &[&str] = &[
     // 8: how many nodes the instance's current config was built for (node
     // rate limits enforce threshold / serving nodes); 0: not yet counted.
     "ALTER TABLE instances ADD COLUMN serving_nodes INTEGER NOT NULL DEFAULT 0;",
+    // 9: managed backends (issue 16). A row per live backend (deleted when
+    // it stops); its lifetime row stays for accounting (as long as the
+    // monitor log); daily totals per project, instance and pool stay a year
+    // (pool '' holds the instance's LB node time). Names are copied so the
+    // figures outlive the instance.
+    "CREATE TABLE backends (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id INTEGER NOT NULL,
+        project_id INTEGER NOT NULL,
+        pool TEXT NOT NULL,
+        resource TEXT,
+        state TEXT NOT NULL,
+        compute TEXT NOT NULL,
+        address TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        pid INTEGER,
+        started_at_ms INTEGER NOT NULL,
+        ready_at_ms INTEGER,
+        stopped_at_ms INTEGER,
+        requests INTEGER NOT NULL DEFAULT 0,
+        cold INTEGER NOT NULL DEFAULT 0,
+        cold_start_ms INTEGER,
+        last_active_ms INTEGER,
+        failure TEXT
+    );
+    CREATE INDEX backends_by_instance ON backends (instance_id, pool);
+    CREATE TABLE backend_lifetimes (
+        backend_id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL,
+        instance_id INTEGER NOT NULL,
+        instance_name TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        resource TEXT,
+        address TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        ready_at_ms INTEGER,
+        stopped_at_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        cold INTEGER NOT NULL,
+        cold_start_ms INTEGER,
+        failure TEXT
+    );
+    CREATE INDEX backend_lifetimes_by_stop ON backend_lifetimes (stopped_at_ms);
+    CREATE TABLE usage_daily (
+        project_id INTEGER NOT NULL,
+        instance_id INTEGER NOT NULL,
+        instance_name TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        backend_seconds REAL NOT NULL DEFAULT 0,
+        node_seconds REAL NOT NULL DEFAULT 0,
+        starts INTEGER NOT NULL DEFAULT 0,
+        cold_starts INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0,
+        cold_start_ms_sum INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (project_id, instance_id, pool, day)
+    );",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

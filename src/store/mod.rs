@@ -10,6 +10,7 @@
 //! stalling its caller.
 
 mod audit;
+pub(crate) mod backends;
 mod counters;
 mod instances;
 mod migrations;
@@ -30,6 +31,11 @@ use thiserror::Error;
 
 use crate::model::{NodeId, NodeState};
 pub use audit::{add_audit, query_audit};
+pub use backends::{
+    all_backends, backend_addresses, backend_by_id, backend_pid, backends_of, finish_backend,
+    insert_backend, mark_backend_ready, move_backend, set_backend_activity, set_backend_pid,
+    BackendRow, NewBackend,
+};
 pub use counters::{count_event, event_counts};
 pub use instances::{
     all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
@@ -49,7 +55,7 @@ pub use projects::{
     set_project_status, set_project_user,
 };
 pub use rows::{EventRow, InstanceRow, NodeRow, ProjectRow};
-pub use usage::{backends_of_instance, usage_report};
+pub use usage::{backends_of_instance, prune_usage, usage_report};
 pub use users::{
     count_projects_of, delete_user, ensure_admin, insert_tokenless_member, insert_user, list_users,
     set_user_quota, set_user_role, set_user_token_hash, user_by_name, user_by_token_hash,
@@ -73,6 +79,12 @@ pub enum StoreError {
         node: NodeId,
         from: NodeState,
         to: NodeState,
+    },
+    #[error("backend {backend} cannot move from {} to {}", from.as_str(), to.as_str())]
+    IllegalBackendTransition {
+        backend: i64,
+        from: crate::model::managed::BackendState,
+        to: crate::model::managed::BackendState,
     },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
@@ -123,6 +135,14 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds (backend lifetimes and accounting need sub-second times).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

@@ -5,7 +5,7 @@
 //! acting on a stale snapshot (a reconciler pass that read the node before
 //! the health checker failed it) changes nothing, and learns so.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, NodeRow, StoreError};
 use crate::model::{InstanceId, NodeId, NodeState, OperatingStatus};
@@ -126,6 +126,17 @@ pub fn set_node_applied(
 /// Deletes node `id` if it is still in `state` (a failed node that
 /// recovered meanwhile stays); returns whether it was deleted.
 pub fn delete_node(c: &Connection, id: NodeId, state: NodeState) -> Result<bool, StoreError> {
+    // Its running time, for accounting (created_at is in seconds).
+    let lived: Option<(InstanceId, i64)> = c
+        .query_row(
+            "SELECT instance_id, created_at FROM nodes WHERE id = ?1 AND state = ?2",
+            params![id, state],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((instance_id, created_at)) = lived {
+        super::usage::add_node_span(c, instance_id, created_at * 1000, super::now_ms())?;
+    }
     let deleted = c.execute(
         "DELETE FROM nodes WHERE id = ?1 AND state = ?2",
         params![id, state],

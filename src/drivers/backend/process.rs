@@ -1,0 +1,440 @@
+//! Process backends: each managed backend is a child process in its own
+//! process group, so it outlives lbd (a kill -9 of lbd leaves it serving
+//! and the next lbd adopts it). Its environment carries
+//! `LBAAS_BACKEND_ID=<id>` and `LBAAS_BACKEND_OWNER=<state dir>`: a pid is
+//! ours only if /proc/<pid>/environ says so, so a recycled pid is never
+//! adopted or signalled, and a process started just before lbd died (its pid
+//! file not yet written) is still found.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{BackendDriver, BackendError, BackendLaunch, BackendObservation};
+use crate::model::managed::{BackendTemplate, Placeholders, ProcessTemplate};
+
+const ID_VAR: &str = "LBAAS_BACKEND_ID";
+const OWNER_VAR: &str = "LBAAS_BACKEND_OWNER";
+/// How long a backend gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How much of its output a start failure quotes.
+const TAIL_BYTES: u64 = 2048;
+
+pub struct ProcessBackends {
+    dir: PathBuf,
+    /// Marks this lbd's backends (two lbds on one host never touch each other's).
+    owner: String,
+    /// Under netns: the unprivileged user backends run as.
+    user: Option<String>,
+    /// How each child this lbd started ended (`None` while it runs).
+    children: Arc<Mutex<HashMap<i64, Option<String>>>>,
+}
+
+impl ProcessBackends {
+    /// `dir` holds the pid and output files.
+    pub fn new(dir: PathBuf, user: Option<String>) -> std::io::Result<Self> {
+        fs::create_dir_all(dir.join("empty"))?;
+        let owner = fs::canonicalize(&dir)?.display().to_string();
+        Ok(ProcessBackends {
+            dir,
+            owner,
+            user,
+            children: Arc::default(),
+        })
+    }
+
+    fn pid_file(&self, id: i64) -> PathBuf {
+        self.dir.join(format!("backend-{id}.pid"))
+    }
+
+    fn log_file(&self, id: i64) -> PathBuf {
+        self.dir.join(format!("backend-{id}.log"))
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Option<String>>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend's pid if the pid file names a live process of ours.
+    fn live_pid(&self, id: i64) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.pid_file(id))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (backend_of(pid, &self.owner) == Some(id)).then_some(pid)
+    }
+
+    fn command(
+        &self,
+        launch: &BackendLaunch,
+        p: &ProcessTemplate,
+    ) -> Result<Command, BackendError> {
+        let address = launch.address.to_string();
+        let fill = Placeholders {
+            address: &address,
+            port: launch.port,
+            resource: launch.resource.as_deref().unwrap_or(""),
+            instance: &launch.instance,
+        };
+        let args: Vec<String> = p.command.iter().map(|a| fill.fill(a)).collect();
+        let mut command = Command::new(&args[0]);
+        command.args(&args[1..]);
+        // A clean environment: lbd's own (tokens, node secrets) is not the backend's.
+        command.env_clear();
+        command.env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        );
+        for (k, v) in &p.env {
+            command.env(k, fill.fill(v));
+        }
+        command.env(ID_VAR, launch.id.to_string());
+        command.env(OWNER_VAR, &self.owner);
+        let cwd = match &p.cwd {
+            Some(c) => PathBuf::from(fill.fill(c)),
+            // Never lbd's state dir: a file server there would serve the database.
+            None if launch.netns.is_some() => PathBuf::from("/"),
+            None => self.dir.join("empty"),
+        };
+        command.current_dir(cwd);
+        if let Some(netns) = &launch.netns {
+            let user = match &self.user {
+                Some(u) => Some(lookup_user(u).map_err(|reason| BackendError::Start {
+                    id: launch.id,
+                    reason,
+                })?),
+                None => None,
+            };
+            enter_netns_and_drop(&mut command, netns, user)?;
+        }
+        Ok(command)
+    }
+}
+
+/// The uid and gid of `name`.
+fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let c = CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
+    #[allow(unsafe_code)]
+    // SAFETY: getpwnam returns a pointer into static storage or null; it is
+    // read at once, before any other call could overwrite it. lbd looks users
+    // up only here and at start-up.
+    unsafe {
+        let pw = libc::getpwnam(c.as_ptr());
+        if pw.is_null() {
+            return Err(format!("no such user {name:?}"));
+        }
+        Ok(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+/// Joins the namespace pinned at `netns`, then (after setns, which needs
+/// root) becomes `user`: the backend never runs as root.
+fn enter_netns_and_drop(
+    command: &mut Command,
+    netns: &Path,
+    user: Option<(u32, u32)>,
+) -> Result<(), BackendError> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let fd: OwnedFd = fs::File::open(netns)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", netns.display())))?
+        .into();
+    let raw = fd.as_raw_fd();
+    #[allow(unsafe_code)]
+    // SAFETY: runs in the forked child before exec and only calls setns,
+    // setgroups, setgid and setuid, which are async-signal-safe; `fd` stays
+    // open (moved into the closure) until the child has used it.
+    unsafe {
+        command.pre_exec(move || {
+            let _keep = &fd;
+            if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = user {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The backend id a live process carries, if it is one of `owner`'s.
+fn backend_of(pid: u32, owner: &str) -> Option<i64> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut id = None;
+    let mut ours = false;
+    for var in environ.split(|b| *b == 0) {
+        let var = std::str::from_utf8(var).ok()?;
+        if let Some(v) = var.strip_prefix(ID_VAR).and_then(|v| v.strip_prefix('=')) {
+            id = v.parse().ok();
+        } else if let Some(v) = var
+            .strip_prefix(OWNER_VAR)
+            .and_then(|v| v.strip_prefix('='))
+        {
+            ours = v == owner;
+        }
+    }
+    // A zombie's environ is empty: it is not running.
+    id.filter(|_| ours && !is_zombie(pid))
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Sends `signal` to the process group `pid` leads (a backend's children go too).
+fn signal_group(pid: u32, signal: libc::c_int) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid was just
+    // verified to be one of our backends, which lead their own group.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), signal);
+    }
+}
+
+/// SIGTERM, then SIGKILL once the grace is over, while `pid` is still ours.
+fn terminate(pid: u32, still_ours: impl Fn() -> bool) {
+    signal_group(pid, libc::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while still_ours() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if still_ours() {
+        signal_group(pid, libc::SIGKILL);
+    }
+}
+
+/// The last `max` bytes of a file, as text (the node driver's helper is private to it).
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl BackendDriver for ProcessBackends {
+    fn start(&self, launch: &BackendLaunch) -> Result<u32, BackendError> {
+        let p = match &launch.template {
+            BackendTemplate::Process(p) => p,
+            BackendTemplate::Vm(_) => {
+                return Err(BackendError::Unsupported {
+                    id: launch.id,
+                    what: "vm",
+                })
+            }
+        };
+        let id = launch.id;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.log_file(id))?;
+        let mut child = self
+            .command(launch, p)?
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own group: it survives lbd's end, and stops with its children.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| BackendError::Start {
+                id,
+                reason: format!("{}: {e}", p.command[0]),
+            })?;
+        let pid = child.id();
+        fs::write(self.pid_file(id), format!("{pid}\n"))?;
+        self.children().insert(id, None);
+        let children = self.children.clone();
+        std::thread::Builder::new()
+            .name(format!("reap-backend-{id}"))
+            .spawn(move || {
+                let reason = match child.wait() {
+                    Ok(status) => match (status.code(), status.signal()) {
+                        (Some(code), _) => format!("exited with code {code}"),
+                        (_, Some(sig)) => format!("killed by signal {sig}"),
+                        _ => "exited".to_string(),
+                    },
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                children
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, Some(reason));
+            })?;
+        Ok(pid)
+    }
+
+    fn observe(&self, id: i64) -> BackendObservation {
+        if let Some(Some(reason)) = self.children().get(&id).cloned() {
+            return BackendObservation::Exited { reason };
+        }
+        match self.live_pid(id) {
+            Some(pid) => BackendObservation::Running { pid },
+            // Our child has not exec'd yet (its environ is still lbd's), or
+            // just exited and its reaper records how in a moment.
+            None if matches!(self.children().get(&id), Some(None)) => {
+                let deadline = Instant::now() + Duration::from_secs(1);
+                loop {
+                    if let Some(Some(reason)) = self.children().get(&id).cloned() {
+                        return BackendObservation::Exited { reason };
+                    }
+                    if let Some(pid) = self.live_pid(id) {
+                        return BackendObservation::Running { pid };
+                    }
+                    if Instant::now() >= deadline {
+                        return BackendObservation::Exited {
+                            reason: "the process is gone".into(),
+                        };
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            None if self.pid_file(id).exists() => BackendObservation::Exited {
+                reason: "the process is gone".into(),
+            },
+            None => BackendObservation::Absent,
+        }
+    }
+
+    fn stop(&self, id: i64) -> Result<(), BackendError> {
+        if let Some(pid) = self.live_pid(id) {
+            let owner = self.owner.clone();
+            terminate(pid, || backend_of(pid, &owner) == Some(id));
+        }
+        remove_if_exists(&self.pid_file(id))?;
+        remove_if_exists(&self.log_file(id))?;
+        self.children().remove(&id);
+        Ok(())
+    }
+
+    fn live(&self) -> Vec<(i64, u32)> {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut found: Vec<(i64, u32)> = entries
+            .filter_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                Some((backend_of(pid, &self.owner)?, pid))
+            })
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
+    fn kill_orphan(&self, id: i64, pid: u32) {
+        let owner = self.owner.clone();
+        terminate(pid, || backend_of(pid, &owner) == Some(id));
+        let _ = remove_if_exists(&self.pid_file(id));
+        let _ = remove_if_exists(&self.log_file(id));
+    }
+
+    fn output_tail(&self, id: i64) -> String {
+        tail(&self.log_file(id), TAIL_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn launch(id: i64, command: &[&str]) -> BackendLaunch {
+        BackendLaunch {
+            id,
+            instance: "web".into(),
+            address: "127.0.0.1".parse().unwrap(),
+            port: 9,
+            resource: None,
+            template: BackendTemplate::Process(ProcessTemplate {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                env: BTreeMap::from([("GREETING".into(), "on {address}:{port}".into())]),
+                cwd: None,
+            }),
+            netns: None,
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_backend_runs_is_found_by_its_marker_and_stops() {
+        let dir = Dir(std::env::temp_dir().join(format!("lbaas-bk-{}", std::process::id())));
+        let d = ProcessBackends::new(dir.0.clone(), None).unwrap();
+        let pid = d
+            .start(&launch(
+                5,
+                &["sh", "-c", "echo \"$GREETING\"; exec sleep 30"],
+            ))
+            .unwrap();
+        // Until it has exec'd, the child's environ is still its parent's.
+        wait_until("the marker", || d.live().contains(&(5, pid)));
+        assert_eq!(d.observe(5), BackendObservation::Running { pid });
+        wait_until("output", || d.output_tail(5).contains("on 127.0.0.1:9"));
+        // Another owner's marker is not ours.
+        assert_eq!(backend_of(pid, "/elsewhere"), None);
+        d.stop(5).unwrap();
+        wait_until("the process to go", || backend_of(pid, &d.owner).is_none());
+        assert_eq!(d.observe(5), BackendObservation::Absent);
+    }
+
+    #[test]
+    fn an_exit_is_observed_with_its_reason() {
+        let dir = Dir(std::env::temp_dir().join(format!("lbaas-bk-x-{}", std::process::id())));
+        let d = ProcessBackends::new(dir.0.clone(), None).unwrap();
+        d.start(&launch(6, &["sh", "-c", "echo boom >&2; exit 1"]))
+            .unwrap();
+        wait_until("the exit", || {
+            matches!(d.observe(6), BackendObservation::Exited { .. })
+        });
+        assert_eq!(
+            d.observe(6),
+            BackendObservation::Exited {
+                reason: "exited with code 1".into()
+            }
+        );
+        assert!(d.output_tail(6).contains("boom"));
+        d.stop(6).unwrap();
+    }
+}

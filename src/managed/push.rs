@@ -1,0 +1,192 @@
+//! `PUT /managed`: an instance's whole managed state (ready members,
+//! starting counts, start failures) to every running node, version bumped.
+//! Whole and idempotent, so a node that missed a push, or restarted, is
+//! brought up to date by the next one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::{lock, Failures, Shared};
+use crate::model::instance::BackendMember;
+use crate::model::managed::BackendState;
+use crate::model::wake::{ManagedMembers, ManagedTarget, ManagedTargetState};
+use crate::model::{InstanceId, InstanceSpec, NodeState};
+use crate::store::{self, BackendRow, NodeRow, StoreError};
+
+/// Pushes in the background (the caller does not wait for the nodes).
+pub(crate) fn spawn_push(shared: &Arc<Shared>, instance: InstanceId) {
+    let shared = shared.clone();
+    tokio::spawn(async move { push(&shared, instance).await });
+}
+
+/// Pushes now; returns once every running node answered (or failed to).
+pub(crate) async fn push(shared: &Arc<Shared>, instance: InstanceId) {
+    let gate = lock(&shared.push_locks)
+        .entry(instance)
+        .or_default()
+        .clone();
+    let _one_at_a_time = gate.lock().await;
+    let read = shared
+        .store
+        .read(move |c| {
+            let Some(inst) = store::instance_by_id(c, instance)? else {
+                return Ok(None);
+            };
+            let nodes = store::list_nodes(c, instance)?;
+            Ok::<_, StoreError>(Some((inst, nodes, store::backends_of(c, instance)?)))
+        })
+        .await;
+    let (inst, nodes, backends) = match read {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("managed push for instance {instance}: {e}");
+            return;
+        }
+    };
+    let version = {
+        let mut versions = lock(&shared.versions);
+        let last = versions.get(&instance).copied().unwrap_or(0);
+        let v = (last + 1).max(crate::store::now_ms().max(0) as u64);
+        versions.insert(instance, v);
+        v
+    };
+    let members = managed_members(
+        &inst.spec,
+        &backends,
+        &shared.failures_of(instance),
+        version,
+    );
+    let pushes = running(&nodes).map(|node| {
+        let addr = SocketAddr::new(node.address, shared.settings.node_admin_port);
+        let (admin, members) = (&shared.admin, &members);
+        async move {
+            if let Err(e) = admin.put_managed(addr, &node.secret, members).await {
+                tracing::warn!("node {}: PUT /managed: {e}", node.id);
+            }
+        }
+    });
+    futures_util::future::join_all(pushes).await;
+}
+
+/// The nodes that serve (and so hold managed members).
+pub(crate) fn running(nodes: &[NodeRow]) -> impl Iterator<Item = &NodeRow> {
+    nodes.iter().filter(|n| n.state == NodeState::Running)
+}
+
+/// The state of every managed pool of `spec`: pools without backends are
+/// listed too (with their failures), so a node releases nothing it should not.
+pub(crate) fn managed_members(
+    spec: &InstanceSpec,
+    backends: &[BackendRow],
+    failures: &[(ManagedTarget, Failures)],
+    version: u64,
+) -> ManagedMembers {
+    let targets = spec
+        .managed_pools()
+        .map(|(pool, _)| {
+            let target = ManagedTarget {
+                pool: pool.to_string(),
+                resource: None,
+            };
+            let of_pool = || backends.iter().filter(move |b| b.pool == pool);
+            let failed = failures
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map(|(_, f)| f.clone())
+                .unwrap_or_default();
+            ManagedTargetState {
+                members: of_pool()
+                    .filter(|b| b.state == BackendState::Ready)
+                    .map(|b| BackendMember {
+                        address: SocketAddr::new(IpAddr::V4(b.address), b.port),
+                        weight: 1,
+                    })
+                    .collect(),
+                starting: of_pool()
+                    .filter(|b| b.state == BackendState::Starting)
+                    .count() as u32,
+                failures: failed.count,
+                last_failure: failed.last,
+                target,
+            }
+        })
+        .collect();
+    ManagedMembers { version, targets }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::managed::ManagedCompute;
+    use crate::model::ProjectId;
+
+    fn spec() -> InstanceSpec {
+        let create: crate::model::InstanceCreate = serde_json::from_value(serde_json::json!({
+            "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+            "backend": {"entities": ["127.0.0.1:9"]}
+        }))
+        .unwrap();
+        let mut spec = create.validate(&crate::password::Argon2Hasher).unwrap();
+        let managed: crate::model::managed::ManagedSpec =
+            serde_json::from_value(serde_json::json!({
+                "compute": "process", "port": 8000,
+                "process": {"command": ["python3", "-m", "http.server", "{port}"],
+                            "env": {"SECRET": "do-not-leak"}}
+            }))
+            .unwrap();
+        spec.managed = Some(managed.validate(spec.traffic_type).unwrap());
+        spec
+    }
+
+    fn row(id: i64, state: BackendState) -> BackendRow {
+        BackendRow {
+            id,
+            instance_id: InstanceId(1),
+            project_id: ProjectId(1),
+            pool: "default".into(),
+            resource: None,
+            state,
+            compute: ManagedCompute::Process,
+            address: format!("127.9.0.{id}").parse().unwrap(),
+            port: 8000,
+            pid: Some(10),
+            started_at_ms: 0,
+            ready_at_ms: None,
+            requests: 0,
+            cold: false,
+            cold_start_ms: None,
+            last_active_ms: None,
+        }
+    }
+
+    #[test]
+    fn only_ready_backends_are_members_and_failures_ride_along() {
+        let backends = [
+            row(2, BackendState::Ready),
+            row(3, BackendState::Starting),
+            row(4, BackendState::Stopping),
+        ];
+        let target = ManagedTarget {
+            pool: "default".into(),
+            resource: None,
+        };
+        let failures = [(
+            target.clone(),
+            Failures {
+                count: 2,
+                last: Some("exited with code 1".into()),
+            },
+        )];
+        let m = managed_members(&spec(), &backends, &failures, 7);
+        assert_eq!(m.version, 7);
+        assert_eq!(m.targets.len(), 1);
+        let t = &m.targets[0];
+        assert_eq!(t.target, target);
+        assert_eq!(t.members.len(), 1);
+        assert_eq!(t.members[0].address.to_string(), "127.9.0.2:8000");
+        assert_eq!((t.starting, t.failures), (1, 2));
+        // The template's environment never goes to a node.
+        assert!(!serde_json::to_string(&m).unwrap().contains("do-not-leak"));
+    }
+}

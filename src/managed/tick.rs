@@ -1,0 +1,332 @@
+//! The once-a-second pass: follow the right nodes' event streams, stop
+//! backends nobody wants (instance deleted, pool no longer managed) or that
+//! exited, read the nodes' member activity (idle stops, request counts),
+//! re-push to nodes whose managed version is behind, and keep `min` running.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::decide::{self, Activity};
+use super::events::{StreamTarget, Streams};
+use super::lifecycle::{self, counts, managed_of, StopReason};
+use super::{lock, push, Shared, Signal};
+use crate::drivers::backend::BackendObservation;
+use crate::drivers::node_admin::NodeAdmin;
+use crate::model::managed::BackendState;
+use crate::model::wake::{ManagedTarget, WakeDemand};
+use crate::model::NodeStatus;
+use crate::store::{self, BackendRow, InstanceRow, NodeRow, StoreError};
+
+/// How often lifetime rows and old daily totals are pruned.
+const PRUNE_EVERY_TICKS: u64 = 3600;
+
+type Snapshot = (Vec<InstanceRow>, Vec<NodeRow>, Vec<BackendRow>);
+
+pub(crate) async fn tick(shared: &Arc<Shared>, streams: &mut Streams) {
+    let snapshot = shared
+        .store
+        .read(|c| {
+            Ok::<_, StoreError>((
+                store::all_instances(c)?,
+                store::all_nodes(c)?,
+                store::all_backends(c)?,
+            ))
+        })
+        .await;
+    let (instances, nodes, backends): Snapshot = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("managed backends: cannot read the store: {e}");
+            return;
+        }
+    };
+    let managed: Vec<InstanceRow> = instances
+        .into_iter()
+        .filter(|i| !i.deleting && i.spec.managed_pools().next().is_some())
+        .collect();
+    streams.sync(shared, stream_targets(shared, &managed, &nodes));
+    stop_unwanted(shared, &managed, &backends);
+    // Passes never pile up behind a slow node.
+    if shared.busy.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        check_exits(&shared, &managed, &backends).await;
+        for inst in &managed {
+            let of_instance: Vec<&NodeRow> =
+                nodes.iter().filter(|n| n.instance_id == inst.id).collect();
+            let mine: Vec<BackendRow> = backends
+                .iter()
+                .filter(|b| b.instance_id == inst.id)
+                .cloned()
+                .collect();
+            activity(&shared, inst, &of_instance, &mine).await;
+            top_up_min(&shared, inst, &mine).await;
+        }
+        prune(&shared).await;
+        shared.busy.store(false, Ordering::Release);
+    });
+}
+
+fn stream_targets(
+    shared: &Shared,
+    managed: &[InstanceRow],
+    nodes: &[NodeRow],
+) -> Vec<StreamTarget> {
+    managed
+        .iter()
+        .flat_map(|inst| {
+            push::running(nodes)
+                .filter(move |n| n.instance_id == inst.id)
+                .map(|n| StreamTarget {
+                    node: n.id,
+                    instance: inst.id,
+                    addr: SocketAddr::new(n.address, shared.settings.node_admin_port),
+                    secret: n.secret.clone(),
+                })
+        })
+        .collect()
+}
+
+/// Backends of deleted instances, or of pools no longer managed, stop.
+/// (Starting ones finish their start first; stopping ones are under way.)
+fn stop_unwanted(shared: &Arc<Shared>, managed: &[InstanceRow], backends: &[BackendRow]) {
+    for b in backends.iter().filter(|b| b.state == BackendState::Ready) {
+        let inst = managed.iter().find(|i| i.id == b.instance_id);
+        if inst.is_some_and(|i| managed_of(i, &b.pool).is_some()) {
+            continue;
+        }
+        let name = inst.map(|i| i.name.clone()).unwrap_or_default();
+        let (shared, b) = (shared.clone(), b.clone());
+        tokio::spawn(async move {
+            let project = b.project_id;
+            lifecycle::stop(&shared, &name, project, b, StopReason::NotWanted).await
+        });
+    }
+}
+
+/// Ready backends whose process ended leave the nodes at once.
+async fn check_exits(shared: &Arc<Shared>, managed: &[InstanceRow], backends: &[BackendRow]) {
+    let ready: Vec<i64> = backends
+        .iter()
+        .filter(|b| b.state == BackendState::Ready)
+        .map(|b| b.id)
+        .collect();
+    let driver = shared.driver.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        ready
+            .into_iter()
+            .map(|id| (id, driver.observe(id)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (id, obs) in seen {
+        let reason = match obs {
+            BackendObservation::Running { .. } => continue,
+            BackendObservation::Exited { reason } => reason,
+            BackendObservation::Absent => "the process is gone".to_string(),
+        };
+        let Some(b) = backends.iter().find(|b| b.id == id).cloned() else {
+            continue;
+        };
+        let name = managed
+            .iter()
+            .find(|i| i.id == b.instance_id)
+            .map(|i| i.name.clone())
+            .unwrap_or_default();
+        let project = b.project_id;
+        lifecycle::stop(shared, &name, project, b, StopReason::Exited(reason)).await;
+    }
+}
+
+/// Reads every running node's status: re-pushes where the managed version
+/// is behind, records request counts, stops idle backends.
+async fn activity(
+    shared: &Arc<Shared>,
+    inst: &InstanceRow,
+    nodes: &[&NodeRow],
+    mine: &[BackendRow],
+) {
+    let running: Vec<&NodeRow> = nodes
+        .iter()
+        .copied()
+        .filter(|n| n.state == crate::model::NodeState::Running)
+        .collect();
+    let statuses: Vec<Option<NodeStatus>> =
+        futures_util::future::join_all(running.iter().map(|n| {
+            let addr = SocketAddr::new(n.address, shared.settings.node_admin_port);
+            let admin = &shared.admin;
+            async move { NodeAdmin::status(admin, addr, &n.secret).await.ok() }
+        }))
+        .await;
+    let pushed = lock(&shared.versions).get(&inst.id).copied();
+    let behind = statuses
+        .iter()
+        .flatten()
+        .any(|s| pushed.is_none() || s.managed_version != pushed);
+    if behind && !running.is_empty() {
+        push::push(shared, inst.id).await;
+    }
+    missed_wakes(shared, inst, &statuses).await;
+    let complete = statuses.iter().all(Option::is_some);
+    let now = store::now_ms();
+    let ready: Vec<&BackendRow> = mine
+        .iter()
+        .filter(|b| b.state == BackendState::Ready)
+        .collect();
+    let acts: Vec<(Activity, u64)> = ready
+        .iter()
+        .map(|b| summed(b, &statuses, complete))
+        .collect();
+    record_activity(shared, &acts, now).await;
+    for (pool, m) in inst.spec.managed_pools() {
+        let of_pool: Vec<Activity> = acts
+            .iter()
+            .filter(|(a, _)| ready.iter().any(|b| b.id == a.id && b.pool == pool))
+            .map(|(a, _)| *a)
+            .collect();
+        let starting = counts(mine, pool).starting;
+        for id in decide::idle_victims(m, &of_pool, starting, now) {
+            let Some(b) = ready.iter().find(|b| b.id == id).map(|b| (*b).clone()) else {
+                continue;
+            };
+            let idle_s = of_pool
+                .iter()
+                .find(|a| a.id == id)
+                .and_then(|a| a.idle_ms)
+                .unwrap_or((now - b.ready_at_ms.unwrap_or(now)).max(0) as u64)
+                / 1000;
+            let (shared, name, project) = (shared.clone(), inst.name.clone(), inst.project_id);
+            tokio::spawn(async move {
+                lifecycle::stop(&shared, &name, project, b, StopReason::Idle { idle_s }).await
+            });
+        }
+    }
+}
+
+/// Requests a node holds are demand even if its `Wake` went out while no
+/// stream was open (a node sends it once per hold): each pass asks again.
+async fn missed_wakes(shared: &Arc<Shared>, inst: &InstanceRow, statuses: &[Option<NodeStatus>]) {
+    for pool in statuses
+        .iter()
+        .flatten()
+        .flat_map(|s| s.stats.managed.iter())
+    {
+        if pool.queued == 0 {
+            continue;
+        }
+        let demand = WakeDemand {
+            target: ManagedTarget {
+                pool: pool.pool.clone(),
+                resource: pool.resource.clone(),
+            },
+            queued: pool.queued,
+            in_flight: pool.queued,
+            ready: pool.ready,
+        };
+        if shared
+            .signals
+            .send(Signal::Wake(inst.id, demand))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A backend's activity summed over the nodes' member stats, and its requests.
+fn summed(b: &BackendRow, statuses: &[Option<NodeStatus>], complete: bool) -> (Activity, u64) {
+    let addr = SocketAddr::new(IpAddr::V4(b.address), b.port);
+    let mut a = Activity {
+        id: b.id,
+        ready_at_ms: b.ready_at_ms.unwrap_or(b.started_at_ms),
+        open_connections: 0,
+        idle_ms: None,
+        complete,
+    };
+    let mut requests = 0;
+    for m in statuses
+        .iter()
+        .flatten()
+        .flat_map(|s| s.stats.members.iter())
+        .filter(|m| m.address == addr)
+    {
+        a.open_connections += m.open_connections;
+        requests += m.requests;
+        a.idle_ms = match (a.idle_ms, m.idle_ms) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+    }
+    (a, requests)
+}
+
+async fn record_activity(shared: &Arc<Shared>, acts: &[(Activity, u64)], now: i64) {
+    let updates: Vec<(i64, u64, Option<i64>)> = acts
+        .iter()
+        .map(|(a, requests)| {
+            let last = if a.open_connections > 0 {
+                Some(now)
+            } else {
+                a.idle_ms.map(|ms| now - ms as i64)
+            };
+            (a.id, *requests, last)
+        })
+        .collect();
+    if updates.is_empty() {
+        return;
+    }
+    let result = shared
+        .store
+        .transaction(move |tx| {
+            for (id, requests, last) in &updates {
+                store::set_backend_activity(tx, *id, *requests, *last)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!("managed backends: cannot record activity: {e}");
+    }
+}
+
+async fn top_up_min(shared: &Arc<Shared>, inst: &InstanceRow, mine: &[BackendRow]) {
+    let wanted: HashMap<String, u32> = inst
+        .spec
+        .managed_pools()
+        .map(|(pool, m)| {
+            (
+                pool.to_string(),
+                decide::missing_for_min(m, counts(mine, pool)),
+            )
+        })
+        .collect();
+    for (pool, missing) in wanted {
+        for _ in 0..missing {
+            lifecycle::start(shared, inst, &pool, false).await;
+        }
+    }
+}
+
+async fn prune(shared: &Arc<Shared>) {
+    if !shared
+        .ticks
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY_TICKS)
+    {
+        return;
+    }
+    let keep = shared.settings.lifetime_retention_s;
+    let result = shared
+        .store
+        .transaction(move |tx| store::prune_usage(tx, keep, store::now_ms()))
+        .await;
+    if let Err(e) = result {
+        tracing::warn!("managed backends: pruning accounting: {e}");
+    }
+}
