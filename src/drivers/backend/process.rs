@@ -61,13 +61,22 @@ impl ProcessBackends {
     }
 
     /// The backend's pid if the pid file names a live process of ours.
+    /// Without a pid file (lbd was killed between the spawn and writing
+    /// it) the process is looked for by its marker, and the file written:
+    /// otherwise a restarted lbd would take a live backend for a dead one,
+    /// start a second, and never stop the first.
     fn live_pid(&self, id: i64) -> Option<u32> {
-        let pid: u32 = fs::read_to_string(self.pid_file(id))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        (backend_of(pid, &self.owner) == Some(id)).then_some(pid)
+        let named = fs::read_to_string(self.pid_file(id))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        match named {
+            Some(pid) => (backend_of(pid, &self.owner) == Some(id)).then_some(pid),
+            None => {
+                let (_, pid) = self.live().into_iter().find(|(b, _)| *b == id)?;
+                let _ = fs::write(self.pid_file(id), format!("{pid}\n"));
+                Some(pid)
+            }
+        }
     }
 
     fn command(
