@@ -163,21 +163,23 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A response body that keeps its request open in `Streams` until hyper
-/// drops it, i.e. until it was sent in full or abandoned: a response that
-/// trickles for longer than `client_idle_ms` keeps its connection.
-pub struct Counted<B> {
+/// A response body that keeps a guard (by default its request's place in
+/// `Streams`) until hyper drops it, i.e. until it was sent in full or
+/// abandoned: a response that trickles for longer than `client_idle_ms`
+/// keeps its connection, and a managed member with a download going stays
+/// open (`wake::activity`).
+pub struct Counted<B, G = StreamGuard> {
     inner: B,
-    _open: StreamGuard,
+    _open: G,
 }
 
-impl<B> Counted<B> {
-    pub fn new(inner: B, open: StreamGuard) -> Self {
+impl<B, G> Counted<B, G> {
+    pub fn new(inner: B, open: G) -> Self {
         Counted { inner, _open: open }
     }
 }
 
-impl<B: Body + Unpin> Body for Counted<B> {
+impl<B: Body + Unpin, G: Unpin> Body for Counted<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -2,43 +2,12 @@
 //! until hyper drops it: sent in full or abandoned. A 30 s download counts
 //! for its 30 s, not for the instant its head went out.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use hyper::body::{Body, Frame, SizeHint};
-
+use crate::dataplane::idle::Counted;
 use crate::dataplane::stats::OpenGuard;
 
-pub struct OpenBody<B> {
-    inner: B,
-    _open: OpenGuard,
-}
-
-impl<B> OpenBody<B> {
-    pub fn new(inner: B, open: OpenGuard) -> Self {
-        OpenBody { inner, _open: open }
-    }
-}
-
-impl<B: Body + Unpin> Body for OpenBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// The member's [`OpenGuard`] held by the body, as `idle::Counted` holds a
+/// request's stream guard.
+pub type OpenBody<B> = Counted<B, OpenGuard>;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,6 @@
 //! file not yet written) is still found.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -16,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{BackendDriver, BackendError, BackendLaunch, BackendObservation};
+use crate::dataplane::privilege::RunAs;
+use crate::drivers::compute::process::enter_netns_on_exec;
 use crate::model::managed::{BackendTemplate, Placeholders, ProcessTemplate};
 
 const ID_VAR: &str = "LBAAS_BACKEND_ID";
@@ -113,69 +114,19 @@ impl ProcessBackends {
         };
         command.current_dir(cwd);
         if let Some(netns) = &launch.netns {
-            let user = match &self.user {
-                Some(u) => Some(lookup_user(u).map_err(|reason| BackendError::Start {
+            let user = self
+                .user
+                .as_deref()
+                .map(RunAs::resolve)
+                .transpose()
+                .map_err(|e| BackendError::Start {
                     id: launch.id,
-                    reason,
-                })?),
-                None => None,
-            };
-            enter_netns_and_drop(&mut command, netns, user)?;
+                    reason: e.to_string(),
+                })?;
+            enter_netns_on_exec(&mut command, netns, user)?;
         }
         Ok(command)
     }
-}
-
-/// The uid and gid of `name`.
-fn lookup_user(name: &str) -> Result<(u32, u32), String> {
-    let c = CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
-    #[allow(unsafe_code)]
-    // SAFETY: getpwnam returns a pointer into static storage or null; it is
-    // read at once, before any other call could overwrite it. lbd looks users
-    // up only here and at start-up.
-    unsafe {
-        let pw = libc::getpwnam(c.as_ptr());
-        if pw.is_null() {
-            return Err(format!("no such user {name:?}"));
-        }
-        Ok(((*pw).pw_uid, (*pw).pw_gid))
-    }
-}
-
-/// Joins the namespace pinned at `netns`, then (after setns, which needs
-/// root) becomes `user`: the backend never runs as root.
-fn enter_netns_and_drop(
-    command: &mut Command,
-    netns: &Path,
-    user: Option<(u32, u32)>,
-) -> Result<(), BackendError> {
-    use std::os::fd::{AsRawFd, OwnedFd};
-    let fd: OwnedFd = fs::File::open(netns)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", netns.display())))?
-        .into();
-    let raw = fd.as_raw_fd();
-    #[allow(unsafe_code)]
-    // SAFETY: runs in the forked child before exec and only calls setns,
-    // setgroups, setgid and setuid, which are async-signal-safe; `fd` stays
-    // open (moved into the closure) until the child has used it.
-    unsafe {
-        command.pre_exec(move || {
-            let _keep = &fd;
-            if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some((uid, gid)) = user {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    Ok(())
 }
 
 /// The backend id a live process carries, if it is one of `owner`'s.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use crate::dataplane::privilege::RunAs;
 use crate::model::NodeId;
 
 pub struct ProcessCompute {
@@ -75,27 +76,37 @@ impl ProcessCompute {
 }
 
 /// Makes the child join the network namespace pinned at `netns` before it
-/// runs `lb-node`, so the node binds its address on the project's bridge.
-fn enter_netns_on_exec(command: &mut Command, netns: &Path) -> Result<(), ComputeError> {
+/// runs its program, so it binds its address on the project's bridge; with
+/// `become_user`, it then (setns needs root) drops to that user, so the
+/// program never runs as root. lb-node drops by itself (`--run-as`, after
+/// binding its admin socket); managed backends are dropped here.
+pub(crate) fn enter_netns_on_exec(
+    command: &mut Command,
+    netns: &Path,
+    become_user: Option<RunAs>,
+) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, OwnedFd};
     let fd: OwnedFd = fs::File::open(netns)
-        .map_err(|e| {
-            ComputeError::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", netns.display()),
-            ))
-        })?
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", netns.display())))?
         .into();
     let raw = fd.as_raw_fd();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only calls
-    // setns(2), which is async-signal-safe; `fd` stays open (moved into the
-    // closure) until the child has used it.
+    // setns, setgroups, setgid and setuid, which are async-signal-safe; `fd`
+    // stays open (moved into the closure) until the child has used it.
     unsafe {
         command.pre_exec(move || {
             let _keep = &fd;
             if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(who) = become_user {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(who.gid) != 0
+                    || libc::setuid(who.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -188,7 +199,7 @@ impl ComputeDriver for ProcessCompute {
             .open(self.log_file(spec.node_id))?;
         let mut command = Command::new(&self.binary);
         if let Some(netns) = &spec.netns {
-            enter_netns_on_exec(&mut command, netns)?;
+            enter_netns_on_exec(&mut command, netns, None)?;
             // Joining the namespace needs root; parsing traffic must not have it.
             if let Some(user) = &self.node_user {
                 command.arg("--run-as").arg(user);
