@@ -332,7 +332,7 @@ impl Node {
                 .balancer(DEFAULT_POOL, config.tuning.algorithm, &config.backends);
         let pools = NamedPools::new(&config.policy, &self.members);
         let rules = rules::RuleTable::compile(&config.policy, &pools)?;
-        let wake = self.wake.stage(&config.managed, &pools);
+        let wake = self.wake.stage(&config, &pools, &self.members);
         self.members.retain(&config.backends, &config.policy);
         let previous = self.active.load_full();
         // Keep the pooled backend connections unless the timeouts changed.
@@ -411,6 +411,7 @@ impl Node {
             .map(|a| {
                 let mut members = a.balancer.member_stats();
                 members.extend(a.pools.member_stats());
+                self.wake.label_members(&mut members);
                 members
             })
             .unwrap_or_default();

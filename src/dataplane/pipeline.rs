@@ -95,13 +95,15 @@ pub(super) async fn route(
     // waits here until lbd pushes one (then with the config that has it).
     // Named point "federation": a routing mode that sends to another
     // region's LB would resolve here instead of a local pool.
-    let target = caller
-        .upstream
-        .is_empty()
-        .then(|| wake_target(&active, pool))
-        .flatten();
+    let routed = match wake_route(node, &active, pool, &head, &caller) {
+        Ok(routed) => routed,
+        Err(refusal) => return wake::answer::resource_refusal(refusal),
+    };
+    let target = routed.as_ref().map(|r| r.target.clone());
+    let resource = routed.and_then(|r| r.resource);
     let _in_flight = target.as_ref().map(|t| t.in_flight());
-    let (woken, cold_start) = match hold(node, &active, target.as_deref(), pool).await {
+    let held = hold(node, &active, target.as_deref(), pool, resource.as_ref()).await;
+    let (woken, cold_start) = match held {
         Ok(woken) => woken,
         Err(refused) => return wake::answer::refusal(refused),
     };
@@ -116,9 +118,19 @@ pub(super) async fn route(
     };
     let upstream_set =
         (!caller.upstream.is_empty()).then(|| serving.upstreams.balancer(&caller.upstream));
-    let balancer = upstream_set
-        .as_deref()
-        .unwrap_or_else(|| serving.pool(pool));
+    let balancer = match upstream_set.as_deref() {
+        Some(set) => set,
+        None => match member_set(serving, pool, resource.as_ref()) {
+            Some(b) => b,
+            None => {
+                node.counters.backend_errors.fetch_add(1, Relaxed);
+                return short(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "lb-node: no backend is ready for this resource\n",
+                );
+            }
+        },
+    };
     let Some(member) = pick_member(node, serving, balancer, &head, peer) else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         return no_member(balancer);
@@ -129,7 +141,12 @@ pub(super) async fn route(
         .then(|| OpenGuard::new(member.counters.clone()));
 
     // Stage: toward the backend.
-    let upstream = toward_backend(rule, head, peer, upgrade, retryable);
+    let mut upstream = toward_backend(rule, head, peer, upgrade, retryable);
+    // A per-resource pool's backend gets the path after the resource (and
+    // groups) segments, whatever a rule's strip_prefix would have left.
+    if let Some(r) = &resource {
+        upstream.retarget(r.target.clone());
+    }
 
     // Stage: upstream.
     let mut resp =
@@ -152,30 +169,54 @@ pub(super) async fn route(
     resp
 }
 
-/// Holds a request for a managed pool without members until one is pushed:
-/// the config that has it and the cold start, or why it was not woken.
+/// Holds a request for a managed pool (or resource) without members until
+/// one is pushed: the config that has it and the cold start, or why it was
+/// not woken.
 async fn hold(
     node: &Node,
     active: &ActiveConfig,
     target: Option<&wake::Target>,
     pool: PoolRef,
+    resource: Option<&wake::ResourceRoute>,
 ) -> Result<(Option<Arc<ActiveConfig>>, Option<u64>), wake::HoldError> {
-    match target {
-        Some(t) if active.pool(pool).members().is_empty() => {
-            let waited = t.hold().await?;
-            Ok((node.active.load_full(), waited))
-        }
-        _ => Ok((None, None)),
+    let Some(t) = target else {
+        return Ok((None, None));
+    };
+    if member_set(active, pool, resource).is_some_and(|b| !b.members().is_empty()) {
+        return Ok((None, None));
+    }
+    let waited = t.hold().await?;
+    Ok((node.active.load_full(), waited))
+}
+
+/// The members a request may go to: the pool's, or for a `per_resource`
+/// pool its resource's (none while the resource has no ready member).
+fn member_set<'a>(
+    active: &'a ActiveConfig,
+    pool: PoolRef,
+    resource: Option<&wake::ResourceRoute>,
+) -> Option<&'a Balancer> {
+    match resource {
+        None => Some(active.pool(pool)),
+        Some(r) => active.wake.resource_balancer(pool, &r.id),
     }
 }
 
-/// The wake target of `pool`; none without managed pools, at the cost of
-/// one check.
-fn wake_target(active: &ActiveConfig, pool: PoolRef) -> Option<wake::TargetRef> {
-    if active.wake.is_empty() {
-        return None;
+/// The request's wake target (and resource route); none without managed
+/// pools, at the cost of one check, or when an auth service chose the
+/// upstream.
+fn wake_route(
+    node: &Node,
+    active: &ActiveConfig,
+    pool: PoolRef,
+    head: &request::Parts,
+    caller: &Caller,
+) -> Result<Option<wake::Routed>, wake::ResourceRefusal> {
+    if active.wake.is_empty() || !caller.upstream.is_empty() {
+        return Ok(None);
     }
-    active.wake.target(pool).cloned()
+    node.wake
+        .route(&active.wake, pool, &head.uri, &caller.groups)
 }
 
 /// The rate limit fields of this node replace any a backend sent, so a

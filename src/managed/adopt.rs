@@ -4,11 +4,13 @@
 //! `starting` one with its process alive is watched on until ready or its
 //! start timeout; rows whose process is gone are closed; `stopping` rows
 //! are stopped; live processes with no row are orphans and are killed.
-//! So no backend runs twice and none is left behind.
+//! So no backend runs twice and none is left behind. A row keeps its
+//! resource, so an adopted backend serves the same resource as before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::decide::resource_fits;
 use super::lifecycle::{self, managed_of, StopReason};
 use super::Shared;
 use crate::drivers::backend::BackendObservation;
@@ -78,6 +80,7 @@ async fn adopt_one(
         (BackendState::Starting, true) => {
             let Some((inst, m)) =
                 inst.and_then(|i| managed_of(&i, &row.pool).cloned().map(|m| (i, m)))
+                    .filter(|(_, m)| resource_fits(m, row.resource.as_deref()))
             else {
                 return lifecycle::stop(shared, &name, project, row, StopReason::NotWanted).await;
             };

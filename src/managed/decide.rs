@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use crate::model::managed::Managed;
-use crate::model::wake::WakeDemand;
+use crate::model::managed::{is_resource_id, BackendTemplate, Managed};
+use crate::model::wake::{ManagedTarget, WakeDemand};
 
 /// Backends of one target, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +35,68 @@ pub fn wake_starts_one(m: &Managed, demand: &WakeDemand, counts: Counts) -> bool
 /// How many backends to start so that `min` run.
 pub fn missing_for_min(m: &Managed, counts: Counts) -> u32 {
     m.min.min(m.max).saturating_sub(counts.live())
+}
+
+/// Why a wake's target gets no backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRefusal {
+    /// The target does not fit the pool (a resource of a pool without
+    /// `per_resource`, an unlisted or malformed id, or the reverse): a node
+    /// on an older config; it is told the current one anyway.
+    NotRouted,
+    /// `max_resources` resources have backends already.
+    TooManyResources(u32),
+}
+
+/// Whether backends of `resource` belong to pool `m`: none for a pool
+/// without `per_resource`, a valid (and, with `resources`, listed) id for
+/// one with it.
+pub fn resource_fits(m: &Managed, resource: Option<&str>) -> bool {
+    match (&m.per_resource, resource) {
+        (None, None) => true,
+        (Some(p), Some(id)) => {
+            is_resource_id(id) && p.resources.as_ref().is_none_or(|l| l.contains_key(id))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a wake for `target` may start backends, given the resources of
+/// the pool that have live backends now (`max_resources` counts those).
+pub fn check_target(
+    m: &Managed,
+    target: &ManagedTarget,
+    live_resources: &HashSet<&str>,
+) -> Result<(), TargetRefusal> {
+    if !resource_fits(m, target.resource.as_deref()) {
+        return Err(TargetRefusal::NotRouted);
+    }
+    match (&m.per_resource, target.resource.as_deref()) {
+        (Some(p), Some(id))
+            if !live_resources.contains(id) && live_resources.len() >= p.max_resources as usize =>
+        {
+            Err(TargetRefusal::TooManyResources(p.max_resources))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The template a backend of `resource` runs: the resource's `env` over
+/// the template's (placeholders, `{resource}` among them, are filled by the
+/// driver).
+pub fn template_for(m: &Managed, resource: Option<&str>) -> BackendTemplate {
+    let mut template = m.template.clone();
+    let spec = resource.and_then(|r| {
+        m.per_resource
+            .as_ref()
+            .and_then(|p| p.resources.as_ref())
+            .and_then(|l| l.get(r))
+    });
+    if let (BackendTemplate::Process(p), Some(spec)) = (&mut template, spec) {
+        p.env
+            .extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    template
 }
 
 /// What the nodes said of one ready backend, summed over them.
@@ -199,6 +261,72 @@ mod tests {
         let ready = [act(1, 0, Some(9_000)), act(2, 0, Some(7_000))];
         assert_eq!(idle_victims(&m, &ready, 0, 50_000), vec![1]);
         assert!(idle_victims(&m, &ready[..1], 0, 50_000).is_empty());
+    }
+
+    fn per_resource(listed: bool, max_resources: u32) -> Managed {
+        let mut m = managed(0, 2);
+        let mut template = ProcessTemplate::default();
+        template.env.insert("MODE".into(), "base".into());
+        template.env.insert("KEEP".into(), "yes".into());
+        m.template = BackendTemplate::Process(template);
+        let r1 = crate::model::managed::ResourceSpec {
+            env: [("MODE".to_string(), "r1-{resource}".to_string())].into(),
+            require_groups: vec![],
+        };
+        m.per_resource = Some(crate::model::managed::PerResource {
+            path_segment: 2,
+            groups_segment: None,
+            resources: listed.then(|| [("r1".to_string(), r1)].into()),
+            max_resources,
+        });
+        m
+    }
+
+    fn target(resource: Option<&str>) -> ManagedTarget {
+        ManagedTarget {
+            pool: "default".into(),
+            resource: resource.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_resource_env_goes_over_the_templates() {
+        let m = per_resource(true, 10);
+        let BackendTemplate::Process(p) = template_for(&m, Some("r1")) else {
+            panic!("a process")
+        };
+        assert_eq!(p.env["MODE"], "r1-{resource}");
+        assert_eq!(p.env["KEEP"], "yes");
+        let BackendTemplate::Process(p) = template_for(&m, None) else {
+            panic!("a process")
+        };
+        assert_eq!(p.env["MODE"], "base");
+    }
+
+    #[test]
+    fn targets_must_fit_the_pool_and_max_resources() {
+        let none = HashSet::new();
+        let plain = managed(0, 2);
+        assert_eq!(check_target(&plain, &target(None), &none), Ok(()));
+        assert_eq!(
+            check_target(&plain, &target(Some("r1")), &none),
+            Err(TargetRefusal::NotRouted)
+        );
+        let listed = per_resource(true, 10);
+        assert_eq!(check_target(&listed, &target(Some("r1")), &none), Ok(()));
+        for bad in [None, Some("r2"), Some("R1")] {
+            assert_eq!(
+                check_target(&listed, &target(bad), &none),
+                Err(TargetRefusal::NotRouted)
+            );
+        }
+        let open = per_resource(false, 2);
+        let live: HashSet<&str> = ["a", "b"].into();
+        assert_eq!(check_target(&open, &target(Some("a")), &live), Ok(()));
+        assert_eq!(
+            check_target(&open, &target(Some("c")), &live),
+            Err(TargetRefusal::TooManyResources(2))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::decide::{self, Counts};
+use super::decide::{self, Counts, TargetRefusal};
 use super::{lock, push, ready, Shared};
 use crate::drivers::backend::{BackendLaunch, BackendObservation};
 use crate::model::managed::{BackendState, Managed};
@@ -20,10 +20,10 @@ use crate::store::{self, BackendRow, EventSubject, InstanceRow, NewBackend, Stor
 /// How often a starting backend's ready check and process are looked at.
 const READY_POLL: Duration = Duration::from_millis(10);
 
-/// The instance, its managed pool `pool`, and that pool's backend counts.
-pub(crate) fn counts(backends: &[BackendRow], pool: &str) -> Counts {
+/// The backend counts of one target (a pool, or one resource of it).
+pub(crate) fn counts(backends: &[BackendRow], target: &ManagedTarget) -> Counts {
     let mut c = Counts::default();
-    for b in backends.iter().filter(|b| b.pool == pool) {
+    for b in backends.iter().filter(|b| is_of(b, target)) {
         match b.state {
             BackendState::Ready => c.ready += 1,
             BackendState::Starting => c.starting += 1,
@@ -31,6 +31,41 @@ pub(crate) fn counts(backends: &[BackendRow], pool: &str) -> Counts {
         }
     }
     c
+}
+
+pub(crate) fn is_of(b: &BackendRow, target: &ManagedTarget) -> bool {
+    b.pool == target.pool && b.resource == target.resource
+}
+
+pub(crate) fn target_of(b: &BackendRow) -> ManagedTarget {
+    ManagedTarget {
+        pool: b.pool.clone(),
+        resource: b.resource.clone(),
+    }
+}
+
+/// The distinct targets of `pool` among `backends` (in id order), those
+/// with a live (starting or ready) backend only if `live`.
+pub(crate) fn targets_of(backends: &[BackendRow], pool: &str, live: bool) -> Vec<ManagedTarget> {
+    let mut out: Vec<ManagedTarget> = Vec::new();
+    for b in backends.iter().filter(|b| b.pool == pool) {
+        if live && b.state == BackendState::Stopping {
+            continue;
+        }
+        let t = target_of(b);
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// "pool p" or "pool p, resource r", for messages.
+pub(crate) fn describe(pool: &str, resource: Option<&str>) -> String {
+    match resource {
+        Some(r) => format!("pool {pool}, resource {r}"),
+        None => format!("pool {pool}"),
+    }
 }
 
 pub(crate) fn managed_of<'a>(inst: &'a InstanceRow, pool: &str) -> Option<&'a Managed> {
@@ -42,10 +77,6 @@ pub(crate) fn managed_of<'a>(inst: &'a InstanceRow, pool: &str) -> Option<&'a Ma
 
 /// A node asked for a backend: start one if the decision says so.
 pub(crate) async fn on_wake(shared: &Arc<Shared>, instance: InstanceId, demand: WakeDemand) {
-    if demand.target.resource.is_some() {
-        // per_resource routing is not served by this lbd yet.
-        return;
-    }
     let read = shared
         .store
         .read(move |c| {
@@ -64,39 +95,84 @@ pub(crate) async fn on_wake(shared: &Arc<Shared>, instance: InstanceId, demand: 
     if inst.deleting {
         return;
     }
-    let Some(m) = managed_of(&inst, &demand.target.pool) else {
+    let target = &demand.target;
+    let Some(m) = managed_of(&inst, &target.pool) else {
         return;
     };
-    if decide::wake_starts_one(m, &demand, counts(&backends, &demand.target.pool)) {
-        start(shared, &inst, &demand.target.pool, demand.queued > 0).await;
+    let live: HashSet<&str> = backends
+        .iter()
+        .filter(|b| b.pool == target.pool && b.state != BackendState::Stopping)
+        .filter_map(|b| b.resource.as_deref())
+        .collect();
+    match decide::check_target(m, target, &live) {
+        Ok(()) => {}
+        Err(TargetRefusal::NotRouted) => {
+            tracing::debug!("instance {}: a wake for {target:?} does not fit its pool", inst.name);
+            return;
+        }
+        Err(TargetRefusal::TooManyResources(max)) => {
+            let why = format!(
+                "{max} resources (max_resources) have backends already; resource {} must wait for one to stop",
+                target.resource.as_deref().unwrap_or("")
+            );
+            return refuse(shared, &inst, target, why).await;
+        }
+    }
+    if decide::wake_starts_one(m, &demand, counts(&backends, target)) {
+        start(shared, &inst, target, demand.queued > 0).await;
     }
 }
 
-/// Inserts a `starting` row (checked against `max` in the same
-/// transaction) and launches the rest of the start in the background.
-pub(crate) async fn start(shared: &Arc<Shared>, inst: &InstanceRow, pool: &str, cold: bool) {
-    let Some(m) = managed_of(inst, pool).cloned() else {
+/// A target that may not start gets a failure, so the requests the nodes
+/// hold for it are answered 503 with the reason at once.
+async fn refuse(shared: &Arc<Shared>, inst: &InstanceRow, target: &ManagedTarget, why: String) {
+    tracing::warn!("instance {}: {why}", inst.name);
+    {
+        let mut failures = lock(&shared.failures);
+        let f = failures.entry((inst.id, target.clone())).or_default();
+        f.count += 1;
+        f.last = Some(why);
+    }
+    push::push(shared, inst.id).await;
+}
+
+/// Inserts a `starting` row (checked against `max`, and `max_resources`
+/// for a new resource, in the same transaction) and launches the rest of
+/// the start in the background.
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    inst: &InstanceRow,
+    target: &ManagedTarget,
+    cold: bool,
+) {
+    let Some(m) = managed_of(inst, &target.pool).cloned() else {
         return;
     };
-    let (inst_id, project_id, name, pool_name) = (
-        inst.id,
-        inst.project_id,
-        inst.name.clone(),
-        pool.to_string(),
-    );
+    let (inst_id, project_id, name, target) =
+        (inst.id, inst.project_id, inst.name.clone(), target.clone());
     let subnet_override = inst.spec.subnet;
     let compute = m.template.compute();
     let port = m.port;
     let max = m.max;
+    let max_resources = m.per_resource.as_ref().map(|p| p.max_resources);
     let inserted = shared
         .store
         .transaction(move |tx| {
-            let live = store::backends_of(tx, inst_id)?
-                .iter()
-                .filter(|b| b.pool == pool_name && b.state != BackendState::Stopping)
-                .count() as u32;
+            let rows = store::backends_of(tx, inst_id)?;
+            let live_of_pool = || {
+                rows.iter()
+                    .filter(|b| b.pool == target.pool && b.state != BackendState::Stopping)
+            };
+            let live = live_of_pool().filter(|b| b.resource == target.resource).count() as u32;
             if live >= max {
                 return Ok(None);
+            }
+            if let (Some(max_resources), 0) = (max_resources, live) {
+                let resources: HashSet<&str> =
+                    live_of_pool().filter_map(|b| b.resource.as_deref()).collect();
+                if resources.len() >= max_resources as usize {
+                    return Ok(None);
+                }
             }
             let Some(address) = free_address(tx, project_id, subnet_override)? else {
                 return Ok(None);
@@ -107,8 +183,8 @@ pub(crate) async fn start(shared: &Arc<Shared>, inst: &InstanceRow, pool: &str, 
                     instance_id: inst_id,
                     project_id,
                     instance_name: &name,
-                    pool: &pool_name,
-                    resource: None,
+                    pool: &target.pool,
+                    resource: target.resource.as_deref(),
                     compute,
                     address,
                     port,
@@ -159,7 +235,7 @@ async fn launch(shared: &Arc<Shared>, inst: &InstanceRow, row: BackendRow, m: Ma
         address: row.address,
         port: row.port,
         resource: row.resource.clone(),
-        template: m.template.clone(),
+        template: decide::template_for(&m, row.resource.as_deref()),
         netns: shared.network.node_netns(inst.project_id),
     };
     let driver = shared.driver.clone();
@@ -175,8 +251,8 @@ async fn launch(shared: &Arc<Shared>, inst: &InstanceRow, row: BackendRow, m: Ma
         .transaction(move |tx| store::set_backend_pid(tx, id, pid))
         .await;
     let message = format!(
-        "backend {id} of pool {} starting at {}:{} (pid {pid}){}",
-        row.pool,
+        "backend {id} of {} starting at {}:{} (pid {pid}){}",
+        describe(&row.pool, row.resource.as_deref()),
         row.address,
         row.port,
         if row.cold {
@@ -253,8 +329,8 @@ async fn became_ready(shared: &Arc<Shared>, inst: &InstanceRow, row: &BackendRow
         return;
     }
     let message = format!(
-        "backend {id} of pool {} ready at {}:{} after {} ms",
-        row.pool,
+        "backend {id} of {} ready at {}:{} after {} ms",
+        describe(&row.pool, row.resource.as_deref()),
         row.address,
         row.port,
         now - row.started_at_ms
@@ -345,18 +421,19 @@ pub(crate) async fn stop(
         .transaction(move |tx| store::finish_backend(tx, id, &name, stopped_at, failure.as_deref()))
         .await;
     let lived = (stopped_at - row.started_at_ms) as f64 / 1000.0;
+    let what = describe(&row.pool, row.resource.as_deref());
     let (kind, message) = match why {
         StopReason::Idle { idle_s } => (
             EventKind::BackendStopped,
-            format!("backend {id} of pool {} stopped after {idle_s} s idle; it ran {lived:.1} s and served {} requests", row.pool, row.requests),
+            format!("backend {id} of {what} stopped after {idle_s} s idle; it ran {lived:.1} s and served {} requests", row.requests),
         ),
         StopReason::NotWanted => (
             EventKind::BackendStopped,
-            format!("backend {id} of pool {} stopped: no longer wanted; it ran {lived:.1} s", row.pool),
+            format!("backend {id} of {what} stopped: no longer wanted; it ran {lived:.1} s"),
         ),
         StopReason::Exited(reason) => (
             EventKind::BackendExited,
-            format!("backend {id} of pool {} {reason}; it ran {lived:.1} s", row.pool),
+            format!("backend {id} of {what} {reason}; it ran {lived:.1} s"),
         ),
     };
     tracing::info!(kind = %kind, "{message}");

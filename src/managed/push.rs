@@ -6,6 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::decide::resource_fits;
+use super::lifecycle::{is_of, targets_of};
 use super::{lock, Failures, Shared};
 use crate::model::instance::BackendMember;
 use crate::model::managed::BackendState;
@@ -74,45 +76,61 @@ pub(crate) fn running(nodes: &[NodeRow]) -> impl Iterator<Item = &NodeRow> {
     nodes.iter().filter(|n| n.state == NodeState::Running)
 }
 
-/// The state of every managed pool of `spec`: pools without backends are
-/// listed too (with their failures), so a node releases nothing it should not.
+/// The state of every managed target of `spec`: pools without backends
+/// are listed too (with their failures), so a node releases nothing it
+/// should not; a `per_resource` pool has a target per resource that has
+/// backends or failures, and none for the pool as a whole.
 pub(crate) fn managed_members(
     spec: &InstanceSpec,
     backends: &[BackendRow],
     failures: &[(ManagedTarget, Failures)],
     version: u64,
 ) -> ManagedMembers {
-    let targets = spec
-        .managed_pools()
-        .map(|(pool, _)| {
-            let target = ManagedTarget {
+    let mut targets = Vec::new();
+    for (pool, m) in spec.managed_pools() {
+        let mut of_pool: Vec<ManagedTarget> = match m.per_resource {
+            None => vec![ManagedTarget {
                 pool: pool.to_string(),
                 resource: None,
-            };
-            let of_pool = || backends.iter().filter(move |b| b.pool == pool);
-            let failed = failures
-                .iter()
-                .find(|(t, _)| *t == target)
-                .map(|(_, f)| f.clone())
-                .unwrap_or_default();
-            ManagedTargetState {
-                members: of_pool()
-                    .filter(|b| b.state == BackendState::Ready)
-                    .map(|b| BackendMember {
-                        address: SocketAddr::new(IpAddr::V4(b.address), b.port),
-                        weight: 1,
-                    })
-                    .collect(),
-                starting: of_pool()
-                    .filter(|b| b.state == BackendState::Starting)
-                    .count() as u32,
-                failures: failed.count,
-                last_failure: failed.last,
-                target,
+            }],
+            Some(_) => targets_of(backends, pool, false),
+        };
+        for (t, _) in failures.iter().filter(|(t, _)| t.pool == pool) {
+            if !of_pool.contains(t) && resource_fits(m, t.resource.as_deref()) {
+                of_pool.push(t.clone());
             }
-        })
-        .collect();
+        }
+        targets.extend(of_pool.into_iter().map(|t| target_state(t, backends, failures)));
+    }
     ManagedMembers { version, targets }
+}
+
+fn target_state(
+    target: ManagedTarget,
+    backends: &[BackendRow],
+    failures: &[(ManagedTarget, Failures)],
+) -> ManagedTargetState {
+    let of_target = || backends.iter().filter(|b| is_of(b, &target));
+    let failed = failures
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, f)| f.clone())
+        .unwrap_or_default();
+    ManagedTargetState {
+        members: of_target()
+            .filter(|b| b.state == BackendState::Ready)
+            .map(|b| BackendMember {
+                address: SocketAddr::new(IpAddr::V4(b.address), b.port),
+                weight: 1,
+            })
+            .collect(),
+        starting: of_target()
+            .filter(|b| b.state == BackendState::Starting)
+            .count() as u32,
+        failures: failed.count,
+        last_failure: failed.last,
+        target,
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +206,41 @@ mod tests {
         assert_eq!((t.starting, t.failures), (1, 2));
         // The template's environment never goes to a node.
         assert!(!serde_json::to_string(&m).unwrap().contains("do-not-leak"));
+    }
+
+    #[test]
+    fn a_per_resource_pool_has_a_target_per_resource() {
+        let mut spec = spec();
+        let managed = spec.managed.as_mut().unwrap();
+        managed.per_resource = Some(crate::model::managed::PerResource {
+            path_segment: 2,
+            groups_segment: None,
+            resources: None,
+            max_resources: 10,
+        });
+        let of = |id, r: &str, state| BackendRow {
+            resource: Some(r.to_string()),
+            ..row(id, state)
+        };
+        let backends = [
+            of(2, "r1", BackendState::Ready),
+            of(3, "r2", BackendState::Starting),
+            of(4, "r1", BackendState::Ready),
+        ];
+        let failed = ManagedTarget {
+            pool: "default".into(),
+            resource: Some("r3".into()),
+        };
+        let failures = [(failed.clone(), Failures { count: 1, last: None })];
+        let m = managed_members(&spec, &backends, &failures, 1);
+        let by: Vec<(Option<&str>, usize, u32, u64)> = m
+            .targets
+            .iter()
+            .map(|t| (t.target.resource.as_deref(), t.members.len(), t.starting, t.failures))
+            .collect();
+        assert_eq!(
+            by,
+            [(Some("r1"), 2, 0, 0), (Some("r2"), 0, 1, 0), (Some("r3"), 0, 0, 1)]
+        );
     }
 }

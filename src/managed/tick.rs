@@ -3,14 +3,13 @@
 //! exited, read the nodes' member activity (idle stops, request counts),
 //! re-push to nodes whose managed version is behind, and keep `min` running.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::decide::{self, Activity};
 use super::events::{StreamTarget, Streams};
-use super::lifecycle::{self, counts, managed_of, StopReason};
+use super::lifecycle::{self, counts, is_of, managed_of, targets_of, StopReason};
 use super::{lock, push, Shared, Signal};
 use crate::drivers::backend::BackendObservation;
 use crate::drivers::node_admin::NodeAdmin;
@@ -91,12 +90,16 @@ fn stream_targets(
         .collect()
 }
 
-/// Backends of deleted instances, or of pools no longer managed, stop.
-/// (Starting ones finish their start first; stopping ones are under way.)
+/// Backends of deleted instances, of pools no longer managed, or of
+/// resources the pool no longer routes, stop. (Starting ones finish their
+/// start first; stopping ones are under way.)
 fn stop_unwanted(shared: &Arc<Shared>, managed: &[InstanceRow], backends: &[BackendRow]) {
     for b in backends.iter().filter(|b| b.state == BackendState::Ready) {
         let inst = managed.iter().find(|i| i.id == b.instance_id);
-        if inst.is_some_and(|i| managed_of(i, &b.pool).is_some()) {
+        let wanted = inst
+            .and_then(|i| managed_of(i, &b.pool))
+            .is_some_and(|m| decide::resource_fits(m, b.resource.as_deref()));
+        if wanted {
             continue;
         }
         let name = inst.map(|i| i.name.clone()).unwrap_or_default();
@@ -184,26 +187,30 @@ async fn activity(
         .collect();
     record_activity(shared, &acts, now).await;
     for (pool, m) in inst.spec.managed_pools() {
-        let of_pool: Vec<Activity> = acts
-            .iter()
-            .filter(|(a, _)| ready.iter().any(|b| b.id == a.id && b.pool == pool))
-            .map(|(a, _)| *a)
-            .collect();
-        let starting = counts(mine, pool).starting;
-        for id in decide::idle_victims(m, &of_pool, starting, now) {
-            let Some(b) = ready.iter().find(|b| b.id == id).map(|b| (*b).clone()) else {
-                continue;
-            };
-            let idle_s = of_pool
+        // Idle stop and `min` apply per target: each resource on its own.
+        for target in targets_of(mine, pool, false) {
+            let of_target: Vec<Activity> = acts
                 .iter()
-                .find(|a| a.id == id)
-                .and_then(|a| a.idle_ms)
-                .unwrap_or((now - b.ready_at_ms.unwrap_or(now)).max(0) as u64)
-                / 1000;
-            let (shared, name, project) = (shared.clone(), inst.name.clone(), inst.project_id);
-            tokio::spawn(async move {
-                lifecycle::stop(&shared, &name, project, b, StopReason::Idle { idle_s }).await
-            });
+                .filter(|(a, _)| ready.iter().any(|b| b.id == a.id && is_of(b, &target)))
+                .map(|(a, _)| *a)
+                .collect();
+            let starting = counts(mine, &target).starting;
+            for id in decide::idle_victims(m, &of_target, starting, now) {
+                let Some(b) = ready.iter().find(|b| b.id == id).map(|b| (*b).clone()) else {
+                    continue;
+                };
+                let idle_s = of_target
+                    .iter()
+                    .find(|a| a.id == id)
+                    .and_then(|a| a.idle_ms)
+                    .unwrap_or((now - b.ready_at_ms.unwrap_or(now)).max(0) as u64)
+                    / 1000;
+                let (shared, name, project) =
+                    (shared.clone(), inst.name.clone(), inst.project_id);
+                tokio::spawn(async move {
+                    lifecycle::stop(&shared, &name, project, b, StopReason::Idle { idle_s }).await
+                });
+            }
         }
     }
 }
@@ -295,20 +302,27 @@ async fn record_activity(shared: &Arc<Shared>, acts: &[(Activity, u64)], now: i6
     }
 }
 
+/// Keeps `min` running per target. A `per_resource` pool's `min` applies to
+/// the resources that were woken (have a live backend): listed resources
+/// are not started before their first request.
 async fn top_up_min(shared: &Arc<Shared>, inst: &InstanceRow, mine: &[BackendRow]) {
-    let wanted: HashMap<String, u32> = inst
-        .spec
-        .managed_pools()
-        .map(|(pool, m)| {
-            (
-                pool.to_string(),
-                decide::missing_for_min(m, counts(mine, pool)),
-            )
-        })
-        .collect();
-    for (pool, missing) in wanted {
+    let mut wanted: Vec<(ManagedTarget, u32)> = Vec::new();
+    for (pool, m) in inst.spec.managed_pools() {
+        let targets = match m.per_resource {
+            None => vec![ManagedTarget {
+                pool: pool.to_string(),
+                resource: None,
+            }],
+            Some(_) => targets_of(mine, pool, true),
+        };
+        for t in targets.into_iter().filter(|t| decide::resource_fits(m, t.resource.as_deref())) {
+            let missing = decide::missing_for_min(m, counts(mine, &t));
+            wanted.push((t, missing));
+        }
+    }
+    for (target, missing) in wanted {
         for _ in 0..missing {
-            lifecycle::start(shared, inst, &pool, false).await;
+            lifecycle::start(shared, inst, &target, false).await;
         }
     }
 }

@@ -3,7 +3,7 @@
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::HoldError;
+use super::{HoldError, ResourceRefusal};
 use crate::dataplane::http::short;
 use crate::dataplane::pool::ProxyBody;
 use crate::model::wake::{COLD_START_HEADER, WAKE_ERROR_HEADER};
@@ -57,6 +57,23 @@ pub fn refusal(error: HoldError) -> Response<ProxyBody> {
     }
 }
 
+/// The answer to a request a `per_resource` pool does not route.
+pub fn resource_refusal(refusal: ResourceRefusal) -> Response<ProxyBody> {
+    match refusal {
+        ResourceRefusal::NotFound => short(StatusCode::NOT_FOUND, "lb-node: no such resource\n"),
+        ResourceRefusal::MissingGroup => short(StatusCode::FORBIDDEN, "lb-node: missing group\n"),
+        ResourceRefusal::TooMany(max) => {
+            let mut resp = short(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("lb-node: {max} resources (max_resources) are active and none is free\n"),
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
 /// Marks a response that waited for a cold start.
 pub fn add_cold_start(resp: &mut Response<ProxyBody>, ms: u64) {
     resp.headers_mut().insert(
@@ -85,5 +102,14 @@ mod tests {
         let failed = refusal(HoldError::StartFailed("exit 1\n".into()));
         assert_eq!(failed.status(), 503);
         assert_eq!(failed.headers()[WAKE_ERROR_HEADER], "exit 1");
+    }
+
+    #[test]
+    fn each_resource_refusal_has_its_status() {
+        assert_eq!(resource_refusal(ResourceRefusal::NotFound).status(), 404);
+        assert_eq!(resource_refusal(ResourceRefusal::MissingGroup).status(), 403);
+        let many = resource_refusal(ResourceRefusal::TooMany(3));
+        assert_eq!(many.status(), 503);
+        assert_eq!(many.headers()[RETRY_AFTER], "1");
     }
 }

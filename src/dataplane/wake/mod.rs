@@ -14,19 +14,25 @@ pub mod activity;
 pub mod answer;
 pub mod demand;
 pub mod queue;
+pub mod resource;
 pub mod target;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use http::Uri;
 use tokio::sync::broadcast;
 
-use super::pools::{NamedPools, PoolRef};
-use crate::model::managed::NodeManagedPool;
+use super::balance::Balancer;
+use super::pools::{MemberRegistry, NamedPools, PoolRef};
+use crate::model::managed::{NodeManagedPool, NodeResourceRouting};
 use crate::model::policy::DEFAULT_POOL;
-use crate::model::wake::{ManagedMembers, ManagedPoolStats, NodeEvent};
-use crate::model::NodeConfig;
+use crate::model::wake::{
+    ManagedMembers, ManagedPoolStats, ManagedTarget, ManagedTargetState, NodeEvent,
+};
+use crate::model::{Algorithm, BackendMember, MemberStats, NodeConfig};
+pub use resource::{ResourceRefusal, ResourceRoute};
 pub use target::{HoldError, Target, TargetRef};
 
 /// Events a slow `/events` subscriber may fall behind by before it loses
@@ -36,7 +42,12 @@ const EVENTS_BUFFER: usize = 1024;
 /// The node's managed state, kept across configs.
 pub struct Wake {
     events: broadcast::Sender<NodeEvent>,
-    targets: Mutex<BTreeMap<String, TargetRef>>,
+    /// Whole-pool targets (`resource: None`) and the resource targets of
+    /// `per_resource` pools, made on a resource's first request.
+    targets: Mutex<BTreeMap<ManagedTarget, TargetRef>>,
+    /// The `per_resource` pools of the config in force, by name: what a
+    /// resource target made on the request path is limited by.
+    resource_pools: Mutex<BTreeMap<String, NodeManagedPool>>,
     /// The last `PUT /managed`.
     members: Mutex<Option<ManagedMembers>>,
     /// Its version + 1 (0: none yet), for `/status` without a lock.
@@ -48,18 +59,36 @@ impl Default for Wake {
         Wake {
             events: broadcast::channel(EVENTS_BUFFER).0,
             targets: Mutex::default(),
+            resource_pools: Mutex::default(),
             members: Mutex::default(),
             version: AtomicU64::new(0),
         }
     }
 }
 
+/// A managed pool's part of the wake stage.
+pub enum StageEntry {
+    /// One target for the whole pool.
+    Pool(TargetRef),
+    /// A target per resource, found from the request's path.
+    PerResource(ResourceStage),
+}
+
+/// A `per_resource` pool in one config: how to find the resource, and
+/// each resource's ready members to pick from (their counters are the
+/// pool's, so health checks and `/status` see them as pool members).
+pub struct ResourceStage {
+    pub pool: String,
+    pub routing: NodeResourceRouting,
+    balancers: HashMap<String, Balancer>,
+}
+
 /// The targets of one config, by pool, resolved once per config.
 #[derive(Default)]
 pub struct WakeStage {
-    default: Option<TargetRef>,
+    default: Option<StageEntry>,
     /// By `PoolRef::Named` index.
-    named: Vec<Option<TargetRef>>,
+    named: Vec<Option<StageEntry>>,
 }
 
 impl WakeStage {
@@ -67,12 +96,38 @@ impl WakeStage {
         self.default.is_none() && self.named.is_empty()
     }
 
-    pub fn target(&self, pool: PoolRef) -> Option<&TargetRef> {
+    pub fn entry(&self, pool: PoolRef) -> Option<&StageEntry> {
         match pool {
             PoolRef::Default => self.default.as_ref(),
             PoolRef::Named(i) => self.named.get(i).and_then(Option::as_ref),
         }
     }
+
+    /// The target of a whole managed pool (none for a `per_resource` one).
+    pub fn target(&self, pool: PoolRef) -> Option<&TargetRef> {
+        match self.entry(pool)? {
+            StageEntry::Pool(t) => Some(t),
+            StageEntry::PerResource(_) => None,
+        }
+    }
+
+    /// The ready members of one resource of a `per_resource` pool.
+    pub fn resource_balancer(&self, pool: PoolRef, resource: &str) -> Option<&Balancer> {
+        match self.entry(pool)? {
+            StageEntry::PerResource(r) => r.balancers.get(resource),
+            StageEntry::Pool(_) => None,
+        }
+    }
+}
+
+/// A request's wake target, with its resource in a `per_resource` pool.
+pub struct Routed {
+    pub target: TargetRef,
+    pub resource: Option<ResourceRoute>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Wake {
@@ -85,58 +140,84 @@ impl Wake {
         self.version.load(Relaxed).checked_sub(1)
     }
 
-    fn lock_targets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TargetRef>> {
-        self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_targets(&self) -> std::sync::MutexGuard<'_, BTreeMap<ManagedTarget, TargetRef>> {
+        locked(&self.targets)
+    }
+
+    /// The pushed target states (a copy: the members lock is never held
+    /// with the targets lock).
+    fn pushed(&self) -> Vec<ManagedTargetState> {
+        locked(&self.members)
+            .as_ref()
+            .map(|m| m.targets.clone())
+            .unwrap_or_default()
     }
 
     /// Stores a `PUT /managed`; `prepare` and `settle` then apply it.
     pub fn store_members(&self, members: ManagedMembers) {
         self.version
             .store(members.version.saturating_add(1), Relaxed);
-        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = Some(members);
+        *locked(&self.members) = Some(members);
     }
 
     /// The targets of `managed` (kept from the last config where they
     /// were there already, so held requests stay held); targets of pools no
-    /// longer managed end their holds.
+    /// longer managed, or of resources no longer allowed, end their holds.
     fn configure(&self, managed: &BTreeMap<String, NodeManagedPool>) {
+        *locked(&self.resource_pools) = managed
+            .iter()
+            .filter(|(_, m)| m.per_resource.is_some())
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect();
         let mut targets = self.lock_targets();
-        targets.retain(|pool, t| {
-            let keep = managed.contains_key(pool);
+        targets.retain(|key, t| {
+            let keep = managed
+                .get(&key.pool)
+                .is_some_and(|m| wanted(m.per_resource.as_ref(), key.resource.as_deref()));
             if !keep {
                 t.retire();
             }
             keep
         });
         for (pool, limits) in managed {
-            match targets.get(pool) {
-                Some(t) => t.set_limits(limits),
-                None => {
-                    let t = Target::new(pool.clone(), limits, self.events.clone());
-                    targets.insert(pool.clone(), Arc::new(t));
-                }
+            for (_, t) in targets.iter().filter(|(k, _)| &k.pool == pool) {
+                t.set_limits(limits);
+            }
+            if limits.per_resource.is_none() {
+                let key = ManagedTarget {
+                    pool: pool.clone(),
+                    resource: None,
+                };
+                targets
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(Target::new(pool.clone(), limits, self.events.clone())));
             }
         }
     }
 
     /// `config` with the pushed members in its managed pools (which list
-    /// none themselves), and the targets set up for it.
+    /// none themselves): a `per_resource` pool gets the members of all its
+    /// resources (health checks and counters are the pool's), and the
+    /// targets set up for it.
     pub fn merge(&self, mut config: NodeConfig) -> NodeConfig {
         self.configure(&config.managed);
         if config.managed.is_empty() {
             return config;
         }
-        let pushed = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        for pool in config.managed.keys() {
-            let members = pushed
-                .as_ref()
-                .and_then(|m| {
-                    m.targets
-                        .iter()
-                        .find(|t| &t.target.pool == pool && t.target.resource.is_none())
-                })
-                .map(|t| t.members.clone())
-                .unwrap_or_default();
+        let pushed = self.pushed();
+        for (pool, m) in &config.managed {
+            let per_resource = m.per_resource.is_some();
+            let mut members: Vec<BackendMember> = Vec::new();
+            for s in pushed
+                .iter()
+                .filter(|s| &s.target.pool == pool && s.target.resource.is_some() == per_resource)
+            {
+                for b in &s.members {
+                    if !members.iter().any(|m| m.address == b.address) {
+                        members.push(b.clone());
+                    }
+                }
+            }
             if pool == DEFAULT_POOL {
                 config.backends = members;
             } else if let Some(p) = config.policy.pools.get_mut(pool) {
@@ -149,38 +230,180 @@ impl Wake {
     /// The wake stage of a prepared config.
     pub fn stage(
         &self,
-        managed: &BTreeMap<String, NodeManagedPool>,
+        config: &NodeConfig,
         pools: &NamedPools,
+        registry: &MemberRegistry,
     ) -> WakeStage {
-        if managed.is_empty() {
+        if config.managed.is_empty() {
             return WakeStage::default();
         }
+        let pushed = self.pushed();
         let targets = self.lock_targets();
+        let entry = |name: &str, algorithm: Algorithm| -> Option<StageEntry> {
+            let m = config.managed.get(name)?;
+            let Some(routing) = &m.per_resource else {
+                let key = ManagedTarget {
+                    pool: name.to_string(),
+                    resource: None,
+                };
+                return targets.get(&key).cloned().map(StageEntry::Pool);
+            };
+            let balancers = pushed
+                .iter()
+                .filter(|s| s.target.pool == name && !s.members.is_empty())
+                .filter_map(|s| {
+                    let r = s.target.resource.clone()?;
+                    Some((r, registry.balancer(name, algorithm, &s.members)))
+                })
+                .collect();
+            Some(StageEntry::PerResource(ResourceStage {
+                pool: name.to_string(),
+                routing: routing.clone(),
+                balancers,
+            }))
+        };
         WakeStage {
-            default: targets.get(DEFAULT_POOL).cloned(),
+            default: entry(DEFAULT_POOL, config.tuning.algorithm),
             named: pools
                 .iter()
-                .map(|p| targets.get(&p.name).cloned())
+                .map(|p| entry(&p.name, p.balancer.algorithm()))
                 .collect(),
         }
     }
 
+    /// The wake target of a request for `pool`: none for a pool that is
+    /// not managed; for a `per_resource` pool the resource's (made on its
+    /// first request), or why the request is refused.
+    pub fn route(
+        &self,
+        stage: &WakeStage,
+        pool: PoolRef,
+        uri: &Uri,
+        groups: &[String],
+    ) -> Result<Option<Routed>, ResourceRefusal> {
+        match stage.entry(pool) {
+            None => Ok(None),
+            Some(StageEntry::Pool(t)) => Ok(Some(Routed {
+                target: t.clone(),
+                resource: None,
+            })),
+            Some(StageEntry::PerResource(rs)) => {
+                let target = uri.path_and_query().map_or("/", |p| p.as_str());
+                let route = resource::route(&rs.routing, target, groups)?;
+                let t = self.resource_target(&rs.pool, &route.id, rs.routing.max_resources)?;
+                Ok(Some(Routed {
+                    target: t,
+                    resource: Some(route),
+                }))
+            }
+        }
+    }
+
+    /// The target of one resource; past `max` targets of the pool a free
+    /// one is forgotten to make room, and with none free the request is
+    /// refused (the node's memory stays bounded whatever ids clients send).
+    fn resource_target(&self, pool: &str, id: &str, max: u32) -> Result<TargetRef, ResourceRefusal> {
+        let key = ManagedTarget {
+            pool: pool.to_string(),
+            resource: Some(id.to_string()),
+        };
+        if let Some(t) = self.lock_targets().get(&key) {
+            return Ok(t.clone());
+        }
+        let state = self.pushed().into_iter().find(|s| s.target == key);
+        let limits = locked(&self.resource_pools)
+            .get(pool)
+            .cloned()
+            .ok_or(ResourceRefusal::NotFound)?;
+        let mut targets = self.lock_targets();
+        if let Some(t) = targets.get(&key) {
+            return Ok(t.clone());
+        }
+        let of_pool: Vec<&ManagedTarget> = targets
+            .keys()
+            .filter(|k| k.pool == pool && k.resource.is_some())
+            .collect();
+        if of_pool.len() >= max as usize {
+            let free = of_pool
+                .into_iter()
+                .find(|k| targets[*k].is_free())
+                .cloned()
+                .ok_or(ResourceRefusal::TooMany(max))?;
+            targets.remove(&free);
+        }
+        let t = Arc::new(Target::for_resource(
+            pool.to_string(),
+            id.to_string(),
+            &limits,
+            self.events.clone(),
+        ));
+        // Members come with `settle` (after the config that has them);
+        // an old failure must not fail the first hold.
+        t.seen_failures(state.as_ref());
+        targets.insert(key, t.clone());
+        Ok(t)
+    }
+
     /// After a config with the pushed members is in force: tells each
     /// target what it has now, which releases (or fails) its holds.
+    /// Resources lbd runs backends for get their target here, so `/status`
+    /// shows them whichever node woke them.
     pub fn settle(&self) {
-        let pushed = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        for (pool, t) in self.lock_targets().iter() {
-            let state = pushed.as_ref().and_then(|m| {
-                m.targets
-                    .iter()
-                    .find(|s| &s.target.pool == pool && s.target.resource.is_none())
+        let pushed = self.pushed();
+        let pools = locked(&self.resource_pools).clone();
+        let mut targets = self.lock_targets();
+        for s in &pushed {
+            let (Some(r), Some(limits)) = (&s.target.resource, pools.get(&s.target.pool)) else {
+                continue;
+            };
+            if s.members.is_empty() && s.starting == 0 {
+                continue;
+            }
+            if !wanted(limits.per_resource.as_ref(), Some(r)) {
+                continue;
+            }
+            targets.entry(s.target.clone()).or_insert_with(|| {
+                Arc::new(Target::for_resource(
+                    s.target.pool.clone(),
+                    r.clone(),
+                    limits,
+                    self.events.clone(),
+                ))
             });
-            t.update(state);
+        }
+        for (key, t) in targets.iter() {
+            t.update(pushed.iter().find(|s| s.target == *key));
+        }
+    }
+
+    /// Marks the members of `per_resource` pools with their resource.
+    pub fn label_members(&self, members: &mut [MemberStats]) {
+        for s in self.pushed() {
+            let Some(r) = &s.target.resource else {
+                continue;
+            };
+            for m in members.iter_mut().filter(|m| {
+                m.pool.as_deref().unwrap_or(DEFAULT_POOL) == s.target.pool
+                    && s.members.iter().any(|b| b.address == m.address)
+            }) {
+                m.resource = Some(r.clone());
+            }
         }
     }
 
     pub fn stats(&self) -> Vec<ManagedPoolStats> {
         self.lock_targets().values().map(|t| t.stats()).collect()
+    }
+}
+
+/// Whether a target of `resource` belongs to a pool routed by `routing`:
+/// a whole-pool target to a pool without `per_resource`, a resource
+/// target to one with it that allows the id.
+fn wanted(routing: Option<&NodeResourceRouting>, resource: Option<&str>) -> bool {
+    match (routing, resource) {
+        (None, None) => true,
+        (Some(r), Some(id)) => r.resources.as_ref().is_none_or(|l| l.contains_key(id)),
+        _ => false,
     }
 }
 
@@ -240,8 +463,9 @@ mod tests {
         let plain = wake.merge(node_config(&[]));
         assert!(plain.backends.is_empty());
         assert!(wake.stats().is_empty(), "a pool no longer managed is gone");
+        let registry = crate::dataplane::pools::MemberRegistry::default();
         assert!(wake
-            .stage(&plain.managed, &NamedPools::default())
+            .stage(&plain, &NamedPools::default(), &registry)
             .is_empty());
     }
 
@@ -280,11 +504,106 @@ mod tests {
         );
         let registry = crate::dataplane::pools::MemberRegistry::default();
         let pools = NamedPools::new(&merged.policy, &registry);
-        let stage = wake.stage(&merged.managed, &pools);
+        let stage = wake.stage(&merged, &pools, &registry);
         let api = pools.resolve("api").unwrap();
         assert_eq!(stage.target(api).map(|t| t.pool.as_str()), Some("api"));
         assert!(stage.target(PoolRef::Default).is_none());
         wake.settle();
         assert_eq!(wake.stats()[0].ready, 1);
+    }
+
+    fn per_resource_config(max_resources: u32) -> NodeConfig {
+        let mut c = node_config(&["default"]);
+        c.managed.get_mut("default").unwrap().per_resource = Some(NodeResourceRouting {
+            path_segment: 1,
+            groups_segment: None,
+            resources: None,
+            max_resources,
+        });
+        c
+    }
+
+    fn resource_state(resource: &str, port: u16) -> ManagedTargetState {
+        ManagedTargetState {
+            target: ManagedTarget {
+                pool: "default".into(),
+                resource: Some(resource.into()),
+            },
+            members: vec![BackendMember {
+                address: format!("127.0.0.1:{port}").parse().unwrap(),
+                weight: 1,
+            }],
+            starting: 0,
+            failures: 0,
+            last_failure: None,
+        }
+    }
+
+    #[test]
+    fn each_resource_has_its_members_its_target_and_its_label() {
+        let wake = Wake::default();
+        wake.store_members(ManagedMembers {
+            version: 1,
+            targets: vec![resource_state("r1", 9001), resource_state("r2", 9002)],
+        });
+        let merged = wake.merge(per_resource_config(10));
+        assert_eq!(merged.backends.len(), 2, "the pool has every resource's members");
+        let registry = crate::dataplane::pools::MemberRegistry::default();
+        let stage = wake.stage(&merged, &NamedPools::default(), &registry);
+        assert!(stage.target(PoolRef::Default).is_none(), "no whole-pool target");
+        let r1 = stage.resource_balancer(PoolRef::Default, "r1").unwrap();
+        assert_eq!(r1.members()[0].address.port(), 9001);
+        assert!(stage.resource_balancer(PoolRef::Default, "r3").is_none());
+        wake.settle();
+        let mut stats: Vec<_> = wake.stats().into_iter().map(|s| (s.resource, s.ready)).collect();
+        stats.sort();
+        assert_eq!(stats, [(Some("r1".into()), 1), (Some("r2".into()), 1)]);
+
+        let uri: Uri = "/r2/a?b".parse().unwrap();
+        let routed = wake.route(&stage, PoolRef::Default, &uri, &[]).unwrap().unwrap();
+        assert_eq!(routed.target.resource.as_deref(), Some("r2"));
+        assert_eq!(routed.resource.unwrap().target.as_str(), "/a?b");
+
+        let mut members = vec![MemberStats {
+            address: "127.0.0.1:9002".parse().unwrap(),
+            state: crate::model::MemberState::Up,
+            weight: 1,
+            requests: 0,
+            failures: 0,
+            active: 0,
+            ejections: 0,
+            pool: None,
+            open_connections: 0,
+            idle_ms: None,
+            resource: None,
+        }];
+        wake.label_members(&mut members);
+        assert_eq!(members[0].resource.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn max_resources_bounds_the_targets_and_free_ones_make_room() {
+        let wake = Wake::default();
+        wake.store_members(ManagedMembers {
+            version: 1,
+            targets: vec![resource_state("busy", 9001)],
+        });
+        let merged = wake.merge(per_resource_config(2));
+        let registry = crate::dataplane::pools::MemberRegistry::default();
+        let stage = wake.stage(&merged, &NamedPools::default(), &registry);
+        wake.settle();
+        let route = |path: &str| {
+            let uri: Uri = path.parse().unwrap();
+            wake.route(&stage, PoolRef::Default, &uri, &[]).map(|r| r.unwrap().target)
+        };
+        let idle = route("/idle/x").unwrap();
+        assert!(
+            matches!(route("/third/x"), Err(ResourceRefusal::TooMany(2))),
+            "idle is in use by a request, busy has a member"
+        );
+        drop(idle);
+        let third = route("/third/x").unwrap();
+        assert_eq!(third.resource.as_deref(), Some("third"), "the free target made room");
+        assert_eq!(wake.stats().len(), 2);
     }
 }

@@ -40,6 +40,8 @@ struct Figures {
 
 pub struct Target {
     pub pool: String,
+    /// The resource of a `per_resource` pool; `None`: the whole pool.
+    pub resource: Option<String>,
     max_requests: AtomicU32,
     max_wait_ms: AtomicU32,
     target_in_flight: AtomicU32,
@@ -73,6 +75,7 @@ impl Target {
     ) -> Target {
         let t = Target {
             pool,
+            resource: None,
             max_requests: AtomicU32::new(0),
             max_wait_ms: AtomicU32::new(0),
             target_in_flight: AtomicU32::new(0),
@@ -86,6 +89,28 @@ impl Target {
         };
         t.set_limits(limits);
         t
+    }
+
+    /// The target of one resource of a `per_resource` pool.
+    pub fn for_resource(
+        pool: String,
+        resource: String,
+        limits: &NodeManagedPool,
+        events: broadcast::Sender<NodeEvent>,
+    ) -> Target {
+        Target {
+            resource: Some(resource),
+            ..Target::new(pool, limits, events)
+        }
+    }
+
+    /// Nothing holds it, waits in it or is sent through it: a resource
+    /// target that may be forgotten to make room for another.
+    pub fn is_free(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1
+            && self.ready.load(Relaxed) == 0
+            && self.in_flight.load(Relaxed) == 0
+            && self.queue.is_empty()
     }
 
     pub fn set_limits(&self, limits: &NodeManagedPool) {
@@ -119,7 +144,7 @@ impl Target {
         let _ = self.events.send(NodeEvent::Wake(WakeDemand {
             target: ManagedTarget {
                 pool: self.pool.clone(),
-                resource: None,
+                resource: self.resource.clone(),
             },
             queued: self.queue.len() as u32,
             in_flight: self.in_flight.load(Relaxed),
@@ -194,6 +219,14 @@ impl Target {
         self.queue.set_ready(members > 0);
     }
 
+    /// Takes in the failures lbd reported so far, without releasing or
+    /// failing anything: a target made after them must not fail its first
+    /// hold for an old failure.
+    pub fn seen_failures(&self, state: Option<&ManagedTargetState>) {
+        self.failures_seen
+            .store(state.map_or(0, |s| s.failures), Relaxed);
+    }
+
     /// The pool is no longer managed: nothing held may wait for it.
     pub fn retire(&self) {
         self.queue.fail_all(HoldOutcome::Gone);
@@ -203,7 +236,7 @@ impl Target {
         let f = self.figures();
         ManagedPoolStats {
             pool: self.pool.clone(),
-            resource: None,
+            resource: self.resource.clone(),
             ready: self.ready.load(Relaxed),
             queued: self.queue.len() as u32,
             cold_starts: f.cold_starts,
