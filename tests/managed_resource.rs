@@ -57,7 +57,13 @@ impl Echo {
     }
 
     fn command(&self) -> Value {
-        json!(["python3", self.path.to_str().unwrap(), "{address}", "{port}", "{resource}"])
+        json!([
+            "python3",
+            self.path.to_str().unwrap(),
+            "{address}",
+            "{port}",
+            "{resource}"
+        ])
     }
 }
 
@@ -77,7 +83,9 @@ fn instance(lbd: &Lbd, name: &str, managed: Value) -> SocketAddr {
     let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
     assert_eq!(s, 200, "{v}");
     let info = lbd.wait_active("demo", name);
-    let address = info["nodes"][0]["address"].as_str().expect("a node address");
+    let address = info["nodes"][0]["address"]
+        .as_str()
+        .expect("a node address");
     format!("{address}:8080").parse().unwrap()
 }
 
@@ -91,7 +99,8 @@ fn managed(echo: &Echo, per_resource: Value, idle_timeout: u32) -> Value {
 /// One GET with an API key on a fresh connection: (status, headers, body).
 fn get(addr: SocketAddr, path: &str, key: &str) -> (u16, Vec<(String, String)>, String) {
     let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     write!(
         conn,
         "GET {path} HTTP/1.1\r\nHost: test\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n"
@@ -126,9 +135,16 @@ fn each_resource_gets_its_own_process_and_groups_come_from_auth_only() {
 
     let (status, headers, r1) = get(lb, "/smart_proxy/r1/g1,g2/rest/of/path?q=1", KEY_G1);
     assert_eq!(status, 200, "{headers:?} {r1}\n{}", lbd.stderr());
-    assert!(header(&headers, "x-lbaas-cold-start").is_some(), "{headers:?}");
+    assert!(
+        header(&headers, "x-lbaas-cold-start").is_some(),
+        "{headers:?}"
+    );
     assert_eq!(field(&r1, "resource"), "r1");
-    assert_eq!(field(&r1, "who"), "one-r1", "the resource's env, placeholders filled");
+    assert_eq!(
+        field(&r1, "who"),
+        "one-r1",
+        "the resource's env, placeholders filled"
+    );
     assert_eq!(field(&r1, "path"), "/rest/of/path?q=1");
 
     let (status, _, r2) = get(lb, "/smart_proxy/r2/x/y", KEY_OTHER);
@@ -158,7 +174,10 @@ fn each_resource_gets_its_own_process_and_groups_come_from_auth_only() {
     assert_eq!(backend_pids(&lbd).len(), 2);
 
     let listed = backends(&lbd, "res");
-    let mut resources: Vec<&str> = listed.iter().filter_map(|b| b["resource"].as_str()).collect();
+    let mut resources: Vec<&str> = listed
+        .iter()
+        .filter_map(|b| b["resource"].as_str())
+        .collect();
     resources.sort_unstable();
     assert_eq!(resources, ["r1", "r2"], "{listed:?}");
 }
@@ -185,11 +204,15 @@ fn idle_stop_and_max_resources_apply_per_resource() {
     assert!(body.contains("max_resources"), "{body}");
 
     // bb keeps traffic; aa idles out on its own.
-    wait_for("aa to stop while bb is busy", Duration::from_secs(40), || {
-        let (status, _, body) = get(lb, "/bb/keep", KEY_OTHER);
-        assert_eq!((status, pid_of(&body)), (200, pb), "bb keeps its process");
-        (!alive(pa)).then_some(())
-    });
+    wait_for(
+        "aa to stop while bb is busy",
+        Duration::from_secs(40),
+        || {
+            let (status, _, body) = get(lb, "/bb/keep", KEY_OTHER);
+            assert_eq!((status, pid_of(&body)), (200, pb), "bb keeps its process");
+            (!alive(pa)).then_some(())
+        },
+    );
     assert!(alive(pb), "the busy resource's backend runs on");
 
     // Room again: cc gets its own backend once aa's row has gone.

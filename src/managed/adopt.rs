@@ -78,9 +78,9 @@ async fn adopt_one(
             tracing::info!("backend {} at {}:{} adopted", row.id, row.address, row.port);
         }
         (BackendState::Starting, true) => {
-            let Some((inst, m)) =
-                inst.and_then(|i| managed_of(&i, &row.pool).cloned().map(|m| (i, m)))
-                    .filter(|(_, m)| resource_fits(m, row.resource.as_deref()))
+            let Some((inst, m)) = inst
+                .and_then(|i| managed_of(&i, &row.pool).cloned().map(|m| (i, m)))
+                .filter(|(_, m)| resource_fits(m, row.resource.as_deref()))
             else {
                 return lifecycle::stop(shared, &name, project, row, StopReason::NotWanted).await;
             };

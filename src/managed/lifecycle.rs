@@ -107,7 +107,10 @@ pub(crate) async fn on_wake(shared: &Arc<Shared>, instance: InstanceId, demand: 
     match decide::check_target(m, target, &live) {
         Ok(()) => {}
         Err(TargetRefusal::NotRouted) => {
-            tracing::debug!("instance {}: a wake for {target:?} does not fit its pool", inst.name);
+            tracing::debug!(
+                "instance {}: a wake for {target:?} does not fit its pool",
+                inst.name
+            );
             return;
         }
         Err(TargetRefusal::TooManyResources(max)) => {
@@ -163,13 +166,16 @@ pub(crate) async fn start(
                 rows.iter()
                     .filter(|b| b.pool == target.pool && b.state != BackendState::Stopping)
             };
-            let live = live_of_pool().filter(|b| b.resource == target.resource).count() as u32;
+            let live = live_of_pool()
+                .filter(|b| b.resource == target.resource)
+                .count() as u32;
             if live >= max {
                 return Ok(None);
             }
             if let (Some(max_resources), 0) = (max_resources, live) {
-                let resources: HashSet<&str> =
-                    live_of_pool().filter_map(|b| b.resource.as_deref()).collect();
+                let resources: HashSet<&str> = live_of_pool()
+                    .filter_map(|b| b.resource.as_deref())
+                    .collect();
                 if resources.len() >= max_resources as usize {
                     return Ok(None);
                 }

@@ -100,7 +100,11 @@ pub(crate) fn managed_members(
                 of_pool.push(t.clone());
             }
         }
-        targets.extend(of_pool.into_iter().map(|t| target_state(t, backends, failures)));
+        targets.extend(
+            of_pool
+                .into_iter()
+                .map(|t| target_state(t, backends, failures)),
+        );
     }
     ManagedMembers { version, targets }
 }
@@ -231,16 +235,33 @@ mod tests {
             pool: "default".into(),
             resource: Some("r3".into()),
         };
-        let failures = [(failed.clone(), Failures { count: 1, last: None })];
+        let failures = [(
+            failed.clone(),
+            Failures {
+                count: 1,
+                last: None,
+            },
+        )];
         let m = managed_members(&spec, &backends, &failures, 1);
         let by: Vec<(Option<&str>, usize, u32, u64)> = m
             .targets
             .iter()
-            .map(|t| (t.target.resource.as_deref(), t.members.len(), t.starting, t.failures))
+            .map(|t| {
+                (
+                    t.target.resource.as_deref(),
+                    t.members.len(),
+                    t.starting,
+                    t.failures,
+                )
+            })
             .collect();
         assert_eq!(
             by,
-            [(Some("r1"), 2, 0, 0), (Some("r2"), 0, 1, 0), (Some("r3"), 0, 0, 1)]
+            [
+                (Some("r1"), 2, 0, 0),
+                (Some("r2"), 0, 1, 0),
+                (Some("r3"), 0, 0, 1)
+            ]
         );
     }
 }

@@ -205,8 +205,7 @@ async fn activity(
                     .and_then(|a| a.idle_ms)
                     .unwrap_or((now - b.ready_at_ms.unwrap_or(now)).max(0) as u64)
                     / 1000;
-                let (shared, name, project) =
-                    (shared.clone(), inst.name.clone(), inst.project_id);
+                let (shared, name, project) = (shared.clone(), inst.name.clone(), inst.project_id);
                 tokio::spawn(async move {
                     lifecycle::stop(&shared, &name, project, b, StopReason::Idle { idle_s }).await
                 });
@@ -315,7 +314,10 @@ async fn top_up_min(shared: &Arc<Shared>, inst: &InstanceRow, mine: &[BackendRow
             }],
             Some(_) => targets_of(mine, pool, true),
         };
-        for t in targets.into_iter().filter(|t| decide::resource_fits(m, t.resource.as_deref())) {
+        for t in targets
+            .into_iter()
+            .filter(|t| decide::resource_fits(m, t.resource.as_deref()))
+        {
             let missing = decide::missing_for_min(m, counts(mine, &t));
             wanted.push((t, missing));
         }

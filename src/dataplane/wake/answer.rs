@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn each_resource_refusal_has_its_status() {
         assert_eq!(resource_refusal(ResourceRefusal::NotFound).status(), 404);
-        assert_eq!(resource_refusal(ResourceRefusal::MissingGroup).status(), 403);
+        assert_eq!(
+            resource_refusal(ResourceRefusal::MissingGroup).status(),
+            403
+        );
         let many = resource_refusal(ResourceRefusal::TooMany(3));
         assert_eq!(many.status(), 503);
         assert_eq!(many.headers()[RETRY_AFTER], "1");

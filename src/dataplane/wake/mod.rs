@@ -188,9 +188,9 @@ impl Wake {
                     pool: pool.clone(),
                     resource: None,
                 };
-                targets
-                    .entry(key)
-                    .or_insert_with(|| Arc::new(Target::new(pool.clone(), limits, self.events.clone())));
+                targets.entry(key).or_insert_with(|| {
+                    Arc::new(Target::new(pool.clone(), limits, self.events.clone()))
+                });
             }
         }
     }
@@ -302,7 +302,12 @@ impl Wake {
     /// The target of one resource; past `max` targets of the pool a free
     /// one is forgotten to make room, and with none free the request is
     /// refused (the node's memory stays bounded whatever ids clients send).
-    fn resource_target(&self, pool: &str, id: &str, max: u32) -> Result<TargetRef, ResourceRefusal> {
+    fn resource_target(
+        &self,
+        pool: &str,
+        id: &str,
+        max: u32,
+    ) -> Result<TargetRef, ResourceRefusal> {
         let key = ManagedTarget {
             pool: pool.to_string(),
             resource: Some(id.to_string()),
@@ -547,20 +552,34 @@ mod tests {
             targets: vec![resource_state("r1", 9001), resource_state("r2", 9002)],
         });
         let merged = wake.merge(per_resource_config(10));
-        assert_eq!(merged.backends.len(), 2, "the pool has every resource's members");
+        assert_eq!(
+            merged.backends.len(),
+            2,
+            "the pool has every resource's members"
+        );
         let registry = crate::dataplane::pools::MemberRegistry::default();
         let stage = wake.stage(&merged, &NamedPools::default(), &registry);
-        assert!(stage.target(PoolRef::Default).is_none(), "no whole-pool target");
+        assert!(
+            stage.target(PoolRef::Default).is_none(),
+            "no whole-pool target"
+        );
         let r1 = stage.resource_balancer(PoolRef::Default, "r1").unwrap();
         assert_eq!(r1.members()[0].address.port(), 9001);
         assert!(stage.resource_balancer(PoolRef::Default, "r3").is_none());
         wake.settle();
-        let mut stats: Vec<_> = wake.stats().into_iter().map(|s| (s.resource, s.ready)).collect();
+        let mut stats: Vec<_> = wake
+            .stats()
+            .into_iter()
+            .map(|s| (s.resource, s.ready))
+            .collect();
         stats.sort();
         assert_eq!(stats, [(Some("r1".into()), 1), (Some("r2".into()), 1)]);
 
         let uri: Uri = "/r2/a?b".parse().unwrap();
-        let routed = wake.route(&stage, PoolRef::Default, &uri, &[]).unwrap().unwrap();
+        let routed = wake
+            .route(&stage, PoolRef::Default, &uri, &[])
+            .unwrap()
+            .unwrap();
         assert_eq!(routed.target.resource.as_deref(), Some("r2"));
         assert_eq!(routed.resource.unwrap().target.as_str(), "/a?b");
 
@@ -594,7 +613,8 @@ mod tests {
         wake.settle();
         let route = |path: &str| {
             let uri: Uri = path.parse().unwrap();
-            wake.route(&stage, PoolRef::Default, &uri, &[]).map(|r| r.unwrap().target)
+            wake.route(&stage, PoolRef::Default, &uri, &[])
+                .map(|r| r.unwrap().target)
         };
         let idle = route("/idle/x").unwrap();
         assert!(
@@ -603,7 +623,11 @@ mod tests {
         );
         drop(idle);
         let third = route("/third/x").unwrap();
-        assert_eq!(third.resource.as_deref(), Some("third"), "the free target made room");
+        assert_eq!(
+            third.resource.as_deref(),
+            Some("third"),
+            "the free target made room"
+        );
         assert_eq!(wake.stats().len(), 2);
     }
 }

@@ -117,7 +117,11 @@ mod tests {
         let r = route(&routing(None, false), "/p/x9", &[]).unwrap();
         assert_eq!(r.target.as_str(), "/");
         let r = route(&routing(Some(3), false), "/p/x9?k=v", &[]).unwrap();
-        assert_eq!(r.target.as_str(), "/?k=v", "a missing groups segment is fine");
+        assert_eq!(
+            r.target.as_str(),
+            "/?k=v",
+            "a missing groups segment is fine"
+        );
     }
 
     #[test]
@@ -131,8 +135,19 @@ mod tests {
     #[test]
     fn bad_or_unlisted_ids_are_not_found() {
         let open = routing(None, false);
-        for path in ["/p/R1/x", "/p//x", "/p", "/", "/p/r%31", &format!("/p/{}", "a".repeat(64))] {
-            assert_eq!(route(&open, path, &[]), Err(ResourceRefusal::NotFound), "{path}");
+        for path in [
+            "/p/R1/x",
+            "/p//x",
+            "/p",
+            "/",
+            "/p/r%31",
+            &format!("/p/{}", "a".repeat(64)),
+        ] {
+            assert_eq!(
+                route(&open, path, &[]),
+                Err(ResourceRefusal::NotFound),
+                "{path}"
+            );
         }
         assert_eq!(
             route(&routing(None, true), "/p/r3/x", &[]),
