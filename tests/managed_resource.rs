@@ -223,3 +223,39 @@ fn idle_stop_and_max_resources_apply_per_resource() {
     assert_eq!(field(&c, "resource"), "cc");
     assert!(pid_of(&c) != pa && pid_of(&c) != pb);
 }
+
+#[test]
+fn a_restarted_lbd_adopts_each_resources_backend_with_its_resource() {
+    let echo = Echo::write();
+    let mut lbd = Lbd::start();
+    let _reaper = Reaper::new(&lbd);
+    let per_resource = json!({"path_segment": 1});
+    let lb = instance(&lbd, "adopt", managed(&echo, per_resource, 60));
+    let (_, _, a) = get(lb, "/aa/", KEY_OTHER);
+    let (_, _, b) = get(lb, "/bb/", KEY_OTHER);
+    let (pa, pb) = (pid_of(&a), pid_of(&b));
+
+    lbd.crash();
+    lbd.start_again();
+    let listed = wait_for(
+        "both backends listed again",
+        Duration::from_secs(20),
+        || {
+            let b = backends(&lbd, "adopt");
+            (b.len() == 2 && b.iter().all(|b| b["state"] == "ready")).then_some(b)
+        },
+    );
+    for (pid, resource) in [(pa, "aa"), (pb, "bb")] {
+        assert!(
+            listed
+                .iter()
+                .any(|b| b["pid"] == pid && b["resource"] == resource),
+            "{listed:?}"
+        );
+        let (status, _, body) = get(lb, &format!("/{resource}/"), KEY_OTHER);
+        assert_eq!((status, pid_of(&body)), (200, pid), "{body}");
+    }
+    let mut pids = vec![pa, pb];
+    pids.sort_unstable();
+    assert_eq!(backend_pids(&lbd), pids, "no duplicate, no orphan");
+}
