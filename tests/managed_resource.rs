@@ -3,7 +3,8 @@
 //! own process, started with `{resource}` and its env; the backend sees the
 //! path after the resource and groups segments; groups come from the
 //! instance's auth (never the URL's groups segment); unknown resources get
-//! 404; idle stop and `max_resources` apply per resource.
+//! 404; idle stop and `max_resources` apply per resource; a restarted lbd
+//! adopts each resource's backend; a named pool behind a rule works alike.
 
 mod common;
 
@@ -258,4 +259,38 @@ fn a_restarted_lbd_adopts_each_resources_backend_with_its_resource() {
     let mut pids = vec![pa, pb];
     pids.sort_unstable();
     assert_eq!(backend_pids(&lbd), pids, "no duplicate, no orphan");
+}
+
+#[test]
+fn a_named_pool_can_be_per_resource_behind_a_rule() {
+    let echo = Echo::write();
+    let lbd = Lbd::start();
+    let _reaper = Reaper::new(&lbd);
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    assert_eq!(s, 200, "{v}");
+    let pool = json!({"entities": [],
+        "managed": managed(&echo, json!({"path_segment": 2, "groups_segment": 3}), 60)});
+    let info = json!({"name": "named", "project": "demo", "traffic_type": "http", "port": 8080,
+        "backend": {"entities": ["127.0.0.1:9"]},
+        "pools": {"models": pool},
+        "rules": [{"name": "models", "match": {"path_prefix": "/models/"},
+                   "action": {"pool": "models"}}]});
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("demo", "named");
+    let address = info["nodes"][0]["address"]
+        .as_str()
+        .expect("a node address");
+    let lb: SocketAddr = format!("{address}:8080").parse().unwrap();
+
+    let (status, headers, body) = get(lb, "/models/m-1/any/predict?x=1", "");
+    assert_eq!(status, 200, "{headers:?} {body}\n{}", lbd.stderr());
+    assert_eq!(field(&body, "resource"), "m-1");
+    assert_eq!(field(&body, "path"), "/predict?x=1");
+    let listed = backends(&lbd, "named");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (&listed[0]["pool"], &listed[0]["resource"]),
+        (&json!("models"), &json!("m-1"))
+    );
 }
