@@ -37,7 +37,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+# BENCH_BIN_DIR=target/debug measures a debug build (quick checks only).
+RELEASE = os.environ.get("BENCH_BIN_DIR") or os.path.join(ROOT, "target", "release")
 DURATION = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 WAKES = int(os.environ.get("BENCH_WAKES", "20"))
 PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
@@ -280,7 +281,8 @@ def main():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "wake.json"), "w") as f:
             json.dump(report, f, indent=1)
-        q = statistics.quantiles(overheads, n=10) if len(overheads) > 1 else overheads * 9
+        ranked = sorted(overheads)
+        q = [ranked[int(0.1 * (len(ranked) - 1))], ranked[round(0.9 * (len(ranked) - 1))]]
         print(f"wake overhead over {WAKES} wakes (backend boot {BOOT_MS} ms):")
         print(f"  median {statistics.median(overheads):7.1f} ms   p10 {q[0]:6.1f}   p90 {q[-1]:6.1f}"
               f"   max {max(overheads):6.1f}")
