@@ -252,6 +252,7 @@ impl Background {
             .restart_nodes_found_dead()
             .await
             .context("checking the nodes at start")?;
+        let nodes_serving = reconciler.nodes_serving();
         let reconcile = tokio::spawn(reconciler.run(wake.clone(), stop.clone()));
         let managed = tokio::spawn(
             crate::managed::Manager::new(
@@ -264,6 +265,7 @@ impl Background {
                     lifetime_retention_s: config.events_retention,
                 },
             )
+            .with_nodes_serving(nodes_serving)
             .run(stop.clone()),
         );
         let checker = Arc::new(HealthChecker::new(

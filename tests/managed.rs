@@ -97,6 +97,43 @@ fn a_held_request_wakes_the_backend_idle_stops_it_and_the_next_wakes_it_again() 
 }
 
 #[test]
+fn fifty_concurrent_first_requests_are_served_by_exactly_one_start() {
+    let script = Script::write();
+    let lbd = Lbd::start();
+    let _reaper = Reaper::new(&lbd);
+    // Room for three: one start is lbd's answer to one demand, not a cap.
+    let lb = managed_instance(
+        &lbd,
+        "burst",
+        managed(&script, json!({"max": 3, "idle_timeout": 60})),
+    );
+    let clients: Vec<_> = (0..50)
+        .map(|_| std::thread::spawn(move || get(lb, "/")))
+        .collect();
+    let pids: Vec<u32> = clients
+        .into_iter()
+        .map(|c| {
+            let (status, headers, body) = c.join().unwrap();
+            assert_eq!(status, 200, "{headers:?} {body}");
+            pid_in(&body)
+        })
+        .collect();
+    assert!(
+        pids.iter().all(|p| *p == pids[0]),
+        "one backend served all: {pids:?}"
+    );
+    assert_eq!(
+        backend_pids(&lbd),
+        vec![pids[0]],
+        "exactly one process started"
+    );
+    let (s, usage) =
+        lbd.api(&json!({"action": "info", "type": "usage", "info": {"project": "demo"}}));
+    assert_eq!(s, 200, "{usage}");
+    assert_eq!(usage["info"]["totals"]["starts"], 1, "{usage}");
+}
+
+#[test]
 fn a_backend_that_exits_fails_held_requests_at_once_with_its_output() {
     let lbd = Lbd::start();
     let _reaper = Reaper::new(&lbd);

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::Node;
-use crate::model::wake::{ManagedMembers, NodeEvent};
+use crate::model::wake::{ManagedMembers, ManagedPoolStats, ManagedTarget, NodeEvent, WakeDemand};
 use crate::model::NodeConfig;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -87,9 +87,11 @@ async fn managed(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
 /// How often an idle events stream gets a `Keepalive` line.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `GET /events`: NDJSON, `Hello` first, then every event as it happens.
-/// A subscriber that falls behind loses the oldest events (the request path
-/// never waits for it); demand is sent again while it lasts.
+/// `GET /events`: NDJSON, `Hello` first, then a `Wake` for every target
+/// holding requests now (they were held while no lbd listened: a node just
+/// started, or lbd restarted), then every event as it happens. A subscriber
+/// that falls behind loses the oldest events (the request path never waits
+/// for it); demand is sent again while it lasts.
 async fn events(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
     if !authorized(&node, &headers) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized".into());
@@ -98,7 +100,12 @@ async fn events(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
         node_id: node.node_id.clone(),
         managed_version: node.wake.version(),
     };
-    let stream = event_lines(hello, node.wake.subscribe(), KEEPALIVE);
+    // Subscribed before the held targets are read, so a request held in
+    // between is in one or the other.
+    let events = node.wake.subscribe();
+    let mut first = vec![hello];
+    first.extend(held_demand(&node.wake.stats()));
+    let stream = event_lines(first, events, KEEPALIVE);
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         axum::body::Body::from_stream(stream),
@@ -106,16 +113,33 @@ async fn events(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The demand of targets with requests held now.
+fn held_demand(stats: &[ManagedPoolStats]) -> impl Iterator<Item = NodeEvent> + '_ {
+    stats.iter().filter(|t| t.queued > 0).map(|t| {
+        NodeEvent::Wake(WakeDemand {
+            target: ManagedTarget {
+                pool: t.pool.clone(),
+                resource: t.resource.clone(),
+            },
+            queued: t.queued,
+            // Held requests are in flight; those on members are not known
+            // here, and with requests held the members are too few anyway.
+            in_flight: t.queued,
+            ready: t.ready,
+        })
+    })
+}
+
 fn event_lines(
-    hello: NodeEvent,
+    first: Vec<NodeEvent>,
     events: tokio::sync::broadcast::Receiver<NodeEvent>,
     keepalive: std::time::Duration,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
     use tokio::sync::broadcast::error::RecvError;
-    let state = (Some(hello), events);
+    let state = (std::collections::VecDeque::from(first), events);
     futures_util::stream::unfold(state, move |(mut first, mut events)| async move {
-        let event = match first.take() {
-            Some(hello) => hello,
+        let event = match first.pop_front() {
+            Some(leading) => leading,
             None => loop {
                 match tokio::time::timeout(keepalive, events.recv()).await {
                     Err(_) => break NodeEvent::Keepalive,
@@ -145,7 +169,7 @@ mod tests {
             node_id: "7".into(),
             managed_version: None,
         };
-        let mut lines = Box::pin(event_lines(hello, rx, KEEPALIVE));
+        let mut lines = Box::pin(event_lines(vec![hello], rx, KEEPALIVE));
         let first = lines.next().await.unwrap().unwrap();
         assert!(first.starts_with(b"{\"kind\":\"hello\""), "{first:?}");
         tx.send(NodeEvent::Keepalive).unwrap();
@@ -156,5 +180,29 @@ mod tests {
         // Nothing sent: a keepalive after the interval.
         let idle = lines.next().await.unwrap().unwrap();
         assert_eq!(&idle[..], b"{\"kind\":\"keepalive\"}\n");
+    }
+
+    #[test]
+    fn targets_holding_requests_are_demand_on_a_new_stream() {
+        let held = ManagedPoolStats {
+            pool: "default".into(),
+            queued: 3,
+            ..ManagedPoolStats::default()
+        };
+        let idle = ManagedPoolStats {
+            pool: "api".into(),
+            ready: 1,
+            ..ManagedPoolStats::default()
+        };
+        let demand: Vec<NodeEvent> = held_demand(&[held, idle]).collect();
+        match &demand[..] {
+            [NodeEvent::Wake(d)] => {
+                assert_eq!(
+                    (d.target.pool.as_str(), d.queued, d.ready),
+                    ("default", 3, 0)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::drivers::backend::BackendDriver;
 use crate::drivers::network::NetworkDriver;
@@ -91,6 +91,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Manager {
     shared: Arc<Shared>,
     signals: mpsc::Receiver<Signal>,
+    /// Notified when a node starts serving, so its events stream opens at
+    /// once instead of at the next tick: a request held on a new node
+    /// (just created, or a failover's replacement) wakes without waiting.
+    nodes_serving: Arc<Notify>,
 }
 
 impl Manager {
@@ -117,7 +121,14 @@ impl Manager {
                 ticks: AtomicU64::new(0),
             }),
             signals: rx,
+            nodes_serving: Arc::new(Notify::new()),
         }
+    }
+
+    /// Ticks also when `serving` is notified (the reconciler's signal).
+    pub fn with_nodes_serving(mut self, serving: Arc<Notify>) -> Self {
+        self.nodes_serving = serving;
+        self
     }
 
     /// Adopts what a previous lbd left, then serves wakes and ticks until
@@ -133,6 +144,7 @@ impl Manager {
                 _ = stop.wait_for(|s| *s) => None,
                 Some(signal) = self.signals.recv() => Some(Some(signal)),
                 _ = every_second.tick() => Some(None),
+                _ = self.nodes_serving.notified() => Some(None),
             };
             match next {
                 None => break,

@@ -19,6 +19,7 @@ pub mod scaling;
 pub mod schemas;
 pub mod status;
 pub mod threshold;
+pub mod time;
 pub mod tuning;
 pub mod usage;
 pub mod user;

@@ -380,7 +380,9 @@ impl Reconciler {
                 Ok(true)
             })
             .await?;
-        if !serving {
+        if serving {
+            self.nodes_serving.notify_one();
+        } else {
             tracing::info!("node {id} changed state meanwhile; left as it is now");
         }
         Ok(serving)

@@ -75,6 +75,9 @@ pub struct Reconciler {
     settings: ReconcileSettings,
     /// Consecutive failed passes per instance, and when an errored one may be retried.
     failures: Mutex<HashMap<InstanceId, (u32, Instant)>>,
+    /// Notified when a node becomes running (the managed backends' manager
+    /// follows running nodes' events).
+    nodes_serving: Arc<Notify>,
 }
 
 impl Reconciler {
@@ -96,7 +99,13 @@ impl Reconciler {
             nodes,
             settings,
             failures: Mutex::default(),
+            nodes_serving: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified each time a node becomes running.
+    pub fn nodes_serving(&self) -> Arc<Notify> {
+        self.nodes_serving.clone()
     }
 
     /// Runs passes until `shutdown` turns true.

@@ -7,6 +7,7 @@ use rusqlite::{params, Connection};
 
 use super::backends::BackendRow;
 use super::StoreError;
+use crate::model::time::rfc3339_ms;
 use crate::model::usage::{InstanceUsage, PoolUsage, UsageFigures, UsageReport};
 use crate::model::{InstanceId, ProjectId};
 
@@ -254,8 +255,8 @@ pub fn usage_report(
         .collect();
     Ok(UsageReport {
         project: project.to_string(),
-        since: since_ms.map(rfc3339),
-        until: until_ms.map(rfc3339),
+        since: since_ms.map(rfc3339_ms),
+        until: until_ms.map(rfc3339_ms),
         instances,
         totals: totals.done(),
     })
@@ -309,28 +310,6 @@ fn add_running(
     Ok(())
 }
 
-/// Unix ms as RFC 3339 (UTC, whole seconds).
-fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// The managed backends of an instance, as the API shows them, oldest first.
 pub fn backends_of_instance(
     c: &Connection,
@@ -353,11 +332,5 @@ mod tests {
             vec![(0, 500), (1, 250)]
         );
         assert!(split_by_day(5, 5).is_empty());
-    }
-
-    #[test]
-    fn times_read_as_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_083_200_000), "2026-12-01T00:00:00Z");
     }
 }
