@@ -106,7 +106,9 @@ fn instance(lbd: &Lbd, name: &str, backend: Value) -> SocketAddr {
     let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
     assert_eq!(s, 200, "{v}");
     let info = lbd.wait_active("demo", name);
-    let address = info["nodes"][0]["address"].as_str().expect("a node address");
+    let address = info["nodes"][0]["address"]
+        .as_str()
+        .expect("a node address");
     format!("{address}:8080").parse().unwrap()
 }
 
@@ -148,16 +150,26 @@ fn the_cookie_pins_a_client_and_fails_over_when_its_backend_dies() {
         set.ends_with("; Path=/; Max-Age=600; HttpOnly; SameSite=Lax"),
         "{set}"
     );
-    assert!(!set.contains("127.0.0.1"), "the cookie hides the address: {set}");
+    assert!(
+        !set.contains("127.0.0.1"),
+        "the cookie hides the address: {set}"
+    );
     let cookie = set_cookie(&first, "lbaas_sticky").unwrap();
     let pinned = first.body.clone();
     for _ in 0..20 {
         let r = ok(get(node, "/", &[("Cookie", &cookie)]));
         assert_eq!(r.body, pinned, "a good cookie keeps its backend");
-        assert!(set_cookie(&r, "lbaas_sticky").is_none(), "a fresh cookie is not set again");
+        assert!(
+            set_cookie(&r, "lbaas_sticky").is_none(),
+            "a fresh cookie is not set again"
+        );
     }
     let without: HashSet<String> = (0..20).map(|_| ok(get(node, "/", &[])).body).collect();
-    assert_eq!(without.len(), 2, "without the cookie both backends serve: {without:?}");
+    assert_eq!(
+        without.len(),
+        2,
+        "without the cookie both backends serve: {without:?}"
+    );
 
     // Tampered: one character of the value changed. Ignored, and replaced.
     let (name, value) = cookie.split_once('=').unwrap();
@@ -166,9 +178,15 @@ fn the_cookie_pins_a_client_and_fails_over_when_its_backend_dies() {
     let replaced: Vec<Reply> = (0..6)
         .map(|_| ok(get(node, "/", &[("Cookie", &tampered)])))
         .collect();
-    assert!(replaced.iter().all(|r| set_cookie(r, "lbaas_sticky").is_some()));
+    assert!(replaced
+        .iter()
+        .all(|r| set_cookie(r, "lbaas_sticky").is_some()));
     let bodies: HashSet<&str> = replaced.iter().map(|r| r.body.as_str()).collect();
-    assert_eq!(bodies.len(), 2, "a tampered cookie pins nothing: {bodies:?}");
+    assert_eq!(
+        bodies.len(),
+        2,
+        "a tampered cookie pins nothing: {bodies:?}"
+    );
 
     // The pinned backend dies: the next request with its cookie is served
     // by the other, and the cookie now names that one.
@@ -181,6 +199,57 @@ fn the_cookie_pins_a_client_and_fails_over_when_its_backend_dies() {
     for _ in 0..10 {
         let r = ok(get(node, "/", &[("Cookie", &renamed)]));
         assert_eq!(r.body, moved.body);
+    }
+}
+
+#[test]
+fn a_named_pools_cookie_is_good_on_every_node_and_after_an_lbd_restart() {
+    let mut lbd = Lbd::start();
+    create_project(&lbd);
+    let pair = [Backend::start("a"), Backend::start("b")];
+    let entities: Vec<String> = pair.iter().map(|b| b.addr.to_string()).collect();
+    let info = json!({"name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+        "min_nodes": 2, "backend": {"entities": entities},
+        "pools": {"api": {"entities": entities, "sticky": {"cookie": "api_pin"}}},
+        "rules": [{"name": "api", "match": {"path_prefix": "/api/"}, "action": {"pool": "api"}}]});
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
+    assert_eq!(s, 200, "{v}");
+    let nodes: Vec<SocketAddr> = wait_for("two running nodes", Duration::from_secs(60), || {
+        let info = lbd.wait_active("demo", "web");
+        let running: Vec<SocketAddr> = info["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["state"] == "running")
+            .filter_map(|n| format!("{}:8080", n["address"].as_str()?).parse().ok())
+            .collect();
+        (running.len() == 2).then_some(running)
+    });
+    // The default pool is not sticky: no cookie there.
+    assert!(set_cookie(&ok(get(nodes[0], "/", &[])), "api_pin").is_none());
+    let first = ok(get(nodes[0], "/api/x", &[]));
+    let cookie = set_cookie(&first, "api_pin").expect("the api pool sets its cookie");
+    for node in &nodes {
+        for _ in 0..5 {
+            let r = ok(get(*node, "/api/x", &[("Cookie", &cookie)]));
+            assert_eq!(
+                r.body, first.body,
+                "node {node} takes the other node's cookie"
+            );
+        }
+    }
+    // A restarted lbd derives the same key: after it pushes a new config
+    // (a changed health check), the cookie still pins.
+    lbd.restart();
+    let (s, v) = lbd.api(&json!({"action": "update", "type": "instance", "info": {
+        "project": "demo", "name": "web",
+        "backend": {"health-check": {"criteria": {"interval": 2}}}}}));
+    assert_eq!(s, 200, "{v}");
+    lbd.wait_active("demo", "web");
+    for node in &nodes {
+        for _ in 0..5 {
+            let r = ok(get(*node, "/api/x", &[("Cookie", &cookie)]));
+            assert_eq!(r.body, first.body, "after the restart, on {node}");
+        }
     }
 }
 
@@ -283,28 +352,49 @@ fn each_bad_sticky_has_its_own_code_and_changes_nothing() {
     let before = stored(&lbd);
     let long = "c".repeat(65);
     let bad = [
-        (json!({"cookie": "a", "hash": "client_ip"}), "invalid_sticky"),
+        (
+            json!({"cookie": "a", "hash": "client_ip"}),
+            "invalid_sticky",
+        ),
         (json!({}), "invalid_sticky"),
         (json!({"hash": "client_ip", "ttl": 60}), "invalid_sticky"),
         (json!({"cookie": "bad name"}), "invalid_sticky_cookie"),
         (json!({"cookie": "a;b"}), "invalid_sticky_cookie"),
         (json!({"cookie": long}), "invalid_sticky_cookie"),
         (json!({"cookie": "a", "ttl": 0}), "invalid_sticky_ttl"),
-        (json!({"cookie": "a", "ttl": 31_536_001}), "invalid_sticky_ttl"),
+        (
+            json!({"cookie": "a", "ttl": 31_536_001}),
+            "invalid_sticky_ttl",
+        ),
         (json!({"hash": "cookie:x"}), "invalid_sticky_hash"),
     ];
     for (sticky, want) in &bad {
         let update = lbd.api(&json!({"action": "update", "type": "instance", "info": {
             "project": "demo", "name": "web", "backend": {"sticky": sticky}}}));
-        assert_eq!(code(&update), (422, *want), "backend.sticky {sticky}: {:?}", update.1);
+        assert_eq!(
+            code(&update),
+            (422, *want),
+            "backend.sticky {sticky}: {:?}",
+            update.1
+        );
         let pool = lbd.api(&json!({"action": "update", "type": "instance", "info": {
             "project": "demo", "name": "web",
             "pools": {"api": {"entities": ["127.0.0.1:9"], "sticky": sticky}}}}));
-        assert_eq!(code(&pool), (422, *want), "pools.api.sticky {sticky}: {:?}", pool.1);
+        assert_eq!(
+            code(&pool),
+            (422, *want),
+            "pools.api.sticky {sticky}: {:?}",
+            pool.1
+        );
         let info = json!({"name": "other", "project": "demo", "traffic_type": "http",
                           "backend": {"entities": ["127.0.0.1:9"], "sticky": sticky}});
         let create = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
-        assert_eq!(code(&create), (422, *want), "create {sticky}: {:?}", create.1);
+        assert_eq!(
+            code(&create),
+            (422, *want),
+            "create {sticky}: {:?}",
+            create.1
+        );
         assert_eq!(stored(&lbd), before, "{sticky} changed the store");
     }
     let tcp = json!({"name": "tcp", "project": "demo", "traffic_type": "tcp", "port": 9000,
@@ -323,7 +413,10 @@ fn updates_replace_keep_and_remove_and_lbctl_sets_it() {
     let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
     assert_eq!(s, 200, "{v}");
     let shown = lbd.wait_active("demo", "web");
-    assert_eq!(shown["backend"]["sticky"], json!({"cookie": "s", "ttl": 3600}));
+    assert_eq!(
+        shown["backend"]["sticky"],
+        json!({"cookie": "s", "ttl": 3600})
+    );
     let text = shown.to_string();
     let secret = fs::read_to_string(lbd.state.0.join("sticky.secret")).unwrap();
     assert!(!text.contains(secret.trim()), "the secret is not shown");
@@ -351,22 +444,55 @@ fn updates_replace_keep_and_remove_and_lbctl_sets_it() {
     assert_eq!(update(json!({"sticky": "none"})), Value::Null);
 
     lbd.lbctl_ok(&[
-        "instance", "update", "web", "--project", "demo", "--sticky-cookie", "pin",
-        "--sticky-ttl", "120",
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--sticky-cookie",
+        "pin",
+        "--sticky-ttl",
+        "120",
     ]);
     let shown = lbd.wait_active("demo", "web");
-    assert_eq!(shown["backend"]["sticky"], json!({"cookie": "pin", "ttl": 120}));
+    assert_eq!(
+        shown["backend"]["sticky"],
+        json!({"cookie": "pin", "ttl": 120})
+    );
     let out = lbd.lbctl_ok(&["instance", "info", "web", "--project", "demo"]);
     assert!(out.contains("cookie pin (ttl 120s)"), "{out}");
-    lbd.lbctl_ok(&["instance", "update", "web", "--project", "demo", "--no-sticky"]);
-    assert_eq!(lbd.wait_active("demo", "web")["backend"]["sticky"], Value::Null);
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--no-sticky",
+    ]);
+    assert_eq!(
+        lbd.wait_active("demo", "web")["backend"]["sticky"],
+        Value::Null
+    );
     let refused = lbd.lbctl(&[
-        "instance", "update", "web", "--project", "demo", "--sticky-cookie", "a",
-        "--sticky-hash", "client_ip",
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--sticky-cookie",
+        "a",
+        "--sticky-hash",
+        "client_ip",
     ]);
     assert!(!refused.status.success(), "clap refuses both forms");
     let named = lbd.lbctl(&[
-        "instance", "update", "web", "--project", "demo", "--sticky-hash", "header:bad header",
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--sticky-hash",
+        "header:bad header",
     ]);
     assert!(!named.status.success());
     let stderr = String::from_utf8_lossy(&named.stderr);

@@ -144,24 +144,25 @@ pub(super) async fn route(
     let upstream = toward_backend(rule, head, peer, upgrade, retryable);
 
     // Stage: upstream.
-    let mut resp =
-        match send_with_retry(&serving.client, balancer, member, upstream, body.boxed()).await {
-            Ok((resp, served)) => {
-                let set_cookie = cookie.and_then(|c| c.set_cookie(balancer, served, pinned.as_ref()));
-                let open = match open {
-                    Some(_) if !std::ptr::eq(served, member) => {
-                        Some(OpenGuard::new(served.counters.clone()))
-                    }
-                    open => open,
-                };
-                let mut resp = client_response(node, serving, resp, client_upgrade, open);
-                if let Some(v) = set_cookie {
-                    resp.headers_mut().append(header::SET_COOKIE, v);
+    let mut resp = match send_with_retry(&serving.client, balancer, member, upstream, body.boxed())
+        .await
+    {
+        Ok((resp, served)) => {
+            let set_cookie = cookie.and_then(|c| c.set_cookie(balancer, served, pinned.as_ref()));
+            let open = match open {
+                Some(_) if !std::ptr::eq(served, member) => {
+                    Some(OpenGuard::new(served.counters.clone()))
                 }
-                resp
+                open => open,
+            };
+            let mut resp = client_response(node, serving, resp, client_upgrade, open);
+            if let Some(v) = set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, v);
             }
-            Err(failure) => failure_response(node, failure),
-        };
+            resp
+        }
+        Err(failure) => failure_response(node, failure),
+    };
     add_limit_fields(&mut resp, limit_headers);
     if let Some(ms) = cold_start {
         wake::answer::add_cold_start(&mut resp, ms);

@@ -74,7 +74,11 @@ impl StickyStage {
             named: pools
                 .iter()
                 .map(|p| {
-                    let sticky = config.policy.pools.get(&p.name).and_then(|s| s.sticky.as_ref());
+                    let sticky = config
+                        .policy
+                        .pools
+                        .get(&p.name)
+                        .and_then(|s| s.sticky.as_ref());
                     build(sticky, &p.balancer)
                 })
                 .collect(),
@@ -163,8 +167,7 @@ impl CookieSticky {
     ) -> Option<HeaderValue> {
         let now = now_s();
         let fresh = pinned.is_some_and(|p| {
-            p.member.address == served.address
-                && p.expires.saturating_sub(now) > self.ttl_s / 2
+            p.member.address == served.address && p.expires.saturating_sub(now) > self.ttl_s / 2
         });
         if fresh {
             return None;
@@ -269,7 +272,10 @@ mod tests {
     fn with_cookie(set: &HeaderValue) -> HeaderMap {
         let pair = set.to_str().unwrap().split(';').next().unwrap().to_string();
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("other=1; {pair}")).unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("other=1; {pair}")).unwrap(),
+        );
         h
     }
 
@@ -326,7 +332,10 @@ mod tests {
         let s = sticky(1, &b);
         let value = s.encode(&s.ids[0], now_s() + 100);
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("lb={value}")).unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("lb={value}")).unwrap(),
+        );
         let pinned = s.pinned(&h, &b).unwrap();
         assert!(s.set_cookie(&b, &b.members()[0], Some(&pinned)).is_some());
     }
@@ -346,6 +355,9 @@ mod tests {
             algorithm(Algorithm::PowerOfTwo, Some(&cookie)),
             Algorithm::PowerOfTwo
         );
-        assert_eq!(algorithm(Algorithm::RoundRobin, None), Algorithm::RoundRobin);
+        assert_eq!(
+            algorithm(Algorithm::RoundRobin, None),
+            Algorithm::RoundRobin
+        );
     }
 }

@@ -231,7 +231,10 @@ mod tests {
     #[test]
     fn bad_input_has_its_own_code() {
         let code = |json: &str| parse(json).unwrap_err().code();
-        assert_eq!(code(r#"{"cookie":"a","hash":"client_ip"}"#), "invalid_sticky");
+        assert_eq!(
+            code(r#"{"cookie":"a","hash":"client_ip"}"#),
+            "invalid_sticky"
+        );
         assert_eq!(code(r#"{}"#), "invalid_sticky");
         assert_eq!(code(r#"{"hash":"client_ip","ttl":5}"#), "invalid_sticky");
         assert_eq!(code(r#"{"cookie":"a b"}"#), "invalid_sticky_cookie");
@@ -240,7 +243,10 @@ mod tests {
         let long = format!(r#"{{"cookie":"{}"}}"#, "a".repeat(65));
         assert_eq!(code(&long), "invalid_sticky_cookie");
         assert_eq!(code(r#"{"cookie":"a","ttl":0}"#), "invalid_sticky_ttl");
-        assert_eq!(code(r#"{"cookie":"a","ttl":31536001}"#), "invalid_sticky_ttl");
+        assert_eq!(
+            code(r#"{"cookie":"a","ttl":31536001}"#),
+            "invalid_sticky_ttl"
+        );
         assert_eq!(code(r#"{"hash":"cookie:x"}"#), "invalid_sticky_hash");
         let tcp = serde_json::from_str::<StickySpec>(r#"{"hash":"client_ip"}"#).unwrap();
         assert_eq!(tcp.validate(TrafficType::Tcp), Err(StickyError::NotHttp));

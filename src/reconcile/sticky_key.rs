@@ -94,7 +94,10 @@ mod tests {
         fs::create_dir_all(&dir.0).unwrap();
         let first = StickySecret::load_or_create(&dir.0).unwrap();
         let path = dir.0.join(STICKY_SECRET_FILE);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let again = StickySecret::load_or_create(&dir.0).unwrap();
         let (a, b) = (InstanceId(1), InstanceId(2));
         assert_eq!(first.instance_key(a), again.instance_key(a));
