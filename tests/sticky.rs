@@ -316,6 +316,19 @@ fn a_managed_pool_pins_its_started_backends() {
     for _ in 0..20 {
         assert_eq!(ok(get(node, "/", &[("Cookie", &cookie)])).body, first.body);
     }
+    // Its backend dies: the cookie fails over (whether lbd has taken the
+    // dead one off the node yet or the node retried on the other), and
+    // the client is pinned again: to the backend the new cookie names, or,
+    // when lbd's replacement took the dead one's address (the cookie names
+    // an address) and served, to that replacement with the old cookie.
+    let pid: u32 = first.body.trim().strip_prefix("pid ").unwrap().parse().unwrap();
+    common::signal(pid, libc::SIGKILL);
+    let moved = ok(get(node, "/", &[("Cookie", &cookie)]));
+    assert_ne!(moved.body, first.body);
+    let now = set_cookie(&moved, "app_pin").unwrap_or(cookie);
+    for _ in 0..10 {
+        assert_eq!(ok(get(node, "/", &[("Cookie", &now)])).body, moved.body);
+    }
 }
 
 fn code(answer: &(u16, Value)) -> (u16, &str) {
