@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::l7::{get, Reply};
-use common::managed::{backends, Reaper, Script};
+use common::managed::{alive, backends, Reaper, Script};
 use common::{ready_line, wait_for, Lbd, TempDir};
 use serde_json::{json, Value};
 
@@ -323,6 +323,15 @@ fn a_managed_pool_pins_its_started_backends() {
     // an address) and served, to that replacement with the old cookie.
     let pid: u32 = first.body.trim().strip_prefix("pid ").unwrap().parse().unwrap();
     common::signal(pid, libc::SIGKILL);
+    // Until lbd has seen the exit: the node's pooled keep-alive connection
+    // to a process killed a moment ago answers a reset, which the node does
+    // not retry (that is the retry rule's business, not stickiness').
+    wait_for("lbd to see the backend gone", Duration::from_secs(30), || {
+        let listed = backends(&lbd, "app")
+            .iter()
+            .any(|b| b["pid"].as_u64() == Some(u64::from(pid)));
+        (!alive(pid) && !listed).then_some(())
+    });
     let moved = ok(get(node, "/", &[("Cookie", &cookie)]));
     assert_ne!(moved.body, first.body);
     let now = set_cookie(&moved, "app_pin").unwrap_or(cookie);
