@@ -64,5 +64,13 @@ mod tests {
             panic!("a cookie spec")
         };
         assert_eq!((rule.cookie.as_deref(), rule.ttl), (Some("s"), Some(60)));
+        let hash = StickyArgs {
+            sticky_hash: Some("header:X-User".into()),
+            ..Default::default()
+        };
+        let Some(StickySpec::On(rule)) = hash.spec() else {
+            panic!("a hash spec")
+        };
+        assert_eq!(rule.hash.as_deref(), Some("header:X-User"));
     }
 }
