@@ -419,6 +419,9 @@ fn each_bad_sticky_has_its_own_code_and_changes_nothing() {
         );
         assert_eq!(stored(&lbd), before, "{sticky} changed the store");
     }
+    let typo = lbd.api(&json!({"action": "update", "type": "instance", "info": {
+        "project": "demo", "name": "web", "backend": {"sticky": {"cokie": "a"}}}}));
+    assert_eq!(code(&typo), (400, "unknown_field"), "{:?}", typo.1);
     let tcp = json!({"name": "tcp", "project": "demo", "traffic_type": "tcp", "port": 9000,
                      "backend": {"entities": ["127.0.0.1:9"], "sticky": {"hash": "client_ip"}}});
     let create = lbd.api(&json!({"action": "create", "type": "instance", "info": tcp}));

@@ -20,11 +20,29 @@ pub const MAX_COOKIE_NAME: usize = 64;
 
 /// `sticky` as a client writes it: `"none"` (no stickiness; on update it
 /// removes the stored one) or one of the two forms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum StickySpec {
     Off(NoSticky),
     On(StickyRule),
+}
+
+// By hand rather than `untagged`: an untagged enum answers any mistake with
+// "did not match any variant", while a typo inside the object should be
+// `unknown_field` like everywhere else.
+impl<'de> Deserialize<'de> for StickySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "none" => Ok(StickySpec::Off(NoSticky::None)),
+            v @ serde_json::Value::Object(_) => StickyRule::deserialize(v)
+                .map(StickySpec::On)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "sticky: expected \"none\" or an object, got {other}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -250,6 +268,14 @@ mod tests {
         assert_eq!(code(r#"{"hash":"cookie:x"}"#), "invalid_sticky_hash");
         let tcp = serde_json::from_str::<StickySpec>(r#"{"hash":"client_ip"}"#).unwrap();
         assert_eq!(tcp.validate(TrafficType::Tcp), Err(StickyError::NotHttp));
+    }
+
+    #[test]
+    fn a_typo_is_an_unknown_field_and_a_wrong_shape_says_what_is_expected() {
+        let err = serde_json::from_str::<StickySpec>(r#"{"cokie":"a"}"#).unwrap_err();
+        assert!(err.to_string().starts_with("unknown field `cokie`"), "{err}");
+        let err = serde_json::from_str::<StickySpec>("true").unwrap_err();
+        assert!(err.to_string().contains("\"none\" or an object"), "{err}");
     }
 
     #[test]
