@@ -224,6 +224,10 @@ fn a_named_pools_cookie_is_good_on_every_node_and_after_an_lbd_restart() {
             .collect();
         (running.len() == 2).then_some(running)
     });
+    assert_eq!(
+        lbd.instance("demo", "web")["pools"]["api"]["sticky"],
+        json!({"cookie": "api_pin", "ttl": 3600})
+    );
     // The default pool is not sticky: no cookie there.
     assert!(set_cookie(&ok(get(nodes[0], "/", &[])), "api_pin").is_none());
     let first = ok(get(nodes[0], "/api/x", &[]));
@@ -321,17 +325,27 @@ fn a_managed_pool_pins_its_started_backends() {
     // the client is pinned again: to the backend the new cookie names, or,
     // when lbd's replacement took the dead one's address (the cookie names
     // an address) and served, to that replacement with the old cookie.
-    let pid: u32 = first.body.trim().strip_prefix("pid ").unwrap().parse().unwrap();
+    let pid: u32 = first
+        .body
+        .trim()
+        .strip_prefix("pid ")
+        .unwrap()
+        .parse()
+        .unwrap();
     common::signal(pid, libc::SIGKILL);
     // Until lbd has seen the exit: the node's pooled keep-alive connection
     // to a process killed a moment ago answers a reset, which the node does
     // not retry (that is the retry rule's business, not stickiness').
-    wait_for("lbd to see the backend gone", Duration::from_secs(30), || {
-        let listed = backends(&lbd, "app")
-            .iter()
-            .any(|b| b["pid"].as_u64() == Some(u64::from(pid)));
-        (!alive(pid) && !listed).then_some(())
-    });
+    wait_for(
+        "lbd to see the backend gone",
+        Duration::from_secs(30),
+        || {
+            let listed = backends(&lbd, "app")
+                .iter()
+                .any(|b| b["pid"].as_u64() == Some(u64::from(pid)));
+            (!alive(pid) && !listed).then_some(())
+        },
+    );
     let moved = ok(get(node, "/", &[("Cookie", &cookie)]));
     assert_ne!(moved.body, first.body);
     let now = set_cookie(&moved, "app_pin").unwrap_or(cookie);

@@ -273,7 +273,10 @@ mod tests {
     #[test]
     fn a_typo_is_an_unknown_field_and_a_wrong_shape_says_what_is_expected() {
         let err = serde_json::from_str::<StickySpec>(r#"{"cokie":"a"}"#).unwrap_err();
-        assert!(err.to_string().starts_with("unknown field `cokie`"), "{err}");
+        assert!(
+            err.to_string().starts_with("unknown field `cokie`"),
+            "{err}"
+        );
         let err = serde_json::from_str::<StickySpec>("true").unwrap_err();
         assert!(err.to_string().contains("\"none\" or an object"), "{err}");
     }
