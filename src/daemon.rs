@@ -244,7 +244,7 @@ impl Background {
             drivers.network.clone(),
             drivers.dns.clone(),
             node_admin.clone(),
-            reconcile_settings(config),
+            reconcile_settings(config)?,
         ));
         reconciler.claim_project_subnets().await?;
         // Before the first pass, so nodes that died while lbd was down restart in place.
@@ -303,8 +303,11 @@ impl Background {
     }
 }
 
-fn reconcile_settings(config: &DaemonConfig) -> ReconcileSettings {
-    ReconcileSettings {
+fn reconcile_settings(config: &DaemonConfig) -> anyhow::Result<ReconcileSettings> {
+    // The state dir exists: `open_state` made it.
+    let sticky_secret =
+        crate::reconcile::sticky_key::StickySecret::load_or_create(&config.state_dir())?;
+    Ok(ReconcileSettings {
         node_admin_port: config.node_admin_port,
         failover_grace: Duration::from_secs(config.failover_grace),
         drain_min: Duration::from_secs(u64::from(config.dns_ttl)),
@@ -318,8 +321,9 @@ fn reconcile_settings(config: &DaemonConfig) -> ReconcileSettings {
                 // Set per instance by the reconciler.
                 key_prefix: String::new(),
             }),
+        sticky_secret: Some(sticky_secret),
         ..Default::default()
-    }
+    })
 }
 
 fn health_settings(config: &DaemonConfig) -> HealthSettings {

@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub mod managed;
+pub mod sticky;
 pub use managed::ManagedArgs;
+pub use sticky::StickyArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "lbctl", version, about = "Command-line client for lbaas", after_help = EXAMPLES)]
@@ -501,6 +503,8 @@ pub struct PoolAddArgs {
     #[command(flatten)]
     pub health: HealthArgs,
     #[command(flatten)]
+    pub sticky: StickyArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -665,6 +669,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub managed: ManagedArgs,
     #[command(flatten)]
+    pub sticky: StickyArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -690,6 +696,8 @@ pub struct UpdateArgs {
     pub tuning: TuningArgs,
     #[command(flatten)]
     pub managed: ManagedArgs,
+    #[command(flatten)]
+    pub sticky: StickyArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

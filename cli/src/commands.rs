@@ -306,6 +306,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         scaling,
         tuning,
         managed,
+        sticky,
         wait: _,
     } = args;
     InstanceCreate {
@@ -320,6 +321,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
             health_check: health_check(health),
             auto_scaling: auto_scaling(scaling),
             managed: managed::spec(managed),
+            sticky: sticky.spec(),
         },
         min_nodes: scaling.min_nodes.map(i64::from),
         max_nodes: scaling.max_nodes.map(i64::from),
@@ -351,6 +353,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         scaling,
         tuning,
         managed,
+        sticky,
         wait: _,
     } = args;
     let backend = BackendSpec {
@@ -358,6 +361,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         health_check: health_check(health),
         auto_scaling: auto_scaling(scaling),
         managed: managed::spec(managed),
+        sticky: sticky.spec(),
     };
     InstanceUpdate {
         project: project.clone(),

@@ -262,6 +262,9 @@ pub fn instance(i: &InstanceInfo) -> String {
         ("max conns", i.max_connections.to_string()),
         ("proxy proto", wire(&i.proxy_protocol)),
     ]);
+    if let Some(s) = &i.backend.sticky {
+        fields.push(("sticky", sticky(s)));
+    }
     if !i.pools.is_empty() || !i.rules.is_empty() || i.auth.is_some() || !i.rate_limits.is_empty() {
         let auth = i
             .auth
@@ -319,6 +322,19 @@ pub fn instance(i: &InstanceInfo) -> String {
         out.push_str(&table(&["TIME", "KIND", "MESSAGE"], &rows));
     }
     out
+}
+
+/// `cookie NAME (ttl Ns)`, `hash KEY` or `none`.
+fn sticky(s: &lbaas::model::sticky::StickySpec) -> String {
+    use lbaas::model::sticky::StickySpec;
+    match s {
+        StickySpec::Off(_) => "none".into(),
+        StickySpec::On(r) => match (&r.cookie, &r.hash) {
+            (Some(name), _) => format!("cookie {name} (ttl {}s)", r.ttl.unwrap_or(3600)),
+            (None, Some(on)) => format!("hash {on}"),
+            (None, None) => "none".into(),
+        },
+    }
 }
 
 /// An instance's monitor log, oldest first.

@@ -110,6 +110,7 @@ pub fn instance_info_with(
             health_check: i.spec.health_check.clone(),
             auto_scaling: i.spec.auto_scaling,
             managed: i.spec.managed.as_ref().map(|m| redacted(m.to_spec())),
+            sticky: i.spec.sticky.as_ref().map(|s| s.to_spec()),
         },
         min_nodes: i.spec.min_nodes,
         max_nodes: i.spec.max_nodes,

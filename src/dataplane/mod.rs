@@ -25,6 +25,7 @@ pub mod rate_limit;
 pub mod rules;
 pub mod splice;
 pub mod stats;
+pub mod sticky;
 pub mod tcp;
 pub mod wake;
 
@@ -84,6 +85,8 @@ pub struct ActiveConfig {
     pub limits: rate_limit::RateLimitStage,
     /// The wake queues of managed pools; empty without managed pools.
     pub wake: wake::WakeStage,
+    /// Sticky routing per pool; empty without `sticky`.
+    pub sticky: sticky::StickyStage,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -327,10 +330,12 @@ impl Node {
     /// Everything a config needs on the request path; a policy that does
     /// not compile (a controller of another version) is refused.
     fn prepare(&self, config: NodeConfig) -> Result<ActiveConfig, rules::RuleError> {
-        let balancer =
-            self.members
-                .balancer(DEFAULT_POOL, config.tuning.algorithm, &config.backends);
+        let algorithm = sticky::algorithm(config.tuning.algorithm, config.sticky.as_ref());
+        let balancer = self
+            .members
+            .balancer(DEFAULT_POOL, algorithm, &config.backends);
         let pools = NamedPools::new(&config.policy, &self.members);
+        let sticky = sticky::StickyStage::new(&config, &balancer, &pools);
         let rules = rules::RuleTable::compile(&config.policy, &pools)?;
         let wake = self.wake.stage(&config, &pools, &self.members);
         self.members.retain(&config.backends, &config.policy);
@@ -360,6 +365,7 @@ impl Node {
                 previous.map(|p| &p.limits),
             ),
             wake,
+            sticky,
             config,
         })
     }

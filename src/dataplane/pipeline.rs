@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! accept (Host check, config) → rules → reject? → auth → rate limit
-//!   → action: redirect | respond | pool → [wake queue] → member
+//!   → action: redirect | respond | pool → [wake queue] → [sticky] member
 //!   → strip_prefix, header edits → upstream (send_with_retry)
 //! ```
 //!
@@ -32,6 +32,7 @@ use super::pools::PoolRef;
 use super::rate_limit::{LimitOutcome, LimitRequest};
 use super::rules::{CompiledRule, RequestFacts};
 use super::stats::OpenGuard;
+use super::sticky::PoolSticky;
 use super::wake;
 use super::{ActiveConfig, Node};
 use crate::model::{Algorithm, HashOn};
@@ -131,7 +132,18 @@ pub(super) async fn route(
             }
         },
     };
-    let Some(member) = pick_member(node, serving, balancer, &head, peer) else {
+    // Stage: sticky. Not for an auth service's `upstream` set.
+    let sticky = upstream_set
+        .is_none()
+        .then(|| serving.sticky.get(pool))
+        .flatten();
+    let cookie = sticky.and_then(PoolSticky::cookie);
+    let pinned = cookie.and_then(|c| c.pinned(&head.headers, balancer));
+    let picked = match &pinned {
+        Some(p) => Some(p.member),
+        None => pick_member(node, serving, balancer, sticky, &head, peer),
+    };
+    let Some(member) = picked else {
         node.counters.backend_errors.fetch_add(1, Relaxed);
         return no_member(balancer);
     };
@@ -149,19 +161,25 @@ pub(super) async fn route(
     }
 
     // Stage: upstream.
-    let mut resp =
-        match send_with_retry(&serving.client, balancer, member, upstream, body.boxed()).await {
-            Ok((resp, served)) => {
-                let open = match open {
-                    Some(_) if !std::ptr::eq(served, member) => {
-                        Some(OpenGuard::new(served.counters.clone()))
-                    }
-                    open => open,
-                };
-                client_response(node, serving, resp, client_upgrade, open)
+    let mut resp = match send_with_retry(&serving.client, balancer, member, upstream, body.boxed())
+        .await
+    {
+        Ok((resp, served)) => {
+            let set_cookie = cookie.and_then(|c| c.set_cookie(balancer, served, pinned.as_ref()));
+            let open = match open {
+                Some(_) if !std::ptr::eq(served, member) => {
+                    Some(OpenGuard::new(served.counters.clone()))
+                }
+                open => open,
+            };
+            let mut resp = client_response(node, serving, resp, client_upgrade, open);
+            if let Some(v) = set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, v);
             }
-            Err(failure) => failure_response(node, failure),
-        };
+            resp
+        }
+        Err(failure) => failure_response(node, failure),
+    };
     add_limit_fields(&mut resp, limit_headers);
     if let Some(ms) = cold_start {
         wake::answer::add_cold_start(&mut resp, ms);
@@ -335,11 +353,20 @@ fn pick_member<'a>(
     node: &Node,
     active: &ActiveConfig,
     balancer: &'a Balancer,
+    sticky: Option<&PoolSticky>,
     head: &request::Parts,
     peer: SocketAddr,
 ) -> Option<&'a Member> {
     let key = match balancer.algorithm() {
-        Algorithm::ConsistentHash => hash_key(&active.config.tuning.hash_on, &head.headers, peer),
+        Algorithm::ConsistentHash => {
+            // A pool's sticky hash keys on its own field, not the instance's.
+            let on = sticky.and_then(PoolSticky::hash_on);
+            hash_key(
+                on.unwrap_or(&active.config.tuning.hash_on),
+                &head.headers,
+                peer,
+            )
+        }
         _ => 0,
     };
     let pick = balancer.pick(key)?;

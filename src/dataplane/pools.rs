@@ -92,7 +92,11 @@ impl NamedPools {
             .iter()
             .map(|(name, pool)| NamedPool {
                 name: name.clone(),
-                balancer: registry.balancer(name, pool.algorithm, &pool.members),
+                balancer: registry.balancer(
+                    name,
+                    super::sticky::algorithm(pool.algorithm, pool.sticky.as_ref()),
+                    &pool.members,
+                ),
                 health_check: pool.health_check.clone(),
             })
             .collect();

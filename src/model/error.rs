@@ -52,6 +52,15 @@ pub enum ValidationError {
     /// cannot be accepted; its code is the managed error's own.
     #[error(transparent)]
     Managed(crate::model::managed::ManagedError),
+    /// A `sticky` that cannot be accepted; its code is the sticky error's own.
+    #[error(transparent)]
+    Sticky(crate::model::sticky::StickyError),
+}
+
+impl From<crate::model::sticky::StickyError> for ValidationError {
+    fn from(e: crate::model::sticky::StickyError) -> Self {
+        Self::Sticky(e)
+    }
 }
 
 impl From<crate::model::managed::ManagedError> for ValidationError {
@@ -91,6 +100,7 @@ impl ValidationError {
             Self::InvalidScaling(_) => "invalid_auto_scaling",
             Self::Policy(e) => e.code(),
             Self::Managed(e) => e.code(),
+            Self::Sticky(e) => e.code(),
         }
     }
 

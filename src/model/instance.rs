@@ -150,6 +150,11 @@ pub struct BackendSpec {
     /// `entities` instead makes the pool a plain one again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<crate::model::managed::ManagedSpec>,
+    /// Sticky routing of the default pool: `{"cookie": NAME, "ttl": S}`,
+    /// `{"hash": "client_ip" | "header:X"}`, or `"none"`. On update:
+    /// replaces the stored one; absent keeps it; `"none"` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::model::sticky::StickySpec>,
 }
 
 /// `create instance`.
@@ -239,6 +244,9 @@ pub struct InstanceSpec {
     /// The default pool (`backend`) is managed: lbd starts its members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<crate::model::managed::Managed>,
+    /// The default pool's sticky routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::model::sticky::Sticky>,
 }
 
 fn default_max_nodes() -> u32 {
@@ -281,7 +289,19 @@ impl InstanceSpec {
                 .managed_pools()
                 .map(|(pool, m)| (pool.to_string(), m.for_node()))
                 .collect(),
+            sticky: self.sticky.clone(),
+            // lbd fills it in (`reconcile`): it is derived from its secret.
+            sticky_key: None,
         }
+    }
+
+    /// Whether a pool of the instance pins clients with a cookie (its
+    /// nodes then need the instance's cookie key).
+    pub fn has_sticky_cookie(&self) -> bool {
+        let cookie = |s: &Option<crate::model::sticky::Sticky>| {
+            matches!(s, Some(crate::model::sticky::Sticky::Cookie { .. }))
+        };
+        cookie(&self.sticky) || self.policy.pools.values().any(|p| cookie(&p.sticky))
     }
 
     /// Every managed pool of the instance, by pool name (`default` for
@@ -393,10 +413,19 @@ impl InstanceCreate {
             },
             policy,
             managed,
+            sticky: sticky(self.backend.sticky.as_ref(), self.traffic_type)?,
         };
         spec.check_combination()?;
         Ok(spec)
     }
+}
+
+/// The default pool's `sticky`, validated (`"none"` and absent: none).
+fn sticky(
+    spec: Option<&crate::model::sticky::StickySpec>,
+    traffic: TrafficType,
+) -> Result<Option<crate::model::sticky::Sticky>, ValidationError> {
+    Ok(spec.map(|s| s.validate(traffic)).transpose()?.flatten())
 }
 
 /// The default pool's `managed`, validated; a managed pool lists no entities.
@@ -576,6 +605,9 @@ impl InstanceUpdate {
             } else if !backend.entities.is_empty() {
                 next.managed = None;
             }
+            if backend.sticky.is_some() {
+                next.sticky = sticky(backend.sticky.as_ref(), next.traffic_type)?;
+            }
         }
         // Revalidated even when untouched: pools carry the listener port
         // as their members' default.
@@ -622,6 +654,9 @@ pub struct BackendView {
     /// As given, with `process.env` values shown as `"***"` (they may be secrets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<crate::model::managed::ManagedSpec>,
+    /// The default pool's sticky routing, in the shape `create` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::model::sticky::StickySpec>,
 }
 
 /// An instance as the API shows it.

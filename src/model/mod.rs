@@ -18,6 +18,7 @@ pub mod project;
 pub mod scaling;
 pub mod schemas;
 pub mod status;
+pub mod sticky;
 pub mod threshold;
 pub mod time;
 pub mod tuning;

@@ -46,6 +46,13 @@ pub struct NodeConfig {
     /// them with `PUT /managed` as backends become ready.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub managed: BTreeMap<String, crate::model::managed::NodeManagedPool>,
+    /// The default pool's sticky routing (named pools carry their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::model::sticky::Sticky>,
+    /// The instance's cookie signing key, present when a pool has a sticky
+    /// cookie. A secret: a NodeConfig is never logged or shown as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_key: Option<crate::model::sticky::StickyKey>,
 }
 
 fn one() -> u32 {

@@ -125,6 +125,13 @@ impl Reconciler {
                 key_prefix: inst.id.to_string(),
                 ..r
             });
+        if inst.spec.has_sticky_cookie() {
+            config.sticky_key = self
+                .settings
+                .sticky_secret
+                .as_ref()
+                .map(|s| s.instance_key(inst.id));
+        }
         config
     }
 

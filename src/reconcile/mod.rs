@@ -9,6 +9,7 @@
 mod error;
 mod instance;
 mod project;
+pub mod sticky_key;
 
 pub use error::ReconcileError;
 
@@ -48,6 +49,9 @@ pub struct ReconcileSettings {
     pub drain_max: Duration,
     /// Where nodes count `global` rate limits (`--redis-url`).
     pub redis: Option<crate::model::node::RedisTarget>,
+    /// Where the instances' sticky cookie keys come from; without it a
+    /// cookie-sticky pool is balanced as if it were not sticky.
+    pub sticky_secret: Option<sticky_key::StickySecret>,
 }
 
 impl Default for ReconcileSettings {
@@ -61,6 +65,7 @@ impl Default for ReconcileSettings {
             failover_grace: Duration::from_secs(60),
             drain_min: Duration::from_secs(5),
             redis: None,
+            sticky_secret: None,
             drain_max: Duration::from_secs(30),
         }
     }

@@ -138,6 +138,7 @@ pub fn pool_spec(args: &PoolAddArgs) -> PoolSpec {
         health_check: health_check(&args.health),
         algorithm: args.algorithm,
         managed: None,
+        sticky: args.sticky.spec(),
     }
 }
 
@@ -494,6 +495,7 @@ mod tests {
             health_check: None,
             algorithm: None,
             managed: None,
+            sticky: None,
         };
         add_pool(&mut pools, "api", pool.clone()).unwrap();
         assert_eq!(

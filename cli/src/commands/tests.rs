@@ -286,6 +286,10 @@ const CREATE_ALL: &[&str] = &[
     "32768",
     "--proxy-protocol",
     "v1",
+    "--sticky-cookie",
+    "pin",
+    "--sticky-ttl",
+    "60",
 ];
 
 /// The same for `instance update` (which has no type or subnet: they are fixed).
@@ -310,7 +314,7 @@ fn every_flag_lands_in_its_field() {
         "health-check": {"protocol": "HTTP", "port": 8081, "request-path": "/healthz",
             "expected-codes": "200-299",
             "criteria": {"interval": 2, "timeout": 1, "health-threshold": 3, "unhealth-threshold": 4}},
-        "auto-scaling": true});
+        "auto-scaling": true, "sticky": {"cookie": "pin", "ttl": 60}});
     let tuning = json!({"hash_on": "header:x-user", "max_connections": 500, "proxy_protocol": "v1",
         "max_header_bytes": 32768,
         "timeouts": {"connect_ms": 1000, "first_byte_ms": 2000, "client_idle_ms": 3000,
@@ -512,6 +516,9 @@ fn every_field_of_the_api_has_a_flag() {
     // `backend.managed` comes from the `--managed-*` flags, which exclude
     // `--backend` (see `managed::tests::managed_flags_parse_into_backend_managed`).
     const MANAGED: &[&str] = &["info.backend.managed"];
+    // `--sticky-hash` excludes `--sticky-cookie`, which the lines above
+    // give (see `args::sticky::tests::flags_make_the_spec`).
+    const STICKY: &[&str] = &["info.backend.sticky.hash"];
     for (args, schema) in [
         (
             CREATE_ALL.to_vec(),
@@ -542,6 +549,7 @@ fn every_field_of_the_api_has_a_flag() {
             !TAGS.contains(&m.as_str())
                 && !POLICY.contains(&m.as_str())
                 && !MANAGED.contains(&m.as_str())
+                && !STICKY.contains(&m.as_str())
         });
         assert!(
             missing.is_empty(),

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::model::instance::{health_check, members, BackendEntity, HealthCheck, HealthCheckSpec};
 use crate::model::managed::{Managed, ManagedError, ManagedSpec};
+use crate::model::sticky::{Sticky, StickySpec};
 use crate::model::{Algorithm, BackendMember, TrafficType, ValidationError};
 
 pub use auth::{Auth, AuthSpec, RuleAuthSpec, SecretHasher};
@@ -74,6 +75,11 @@ pub enum PolicyError {
         pool: String,
         error: crate::model::managed::ManagedError,
     },
+    #[error("pool {pool:?}: {error}")]
+    Sticky {
+        pool: String,
+        error: crate::model::sticky::StickyError,
+    },
 }
 
 impl PolicyError {
@@ -97,6 +103,7 @@ impl PolicyError {
             Self::InvalidRateLimit(_) => "invalid_rate_limit",
             Self::NotForTcp(_) => "invalid_field",
             Self::Managed { error, .. } => error.code(),
+            Self::Sticky { error, .. } => error.code(),
         }
     }
 }
@@ -120,6 +127,10 @@ pub struct PoolSpec {
     /// stays empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedSpec>,
+    /// Requests of a client keep going to one member: a signed cookie or a
+    /// consistent hash (`model::sticky`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickySpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -132,6 +143,8 @@ pub struct Pool {
     /// Stored with the instance; a node gets `NodeConfig.managed` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<Managed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
 }
 
 /// The policy fields of an instance as a client writes them.
@@ -308,11 +321,21 @@ impl PolicySpec {
                 .as_ref()
                 .map(|m| managed_pool(&name, m, &members))
                 .transpose()?;
+            let sticky = match &spec.sticky {
+                Some(s) => s
+                    .validate(TrafficType::Http)
+                    .map_err(|error| PolicyError::Sticky {
+                        pool: name.clone(),
+                        error,
+                    })?,
+                None => None,
+            };
             let pool = Pool {
                 members,
                 health_check,
                 algorithm: spec.algorithm.unwrap_or_default(),
                 managed,
+                sticky,
             };
             out.insert(name, pool);
         }

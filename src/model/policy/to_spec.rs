@@ -42,6 +42,10 @@ impl Pool {
             health_check: Some(health_check_spec(&self.health_check)),
             algorithm: Some(self.algorithm),
             managed: self.managed.as_ref().map(Managed::to_spec),
+            sticky: self
+                .sticky
+                .as_ref()
+                .map(crate::model::sticky::Sticky::to_spec),
         }
     }
 }
