@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
 use crate::dns::{DnsError, EmbeddedDns};
-use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::backend::BackendDriver;
+use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::{ComputeDriver, ComputeWarnings};
 use crate::drivers::network::claims::SubnetClaims;
 use crate::drivers::network::loopback::LoopbackNetwork;
@@ -204,7 +204,10 @@ fn backend_driver(
     let dir = state_dir.join("backends");
     let process = crate::drivers::backend::process::ProcessBackends::new(dir.clone(), user)
         .with_context(|| format!("creating {}", dir.display()))?;
-    Ok(crate::drivers::backend::Backends::new(Box::new(process), vm))
+    Ok(crate::drivers::backend::Backends::new(
+        Box::new(process),
+        vm,
+    ))
 }
 
 /// The LB-node compute driver, and the VM backend driver sharing its

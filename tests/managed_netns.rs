@@ -12,7 +12,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::managed::{alive, backend_pids, backends, get, header, managed_instance, Reaper, Script};
+use common::managed::{
+    alive, backend_pids, backends, get, header, managed_instance, Reaper, Script,
+};
 use common::{is_root, require, wait_for, Lbd};
 use serde_json::{json, Value};
 
@@ -52,7 +54,10 @@ fn a_process_backend_binds_its_own_address_in_the_project_namespace_and_serves()
                          "process": {"command": script.command()}});
     let lb = managed_instance(&lbd, "web", managed);
     let ns = project_netns(&lbd);
-    assert!(backend_pids(&lbd).is_empty(), "min 0: nothing before traffic");
+    assert!(
+        backend_pids(&lbd).is_empty(),
+        "min 0: nothing before traffic"
+    );
 
     // From the host, through the lb-node in the namespace: held, woken, served.
     let (status, headers, body) = get(lb, "/");

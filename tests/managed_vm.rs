@@ -109,6 +109,32 @@ mod on_libvirt {
             .collect()
     }
 
+    /// Waits until `web` is ACTIVE (its node a VM, booting under TCG takes
+    /// a while); on failure shows the instance, lbd's log and the console.
+    fn active_on_a_vm(lbd: &Lbd) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let info = lbd.instance("demo", "web");
+            if info["provisioning_status"] == "ACTIVE" {
+                return info;
+            }
+            if info["provisioning_status"] == "ERROR" || std::time::Instant::now() > deadline {
+                let consoles: Vec<String> = std::fs::read_dir(lbd.state.0.join("nodes"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".console.log"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect();
+                panic!(
+                    "web not ACTIVE on a VM node: {info}\nlbd: {}\nconsoles: {consoles:?}",
+                    lbd.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// A cold request: held while the VM boots, then served by its httpd.
     fn cold_request(lbd: &Lbd, lb: SocketAddr) -> u64 {
         let (status, headers, body) = get(lb, "/");
@@ -139,40 +165,51 @@ mod on_libvirt {
             "libvirt",
             "--vm-image",
             image.to_str().unwrap(),
+            // No KVM probe: its 20 s would come first, and TCG boots in seconds.
+            "--vm-domain-type",
+            "qemu",
         ]);
-        let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+        let (s, v) =
+            lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
         assert_eq!(s, 200, "{v}");
         let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
             "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
             "backend": {"managed": managed_vm()}}}));
         assert_eq!(s, 200, "{v}");
         // The LB node is a VM: booting it under TCG takes a while.
-        let info = wait_for("web ACTIVE on a VM node", Duration::from_secs(180), || {
-            let info = lbd.instance("demo", "web");
-            assert_ne!(info["provisioning_status"], "ERROR", "{info}\n{}", lbd.stderr());
-            (info["provisioning_status"] == "ACTIVE").then_some(info)
-        });
+        let info = active_on_a_vm(&lbd);
         let lb: SocketAddr = format!("{}:8080", info["nodes"][0]["address"].as_str().unwrap())
             .parse()
             .unwrap();
-        assert!(backend_domains(&lbd).is_empty(), "min 0: no VM before traffic");
+        assert!(
+            backend_domains(&lbd).is_empty(),
+            "min 0: no VM before traffic"
+        );
 
         let cold = cold_request(&lbd, lb);
         eprintln!("first request served after a {cold} ms cold start");
         let listed = backends(&lbd, "web");
         assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!((&listed[0]["state"], &listed[0]["compute"]), (&json!("ready"), &json!("vm")));
+        assert_eq!(
+            (&listed[0]["state"], &listed[0]["compute"]),
+            (&json!("ready"), &json!("vm"))
+        );
         let domain = format!("{}-bk{}", lbd.slot.netns_prefix(), listed[0]["id"]);
         assert_eq!(backend_domains(&lbd), vec![domain.clone()]);
         // Warm: not held.
         let (status, headers, _) = get(lb, "/");
         assert_eq!(status, 200);
-        assert!(header(&headers, "x-lbaas-cold-start").is_none(), "{headers:?}");
+        assert!(
+            header(&headers, "x-lbaas-cold-start").is_none(),
+            "{headers:?}"
+        );
 
         // Idle for 3 s: taken off the node, shut down, destroyed after the grace.
-        wait_for("the idle VM to be destroyed", Duration::from_secs(60), || {
-            (!lbd.domains().contains(&domain)).then_some(())
-        });
+        wait_for(
+            "the idle VM to be destroyed",
+            Duration::from_secs(60),
+            || (!lbd.domains().contains(&domain)).then_some(()),
+        );
         wait_for("the backend row to go", Duration::from_secs(10), || {
             backends(&lbd, "web").is_empty().then_some(())
         });

@@ -150,6 +150,7 @@ impl VmBackends {
                 name: &self.name(id),
                 cmdline: &cmdline(t, launch),
                 tap: &self.tap(id),
+                ip: launch.address,
                 console: &self.console(id),
             },
         );

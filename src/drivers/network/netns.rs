@@ -472,7 +472,11 @@ pub fn add_bridge_address(
 ) -> Result<(), NetworkError> {
     in_netns(Some(netns.to_path_buf()), move |handle| async move {
         let bridge = index_of(&handle, BRIDGE).await?;
-        if addresses(&handle, bridge).await?.iter().any(|(a, _)| *a == addr) {
+        if addresses(&handle, bridge)
+            .await?
+            .iter()
+            .any(|(a, _)| *a == addr)
+        {
             return Ok(());
         }
         handle

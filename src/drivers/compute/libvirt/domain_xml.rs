@@ -122,19 +122,39 @@ pub struct BackendDomain<'a> {
     /// `lbaas.ip=`/`lbaas.port=` already appended.
     pub cmdline: &'a str,
     pub tap: &'a str,
+    /// The NIC's MAC, from the backend's address: a new VM on an address an
+    /// old one had answers ARP with the same MAC, so the nodes' neighbour
+    /// entries stay right (a random MAC would leave them pointing at the
+    /// destroyed VM until they expire).
+    pub ip: Ipv4Addr,
     pub console: &'a Path,
+}
+
+/// `52:54:00` (qemu's prefix) and the address's last three octets: unique
+/// on one project bridge (a subnet is at most a /8 of the pool).
+pub fn backend_mac(ip: Ipv4Addr) -> String {
+    let [_, b, c, d] = ip.octets();
+    format!("52:54:00:{b:02x}:{c:02x}:{d:02x}")
 }
 
 pub fn backend_xml(boot: &Boot<'_>, backend: &BackendDomain<'_>) -> String {
     let devices = format!(
         "    <interface type='ethernet'>
+      <mac address='{mac}'/>
       <target dev='{tap}'/>
       <model type='virtio'/>
     </interface>
 ",
+        mac = backend_mac(backend.ip),
         tap = xml_escape(backend.tap),
     );
-    domain(boot, backend.name, backend.cmdline, &devices, backend.console)
+    domain(
+        boot,
+        backend.name,
+        backend.cmdline,
+        &devices,
+        backend.console,
+    )
 }
 
 /// The probe VM: the node image with `lbaas.probe`, on which the image's
@@ -242,12 +262,17 @@ mod tests {
                 name: "ut-bk9",
                 cmdline: "console=ttyS0 app=<x> lbaas.ip=100.64.3.9/24",
                 tap: "utb9",
+                ip: "100.64.3.9".parse().unwrap(),
                 console: Path::new("/s/vm-9.console.log"),
             },
         );
         assert!(xml.contains("<name>ut-bk9</name>"), "{xml}");
-        assert!(xml.contains("app=&lt;x&gt; lbaas.ip=100.64.3.9/24"), "{xml}");
+        assert!(
+            xml.contains("app=&lt;x&gt; lbaas.ip=100.64.3.9/24"),
+            "{xml}"
+        );
         assert!(xml.contains("<target dev='utb9'/>"), "{xml}");
+        assert!(xml.contains("<mac address='52:54:00:40:03:09'/>"), "{xml}");
         assert!(!xml.contains("<initrd>") && !xml.contains("<disk"), "{xml}");
     }
 
