@@ -42,15 +42,22 @@ fn managed_vm() -> Value {
 
 #[test]
 fn an_lbd_without_vms_refuses_a_vm_pool_and_stores_nothing() {
+    // Files that exist, so the kernel check passes whether or not the image is built.
+    let here = std::env::current_exe().unwrap();
+    let vm_pool = || {
+        let mut m = managed_vm();
+        m["vm"] = json!({"kernel": here, "initrd": here});
+        m
+    };
     let lbd = Lbd::start();
     let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
     assert_eq!(s, 200, "{v}");
     for (name, info) in [
-        ("web", json!({"backend": {"managed": managed_vm()}})),
+        ("web", json!({"backend": {"managed": vm_pool()}})),
         (
             "api",
             json!({"backend": {"entities": ["127.0.0.1:9"]},
-                   "pools": {"vms": {"managed": managed_vm()}}}),
+                   "pools": {"vms": {"managed": vm_pool()}}}),
         ),
     ] {
         let mut body = json!({"name": name, "project": "demo", "traffic_type": "http",

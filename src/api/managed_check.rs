@@ -21,20 +21,21 @@ struct VmFiles {
 /// Refuses a create or update with managed VM pools (`backend.managed` or
 /// any named pool's) when this lbd runs no VMs, or when one names a kernel
 /// or initrd that is not a file here.
+/// The files first: a missing kernel is the more specific answer.
 pub(super) async fn check(req: &ApiRequest, runs_vms: bool) -> Result<(), ApiError> {
+    let files = vm_files(req);
+    if !files.is_empty() {
+        tokio::task::spawn_blocking(move || check_files(&files, |p| Path::new(p).is_file()))
+            .await
+            .map_err(|e| ApiError::Store(crate::store::StoreError::Worker(e.to_string())))?
+            .map_err(|e| ApiError::Invalid(ValidationError::Managed(e)))?;
+    }
     if !runs_vms && managed_specs(req).any(|m| m.compute == Some(ManagedCompute::Vm)) {
         return Err(ApiError::Invalid(ValidationError::Managed(
             ManagedError::VmBackendsUnavailable,
         )));
     }
-    let files = vm_files(req);
-    if files.is_empty() {
-        return Ok(());
-    }
-    tokio::task::spawn_blocking(move || check_files(&files, |p| Path::new(p).is_file()))
-        .await
-        .map_err(|e| ApiError::Store(crate::store::StoreError::Worker(e.to_string())))?
-        .map_err(|e| ApiError::Invalid(ValidationError::Managed(e)))
+    Ok(())
 }
 
 /// Every managed pool a create or update writes.
@@ -158,12 +159,12 @@ mod tests {
     #[tokio::test]
     async fn vm_pools_are_refused_by_an_lbd_without_vms() {
         let here = std::env::current_exe().unwrap().display().to_string();
-        // In a named pool too, and before the files are looked at.
+        // In a named pool too.
         for req in [
             create(vm(&here, None), json!({})),
             create(
                 json!({"compute": "process", "process": {"command": ["true"]}, "port": 80}),
-                json!({"api": {"entities": [], "managed": vm("/nonexistent", None)}}),
+                json!({"api": {"entities": [], "managed": vm(&here, None)}}),
             ),
         ] {
             let e = check(&req, false).await.unwrap_err();
