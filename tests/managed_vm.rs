@@ -165,7 +165,7 @@ mod on_libvirt {
             return;
         }
         let image = target_dir("image");
-        let lbd = Lbd::start_with(&[
+        let mut lbd = Lbd::start_with(&[
             "--network",
             "netns",
             "--compute",
@@ -211,6 +211,15 @@ mod on_libvirt {
             "{headers:?}"
         );
 
+        // kill -9 of lbd: the VM keeps running; the next lbd adopts it (its
+        // row and a live domain of that name) instead of booting another,
+        // and is the one that stops it.
+        lbd.crash();
+        assert_eq!(backend_domains(&lbd), vec![domain.clone()]);
+        lbd.start_again();
+        let (status, _, body) = get(lb, "/");
+        assert_eq!((status, body.trim()), (200, "vm-of-web"));
+
         // Idle for 3 s: taken off the node, shut down, destroyed after the grace.
         wait_for(
             "the idle VM to be destroyed",
@@ -221,6 +230,13 @@ mod on_libvirt {
             backends(&lbd, "web").is_empty().then_some(())
         });
         assert!(!events_of(&lbd, "web", "backend_stopped").is_empty());
+        let log = lbd.stderr();
+        let id = &listed[0]["id"];
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("backend {id} at")) && l.contains("adopted")),
+            "the restarted lbd adopted backend {id}: {log}"
+        );
 
         // The next request boots a new VM.
         cold_request(&lbd, lb);
