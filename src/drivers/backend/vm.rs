@@ -323,6 +323,67 @@ mod tests {
         );
     }
 
+    /// On libvirt's test driver (boots nothing): a domain of a backend's
+    /// name is found live, observed running, stopped (the test driver's
+    /// shutdown is immediate) and then absent; a node's domain is not ours.
+    #[test]
+    fn backend_domains_are_found_observed_and_stopped() {
+        use crate::drivers::compute::libvirt::{DomainType, DomainTypeSetting, VmSettings};
+        use crate::drivers::compute::ComputeWarnings;
+        let dir = std::env::temp_dir().join(format!("lbaas-vmbk-{}", std::process::id()));
+        let libvirt = Arc::new(
+            LibvirtCompute::new(VmSettings {
+                uri: "test:///default".into(),
+                domain_type: DomainTypeSetting::Fixed(DomainType::Test),
+                kernel: "/nonexistent/vmlinuz".into(),
+                initrd: "/nonexistent/initrd".into(),
+                memory_mib: 128,
+                vcpus: 1,
+                prefix: "utvmb".into(),
+                dir: dir.join("nodes"),
+                secret_dir: dir.join("secrets"),
+                warnings: ComputeWarnings::default(),
+            })
+            .unwrap(),
+        );
+        let d = VmBackends::new(libvirt.clone(), dir.join("backends")).unwrap();
+        let boot = Boot {
+            domain_type: DomainType::Test,
+            kernel: Path::new("/nonexistent/vmlinuz"),
+            initrd: None,
+            memory_mib: 128,
+            vcpus: 1,
+        };
+        // The test driver keeps its domains while any connection is open:
+        // one held here keeps them between the driver's calls.
+        let mut conn = Connect::open(Some("test:///default")).unwrap();
+        for name in ["utvmb-bk7", "utvmb-demo-web-8"] {
+            let xml = backend_xml(
+                &boot,
+                &BackendDomain {
+                    name,
+                    cmdline: "console=ttyS0",
+                    tap: "utvmbb7",
+                    ip: "100.64.3.7".parse().unwrap(),
+                    console: &dir.join("c.log"),
+                },
+            );
+            Domain::create_xml(&conn, &xml, 0).unwrap();
+        }
+        let live = d.live();
+        assert_eq!(live.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![7]);
+        assert!(matches!(d.observe(7), BackendObservation::Running { .. }));
+        assert_eq!(d.observe(9), BackendObservation::Absent);
+        d.stop(7).unwrap();
+        assert_eq!(d.observe(7), BackendObservation::Absent);
+        assert!(d.live().is_empty());
+        if let Ok(node) = Domain::lookup_by_name(&conn, "utvmb-demo-web-8") {
+            let _ = node.destroy();
+        }
+        let _ = conn.close();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn only_backend_names_of_this_prefix_are_ours() {
         assert_eq!(id_of("lbaas", "lbaas-bk12"), Some(12));
