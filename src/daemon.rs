@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::config::{validate_zone, ComputeKind, DaemonConfig, NetworkKind};
 use crate::dns::{DnsError, EmbeddedDns};
+use crate::drivers::backend::BackendDriver;
 use crate::drivers::compute::process::ProcessCompute;
 use crate::drivers::compute::{ComputeDriver, ComputeWarnings};
 use crate::drivers::network::claims::SubnetClaims;
@@ -70,6 +71,7 @@ pub async fn run(
         default_quota: config.default_quota(),
         rate_limiter,
         compute_warnings: drivers.compute_warnings.clone(),
+        runs_vm_backends: drivers.runs_vm_backends,
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -134,8 +136,9 @@ struct Drivers {
     /// Written by the compute driver, shown by the API.
     compute_warnings: ComputeWarnings,
     dns: Arc<EmbeddedDns>,
-    /// Managed backends' processes.
-    backends: Arc<dyn crate::drivers::backend::BackendDriver>,
+    /// Managed backends: processes, and VMs under `--compute libvirt`.
+    backends: Arc<dyn BackendDriver>,
+    runs_vm_backends: bool,
 }
 
 impl Drivers {
@@ -152,17 +155,19 @@ impl Drivers {
             )?),
         };
         let compute_warnings = ComputeWarnings::default();
-        let compute = match config.compute {
-            ComputeKind::Process => process_compute(config, state_dir)?,
+        let (compute, vm_backends) = match config.compute {
+            ComputeKind::Process => (process_compute(config, state_dir)?, None),
             ComputeKind::Libvirt => libvirt_compute(config, state_dir, &compute_warnings)?,
         };
+        let backends = backend_driver(config, state_dir, vm_backends)?;
         let dns = Arc::new(EmbeddedDns::new(&config.zone, config.dns_ttl)?);
         Ok(Drivers {
             network,
             compute,
             compute_warnings,
             dns,
-            backends: backend_driver(config, state_dir)?,
+            runs_vm_backends: backends.runs_vms(),
+            backends: Arc::new(backends),
         })
     }
 }
@@ -187,19 +192,27 @@ fn process_compute(
     ))
 }
 
-/// Managed backends' processes: pid and output files under the state dir;
-/// under netns they run as the node user, like lb-node.
+/// Managed backends' processes (pid and output files under the state dir;
+/// under netns they run as the node user, like lb-node), and the VM driver
+/// when lbd runs VMs.
 fn backend_driver(
     config: &DaemonConfig,
     state_dir: &Path,
-) -> anyhow::Result<Arc<dyn crate::drivers::backend::BackendDriver>> {
+    vm: Option<Box<dyn BackendDriver>>,
+) -> anyhow::Result<crate::drivers::backend::Backends> {
     let user = (config.network == NetworkKind::Netns).then(|| config.node_user.clone());
     let dir = state_dir.join("backends");
-    Ok(Arc::new(
-        crate::drivers::backend::process::ProcessBackends::new(dir.clone(), user)
-            .with_context(|| format!("creating {}", dir.display()))?,
+    let process = crate::drivers::backend::process::ProcessBackends::new(dir.clone(), user)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(crate::drivers::backend::Backends::new(
+        Box::new(process),
+        vm,
     ))
 }
+
+/// The LB-node compute driver, and the VM backend driver sharing its
+/// libvirt connection and domain type.
+type LibvirtDrivers = (Arc<dyn ComputeDriver>, Option<Box<dyn BackendDriver>>);
 
 struct Listeners {
     /// DNS, UDP and TCP on the same port.
@@ -369,7 +382,8 @@ fn libvirt_compute(
     config: &DaemonConfig,
     state_dir: &Path,
     warnings: &ComputeWarnings,
-) -> anyhow::Result<Arc<dyn ComputeDriver>> {
+) -> anyhow::Result<LibvirtDrivers> {
+    use crate::drivers::backend::vm::VmBackends;
     use crate::drivers::compute::libvirt::{DomainTypeSetting, LibvirtCompute, VmSettings};
     anyhow::ensure!(
         config.network == NetworkKind::Netns,
@@ -383,7 +397,7 @@ fn libvirt_compute(
             .map(|target| target.join("image"))
             .context("cannot place the default image dir; set --vm-image")?,
     };
-    Ok(Arc::new(LibvirtCompute::new(VmSettings {
+    let libvirt = Arc::new(LibvirtCompute::new(VmSettings {
         uri: config.libvirt_uri.clone(),
         domain_type: DomainTypeSetting::from(config.vm_domain_type),
         kernel: image.join("vmlinuz"),
@@ -394,7 +408,11 @@ fn libvirt_compute(
         dir: state_dir.join("nodes"),
         secret_dir: config.vm_secret_dir.clone(),
         warnings: warnings.clone(),
-    })?))
+    })?);
+    let dir = state_dir.join("backends");
+    let vm = VmBackends::new(libvirt.clone(), dir.clone())
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok((libvirt, Some(Box::new(vm))))
 }
 
 #[cfg(not(feature = "libvirt"))]
@@ -402,7 +420,7 @@ fn libvirt_compute(
     _config: &DaemonConfig,
     _state_dir: &Path,
     _warnings: &ComputeWarnings,
-) -> anyhow::Result<Arc<dyn ComputeDriver>> {
+) -> anyhow::Result<LibvirtDrivers> {
     anyhow::bail!(
         "this lbd was built without libvirt support: build with `--features libvirt` \
          (needs libvirt-dev)"

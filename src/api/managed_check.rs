@@ -1,7 +1,8 @@
-//! What the model cannot check without I/O: a managed VM pool's kernel and
-//! initrd must exist on lbd's host. Run before the write transaction, on a
-//! blocking thread, so a refused request leaves the store as it was and no
-//! file system call runs on the runtime.
+//! What the model cannot check without I/O or lbd's setup: a managed VM
+//! pool needs an lbd that runs VMs, and its kernel and initrd must exist on
+//! lbd's host. Run before the write transaction (the files on a blocking
+//! thread), so a refused request leaves the store as it was and no file
+//! system call runs on the runtime.
 
 use std::path::Path;
 
@@ -17,37 +18,45 @@ struct VmFiles {
     initrd: Option<String>,
 }
 
-/// Refuses a create or update whose managed VM pools (`backend.managed` and
-/// every named pool's) name a kernel or initrd that is not a file here.
-pub(super) async fn check(req: &ApiRequest) -> Result<(), ApiError> {
+/// Refuses a create or update with managed VM pools (`backend.managed` or
+/// any named pool's) when this lbd runs no VMs, or when one names a kernel
+/// or initrd that is not a file here.
+/// The files first: a missing kernel is the more specific answer.
+pub(super) async fn check(req: &ApiRequest, runs_vms: bool) -> Result<(), ApiError> {
     let files = vm_files(req);
-    if files.is_empty() {
-        return Ok(());
+    if !files.is_empty() {
+        tokio::task::spawn_blocking(move || check_files(&files, |p| Path::new(p).is_file()))
+            .await
+            .map_err(|e| ApiError::Store(crate::store::StoreError::Worker(e.to_string())))?
+            .map_err(|e| ApiError::Invalid(ValidationError::Managed(e)))?;
     }
-    tokio::task::spawn_blocking(move || check_files(&files, |p| Path::new(p).is_file()))
-        .await
-        .map_err(|e| ApiError::Store(crate::store::StoreError::Worker(e.to_string())))?
-        .map_err(|e| ApiError::Invalid(ValidationError::Managed(e)))
+    if !runs_vms && managed_specs(req).any(|m| m.compute == Some(ManagedCompute::Vm)) {
+        return Err(ApiError::Invalid(ValidationError::Managed(
+            ManagedError::VmBackendsUnavailable,
+        )));
+    }
+    Ok(())
 }
 
-fn vm_files(req: &ApiRequest) -> Vec<VmFiles> {
+/// Every managed pool a create or update writes.
+fn managed_specs(req: &ApiRequest) -> impl Iterator<Item = &ManagedSpec> {
     let (backend, pools) = match req {
         ApiRequest::CreateInstance(r) => (r.backend.managed.as_ref(), r.pools.as_ref()),
         ApiRequest::UpdateInstance(r) => (
             r.backend.as_ref().and_then(|b| b.managed.as_ref()),
             r.pools.as_ref(),
         ),
-        _ => return Vec::new(),
+        _ => (None, None),
     };
     let named = pools
         .into_iter()
         .flat_map(|p| p.values())
         .filter_map(|p| p.managed.as_ref());
-    backend
-        .into_iter()
-        .chain(named)
-        .filter_map(of_spec)
-        .collect()
+    backend.into_iter().chain(named)
+}
+
+fn vm_files(req: &ApiRequest) -> Vec<VmFiles> {
+    managed_specs(req).filter_map(of_spec).collect()
 }
 
 fn of_spec(spec: &ManagedSpec) -> Option<VmFiles> {
@@ -138,10 +147,33 @@ mod tests {
     #[tokio::test]
     async fn the_real_file_system_is_asked() {
         let here = std::env::current_exe().unwrap().display().to_string();
-        assert!(check(&create(vm(&here, None), json!({}))).await.is_ok());
-        let e = check(&create(vm("/nonexistent/vmlinuz", None), json!({})))
+        assert!(check(&create(vm(&here, None), json!({})), true)
+            .await
+            .is_ok());
+        let e = check(&create(vm("/nonexistent/vmlinuz", None), json!({})), true)
             .await
             .unwrap_err();
         assert_eq!((e.code(), e.status().as_u16()), ("kernel_not_found", 422));
+    }
+
+    #[tokio::test]
+    async fn vm_pools_are_refused_by_an_lbd_without_vms() {
+        let here = std::env::current_exe().unwrap().display().to_string();
+        // In a named pool too.
+        for req in [
+            create(vm(&here, None), json!({})),
+            create(
+                json!({"compute": "process", "process": {"command": ["true"]}, "port": 80}),
+                json!({"api": {"entities": [], "managed": vm(&here, None)}}),
+            ),
+        ] {
+            let e = check(&req, false).await.unwrap_err();
+            assert_eq!(
+                (e.code(), e.status().as_u16()),
+                ("vm_backends_unavailable", 422)
+            );
+        }
+        let process = json!({"compute": "process", "process": {"command": ["true"]}, "port": 80});
+        assert!(check(&create(process, json!({})), false).await.is_ok());
     }
 }

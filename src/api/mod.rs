@@ -65,6 +65,8 @@ pub struct AppState {
     /// What the compute driver found wrong with the host (shown with each
     /// instance); only read here.
     pub compute_warnings: ComputeWarnings,
+    /// Whether `compute: vm` managed pools can run here (`--compute libvirt`).
+    pub runs_vm_backends: bool,
 }
 
 impl AppState {

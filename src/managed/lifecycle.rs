@@ -234,12 +234,30 @@ fn free_address(
     Ok(decide::backend_address(&subnet, &taken))
 }
 
+/// The netmask of the subnet backends of `inst` get addresses from (as in
+/// `free_address`); /32 stands in if the project is gone.
+async fn prefix_len(shared: &Arc<Shared>, inst: &InstanceRow) -> u8 {
+    if let Some(s) = inst.spec.subnet {
+        return s.prefix_len();
+    }
+    let project = inst.project_id;
+    match shared
+        .store
+        .read(move |c| store::project_by_id(c, project))
+        .await
+    {
+        Ok(Some(p)) => p.subnet.prefix_len(),
+        _ => 32,
+    }
+}
+
 async fn launch(shared: &Arc<Shared>, inst: &InstanceRow, row: BackendRow, m: Managed) {
     let spec = BackendLaunch {
         id: row.id,
         instance: inst.name.clone(),
         address: row.address,
         port: row.port,
+        prefix_len: prefix_len(shared, inst).await,
         resource: row.resource.clone(),
         template: decide::template_for(&m, row.resource.as_deref()),
         netns: shared.network.node_netns(inst.project_id),

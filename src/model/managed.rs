@@ -44,6 +44,8 @@ pub enum ManagedError {
     PerResourceNeedsHttp,
     #[error("managed.vm.kernel {0:?} does not exist on the controller's host")]
     KernelNotFound(String),
+    #[error("managed: compute vm needs an lbd that runs VMs (--compute libvirt, built with the libvirt feature); use compute process here")]
+    VmBackendsUnavailable,
     #[error("managed: compute {compute} needs managed.{compute} (its template)")]
     MissingTemplate { compute: &'static str },
     #[error("managed: a managed pool has no entities: lbd starts its members")]
@@ -62,6 +64,7 @@ impl ManagedError {
             Self::UnknownPlaceholder { .. } => "unknown_placeholder",
             Self::PerResourceNeedsHttp => "per_resource_needs_http",
             Self::KernelNotFound(_) => "kernel_not_found",
+            Self::VmBackendsUnavailable => "vm_backends_unavailable",
             Self::MissingTemplate { .. } => "missing_template",
             Self::EntitiesGiven => "managed_with_entities",
             Self::Invalid { .. } => "invalid_managed",

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::Reconciler;
+use crate::model::managed::ManagedCompute;
 use crate::model::{EventKind, ProjectId, ProvisioningStatus};
 use crate::store::{self, EventSubject, ProjectRow};
 
@@ -15,9 +16,13 @@ impl Reconciler {
         let (id, subnet) = (p.id, p.subnet);
         // The node addresses on the project network are exactly those of its node rows.
         let wanted = match self.project_node_addresses(p.id).await {
-            // VMs bring their own interfaces: the bridge holds no node address.
-            Ok(_) if !self.compute.node_address_on_host() => Vec::new(),
-            Ok(w) => w,
+            // VMs bring their own interfaces: the bridge holds no node
+            // address, only those of process backends.
+            Ok((_, backends)) if !self.compute.node_address_on_host() => backends,
+            Ok((mut nodes, backends)) => {
+                nodes.extend(backends);
+                nodes
+            }
             Err(e) => return tracing::warn!("project {}: {e}", p.name),
         };
         let outcome = self
@@ -60,21 +65,30 @@ impl Reconciler {
         }
     }
 
+    /// The addresses of the project's nodes, and of its process backends.
     async fn project_node_addresses(
         &self,
         project_id: ProjectId,
-    ) -> Result<Vec<Ipv4Addr>, store::StoreError> {
+    ) -> Result<(Vec<Ipv4Addr>, Vec<Ipv4Addr>), store::StoreError> {
         self.store
             .read(move |c| {
-                let mut out = Vec::new();
+                let (mut out, mut backends) = (Vec::new(), Vec::new());
                 for inst in store::list_instances(c, project_id)? {
                     for node in store::list_nodes(c, inst.id)? {
                         if let IpAddr::V4(a) = node.address {
                             out.push(a);
                         }
                     }
+                    // Process backends bind their address on the bridge
+                    // too (the driver adds it at start); VMs bring their own.
+                    backends.extend(
+                        store::backends_of(c, inst.id)?
+                            .iter()
+                            .filter(|b| b.compute == ManagedCompute::Process)
+                            .map(|b| b.address),
+                    );
                 }
-                Ok(out)
+                Ok((out, backends))
             })
             .await
     }

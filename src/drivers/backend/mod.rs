@@ -1,14 +1,20 @@
 //! Managed backends' compute (issue 16): what runs one backend of a managed
-//! pool. A small trait, one file per kind; only processes so far (a `vm`
-//! template is refused with [`BackendError::Unsupported`]).
+//! pool. A small trait, one file per kind (`process`, and `vm` with the
+//! `libvirt` feature), and [`Backends`], which sends each call to the
+//! driver of the backend's kind.
 //!
 //! Every call blocks (fork/exec, /proc reads, waiting out a stop grace):
 //! callers on the async runtime go through `spawn_blocking`.
 
+mod dispatch;
 pub mod process;
+#[cfg(feature = "libvirt")]
+pub mod vm;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+
+pub use dispatch::Backends;
 
 use thiserror::Error;
 
@@ -33,6 +39,8 @@ pub struct BackendLaunch {
     pub instance: String,
     pub address: Ipv4Addr,
     pub port: u16,
+    /// The project subnet's prefix length (the address's netmask).
+    pub prefix_len: u8,
     pub resource: Option<String>,
     pub template: BackendTemplate,
     /// Under `--network netns`: the project's namespace to join.

@@ -182,7 +182,7 @@ fn terminate(pid: u32, still_ours: impl Fn() -> bool) {
 }
 
 /// The last `max` bytes of a file, as text (the node driver's helper is private to it).
-fn tail(path: &Path, max: u64) -> String {
+pub(super) fn tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = fs::File::open(path) else {
         return String::new();
@@ -213,6 +213,19 @@ impl BackendDriver for ProcessBackends {
             }
         };
         let id = launch.id;
+        if let Some(netns) = &launch.netns {
+            // Its address is its own, on the project bridge: without it the
+            // bind fails (EADDRNOTAVAIL) and nothing else would add it.
+            crate::drivers::network::netns::add_bridge_address(
+                netns,
+                launch.address,
+                launch.prefix_len,
+            )
+            .map_err(|e| BackendError::Start {
+                id,
+                reason: e.to_string(),
+            })?;
+        }
         let log = fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -340,6 +353,7 @@ mod tests {
             instance: "web".into(),
             address: "127.0.0.1".parse().unwrap(),
             port: 9,
+            prefix_len: 8,
             resource: None,
             template: BackendTemplate::Process(ProcessTemplate {
                 command: command.iter().map(|s| s.to_string()).collect(),

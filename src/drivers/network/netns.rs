@@ -460,6 +460,34 @@ fn gateway(subnet: &Ipv4Net) -> Result<Ipv4Addr, NetworkError> {
     })
 }
 
+/// Puts `addr/prefix_len` on the bridge of the namespace pinned at `netns`
+/// (nothing to do when it is there): a process backend binds its own address
+/// there, as a node's lb-node does. The reconciler's exact pass keeps it
+/// while the backend's row lives (`reconcile/project.rs`) and removes it
+/// after.
+pub fn add_bridge_address(
+    netns: &std::path::Path,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), NetworkError> {
+    in_netns(Some(netns.to_path_buf()), move |handle| async move {
+        let bridge = index_of(&handle, BRIDGE).await?;
+        if addresses(&handle, bridge)
+            .await?
+            .iter()
+            .any(|(a, _)| *a == addr)
+        {
+            return Ok(());
+        }
+        handle
+            .address()
+            .add(bridge, IpAddr::V4(addr), prefix_len)
+            .execute()
+            .await
+            .map_err(|e| setup(&format!("address {addr}"), e))
+    })
+}
+
 /// Moves the host link `link` (a VM's tap) into the namespace pinned at
 /// `netns` and makes it a port of the project bridge, up.
 pub fn attach_to_bridge(link: &str, netns: &std::path::Path) -> Result<(), NetworkError> {

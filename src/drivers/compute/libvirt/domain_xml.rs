@@ -71,7 +71,8 @@ fn path(p: &Path) -> String {
 pub struct Boot<'a> {
     pub domain_type: DomainType,
     pub kernel: &'a Path,
-    pub initrd: &'a Path,
+    /// A kernel with everything built in boots without one (VM backends).
+    pub initrd: Option<&'a Path>,
     pub memory_mib: u32,
     pub vcpus: u32,
 }
@@ -112,6 +113,50 @@ pub fn node_xml(boot: &Boot<'_>, node: &NodeDomain<'_>) -> String {
     domain(boot, node.name, &cmdline, &devices, node.console)
 }
 
+/// One managed backend VM (issue 16): the template's kernel and command
+/// line, and a NIC like a node's (a tap that joins the project's bridge).
+/// No disk: a backend's template holds nothing secret.
+pub struct BackendDomain<'a> {
+    pub name: &'a str,
+    /// The template's command line, placeholders filled, with lbd's
+    /// `lbaas.ip=`/`lbaas.port=` already appended.
+    pub cmdline: &'a str,
+    pub tap: &'a str,
+    /// The NIC's MAC, from the backend's address: a new VM on an address an
+    /// old one had answers ARP with the same MAC, so the nodes' neighbour
+    /// entries stay right (a random MAC would leave them pointing at the
+    /// destroyed VM until they expire).
+    pub ip: Ipv4Addr,
+    pub console: &'a Path,
+}
+
+/// `52:54:00` (qemu's prefix) and the address's last three octets: unique
+/// on one project bridge (a subnet is at most a /8 of the pool).
+pub fn backend_mac(ip: Ipv4Addr) -> String {
+    let [_, b, c, d] = ip.octets();
+    format!("52:54:00:{b:02x}:{c:02x}:{d:02x}")
+}
+
+pub fn backend_xml(boot: &Boot<'_>, backend: &BackendDomain<'_>) -> String {
+    let devices = format!(
+        "    <interface type='ethernet'>
+      <mac address='{mac}'/>
+      <target dev='{tap}'/>
+      <model type='virtio'/>
+    </interface>
+",
+        mac = backend_mac(backend.ip),
+        tap = xml_escape(backend.tap),
+    );
+    domain(
+        boot,
+        backend.name,
+        backend.cmdline,
+        &devices,
+        backend.console,
+    )
+}
+
 /// The probe VM: the node image with `lbaas.probe`, on which the image's
 /// init prints that it runs and halts; no disk, no NIC.
 pub fn probe_xml(boot: &Boot<'_>, name: &str, console: &Path) -> String {
@@ -127,8 +172,7 @@ fn domain(boot: &Boot<'_>, name: &str, cmdline: &str, devices: &str, console: &P
   <os>
     <type arch='x86_64'>hvm</type>
     <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>{cmdline}</cmdline>
+{initrd}    <cmdline>{cmdline}</cmdline>
   </os>
   <on_crash>destroy</on_crash>
   <devices>
@@ -144,7 +188,10 @@ fn domain(boot: &Boot<'_>, name: &str, cmdline: &str, devices: &str, console: &P
         memory = boot.memory_mib,
         vcpus = boot.vcpus,
         kernel = path(boot.kernel),
-        initrd = path(boot.initrd),
+        initrd = boot
+            .initrd
+            .map(|i| format!("    <initrd>{}</initrd>\n", path(i)))
+            .unwrap_or_default(),
         cmdline = xml_escape(cmdline),
         console = path(console),
     )
@@ -159,7 +206,7 @@ mod tests {
         Boot {
             domain_type: DomainType::Qemu,
             kernel: Path::new("/img/vmlinuz"),
-            initrd: Path::new("/img/initramfs.cpio.gz"),
+            initrd: Some(Path::new("/img/initramfs.cpio.gz")),
             memory_mib: 128,
             vcpus: 1,
         }
@@ -203,6 +250,30 @@ mod tests {
             !xml.contains("<disk") && !xml.contains("<interface"),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn backend_xml_has_a_nic_no_disk_and_the_escaped_cmdline() {
+        let mut b = boot();
+        b.initrd = None;
+        let xml = backend_xml(
+            &b,
+            &BackendDomain {
+                name: "ut-bk9",
+                cmdline: "console=ttyS0 app=<x> lbaas.ip=100.64.3.9/24",
+                tap: "utb9",
+                ip: "100.64.3.9".parse().unwrap(),
+                console: Path::new("/s/vm-9.console.log"),
+            },
+        );
+        assert!(xml.contains("<name>ut-bk9</name>"), "{xml}");
+        assert!(
+            xml.contains("app=&lt;x&gt; lbaas.ip=100.64.3.9/24"),
+            "{xml}"
+        );
+        assert!(xml.contains("<target dev='utb9'/>"), "{xml}");
+        assert!(xml.contains("<mac address='52:54:00:40:03:09'/>"), "{xml}");
+        assert!(!xml.contains("<initrd>") && !xml.contains("<disk"), "{xml}");
     }
 
     #[test]

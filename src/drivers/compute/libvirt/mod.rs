@@ -31,6 +31,7 @@ use virt::error::ErrorNumber;
 
 use super::{ComputeDriver, ComputeError, ComputeWarnings, NodeObservation, NodeSpec};
 use crate::model::NodeId;
+pub(crate) use domain_xml::{backend_xml, BackendDomain, Boot};
 pub use domain_xml::{kvm_device_opens, xml_escape, DomainType, DomainTypeSetting};
 pub use probe::{decide, Decision, KvmHost, KVM_PROBE_DEADLINE};
 use probe::{DomainTypeCell, LibvirtKvmHost};
@@ -186,7 +187,7 @@ impl LibvirtCompute {
     /// connection dropped under it (libvirtd restarted) runs once more on a
     /// fresh one; other failures are not retried, so a VM that cannot be
     /// created is not tried twice.
-    fn with_connection<T>(
+    pub(crate) fn with_connection<T>(
         &self,
         node_id: NodeId,
         f: impl Fn(&Connect) -> Result<T, ComputeError>,
@@ -203,6 +204,19 @@ impl LibvirtCompute {
         let result = f(&conn);
         let _ = conn.close();
         result
+    }
+
+    /// The domain type every VM of this lbd gets (waits for the KVM probe).
+    /// Managed backend VMs (`drivers::backend::vm`) share it.
+    pub(crate) fn domain_type(&self) -> Result<DomainType, ComputeError> {
+        self.domain_type
+            .wait(PROBE_WAIT)
+            .map_err(|e| start_error(NodeId(0), e))
+    }
+
+    /// Start of every domain and tap name of this lbd.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.settings.prefix
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Connect>> {
@@ -341,7 +355,7 @@ impl LibvirtCompute {
         let boot = domain_xml::Boot {
             domain_type,
             kernel: &s.kernel,
-            initrd: &s.initrd,
+            initrd: Some(&s.initrd),
             memory_mib: s.memory_mib,
             vcpus: s.vcpus,
         };

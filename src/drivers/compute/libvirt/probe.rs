@@ -162,7 +162,7 @@ impl LibvirtKvmHost {
         let boot = Boot {
             domain_type: DomainType::Kvm,
             kernel: &self.kernel,
-            initrd: &self.initrd,
+            initrd: Some(&self.initrd),
             memory_mib: self.memory_mib,
             vcpus: 1,
         };
