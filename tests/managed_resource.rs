@@ -9,8 +9,7 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -99,17 +98,8 @@ fn managed(echo: &Echo, per_resource: Value, idle_timeout: u32) -> Value {
 
 /// One GET with an API key on a fresh connection: (status, headers, body).
 fn get(addr: SocketAddr, path: &str, key: &str) -> (u16, Vec<(String, String)>, String) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    common::backends::parse_response(&text)
+    let reply = common::l7::get(addr, path, &[("X-Api-Key", key)]);
+    (reply.status, reply.headers, reply.body)
 }
 
 /// The `key=value` fields of an echo answer.

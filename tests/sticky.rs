@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::l7::{get, Reply};
-use common::managed::{alive, backends, Reaper, Script};
+use common::managed::{alive, backends, http_instance, Reaper, Script};
 use common::{ready_line, wait_for, Lbd, TempDir};
 use serde_json::{json, Value};
 
@@ -99,19 +99,6 @@ fn create_project(lbd: &Lbd) {
     assert_eq!(s, 200, "{v}");
 }
 
-/// Creates instance `name` of `demo` with `backend` and returns its node's listener.
-fn instance(lbd: &Lbd, name: &str, backend: Value) -> SocketAddr {
-    let info = json!({"name": name, "project": "demo", "traffic_type": "http", "port": 8080,
-                      "backend": backend});
-    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
-    assert_eq!(s, 200, "{v}");
-    let info = lbd.wait_active("demo", name);
-    let address = info["nodes"][0]["address"]
-        .as_str()
-        .expect("a node address");
-    format!("{address}:8080").parse().unwrap()
-}
-
 /// The `name=value` pair a response's `Set-Cookie` for `name` carries.
 fn set_cookie(reply: &Reply, name: &str) -> Option<String> {
     reply
@@ -134,7 +121,7 @@ fn the_cookie_pins_a_client_and_fails_over_when_its_backend_dies() {
     create_project(&lbd);
     let mut pair = [Backend::start("a"), Backend::start("b")];
     let entities: Vec<String> = pair.iter().map(|b| b.addr.to_string()).collect();
-    let node = instance(
+    let node = http_instance(
         &lbd,
         "web",
         json!({"entities": entities, "sticky": {"cookie": "lbaas_sticky", "ttl": 600}}),
@@ -263,7 +250,7 @@ fn the_hash_form_pins_by_header() {
     create_project(&lbd);
     let pair = [Backend::start("a"), Backend::start("b")];
     let entities: Vec<String> = pair.iter().map(|b| b.addr.to_string()).collect();
-    let node = instance(
+    let node = http_instance(
         &lbd,
         "web",
         json!({"entities": entities, "sticky": {"hash": "header:X-User"}}),
@@ -290,7 +277,7 @@ fn a_managed_pool_pins_its_started_backends() {
     create_project(&lbd);
     let managed = json!({"compute": "process", "process": {"command": script.command()},
                          "port": 8000, "min": 2, "max": 2});
-    let node = instance(
+    let node = http_instance(
         &lbd,
         "app",
         json!({"managed": managed, "sticky": {"cookie": "app_pin"}}),

@@ -190,10 +190,16 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 /// Creates project `demo` and an HTTP instance whose default pool is `managed`;
 /// returns the address of its (first) node's listener.
 pub fn managed_instance(lbd: &Lbd, name: &str, managed: Value) -> SocketAddr {
+    http_instance(lbd, name, json!({"managed": managed}))
+}
+
+/// Creates project `demo` (unless it is there) and an HTTP instance on port
+/// 8080 with `backend`; returns the address of its (first) node's listener.
+pub fn http_instance(lbd: &Lbd, name: &str, backend: Value) -> SocketAddr {
     let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
     assert!(s == 200 || v.to_string().contains("exists"), "{v}");
     let info = json!({"name": name, "project": "demo", "traffic_type": "http", "port": 8080,
-                      "backend": {"managed": managed}});
+                      "backend": backend});
     let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
     assert_eq!(s, 200, "{v}");
     let info = lbd.wait_active("demo", name);
