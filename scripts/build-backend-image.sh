@@ -16,27 +16,17 @@
 # lbd's stop destroys it once the shutdown grace is over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DEBIAN_FRONTEND=noninteractive
+. scripts/image-lib.sh
+image_packages httpd
 
-need=()
-[ -x /bin/busybox ] && /bin/busybox --list | grep -qx httpd || need+=(busybox-static)
-ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
-command -v cpio >/dev/null 2>&1 || need+=(cpio)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
-kver=${kernel#/boot/vmlinuz-}
+image_kernel
 out=target/backend-image
 mkdir -p "$out"
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
 failover net_failover virtio_net"
 
-stamp=$( (cat "$kernel" "$0"; /bin/busybox --help | head -1) | sha256sum | cut -c1-16)
-if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] \
-   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ]; then
+stamp=$( (cat "$kernel" "$0" scripts/image-lib.sh; /bin/busybox --help | head -1) | sha256sum | cut -c1-16)
+if image_up_to_date "$out" "$stamp"; then
   echo "backend image up to date: $out"
   exit 0
 fi
@@ -44,13 +34,9 @@ fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,run,www,lib/modules}
-cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount ip insmod sleep cat echo mkdir ln httpd; do
-  ln -s busybox "$root/bin/$applet"
-done
-for m in $modules; do
-  cp "$(modinfo -k "$kver" -n "$m")" "$root/lib/modules/"
-done
+image_busybox "$root" sh mount ip insmod sleep cat echo mkdir ln httpd
+# shellcheck disable=SC2086 # one word per module
+image_modules "$root" $modules
 
 cat > "$root/init" <<INIT
 #!/bin/sh
@@ -85,7 +71,4 @@ done
 INIT
 chmod +x "$root/init"
 
-cp "$kernel" "$out/vmlinuz"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.cpio.gz"
-echo "$stamp" > "$out/stamp"
-echo "built $out/vmlinuz and $out/initramfs.cpio.gz ($(du -h "$out/initramfs.cpio.gz" | cut -f1)) from kernel $kver"
+image_pack "$root" "$out" "$stamp"

@@ -19,30 +19,20 @@
 # it) and its command line, so the console log shows what the guest got.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DEBIAN_FRONTEND=noninteractive
-
-need=()
-[ -x /bin/busybox ] && /bin/busybox --list | grep -qx ip || need+=(busybox-static)
-ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
-command -v cpio >/dev/null 2>&1 || need+=(cpio)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. scripts/image-lib.sh
+image_packages ip
 
 lb_node="${1:-}"
 if [ -z "$lb_node" ]; then
   cargo build --release --bin lb-node
   lb_node=target/release/lb-node
 fi
-kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
-kver=${kernel#/boot/vmlinuz-}
+image_kernel
 out=target/image
 mkdir -p "$out"
 
-stamp=$(cat "$lb_node" "$kernel" "$0" | sha256sum | cut -c1-16)
-if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] \
-   && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ]; then
+stamp=$(cat "$lb_node" "$kernel" "$0" scripts/image-lib.sh | sha256sum | cut -c1-16)
+if image_up_to_date "$out" "$stamp"; then
   echo "image up to date: $out"
   exit 0
 fi
@@ -50,16 +40,11 @@ fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,run,lib/modules,etc}
-cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount ip insmod sleep cat echo mkdir ln halt; do
-  ln -s busybox "$root/bin/$applet"
-done
+image_busybox "$root" sh mount ip insmod sleep cat echo mkdir ln halt
 
 # virtio NIC and disk and their dependencies, in load order.
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         failover net_failover virtio_net virtio_blk; do
-  cp "$(modinfo -k "$kver" -n "$m")" "$root/lib/modules/"
-done
+image_modules "$root" virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+  failover net_failover virtio_net virtio_blk
 
 # lb-node and the shared libraries it links.
 cp "$lb_node" "$root/bin/lb-node"
@@ -110,7 +95,4 @@ done
 INIT
 chmod +x "$root/init"
 
-cp "$kernel" "$out/vmlinuz"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.cpio.gz"
-echo "$stamp" > "$out/stamp"
-echo "built $out/vmlinuz and $out/initramfs.cpio.gz ($(du -h "$out/initramfs.cpio.gz" | cut -f1)) from kernel $kver"
+image_pack "$root" "$out" "$stamp"
