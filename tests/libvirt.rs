@@ -17,29 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backends::{http_get, HttpBackend};
-use common::{is_root, require, wait_for, Lbd};
+use common::{target_dir, vm_prerequisites_present, wait_for, Lbd};
 use serde_json::{json, Value};
-
-fn image_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image")
-}
-
-/// Root, a libvirtd that answers, and the node image; each missing one is
-/// reported by `require`.
-fn prerequisites_present() -> bool {
-    let libvirtd = || {
-        Command::new("virsh")
-            .args(["-c", "qemu:///system", "list"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    require("root (VMs attach to the netns driver's bridges)", is_root())
-        && require("a running libvirtd (virtlogd -d; libvirtd -d)", libvirtd())
-        && require(
-            "the node image (run scripts/build-image.sh)",
-            image_dir().join("initramfs.cpio.gz").exists(),
-        )
-}
 
 fn node_addr(node: &Value) -> SocketAddr {
     format!("{}:8080", node["address"].as_str().unwrap())
@@ -61,7 +40,7 @@ fn virsh(args: &[&str]) -> String {
 /// project `vm` and a backend on the host that its VMs reach at the
 /// project's gateway address.
 fn start(domain_type: Option<&str>) -> (Lbd, HttpBackend, Instant) {
-    let image = image_dir();
+    let image = target_dir("image");
     let mut args = vec![
         "--network",
         "netns",
@@ -240,7 +219,7 @@ fn assert_secret_hidden(lbd: &Lbd, node: &Value) {
 
 #[test]
 fn an_instance_on_vms_serves_fails_over_and_is_removed() {
-    if !prerequisites_present() {
+    if !vm_prerequisites_present() {
         return;
     }
     let (lbd, backend, _) = start(Some("qemu"));
@@ -289,7 +268,7 @@ fn an_instance_on_vms_serves_fails_over_and_is_removed() {
 /// VMs run under TCG and `info` says so.
 #[test]
 fn the_default_domain_type_serves_and_says_when_it_falls_back_to_tcg() {
-    if !prerequisites_present() {
+    if !vm_prerequisites_present() {
         return;
     }
     let (lbd, backend, started) = start(None);

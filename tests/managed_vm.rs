@@ -15,16 +15,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::Lbd;
+use common::{target_dir, Lbd};
 use serde_json::{json, Value};
-
-fn target_dir(name: &str) -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(name)
-}
 
 fn vm_template() -> Value {
     let image = target_dir("backend-image");
@@ -83,22 +75,11 @@ mod on_libvirt {
     use std::time::Duration;
 
     use common::managed::{backends, events_of, get, header};
-    use common::{is_root, require, wait_for};
+    use common::{require, vm_prerequisites_present, wait_for};
 
-    /// Root, a libvirtd that answers, the node image and the backend image.
+    /// What every VM test needs, and the backend image.
     fn prerequisites_present() -> bool {
-        let libvirtd = || {
-            Command::new("virsh")
-                .args(["-c", "qemu:///system", "list"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        require("root (VMs attach to the netns driver's bridges)", is_root())
-            && require("a running libvirtd (virtlogd -d; libvirtd -d)", libvirtd())
-            && require(
-                "the node image (run scripts/build-image.sh)",
-                target_dir("image").join("initramfs.cpio.gz").exists(),
-            )
+        vm_prerequisites_present()
             && require(
                 "the backend image (run scripts/build-backend-image.sh)",
                 target_dir("backend-image")

@@ -552,6 +552,30 @@ pub fn require(what: &str, present: bool) -> bool {
 }
 
 /// Whether the tests run as root (netns tests need it).
+/// A directory of the build's `target/` (VM images live there).
+pub fn target_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name)
+}
+
+/// Root, a libvirtd that answers, and the LB-node image: what every VM test
+/// needs; each missing one is reported by `require`.
+pub fn vm_prerequisites_present() -> bool {
+    let libvirtd = || {
+        Command::new("virsh")
+            .args(["-c", "qemu:///system", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    require("root (VMs attach to the netns driver's bridges)", is_root())
+        && require("a running libvirtd (virtlogd -d; libvirtd -d)", libvirtd())
+        && require(
+            "the node image (run scripts/build-image.sh)",
+            target_dir("image").join("initramfs.cpio.gz").exists(),
+        )
+}
+
 pub fn is_root() -> bool {
     #[allow(unsafe_code)]
     // SAFETY: geteuid(2) has no preconditions.
