@@ -16,13 +16,15 @@ bound). Every process it starts is ended by PID when it finishes.
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+import benchlib
+from benchlib import stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # LB_NODE=path measures another build (an A/B run against an older commit).
@@ -48,16 +50,6 @@ def start(cmd, **kw):
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
     procs.append(p)
     return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def wait_port(port, timeout=10.0):
@@ -100,20 +92,7 @@ def children(pid):
 
 
 def wrk(port, threads=1):
-    pids_note = None
-    cmd = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", f"http://127.0.0.1:{port}/"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-    def pct(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
-        v, unit = float(m.group(1)), m.group(2)
-        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non_2xx": int(errors.group(1)) if errors else 0,
-            "socket_errors": socket_errors.group(1) if socket_errors else "", "_": pids_note}
+    return benchlib.wrk(f"http://127.0.0.1:{port}/", CONNECTIONS, DURATION, threads)
 
 
 def measure_http(name, port, pids):
@@ -121,7 +100,6 @@ def measure_http(name, port, pids):
     t0 = time.time()
     r = wrk(port)
     elapsed = time.time() - t0
-    r.pop("_")
     r["cpu_percent"] = round(100 * (cpu_seconds(pids) - before) / elapsed, 1) if pids else None
     print(f"  {name:<28} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_percent']}%", flush=True)
     return r
