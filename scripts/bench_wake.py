@@ -27,7 +27,6 @@ API first, which stops their nodes and backends).
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+import benchlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # BENCH_BIN_DIR=target/debug measures a debug build (quick checks only).
@@ -95,16 +96,6 @@ http {{
 """
 
 procs = []
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 class Lbd:
@@ -217,12 +208,7 @@ def wait_gone(lbd, names):
 
 
 def wrk(addr):
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", f"http://{addr[0]}:{addr[1]}/"],
-                         capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    raise SystemExit(f"no Requests/sec in wrk output:\n{out}")
+    return benchlib.wrk(f"http://{addr[0]}:{addr[1]}/", CONNECTIONS, DURATION)["rps"]
 
 
 def warm_throughput(lbd, work):
@@ -237,11 +223,14 @@ def warm_throughput(lbd, work):
     plain = subprocess.Popen([nginx, "-c", plain_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(plain)
     # The managed nginx gets its own config, written by the backend's
-    # command from the template with its address and port.
+    # command from the template with its address and port. No `exec`: nginx
+    # writes its process title over its environment, where lbd's marker of
+    # its backends is, so the shell stays the process lbd knows (a stop
+    # signals the whole group, nginx too).
     render = (f"python3 -c \"import sys; t=open('{conf}').read(); "
               f"open('{work}/nginx-' + sys.argv[1] + '.conf','w').write(t.format(dir='{work}', "
               f"name=sys.argv[1], listen=sys.argv[1] + ':' + sys.argv[2]))\" {{address}} {{port}} "
-              f"&& exec {nginx} -c {work}/nginx-{{address}}.conf")
+              f"&& {nginx} -c {work}/nginx-{{address}}.conf")
     plain_lb = lbd.create("plain", {"entities": [
         {"address": f"127.0.0.1:{PLAIN_BACKEND}", "weight": 1}]})
     warm_lb = lbd.create("warm", {"managed": {
@@ -257,6 +246,8 @@ def warm_throughput(lbd, work):
         p = wrk(plain_lb)
         w = wrk(warm_lb)
         pairs.append((p, w, w / p))
+    running = [(b["address"], b["state"]) for b in lbd.instance("warm").get("backends", [])]
+    print(f"warm pool's backends after the runs: {running}", flush=True)
     return pairs
 
 
@@ -304,7 +295,7 @@ def main():
                     pass
             wait_gone(lbd, ("wake", "warm", "plain"))
         for p in reversed(procs):
-            stop(p)
+            benchlib.stop(p, grace=10)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
 
