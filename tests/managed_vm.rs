@@ -71,7 +71,6 @@ fn an_lbd_without_vms_refuses_a_vm_pool_and_stores_nothing() {
 mod on_libvirt {
     use super::*;
     use std::net::SocketAddr;
-    use std::process::Command;
     use std::time::Duration;
 
     use common::managed::{backends, events_of, get, header};
