@@ -72,6 +72,7 @@ pub async fn run(
         rate_limiter,
         compute_warnings: drivers.compute_warnings.clone(),
         runs_vm_backends: drivers.runs_vm_backends,
+        backend_image_dirs: config.backend_image_dirs(&state_dir).into(),
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");

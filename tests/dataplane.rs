@@ -294,7 +294,9 @@ fn answer_once_then_reset(conn: TcpStream, log: &std::sync::Mutex<Vec<String>>) 
         // lb-node's health checks (`GET /`) are always answered.
         let is_check = request_line.starts_with("GET / ");
         if !is_check {
-            log.lock().unwrap().push(request_line.trim_end().to_string());
+            log.lock()
+                .unwrap()
+                .push(request_line.trim_end().to_string());
         }
         if is_check || !answered {
             answered |= !is_check;

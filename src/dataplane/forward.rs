@@ -292,8 +292,11 @@ async fn forward(
     let c = &member.counters;
     c.requests.fetch_add(1, Relaxed);
     c.active.fetch_add(1, Relaxed);
-    let result =
-        tokio::time::timeout(client.first_byte, client.pool.send(member.address, req, fresh)).await;
+    let result = tokio::time::timeout(
+        client.first_byte,
+        client.pool.send(member.address, req, fresh),
+    )
+    .await;
     c.active.fetch_sub(1, Relaxed);
     let (resend, reason) = match result {
         Ok(Ok(resp)) => {

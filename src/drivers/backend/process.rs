@@ -104,7 +104,9 @@ impl ProcessBackends {
                     .parse()
                     .ok()?;
                 let record = PidRecord::read(&self.pid_file(id))?;
-                record.is_backend(id, &self.owner).then_some((id, record.pid))
+                record
+                    .is_backend(id, &self.owner)
+                    .then_some((id, record.pid))
             })
             .collect()
     }
