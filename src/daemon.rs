@@ -277,6 +277,7 @@ impl Background {
                 crate::managed::ManagerSettings {
                     node_admin_port: config.node_admin_port,
                     lifetime_retention_s: config.events_retention,
+                    replace_drain: Duration::from_secs(config.drain_timeout),
                 },
             )
             .with_nodes_serving(nodes_serving)
