@@ -16,6 +16,7 @@ pub mod node;
 pub mod policy;
 pub mod project;
 pub mod scaling;
+pub mod smtp;
 pub mod schemas;
 pub mod status;
 pub mod sticky;

@@ -6,6 +6,7 @@
 pub mod auth_service;
 pub mod backends;
 pub mod l7;
+pub mod mail_sink;
 pub mod managed;
 pub mod node;
 pub mod redis;
