@@ -47,7 +47,13 @@ fn smtp_instance(lbd: &Lbd, name: &str, backend: SocketAddr, extra: Value) -> So
 }
 
 /// smtplib sends `message` `count` times; its JSON report.
-fn send(addr: SocketAddr, message: &[u8], to: &[&str], login: Option<(&str, &str)>, count: u32) -> Value {
+fn send(
+    addr: SocketAddr,
+    message: &[u8],
+    to: &[&str],
+    login: Option<(&str, &str)>,
+    count: u32,
+) -> Value {
     let dir = TempDir::new("smtp-msg");
     let file = dir.0.join("message.eml");
     std::fs::write(&file, message).unwrap();
@@ -91,7 +97,8 @@ struct Raw {
 impl Raw {
     fn connect(addr: SocketAddr) -> Raw {
         let conn = TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         let mut raw = Raw {
             reader: BufReader::new(conn.try_clone().unwrap()),
             writer: conn,
@@ -139,14 +146,31 @@ fn smtplib_delivers_the_exact_message_and_envelope_without_auth() {
     }
     let lbd = Lbd::start();
     let sink = MailSink::start();
-    let addr = smtp_instance(&lbd, "mail", sink.addr(), json!({"smtp": {"deliver_path": "/in/mail"}}));
-    let report = send(addr, MESSAGE, &["bob@rcpt.test", "carol@rcpt.test"], None, 1);
+    let addr = smtp_instance(
+        &lbd,
+        "mail",
+        sink.addr(),
+        json!({"smtp": {"deliver_path": "/in/mail"}}),
+    );
+    let report = send(
+        addr,
+        MESSAGE,
+        &["bob@rcpt.test", "carol@rcpt.test"],
+        None,
+        1,
+    );
     assert_eq!(failure(&report), (String::new(), 0), "{report}");
     let got = sink.wait_for(1).remove(0);
-    assert_eq!((got.method.as_str(), got.path.as_str()), ("POST", "/in/mail"));
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str()),
+        ("POST", "/in/mail")
+    );
     assert_eq!(got.body, MESSAGE, "{}", String::from_utf8_lossy(&got.body));
     assert_eq!(got.header("x-smtp-mail-from"), Some("ann@sender.test"));
-    assert_eq!(got.header("x-smtp-rcpt-to"), Some("bob@rcpt.test,carol@rcpt.test"));
+    assert_eq!(
+        got.header("x-smtp-rcpt-to"),
+        Some("bob@rcpt.test,carol@rcpt.test")
+    );
     assert_eq!(got.header("x-smtp-helo"), Some("client.test"));
     assert_eq!(got.header("x-smtp-client-ip"), Some("127.0.0.1"));
     assert_eq!(got.header("x-auth-token"), None);
@@ -156,7 +180,10 @@ fn smtplib_delivers_the_exact_message_and_envelope_without_auth() {
     assert_eq!(info["smtp"]["deliver_path"], "/in/mail");
     assert_eq!(info["smtp"]["max_message_bytes"], 10 * 1024 * 1024);
     assert_eq!(info["smtp"]["idle_timeout"], 300);
-    assert!(info["url"].as_str().unwrap().starts_with("smtp://"), "{info}");
+    assert!(
+        info["url"].as_str().unwrap().starts_with("smtp://"),
+        "{info}"
+    );
 }
 
 #[test]
@@ -173,7 +200,13 @@ fn basic_users_log_in_a_bad_password_gets_535_and_the_token_travels() {
     // Without logging in, MAIL is refused.
     let anonymous = send(addr, MESSAGE, &["bob@rcpt.test"], None, 1);
     assert_eq!(failure(&anonymous), ("mail".into(), 530), "{anonymous}");
-    let good = send(addr, MESSAGE, &["bob@rcpt.test"], Some(("ann", "ann-password-1")), 1);
+    let good = send(
+        addr,
+        MESSAGE,
+        &["bob@rcpt.test"],
+        Some(("ann", "ann-password-1")),
+        1,
+    );
     assert_eq!(failure(&good), (String::new(), 0), "{good}");
     assert_eq!(good["replies"][0], json!(["login", 235]));
     let got = sink.wait_for(1);
@@ -194,16 +227,31 @@ fn the_auth_service_is_asked_with_protocol_smtp() {
     let sink = MailSink::start();
     let auth = json!({"mode": "service", "url": service.url()});
     let addr = smtp_instance(&lbd, "mail", sink.addr(), json!({"auth": auth}));
-    let bad = send(addr, MESSAGE, &["bob@rcpt.test"], Some(("alice", "nope")), 1);
+    let bad = send(
+        addr,
+        MESSAGE,
+        &["bob@rcpt.test"],
+        Some(("alice", "nope")),
+        1,
+    );
     assert_eq!(failure(&bad), ("login".into(), 535), "{bad}");
-    let good = send(addr, MESSAGE, &["bob@rcpt.test"], Some(("alice", "wonderland")), 1);
+    let good = send(
+        addr,
+        MESSAGE,
+        &["bob@rcpt.test"],
+        Some(("alice", "wonderland")),
+        1,
+    );
     assert_eq!(failure(&good), (String::new(), 0), "{good}");
     let last = &service.calls()["last"];
     assert_eq!(last["protocol"], "smtp", "{last}");
     assert_eq!(last["username"], "alice");
     assert_eq!(last["method"], "POST");
     assert_eq!(last["uri"], "/messages");
-    assert_eq!(sink.wait_for(1)[0].header("x-auth-token"), Some("tok-alice"));
+    assert_eq!(
+        sink.wait_for(1)[0].header("x-auth-token"),
+        Some("tok-alice")
+    );
 }
 
 #[test]
@@ -247,12 +295,37 @@ fn a_rate_limited_sender_gets_451_per_client_ip_and_per_auth_token() {
         {"name": "ann", "password": "ann-password-1"},
         {"name": "bob", "password": "bob-password-1"}]});
     let limits = json!([{"name": "per-user", "key": "auth_token", "period": 3600, "threshold": 2}]);
-    let addr = smtp_instance(&lbd, "mail", sink.addr(), json!({"auth": users, "rate_limits": limits}));
-    let ann = send(addr, MESSAGE, &["x@rcpt.test"], Some(("ann", "ann-password-1")), 3);
+    let addr = smtp_instance(
+        &lbd,
+        "mail",
+        sink.addr(),
+        json!({"auth": users, "rate_limits": limits}),
+    );
+    let ann = send(
+        addr,
+        MESSAGE,
+        &["x@rcpt.test"],
+        Some(("ann", "ann-password-1")),
+        3,
+    );
     assert_eq!(failure(&ann), ("data".into(), 451), "{ann}");
-    assert_eq!(ann["replies"].as_array().unwrap().len(), 3, "login and two sends: {ann}");
-    let bob = send(addr, MESSAGE, &["x@rcpt.test"], Some(("bob", "bob-password-1")), 1);
-    assert_eq!(failure(&bob), (String::new(), 0), "another user has his own count: {bob}");
+    assert_eq!(
+        ann["replies"].as_array().unwrap().len(),
+        3,
+        "login and two sends: {ann}"
+    );
+    let bob = send(
+        addr,
+        MESSAGE,
+        &["x@rcpt.test"],
+        Some(("bob", "bob-password-1")),
+        1,
+    );
+    assert_eq!(
+        failure(&bob),
+        (String::new(), 0),
+        "another user has his own count: {bob}"
+    );
     assert_eq!(sink.wait_for(3).len(), 3);
 
     let per_ip = json!([{"name": "per-ip", "key": "client_ip", "period": 3600, "threshold": 1}]);
@@ -264,8 +337,16 @@ fn a_rate_limited_sender_gets_451_per_client_ip_and_per_auth_token() {
     assert_eq!(raw.codes(4), [250, 250, 250, 354]);
     raw.write(b"x\r\n.\r\n");
     let (code, text) = raw.reply();
-    assert_eq!((code, text[0].starts_with("4.7.1")), (451, true), "{text:?}");
-    assert_eq!(sink.deliveries().len(), 4, "limited messages never reach the backend");
+    assert_eq!(
+        (code, text[0].starts_with("4.7.1")),
+        (451, true),
+        "{text:?}"
+    );
+    assert_eq!(
+        sink.deliveries().len(),
+        4,
+        "limited messages never reach the backend"
+    );
 }
 
 #[test]
@@ -275,8 +356,17 @@ fn an_oversize_message_gets_552_by_size_or_by_data() {
     }
     let lbd = Lbd::start();
     let sink = MailSink::start();
-    let addr = smtp_instance(&lbd, "mail", sink.addr(), json!({"smtp": {"max_message_bytes": 2048}}));
-    let big: Vec<u8> = [&b"Subject: big\r\n\r\n"[..], &b"0123456789abcdef\r\n".repeat(200)].concat();
+    let addr = smtp_instance(
+        &lbd,
+        "mail",
+        sink.addr(),
+        json!({"smtp": {"max_message_bytes": 2048}}),
+    );
+    let big: Vec<u8> = [
+        &b"Subject: big\r\n\r\n"[..],
+        &b"0123456789abcdef\r\n".repeat(200),
+    ]
+    .concat();
     // smtplib announces SIZE=, which MAIL FROM refuses.
     let r = send(addr, &big, &["bob@rcpt.test"], None, 1);
     assert_eq!(failure(&r), ("mail".into(), 552), "{r}");
@@ -292,7 +382,10 @@ fn an_oversize_message_gets_552_by_size_or_by_data() {
     raw.write(&big);
     raw.write(b".\r\nNOOP\r\n");
     let (code, text) = raw.reply();
-    assert_eq!((code, text[0].as_str()), (552, "5.3.4 Message size exceeds fixed maximum message size"));
+    assert_eq!(
+        (code, text[0].as_str()),
+        (552, "5.3.4 Message size exceeds fixed maximum message size")
+    );
     assert_eq!(raw.codes(1), [250], "NOOP after the refusal");
     assert!(sink.deliveries().is_empty());
 }
@@ -301,7 +394,12 @@ fn an_oversize_message_gets_552_by_size_or_by_data() {
 fn pipelined_commands_are_answered_in_order() {
     let lbd = Lbd::start();
     let sink = MailSink::start();
-    let addr = smtp_instance(&lbd, "mail", sink.addr(), json!({"smtp": {"max_recipients": 2}}));
+    let addr = smtp_instance(
+        &lbd,
+        "mail",
+        sink.addr(),
+        json!({"smtp": {"max_recipients": 2}}),
+    );
     let mut raw = Raw::connect(addr);
     raw.write(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<bad>\r\nRCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\nNOOP\r\nDATA\r\n");
     let (code, ehlo) = raw.reply();
@@ -309,7 +407,10 @@ fn pipelined_commands_are_answered_in_order() {
     for ext in ["PIPELINING", "8BITMIME", "SIZE 10485760"] {
         assert!(ehlo.contains(&ext.to_string()), "{ext}: {ehlo:?}");
     }
-    assert!(!ehlo.iter().any(|l| l.starts_with("AUTH")), "no auth configured: {ehlo:?}");
+    assert!(
+        !ehlo.iter().any(|l| l.starts_with("AUTH")),
+        "no auth configured: {ehlo:?}"
+    );
     assert_eq!(raw.codes(7), [250, 250, 501, 250, 452, 250, 354]);
     raw.write(b"Subject: p\r\n\r\n..\r\n.\r\nRSET\r\nMAIL FROM:<>\r\nQUIT\r\n");
     assert_eq!(raw.codes(4), [250, 250, 250, 221]);
@@ -339,12 +440,16 @@ fn long_lines_and_bad_commands_are_capped_and_idle_clients_are_closed() {
     // A client that says nothing is told so after idle_timeout, and closed.
     let mut idle = Raw::connect(addr);
     let (code, text) = idle.reply();
-    assert_eq!((code, text[0].as_str()), (421, "4.4.2 Idle timeout, closing connection"));
+    assert_eq!(
+        (code, text[0].as_str()),
+        (421, "4.4.2 Idle timeout, closing connection")
+    );
     assert!(idle.closed());
 }
 
 fn instances(lbd: &Lbd) -> Value {
-    let (s, v) = lbd.api(&json!({"action": "info", "type": "instance", "info": {"project": "demo"}}));
+    let (s, v) =
+        lbd.api(&json!({"action": "info", "type": "instance", "info": {"project": "demo"}}));
     assert_eq!(s, 200, "{v}");
     v
 }
@@ -353,7 +458,12 @@ fn instances(lbd: &Lbd) -> Value {
 fn bad_smtp_input_is_refused_with_its_code_and_the_store_is_unchanged() {
     let lbd = Lbd::start();
     let sink = MailSink::start();
-    smtp_instance(&lbd, "mail", sink.addr(), json!({"smtp": {"max_recipients": 7}}));
+    smtp_instance(
+        &lbd,
+        "mail",
+        sink.addr(),
+        json!({"smtp": {"max_recipients": 7}}),
+    );
     let before = instances(&lbd);
     let backend = sink.addr().to_string();
     let create = |traffic: &str, extra: Value| {
@@ -366,37 +476,166 @@ fn bad_smtp_input_is_refused_with_its_code_and_the_store_is_unchanged() {
     };
     let cases = [
         ("http", json!({"smtp": {}}), 422, "smtp_not_allowed"),
-        ("smtp", json!({"smtp": {"max_recipients": 0}}), 422, "invalid_smtp_limit"),
-        ("smtp", json!({"smtp": {"idle_timeout": 100000}}), 422, "invalid_smtp_limit"),
-        ("smtp", json!({"smtp": {"deliver_path": "in"}}), 422, "invalid_smtp_deliver_path"),
-        ("smtp", json!({"smtp": {"deliver": "/in"}}), 400, "unknown_field"),
-        ("smtp", json!({"rules": [{"name": "r", "action": {"reject": 403}}]}), 400, "invalid_field"),
-        ("smtp", json!({"auth": {"mode": "api_key", "keys": [{"name": "k", "key": "key-0123456789"}]}}), 422, "invalid_smtp_auth"),
+        (
+            "smtp",
+            json!({"smtp": {"max_recipients": 0}}),
+            422,
+            "invalid_smtp_limit",
+        ),
+        (
+            "smtp",
+            json!({"smtp": {"idle_timeout": 100000}}),
+            422,
+            "invalid_smtp_limit",
+        ),
+        (
+            "smtp",
+            json!({"smtp": {"deliver_path": "in"}}),
+            422,
+            "invalid_smtp_deliver_path",
+        ),
+        (
+            "smtp",
+            json!({"smtp": {"deliver": "/in"}}),
+            400,
+            "unknown_field",
+        ),
+        (
+            "smtp",
+            json!({"rules": [{"name": "r", "action": {"reject": 403}}]}),
+            400,
+            "invalid_field",
+        ),
+        (
+            "smtp",
+            json!({"auth": {"mode": "api_key", "keys": [{"name": "k", "key": "key-0123456789"}]}}),
+            422,
+            "invalid_smtp_auth",
+        ),
     ];
     for (traffic, extra, status, code) in cases {
         let (s, v) = create(traffic, extra.clone());
-        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{extra}: {v}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{extra}: {v}"
+        );
     }
     let update = |smtp: Value| {
         lbd.api(&json!({"action": "update", "type": "instance",
                         "info": {"project": "demo", "name": "mail", "smtp": smtp}}))
     };
     let (s, v) = update(json!({"deliver_path": "/a b"}));
-    assert_eq!((s, v["error"]["code"].as_str()), (422, Some("invalid_smtp_deliver_path")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid_smtp_deliver_path")),
+        "{v}"
+    );
     let (s, v) = update(json!({"max_line_length": 10}));
-    assert_eq!((s, v["error"]["code"].as_str()), (422, Some("invalid_smtp_limit")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid_smtp_limit")),
+        "{v}"
+    );
     let strip = |mut v: Value| {
         for i in v["info"].as_array_mut().into_iter().flatten() {
-            for volatile in ["nodes", "events", "samples", "operating_status", "updated_at"] {
+            for volatile in [
+                "nodes",
+                "events",
+                "samples",
+                "operating_status",
+                "updated_at",
+            ] {
                 i.as_object_mut().unwrap().remove(volatile);
             }
         }
         v
     };
-    assert_eq!(strip(instances(&lbd)), strip(before), "the store is unchanged");
+    assert_eq!(
+        strip(instances(&lbd)),
+        strip(before),
+        "the store is unchanged"
+    );
     // A good update replaces only what it names.
     let (s, v) = update(json!({"idle_timeout": 60}));
     assert_eq!(s, 200, "{v}");
     let smtp = &lbd.instance("demo", "mail")["smtp"];
-    assert_eq!((smtp["idle_timeout"].as_u64(), smtp["max_recipients"].as_u64()), (Some(60), Some(7)));
+    assert_eq!(
+        (
+            smtp["idle_timeout"].as_u64(),
+            smtp["max_recipients"].as_u64()
+        ),
+        (Some(60), Some(7))
+    );
+}
+
+#[test]
+fn lbctl_creates_and_updates_an_smtp_instance_with_its_flags() {
+    let lbd = Lbd::start();
+    let sink = MailSink::start();
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    let backend = sink.addr().to_string();
+    lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "mail",
+        "--project",
+        "demo",
+        "--type",
+        "smtp",
+        "--port",
+        "2525",
+        "--backend",
+        &backend,
+        "--smtp-deliver-path",
+        "/in",
+        "--smtp-max-recipients",
+        "5",
+        "--smtp-max-message-bytes",
+        "4096",
+    ]);
+    let smtp = &lbd.instance("demo", "mail")["smtp"];
+    assert_eq!(smtp["deliver_path"], "/in");
+    assert_eq!(
+        (
+            smtp["max_recipients"].as_u64(),
+            smtp["max_message_bytes"].as_u64()
+        ),
+        (Some(5), Some(4096))
+    );
+    let table = lbd.lbctl_ok(&["instance", "info", "mail", "--project", "demo"]);
+    assert!(table.contains("POST /in, 4096 bytes, 5 rcpt"), "{table}");
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "mail",
+        "--project",
+        "demo",
+        "--smtp-idle-timeout",
+        "30",
+    ]);
+    lbd.wait_active("demo", "mail");
+    let smtp = &lbd.instance("demo", "mail")["smtp"];
+    assert_eq!(
+        (
+            smtp["idle_timeout"].as_u64(),
+            smtp["max_recipients"].as_u64()
+        ),
+        (Some(30), Some(5))
+    );
+    // A bad value is lbd's refusal, with its code.
+    let out = lbd.lbctl(&[
+        "instance",
+        "update",
+        "mail",
+        "--project",
+        "demo",
+        "--smtp-max-line-length",
+        "10",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_smtp_limit"),
+        "{out:?}"
+    );
 }

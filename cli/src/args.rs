@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub mod managed;
+pub mod smtp;
 pub mod sticky;
 pub use managed::ManagedArgs;
+pub use smtp::SmtpArgs;
 pub use sticky::StickyArgs;
 
 #[derive(Debug, Parser)]
@@ -387,30 +389,6 @@ pub struct TuningArgs {
     /// PROXY protocol header towards the backends (tcp only).
     #[arg(long, value_name = "VERSION", value_parser = model_enum::<ProxyProtocol>())]
     pub proxy_protocol: Option<ProxyProtocol>,
-}
-
-/// The `smtp` object of an smtp instance (`--type smtp`); on update, given
-/// flags replace the stored values.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct SmtpArgs {
-    /// Path each message is POSTed to on the backends [default: /messages].
-    #[arg(long, value_name = "PATH")]
-    pub smtp_deliver_path: Option<String>,
-    /// Largest message in bytes; larger ones get 552 [default: 10485760].
-    #[arg(long, value_name = "BYTES")]
-    pub smtp_max_message_bytes: Option<u64>,
-    /// RCPT TO accepted per message [default: 100].
-    #[arg(long, value_name = "N")]
-    pub smtp_max_recipients: Option<u32>,
-    /// Seconds to wait for a command or message data [default: 300].
-    #[arg(long, value_name = "S")]
-    pub smtp_idle_timeout: Option<u32>,
-    /// Longest command line in bytes, CRLF included [default: 4096].
-    #[arg(long, value_name = "BYTES")]
-    pub smtp_max_line_length: Option<u32>,
-    /// Bad commands before the connection is closed [default: 10].
-    #[arg(long, value_name = "N")]
-    pub smtp_max_bad_commands: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,8 +17,7 @@ use serde_json::Value;
 
 use crate::args::{
     BackendArg, Command, CreateArgs, HealthArgs, InstanceCmd, ProjectCmd, ScalingArgs, SmtpArgs,
-    TuningArgs,
-    UpdateArgs, WaitArgs,
+    TuningArgs, UpdateArgs, WaitArgs,
 };
 use crate::client::{ApiClient, ClientError, Reply};
 
@@ -394,7 +393,9 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
 fn smtp_spec(a: &SmtpArgs) -> Option<lbaas::model::smtp::SmtpSpec> {
     given(lbaas::model::smtp::SmtpSpec {
         deliver_path: a.smtp_deliver_path.clone(),
-        max_message_bytes: a.smtp_max_message_bytes.map(|n| n.min(i64::MAX as u64) as i64),
+        max_message_bytes: a
+            .smtp_max_message_bytes
+            .map(|n| n.min(i64::MAX as u64) as i64),
         max_recipients: a.smtp_max_recipients.map(i64::from),
         idle_timeout: a.smtp_idle_timeout.map(i64::from),
         max_line_length: a.smtp_max_line_length.map(i64::from),

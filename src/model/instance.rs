@@ -396,9 +396,7 @@ impl InstanceCreate {
         };
         let health_check = health_check(self.backend.health_check.as_ref(), backend_traffic)?;
         let managed = default_managed(self.backend.managed.as_ref(), &backends, self.traffic_type)?;
-        let policy = self
-            .policy_spec()
-            .validate(backend_traffic, port, hasher)?;
+        let policy = self.policy_spec().validate(backend_traffic, port, hasher)?;
         let smtp = crate::model::smtp::for_instance(
             self.traffic_type,
             self.smtp.as_ref(),

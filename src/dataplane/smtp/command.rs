@@ -12,8 +12,13 @@ pub type Mailbox = String;
 pub enum Command {
     Helo(String),
     Ehlo(String),
-    Mail { from: Mailbox, size: Option<u64> },
-    Rcpt { to: Mailbox },
+    Mail {
+        from: Mailbox,
+        size: Option<u64>,
+    },
+    Rcpt {
+        to: Mailbox,
+    },
     Data,
     Rset,
     Noop,
@@ -69,9 +74,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
 }
 
 fn domain(rest: &str) -> Result<String, Reply> {
-    let ok = !rest.is_empty()
-        && rest.len() <= 255
-        && rest.bytes().all(|b| b.is_ascii_graphic());
+    let ok = !rest.is_empty() && rest.len() <= 255 && rest.bytes().all(|b| b.is_ascii_graphic());
     if ok {
         Ok(rest.to_string())
     } else {
@@ -128,7 +131,9 @@ fn path_after<'a>(
 ) -> Result<(Mailbox, impl Iterator<Item = &'a str>), Reply> {
     let head = rest.get(..keyword.len()).unwrap_or("");
     if !head.eq_ignore_ascii_case(keyword) {
-        return Err(reply::syntax("Expected MAIL FROM:<address> or RCPT TO:<address>"));
+        return Err(reply::syntax(
+            "Expected MAIL FROM:<address> or RCPT TO:<address>",
+        ));
     }
     let after = rest[keyword.len()..].trim_start();
     let inner = after
@@ -191,7 +196,10 @@ mod tests {
 
     #[test]
     fn commands_are_case_insensitive_and_take_their_arguments() {
-        assert_eq!(ok("ehlo client.example"), Command::Ehlo("client.example".into()));
+        assert_eq!(
+            ok("ehlo client.example"),
+            Command::Ehlo("client.example".into())
+        );
         assert_eq!(ok("HELO [127.0.0.1]"), Command::Helo("[127.0.0.1]".into()));
         assert_eq!(
             ok("MAIL FROM:<a@b.example> SIZE=1200 BODY=8BITMIME"),

@@ -151,9 +151,15 @@ mod tests {
     async fn command_lines_are_capped() {
         let input = b"NOOP\r\nAAAAAAAAAAAAAAAAAAAA\r\nQUIT\n";
         let mut r = &input[..];
-        assert_eq!(read_line(&mut r, 10).await.unwrap(), Line::Line(b"NOOP".to_vec()));
+        assert_eq!(
+            read_line(&mut r, 10).await.unwrap(),
+            Line::Line(b"NOOP".to_vec())
+        );
         assert_eq!(read_line(&mut r, 10).await.unwrap(), Line::TooLong);
-        assert_eq!(read_line(&mut r, 10).await.unwrap(), Line::Line(b"QUIT".to_vec()));
+        assert_eq!(
+            read_line(&mut r, 10).await.unwrap(),
+            Line::Line(b"QUIT".to_vec())
+        );
         assert_eq!(read_line(&mut r, 10).await.unwrap(), Line::Closed);
         let mut partial = &b"NOO"[..];
         assert_eq!(read_line(&mut partial, 10).await.unwrap(), Line::Closed);

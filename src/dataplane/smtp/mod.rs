@@ -222,8 +222,7 @@ async fn converse(
                             upstream: &upstream,
                             ..client
                         };
-                        deliver::deliver(&client, &smtp.deliver_path, &env, Bytes::from(body))
-                            .await
+                        deliver::deliver(&client, &smtp.deliver_path, &env, Bytes::from(body)).await
                     }
                 };
                 // No backend: the service is not available (§3.8).
@@ -263,9 +262,10 @@ async fn starttls(mut conn: Conn, tls: TlsConfig) -> std::io::Result<Conn> {
     };
     let (idle, max_line) = (conn.idle, conn.max_line);
     let plain = conn.io.into_inner();
-    let accepted = tokio::time::timeout(idle, tokio_rustls::TlsAcceptor::from(config).accept(plain))
-        .await
-        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+    let accepted =
+        tokio::time::timeout(idle, tokio_rustls::TlsAcceptor::from(config).accept(plain))
+            .await
+            .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
     Ok(Conn {
         io: BufReader::new(Box::new(accepted)),
         out: Vec::new(),

@@ -117,7 +117,11 @@ pub fn no_backend() -> Reply {
 }
 
 pub fn message_too_big() -> Reply {
-    Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size")
+    Reply::new(
+        552,
+        "5.3.4",
+        "Message size exceeds fixed maximum message size",
+    )
 }
 
 pub fn auth_required() -> Reply {
@@ -167,7 +171,10 @@ mod tests {
             String::from_utf8(r.to_bytes()).unwrap(),
             "250-a\r\n250-SIZE 10\r\n250 PIPELINING\r\n"
         );
-        assert_eq!(rate_limited().to_bytes(), b"451 4.7.1 Rate limit exceeded, try again later\r\n");
+        assert_eq!(
+            rate_limited().to_bytes(),
+            b"451 4.7.1 Rate limit exceeded, try again later\r\n"
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub enum Step {
     /// Reply, then close.
     Close(Reply),
     /// Ask the auth stage, then give its outcome to [`Session::authenticated`].
-    Authenticate { user: String, password: String },
+    Authenticate {
+        user: String,
+        password: String,
+    },
     /// Send the 354, read the message, then call [`Session::end_data`].
     Data(Reply),
     /// Send `220 2.0.0 Ready to start TLS`, upgrade, then call
@@ -55,7 +58,9 @@ pub struct Envelope {
 /// The auth stage's answer about a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthResult {
-    Granted { auth_token: Option<String> },
+    Granted {
+        auth_token: Option<String>,
+    },
     Refused,
     /// The auth service could not decide (`failure: deny`).
     Unavailable,
@@ -67,7 +72,9 @@ enum Pending {
     Plain,
     /// `AUTH LOGIN`: the user name, then the password.
     LoginUser,
-    LoginPassword { user: String },
+    LoginPassword {
+        user: String,
+    },
 }
 
 #[derive(Debug)]
@@ -370,12 +377,19 @@ mod tests {
             panic!()
         };
         let text = String::from_utf8(ehlo.to_bytes()).unwrap();
-        assert!(text.contains("250-SIZE 1000\r\n") && text.contains("PIPELINING"), "{text}");
+        assert!(
+            text.contains("250-SIZE 1000\r\n") && text.contains("PIPELINING"),
+            "{text}"
+        );
         assert!(!text.contains("AUTH"), "no auth configured: {text}");
         assert_eq!(say(&mut s, "MAIL FROM:<a@x.example>"), 250);
         assert_eq!(say(&mut s, "RCPT TO:<b@y.example>"), 250);
         assert_eq!(say(&mut s, "RCPT TO:<c@y.example>"), 250);
-        assert_eq!(say(&mut s, "RCPT TO:<d@y.example>"), 452, "over max_recipients");
+        assert_eq!(
+            say(&mut s, "RCPT TO:<d@y.example>"),
+            452,
+            "over max_recipients"
+        );
         assert_eq!(say(&mut s, "DATA"), 354);
         let env = s.end_data().unwrap();
         assert_eq!(env.mail_from, "a@x.example");
