@@ -33,7 +33,8 @@ pub const MAX_BACKENDS: usize = 256;
 pub enum TrafficType {
     Http,
     Tcp,
-    /// SMTP from clients, each message POSTed to HTTP backends (`smtp`).
+    // SMTP from clients, each message POSTed to HTTP backends (`smtp`).
+    // A plain comment: a doc comment would make the schema a `oneOf`.
     Smtp,
 }
 
