@@ -1,6 +1,7 @@
 //! An HTTP backend for the SMTP tests: it records every POST it gets (path,
 //! headers, the exact body bytes) and answers with a status the test sets.
-//! lb-node's health checks (GET) get 200 and are not recorded.
+//! lb-node's health checks (GET) get 200 and are not recorded. Dropped, it
+//! closes its listener and every open connection.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,6 +35,9 @@ struct Shared {
     arrived: Condvar,
     status: AtomicU16,
     stop: AtomicBool,
+    /// Open connections, shut down on drop: a dropped sink is a backend
+    /// that is gone, kept-alive connections included.
+    conns: Mutex<Vec<TcpStream>>,
 }
 
 pub struct MailSink {
@@ -55,6 +59,9 @@ impl MailSink {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
+                if let Ok(c) = conn.try_clone() {
+                    s.conns.lock().unwrap().push(c);
+                }
                 let s = s.clone();
                 std::thread::spawn(move || serve(conn, &s));
             }
@@ -98,6 +105,9 @@ impl Drop for MailSink {
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
         if let Some(h) = self.accept.take() {
             let _ = h.join();
+        }
+        for c in self.shared.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 }
