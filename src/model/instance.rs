@@ -739,7 +739,7 @@ pub struct InstanceInfo {
     pub smtp: Option<crate::model::smtp::SmtpSpec>,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
-    /// `http://<dns_name>:<port>/` or `tcp://<dns_name>:<port>`.
+    /// `http://<dns_name>:<port>/`, `tcp://<dns_name>:<port>` or `smtp://<dns_name>:<port>`.
     pub url: String,
     pub provisioning_status: ProvisioningStatus,
     pub operating_status: OperatingStatus,
@@ -1292,6 +1292,37 @@ mod tests {
             update(&tcp, json!({"rules": []})).unwrap_err().code(),
             "invalid_field"
         );
+    }
+
+    #[test]
+    fn an_smtp_instance_always_has_its_smtp_object_and_http_backends() {
+        let mut v = base();
+        v["traffic_type"] = json!("smtp");
+        v.as_object_mut().unwrap().remove("port");
+        v["backend"]["entities"] = json!(["http://127.0.0.1:9001/"]);
+        let spec = create(v.clone()).unwrap();
+        assert_eq!(spec.port, 25);
+        assert_eq!(spec.smtp, Some(crate::model::smtp::Smtp::default()));
+        assert_eq!(spec.health_check.protocol, HealthProtocol::Http);
+        let node = spec.node_config(1, "127.0.0.5".parse().unwrap());
+        assert_eq!(node.smtp, spec.smtp);
+        // An update names some fields; the others stay.
+        let next = update(&spec, json!({"smtp": {"max_recipients": 3}})).unwrap();
+        let smtp = next.smtp.unwrap();
+        assert_eq!((smtp.max_recipients, smtp.idle_timeout), (3, 300));
+        // Not on another type, and not with what smtp does not take.
+        assert_eq!(
+            update(&create(base()).unwrap(), json!({"smtp": {}}))
+                .unwrap_err()
+                .code(),
+            "smtp_not_allowed"
+        );
+        let mut pools = v.clone();
+        pools["pools"] = json!({"api": {"entities": ["127.0.0.1:9101"]}});
+        assert_eq!(create(pools).unwrap_err().code(), "invalid_field");
+        let mut sticky = v;
+        sticky["backend"]["sticky"] = json!({"cookie": "c"});
+        assert_eq!(create(sticky).unwrap_err().code(), "invalid_sticky");
     }
 
     #[test]

@@ -66,9 +66,18 @@ async fn serve_client(
     };
     let smtp = active.config.smtp.clone().unwrap_or_default();
     let conn = Conn::new(Box::new(stream), &smtp);
-    if let Err(e) = converse(&node, &active, conn, peer, &smtp, None, stop).await {
+    let tls = starttls_config(&active);
+    if let Err(e) = converse(&node, &active, conn, peer, &smtp, tls, stop).await {
         tracing::debug!("smtp client {peer}: {e}");
     }
+}
+
+/// What STARTTLS upgrades with: the instance's certificate once the `tls`
+/// object reaches smtp instances (the TLS termination work builds the
+/// `rustls::ServerConfig` from it; this is where it plugs in). Until then
+/// STARTTLS is neither offered nor accepted.
+fn starttls_config(_active: &ActiveConfig) -> TlsConfig {
+    None
 }
 
 /// The node's name in the banner and EHLO: its address literal (§4.1.3).
