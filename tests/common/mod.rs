@@ -6,10 +6,10 @@
 pub mod auth_service;
 pub mod backends;
 pub mod l7;
-pub mod mail_sink;
 pub mod managed;
 pub mod node;
 pub mod redis;
+pub mod smtp;
 pub mod wake;
 
 use std::fs;

@@ -1,14 +1,21 @@
-//! An HTTP backend for the SMTP tests: it records every POST it gets (path,
-//! headers, the exact body bytes) and answers with a status the test sets.
+//! For the SMTP tests: an HTTP backend that records every POST it gets
+//! (path, headers, the exact body bytes) and answers with a status the test
+//! sets; an smtp instance made through lbd; Python's smtplib as the client
+//! (`tests/fixtures/smtp_client.py`) and a raw SMTP connection.
 //! lb-node's health checks (GET) get 200 and are not recorded. Dropped, it
 //! closes its listener and every open connection.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{Lbd, TempDir};
 
 /// One delivery as the backend got it.
 #[derive(Debug, Clone)]
@@ -163,5 +170,129 @@ fn serve(conn: TcpStream, shared: &Shared) {
         if writer.write_all(resp.as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+pub const PORT: u16 = 2525;
+
+/// A message with a line holding a single `.` and one starting with one,
+/// CRLF line ends: what the backend must get byte for byte.
+pub const MESSAGE: &[u8] = b"From: ann@sender.test\r\nTo: bob@rcpt.test\r\nSubject: dots\r\n\r\nfirst line\r\n.\r\n..two dots\r\n.leading dot\r\nlast line\r\n";
+
+pub fn python() -> bool {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    super::require("python3", ok)
+}
+
+/// Creates project `demo` (once) and smtp instance `name` with `extra`
+/// fields; returns its node's listener.
+pub fn smtp_instance(lbd: &Lbd, name: &str, backend: SocketAddr, extra: Value) -> SocketAddr {
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    assert!(s == 200 || v.to_string().contains("exists"), "{v}");
+    let mut info = json!({"name": name, "project": "demo", "traffic_type": "smtp", "port": PORT,
+                          "backend": {"entities": [backend.to_string()]}});
+    for (k, v) in extra.as_object().unwrap() {
+        info[k] = v.clone();
+    }
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": info}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("demo", name);
+    let address = info["nodes"][0]["address"].as_str().unwrap();
+    format!("{address}:{PORT}").parse().unwrap()
+}
+
+/// smtplib sends `message` `count` times; its JSON report.
+pub fn send(
+    addr: SocketAddr,
+    message: &[u8],
+    to: &[&str],
+    login: Option<(&str, &str)>,
+    count: u32,
+) -> Value {
+    let dir = TempDir::new("smtp-msg");
+    let file = dir.0.join("message.eml");
+    std::fs::write(&file, message).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smtp_client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(&file)
+        .args(["--from", "ann@sender.test", "--count", &count.to_string()]);
+    for t in to {
+        cmd.args(["--to", t]);
+    }
+    if let Some((user, password)) = login {
+        cmd.args(["--user", user, "--password", password]);
+    }
+    let out = cmd.output().expect("running smtp_client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "smtp_client.py: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The failing step and its code, or `("", 0)` when everything passed.
+pub fn failure(report: &Value) -> (String, u64) {
+    (
+        report["failed"].as_str().unwrap_or("").to_string(),
+        report["code"].as_u64().unwrap_or(0),
+    )
+}
+
+/// A raw SMTP connection: the test writes lines and reads reply lines.
+pub struct Raw {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut raw = Raw {
+            reader: BufReader::new(conn.try_clone().unwrap()),
+            writer: conn,
+        };
+        assert_eq!(raw.reply().0, 220, "banner");
+        raw
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// One whole reply: its code and its lines' texts (0 at EOF).
+    pub fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return (0, lines);
+            }
+            let code = line[..3].parse().expect("a reply code");
+            let last = line.as_bytes()[3] == b' ';
+            lines.push(line[4..].trim_end().to_string());
+            if last {
+                return (code, lines);
+            }
+        }
+    }
+
+    pub fn codes(&mut self, n: usize) -> Vec<u16> {
+        (0..n).map(|_| self.reply().0).collect()
+    }
+
+    /// Whether the node closed the connection (EOF, nothing more).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
     }
 }
