@@ -5,6 +5,7 @@
 //! is what the backend gets as the body.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -80,8 +81,14 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> io::Re
     Ok(Line::Line(line))
 }
 
-/// The message after `DATA`, unstuffed, of at most `max` bytes.
-pub async fn read_message<R: AsyncBufRead + Unpin>(r: &mut R, max: u64) -> io::Result<Message> {
+/// The message after `DATA`, unstuffed, of at most `max` bytes; each line
+/// must come within `idle` (an `io::ErrorKind::TimedOut` error otherwise),
+/// so a long message on a slow link is not cut off, a silent client is.
+pub async fn read_message<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: u64,
+    idle: Duration,
+) -> io::Result<Message> {
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     let mut body = Vec::new();
     let mut too_big = false;
@@ -90,7 +97,9 @@ pub async fn read_message<R: AsyncBufRead + Unpin>(r: &mut R, max: u64) -> io::R
         line.clear();
         // Enough to tell a line that fits from one that does not.
         let cap = max.saturating_sub(body.len()).saturating_add(3);
-        let (seen, complete) = read_capped(r, &mut line, cap).await?;
+        let (seen, complete) = tokio::time::timeout(idle, read_capped(r, &mut line, cap))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         if !complete {
             return Ok(Message::Closed);
         }
@@ -118,16 +127,18 @@ pub async fn read_message<R: AsyncBufRead + Unpin>(r: &mut R, max: u64) -> io::R
 mod tests {
     use super::*;
 
+    const IDLE: Duration = Duration::from_secs(5);
+
     async fn message(input: &[u8], max: u64) -> Message {
         let mut r = input;
-        read_message(&mut r, max).await.unwrap()
+        read_message(&mut r, max, IDLE).await.unwrap()
     }
 
     #[tokio::test]
     async fn a_message_ends_at_the_lone_dot_and_is_unstuffed() {
         let input = b"Subject: x\r\n\r\n..\r\n..leading dot\r\nend\r\n.\r\nQUIT\r\n";
         let mut r = &input[..];
-        let m = read_message(&mut r, 1000).await.unwrap();
+        let m = read_message(&mut r, 1000, IDLE).await.unwrap();
         assert_eq!(
             m,
             Message::Complete(b"Subject: x\r\n\r\n.\r\n.leading dot\r\nend\r\n".to_vec())
@@ -140,11 +151,25 @@ mod tests {
     async fn an_oversize_message_is_read_to_its_end_and_refused() {
         let input = b"0123456789\r\n0123456789\r\n.\r\nNOOP\r\n";
         let mut r = &input[..];
-        assert_eq!(read_message(&mut r, 20).await.unwrap(), Message::TooBig);
+        assert_eq!(
+            read_message(&mut r, 20, IDLE).await.unwrap(),
+            Message::TooBig
+        );
         assert_eq!(r, b"NOOP\r\n");
         // Exactly the cap fits.
         assert!(matches!(message(input, 24).await, Message::Complete(b) if b.len() == 24));
         assert_eq!(message(b"abc\r\n", 100).await, Message::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_in_the_middle_of_a_message_times_out() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"Subject: x\r\n").await.unwrap();
+        let mut r = tokio::io::BufReader::new(server);
+        let e = read_message(&mut r, 1000, IDLE).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 
     #[tokio::test]

@@ -61,6 +61,11 @@ pub async fn authenticate(
     user: &str,
     password: &str,
 ) -> (AuthResult, Vec<SocketAddr>) {
+    // Basic credentials split at the first colon: a user name holding one
+    // would be read as another user.
+    if user.contains(':') {
+        return (AuthResult::Refused, Vec::new());
+    }
     let mut head = head(path);
     head.extensions.insert(AuthProtocol::Smtp);
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));

@@ -149,18 +149,15 @@ impl Conn {
         }
     }
 
-    /// The message after the 354, with the idle timeout for each line.
+    /// The message after the 354; `None`: no line for the idle timeout (a
+    /// client silent in the middle of a message is as idle as one between
+    /// commands).
     async fn message(&mut self, max: u64) -> std::io::Result<Option<Message>> {
         self.flush().await?;
-        let idle = self.idle;
-        let read = async {
-            // A client that sends nothing for `idle` in the middle of a
-            // message is as idle as one between commands.
-            tokio::time::timeout(idle, data::read_message(&mut self.io, max)).await
-        };
-        match read.await {
-            Ok(r) => r.map(Some),
-            Err(_) => Ok(None),
+        match data::read_message(&mut self.io, max, self.idle).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }
