@@ -20,7 +20,7 @@ use super::session::{AuthResult, Envelope};
 use crate::dataplane::auth::service::AuthProtocol;
 use crate::dataplane::auth::AuthOutcome;
 use crate::dataplane::balance::{fnv1a, Balancer};
-use crate::dataplane::forward::{send_with_retry, ForwardError, Upstream};
+use crate::dataplane::forward::{send_with_retry, ForwardError, Resend, Upstream};
 use crate::dataplane::pool::full_body;
 use crate::dataplane::rate_limit::{LimitOutcome, LimitRequest};
 use crate::dataplane::{ActiveConfig, Node};
@@ -172,8 +172,11 @@ async fn post(c: &Client<'_>, balancer: &Balancer, head: request::Parts, message
             }
             Err(failure) => match failure.error {
                 ForwardError::Timeout(_) => return reply::backend_timeout(),
+                // Refused before it was sent: another member. (A reset
+                // kept-alive connection may have delivered it: 451 below,
+                // the client retries.)
                 ForwardError::Failed {
-                    unanswered: true,
+                    resend: Resend::Elsewhere,
                     reason,
                 } => {
                     tracing::debug!("smtp delivery to {}: {reason}", failure.member.address);
