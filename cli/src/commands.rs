@@ -236,7 +236,8 @@ fn instance_request(cmd: &InstanceCmd) -> Option<(RequestEnvelope, Shape)> {
         InstanceCmd::Pool(_)
         | InstanceCmd::Rule(_)
         | InstanceCmd::Policy(_)
-        | InstanceCmd::Apply(_) => return None,
+        | InstanceCmd::Apply(_)
+        | InstanceCmd::Cert(_) => return None,
         InstanceCmd::Create(args) => (
             envelope(A::Create, I, &instance_create(args)),
             Shape::Instance,
@@ -307,6 +308,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         tuning,
         managed,
         sticky,
+        tls,
         wait: _,
     } = args;
     InstanceCreate {
@@ -338,6 +340,8 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         rate_limits: None,
         // The envelope's `type` already says instance.
         object_type: None,
+        // Unpaired flags are refused before (`tls::check`).
+        tls: tls.spec(name, project).unwrap_or_default(),
     }
 }
 
@@ -354,6 +358,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         tuning,
         managed,
         sticky,
+        tls,
         wait: _,
     } = args;
     let backend = BackendSpec {
@@ -382,6 +387,8 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         rules: None,
         auth: None,
         rate_limits: None,
+        // Unpaired flags are refused before (`tls::check`).
+        tls: tls.spec(name, project).unwrap_or_default(),
     }
 }
 
@@ -497,6 +504,7 @@ pub fn wait_until_active(
 pub mod audit;
 pub mod managed;
 pub mod policy;
+pub mod tls;
 pub mod users;
 
 #[cfg(test)]

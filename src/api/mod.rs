@@ -67,6 +67,8 @@ pub struct AppState {
     pub compute_warnings: ComputeWarnings,
     /// Whether `compute: vm` managed pools can run here (`--compute libvirt`).
     pub runs_vm_backends: bool,
+    /// Where `https` instances' private keys go (never into the spec).
+    pub tls_keys: crate::store::tls_keys::KeyStore,
 }
 
 impl AppState {

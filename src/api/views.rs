@@ -94,6 +94,7 @@ pub fn instance_info_with(
     let url = match i.spec.traffic_type {
         TrafficType::Http => format!("http://{dns_name}:{}/", i.spec.port),
         TrafficType::Tcp => format!("tcp://{dns_name}:{}", i.spec.port),
+        TrafficType::Https => format!("https://{dns_name}:{}/", i.spec.port),
     };
     let policy = i.spec.policy.to_spec();
     Ok(InstanceInfo {
@@ -134,6 +135,7 @@ pub fn instance_info_with(
         auth: policy.auth,
         rate_limits: policy.rate_limits.unwrap_or_default(),
         dns_name,
+        tls: i.spec.tls.as_ref().map(crate::model::tls::Tls::view),
         url,
         provisioning_status: i.provisioning_status,
         operating_status: i.operating_status,

@@ -55,6 +55,15 @@ pub enum ValidationError {
     /// A `sticky` that cannot be accepted; its code is the sticky error's own.
     #[error(transparent)]
     Sticky(crate::model::sticky::StickyError),
+    /// A `tls` that cannot be accepted; its code is the TLS error's own.
+    #[error(transparent)]
+    Tls(crate::model::tls::TlsError),
+}
+
+impl From<crate::model::tls::TlsError> for ValidationError {
+    fn from(e: crate::model::tls::TlsError) -> Self {
+        Self::Tls(e)
+    }
 }
 
 impl From<crate::model::sticky::StickyError> for ValidationError {
@@ -101,6 +110,7 @@ impl ValidationError {
             Self::Policy(e) => e.code(),
             Self::Managed(e) => e.code(),
             Self::Sticky(e) => e.code(),
+            Self::Tls(e) => e.code(),
         }
     }
 

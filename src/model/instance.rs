@@ -33,6 +33,8 @@ pub const MAX_BACKENDS: usize = 256;
 pub enum TrafficType {
     Http,
     Tcp,
+    /// HTTP behind TLS termination (`tls`): everything `http` takes, too.
+    Https,
 }
 
 impl TrafficType {
@@ -40,7 +42,13 @@ impl TrafficType {
         match self {
             Self::Http => "http",
             Self::Tcp => "tcp",
+            Self::Https => "https",
         }
+    }
+
+    /// Whether requests are HTTP (the L7 pipeline, policy, sticky, ...).
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Https)
     }
 }
 
@@ -213,6 +221,9 @@ pub struct InstanceCreate {
     /// Accepted as in the seed's instance shape; must be `instance`.
     #[serde(default, rename = "type")]
     pub object_type: Option<String>,
+    /// TLS termination; required with (and only for) `traffic_type: https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::TlsSpec>,
 }
 
 /// A validated instance: what is stored and what the reconciler works towards.
@@ -247,6 +258,10 @@ pub struct InstanceSpec {
     /// The default pool's sticky routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<crate::model::sticky::Sticky>,
+    /// TLS termination (`https`): certificates without their keys (lbd
+    /// keeps those in files of their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::Tls>,
 }
 
 fn default_max_nodes() -> u32 {
@@ -292,6 +307,8 @@ impl InstanceSpec {
             sticky: self.sticky.clone(),
             // lbd fills it in (`reconcile`): it is derived from its secret.
             sticky_key: None,
+            // lbd fills it in: the keys are in its key files, not the spec.
+            tls: None,
         }
     }
 
@@ -327,7 +344,7 @@ impl InstanceSpec {
                 "proxy_protocol needs traffic_type tcp".into(),
             ));
         }
-        if matches!(t.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
+        if matches!(t.hash_on, HashOn::Header(_)) && !self.traffic_type.is_http() {
             return Err(ValidationError::InvalidField(
                 "hash_on header:<Name> needs traffic_type http".into(),
             ));
@@ -343,7 +360,20 @@ impl InstanceSpec {
                 "hash_on needs algorithm consistent_hash".into(),
             ));
         }
-        Ok(())
+        self.check_tls()
+    }
+
+    /// `tls` goes with `https`, and its redirect port is not the listener's.
+    fn check_tls(&self) -> Result<(), ValidationError> {
+        use crate::model::tls::TlsError;
+        match (&self.tls, self.traffic_type) {
+            (None, TrafficType::Https) => Err(TlsError::Missing.into()),
+            (Some(_), t) if t != TrafficType::Https => Err(TlsError::NotHttps.into()),
+            (Some(tls), _) if tls.redirect_http_port == Some(self.port) => {
+                Err(TlsError::RedirectPort(i64::from(self.port)).into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -366,6 +396,7 @@ impl InstanceCreate {
         let port = match (self.port, self.traffic_type) {
             (Some(p), _) => port(p)?,
             (None, TrafficType::Http) => 80,
+            (None, TrafficType::Https) => 443,
             (None, TrafficType::Tcp) => return Err(ValidationError::MissingField("port".into())),
         };
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
@@ -414,6 +445,11 @@ impl InstanceCreate {
             policy,
             managed,
             sticky: sticky(self.backend.sticky.as_ref(), self.traffic_type)?,
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| t.validate(None, crate::model::tls::unix_now()))
+                .transpose()?,
         };
         spec.check_combination()?;
         Ok(spec)
@@ -507,6 +543,10 @@ pub struct InstanceUpdate {
     /// Replaces all rate limits (`[]`: none left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Replaces the stored `tls`; a certificate given as `{"fingerprint"}`
+    /// keeps the stored one (and its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::TlsSpec>,
 }
 
 impl InstanceUpdate {
@@ -619,6 +659,10 @@ impl InstanceUpdate {
                 &current.policy,
             )?;
         }
+        if let Some(tls) = &self.tls {
+            let now = crate::model::tls::unix_now();
+            next.tls = Some(tls.validate(current.tls.as_ref(), now)?);
+        }
         next.check_combination()?;
         Ok(next)
     }
@@ -698,6 +742,9 @@ pub struct InstanceInfo {
     pub rate_limits: Vec<RateLimitSpec>,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
+    /// TLS termination (`https`): each certificate's facts, never a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::TlsView>,
     /// `http://<dns_name>:<port>/` or `tcp://<dns_name>:<port>`.
     pub url: String,
     pub provisioning_status: ProvisioningStatus,
@@ -839,7 +886,7 @@ fn backend_address(
     let mut rest = s.trim();
     let mut url_port = None;
     if let Some(r) = rest.strip_prefix("http://") {
-        if traffic != TrafficType::Http {
+        if !traffic.is_http() {
             return Err(fail("an http:// URL needs traffic_type http"));
         }
         rest = r.strip_suffix('/').unwrap_or(r);
@@ -881,7 +928,7 @@ pub(crate) fn health_check(
     let default = HealthCheckSpec::default();
     let spec = spec.unwrap_or(&default);
     let protocol = spec.protocol.unwrap_or(match traffic {
-        TrafficType::Http => HealthProtocol::Http,
+        TrafficType::Http | TrafficType::Https => HealthProtocol::Http,
         TrafficType::Tcp => HealthProtocol::Tcp,
     });
     // Without an explicit port, each member is checked on its own port; 0 records that.

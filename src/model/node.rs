@@ -53,6 +53,10 @@ pub struct NodeConfig {
     /// cookie. A secret: a NodeConfig is never logged or shown as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_key: Option<crate::model::sticky::StickyKey>,
+    /// TLS termination (`https`): certificates with their keys. A secret,
+    /// like `sticky_key`: sent only over the node's authenticated admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::NodeTls>,
 }
 
 fn one() -> u32 {
