@@ -108,7 +108,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     commands::tls::check(&cli.command)?;
     if let Command::Instance(cmd) = &cli.command {
-        let answer = commands::policy::run(&client, cmd).or_else(|| commands::tls::run(&client, cmd));
+        let answer =
+            commands::policy::run(&client, cmd).or_else(|| commands::tls::run(&client, cmd));
         if let Some(answer) = answer {
             let answer = answer?;
             if !cli.quiet {

@@ -252,7 +252,10 @@ pub fn instance(i: &InstanceInfo) -> String {
         fields.extend(w.into_iter().map(|w| ("warning", w)));
         for c in &tls.certificates {
             let when = lbaas::model::time::rfc3339_secs(c.not_after);
-            fields.push(("certificate", format!("{} until {when} ({})", c.sans.join(","), c.fingerprint)));
+            fields.push((
+                "certificate",
+                format!("{} until {when} ({})", c.sans.join(","), c.fingerprint),
+            ));
         }
         fields.push(("tls", format!("min version {}", tls.min_version.as_str())));
     }

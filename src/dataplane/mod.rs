@@ -401,7 +401,9 @@ impl Node {
         // Built again only when the certificates or versions change.
         let tls = match (previous, &config.tls) {
             (_, None) => None,
-            (Some(p), Some(t)) if p.config.tls.as_ref() == Some(t) && p.tls.is_some() => p.tls.clone(),
+            (Some(p), Some(t)) if p.config.tls.as_ref() == Some(t) && p.tls.is_some() => {
+                p.tls.clone()
+            }
             (_, Some(t)) => Some(tls::config::build(t)?),
         };
         Ok(ActiveConfig {
@@ -498,7 +500,12 @@ impl Node {
         if let Some(l) = self.listener.lock().await.take() {
             let _ = l.stop.send(true);
         }
-        if let Some(r) = self.redirect.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(r) = self
+            .redirect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             r.stop();
         }
     }

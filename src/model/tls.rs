@@ -288,7 +288,12 @@ fn pem_error(index: usize, what: &str, e: impl fmt::Display) -> TlsError {
 }
 
 /// Parses one chain and its key: the chain's first certificate is the leaf.
-fn parse_certificate(index: usize, cert: &str, key: &str, now: i64) -> Result<Certificate, TlsError> {
+fn parse_certificate(
+    index: usize,
+    cert: &str,
+    key: &str,
+    now: i64,
+) -> Result<Certificate, TlsError> {
     let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(index, "cert is not a PEM certificate chain", e))?;
@@ -310,7 +315,12 @@ fn parse_certificate(index: usize, cert: &str, key: &str, now: i64) -> Result<Ce
         .keys_match()
         .map_err(|_| TlsError::KeyMismatch { index })?;
     let sans = match x509.subject_alternative_name() {
-        Ok(Some(ext)) => ext.value.general_names.iter().filter_map(san_text).collect(),
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(san_text)
+            .collect(),
         _ => Vec::new(),
     };
     Ok(Certificate {

@@ -101,7 +101,10 @@ mod tests {
         let f = "a".repeat(64);
         store.put(&f, &PrivateKeyPem("secret".into())).unwrap();
         let path = dir.join(TLS_KEYS_DIR).join(format!("{f}.key"));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let d = fs::metadata(dir.join(TLS_KEYS_DIR)).unwrap();
         assert_eq!(d.permissions().mode() & 0o777, 0o700);
         assert_eq!(store.get(&f).unwrap().0, "secret");

@@ -31,7 +31,11 @@ pub enum CertError {
 
 impl CertArgs {
     /// The certificates these flags give, in order (`--self-signed` last).
-    pub fn certificates(&self, name: &str, project: &str) -> Result<Vec<CertificateSpec>, CertError> {
+    pub fn certificates(
+        &self,
+        name: &str,
+        project: &str,
+    ) -> Result<Vec<CertificateSpec>, CertError> {
         if self.certs.len() != self.keys.len() {
             return Err(CertError::Unpaired {
                 certs: self.certs.len(),
@@ -79,7 +83,10 @@ impl TlsArgs {
     /// `tls` for create/update; `None` when no TLS flag was given.
     pub fn spec(&self, name: &str, project: &str) -> Result<Option<TlsSpec>, CertError> {
         let certificates = self.certs.certificates(name, project)?;
-        if certificates.is_empty() && self.min_tls_version.is_none() && self.redirect_http_port.is_none() {
+        if certificates.is_empty()
+            && self.min_tls_version.is_none()
+            && self.redirect_http_port.is_none()
+        {
             return Ok(None);
         }
         Ok(Some(TlsSpec {
@@ -147,7 +154,10 @@ pub fn run(client: &ApiClient, cmd: &InstanceCmd) -> Option<anyhow::Result<Answe
         CertCmd::List { target } => read(client, target).map(|i| answer(&i)),
         CertCmd::Add(a) => edit(client, &a.target, &a.wait, |tls| {
             let mut certificates = kept(&tls.certificates);
-            certificates.extend(a.certs.certificates(&a.target.instance, &a.target.project)?);
+            certificates.extend(
+                a.certs
+                    .certificates(&a.target.instance, &a.target.project)?,
+            );
             Ok(certificates)
         }),
         CertCmd::Remove {
@@ -195,7 +205,11 @@ fn edit(
         }),
         ..InstanceUpdate::default()
     };
-    let request = super::envelope(lbaas::model::Action::Update, lbaas::model::ObjectType::Instance, &update);
+    let request = super::envelope(
+        lbaas::model::Action::Update,
+        lbaas::model::ObjectType::Instance,
+        &update,
+    );
     let updated = client.call::<InstanceInfo>(&request)?.value;
     if wait.no_wait {
         return Ok(answer(&updated));
@@ -271,13 +285,19 @@ mod tests {
     fn expiry_within_14_days_warns() {
         let now = 1_000_000_000;
         let tls = TlsView {
-            certificates: vec![info("ab", "a.example", now + 3 * 86_400), info("cd", "b.example", now + 90 * 86_400)],
+            certificates: vec![
+                info("ab", "a.example", now + 3 * 86_400),
+                info("cd", "b.example", now + 90 * 86_400),
+            ],
             min_version: lbaas::model::tls::TlsVersion::V1_2,
             redirect_http_port: None,
         };
         let w = expiry_warnings(&tls, now);
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("a.example") && w[0].contains("expires in 3 days"), "{w:?}");
+        assert!(
+            w[0].contains("a.example") && w[0].contains("expires in 3 days"),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -290,7 +310,10 @@ mod tests {
     #[test]
     fn unpaired_flags_are_refused() {
         let mut a = CertArgs::default();
-        a.certs.push(crate::args::tls::PemFile { path: "c".into(), text: "x".into() });
+        a.certs.push(crate::args::tls::PemFile {
+            path: "c".into(),
+            text: "x".into(),
+        });
         assert_eq!(
             a.certificates("web", "demo").unwrap_err(),
             CertError::Unpaired { certs: 1, keys: 0 }

@@ -125,7 +125,11 @@ mod tests {
     #[test]
     fn sni_picks_the_matching_certificate_and_defaults_to_the_first() {
         let tls = NodeTls {
-            certificates: vec![cert(&["a.example"]), cert(&["*.b.example"]), cert(&["x.b.example"])],
+            certificates: vec![
+                cert(&["a.example"]),
+                cert(&["*.b.example"]),
+                cert(&["x.b.example"]),
+            ],
             min_version: TlsVersion::V1_2,
             redirect_http_port: None,
         };

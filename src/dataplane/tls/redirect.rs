@@ -41,26 +41,31 @@ impl Redirect {
         let addr = socket.local_addr()?;
         let listener = Arc::new(TcpListener::from_std(socket)?);
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(crate::dataplane::accept_loop(listener, stop_rx, move |stream, _| {
-            let node = node.clone();
-            async move {
-                let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
-                    return;
-                };
-                let (timeouts, _) = crate::dataplane::http::client_settings(&node);
-                let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
-                let service = service_fn(move |req| async move {
-                    Ok::<_, Infallible>(redirect(&req, https_port))
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(idle)
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!("redirect: {e}");
+        tokio::spawn(crate::dataplane::accept_loop(
+            listener,
+            stop_rx,
+            move |stream, _| {
+                let node = node.clone();
+                async move {
+                    let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed))
+                    else {
+                        return;
+                    };
+                    let (timeouts, _) = crate::dataplane::http::client_settings(&node);
+                    let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
+                    let service = service_fn(move |req| async move {
+                        Ok::<_, Infallible>(redirect(&req, https_port))
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(idle)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = conn.await {
+                        tracing::debug!("redirect: {e}");
+                    }
                 }
-            }
-        }));
+            },
+        ));
         Ok(Redirect { addr, stop })
     }
 
@@ -95,7 +100,9 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -114,8 +121,14 @@ mod tests {
 
     #[test]
     fn the_location_keeps_host_and_path_and_names_the_https_port() {
-        assert_eq!(https_url(strip_port("web.example:8080"), 8443, "/a?b=1"), "https://web.example:8443/a?b=1");
-        assert_eq!(https_url(strip_port("web.example"), 443, "/"), "https://web.example/");
+        assert_eq!(
+            https_url(strip_port("web.example:8080"), 8443, "/a?b=1"),
+            "https://web.example:8443/a?b=1"
+        );
+        assert_eq!(
+            https_url(strip_port("web.example"), 443, "/"),
+            "https://web.example/"
+        );
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

@@ -1,0 +1,669 @@
+//! TLS termination (`traffic_type: https`) against a real lbd, real lb-node
+//! processes and real clients: certificates made here (rcgen, a throwaway
+//! CA), `lbctl --cert/--key`, `curl --resolve`, `openssl s_client`, and a
+//! rustls client for kept-alive connections and the rotation under load.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::backends::HttpBackend;
+use common::{require, wait_for, Lbd, TempDir};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::{json, Value};
+
+const PORT: u16 = 8443;
+const REDIRECT: u16 = 8080;
+
+/// A throwaway CA; leaf certificates it signs are PEM files in `dir`.
+struct Pki {
+    dir: TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+    ca_path: PathBuf,
+}
+
+/// A leaf certificate and its key, as files and as text.
+#[derive(Clone)]
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Leaf {
+    /// The key's first base64 line: what must never show up anywhere.
+    fn key_marker(&self) -> String {
+        self.key_pem.lines().nth(1).unwrap().to_string()
+    }
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new("tls-pki");
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "lbaas tls test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let ca_path = dir.0.join("ca.pem");
+        write(&ca_path, &ca.pem(), 0o644);
+        Pki { dir, ca, ca_path }
+    }
+
+    /// A leaf for `name` valid until about the start of year `until` (from 2000).
+    fn leaf(&self, file: &str, name: &str, until: u64) -> Leaf {
+        let secs = (until - 1970) * 31_557_600;
+        self.leaf_until(
+            file,
+            name,
+            std::time::UNIX_EPOCH + Duration::from_secs(secs),
+        )
+    }
+
+    fn leaf_until(&self, file: &str, name: &str, not_after: std::time::SystemTime) -> Leaf {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = not_after.into();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let leaf = Leaf {
+            cert: self.dir.0.join(format!("{file}.pem")),
+            key: self.dir.0.join(format!("{file}.key")),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        write(&leaf.cert, &leaf.cert_pem, 0o644);
+        write(&leaf.key, &leaf.key_pem, 0o600);
+        leaf
+    }
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+fn tools_present() -> bool {
+    let has = |t: &str| {
+        Command::new(t)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    require("curl and openssl", has("curl") && has("openssl"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An https instance `web` in project `demo` with certificates for
+/// a.test and b.test (a first: the default) and the redirect port.
+fn setup(pki: &Pki, backend: &HttpBackend) -> (Lbd, Leaf, Leaf, SocketAddr) {
+    let a = pki.leaf("a", "a.test", 2099);
+    let b = pki.leaf("b", "b.test", 2099);
+    let lbd = Lbd::start();
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    let (port, redirect, be) = (
+        PORT.to_string(),
+        REDIRECT.to_string(),
+        backend.addr().to_string(),
+    );
+    lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "web",
+        "--project",
+        "demo",
+        "--type",
+        "https",
+        "--port",
+        &port,
+        "--backend",
+        &be,
+        "--cert",
+        path(&a.cert),
+        "--key",
+        path(&a.key),
+        "--cert",
+        path(&b.cert),
+        "--key",
+        path(&b.key),
+        "--redirect-http-port",
+        &redirect,
+    ]);
+    let info = lbd.wait_active("demo", "web");
+    let node: std::net::IpAddr = info["nodes"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (lbd, a, b, SocketAddr::new(node, PORT))
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `openssl s_client` to `addr` with SNI `name`, plus `extra` flags.
+fn s_client(addr: SocketAddr, name: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            name,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn subject_cn(text: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .map(|l| l.trim_start_matches("subject=").replace(' ', ""))
+}
+
+/// A rustls client trusting the test CA.
+fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<Tls> {
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(config.clone(), server).map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// The served leaf's DER, as the client saw it.
+fn peer_leaf(tls: &Tls) -> Vec<u8> {
+    tls.conn.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+/// One kept-alive GET: the status and body.
+fn get(tls: &mut Tls, host: &str) -> std::io::Result<(u16, String)> {
+    write!(tls, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    tls.flush()?;
+    let mut reader = BufReader::new(tls);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn sni_h2_versions_redirect_and_forwarded_headers() {
+    if !tools_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = HttpBackend::start("tls-backend");
+    let (lbd, _a, _b, addr) = setup(&pki, &backend);
+    let ca = path(&pki.ca_path);
+    for name in ["a.test", "b.test"] {
+        // curl checks the chain and the name against the CA.
+        let resolve = format!("{name}:{PORT}:{}", addr.ip());
+        let url = format!("https://{name}:{PORT}/hello");
+        let out = curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-w",
+            " %{http_code}",
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with(" 200") && text.contains("tls-backend"),
+            "{name}: {text} {out:?}"
+        );
+        let (ok, text) = s_client(addr, name, &["-CAfile", ca, "-verify_return_error"]);
+        assert!(ok, "{text}");
+        assert_eq!(
+            subject_cn(&text).as_deref(),
+            Some(format!("CN={name}").as_str()),
+            "{text}"
+        );
+    }
+    // No SNI match: the first certificate.
+    let (_, text) = s_client(addr, "other.test", &[]);
+    assert_eq!(subject_cn(&text).as_deref(), Some("CN=a.test"), "{text}");
+    let seen = backend.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"), "{seen:?}");
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(PORT.to_string().as_str())
+    );
+
+    // ALPN h2, served as HTTP/1.1 to the backend.
+    let resolve = format!("a.test:{PORT}:{}", addr.ip());
+    let url = format!("https://a.test:{PORT}/h2");
+    let out = curl(&[
+        "--http2",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{out:?}");
+    let out = curl(&[
+        "--http1.1",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1", "{out:?}");
+
+    // TLS 1.1 refused by the server (SECLEVEL=0 so openssl offers it at all); 1.2 taken.
+    let (ok, text) = s_client(
+        addr,
+        "a.test",
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+    );
+    assert!(!ok && text.contains("no peer certificate available"), "{text}");
+    let (ok, text) = s_client(addr, "a.test", &["-tls1_2"]);
+    assert!(ok && text.contains("TLSv1.2"), "{text}");
+
+    // The plain port: 308 to the https URL, path and query kept.
+    let plain = format!("http://{}:{REDIRECT}/x/y?z=1", addr.ip());
+    let out = curl(&[
+        "-H",
+        "Host: a.test",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &plain,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("308 https://a.test:{PORT}/x/y?z=1"),
+        "{out:?}"
+    );
+
+    // min_version 1.3: TLS 1.2 refused now, 1.3 taken.
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--min-tls-version",
+        "1.3",
+    ]);
+    let (ok, text) = s_client(addr, "a.test", &["-tls1_2"]);
+    assert!(!ok, "{text}");
+    let (ok, text) = s_client(addr, "a.test", &["-tls1_3"]);
+    assert!(ok && text.contains("TLSv1.3"), "{text}");
+}
+
+#[test]
+fn a_rotation_under_load_fails_no_request_and_keeps_open_connections() {
+    if !tools_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = HttpBackend::start("tls-backend");
+    let (lbd, a, b, addr) = setup(&pki, &backend);
+    let config = client_config(&pki);
+    let mut kept = connect(&config, addr, "a.test").unwrap();
+    assert_eq!(get(&mut kept, "a.test").unwrap().0, 200);
+    assert_eq!(peer_leaf(&kept), der_of(&a.cert_pem));
+
+    // New handshakes in a loop, each with one request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, config) = (stop.clone(), ok.clone(), failed.clone(), config.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let r = connect(&config, addr, "a.test").and_then(|mut t| get(&mut t, "a.test"));
+                match r {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        })
+    };
+    wait_for("load running", Duration::from_secs(10), || {
+        (ok.load(Ordering::SeqCst) > 5).then_some(())
+    });
+    let a2 = pki.leaf("a2", "a.test", 2098);
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--cert",
+        path(&a2.cert),
+        "--key",
+        path(&a2.key),
+        "--cert",
+        path(&b.cert),
+        "--key",
+        path(&b.key),
+    ]);
+    let new_leaf = der_of(&a2.cert_pem);
+    wait_for(
+        "the new certificate served",
+        Duration::from_secs(20),
+        || {
+            let t = connect(&config, addr, "a.test").ok()?;
+            (peer_leaf(&t) == new_leaf).then_some(())
+        },
+    );
+    let after_rotation = ok.load(Ordering::SeqCst);
+    wait_for("load after the rotation", Duration::from_secs(10), || {
+        (ok.load(Ordering::SeqCst) > after_rotation + 5).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "ok: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    // The connection opened before still serves, with its certificate.
+    assert_eq!(get(&mut kept, "a.test").unwrap().0, 200);
+    assert_eq!(peer_leaf(&kept), der_of(&a.cert_pem));
+}
+
+fn update_code(lbd: &Lbd, tls: Value) -> String {
+    let (status, v) = lbd.api(&json!({"action": "update", "type": "instance",
+        "info": {"project": "demo", "name": "web", "tls": tls}}));
+    assert_eq!(status, 422, "{v}");
+    v["error"]["code"].as_str().unwrap().to_string()
+}
+
+/// Every file under `dir` that others may read.
+fn world_readable(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            out.extend(world_readable(&p));
+        } else if meta.is_file() && meta.mode() & 0o004 != 0 {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_certificates_are_refused_and_keys_stay_private() {
+    if !tools_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = HttpBackend::start("tls-backend");
+    let (lbd, a, b, _) = setup(&pki, &backend);
+    let before = lbd.instance("demo", "web");
+    let expired = pki.leaf("old", "old.test", 2001);
+    let pair =
+        |c: &Leaf, k: &Leaf| json!({"certificates": [{"cert": c.cert_pem, "key": k.key_pem}]});
+    assert_eq!(update_code(&lbd, pair(&a, &b)), "certificate_key_mismatch");
+    assert_eq!(
+        update_code(&lbd, pair(&expired, &expired)),
+        "certificate_expired"
+    );
+    assert_eq!(
+        update_code(
+            &lbd,
+            json!({"certificates": [{"cert": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", "key": a.key_pem}]})
+        ),
+        "invalid_pem"
+    );
+    assert_eq!(
+        update_code(
+            &lbd,
+            json!({"certificates": [{"cert": a.cert_pem, "key": "garbage"}]})
+        ),
+        "invalid_pem"
+    );
+    assert_eq!(
+        update_code(&lbd, json!({"min_version": "1.1"})),
+        "invalid_tls_version"
+    );
+    assert_eq!(
+        update_code(
+            &lbd,
+            json!({"certificates": [{"fingerprint": "00".repeat(32)}]})
+        ),
+        "unknown_certificate"
+    );
+    let (status, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "project": "demo", "name": "bare", "traffic_type": "https", "backend": {"entities": [backend.addr().to_string()]}}}));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("missing_tls")),
+        "{v}"
+    );
+    // lbctl refuses an unpaired --cert before sending anything.
+    let out = lbd.lbctl(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--cert",
+        path(&a.cert),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let after = lbd.instance("demo", "web");
+    assert_eq!(after, before, "a refused update changed the store");
+    let (_, list) =
+        lbd.api(&json!({"action": "info", "type": "instance", "info": {"project": "demo"}}));
+    assert_eq!(list["info"].as_array().map(Vec::len), Some(1), "{list}");
+
+    // info shows each certificate's facts, never a key.
+    let certs = after["tls"]["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 2);
+    assert_eq!(certs[1]["sans"], json!(["b.test"]));
+    assert_eq!(certs[0]["subject"], "CN=a.test");
+    assert_eq!(certs[0]["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(certs[0]["not_after"].as_i64().unwrap() > 4_000_000_000);
+    let answers = [
+        after.to_string(),
+        lbd.api(&json!({"action": "info", "type": "project", "info": {"name": "demo"}}))
+            .1
+            .to_string(),
+        list.to_string(),
+        lbd.lbctl_ok(&["-o", "json", "instance", "info", "web", "--project", "demo"]),
+        lbd.lbctl_ok(&["instance", "info", "web", "--project", "demo"]),
+        lbd.lbctl_ok(&[
+            "instance",
+            "cert",
+            "list",
+            "--instance",
+            "web",
+            "--project",
+            "demo",
+        ]),
+    ];
+    for key in [&a, &b] {
+        let marker = key.key_marker();
+        for answer in &answers {
+            assert!(
+                !answer.contains(&marker) && !answer.contains("PRIVATE KEY"),
+                "{answer}"
+            );
+        }
+        for file in world_readable(&lbd.state.0) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(&marker),
+                "a key in world-readable {}",
+                file.display()
+            );
+        }
+    }
+    // The keys are in 0600 files of their own.
+    let dir = lbd.state.0.join("tls-keys");
+    let keys: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in keys {
+        assert_eq!(k.metadata().unwrap().mode() & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn lbctl_cert_add_remove_list_and_self_signed() {
+    if !tools_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = HttpBackend::start("tls-backend");
+    let (lbd, _a, _b, addr) = setup(&pki, &backend);
+    let target = ["--instance", "web", "--project", "demo"];
+    let run = |args: &[&str]| {
+        let mut all = vec!["instance", "cert"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&target);
+        lbd.lbctl_ok(&all)
+    };
+    run(&["add", "--self-signed"]);
+    let list = run(&["list"]);
+    assert!(list.contains("web.demo.lbaas.internal"), "{list}");
+    assert_eq!(list.lines().count(), 4, "{list}");
+    let (_, text) = s_client(addr, "web.demo.lbaas.internal", &[]);
+    assert_eq!(
+        subject_cn(&text).as_deref(),
+        Some("CN=web.demo.lbaas.internal"),
+        "{text}"
+    );
+    run(&["remove", "b.test"]);
+    let list = run(&["list"]);
+    assert!(
+        !list.contains("b.test") && list.contains("a.test"),
+        "{list}"
+    );
+    // b.test now gets the default certificate.
+    let (_, text) = s_client(addr, "b.test", &[]);
+    assert_eq!(subject_cn(&text).as_deref(), Some("CN=a.test"), "{text}");
+    // A certificate that expires within 14 days is warned about.
+    let in_3_days = std::time::SystemTime::now() + Duration::from_secs(3 * 86_400 + 3600);
+    let soon = pki.leaf_until("soon", "soon.test", in_3_days);
+    run(&["add", "--cert", path(&soon.cert), "--key", path(&soon.key)]);
+    let info = lbd.lbctl_ok(&["instance", "info", "web", "--project", "demo"]);
+    assert!(
+        info.lines().any(|l| l.starts_with("warning:")
+            && l.contains("soon.test")
+            && l.contains("expires in 3 days")),
+        "{info}"
+    );
+    let metrics = lbd
+        .http
+        .get(format!("{}/metrics", lbd.url()))
+        .bearer_auth(&lbd.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("lbaas_certificate_expiry_seconds{")
+                && l.contains("instance=\"web\"")),
+        "{metrics}"
+    );
+}
