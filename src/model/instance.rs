@@ -31,7 +31,9 @@ pub const MAX_BACKENDS: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrafficType {
+    /// HTTP/1.1 and h2c: the L7 pipeline (rules, auth, rate limits).
     Http,
+    /// TCP relayed as is.
     Tcp,
     /// HTTP behind TLS termination (`tls`): everything `http` takes, too.
     Https,
