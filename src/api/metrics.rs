@@ -520,7 +520,7 @@ lbaas_events_total{kind="node_ready"} 2
     #[test]
     fn an_empty_store_still_describes_every_family() {
         let text = render(&MetricsSnapshot::default());
-        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 16, "{text}");
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples, vec!["lbaas_projects 0"]);
     }
