@@ -350,7 +350,10 @@ fn sni_h2_versions_redirect_and_forwarded_headers() {
         "a.test",
         &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
     );
-    assert!(!ok && text.contains("no peer certificate available"), "{text}");
+    assert!(
+        !ok && text.contains("no peer certificate available"),
+        "{text}"
+    );
     let (ok, text) = s_client(addr, "a.test", &["-tls1_2"]);
     assert!(ok && text.contains("TLSv1.2"), "{text}");
 
@@ -665,5 +668,91 @@ fn lbctl_cert_add_remove_list_and_self_signed() {
             .any(|l| l.starts_with("lbaas_certificate_expiry_seconds{")
                 && l.contains("instance=\"web\"")),
         "{metrics}"
+    );
+}
+
+/// A netns project `name` on the `nth` /24 of the slot's pool: its
+/// namespace and gateway address.
+fn netns_project(lbd: &Lbd, name: &str, nth: usize) -> (String, std::net::Ipv4Addr) {
+    let pool: ipnet::Ipv4Net = lbd.slot.netns_pool().parse().unwrap();
+    let subnet = pool.subnets(24).unwrap().nth(nth).unwrap();
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project",
+        "info": {"name": name, "subnet": subnet.to_string()}}));
+    assert_eq!(s, 200, "{v}");
+    let ns = format!("{}-{}", lbd.slot.netns_prefix(), v["info"]["id"]);
+    wait_for("project ACTIVE", Duration::from_secs(20), || {
+        let (_, v) = lbd.api(&json!({"action": "info", "type": "project", "info": {"name": name}}));
+        (v["info"]["provisioning_status"] == "ACTIVE").then_some(())
+    });
+    (ns, subnet.hosts().next().unwrap())
+}
+
+/// Under `--network netns` the keys travel only on the node admin channel:
+/// another tenant's namespace cannot reach the node's admin API at all, the
+/// host needs the node's secret, and the node serves TLS from its namespace.
+#[test]
+fn under_netns_the_admin_channel_is_out_of_other_tenants_reach() {
+    if !tools_present() || !require("root (for the netns driver)", common::is_root()) {
+        return;
+    }
+    let pki = Pki::new();
+    let a = pki.leaf("a", "a.test", 2099);
+    let lbd = Lbd::start_with(&["--network", "netns"]);
+    let (_, gw_a) = netns_project(&lbd, "alpha", 7);
+    let (ns_b, gw_b) = netns_project(&lbd, "beta", 8);
+    let backend = HttpBackend::start_on(SocketAddr::new(gw_a.into(), 0), "alpha-backend");
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "alpha", "traffic_type": "https", "port": PORT,
+        "backend": {"entities": [backend.addr().to_string()]},
+        "tls": {"certificates": [{"cert": a.cert_pem, "key": a.key_pem}]}}}));
+    assert_eq!(s, 200, "{v}");
+    let other = HttpBackend::start_on(SocketAddr::new(gw_b.into(), 0), "beta-backend");
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "beta", "traffic_type": "http", "port": 8080,
+        "backend": {"entities": [other.addr().to_string()]}}}));
+    assert_eq!(s, 200, "{v}");
+    let node = lbd.wait_active("alpha", "web")["nodes"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lbd.wait_active("beta", "web");
+
+    // From the host, through the namespace: TLS with the right certificate.
+    let resolve = format!("a.test:{PORT}:{node}");
+    let url = format!("https://a.test:{PORT}/");
+    let out = curl(&["--cacert", path(&pki.ca_path), "--resolve", &resolve, &url]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alpha-backend",
+        "{out:?}"
+    );
+    // The admin API wants the node's own secret, even from the host.
+    let admin = format!("http://{node}:9901/status");
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &admin]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{out:?}");
+    // Another tenant's namespace has no route to it at all.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns_b,
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "beta's namespace reached alpha's node: {out:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unreachable")
+            || err.contains("Couldn't connect")
+            || err.contains("timed out"),
+        "{err}"
     );
 }
