@@ -90,6 +90,36 @@ impl KeyStore {
     }
 }
 
+impl KeyStore {
+    /// Removes the key files no certificate in `used` (fingerprints) needs
+    /// any more, once older than `grace` (a key is written just before the
+    /// spec naming it commits). Returns the fingerprints removed.
+    pub fn remove_unused(
+        &self,
+        used: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(fingerprint) = name.strip_suffix(".key") else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= grace);
+            if !used.contains(fingerprint) && old && fs::remove_file(entry.path()).is_ok() {
+                removed.push(fingerprint.to_string());
+            }
+        }
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +139,16 @@ mod tests {
         assert_eq!(d.permissions().mode() & 0o777, 0o700);
         assert_eq!(store.get(&f).unwrap().0, "secret");
         assert!(store.get("../x").is_err());
+        let g = "b".repeat(64);
+        store.put(&g, &PrivateKeyPem("other".into())).unwrap();
+        let used = std::collections::HashSet::from([f.clone()]);
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(store.remove_unused(&used, hour).unwrap().is_empty());
+        let removed = store
+            .remove_unused(&used, std::time::Duration::ZERO)
+            .unwrap();
+        assert_eq!(removed, [g.clone()]);
+        assert!(store.get(&g).is_err() && store.get(&f).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
