@@ -406,21 +406,26 @@ fn a_rotation_under_load_fails_no_request_and_keeps_open_connections() {
     // New handshakes in a loop, each with one request.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed, config) = (stop.clone(), ok.clone(), failed.clone(), config.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let r = connect(&config, addr, "a.test").and_then(|mut t| get(&mut t, "a.test"));
-                match r {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::SeqCst),
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::SeqCst)
-                    }
-                };
-            }
+    // Four clients, each a new handshake and one request at a time.
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, config) =
+                (stop.clone(), ok.clone(), failed.clone(), config.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let r =
+                        connect(&config, addr, "a.test").and_then(|mut t| get(&mut t, "a.test"));
+                    match r {
+                        Ok((200, _)) => ok.fetch_add(1, Ordering::SeqCst),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
         })
-    };
+        .collect();
     wait_for("load running", Duration::from_secs(10), || {
         (ok.load(Ordering::SeqCst) > 5).then_some(())
     });
@@ -451,16 +456,15 @@ fn a_rotation_under_load_fails_no_request_and_keeps_open_connections() {
     );
     let after_rotation = ok.load(Ordering::SeqCst);
     wait_for("load after the rotation", Duration::from_secs(10), || {
-        (ok.load(Ordering::SeqCst) > after_rotation + 5).then_some(())
+        (ok.load(Ordering::SeqCst) > after_rotation + 100).then_some(())
     });
     stop.store(true, Ordering::SeqCst);
-    load.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "ok: {}",
-        ok.load(Ordering::SeqCst)
-    );
+    for l in load {
+        l.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("rotation under load: {ok} handshakes+requests ok, {failed} failed");
+    assert_eq!(failed, 0, "ok: {ok}");
     // The connection opened before still serves, with its certificate.
     assert_eq!(get(&mut kept, "a.test").unwrap().0, 200);
     assert_eq!(peer_leaf(&kept), der_of(&a.cert_pem));
