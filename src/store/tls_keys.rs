@@ -147,7 +147,7 @@ mod tests {
         let removed = store
             .remove_unused(&used, std::time::Duration::ZERO)
             .unwrap();
-        assert_eq!(removed, [g.clone()]);
+        assert_eq!(removed, vec![g.clone()]);
         assert!(store.get(&g).is_err() && store.get(&f).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
