@@ -73,6 +73,7 @@ pub async fn run(
         compute_warnings: drivers.compute_warnings.clone(),
         runs_vm_backends: drivers.runs_vm_backends,
         backend_image_dirs: config.backend_image_dirs(&state_dir).into(),
+        tls_keys: crate::store::tls_keys::KeyStore::open(&config.state_dir())?,
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -337,6 +338,7 @@ fn reconcile_settings(config: &DaemonConfig) -> anyhow::Result<ReconcileSettings
                 key_prefix: String::new(),
             }),
         sticky_secret: Some(sticky_secret),
+        tls_keys: Some(crate::store::tls_keys::KeyStore::open(&config.state_dir())?),
         ..Default::default()
     })
 }

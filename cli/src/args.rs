@@ -11,6 +11,7 @@ use serde_json::Value;
 pub mod managed;
 pub mod smtp;
 pub mod sticky;
+pub mod tls;
 pub use managed::ManagedArgs;
 pub use smtp::SmtpArgs;
 pub use sticky::StickyArgs;
@@ -442,10 +443,19 @@ pub enum InstanceCmd {
     /// The whole L7 policy (pools, rules, auth, rate limits).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Certificates of an https load balancer (SNI: one per name).
+    #[command(subcommand, after_help = CERT_EXAMPLES)]
+    Cert(tls::CertCmd),
     /// Replace the whole L7 policy with FILE's (JSON, as `policy show -o json`
     /// prints it; `-` for stdin): what it leaves out is removed.
     Apply(ApplyArgs),
 }
+
+const CERT_EXAMPLES: &str = "Examples:
+  lbctl instance cert add --instance web --project demo --cert b.pem --key b.key
+  lbctl instance cert add --instance web --project demo --self-signed
+  lbctl instance cert list --instance web --project demo
+  lbctl instance cert remove b.example --instance web --project demo";
 
 const POOL_EXAMPLES: &str = "Examples:
   lbctl instance pool add api --instance web --project demo --backend 10.1.0.7:8080,10.1.0.8:8080
@@ -675,6 +685,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub smtp: SmtpArgs,
     #[command(flatten)]
+    pub tls: tls::TlsArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -704,6 +716,8 @@ pub struct UpdateArgs {
     pub sticky: StickyArgs,
     #[command(flatten)]
     pub smtp: SmtpArgs,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

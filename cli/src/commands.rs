@@ -236,7 +236,8 @@ fn instance_request(cmd: &InstanceCmd) -> Option<(RequestEnvelope, Shape)> {
         InstanceCmd::Pool(_)
         | InstanceCmd::Rule(_)
         | InstanceCmd::Policy(_)
-        | InstanceCmd::Apply(_) => return None,
+        | InstanceCmd::Apply(_)
+        | InstanceCmd::Cert(_) => return None,
         InstanceCmd::Create(args) => (
             envelope(A::Create, I, &instance_create(args)),
             Shape::Instance,
@@ -308,6 +309,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         managed,
         sticky,
         smtp,
+        tls,
         wait: _,
     } = args;
     InstanceCreate {
@@ -340,6 +342,8 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         smtp: smtp_spec(smtp),
         // The envelope's `type` already says instance.
         object_type: None,
+        // Unpaired flags are refused before (`tls::check`).
+        tls: tls.spec(name, project).unwrap_or_default(),
     }
 }
 
@@ -357,6 +361,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         managed,
         sticky,
         smtp,
+        tls,
         wait: _,
     } = args;
     let backend = BackendSpec {
@@ -386,6 +391,8 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         auth: None,
         rate_limits: None,
         smtp: smtp_spec(smtp),
+        // Unpaired flags are refused before (`tls::check`).
+        tls: tls.spec(name, project).unwrap_or_default(),
     }
 }
 
@@ -515,6 +522,7 @@ pub fn wait_until_active(
 pub mod audit;
 pub mod managed;
 pub mod policy;
+pub mod tls;
 pub mod users;
 
 #[cfg(test)]

@@ -106,8 +106,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    commands::tls::check(&cli.command)?;
     if let Command::Instance(cmd) = &cli.command {
-        if let Some(answer) = commands::policy::run(&client, cmd) {
+        let answer =
+            commands::policy::run(&client, cmd).or_else(|| commands::tls::run(&client, cmd));
+        if let Some(answer) = answer {
             let answer = answer?;
             if !cli.quiet {
                 print(cli, &answer);
@@ -212,6 +215,9 @@ fn print(cli: &Cli, answer: &Answer) {
         (Command::Instance(InstanceCmd::Events { .. }), Typed::Instance(i)) => output::events(i),
         (Command::Instance(InstanceCmd::Backends { .. }), Typed::Instance(i)) => {
             output::managed::backends(i, unix_now_ms())
+        }
+        (Command::Instance(InstanceCmd::Cert(_)), Typed::Instance(i)) => {
+            commands::tls::certs_text(i, unix_now_ms() / 1000)
         }
         (_, Typed::Usage(r)) => output::managed::usage(r),
         (_, Typed::Instance(i)) => output::instance(i),

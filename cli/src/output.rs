@@ -244,6 +244,21 @@ pub fn instance(i: &InstanceInfo) -> String {
         fields.push(("reason", reason.clone()));
     }
     fields.extend(i.warnings.iter().map(|w| ("warning", warning(w))));
+    if let Some(tls) = &i.tls {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let w = crate::commands::tls::expiry_warnings(tls, now);
+        fields.extend(w.into_iter().map(|w| ("warning", w)));
+        for c in &tls.certificates {
+            let when = lbaas::model::time::rfc3339_secs(c.not_after);
+            fields.push((
+                "certificate",
+                format!("{} until {when} ({})", c.sans.join(","), c.fingerprint),
+            ));
+        }
+        fields.push(("tls", format!("min version {}", tls.min_version.as_str())));
+    }
     let scaling = if i.backend.auto_scaling {
         format!("auto-scaling {} to {}", i.min_nodes, i.max_nodes)
     } else {

@@ -356,6 +356,7 @@ fn create_instance(
     }
     let cost = quota::instance(spec.quota_nodes());
     quota::check(tx, &p.user, state.default_quota, cost)?;
+    save_tls_keys(state, &spec)?;
     let row = store::insert_instance(tx, p.id, &spec)?;
     store::add_event(
         tx,
@@ -431,6 +432,7 @@ fn update_instance(
     if next != row.spec {
         let cost = quota::more_nodes(row.spec.quota_nodes(), next.quota_nodes());
         quota::check(tx, &p.user, state.default_quota, cost)?;
+        save_tls_keys(state, &next)?;
         store::update_instance_spec(tx, row.id, &next)?;
         store::add_event(
             tx,
@@ -441,6 +443,16 @@ fn update_instance(
     }
     let row = store::instance_by_id(tx, row.id)?.expect("updated in this transaction");
     Ok(to_value(instance_info(tx, &row, &p, &state.view())?))
+}
+
+/// Writes the private keys of the spec's new certificates to their own
+/// 0600 files before the spec (which has none) is stored: a node pushed
+/// the spec finds them. On a blocking thread, as every transaction is.
+fn save_tls_keys(state: &AppState, spec: &crate::model::InstanceSpec) -> Result<(), ApiError> {
+    if let Some(tls) = &spec.tls {
+        state.tls_keys.put_all(&tls.keys())?;
+    }
+    Ok(())
 }
 
 fn delete_instance(

@@ -49,6 +49,9 @@ pub struct InstanceMetrics {
     pub desired_nodes: u32,
     /// Ordered by node id.
     pub nodes: Vec<NodeMetrics>,
+    /// `https`: per certificate (fingerprint, subject), the seconds until
+    /// it expires, as of the snapshot (negative once expired).
+    pub certificates: Vec<(String, String, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,9 +78,20 @@ pub fn gather(c: &Connection) -> Result<MetricsSnapshot, StoreError> {
             stats: stats.remove(&n.id),
         });
     }
+    let now = crate::model::tls::unix_now();
     let instances = store::all_instances(c)?
         .into_iter()
         .map(|i| InstanceMetrics {
+            certificates: i
+                .spec
+                .tls
+                .iter()
+                .flat_map(|t| &t.certificates)
+                .map(|c| {
+                    let c = &c.info;
+                    (c.fingerprint.clone(), c.subject.clone(), c.not_after - now)
+                })
+                .collect(),
             desired_nodes: i.target_nodes(),
             nodes: nodes.remove(&i.id).unwrap_or_default(),
             project: i.project_name,
@@ -217,6 +231,21 @@ fn encode_instances(enc: &mut DescriptorEncoder<'_>, instances: &[InstanceMetric
         instances
             .iter()
             .map(|i| (instance_labels(i), ConstGauge::new(i.desired_nodes))),
+    )?;
+    family(
+        enc,
+        "lbaas_certificate_expiry_seconds",
+        "Seconds until an https instance's certificate expires (negative: expired).",
+        instances.iter().flat_map(|i| {
+            i.certificates
+                .iter()
+                .map(move |(fingerprint, subject, left)| {
+                    let mut labels = instance_labels(i);
+                    labels.push(("fingerprint", fingerprint.clone()));
+                    labels.push(("subject", subject.clone()));
+                    (labels, ConstGauge::new(*left))
+                })
+        }),
     )?;
     family(
         enc,
@@ -398,6 +427,7 @@ mod tests {
                 provisioning_status: ProvisioningStatus::Active,
                 operating_status: OperatingStatus::Degraded,
                 desired_nodes: 2,
+                certificates: vec![("ab".repeat(32), "CN=web".into(), 86_400)],
                 nodes: vec![
                     NodeMetrics {
                         id: NodeId(4),
@@ -429,6 +459,9 @@ lbaas_instance_info{project="demo",instance="web",traffic_type="http",provisioni
 # HELP lbaas_instance_desired_nodes Nodes an instance should have now (min_nodes, or the autoscaler's count).
 # TYPE lbaas_instance_desired_nodes gauge
 lbaas_instance_desired_nodes{project="demo",instance="web"} 2
+# HELP lbaas_certificate_expiry_seconds Seconds until an https instance's certificate expires (negative: expired).
+# TYPE lbaas_certificate_expiry_seconds gauge
+lbaas_certificate_expiry_seconds{project="demo",instance="web",fingerprint="abababababababababababababababababababababababababababababababab",subject="CN=web"} 86400
 # HELP lbaas_node_info One series per LB node, with its state.
 # TYPE lbaas_node_info gauge
 lbaas_node_info{project="demo",instance="web",node="node-4",address="127.5.0.2",state="running"} 1
@@ -487,7 +520,7 @@ lbaas_events_total{kind="node_ready"} 2
     #[test]
     fn an_empty_store_still_describes_every_family() {
         let text = render(&MetricsSnapshot::default());
-        assert_eq!(text.matches("# TYPE ").count(), 15, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 16, "{text}");
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples, vec!["lbaas_projects 0"]);
     }

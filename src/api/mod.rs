@@ -69,6 +69,8 @@ pub struct AppState {
     pub runs_vm_backends: bool,
     /// Where their kernels and initrds may come from (`--backend-image-dir`).
     pub backend_image_dirs: Arc<[std::path::PathBuf]>,
+    /// Where `https` instances' private keys go (never into the spec).
+    pub tls_keys: crate::store::tls_keys::KeyStore,
 }
 
 impl AppState {

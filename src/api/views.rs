@@ -95,6 +95,7 @@ pub fn instance_info_with(
         TrafficType::Http => format!("http://{dns_name}:{}/", i.spec.port),
         TrafficType::Tcp => format!("tcp://{dns_name}:{}", i.spec.port),
         TrafficType::Smtp => format!("smtp://{dns_name}:{}", i.spec.port),
+        TrafficType::Https => format!("https://{dns_name}:{}/", i.spec.port),
     };
     let policy = i.spec.policy.to_spec();
     Ok(InstanceInfo {
@@ -136,6 +137,7 @@ pub fn instance_info_with(
         rate_limits: policy.rate_limits.unwrap_or_default(),
         smtp: i.spec.smtp.as_ref().map(|s| s.to_spec()),
         dns_name,
+        tls: i.spec.tls.as_ref().map(crate::model::tls::Tls::view),
         url,
         provisioning_status: i.provisioning_status,
         operating_status: i.operating_status,

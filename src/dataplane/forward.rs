@@ -77,7 +77,15 @@ impl Upstream {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(header::UPGRADE, protocol);
         }
+        let tls = head.extensions.get::<super::tls::Terminated>().copied();
         add_forwarded(&mut head.headers, peer, authority.as_ref(), head.version);
+        if let Some(tls) = tls {
+            // Decrypted here: the member learns the client's scheme and port.
+            head.headers
+                .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            head.headers
+                .insert("x-forwarded-port", HeaderValue::from(tls.port));
+        }
         if let Some(host) = authority {
             // HTTP/2 clients send :authority, not Host; members speak HTTP/1.1.
             head.headers.insert(header::HOST, host);

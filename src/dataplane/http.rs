@@ -45,24 +45,46 @@ async fn serve_client(
     node: Arc<Node>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
         return refuse(stream).await;
     };
     let _ = stream.set_nodelay(true);
-    let (timeouts, max_head) = node.active.load().as_ref().map_or(
+    serve_connection(node.clone(), stream, peer, stop, None).await
+}
+
+/// The settings a client connection starts with: its timeouts and head limit.
+pub(super) fn client_settings(node: &Node) -> (Timeouts, u32) {
+    node.active.load().as_ref().map_or(
         (Timeouts::default(), tuning::DEFAULT_MAX_HEADER_BYTES),
         |a| (a.config.tuning.timeouts, a.config.tuning.max_header_bytes),
-    );
+    )
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an admitted connection, plain or (`tls`,
+/// marking each request for `X-Forwarded-Proto: https`) decrypted.
+pub(super) async fn serve_connection<IO>(
+    node: Arc<Node>,
+    stream: IO,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<super::tls::Terminated>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (timeouts, max_head) = client_settings(&node);
     let idle = Duration::from_millis(u64::from(timeouts.client_idle_ms));
     let handshake = Duration::from_millis(u64::from(timeouts.handshake_ms));
     // The connection's open requests, for the idle close below. A request
     // clones the Arc into its guard.
     let streams = Arc::new(Streams::default());
-    let service = service_fn(|req| {
+    let service = service_fn(|mut req: Request<Incoming>| {
         let open = streams.open();
         let node = node.clone();
+        if let Some(t) = tls {
+            req.extensions_mut().insert(t);
+        }
         async move {
             let resp = proxy(&node, req, peer).await;
             Ok::<_, Infallible>(resp.map(|body| Counted::new(body, open)))

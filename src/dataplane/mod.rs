@@ -28,6 +28,7 @@ pub mod splice;
 pub mod stats;
 pub mod sticky;
 pub mod tcp;
+pub mod tls;
 pub mod wake;
 
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ pub enum ConfigError {
     /// The old config keeps serving.
     #[error("policy: {0}")]
     Policy(#[from] rules::RuleError),
+    /// The old config keeps serving.
+    #[error("{0}")]
+    Tls(#[from] tls::config::TlsConfigError),
 }
 
 impl ActiveConfig {
@@ -88,6 +92,8 @@ pub struct ActiveConfig {
     pub wake: wake::WakeStage,
     /// Sticky routing per pool; empty without `sticky`.
     pub sticky: sticky::StickyStage,
+    /// The TLS server config (`https`): certificates, ALPN, versions.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -165,6 +171,8 @@ pub struct Node {
     /// members are merged in (a `PUT /managed` is merged into it).
     sent: Mutex<Option<NodeConfig>>,
     listener: tokio::sync::Mutex<Option<Listener>>,
+    /// `tls.redirect_http_port`'s plain listener (changed under `listener`'s lock).
+    redirect: Mutex<Option<tls::redirect::Redirect>>,
     /// Stops the active health checks of the previous config.
     health_stop: Mutex<Option<watch::Sender<bool>>>,
     last_error: Mutex<Option<String>>,
@@ -191,6 +199,7 @@ impl Node {
             wake: wake::Wake::default(),
             sent: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
+            redirect: Mutex::default(),
             health_stop: Mutex::default(),
             last_error: Mutex::default(),
             workers,
@@ -237,10 +246,12 @@ impl Node {
                 fdlimit::FDS_PER_CONNECTION
             );
         }
-        let active = match self.prepare(self.wake.merge(config.clone())) {
-            Ok(active) => Arc::new(active),
+        let prepared = self
+            .prepare(self.wake.merge(config.clone()))
+            .and_then(|active| Ok((active, self.bind_redirect(&config)?)));
+        let (active, redirect) = match prepared {
+            Ok((active, redirect)) => (Arc::new(active), redirect),
             Err(err) => {
-                let err = ConfigError::from(err);
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
                 return Err(err);
             }
@@ -248,6 +259,9 @@ impl Node {
         self.max_connections.store(wanted.min(cap), Relaxed);
         self.start_health_checks(&active);
         self.active.store(Some(active));
+        if let Some(socket) = redirect {
+            self.start_redirect(socket, &config);
+        }
         self.wake.settle();
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some(config.clone());
         if restart {
@@ -261,6 +275,7 @@ impl Node {
                 let serve = async move {
                     match traffic {
                         TrafficType::Http => http::serve(node, socket, stop_rx).await,
+                        TrafficType::Https => tls::serve(node, socket, stop_rx).await,
                         TrafficType::Tcp => tcp::serve(node, socket, stop_rx).await,
                         TrafficType::Smtp => smtp::serve(node, socket, stop_rx).await,
                     }
@@ -304,6 +319,38 @@ impl Node {
         Ok(self.status().await)
     }
 
+    /// Binds `tls.redirect_http_port` when it is wanted and not bound yet;
+    /// stops the current one when it is no longer wanted.
+    fn bind_redirect(
+        &self,
+        config: &NodeConfig,
+    ) -> Result<Option<std::net::TcpListener>, ConfigError> {
+        let wanted = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.redirect_http_port)
+            .filter(|_| config.traffic_type == TrafficType::Https)
+            .map(|p| SocketAddr::new(config.listen.ip(), p));
+        let mut current = self.redirect.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().map(|r| r.addr) == wanted {
+            return Ok(None);
+        }
+        if let Some(old) = current.take() {
+            old.stop();
+        }
+        let Some(addr) = wanted else { return Ok(None) };
+        tls::redirect::Redirect::bind(addr)
+            .map(Some)
+            .map_err(|source| ConfigError::Bind { addr, source })
+    }
+
+    fn start_redirect(self: &Arc<Self>, socket: std::net::TcpListener, config: &NodeConfig) {
+        match tls::redirect::Redirect::start(self.clone(), socket, config.listen.port()) {
+            Ok(r) => *self.redirect.lock().unwrap_or_else(|p| p.into_inner()) = Some(r),
+            Err(e) => tracing::warn!("redirect listener: {e}"),
+        }
+    }
+
     /// Binds the listener: one socket, or one `SO_REUSEPORT` socket per worker,
     /// registered with that worker's reactor.
     fn bind(&self, addr: SocketAddr) -> std::io::Result<Vec<(Option<Handle>, Arc<TcpListener>)>> {
@@ -331,7 +378,7 @@ impl Node {
 
     /// Everything a config needs on the request path; a policy that does
     /// not compile (a controller of another version) is refused.
-    fn prepare(&self, config: NodeConfig) -> Result<ActiveConfig, rules::RuleError> {
+    fn prepare(&self, config: NodeConfig) -> Result<ActiveConfig, ConfigError> {
         let algorithm = sticky::algorithm(config.tuning.algorithm, config.sticky.as_ref());
         let balancer = self
             .members
@@ -353,7 +400,16 @@ impl Node {
             _ => forward::BackendClient::new(&config.tuning.timeouts, config.listen.ip()),
         };
         let previous = previous.as_deref();
+        // Built again only when the certificates or versions change.
+        let tls = match (previous, &config.tls) {
+            (_, None) => None,
+            (Some(p), Some(t)) if p.config.tls.as_ref() == Some(t) && p.tls.is_some() => {
+                p.tls.clone()
+            }
+            (_, Some(t)) => Some(tls::config::build(t)?),
+        };
         Ok(ActiveConfig {
+            tls,
             balancer,
             pools,
             rules,
@@ -445,6 +501,14 @@ impl Node {
     pub async fn stop_listening(&self) {
         if let Some(l) = self.listener.lock().await.take() {
             let _ = l.stop.send(true);
+        }
+        if let Some(r) = self
+            .redirect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            r.stop();
         }
     }
 

@@ -59,6 +59,15 @@ pub enum ValidationError {
     /// code is the smtp error's own.
     #[error(transparent)]
     Smtp(crate::model::smtp::SmtpError),
+    /// A `tls` that cannot be accepted; its code is the TLS error's own.
+    #[error(transparent)]
+    Tls(crate::model::tls::TlsError),
+}
+
+impl From<crate::model::tls::TlsError> for ValidationError {
+    fn from(e: crate::model::tls::TlsError) -> Self {
+        Self::Tls(e)
+    }
 }
 
 impl From<crate::model::smtp::SmtpError> for ValidationError {
@@ -116,6 +125,7 @@ impl ValidationError {
             Self::Managed(e) => e.code(),
             Self::Sticky(e) => e.code(),
             Self::Smtp(e) => e.code(),
+            Self::Tls(e) => e.code(),
         }
     }
 

@@ -31,10 +31,13 @@ pub const MAX_BACKENDS: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrafficType {
+    /// HTTP/1.1 and h2c: the L7 pipeline (rules, auth, rate limits).
     Http,
+    /// TCP relayed as is.
     Tcp,
-    // SMTP from clients, each message POSTed to HTTP backends (`smtp`).
-    // A plain comment: a doc comment would make the schema a `oneOf`.
+    /// HTTP behind TLS termination (`tls`): everything `http` takes, too.
+    Https,
+    /// SMTP from clients, each message POSTed to HTTP backends (`smtp`).
     Smtp,
 }
 
@@ -43,16 +46,23 @@ impl TrafficType {
         match self {
             Self::Http => "http",
             Self::Tcp => "tcp",
+            Self::Https => "https",
             Self::Smtp => "smtp",
         }
     }
 
-    /// The protocol the backends speak: an smtp instance delivers over HTTP.
+    /// The protocol the backends speak: HTTP behind https (TLS ends at the
+    /// node) and behind smtp (each message is POSTed).
     pub fn backend_protocol(self) -> TrafficType {
         match self {
-            Self::Smtp => Self::Http,
+            Self::Smtp | Self::Https => Self::Http,
             t => t,
         }
+    }
+
+    /// Whether requests are HTTP (the L7 pipeline, policy, sticky, ...).
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Https)
     }
 }
 
@@ -228,6 +238,9 @@ pub struct InstanceCreate {
     /// Accepted as in the seed's instance shape; must be `instance`.
     #[serde(default, rename = "type")]
     pub object_type: Option<String>,
+    /// TLS termination; required with (and only for) `traffic_type: https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::TlsSpec>,
 }
 
 /// A validated instance: what is stored and what the reconciler works towards.
@@ -265,6 +278,10 @@ pub struct InstanceSpec {
     /// Set exactly for smtp instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<crate::model::smtp::Smtp>,
+    /// TLS termination (`https`): certificates without their keys (lbd
+    /// keeps those in files of their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::Tls>,
 }
 
 fn default_max_nodes() -> u32 {
@@ -311,6 +328,8 @@ impl InstanceSpec {
             // lbd fills it in (`reconcile`): it is derived from its secret.
             sticky_key: None,
             smtp: self.smtp.clone(),
+            // lbd fills it in: the keys are in its key files, not the spec.
+            tls: None,
         }
     }
 
@@ -346,7 +365,7 @@ impl InstanceSpec {
                 "proxy_protocol needs traffic_type tcp".into(),
             ));
         }
-        if matches!(t.hash_on, HashOn::Header(_)) && self.traffic_type != TrafficType::Http {
+        if matches!(t.hash_on, HashOn::Header(_)) && !self.traffic_type.is_http() {
             return Err(ValidationError::InvalidField(
                 "hash_on header:<Name> needs traffic_type http".into(),
             ));
@@ -362,7 +381,25 @@ impl InstanceSpec {
                 "hash_on needs algorithm consistent_hash".into(),
             ));
         }
-        Ok(())
+        self.check_tls()
+    }
+
+    /// `tls` goes with `https`, and its redirect port is not the listener's.
+    fn check_tls(&self) -> Result<(), ValidationError> {
+        use crate::model::tls::TlsError;
+        match (&self.tls, self.traffic_type) {
+            (None, TrafficType::Https) => Err(TlsError::Missing.into()),
+            (Some(_), t) if !matches!(t, TrafficType::Https | TrafficType::Smtp) => {
+                Err(TlsError::NotHttps.into())
+            }
+            (Some(tls), TrafficType::Smtp) if tls.redirect_http_port.is_some() => {
+                Err(TlsError::RedirectNeedsHttps.into())
+            }
+            (Some(tls), _) if tls.redirect_http_port == Some(self.port) => {
+                Err(TlsError::RedirectPort(i64::from(self.port)).into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -386,6 +423,7 @@ impl InstanceCreate {
             (Some(p), _) => port(p)?,
             (None, TrafficType::Http) => 80,
             (None, TrafficType::Smtp) => 25,
+            (None, TrafficType::Https) => 443,
             (None, TrafficType::Tcp) => return Err(ValidationError::MissingField("port".into())),
         };
         let backend_traffic = self.traffic_type.backend_protocol();
@@ -441,6 +479,11 @@ impl InstanceCreate {
             managed,
             sticky: sticky(self.backend.sticky.as_ref(), self.traffic_type)?,
             smtp,
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| t.validate(None, crate::model::tls::unix_now()))
+                .transpose()?,
         };
         spec.check_combination()?;
         Ok(spec)
@@ -537,6 +580,10 @@ pub struct InstanceUpdate {
     /// smtp only: given fields replace the stored ones; absent ones stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<crate::model::smtp::SmtpSpec>,
+    /// Replaces the stored `tls`; a certificate given as `{"fingerprint"}`
+    /// keeps the stored one (and its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::TlsSpec>,
 }
 
 impl InstanceUpdate {
@@ -657,6 +704,10 @@ impl InstanceUpdate {
             &next.policy,
             next.managed.is_some(),
         )?;
+        if let Some(tls) = &self.tls {
+            let now = crate::model::tls::unix_now();
+            next.tls = Some(tls.validate(current.tls.as_ref(), now)?);
+        }
         next.check_combination()?;
         Ok(next)
     }
@@ -739,7 +790,11 @@ pub struct InstanceInfo {
     pub smtp: Option<crate::model::smtp::SmtpSpec>,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
-    /// `http://<dns_name>:<port>/`, `tcp://<dns_name>:<port>` or `smtp://<dns_name>:<port>`.
+    /// TLS termination (`https`): each certificate's facts, never a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::TlsView>,
+    /// `http://<dns_name>:<port>/`, `https://<dns_name>:<port>/`,
+    /// `tcp://<dns_name>:<port>` or `smtp://<dns_name>:<port>`.
     pub url: String,
     pub provisioning_status: ProvisioningStatus,
     pub operating_status: OperatingStatus,
@@ -880,7 +935,7 @@ fn backend_address(
     let mut rest = s.trim();
     let mut url_port = None;
     if let Some(r) = rest.strip_prefix("http://") {
-        if traffic != TrafficType::Http {
+        if !traffic.is_http() {
             return Err(fail("an http:// URL needs traffic_type http"));
         }
         rest = r.strip_suffix('/').unwrap_or(r);

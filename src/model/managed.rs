@@ -616,9 +616,7 @@ impl ManagedSpec {
         let queue = self.queue.clone().unwrap_or_default();
         let per_resource = match &self.per_resource {
             None => None,
-            Some(_) if traffic != TrafficType::Http => {
-                return Err(ManagedError::PerResourceNeedsHttp)
-            }
+            Some(_) if !traffic.is_http() => return Err(ManagedError::PerResourceNeedsHttp),
             Some(p) => Some(per_resource(p)?),
         };
         Ok(Managed {

@@ -22,6 +22,7 @@ pub mod status;
 pub mod sticky;
 pub mod threshold;
 pub mod time;
+pub mod tls;
 pub mod tuning;
 pub mod usage;
 pub mod user;

@@ -56,6 +56,10 @@ pub struct NodeConfig {
     /// The SMTP conversation of an smtp instance (delivery path, limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<crate::model::smtp::Smtp>,
+    /// TLS termination (`https`): certificates with their keys. A secret,
+    /// like `sticky_key`: sent only over the node's authenticated admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::model::tls::NodeTls>,
 }
 
 fn one() -> u32 {

@@ -115,7 +115,7 @@ impl StickySpec {
             StickySpec::Off(NoSticky::None) => return Ok(None),
             StickySpec::On(rule) => rule,
         };
-        if traffic != TrafficType::Http {
+        if !traffic.is_http() {
             return Err(StickyError::NotHttp);
         }
         let sticky = match (&rule.cookie, &rule.hash) {

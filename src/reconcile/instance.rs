@@ -112,6 +112,43 @@ impl Reconciler {
         }
     }
 
+    /// The `tls` a node of `inst` gets: the certificates with their keys,
+    /// read from lbd's key files off the runtime.
+    async fn node_tls(
+        &self,
+        inst: &InstanceRow,
+    ) -> Result<Option<crate::model::tls::NodeTls>, ReconcileError> {
+        let (Some(tls), Some(keys)) = (inst.spec.tls.clone(), self.settings.tls_keys.clone())
+        else {
+            return Ok(None);
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let certificates = tls
+                .certificates
+                .iter()
+                .map(|c| {
+                    Ok(crate::model::tls::NodeCertificate {
+                        cert: c.cert.clone(),
+                        key: keys.get(&c.info.fingerprint)?,
+                        sans: c.info.sans.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+            Ok::<_, crate::store::StoreError>(crate::model::tls::NodeTls {
+                certificates,
+                min_version: tls.min_version,
+                redirect_http_port: tls.redirect_http_port,
+            })
+        });
+        match read.await {
+            Ok(r) => Ok(Some(r?)),
+            Err(e) => Err(ReconcileError::Task {
+                task: "tls keys",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// What a node of `inst` at `address` runs now.
     fn node_config(&self, inst: &InstanceRow, address: IpAddr) -> crate::model::NodeConfig {
         let mut config = inst.spec.node_config(inst.generation, address);
@@ -266,7 +303,8 @@ impl Reconciler {
         }
         let status = self.wait_ready(node, admin).await?;
         if status.config_version != Some(inst.generation) {
-            let config = self.node_config(inst, node.address);
+            let mut config = self.node_config(inst, node.address);
+            config.tls = self.node_tls(inst).await?;
             self.nodes.put_config(admin, &node.secret, &config).await?;
             // Operators (and tests) see which share of the node-scope limits
             // each node got; the config itself carries hashes, so it is not logged.

@@ -52,6 +52,8 @@ pub struct ReconcileSettings {
     /// Where the instances' sticky cookie keys come from; without it a
     /// cookie-sticky pool is balanced as if it were not sticky.
     pub sticky_secret: Option<sticky_key::StickySecret>,
+    /// Where `https` instances' private keys are (`store::tls_keys`).
+    pub tls_keys: Option<crate::store::tls_keys::KeyStore>,
 }
 
 impl Default for ReconcileSettings {
@@ -66,6 +68,7 @@ impl Default for ReconcileSettings {
             drain_min: Duration::from_secs(5),
             redis: None,
             sticky_secret: None,
+            tls_keys: None,
             drain_max: Duration::from_secs(30),
         }
     }
@@ -201,6 +204,29 @@ impl Reconciler {
     /// Resources with no row are removed: node processes whose node row is
     /// gone (e.g. lbd died between deleting the row and stopping the node),
     /// and DNS names of no instance.
+    /// Deletes the key files of certificates no instance carries any more
+    /// (removed, rotated, or their instance deleted), off the runtime.
+    async fn remove_unused_tls_keys(&self, instances: &[store::InstanceRow]) {
+        let Some(keys) = self.settings.tls_keys.clone() else {
+            return;
+        };
+        let used: HashSet<String> = instances
+            .iter()
+            .filter_map(|i| i.spec.tls.as_ref())
+            .flat_map(|t| t.certificates.iter().map(|c| c.info.fingerprint.clone()))
+            .collect();
+        // A key is written just before the spec naming it commits.
+        let grace = Duration::from_secs(60);
+        match tokio::task::spawn_blocking(move || keys.remove_unused(&used, grace)).await {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!("removed {} unused tls key file(s)", removed.len())
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("tls key files: {e}"),
+            Err(e) => tracing::warn!("tls key files: {e}"),
+        }
+    }
+
     async fn remove_orphans(&self) -> Result<(), store::StoreError> {
         let known: HashSet<NodeId> = self
             .store
@@ -248,10 +274,9 @@ impl Reconciler {
             )
             .await;
         }
-        let labels: HashSet<String> = self
-            .store
-            .read(store::all_instances)
-            .await?
+        let instances = self.store.read(store::all_instances).await?;
+        self.remove_unused_tls_keys(&instances).await;
+        let labels: HashSet<String> = instances
             .iter()
             .map(|i| instance_label(&i.name, &i.project_name))
             .collect();

@@ -19,6 +19,7 @@ mod nodes;
 mod projects;
 mod rows;
 mod sql_types;
+pub mod tls_keys;
 mod usage;
 mod users;
 
@@ -86,6 +87,9 @@ pub enum StoreError {
         from: crate::model::managed::BackendState,
         to: crate::model::managed::BackendState,
     },
+    /// A TLS key file (`tls_keys.rs`) could not be written or read.
+    #[error("tls key file: {0}")]
+    KeyFile(String),
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
     #[error("state database file {path}: {source}")]

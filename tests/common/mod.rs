@@ -10,6 +10,7 @@ pub mod managed;
 pub mod node;
 pub mod redis;
 pub mod smtp;
+pub mod tls;
 pub mod wake;
 
 use std::fs;

@@ -212,6 +212,19 @@ pub fn send(
     login: Option<(&str, &str)>,
     count: u32,
 ) -> Value {
+    send_over(addr, message, to, login, count, None)
+}
+
+/// `send`, after STARTTLS when `starttls` gives the CA file and the name to
+/// verify the server's certificate for.
+pub fn send_over(
+    addr: SocketAddr,
+    message: &[u8],
+    to: &[&str],
+    login: Option<(&str, &str)>,
+    count: u32,
+    starttls: Option<(&std::path::Path, &str)>,
+) -> Value {
     let dir = TempDir::new("smtp-msg");
     let file = dir.0.join("message.eml");
     std::fs::write(&file, message).unwrap();
@@ -227,6 +240,9 @@ pub fn send(
     }
     if let Some((user, password)) = login {
         cmd.args(["--user", user, "--password", password]);
+    }
+    if let Some((ca, name)) = starttls {
+        cmd.arg("--starttls").arg(ca).args(["--server-name", name]);
     }
     let out = cmd.output().expect("running smtp_client.py");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -72,12 +72,11 @@ async fn serve_client(
     }
 }
 
-/// What STARTTLS upgrades with: the instance's certificate once the `tls`
-/// object reaches smtp instances (the TLS termination work builds the
-/// `rustls::ServerConfig` from it; this is where it plugs in). Until then
-/// STARTTLS is neither offered nor accepted.
-fn starttls_config(_active: &ActiveConfig) -> TlsConfig {
-    None
+/// What STARTTLS upgrades with: the rustls config lb-node builds from the
+/// instance's `tls` (the same as an https listener's: SNI picks the
+/// certificate). Without `tls`, STARTTLS is neither offered nor accepted.
+fn starttls_config(active: &ActiveConfig) -> TlsConfig {
+    active.tls.clone()
 }
 
 /// The node's name in the banner and EHLO: its address literal (§4.1.3).

@@ -267,7 +267,7 @@ impl PolicySpec {
         hasher: &dyn SecretHasher,
         previous: &Policy,
     ) -> Result<Policy, PolicyError> {
-        if traffic != TrafficType::Http && !self.is_empty() {
+        if !traffic.is_http() && !self.is_empty() {
             return Err(PolicyError::NotForTcp(
                 "pools, rules, auth and rate_limits need traffic_type http".into(),
             ));
