@@ -335,6 +335,7 @@ fn reconcile_settings(config: &DaemonConfig) -> anyhow::Result<ReconcileSettings
                 key_prefix: String::new(),
             }),
         sticky_secret: Some(sticky_secret),
+        resolver: config.resolver,
         ..Default::default()
     })
 }

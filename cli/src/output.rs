@@ -308,6 +308,13 @@ pub fn instance(i: &InstanceInfo) -> String {
         .entities
         .iter()
         .map(|b| vec![b.address.to_string(), b.weight.to_string()])
+        // Host names as written: each node resolves them (`stats.names`).
+        .chain(
+            i.backend
+                .names
+                .iter()
+                .map(|n| vec![n.address.to_string(), n.weight.to_string()]),
+        )
         .collect();
     out.push_str("\nBackends:\n");
     out.push_str(&table(&["ADDRESS", "WEIGHT"], &backends));

@@ -16,6 +16,7 @@ pub mod http;
 pub mod idle;
 pub mod log_limit;
 pub mod logfile;
+pub mod names;
 pub mod pipeline;
 pub mod pool;
 pub mod pools;
@@ -160,6 +161,8 @@ pub struct Node {
     members: MemberRegistry,
     /// Managed pools: the pushed members, the wake queues, the events.
     pub wake: wake::Wake,
+    /// Host-name backends and what they resolved to.
+    names: Arc<names::Names>,
     /// The last config applied as lbd sent it, before the pushed managed
     /// members are merged in (a `PUT /managed` is merged into it).
     sent: Mutex<Option<NodeConfig>>,
@@ -188,6 +191,7 @@ impl Node {
             fd_cap_logged: Default::default(),
             members: MemberRegistry::default(),
             wake: wake::Wake::default(),
+            names: Arc::default(),
             sent: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
             health_stop: Mutex::default(),
@@ -236,7 +240,8 @@ impl Node {
                 fdlimit::FDS_PER_CONNECTION
             );
         }
-        let active = match self.prepare(self.wake.merge(config.clone())) {
+        self.names.sync(&config, self.on_names_changed()).await;
+        let active = match self.prepare(self.merged(config.clone())) {
             Ok(active) => Arc::new(active),
             Err(err) => {
                 let err = ConfigError::from(err);
@@ -293,13 +298,52 @@ impl Node {
         self.wake.store_members(members);
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(config) = sent {
-            let active = Arc::new(self.prepare(self.wake.merge(config))?);
+            let active = Arc::new(self.prepare(self.merged(config))?);
             self.start_health_checks(&active);
             self.active.store(Some(active));
         }
         self.wake.settle();
         drop(listener);
         Ok(self.status().await)
+    }
+
+    /// The config as sent with the managed pools' pushed members and the
+    /// resolved addresses of the host-name backends merged in.
+    fn merged(&self, config: NodeConfig) -> NodeConfig {
+        self.names.merge(self.wake.merge(config))
+    }
+
+    /// What a host name's changed answer does: the config in force is
+    /// prepared again with the new members (as a `PUT /managed` does).
+    fn on_names_changed(self: &Arc<Self>) -> names::OnChange {
+        let node = Arc::downgrade(self);
+        Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move {
+                if let Some(node) = node.upgrade() {
+                    node.reprepare().await;
+                }
+            })
+        })
+    }
+
+    /// Prepares the last config sent again (its merged members changed).
+    async fn reprepare(self: &Arc<Self>) {
+        // The listener lock orders this with `apply` and `apply_managed`.
+        let listener = self.listener.lock().await;
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(config) = sent {
+            match self.prepare(self.merged(config)) {
+                Ok(active) => {
+                    let active = Arc::new(active);
+                    self.start_health_checks(&active);
+                    self.active.store(Some(active));
+                    self.wake.settle();
+                }
+                Err(e) => tracing::warn!("re-preparing the config: {e}"),
+            }
+        }
+        drop(listener);
     }
 
     /// Binds the listener: one socket, or one `SO_REUSEPORT` socket per worker,
@@ -433,6 +477,7 @@ impl Node {
             stats: NodeStats {
                 members,
                 managed: self.wake.stats(),
+                names: self.names.status(),
                 ..self.counters.snapshot()
             },
             managed_version: self.wake.version(),

@@ -52,6 +52,8 @@ pub struct ReconcileSettings {
     /// Where the instances' sticky cookie keys come from; without it a
     /// cookie-sticky pool is balanced as if it were not sticky.
     pub sticky_secret: Option<sticky_key::StickySecret>,
+    /// The DNS server nodes resolve host-name backends with (`--resolver`).
+    pub resolver: Option<std::net::SocketAddr>,
 }
 
 impl Default for ReconcileSettings {
@@ -66,6 +68,7 @@ impl Default for ReconcileSettings {
             drain_min: Duration::from_secs(5),
             redis: None,
             sticky_secret: None,
+            resolver: None,
             drain_max: Duration::from_secs(30),
         }
     }
