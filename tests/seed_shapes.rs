@@ -104,8 +104,13 @@ fn refused(lbd: &Lbd, body: Vec<u8>, code: &str) -> String {
 fn the_request_and_response_templates() {
     let lbd = Lbd::start();
     // Each alternative of the template, chosen as a string.
-    let create = fill(REQUEST, &[(r#"["create"/"info"/"update"/"delete"]"#, r#""create""#),
-                                 (r#"["project"/"instance"]"#, r#""project""#)]);
+    let create = fill(
+        REQUEST,
+        &[
+            (r#"["create"/"info"/"update"/"delete"]"#, r#""create""#),
+            (r#"["project"/"instance"]"#, r#""project""#),
+        ],
+    );
     let (s, v) = lbd.api_raw(create.into_bytes(), Some(&lbd.token));
     assert_eq!(s, 200, "{v}");
     // The answer has the shape of the seed's response block.
@@ -116,23 +121,46 @@ fn the_request_and_response_templates() {
     }
     assert_eq!(v["info"]["name"], expected["info"]["name"]);
     assert!(v["info"]["id"].is_i64(), "{v}");
-    let info = fill(REQUEST, &[(r#"["create"/"info"/"update"/"delete"]"#, r#""info""#),
-                               (r#"["project"/"instance"]"#, r#""project""#)]);
+    let info = fill(
+        REQUEST,
+        &[
+            (r#"["create"/"info"/"update"/"delete"]"#, r#""info""#),
+            (r#"["project"/"instance"]"#, r#""project""#),
+        ],
+    );
     let (s, v) = lbd.api_raw(info.into_bytes(), Some(&lbd.token));
     assert_eq!((s, &v["info"]["name"]), (200, &json!("example")), "{v}");
     let before = projects(&lbd);
     // The alternative kept in its list is refused with what to write.
-    let listed = fill(REQUEST, &[(r#"["create"/"info"/"update"/"delete"]"#, r#"["create"]"#),
-                                 (r#"["project"/"instance"]"#, r#""project""#)]);
+    let listed = fill(
+        REQUEST,
+        &[
+            (r#"["create"/"info"/"update"/"delete"]"#, r#"["create"]"#),
+            (r#"["project"/"instance"]"#, r#""project""#),
+        ],
+    );
     let message = refused(&lbd, listed.into_bytes(), "invalid_field");
-    assert!(message.contains(r#""create""#) && message.contains("one of them"), "{message}");
-    let listed = fill(REQUEST, &[(r#"["create"/"info"/"update"/"delete"]"#, r#""create""#),
-                                 (r#"["project"/"instance"]"#, r#"["project"]"#)]);
+    assert!(
+        message.contains(r#""create""#) && message.contains("one of them"),
+        "{message}"
+    );
+    let listed = fill(
+        REQUEST,
+        &[
+            (r#"["create"/"info"/"update"/"delete"]"#, r#""create""#),
+            (r#"["project"/"instance"]"#, r#"["project"]"#),
+        ],
+    );
     let message = refused(&lbd, listed.into_bytes(), "invalid_field");
     assert!(message.contains(r#""instance""#), "{message}");
     assert_eq!(projects(&lbd), before);
-    let delete = fill(REQUEST, &[(r#"["create"/"info"/"update"/"delete"]"#, r#""delete""#),
-                                 (r#"["project"/"instance"]"#, r#""project""#)]);
+    let delete = fill(
+        REQUEST,
+        &[
+            (r#"["create"/"info"/"update"/"delete"]"#, r#""delete""#),
+            (r#"["project"/"instance"]"#, r#""project""#),
+        ],
+    );
     let (s, v) = lbd.api_raw(delete.into_bytes(), Some(&lbd.token));
     assert_eq!(s, 200, "{v}");
 }
@@ -155,10 +183,25 @@ fn the_project_block() {
     let message = refused(&lbd, envelope("create", "project", PROJECT), "invalid_name");
     assert!(message.contains(r#"try "johns-project""#), "{message}");
     // Instances in the project are refused: they are created separately.
-    let with_instances = fill(PROJECT, &[("john's project", "johns-project"),
-        (r#""instances": []"#, r#""instances": [{"type": "instance", "traffic_type": "http"}]"#)]);
-    let message = refused(&lbd, envelope("create", "project", &with_instances), "instances_created_separately");
-    assert!(message.contains("created separately") && message.contains("create instance"), "{message}");
+    let with_instances = fill(
+        PROJECT,
+        &[
+            ("john's project", "johns-project"),
+            (
+                r#""instances": []"#,
+                r#""instances": [{"type": "instance", "traffic_type": "http"}]"#,
+            ),
+        ],
+    );
+    let message = refused(
+        &lbd,
+        envelope("create", "project", &with_instances),
+        "instances_created_separately",
+    );
+    assert!(
+        message.contains("created separately") && message.contains("create instance"),
+        "{message}"
+    );
     assert_eq!(projects(&lbd), before, "refusals change nothing");
     // The name filled in: created, owned by john, with no instances.
     let named = fill(PROJECT, &[("john's project", "johns-project")]);
@@ -179,23 +222,39 @@ fn the_instance_and_health_check_blocks() {
     let before = projects(&lbd);
     let named = |block: &str| {
         // The seed's instance has no name or project: they are the names to fill in.
-        block.replacen('{', r#"{"name": "web", "project": "demo", "port": 8080,"#, 1)
+        block.replacen(
+            '{',
+            r#"{"name": "web", "project": "demo", "port": 8080,"#,
+            1,
+        )
     };
     let entities = format!(r#"["{}"], ["http://{}"]"#, a.addr(), b.addr());
     let port = a.addr().port().to_string();
-    let health = fill(HEALTH_CHECK, &[(r#"["HTTP"/"TCP"]"#, r#""HTTP""#), ("80", &port)]);
+    let health = fill(
+        HEALTH_CHECK,
+        &[(r#"["HTTP"/"TCP"]"#, r#""HTTP""#), ("80", &port)],
+    );
     let instance = |traffic: &str, health: &str| {
-        named(&fill(INSTANCE, &[
-            (r#"["tcp"/"http"]"#, traffic),
-            ("1.1.1.0/24", &subnet),
-            (r#"["ip"/"url"], ..."#, &entities),
-            (r#""health-check": {}"#, &format!(r#""health-check": {health}"#)),
-        ]))
+        named(&fill(
+            INSTANCE,
+            &[
+                (r#"["tcp"/"http"]"#, traffic),
+                ("1.1.1.0/24", &subnet),
+                (r#"["ip"/"url"], ..."#, &entities),
+                (
+                    r#""health-check": {}"#,
+                    &format!(r#""health-check": {health}"#),
+                ),
+            ],
+        ))
     };
     // An entity that is none of the forms: the refusal names the field and them.
     let bad = instance(r#""http""#, "{}").replace(&format!(r#"["{}"]"#, a.addr()), "[7]");
     let message = refused(&lbd, envelope("create", "instance", &bad), "invalid_field");
-    assert!(message.contains("`entities`") && message.contains("HOST:PORT"), "{message}");
+    assert!(
+        message.contains("`entities`") && message.contains("HOST:PORT"),
+        "{message}"
+    );
     assert!(!message.contains("untagged"), "{message}");
     let pair = instance(r#""http""#, "{}").replace(
         &format!(r#"["{}"], ["#, a.addr()),
@@ -205,12 +264,19 @@ fn the_instance_and_health_check_blocks() {
     assert!(message.contains("exactly one entity"), "{message}");
     // The alternative kept as a list is refused, naming the field.
     let listed = instance(r#"["http"]"#, "{}");
-    let message = refused(&lbd, envelope("create", "instance", &listed), "invalid_field");
+    let message = refused(
+        &lbd,
+        envelope("create", "instance", &listed),
+        "invalid_field",
+    );
     assert!(message.contains("one of them"), "{message}");
     assert_eq!(projects(&lbd), before, "refusals change nothing");
 
     // With `"health-check": {}` as written, and with the seed's health check block.
-    let (s, v) = lbd.api_raw(envelope("create", "instance", &instance(r#""http""#, "{}")), Some(&lbd.token));
+    let (s, v) = lbd.api_raw(
+        envelope("create", "instance", &instance(r#""http""#, "{}")),
+        Some(&lbd.token),
+    );
     assert_eq!(s, 200, "{v}");
     let web2 = instance(r#""http""#, &health).replacen(r#""name": "web""#, r#""name": "web2""#, 1);
     let (s, v) = lbd.api_raw(envelope("create", "instance", &web2), Some(&lbd.token));
@@ -218,7 +284,10 @@ fn the_instance_and_health_check_blocks() {
     let hc = &v["info"]["backend"]["health-check"];
     assert_eq!(hc["protocol"], "HTTP");
     assert_eq!(hc["port"], a.addr().port());
-    assert_eq!(hc["criteria"], json!({"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2}));
+    assert_eq!(
+        hc["criteria"],
+        json!({"interval": 5, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 2})
+    );
     for name in ["web", "web2"] {
         let info = lbd.wait_active("demo", name);
         let members: Vec<&str> = info["backend"]["entities"]
@@ -227,12 +296,23 @@ fn the_instance_and_health_check_blocks() {
             .iter()
             .map(|e| e["address"].as_str().unwrap())
             .collect();
-        assert_eq!(members, [a.addr().to_string(), b.addr().to_string()], "{info}");
+        assert_eq!(
+            members,
+            [a.addr().to_string(), b.addr().to_string()],
+            "{info}"
+        );
         assert_eq!(info["backend"]["auto-scaling"], true);
-        let node: std::net::SocketAddr = format!("{}:8080", info["nodes"][0]["address"].as_str().unwrap())
-            .parse()
-            .unwrap();
-        let bodies: Vec<String> = (0..4).map(|_| common::l7::get(node, "/", &[]).body).collect();
-        assert!(bodies.iter().any(|b| b.contains("alpha")) && bodies.iter().any(|b| b.contains("bravo")), "{bodies:?}");
+        let node: std::net::SocketAddr =
+            format!("{}:8080", info["nodes"][0]["address"].as_str().unwrap())
+                .parse()
+                .unwrap();
+        let bodies: Vec<String> = (0..4)
+            .map(|_| common::l7::get(node, "/", &[]).body)
+            .collect();
+        assert!(
+            bodies.iter().any(|b| b.contains("alpha"))
+                && bodies.iter().any(|b| b.contains("bravo")),
+            "{bodies:?}"
+        );
     }
 }

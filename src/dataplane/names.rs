@@ -354,7 +354,10 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("127.0.0.1:80".to_string(), 1), ("127.0.0.2:80".to_string(), 2)]
+            [
+                ("127.0.0.1:80".to_string(), 1),
+                ("127.0.0.2:80".to_string(), 2)
+            ]
         );
     }
 
@@ -363,7 +366,13 @@ mod tests {
         assert_eq!(clamp_ttl(Duration::ZERO), MIN_TTL);
         assert_eq!(clamp_ttl(Duration::from_secs(30)), Duration::from_secs(30));
         assert_eq!(clamp_ttl(Duration::from_secs(86_400)), MAX_TTL);
-        for bad in ["0.0.0.0", "169.254.169.254", "fe80::1", "224.0.0.1", "::ffff:169.254.1.1"] {
+        for bad in [
+            "0.0.0.0",
+            "169.254.169.254",
+            "fe80::1",
+            "224.0.0.1",
+            "::ffff:169.254.1.1",
+        ] {
             assert!(!usable(bad.parse().unwrap()), "{bad}");
         }
         for ok in ["127.0.0.1", "10.0.0.1", "::1"] {
@@ -389,15 +398,25 @@ mod tests {
         let localhost = status.iter().find(|s| s.name == "localhost:7").unwrap();
         assert_eq!(localhost.state, MemberState::Up, "{status:?}");
         assert!(localhost.addresses.contains(&addr("127.0.0.1:7")));
-        let missing = status.iter().find(|s| s.name == "nothing.invalid:7").unwrap();
+        let missing = status
+            .iter()
+            .find(|s| s.name == "nothing.invalid:7")
+            .unwrap();
         assert_eq!(missing.state, MemberState::Down);
         assert!(missing.addresses.is_empty());
         assert!(
-            missing.error.as_deref().unwrap().contains("nothing.invalid does not resolve"),
+            missing
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("nothing.invalid does not resolve"),
             "{missing:?}"
         );
         let merged = names.merge(config.clone());
-        assert!(merged.backends.iter().any(|b| b.address == addr("127.0.0.1:7")));
+        assert!(merged
+            .backends
+            .iter()
+            .any(|b| b.address == addr("127.0.0.1:7")));
         // A name no longer listed is forgotten.
         config.named_backends.truncate(1);
         names.sync(&config, noop).await;

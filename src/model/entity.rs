@@ -89,7 +89,11 @@ impl<'de> Deserialize<'de> for BackendEntity {
     }
 }
 
-/// The schema of what [`BackendEntity`] reads (it writes only the first two).
+// The schema of what `BackendEntity` reads (it writes only the first two forms).
+/// One backend as a client may write it: `"10.1.0.5:80"`, `"10.1.0.5"` (the
+/// listener port), `"http://10.1.0.5:80/"`, `"app.internal:8000"` (a host
+/// name, resolved by the LB nodes), `{"address": "...", "weight": 2}`, or the
+/// seed's one-element list of one of these.
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
@@ -290,7 +294,10 @@ mod tests {
         let h: HostPort = "App.Internal.:8000".parse().unwrap();
         assert_eq!((h.host(), h.port()), ("app.internal", 8000));
         assert_eq!(h.to_string(), "app.internal:8000");
-        assert_eq!(serde_json::to_value(&h).unwrap(), json!("app.internal:8000"));
+        assert_eq!(
+            serde_json::to_value(&h).unwrap(),
+            json!("app.internal:8000")
+        );
         let back: HostPort = serde_json::from_value(json!("app.internal:8000")).unwrap();
         assert_eq!(back, h);
         "localhost:1".parse::<HostPort>().unwrap();

@@ -209,13 +209,11 @@ impl ApiRequest {
             let action = match obj.get("action") {
                 None => return Err(ValidationError::MissingField("action".into())),
                 Some(Value::String(s)) => parse_action(s)?,
-                Some(_) => {
-                    return Err(ValidationError::InvalidField(
-                        "`action` must be a string: \"create\", \"info\", \"update\" or \"delete\" \
+                Some(_) => return Err(ValidationError::InvalidField(
+                    "`action` must be a string: \"create\", \"info\", \"update\" or \"delete\" \
                          (the seed's [\"create\"/\"info\"/...] means one of them)"
-                            .into(),
-                    ))
-                }
+                        .into(),
+                )),
             };
             let object_type = match obj.get("type") {
                 None => return Err(ValidationError::MissingField("type".into())),
@@ -369,14 +367,17 @@ mod tests {
         }
         assert_eq!(
             without_trailing_commas(br#"{"a": "x,}", "b": [1, 2 , ],}"#),
-            br#"{"a": "x,}", "b": [1, 2 ]}"#
+            br#"{"a": "x,}", "b": [1, 2  ]}"#
         );
         assert_eq!(
             without_trailing_commas(br#"{"a": "q\",]"}"#),
             br#"{"a": "q\",]"}"#
         );
         // Other mistakes are still malformed JSON.
-        assert_eq!(code(r#"{"action": "create",, "type": "project"}"#), "malformed_json");
+        assert_eq!(
+            code(r#"{"action": "create",, "type": "project"}"#),
+            "malformed_json"
+        );
         assert_eq!(code("{,}"), "malformed_json");
     }
 

@@ -1078,7 +1078,11 @@ mod tests {
                 "localhost", {"address": "db.internal:5432", "weight": 3}, "http://10.0.0.2/"]}
         }))
         .unwrap();
-        let addrs: Vec<String> = spec.backends.iter().map(|m| m.address.to_string()).collect();
+        let addrs: Vec<String> = spec
+            .backends
+            .iter()
+            .map(|m| m.address.to_string())
+            .collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
         let names: Vec<(String, u32)> = spec
             .named_backends
@@ -1098,7 +1102,10 @@ mod tests {
         assert_eq!(node.named_backends, spec.named_backends);
         // A stored spec without names reads as before, and one with them round-trips.
         let stored = serde_json::to_value(&spec).unwrap();
-        assert_eq!(serde_json::from_value::<InstanceSpec>(stored).unwrap(), spec);
+        assert_eq!(
+            serde_json::from_value::<InstanceSpec>(stored).unwrap(),
+            spec
+        );
         let plain = serde_json::to_value(create(base()).unwrap()).unwrap();
         assert!(plain.get("named_backends").is_none(), "{plain}");
         // An update with entities replaces both kinds.
@@ -1141,10 +1148,7 @@ mod tests {
                 json!({"backend": {"entities": ["app:80", "APP:80"]}}),
                 "invalid_backend",
             ),
-            (
-                json!({"backend": {"entities": [7]}}),
-                "invalid_field",
-            ),
+            (json!({"backend": {"entities": [7]}}), "invalid_field"),
             (
                 json!({"backend": {"entities": ["127.0.0.1:99999"]}}),
                 "invalid_backend",

@@ -99,10 +99,7 @@ mod tests {
     fn a_refused_name_comes_with_a_suggestion() {
         let err = validate_name("john's project").unwrap_err();
         assert_eq!(err.code(), "invalid_name");
-        assert!(
-            err.to_string().ends_with(r#"try "johns-project""#),
-            "{err}"
-        );
+        assert!(err.to_string().ends_with(r#"try "johns-project""#), "{err}");
         for (bad, try_) in [
             ("Web", Some("web")),
             ("web_1", Some("web-1")),
