@@ -210,6 +210,9 @@ impl Node {
     /// Applies a config: binds a new listener first when the address changes
     /// (on failure the old config keeps serving), then swaps the config in.
     pub async fn apply(self: &Arc<Self>, config: NodeConfig) -> Result<NodeStatus, ConfigError> {
+        // New host names are resolved first, before the lock that `status`
+        // takes too: a slow DNS server never delays a heartbeat.
+        self.names.sync(&config, self.on_names_changed()).await;
         let mut listener = self.listener.lock().await;
         let rebind = listener.as_ref().is_none_or(|l| l.addr != config.listen);
         let restart = rebind
@@ -240,7 +243,6 @@ impl Node {
                 fdlimit::FDS_PER_CONNECTION
             );
         }
-        self.names.sync(&config, self.on_names_changed()).await;
         let active = match self.prepare(self.merged(config.clone())) {
             Ok(active) => Arc::new(active),
             Err(err) => {
