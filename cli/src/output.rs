@@ -476,6 +476,18 @@ mod tests {
     }
 
     #[test]
+    fn host_name_backends_are_listed_as_written() {
+        let mut i = web();
+        i.backend.names = vec![lbaas::model::NamedMember {
+            address: "app.internal:8000".parse().unwrap(),
+            weight: 2,
+        }];
+        let text = instance(&i);
+        assert!(text.contains("127.0.0.1:9001     3\n"), "{text}");
+        assert!(text.contains("app.internal:8000  2\n"), "{text}");
+    }
+
+    #[test]
     fn host_warnings_are_shown_with_their_code() {
         let mut i = web();
         i.warnings = serde_json::from_value(json!([
