@@ -337,7 +337,36 @@ fn localhost_port_works() {
         HttpBackend::start_on(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port)), "alpha")
     });
     let name = format!("localhost:{port}");
-    let node = instance(&lbd, "web", json!([name]));
+    // Through lbctl, as a person would: `--backend` takes the name as it is.
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "web",
+        "--project",
+        "demo",
+        "--type",
+        "http",
+        "--port",
+        "8080",
+        "--backend",
+        &name,
+        "--interval",
+        "1",
+        "--check-timeout",
+        "1",
+    ]);
+    let info = lbd.wait_active("demo", "web");
+    assert_eq!(
+        info["backend"]["names"],
+        json!([{"address": name, "weight": 1}]),
+        "{info}"
+    );
+    let node: SocketAddr = format!("{}:8080", info["nodes"][0]["address"].as_str().unwrap())
+        .parse()
+        .unwrap();
+    let shown = lbd.lbctl_ok(&["instance", "info", "web", "--project", "demo"]);
+    assert!(shown.contains(&name), "{shown}");
     for _ in 0..10 {
         let reply = common::l7::get(node, "/", &[]);
         assert_eq!((reply.status, reply.body.as_str()), (200, "alpha"));
