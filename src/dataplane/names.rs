@@ -31,6 +31,9 @@ pub struct Answer {
     pub addresses: Vec<SocketAddr>,
     pub error: Option<String>,
     pub next: Duration,
+    /// The DNS server failed (no answer, SERVFAIL), as opposed to saying
+    /// the name has no addresses: the last addresses are kept meanwhile.
+    pub transient: bool,
 }
 
 /// A running resolution loop; dropping `stop` ends it.
@@ -181,12 +184,17 @@ impl Names {
             .collect()
     }
 
-    /// Stores a new answer; true when the members change.
-    fn store(&self, name: &HostPort, answer: Answer) -> bool {
+    /// Stores a new answer; true when the members change. While the DNS
+    /// server fails, the name keeps the addresses of its last answer (a
+    /// DNS outage is not a backend outage), with the error shown.
+    fn store(&self, name: &HostPort, mut answer: Answer) -> bool {
         let mut state = self.lock();
         let Some(entry) = state.entries.get_mut(name) else {
             return false;
         };
+        if answer.transient && answer.addresses.is_empty() {
+            answer.addresses = entry.answer.addresses.clone();
+        }
         let changed = entry.answer.addresses != answer.addresses;
         entry.answer = answer;
         changed
@@ -258,12 +266,14 @@ async fn resolve(resolver: &TokioResolver, name: &HostPort) -> Answer {
                 addresses,
                 error,
                 next: clamp_ttl(ttl),
+                transient: false,
             }
         }
         Ok(Err(e)) => Answer {
             addresses: Vec::new(),
             error: Some(format!("{} does not resolve: {e}", name.host())),
             next: MIN_TTL,
+            transient: !says_no_addresses(&e),
         },
         Err(_) => Answer {
             addresses: Vec::new(),
@@ -273,8 +283,24 @@ async fn resolve(resolver: &TokioResolver, name: &HostPort) -> Answer {
                 LOOKUP_TIMEOUT.as_secs()
             )),
             next: MIN_TTL,
+            transient: true,
         },
     }
+}
+
+/// Whether the DNS server said the name has no addresses (NXDOMAIN, or no
+/// A/AAAA records: NOERROR without answers), rather than failing (SERVFAIL,
+/// REFUSED, no answer) while it may still have them.
+fn says_no_addresses(e: &hickory_resolver::net::NetError) -> bool {
+    use hickory_resolver::net::{DnsError, NetError, NoRecords};
+    use hickory_resolver::proto::op::ResponseCode;
+    matches!(
+        e,
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        }))
+    )
 }
 
 /// An answer a node may connect to: not unspecified, multicast or
@@ -378,6 +404,39 @@ mod tests {
         for ok in ["127.0.0.1", "10.0.0.1", "::1"] {
             assert!(usable(ok.parse().unwrap()), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_failing_dns_server_keeps_the_last_addresses_no_records_clear_them() {
+        let names = Names::default();
+        let name: HostPort = "app.test:80".parse().unwrap();
+        let (stop, _) = watch::channel(false);
+        let resolved = Answer {
+            addresses: vec![addr("127.0.0.1:80")],
+            next: MIN_TTL,
+            ..Answer::default()
+        };
+        names.lock().entries.insert(
+            name.clone(),
+            Entry {
+                answer: resolved.clone(),
+                _stop: stop,
+            },
+        );
+        let failed = |transient| Answer {
+            error: Some("app.test does not resolve: ...".into()),
+            next: MIN_TTL,
+            transient,
+            ..Answer::default()
+        };
+        assert!(!names.store(&name, failed(true)), "kept: no change");
+        let s = &names.status()[0];
+        assert_eq!(s.addresses, [addr("127.0.0.1:80")]);
+        assert!(s.error.is_some());
+        assert!(names.store(&name, failed(false)), "NXDOMAIN: members go");
+        assert_eq!(names.status()[0].state, MemberState::Down);
+        assert!(names.store(&name, resolved));
+        assert_eq!(names.status()[0].error, None);
     }
 
     #[tokio::test]

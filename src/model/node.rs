@@ -145,8 +145,9 @@ pub struct NameStatus {
     /// The members it resolved to (each an entry of `members`).
     #[schemars(with = "Vec<String>")]
     pub addresses: Vec<SocketAddr>,
-    /// Why the last resolution failed (the name then has no members, or
-    /// keeps those of its last answer while the DNS server fails).
+    /// Why the last resolution failed: the name has no addresses (NXDOMAIN,
+    /// no A/AAAA records; it then has no members), or the DNS server failed
+    /// (it then keeps the members of its last answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Seconds until the next resolution (the answer's TTL, 1 to 300).
