@@ -383,3 +383,24 @@ fn localhost_port_works() {
     );
     drop(v6);
 }
+
+#[test]
+fn a_name_that_points_into_the_control_plane_is_not_used() {
+    let dns = TestDns::start();
+    let lbd = Lbd::start_with(&["--resolver", &dns.addr.to_string()]);
+    let alpha = HttpBackend::start("alpha");
+    // lbd refuses its own API as an IP entity; as a name's answer, the node does.
+    let api = format!("api.{ZONE}:{}", lbd.api.port());
+    dns.set("api", &[Ipv4Addr::LOCALHOST]);
+    let node = instance(&lbd, "web", json!([alpha.addr().to_string(), api]));
+    let refused = wait_for("the name's status", Duration::from_secs(15), || {
+        name_status(&lbd, "web", &api)
+    });
+    assert_eq!(refused["state"], "down", "{refused}");
+    assert_eq!(refused["addresses"], json!([]), "{refused}");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains("lbd's own listener"), "{refused}");
+    for _ in 0..5 {
+        assert_eq!(common::l7::get(node, "/", &[]).body, "alpha");
+    }
+}

@@ -16,8 +16,9 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
 
+use crate::api::backend_guard::is_host_address;
 use crate::model::node::NameStatus;
-use crate::model::{BackendMember, HostPort, MemberState, NamedMember, NodeConfig};
+use crate::model::{BackendMember, HostPort, MemberState, NameGuard, NamedMember, NodeConfig};
 
 /// The shortest and longest time between two resolutions of a name.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
@@ -48,6 +49,30 @@ struct State {
     /// restarts them all.
     server: Option<SocketAddr>,
     entries: BTreeMap<HostPort, Entry>,
+    /// What lbd refuses as a backend, applied to every answer.
+    guard: Option<NameGuard>,
+}
+
+impl State {
+    /// The addresses of `name`'s answer that may be members, and why the
+    /// others may not.
+    fn usable(&self, name: &HostPort) -> (Vec<SocketAddr>, Vec<String>) {
+        let Some(entry) = self.entries.get(name) else {
+            return Default::default();
+        };
+        let (mut addresses, mut refused) = (Vec::new(), Vec::new());
+        for a in &entry.answer.addresses {
+            match self
+                .guard
+                .as_ref()
+                .and_then(|g| g.refusal(*a, is_host_address))
+            {
+                Some(why) => refused.push(why),
+                None => addresses.push(*a),
+            }
+        }
+        (addresses, refused)
+    }
 }
 
 /// The node's host names and their answers.
@@ -80,6 +105,7 @@ impl Names {
                 state.entries.clear();
                 state.server = config.resolver;
             }
+            state.guard = config.name_guard.clone();
             state.entries.retain(|name, _| wanted.contains(name));
             wanted
                 .iter()
@@ -146,14 +172,8 @@ impl Names {
         // A name that points back at this node's own listener would loop.
         let listen = config.listen;
         let answers = |m: &NamedMember| -> Vec<SocketAddr> {
-            state
-                .entries
-                .get(&m.address)
-                .map(|e| e.answer.addresses.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|a| *a != listen)
-                .collect()
+            let (usable, _) = state.usable(&m.address);
+            usable.into_iter().filter(|a| *a != listen).collect()
         };
         let named: Vec<(NamedMember, Vec<SocketAddr>)> = config
             .named_backends
@@ -170,16 +190,25 @@ impl Names {
         state
             .entries
             .iter()
-            .map(|(name, e)| NameStatus {
-                name: name.to_string(),
-                state: if e.answer.addresses.is_empty() {
-                    MemberState::Down
-                } else {
-                    MemberState::Up
-                },
-                addresses: e.answer.addresses.clone(),
-                error: e.answer.error.clone(),
-                next_resolve_s: e.answer.next.as_secs() as u32,
+            .map(|(name, e)| {
+                let (addresses, refused) = state.usable(name);
+                let refused = (!refused.is_empty())
+                    .then(|| format!("not used: {} (refused as a backend)", refused.join("; ")));
+                let error = match (e.answer.error.clone(), refused) {
+                    (Some(e), Some(r)) => Some(format!("{e}; {r}")),
+                    (e, r) => e.or(r),
+                };
+                NameStatus {
+                    name: name.to_string(),
+                    state: if addresses.is_empty() {
+                        MemberState::Down
+                    } else {
+                        MemberState::Up
+                    },
+                    addresses,
+                    error,
+                    next_resolve_s: e.answer.next.as_secs() as u32,
+                }
             })
             .collect()
     }

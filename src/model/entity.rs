@@ -211,6 +211,49 @@ pub struct NamedMember {
     pub weight: u32,
 }
 
+/// What lbd refuses as a backend, for the nodes to apply to what a host
+/// name resolves to (lbd checks IP entities itself; a name's addresses
+/// are only known to the nodes, and change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameGuard {
+    /// lbd's own bound listeners (API, DNS); a wildcard one stands for
+    /// every address of the node's host on its port.
+    #[schemars(with = "Vec<String>")]
+    pub control_plane: Vec<std::net::SocketAddr>,
+    /// The nodes' admin port, refused on any address.
+    pub node_admin_port: u16,
+    /// `--allow-backend-cidr`: addresses the operator allowed anyway.
+    #[schemars(with = "Vec<String>")]
+    pub allowed: Vec<ipnet::IpNet>,
+}
+
+impl NameGuard {
+    /// Why `addr` may not be a member, if it may not; `is_local` tells
+    /// which addresses are the host's own (what a wildcard listener takes).
+    pub fn refusal(
+        &self,
+        addr: std::net::SocketAddr,
+        is_local: impl Fn(std::net::IpAddr) -> bool,
+    ) -> Option<String> {
+        let ip = addr.ip().to_canonical();
+        if self.allowed.iter().any(|net| net.contains(&ip)) {
+            return None;
+        }
+        if addr.port() == self.node_admin_port {
+            return Some(format!("{addr} is on the LB nodes' admin port"));
+        }
+        let on = |l: &std::net::SocketAddr| {
+            l.port() == addr.port()
+                && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local(ip)))
+        };
+        self.control_plane
+            .iter()
+            .find(|l| on(l))
+            .map(|l| format!("{addr} is lbd's own listener {l}"))
+    }
+}
+
 /// Checks a DNS host name: 1 to 253 characters of labels of 1 to 63
 /// letters, digits and inner `-`, the last one not all digits (so a
 /// mistyped IP address is not taken for a name). Returns it lowercase.
@@ -287,6 +330,30 @@ mod tests {
         assert!(err.starts_with("unknown field `adress`"), "{err}");
         let err = entity(json!({"weight": 1})).unwrap_err();
         assert!(err.starts_with("missing field `address`"), "{err}");
+    }
+
+    #[test]
+    fn the_name_guard_refuses_the_control_plane_unless_allowed() {
+        let mut g = NameGuard {
+            control_plane: vec![
+                "127.0.0.1:7070".parse().unwrap(),
+                "0.0.0.0:5353".parse().unwrap(),
+            ],
+            node_admin_port: 9901,
+            allowed: Vec::new(),
+        };
+        let local = |ip: std::net::IpAddr| ip.is_loopback();
+        let r = |g: &NameGuard, a: &str| g.refusal(a.parse().unwrap(), local);
+        assert!(r(&g, "127.0.0.1:7070")
+            .unwrap()
+            .contains("lbd's own listener"));
+        assert!(r(&g, "[::ffff:127.0.0.1]:7070").is_some());
+        assert!(r(&g, "127.9.9.9:5353").is_some(), "a wildcard listener");
+        assert!(r(&g, "10.0.0.1:5353").is_none(), "not this host");
+        assert!(r(&g, "10.0.0.1:9901").unwrap().contains("admin port"));
+        assert!(r(&g, "127.0.0.2:7070").is_none());
+        g.allowed = vec!["127.0.0.0/8".parse().unwrap()];
+        assert!(r(&g, "127.0.0.1:7070").is_none());
     }
 
     #[test]

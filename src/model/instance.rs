@@ -290,8 +290,9 @@ impl InstanceSpec {
             listen: SocketAddr::new(address, self.port),
             backends: self.backends.clone(),
             named_backends: self.named_backends.clone(),
-            // lbd fills it in (`reconcile`): its `--resolver`.
+            // lbd fills them in (`reconcile`): its `--resolver`, its listeners.
             resolver: None,
+            name_guard: None,
             health_check: self.health_check.clone(),
             tuning: self.tuning.clone(),
             policy: self.policy.for_node(),

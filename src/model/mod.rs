@@ -29,7 +29,7 @@ pub mod wake;
 pub mod warning;
 
 pub use audit::{AuditEntry, AuditQuery};
-pub use entity::{HostPort, NamedMember};
+pub use entity::{HostPort, NameGuard, NamedMember};
 pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };

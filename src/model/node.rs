@@ -36,6 +36,10 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub resolver: Option<SocketAddr>,
+    /// What the node refuses among the addresses `named_backends` resolve
+    /// to (lbd's own listeners, the admin port), as lbd does for IPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_guard: Option<crate::model::NameGuard>,
     pub health_check: HealthCheck,
     /// Pools, rules, auth and rate limits (http only); absent: none.
     #[serde(

@@ -118,6 +118,7 @@ impl Reconciler {
         config.serving_nodes = inst.serving_nodes.max(1);
         if !config.named_backends.is_empty() {
             config.resolver = self.settings.resolver;
+            config.name_guard = self.settings.name_guard.clone();
         }
         // Each instance counts under its own keys in a shared Redis.
         config.redis = self
