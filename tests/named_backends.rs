@@ -404,3 +404,29 @@ fn a_name_that_points_into_the_control_plane_is_not_used() {
         assert_eq!(common::l7::get(node, "/", &[]).body, "alpha");
     }
 }
+
+#[test]
+fn a_tcp_instance_takes_a_name_too() {
+    let dns = TestDns::start();
+    let lbd = Lbd::start_with(&["--resolver", &dns.addr.to_string()]);
+    let echo = common::backends::EchoBackend::start();
+    dns.set("echo", &[Ipv4Addr::LOCALHOST]);
+    let name = format!("echo.{ZONE}:{}", echo.addr().port());
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "db", "project": "demo", "traffic_type": "tcp", "port": 9500,
+        "backend": {"entities": [name]}}}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("demo", "db");
+    let node: SocketAddr = format!("{}:9500", info["nodes"][0]["address"].as_str().unwrap())
+        .parse()
+        .unwrap();
+    let mut conn = TcpStream::connect(node).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+}
