@@ -129,6 +129,18 @@ pub struct DaemonConfig {
     /// scripts/build-image.sh [default: target/image, next to the binary's dir].
     #[arg(long, env = "LBAAS_VM_IMAGE")]
     pub vm_image: Option<PathBuf>,
+    /// Directories the kernel and initrd of a `compute: vm` managed pool may
+    /// come from (repeatable, or comma-separated in the variable). A path
+    /// elsewhere is refused (`vm_image_not_allowed`) before lbd looks at it,
+    /// so tenants cannot probe this host's files. [default:
+    /// `<state-dir>/backend-images` and target/backend-image next to the
+    /// binary's dir, where scripts/build-backend-image.sh writes]
+    #[arg(
+        long = "backend-image-dir",
+        env = "LBAAS_BACKEND_IMAGE_DIRS",
+        value_delimiter = ','
+    )]
+    pub backend_image_dirs: Vec<PathBuf>,
     /// libvirt: start of this lbd's domain and tap names (`<prefix>-<project>-<instance>-<node>`).
     #[arg(long, env = "LBAAS_VM_PREFIX", default_value = "lbaas")]
     pub vm_prefix: String,
@@ -274,6 +286,19 @@ impl DaemonConfig {
             max_instances: l(self.default_quota_instances),
             max_nodes: l(self.default_quota_nodes),
         }
+    }
+
+    /// `--backend-image-dir`, or its default.
+    pub fn backend_image_dirs(&self, state_dir: &std::path::Path) -> Vec<PathBuf> {
+        if !self.backend_image_dirs.is_empty() {
+            return self.backend_image_dirs.clone();
+        }
+        let built = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("backend-image")));
+        std::iter::once(state_dir.join("backend-images"))
+            .chain(built)
+            .collect()
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -72,6 +72,7 @@ pub async fn run(
         rate_limiter,
         compute_warnings: drivers.compute_warnings.clone(),
         runs_vm_backends: drivers.runs_vm_backends,
+        backend_image_dirs: config.backend_image_dirs(&state_dir).into(),
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -276,6 +277,7 @@ impl Background {
                 crate::managed::ManagerSettings {
                     node_admin_port: config.node_admin_port,
                     lifetime_retention_s: config.events_retention,
+                    replace_drain: Duration::from_secs(config.drain_timeout),
                 },
             )
             .with_nodes_serving(nodes_serving)

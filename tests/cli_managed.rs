@@ -123,6 +123,56 @@ fn managed_command_create_and_update_set_backend_managed() {
 }
 
 #[test]
+fn per_resource_flags_set_per_resource_and_a_tcp_instance_refuses_them() {
+    let lbd = Lbd::start();
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    let create = |name: &str, kind: &str| {
+        lbd.lbctl(&[
+            "instance",
+            "create",
+            name,
+            "--project",
+            "demo",
+            "--type",
+            kind,
+            "--port",
+            "8080",
+            "--managed-port",
+            "8000",
+            "--managed-command",
+            "app {resource}",
+            "--per-resource-segment",
+            "2",
+            "--per-resource-groups-segment",
+            "3",
+            "--per-resource-max",
+            "5",
+            "--per-resource",
+            "r1:admins,ops",
+            "--per-resource",
+            "r2",
+            "--no-wait",
+        ])
+    };
+    let out = create("app", "http");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = lbd.instance("demo", "app");
+    assert_eq!(
+        info["backend"]["managed"]["per_resource"],
+        serde_json::json!({"path_segment": 2, "groups_segment": 3, "max_resources": 5,
+            "resources": {"r1": {"require_groups": ["admins", "ops"]}, "r2": {}}}),
+        "{info}"
+    );
+    let out = create("tcpapp", "tcp");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("per_resource_needs_http"));
+}
+
+#[test]
 fn project_usage_prints_the_report_as_json_and_as_a_table() {
     let lbd = Lbd::start();
     lbd.lbctl_ok(&["project", "create", "demo"]);

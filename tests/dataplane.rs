@@ -247,3 +247,130 @@ fn tcp_proxy_passes_half_close() {
         (node.status()["stats"]["bytes_in"] == 24).then_some(())
     });
 }
+
+/// A backend that answers the first request of each connection (keep-alive)
+/// and resets the connection when a second request arrives on it, as a
+/// backend that closes idle connections (or dies) just as one is reused.
+/// Returns its address and the request lines it read.
+fn resetting_backend() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let log = log.clone();
+            std::thread::spawn(move || answer_once_then_reset(conn, &log));
+        }
+    });
+    (addr, seen)
+}
+
+fn answer_once_then_reset(conn: TcpStream, log: &std::sync::Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    let mut answered = false;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = reader.read_exact(&mut body);
+        // lb-node's health checks (`GET /`) are always answered.
+        let is_check = request_line.starts_with("GET / ");
+        if !is_check {
+            log.lock()
+                .unwrap()
+                .push(request_line.trim_end().to_string());
+        }
+        if is_check || !answered {
+            answered |= !is_check;
+            let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            continue;
+        }
+        // SO_LINGER 0: close() sends a RST instead of a FIN.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: setsockopt on an open socket we own, with a valid linger struct.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::setsockopt(
+                writer.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        return;
+    }
+}
+
+#[test]
+fn a_reset_kept_alive_connection_resends_a_get_but_never_a_post() {
+    let (backend, seen) = resetting_backend();
+    let node = LbNode::start();
+    let listen = free_addr();
+    let (s, v) = node.put_config(&config(1, "http", listen, &[backend]));
+    assert_eq!(s, 200, "{v}");
+
+    let mut conn = TcpStream::connect(listen).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut send = |request: &str| {
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        status.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let get = "GET /a HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_eq!(send(get), "200", "a new connection");
+    // The kept-alive backend connection is reset under it: sent again on a new one.
+    assert_eq!(send(get), "200", "resent on a new connection");
+    // A POST may have been acted on: the client is told, it is not sent twice.
+    let post = "POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc";
+    assert_eq!(send(post), "502");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("POST")).count(),
+        1,
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("GET /a")).count(),
+        3,
+        "{seen:?}"
+    );
+}

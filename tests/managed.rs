@@ -238,3 +238,62 @@ fn kill_9_of_lbd_while_a_backend_starts_leaves_no_duplicate_or_orphan() {
     });
     assert_eq!(listed[0]["pid"], pid);
 }
+
+#[test]
+fn a_changed_template_replaces_the_running_backend_without_a_failed_request() {
+    let script = Script::write();
+    // A replaced backend keeps its open requests for 1 s after its successor serves.
+    let lbd = Lbd::start_with(&["--drain-timeout", "1"]);
+    let _reaper = Reaper::new(&lbd);
+    let template = |version: &str| {
+        managed(
+            &script,
+            json!({"min": 1, "idle_timeout": 300,
+                   "process": {"command": script.command(), "env": {"APP_VERSION": version}}}),
+        )
+    };
+    let lb = managed_instance(&lbd, "web", template("v1"));
+    let old = wait_for("min 1 to start a backend", Duration::from_secs(30), || {
+        let (status, _, body) = get(lb, "/");
+        (status == 200).then(|| pid_in(&body))
+    });
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut served, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(lb, "/") {
+                    (200, _, _) => served += 1,
+                    (status, _, body) => failed.push(format!("{status} {body}")),
+                }
+            }
+            (served, failed)
+        }
+    });
+    let (s, v) = lbd.api(&json!({"action": "update", "type": "instance", "info": {
+        "project": "demo", "name": "web", "backend": {"managed": template("v2")}}}));
+    assert_eq!(s, 200, "{v}");
+    let new = wait_for(
+        "a backend on the new template",
+        Duration::from_secs(30),
+        || {
+            let (status, _, body) = get(lb, "/");
+            (status == 200 && pid_in(&body) != old).then(|| pid_in(&body))
+        },
+    );
+    wait_for("the old backend to stop", Duration::from_secs(30), || {
+        (!alive(old)).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "{failed:?} (served {served})");
+    assert!(served > 0);
+    assert_eq!(backend_pids(&lbd), vec![new], "one backend, the new one");
+    let stopped = events_of(&lbd, "web", "backend_stopped");
+    assert!(
+        stopped.iter().any(|e| e.contains("replaced")),
+        "{stopped:?}"
+    );
+}

@@ -67,7 +67,8 @@ fn instances(lbd: &Lbd) -> Value {
 
 #[test]
 fn each_bad_managed_pool_has_its_own_code_and_changes_nothing() {
-    let lbd = Lbd::start();
+    // VM images may come only from here (and /nonexistent is not a dir at all).
+    let lbd = Lbd::start_with(&["--backend-image-dir", "/nonexistent"]);
     create_project(&lbd, "demo");
     let (s, v) = create(&lbd, managed_instance("web", "http", json!({})));
     assert_eq!(s, 200, "{v}");
@@ -125,6 +126,16 @@ fn each_bad_managed_pool_has_its_own_code_and_changes_nothing() {
     assert_eq!(code(&a), (422, "kernel_not_found"), "{}", a.1);
     let a = update(vm("/nonexistent/vmlinuz"));
     assert_eq!(code(&a), (422, "kernel_not_found"), "{}", a.1);
+    // Outside the image dirs, a file that exists and one that does not get
+    // the same answer: lbd's host is not probed.
+    for path in [
+        "/etc/hostname",
+        "/etc/no-such-file",
+        "/nonexistent/../etc/hostname",
+    ] {
+        let a = update(vm(path));
+        assert_eq!(code(&a), (422, "vm_image_not_allowed"), "{path}: {}", a.1);
+    }
     let per_resource = json!({"per_resource": {"path_segment": 1}});
     let a = create(&lbd, managed_instance("tcp1", "tcp", per_resource));
     assert_eq!(code(&a), (422, "per_resource_needs_http"), "{}", a.1);

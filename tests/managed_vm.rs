@@ -41,7 +41,8 @@ fn an_lbd_without_vms_refuses_a_vm_pool_and_stores_nothing() {
         m["vm"] = json!({"kernel": here, "initrd": here});
         m
     };
-    let lbd = Lbd::start();
+    let dir = here.parent().unwrap().display().to_string();
+    let lbd = Lbd::start_with(&["--backend-image-dir", &dir]);
     let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
     assert_eq!(s, 200, "{v}");
     for (name, info) in [

@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub mod managed;
+pub mod smtp;
 pub mod sticky;
 pub use managed::ManagedArgs;
+pub use smtp::SmtpArgs;
 pub use sticky::StickyArgs;
 
 #[derive(Debug, Parser)]
@@ -671,6 +673,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub sticky: StickyArgs,
     #[command(flatten)]
+    pub smtp: SmtpArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -698,6 +702,8 @@ pub struct UpdateArgs {
     pub managed: ManagedArgs,
     #[command(flatten)]
     pub sticky: StickyArgs,
+    #[command(flatten)]
+    pub smtp: SmtpArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::args::{
-    BackendArg, Command, CreateArgs, HealthArgs, InstanceCmd, ProjectCmd, ScalingArgs, TuningArgs,
-    UpdateArgs, WaitArgs,
+    BackendArg, Command, CreateArgs, HealthArgs, InstanceCmd, ProjectCmd, ScalingArgs, SmtpArgs,
+    TuningArgs, UpdateArgs, WaitArgs,
 };
 use crate::client::{ApiClient, ClientError, Reply};
 
@@ -308,6 +308,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         tuning,
         managed,
         sticky,
+        smtp,
         wait: _,
     } = args;
     InstanceCreate {
@@ -337,6 +338,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         rules: None,
         auth: None,
         rate_limits: None,
+        smtp: smtp_spec(smtp),
         // The envelope's `type` already says instance.
         object_type: None,
     }
@@ -355,6 +357,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         tuning,
         managed,
         sticky,
+        smtp,
         wait: _,
     } = args;
     let backend = BackendSpec {
@@ -383,7 +386,22 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         rules: None,
         auth: None,
         rate_limits: None,
+        smtp: smtp_spec(smtp),
     }
+}
+
+/// The `--smtp-*` flags that were given, as the `smtp` object.
+fn smtp_spec(a: &SmtpArgs) -> Option<lbaas::model::smtp::SmtpSpec> {
+    given(lbaas::model::smtp::SmtpSpec {
+        deliver_path: a.smtp_deliver_path.clone(),
+        max_message_bytes: a
+            .smtp_max_message_bytes
+            .map(|n| n.min(i64::MAX as u64) as i64),
+        max_recipients: a.smtp_max_recipients.map(i64::from),
+        idle_timeout: a.smtp_idle_timeout.map(i64::from),
+        max_line_length: a.smtp_max_line_length.map(i64::from),
+        max_bad_commands: a.smtp_max_bad_commands.map(i64::from),
+    })
 }
 
 fn entities(backends: &[BackendArg]) -> Vec<lbaas::model::BackendEntity> {

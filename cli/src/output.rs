@@ -265,6 +265,9 @@ pub fn instance(i: &InstanceInfo) -> String {
     if let Some(s) = &i.backend.sticky {
         fields.push(("sticky", sticky(s)));
     }
+    if let Some(s) = &i.smtp {
+        fields.push(("smtp", smtp(s)));
+    }
     if !i.pools.is_empty() || !i.rules.is_empty() || i.auth.is_some() || !i.rate_limits.is_empty() {
         let auth = i
             .auth
@@ -332,6 +335,20 @@ pub fn instance(i: &InstanceInfo) -> String {
 }
 
 /// `cookie NAME (ttl Ns)`, `hash KEY` or `none`.
+/// `POST /messages, 10485760 bytes, 100 rcpt, idle 300s, line 4096, 10 bad`.
+fn smtp(s: &lbaas::model::smtp::SmtpSpec) -> String {
+    let n = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    format!(
+        "POST {}, {} bytes, {} rcpt, idle {}s, line {}, {} bad commands",
+        s.deliver_path.as_deref().unwrap_or("-"),
+        n(s.max_message_bytes),
+        n(s.max_recipients),
+        n(s.idle_timeout),
+        n(s.max_line_length),
+        n(s.max_bad_commands)
+    )
+}
+
 fn sticky(s: &lbaas::model::sticky::StickySpec) -> String {
     use lbaas::model::sticky::StickySpec;
     match s {

@@ -45,7 +45,7 @@ pub(super) async fn handle(
         _ => Prehashed::default(),
     };
     // File checks (a VM kernel) before the transaction, off the runtime.
-    super::managed_check::check(&req, st.runs_vm_backends).await?;
+    super::managed_check::check(&req, st.runs_vm_backends, &st.backend_image_dirs).await?;
     match req {
         ApiRequest::ProjectInfo(r) => {
             return st

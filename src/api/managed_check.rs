@@ -1,10 +1,13 @@
 //! What the model cannot check without I/O or lbd's setup: a managed VM
-//! pool needs an lbd that runs VMs, and its kernel and initrd must exist on
-//! lbd's host. Run before the write transaction (the files on a blocking
-//! thread), so a refused request leaves the store as it was and no file
-//! system call runs on the runtime.
+//! pool needs an lbd that runs VMs, and its kernel and initrd must be files
+//! in one of lbd's backend image directories (`--backend-image-dir`). A
+//! path outside them is refused before lbd looks at it, so a tenant cannot
+//! use the answer to learn which files exist on lbd's host. Run before the
+//! write transaction (the files on a blocking thread), so a refused request
+//! leaves the store as it was and no file system call runs on the runtime.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use super::ApiError;
 use crate::model::envelope::ApiRequest;
@@ -20,12 +23,17 @@ struct VmFiles {
 
 /// Refuses a create or update with managed VM pools (`backend.managed` or
 /// any named pool's) when this lbd runs no VMs, or when one names a kernel
-/// or initrd that is not a file here.
+/// or initrd that is not a file in `image_dirs`.
 /// The files first: a missing kernel is the more specific answer.
-pub(super) async fn check(req: &ApiRequest, runs_vms: bool) -> Result<(), ApiError> {
+pub(super) async fn check(
+    req: &ApiRequest,
+    runs_vms: bool,
+    image_dirs: &Arc<[PathBuf]>,
+) -> Result<(), ApiError> {
     let files = vm_files(req);
     if !files.is_empty() {
-        tokio::task::spawn_blocking(move || check_files(&files, |p| Path::new(p).is_file()))
+        let dirs = image_dirs.clone();
+        tokio::task::spawn_blocking(move || check_files(&files, &dirs, &HostFiles))
             .await
             .map_err(|e| ApiError::Store(crate::store::StoreError::Worker(e.to_string())))?
             .map_err(|e| ApiError::Invalid(ValidationError::Managed(e)))?;
@@ -71,19 +79,74 @@ fn of_spec(spec: &ManagedSpec) -> Option<VmFiles> {
     })
 }
 
-fn check_files(files: &[VmFiles], exists: impl Fn(&str) -> bool) -> Result<(), ManagedError> {
+/// The two questions asked of the host's file system.
+trait Files {
+    fn is_file(&self, path: &Path) -> bool;
+    /// The path with every symlink resolved (`None`: it does not exist).
+    fn real(&self, path: &Path) -> Option<PathBuf>;
+}
+
+struct HostFiles;
+
+impl Files for HostFiles {
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+    fn real(&self, path: &Path) -> Option<PathBuf> {
+        std::fs::canonicalize(path).ok()
+    }
+}
+
+fn check_files(files: &[VmFiles], dirs: &[PathBuf], fs: &impl Files) -> Result<(), ManagedError> {
     for f in files {
-        if !exists(&f.kernel) {
-            return Err(ManagedError::KernelNotFound(f.kernel.clone()));
-        }
-        if let Some(initrd) = f.initrd.as_ref().filter(|i| !exists(i)) {
-            return Err(ManagedError::Invalid {
-                field: "vm.initrd",
-                reason: format!("{initrd:?} does not exist on the controller's host"),
-            });
+        check_file("vm.kernel", &f.kernel, dirs, fs)?;
+        if let Some(initrd) = &f.initrd {
+            check_file("vm.initrd", initrd, dirs, fs)?;
         }
     }
     Ok(())
+}
+
+/// `path` must name a file inside one of `dirs`, by its words (absolute, no
+/// `..`) before anything is asked of the disk, and once its symlinks are
+/// resolved too.
+fn check_file(
+    field: &'static str,
+    path: &str,
+    dirs: &[PathBuf],
+    fs: &impl Files,
+) -> Result<(), ManagedError> {
+    let p = Path::new(path);
+    let not_allowed = || ManagedError::ImageNotAllowed {
+        field,
+        path: path.to_string(),
+        dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
+    };
+    let by_words = p.is_absolute()
+        && !p.components().any(|c| c == Component::ParentDir)
+        && dirs.iter().any(|d| p.starts_with(d));
+    if !by_words {
+        return Err(not_allowed());
+    }
+    if !fs.is_file(p) {
+        return Err(match field {
+            "vm.kernel" => ManagedError::KernelNotFound(path.to_string()),
+            _ => ManagedError::Invalid {
+                field,
+                reason: format!("{path:?} does not exist on the controller's host"),
+            },
+        });
+    }
+    let real = fs.real(p).ok_or_else(not_allowed)?;
+    if dirs
+        .iter()
+        .filter_map(|d| fs.real(d))
+        .any(|d| real.starts_with(d))
+    {
+        Ok(())
+    } else {
+        Err(not_allowed())
+    }
 }
 
 #[cfg(test)]
@@ -131,34 +194,109 @@ mod tests {
         assert!(vm_files(&create(process, json!({}))).is_empty());
     }
 
+    /// A file system of a few files and symlinks.
+    struct FakeFiles {
+        files: Vec<&'static str>,
+        links: Vec<(&'static str, &'static str)>,
+    }
+
+    impl Files for FakeFiles {
+        fn is_file(&self, path: &Path) -> bool {
+            self.real(path)
+                .is_some_and(|r| self.files.iter().any(|f| Path::new(f) == r))
+        }
+        fn real(&self, path: &Path) -> Option<PathBuf> {
+            let resolved = self
+                .links
+                .iter()
+                .find(|(from, _)| Path::new(from) == path)
+                .map_or(path, |(_, to)| Path::new(to));
+            let known = self
+                .files
+                .iter()
+                .any(|f| Path::new(f).starts_with(resolved));
+            known.then(|| resolved.to_path_buf())
+        }
+    }
+
+    fn fake() -> FakeFiles {
+        FakeFiles {
+            files: vec!["/img/k", "/img/i", "/etc/passwd"],
+            links: vec![("/img/escape", "/etc/passwd")],
+        }
+    }
+
+    fn files(kernel: &str, initrd: Option<&str>) -> [VmFiles; 1] {
+        [VmFiles {
+            kernel: kernel.into(),
+            initrd: initrd.map(String::from),
+        }]
+    }
+
     #[test]
     fn a_missing_kernel_has_its_own_code_and_a_missing_initrd_is_invalid() {
-        let files = [VmFiles {
-            kernel: "/boot/k".into(),
-            initrd: Some("/boot/i".into()),
-        }];
-        assert_eq!(check_files(&files, |_| true), Ok(()));
-        let e = check_files(&files, |p| p != "/boot/k").unwrap_err();
+        let dirs = [PathBuf::from("/img")];
+        let fs = fake();
+        assert_eq!(
+            check_files(&files("/img/k", Some("/img/i")), &dirs, &fs),
+            Ok(())
+        );
+        let e = check_files(&files("/img/nope", None), &dirs, &fs).unwrap_err();
         assert_eq!(e.code(), "kernel_not_found");
-        let e = check_files(&files, |p| p != "/boot/i").unwrap_err();
+        let e = check_files(&files("/img/k", Some("/img/nope")), &dirs, &fs).unwrap_err();
         assert_eq!(e.code(), "invalid_managed");
+    }
+
+    #[test]
+    fn paths_outside_the_image_dirs_are_refused_whether_or_not_they_exist() {
+        let dirs = [PathBuf::from("/img")];
+        let fs = fake();
+        for path in [
+            "/etc/passwd",
+            "/etc/nonexistent",
+            "/img/../etc/passwd",
+            "img/k",
+            "/img/escape",
+            "/imgx/k",
+        ] {
+            let e = check_files(&files(path, None), &dirs, &fs).unwrap_err();
+            assert_eq!(e.code(), "vm_image_not_allowed", "{path}");
+            let e = check_files(&files("/img/k", Some(path)), &dirs, &fs).unwrap_err();
+            assert_eq!(e.code(), "vm_image_not_allowed", "initrd {path}");
+        }
+    }
+
+    fn dirs_of(path: &Path) -> Arc<[PathBuf]> {
+        Arc::from(vec![path.parent().unwrap().to_path_buf()])
     }
 
     #[tokio::test]
     async fn the_real_file_system_is_asked() {
-        let here = std::env::current_exe().unwrap().display().to_string();
-        assert!(check(&create(vm(&here, None), json!({})), true)
+        let exe = std::env::current_exe().unwrap();
+        let here = exe.display().to_string();
+        let dirs = dirs_of(&exe);
+        assert!(check(&create(vm(&here, None), json!({})), true, &dirs)
             .await
             .is_ok());
-        let e = check(&create(vm("/nonexistent/vmlinuz", None), json!({})), true)
+        let missing = format!("{}/nonexistent-vmlinuz", exe.parent().unwrap().display());
+        let e = check(&create(vm(&missing, None), json!({})), true, &dirs)
             .await
             .unwrap_err();
         assert_eq!((e.code(), e.status().as_u16()), ("kernel_not_found", 422));
+        let e = check(&create(vm("/etc/passwd", None), json!({})), true, &dirs)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.status().as_u16()),
+            ("vm_image_not_allowed", 422)
+        );
     }
 
     #[tokio::test]
     async fn vm_pools_are_refused_by_an_lbd_without_vms() {
-        let here = std::env::current_exe().unwrap().display().to_string();
+        let exe = std::env::current_exe().unwrap();
+        let here = exe.display().to_string();
+        let dirs = dirs_of(&exe);
         // In a named pool too.
         for req in [
             create(vm(&here, None), json!({})),
@@ -167,13 +305,15 @@ mod tests {
                 json!({"api": {"entities": [], "managed": vm(&here, None)}}),
             ),
         ] {
-            let e = check(&req, false).await.unwrap_err();
+            let e = check(&req, false, &dirs).await.unwrap_err();
             assert_eq!(
                 (e.code(), e.status().as_u16()),
                 ("vm_backends_unavailable", 422)
             );
         }
         let process = json!({"compute": "process", "process": {"command": ["true"]}, "port": 80});
-        assert!(check(&create(process, json!({})), false).await.is_ok());
+        assert!(check(&create(process, json!({})), false, &dirs)
+            .await
+            .is_ok());
     }
 }

@@ -67,6 +67,8 @@ pub struct AppState {
     pub compute_warnings: ComputeWarnings,
     /// Whether `compute: vm` managed pools can run here (`--compute libvirt`).
     pub runs_vm_backends: bool,
+    /// Where their kernels and initrds may come from (`--backend-image-dir`).
+    pub backend_image_dirs: Arc<[std::path::PathBuf]>,
 }
 
 impl AppState {

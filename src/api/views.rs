@@ -94,6 +94,7 @@ pub fn instance_info_with(
     let url = match i.spec.traffic_type {
         TrafficType::Http => format!("http://{dns_name}:{}/", i.spec.port),
         TrafficType::Tcp => format!("tcp://{dns_name}:{}", i.spec.port),
+        TrafficType::Smtp => format!("smtp://{dns_name}:{}", i.spec.port),
     };
     let policy = i.spec.policy.to_spec();
     Ok(InstanceInfo {
@@ -134,6 +135,7 @@ pub fn instance_info_with(
         rules: policy.rules.unwrap_or_default(),
         auth: policy.auth,
         rate_limits: policy.rate_limits.unwrap_or_default(),
+        smtp: i.spec.smtp.as_ref().map(|s| s.to_spec()),
         dns_name,
         url,
         provisioning_status: i.provisioning_status,

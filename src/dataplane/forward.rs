@@ -182,24 +182,31 @@ fn add_forwarded(
 
 pub(super) enum ForwardError {
     Timeout(Duration),
-    /// `unanswered`: the member refused or dropped the connection before any
-    /// response byte, so an idempotent request may be sent elsewhere.
-    Failed {
-        unanswered: bool,
-        reason: String,
-    },
+    Failed { resend: Resend, reason: String },
+}
+
+/// Where a failed attempt may be sent again (if the request may be sent twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resend {
+    /// The member may have acted on it.
+    Never,
+    /// The member refused or dropped the connection before any response
+    /// byte: another member.
+    Elsewhere,
+    /// A kept-alive connection went stale under it: another member, or the
+    /// same one on a new connection.
+    Anywhere,
 }
 
 impl ForwardError {
     /// The retry rule's half about the failure: only a member that never
     /// answered surely did not act on the request (one that timed out may
-    /// have). Some(reason, for the log) when the failure allows a retry.
-    fn retry_reason(&self) -> Option<&str> {
+    /// have). Some((reason, for the log), where) when it allows a retry.
+    fn retry(&self) -> Option<(&str, Resend)> {
         match self {
-            ForwardError::Failed {
-                unanswered: true,
-                reason,
-            } => Some(reason),
+            ForwardError::Failed { resend, reason } if *resend != Resend::Never => {
+                Some((reason, *resend))
+            }
             _ => None,
         }
     }
@@ -233,24 +240,34 @@ pub(super) async fn send_with_retry<'a>(
         mut spare,
     } = upstream;
     let mut attempt = (head, body);
+    let mut fresh = false;
     loop {
         let (mut head, body) = attempt;
         address_to(&mut head, &target, &member.authority);
-        let error = match forward(client, member, Request::from_parts(head, body)).await {
+        let req = Request::from_parts(head, body);
+        let error = match forward(client, member, req, fresh).await {
             Ok(resp) => {
                 record_outcome(balancer, member, resp.status().as_u16() < 500);
                 return Ok((resp, member));
             }
             Err(error) => error,
         };
-        record_outcome(balancer, member, false);
-        if let Some(reason) = error.retry_reason() {
-            if let (Some(head), Some(other)) = (spare.take(), balancer.retry_member(member)) {
+        let retry = error.retry();
+        // A stale connection says nothing of the member's health.
+        if !matches!(retry, Some((_, Resend::Anywhere))) {
+            record_outcome(balancer, member, false);
+        }
+        if let Some((reason, resend)) = retry {
+            let other = balancer
+                .retry_member(member)
+                .or((resend == Resend::Anywhere).then_some(member));
+            if let (Some(head), Some(other)) = (spare.take(), other) {
                 tracing::debug!(
                     "{method} {target}: retrying on {} after: {reason}",
                     other.address
                 );
                 member = other;
+                fresh = true;
                 attempt = (head, Empty::new().map_err(|e| match e {}).boxed());
                 continue;
             }
@@ -264,34 +281,40 @@ pub(super) async fn send_with_retry<'a>(
     }
 }
 
-/// One attempt on one member, counted in the member's stats.
+/// One attempt on one member (on a new connection if `fresh`), counted in
+/// the member's stats.
 async fn forward(
     client: &BackendClient,
     member: &Member,
     req: Request<ProxyBody>,
+    fresh: bool,
 ) -> Result<Response<Incoming>, ForwardError> {
     let c = &member.counters;
     c.requests.fetch_add(1, Relaxed);
     c.active.fetch_add(1, Relaxed);
-    let result =
-        tokio::time::timeout(client.first_byte, client.pool.send(member.address, req)).await;
+    let result = tokio::time::timeout(
+        client.first_byte,
+        client.pool.send(member.address, req, fresh),
+    )
+    .await;
     c.active.fetch_sub(1, Relaxed);
-    let (unanswered, reason) = match result {
+    let (resend, reason) = match result {
         Ok(Ok(resp)) => {
             if resp.status().is_server_error() {
                 c.failures.fetch_add(1, Relaxed);
             }
             return Ok(resp);
         }
-        Ok(Err(SendError::Unanswered(reason))) => (true, reason),
-        Ok(Err(SendError::Failed(reason))) => (false, reason),
+        Ok(Err(SendError::Unanswered(reason))) => (Resend::Elsewhere, reason),
+        Ok(Err(SendError::Stale(reason))) => (Resend::Anywhere, reason),
+        Ok(Err(SendError::Failed(reason))) => (Resend::Never, reason),
         Err(_) => {
             c.failures.fetch_add(1, Relaxed);
             return Err(ForwardError::Timeout(client.first_byte));
         }
     };
     c.failures.fetch_add(1, Relaxed);
-    Err(ForwardError::Failed { unanswered, reason })
+    Err(ForwardError::Failed { resend, reason })
 }
 
 #[cfg(test)]
@@ -402,19 +425,23 @@ mod tests {
 
     #[test]
     fn only_an_unanswered_failure_may_be_retried() {
-        let failed = |unanswered| ForwardError::Failed {
-            unanswered,
+        let failed = |resend| ForwardError::Failed {
+            resend,
             reason: "connection refused".into(),
         };
-        assert_eq!(failed(true).retry_reason(), Some("connection refused"));
         assert_eq!(
-            failed(false).retry_reason(),
+            failed(Resend::Elsewhere).retry(),
+            Some(("connection refused", Resend::Elsewhere))
+        );
+        assert_eq!(
+            failed(Resend::Anywhere).retry(),
+            Some(("connection refused", Resend::Anywhere))
+        );
+        assert_eq!(
+            failed(Resend::Never).retry(),
             None,
             "the member may have acted on it"
         );
-        assert_eq!(
-            ForwardError::Timeout(Duration::from_secs(1)).retry_reason(),
-            None
-        );
+        assert_eq!(ForwardError::Timeout(Duration::from_secs(1)).retry(), None);
     }
 }

@@ -24,6 +24,7 @@ pub mod privilege;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod rules;
+pub mod smtp;
 pub mod splice;
 pub mod stats;
 pub mod sticky;
@@ -268,6 +269,7 @@ impl Node {
                     match traffic {
                         TrafficType::Http => http::serve(node, socket, stop_rx).await,
                         TrafficType::Tcp => tcp::serve(node, socket, stop_rx).await,
+                        TrafficType::Smtp => smtp::serve(node, socket, stop_rx).await,
                     }
                 };
                 match handle {

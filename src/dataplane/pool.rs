@@ -44,6 +44,11 @@ pub enum SendError {
     /// Nothing reached the member or it answered nothing: the connection was
     /// refused, timed out, or closed before any response byte.
     Unanswered(String),
+    /// A kept-alive connection closed or was reset under the request before
+    /// any response byte: the member most likely closed it as idle (or
+    /// died) as the request went out. An idempotent request may be sent
+    /// again, on a new connection (RFC 9110 §9.2.2).
+    Stale(String),
     Failed(String),
 }
 
@@ -63,14 +68,15 @@ impl BackendPool {
         }
     }
 
-    /// Sends on an idle pooled connection to `addr`, or a new one.
+    /// Sends on an idle pooled connection to `addr` (unless `fresh`), or a new one.
     pub async fn send(
         &self,
         addr: SocketAddr,
         mut req: Request<ProxyBody>,
+        fresh: bool,
     ) -> Result<Response<Incoming>, SendError> {
         self.start_sweeper();
-        while let Some(mut sender) = self.checkout(addr) {
+        while let Some(mut sender) = (!fresh).then(|| self.checkout(addr)).flatten() {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     checkin(addr, sender);
@@ -79,7 +85,7 @@ impl BackendPool {
                 // Not written: the pooled connection was closing; try another.
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
-                    None => return Err(classify(e.into_error())),
+                    None => return Err(classify_reused(e.into_error())),
                 },
             }
         }
@@ -175,16 +181,35 @@ fn checkin(addr: SocketAddr, sender: SendRequest<ProxyBody>) {
 }
 
 fn classify(e: hyper::Error) -> SendError {
-    let unanswered = e.is_incomplete_message() || e.is_canceled();
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        reason = format!("{reason}: {s}");
-        source = s.source();
-    }
-    if unanswered {
+    let reason = reason(&e);
+    if e.is_incomplete_message() || e.is_canceled() {
         SendError::Unanswered(reason)
     } else {
         SendError::Failed(reason)
     }
+}
+
+/// A failure on a kept-alive connection: a close or reset before any
+/// response byte is `Stale`, whatever hyper calls it.
+fn classify_reused(e: hyper::Error) -> SendError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let reset = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted));
+    if reset || e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        SendError::Stale(reason(&e))
+    } else {
+        classify(e)
+    }
+}
+
+/// The error with its chain of causes, for the log and the 502's reason.
+fn reason(e: &hyper::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    reason
 }

@@ -125,6 +125,26 @@ impl Activity {
     }
 }
 
+/// What a backend was started from: a digest of the pool's template, port
+/// and per-resource settings. A backend whose digest is not its pool's
+/// current one is replaced (see `tick::replace_stale`).
+pub fn template_digest(m: &Managed) -> String {
+    use sha2::{Digest, Sha256};
+    let what = serde_json::to_vec(&(&m.template, m.port, &m.per_resource)).unwrap_or_default();
+    Sha256::digest(&what)
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether a backend started from `digest` runs its pool's `current`
+/// template. Rows from before digests were recorded count as current: an
+/// upgrade of lbd restarts nothing.
+pub fn is_current(digest: Option<&str>, current: &str) -> bool {
+    digest.is_none_or(|d| d == current)
+}
+
 /// The ready backends to stop: idle (nothing open on any node) for
 /// `idle_timeout`, longest idle first, keeping `min` of the target's live
 /// backends.

@@ -158,6 +158,7 @@ pub(crate) async fn start(
     let port = m.port;
     let max = m.max;
     let max_resources = m.per_resource.as_ref().map(|p| p.max_resources);
+    let template = decide::template_digest(&m);
     let inserted = shared
         .store
         .transaction(move |tx| {
@@ -166,8 +167,11 @@ pub(crate) async fn start(
                 rows.iter()
                     .filter(|b| b.pool == target.pool && b.state != BackendState::Stopping)
             };
+            // Backends on an old template are being replaced: their
+            // replacements may start beside them.
             let live = live_of_pool()
                 .filter(|b| b.resource == target.resource)
+                .filter(|b| decide::is_current(b.template.as_deref(), &template))
                 .count() as u32;
             if live >= max {
                 return Ok(None);
@@ -196,6 +200,7 @@ pub(crate) async fn start(
                     port,
                     cold,
                     started_at_ms: store::now_ms(),
+                    template: &template,
                 },
             )?;
             Ok::<_, StoreError>(Some(row))
@@ -408,8 +413,12 @@ async fn failed(
 
 /// Why a backend is stopped (its event kind and message).
 pub(crate) enum StopReason {
-    Idle { idle_s: u64 },
+    Idle {
+        idle_s: u64,
+    },
     NotWanted,
+    /// Its pool's template changed and a replacement serves.
+    Replaced,
     Exited(String),
 }
 
@@ -423,6 +432,7 @@ pub(crate) async fn stop(
 ) {
     let id = row.id;
     let from = row.state;
+    lock(&shared.replaced_at).remove(&id);
     if from != BackendState::Stopping {
         let moved = shared
             .store
@@ -454,6 +464,10 @@ pub(crate) async fn stop(
         StopReason::NotWanted => (
             EventKind::BackendStopped,
             format!("backend {id} of {what} stopped: no longer wanted; it ran {lived:.1} s"),
+        ),
+        StopReason::Replaced => (
+            EventKind::BackendStopped,
+            format!("backend {id} of {what} stopped: replaced by one on the changed template; it ran {lived:.1} s and served {} requests", row.requests),
         ),
         StopReason::Exited(reason) => (
             EventKind::BackendExited,

@@ -54,6 +54,9 @@ pub struct ManagerSettings {
     pub node_admin_port: u16,
     /// How long backend lifetime rows are kept (the monitor log's event retention).
     pub lifetime_retention_s: i64,
+    /// How long a backend on a changed template keeps its open requests
+    /// after its replacement serves (`--drain-timeout`).
+    pub replace_drain: Duration,
 }
 
 /// The state shared by the loop and the tasks it spawns.
@@ -64,6 +67,9 @@ pub(crate) struct Shared {
     pub network: Arc<dyn NetworkDriver>,
     pub settings: ManagerSettings,
     pub failures: Mutex<HashMap<(InstanceId, ManagedTarget), Failures>>,
+    /// Backends on a changed template, and when their replacement first
+    /// served (they drain from then; see `tick::replace_stale`).
+    pub replaced_at: Mutex<HashMap<i64, i64>>,
     /// The managed version last pushed per instance.
     pub versions: Mutex<HashMap<InstanceId, u64>>,
     /// One push at a time per instance, so versions reach nodes in order.
@@ -114,6 +120,7 @@ impl Manager {
                 network,
                 settings,
                 failures: Mutex::default(),
+                replaced_at: Mutex::default(),
                 versions: Mutex::default(),
                 push_locks: Mutex::default(),
                 signals: tx,

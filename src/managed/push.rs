@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::decide::resource_fits;
+use super::decide::{self, resource_fits};
 use super::lifecycle::{is_of, targets_of};
 use super::{lock, Failures, Shared};
 use crate::model::instance::BackendMember;
@@ -100,21 +100,28 @@ pub(crate) fn managed_members(
                 of_pool.push(t.clone());
             }
         }
+        let current = decide::template_digest(m);
         targets.extend(
             of_pool
                 .into_iter()
-                .map(|t| target_state(t, backends, failures)),
+                .map(|t| target_state(t, backends, failures, &current)),
         );
     }
     ManagedMembers { version, targets }
 }
 
+/// A target's members are its ready backends; once one runs the current
+/// template, those still on an old one get no new requests (they drain,
+/// and `tick::replace_stale` stops them).
 fn target_state(
     target: ManagedTarget,
     backends: &[BackendRow],
     failures: &[(ManagedTarget, Failures)],
+    current: &str,
 ) -> ManagedTargetState {
     let of_target = || backends.iter().filter(|b| is_of(b, &target));
+    let fresh = |b: &BackendRow| decide::is_current(b.template.as_deref(), current);
+    let any_fresh_ready = of_target().any(|b| b.state == BackendState::Ready && fresh(b));
     let failed = failures
         .iter()
         .find(|(t, _)| *t == target)
@@ -122,7 +129,7 @@ fn target_state(
         .unwrap_or_default();
     ManagedTargetState {
         members: of_target()
-            .filter(|b| b.state == BackendState::Ready)
+            .filter(|b| b.state == BackendState::Ready && (fresh(b) || !any_fresh_ready))
             .map(|b| BackendMember {
                 address: SocketAddr::new(IpAddr::V4(b.address), b.port),
                 weight: 1,
@@ -179,6 +186,7 @@ mod tests {
             cold: false,
             cold_start_ms: None,
             last_active_ms: None,
+            template: None,
         }
     }
 

@@ -183,6 +183,7 @@ async fn a_wake_starts_a_backend_that_is_pushed_ready_then_stopped_when_idle() {
         ManagerSettings {
             node_admin_port: admin.port(),
             lifetime_retention_s: 3600,
+            replace_drain: Duration::from_secs(1),
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);

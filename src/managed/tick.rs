@@ -195,6 +195,7 @@ async fn activity(
                 .map(|(a, _)| *a)
                 .collect();
             let starting = counts(mine, &target).starting;
+            replace_stale(shared, inst, m, mine, &target, now).await;
             for id in decide::idle_victims(m, &of_target, starting, now) {
                 let Some(b) = ready.iter().find(|b| b.id == id).map(|b| (*b).clone()) else {
                     continue;
@@ -211,6 +212,62 @@ async fn activity(
                 });
             }
         }
+    }
+}
+
+/// Make before break for a changed template: while a target has ready
+/// backends on an old template and none ready on the current one, one
+/// replacement starts; once it serves, the old ones get no new requests
+/// (`push::target_state`) and are stopped after `replace_drain`.
+async fn replace_stale(
+    shared: &Arc<Shared>,
+    inst: &InstanceRow,
+    m: &crate::model::managed::Managed,
+    mine: &[BackendRow],
+    target: &ManagedTarget,
+    now: i64,
+) {
+    let current = decide::template_digest(m);
+    let fresh = |b: &&BackendRow| decide::is_current(b.template.as_deref(), &current);
+    let of_target: Vec<&BackendRow> = mine.iter().filter(|b| is_of(b, target)).collect();
+    let stale: Vec<&BackendRow> = of_target
+        .iter()
+        .copied()
+        .filter(|b| b.state == BackendState::Ready && !fresh(b))
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let fresh_ready = of_target
+        .iter()
+        .filter(|b| fresh(b))
+        .any(|b| b.state == BackendState::Ready);
+    if !fresh_ready {
+        let starting = of_target
+            .iter()
+            .filter(|b| fresh(b))
+            .any(|b| b.state == BackendState::Starting);
+        if !starting {
+            lifecycle::start(shared, inst, target, false).await;
+        }
+        return;
+    }
+    let drain_ms = shared.settings.replace_drain.as_millis() as i64;
+    for b in stale {
+        let since = *lock(&shared.replaced_at).entry(b.id).or_insert(now);
+        if now - since < drain_ms {
+            continue;
+        }
+        lock(&shared.replaced_at).remove(&b.id);
+        let (shared, name, project, b) = (
+            shared.clone(),
+            inst.name.clone(),
+            inst.project_id,
+            b.clone(),
+        );
+        tokio::spawn(async move {
+            lifecycle::stop(&shared, &name, project, b, StopReason::Replaced).await
+        });
     }
 }
 

@@ -61,6 +61,20 @@ pub enum ValidationError {
     /// A `sticky` that cannot be accepted; its code is the sticky error's own.
     #[error(transparent)]
     Sticky(crate::model::sticky::StickyError),
+    /// An `smtp` object (or a field an smtp instance does not take); its
+    /// code is the smtp error's own.
+    #[error(transparent)]
+    Smtp(crate::model::smtp::SmtpError),
+}
+
+impl From<crate::model::smtp::SmtpError> for ValidationError {
+    fn from(e: crate::model::smtp::SmtpError) -> Self {
+        match e {
+            // A field the traffic type does not take, as `NotForTcp`.
+            e @ crate::model::smtp::SmtpError::NotForSmtp(_) => Self::InvalidField(e.to_string()),
+            e => Self::Smtp(e),
+        }
+    }
 }
 
 impl From<crate::model::sticky::StickyError> for ValidationError {
@@ -108,6 +122,7 @@ impl ValidationError {
             Self::Policy(e) => e.code(),
             Self::Managed(e) => e.code(),
             Self::Sticky(e) => e.code(),
+            Self::Smtp(e) => e.code(),
         }
     }
 

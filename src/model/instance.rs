@@ -35,6 +35,9 @@ pub const MAX_BACKENDS: usize = 256;
 pub enum TrafficType {
     Http,
     Tcp,
+    // SMTP from clients, each message POSTed to HTTP backends (`smtp`).
+    // A plain comment: a doc comment would make the schema a `oneOf`.
+    Smtp,
 }
 
 impl TrafficType {
@@ -42,6 +45,15 @@ impl TrafficType {
         match self {
             Self::Http => "http",
             Self::Tcp => "tcp",
+            Self::Smtp => "smtp",
+        }
+    }
+
+    /// The protocol the backends speak: an smtp instance delivers over HTTP.
+    pub fn backend_protocol(self) -> TrafficType {
+        match self {
+            Self::Smtp => Self::Http,
+            t => t,
         }
     }
 }
@@ -215,6 +227,9 @@ pub struct InstanceCreate {
     /// http only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// smtp only: delivery and the conversation's limits (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<crate::model::smtp::SmtpSpec>,
     /// Accepted as in the seed's instance shape; must be `instance`.
     #[serde(default, rename = "type")]
     pub object_type: Option<String>,
@@ -256,6 +271,9 @@ pub struct InstanceSpec {
     /// The default pool's sticky routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<crate::model::sticky::Sticky>,
+    /// Set exactly for smtp instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<crate::model::smtp::Smtp>,
 }
 
 fn default_max_nodes() -> u32 {
@@ -305,6 +323,7 @@ impl InstanceSpec {
             sticky: self.sticky.clone(),
             // lbd fills it in (`reconcile`): it is derived from its secret.
             sticky_key: None,
+            smtp: self.smtp.clone(),
         }
     }
 
@@ -379,24 +398,31 @@ impl InstanceCreate {
         let port = match (self.port, self.traffic_type) {
             (Some(p), _) => port(p)?,
             (None, TrafficType::Http) => 80,
+            (None, TrafficType::Smtp) => 25,
             (None, TrafficType::Tcp) => return Err(ValidationError::MissingField("port".into())),
         };
+        let backend_traffic = self.traffic_type.backend_protocol();
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
         let (backends, named_backends) =
             if self.backend.managed.is_some() && self.backend.entities.is_empty() {
                 Default::default()
             } else {
-                entity_members(&self.backend.entities, port, self.traffic_type)?
+                entity_members(&self.backend.entities, port, backend_traffic)?
             };
-        let health_check = health_check(self.backend.health_check.as_ref(), self.traffic_type)?;
+        let health_check = health_check(self.backend.health_check.as_ref(), backend_traffic)?;
         let managed = default_managed(
             self.backend.managed.as_ref(),
             backends.len() + named_backends.len(),
             self.traffic_type,
         )?;
-        let policy = self
-            .policy_spec()
-            .validate(self.traffic_type, port, hasher)?;
+        let policy = self.policy_spec().validate(backend_traffic, port, hasher)?;
+        let smtp = crate::model::smtp::for_instance(
+            self.traffic_type,
+            self.smtp.as_ref(),
+            None,
+            &policy,
+            managed.is_some(),
+        )?;
         let spec = InstanceSpec {
             name: self.name,
             traffic_type: self.traffic_type,
@@ -433,6 +459,7 @@ impl InstanceCreate {
             policy,
             managed,
             sticky: sticky(self.backend.sticky.as_ref(), self.traffic_type)?,
+            smtp,
         };
         spec.check_combination()?;
         Ok(spec)
@@ -526,6 +553,9 @@ pub struct InstanceUpdate {
     /// Replaces all rate limits (`[]`: none left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// smtp only: given fields replace the stored ones; absent ones stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<crate::model::smtp::SmtpSpec>,
 }
 
 impl InstanceUpdate {
@@ -576,6 +606,7 @@ impl InstanceUpdate {
         validate_name(&self.name)?;
         validate_name(&self.project)?;
         let mut next = current.clone();
+        let backend_traffic = next.traffic_type.backend_protocol();
         if let Some(p) = self.port {
             next.port = port(p)?;
         }
@@ -607,10 +638,10 @@ impl InstanceUpdate {
             // An update that names no entities keeps the current ones.
             if !backend.entities.is_empty() {
                 (next.backends, next.named_backends) =
-                    entity_members(&backend.entities, next.port, next.traffic_type)?;
+                    entity_members(&backend.entities, next.port, backend_traffic)?;
             }
             if let Some(hc) = &backend.health_check {
-                next.health_check = health_check(Some(hc), next.traffic_type)?;
+                next.health_check = health_check(Some(hc), backend_traffic)?;
             }
             if let Some(a) = backend.auto_scaling {
                 next.auto_scaling = a;
@@ -637,12 +668,19 @@ impl InstanceUpdate {
         // as their members' default.
         if self.has_policy() || self.port.is_some() {
             next.policy = self.merged_policy(&current.policy).validate_keeping(
-                next.traffic_type,
+                backend_traffic,
                 next.port,
                 hasher,
                 &current.policy,
             )?;
         }
+        next.smtp = crate::model::smtp::for_instance(
+            next.traffic_type,
+            self.smtp.as_ref(),
+            current.smtp.as_ref(),
+            &next.policy,
+            next.managed.is_some(),
+        )?;
         next.check_combination()?;
         Ok(next)
     }
@@ -724,9 +762,12 @@ pub struct InstanceInfo {
     pub auth: Option<AuthSpec>,
     #[serde(default)]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// smtp instances: the resolved `smtp` object, in the shape `create` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<crate::model::smtp::SmtpSpec>,
     /// `<instance>.<project>.<zone>`, served by lbd's DNS server.
     pub dns_name: String,
-    /// `http://<dns_name>:<port>/` or `tcp://<dns_name>:<port>`.
+    /// `http://<dns_name>:<port>/`, `tcp://<dns_name>:<port>` or `smtp://<dns_name>:<port>`.
     pub url: String,
     pub provisioning_status: ProvisioningStatus,
     pub operating_status: OperatingStatus,
@@ -950,9 +991,9 @@ pub(crate) fn health_check(
 ) -> Result<HealthCheck, ValidationError> {
     let default = HealthCheckSpec::default();
     let spec = spec.unwrap_or(&default);
-    let protocol = spec.protocol.unwrap_or(match traffic {
-        TrafficType::Http => HealthProtocol::Http,
+    let protocol = spec.protocol.unwrap_or(match traffic.backend_protocol() {
         TrafficType::Tcp => HealthProtocol::Tcp,
+        _ => HealthProtocol::Http,
     });
     // Without an explicit port, each member is checked on its own port; 0 records that.
     let port = match spec.port {
@@ -1375,6 +1416,37 @@ mod tests {
             update(&tcp, json!({"rules": []})).unwrap_err().code(),
             "invalid_field"
         );
+    }
+
+    #[test]
+    fn an_smtp_instance_always_has_its_smtp_object_and_http_backends() {
+        let mut v = base();
+        v["traffic_type"] = json!("smtp");
+        v.as_object_mut().unwrap().remove("port");
+        v["backend"]["entities"] = json!(["http://127.0.0.1:9001/"]);
+        let spec = create(v.clone()).unwrap();
+        assert_eq!(spec.port, 25);
+        assert_eq!(spec.smtp, Some(crate::model::smtp::Smtp::default()));
+        assert_eq!(spec.health_check.protocol, HealthProtocol::Http);
+        let node = spec.node_config(1, "127.0.0.5".parse().unwrap());
+        assert_eq!(node.smtp, spec.smtp);
+        // An update names some fields; the others stay.
+        let next = update(&spec, json!({"smtp": {"max_recipients": 3}})).unwrap();
+        let smtp = next.smtp.unwrap();
+        assert_eq!((smtp.max_recipients, smtp.idle_timeout), (3, 300));
+        // Not on another type, and not with what smtp does not take.
+        assert_eq!(
+            update(&create(base()).unwrap(), json!({"smtp": {}}))
+                .unwrap_err()
+                .code(),
+            "smtp_not_allowed"
+        );
+        let mut pools = v.clone();
+        pools["pools"] = json!({"api": {"entities": ["127.0.0.1:9101"]}});
+        assert_eq!(create(pools).unwrap_err().code(), "invalid_field");
+        let mut sticky = v;
+        sticky["backend"]["sticky"] = json!({"cookie": "c"});
+        assert_eq!(create(sticky).unwrap_err().code(), "invalid_sticky");
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub enum ManagedError {
     PerResourceNeedsHttp,
     #[error("managed.vm.kernel {0:?} does not exist on the controller's host")]
     KernelNotFound(String),
+    #[error("managed.{field} {path:?} is not in one of the controller's backend image directories ({}); put the image there (its operator sets them with --backend-image-dir)", dirs.join(", "))]
+    ImageNotAllowed {
+        field: &'static str,
+        path: String,
+        dirs: Vec<String>,
+    },
     #[error("managed: compute vm needs an lbd that runs VMs (--compute libvirt, built with the libvirt feature); use compute process here")]
     VmBackendsUnavailable,
     #[error("managed: compute {compute} needs managed.{compute} (its template)")]
@@ -64,6 +70,7 @@ impl ManagedError {
             Self::UnknownPlaceholder { .. } => "unknown_placeholder",
             Self::PerResourceNeedsHttp => "per_resource_needs_http",
             Self::KernelNotFound(_) => "kernel_not_found",
+            Self::ImageNotAllowed { .. } => "vm_image_not_allowed",
             Self::VmBackendsUnavailable => "vm_backends_unavailable",
             Self::MissingTemplate { .. } => "missing_template",
             Self::EntitiesGiven => "managed_with_entities",

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod project;
 pub mod scaling;
 pub mod schemas;
+pub mod smtp;
 pub mod status;
 pub mod sticky;
 pub mod threshold;

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// cookie. A secret: a NodeConfig is never logged or shown as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_key: Option<crate::model::sticky::StickyKey>,
+    /// The SMTP conversation of an smtp instance (delivery path, limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<crate::model::smtp::Smtp>,
 }
 
 fn one() -> u32 {

@@ -14,6 +14,10 @@ impl Reconciler {
             return;
         }
         let (id, subnet) = (p.id, p.subnet);
+        // From reading the rows to applying them, no backend adds its address.
+        let serial = crate::drivers::network::netns::BRIDGE_ADDRESSES
+            .lock()
+            .await;
         // The node addresses on the project network are exactly those of its node rows.
         let wanted = match self.project_node_addresses(p.id).await {
             // VMs bring their own interfaces: the bridge holds no node
@@ -31,6 +35,7 @@ impl Reconciler {
                 network.set_node_addresses(id, &subnet, &wanted, true)
             })
             .await;
+        drop(serial);
         let (status, reason, kind, message) = match (&outcome, p.provisioning_status) {
             (Ok(()), ProvisioningStatus::Active) => return,
             // Already shown; one event per failure, not one per pass.

@@ -34,6 +34,9 @@ pub struct BackendRow {
     pub cold: bool,
     pub cold_start_ms: Option<i64>,
     pub last_active_ms: Option<i64>,
+    /// The digest of the template it was started from (`None`: a row from
+    /// before digests were kept).
+    pub template: Option<String>,
 }
 
 impl BackendRow {
@@ -81,6 +84,7 @@ impl BackendRow {
                 cold: r.get(13)?,
                 cold_start_ms: r.get(14)?,
                 last_active_ms: r.get(15)?,
+                template: r.get(16)?,
             })
         })())
     }
@@ -102,7 +106,7 @@ fn parse_state(s: &str) -> Result<BackendState, StoreError> {
 }
 
 const BACKEND_COLS: &str = "id, instance_id, project_id, pool, resource, state, compute, address,
-     port, pid, started_at_ms, ready_at_ms, requests, cold, cold_start_ms, last_active_ms";
+     port, pid, started_at_ms, ready_at_ms, requests, cold, cold_start_ms, last_active_ms, template";
 
 fn query_backends(
     c: &Connection,
@@ -129,14 +133,16 @@ pub struct NewBackend<'a> {
     pub port: u16,
     pub cold: bool,
     pub started_at_ms: i64,
+    /// `decide::template_digest` of its pool.
+    pub template: &'a str,
 }
 
 /// A new backend row, `starting`; counted as a start (and a cold start) of its day.
 pub fn insert_backend(c: &Connection, b: &NewBackend<'_>) -> Result<BackendRow, StoreError> {
     c.execute(
         "INSERT INTO backends (instance_id, project_id, pool, resource, state, compute, address,
-                               port, started_at_ms, cold)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                               port, started_at_ms, cold, template)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             b.instance_id,
             b.project_id,
@@ -147,7 +153,8 @@ pub fn insert_backend(c: &Connection, b: &NewBackend<'_>) -> Result<BackendRow, 
             b.address.to_string(),
             b.port,
             b.started_at_ms,
-            b.cold
+            b.cold,
+            b.template
         ],
     )?;
     let id = c.last_insert_rowid();
@@ -341,6 +348,7 @@ pub(crate) mod tests {
             resource: None,
             compute: ManagedCompute::Process,
             address: "127.9.0.254".parse().unwrap(),
+            template: "t1",
             port: 8080,
             cold,
             started_at_ms: at,

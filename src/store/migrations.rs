@@ -218,6 +218,9 @@ const MIGRATIONS: &[&str] = &[
         cold_start_ms_sum INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (project_id, instance_id, pool, day)
     );",
+    // What each managed backend was started from (a digest of its pool's
+    // template), so a changed template replaces running backends.
+    "ALTER TABLE backends ADD COLUMN template TEXT;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

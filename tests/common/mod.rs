@@ -9,6 +9,7 @@ pub mod l7;
 pub mod managed;
 pub mod node;
 pub mod redis;
+pub mod smtp;
 pub mod wake;
 
 use std::fs;

@@ -56,6 +56,36 @@ pub struct ManagedArgs {
     /// The VM's memory in MiB [default: 128].
     #[arg(long, value_name = "MIB", requires = "managed_vm_kernel")]
     pub managed_vm_memory_mb: Option<u32>,
+    /// A backend per resource id, taken from this path segment (1-based):
+    /// `per_resource.path_segment`.
+    #[arg(long, value_name = "N", requires = "managed_template")]
+    pub per_resource_segment: Option<u16>,
+    /// The path segment holding the seed's groups (stripped, never trusted):
+    /// `per_resource.groups_segment`.
+    #[arg(long, value_name = "N", requires = "per_resource_segment")]
+    pub per_resource_groups_segment: Option<u16>,
+    /// Most resources with backends at once [default: 100]: `per_resource.max_resources`.
+    #[arg(long, value_name = "N", requires = "per_resource_segment")]
+    pub per_resource_max: Option<u32>,
+    /// A listed resource, with the groups a caller needs (repeat it):
+    /// `r1`, or `r1:admins,ops`. With none listed, any valid id is allowed.
+    #[arg(long = "per-resource", value_name = "ID[:GROUPS]", value_parser = resource,
+          requires = "per_resource_segment")]
+    pub per_resource: Vec<(String, Vec<String>)>,
+}
+
+fn resource(s: &str) -> Result<(String, Vec<String>), String> {
+    let (id, groups) = s.split_once(':').unwrap_or((s, ""));
+    if id.is_empty() {
+        return Err(format!("{s:?}: expected ID or ID:GROUP,GROUP"));
+    }
+    let groups = groups
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(String::from)
+        .collect();
+    Ok((id.to_string(), groups))
 }
 
 /// A command line, split into the program and its arguments.
@@ -115,5 +145,15 @@ mod tests {
         assert_eq!(env_var("A=b=c"), Ok(("A".to_string(), "b=c".to_string())));
         assert!(env_var("=x").is_err());
         assert!(env_var("NOEQ").is_err());
+    }
+
+    #[test]
+    fn resources_take_their_groups_after_a_colon() {
+        assert_eq!(resource("r1"), Ok(("r1".into(), vec![])));
+        assert_eq!(
+            resource("r1:admins, ops"),
+            Ok(("r1".into(), vec!["admins".into(), "ops".into()]))
+        );
+        assert!(resource(":g").is_err());
     }
 }

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use lbaas::model::managed::{ManagedCompute, ManagedSpec, ProcessTemplate, QueueSpec, VmTemplate};
+use lbaas::model::managed::{
+    ManagedCompute, ManagedSpec, PerResourceSpec, ProcessTemplate, QueueSpec, ResourceSpec,
+    VmTemplate,
+};
 use lbaas::model::usage::UsageQuery;
 use lbaas::model::{Action, ObjectType, RequestEnvelope};
 
@@ -28,6 +31,10 @@ pub fn spec(args: &ManagedArgs) -> Option<ManagedSpec> {
         managed_vm_initrd,
         managed_vm_cmdline,
         managed_vm_memory_mb,
+        per_resource_segment,
+        per_resource_groups_segment,
+        per_resource_max,
+        per_resource,
     } = args;
     let (compute, process, vm) = match (managed_command, managed_vm_kernel) {
         (Some(command), _) => (
@@ -68,7 +75,23 @@ pub fn spec(args: &ManagedArgs) -> Option<ManagedSpec> {
         start_timeout: start_timeout.map(i64::from),
         ready: None,
         queue: (queue != QueueSpec::default()).then_some(queue),
-        per_resource: None,
+        per_resource: per_resource_segment.map(|segment| PerResourceSpec {
+            path_segment: i64::from(segment),
+            groups_segment: per_resource_groups_segment.map(i64::from),
+            resources: (!per_resource.is_empty()).then(|| {
+                per_resource
+                    .iter()
+                    .map(|(id, groups)| {
+                        let spec = ResourceSpec {
+                            env: BTreeMap::new(),
+                            require_groups: groups.clone(),
+                        };
+                        (id.clone(), spec)
+                    })
+                    .collect()
+            }),
+            max_resources: per_resource_max.map(i64::from),
+        }),
     })
 }
 
@@ -90,6 +113,25 @@ mod tests {
     use super::*;
     use crate::args::managed::CommandLine;
     use serde_json::json;
+
+    #[test]
+    fn per_resource_flags_make_per_resource() {
+        let args = ManagedArgs {
+            managed_command: Some(CommandLine(vec!["app".into()])),
+            managed_port: Some(8000),
+            per_resource_segment: Some(2),
+            per_resource_groups_segment: Some(3),
+            per_resource_max: Some(5),
+            per_resource: vec![("r1".into(), vec!["g1".into()]), ("r2".into(), vec![])],
+            ..ManagedArgs::default()
+        };
+        let v = serde_json::to_value(spec(&args).unwrap()).unwrap();
+        assert_eq!(
+            v["per_resource"],
+            json!({"path_segment": 2, "groups_segment": 3, "max_resources": 5,
+                   "resources": {"r1": {"require_groups": ["g1"]}, "r2": {}}})
+        );
+    }
 
     #[test]
     fn process_flags_make_a_process_pool() {

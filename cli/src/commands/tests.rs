@@ -290,6 +290,18 @@ const CREATE_ALL: &[&str] = &[
     "pin",
     "--sticky-ttl",
     "60",
+    "--smtp-deliver-path",
+    "/in",
+    "--smtp-max-message-bytes",
+    "4096",
+    "--smtp-max-recipients",
+    "5",
+    "--smtp-idle-timeout",
+    "60",
+    "--smtp-max-line-length",
+    "1024",
+    "--smtp-max-bad-commands",
+    "3",
 ];
 
 /// The same for `instance update` (which has no type or subnet: they are fixed).
@@ -325,7 +337,15 @@ fn every_flag_lands_in_its_field() {
     let mut update = json!({"name": "web", "project": "demo", "port": 8080,
         "algorithm": "consistent_hash", "backend": backend,
         "min_nodes": 2, "max_nodes": 6, "scaling": scaling});
-    for (k, v) in tuning.as_object().unwrap() {
+    // Sent as given whatever the type (lbd refuses `smtp` on a tcp one).
+    let smtp = json!({"smtp": {"deliver_path": "/in", "max_message_bytes": 4096,
+        "max_recipients": 5, "idle_timeout": 60, "max_line_length": 1024, "max_bad_commands": 3}});
+    for (k, v) in tuning
+        .as_object()
+        .unwrap()
+        .iter()
+        .chain(smtp.as_object().unwrap())
+    {
         create[k] = v.clone();
         update[k] = v.clone();
     }

@@ -21,6 +21,24 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The most upstream addresses one answer may name.
 const MAX_UPSTREAMS: usize = 64;
 
+/// The protocol a request came in by, the query's `protocol`. An SMTP
+/// login puts `Smtp` in its request head's extensions; absent, `Http`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthProtocol {
+    #[default]
+    Http,
+    Smtp,
+}
+
+impl AuthProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Smtp => "smtp",
+        }
+    }
+}
+
 /// The body lb-node POSTs to `auth.url` (documented in docs/API.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuthQuery<'a> {

@@ -13,7 +13,9 @@ use http::{request, Uri};
 use super::cache::{CacheKey, CachePolicy, DecisionCache, Source, DEFAULT_CACHE_ENTRIES};
 use super::headers::{self, FAILURE_ALLOWED};
 use super::key::KeyHasher;
-use super::service::{AuthCallError, AuthClient, AuthQuery, Credentials, Refusal, Verdict};
+use super::service::{
+    AuthCallError, AuthClient, AuthProtocol, AuthQuery, Credentials, Refusal, Verdict,
+};
 use super::stage::{Caller, Decision};
 use crate::dataplane::log_limit;
 use crate::dataplane::stats::PolicyCounters;
@@ -95,7 +97,12 @@ impl ServiceAuthorizer {
             password: creds.password.as_deref(),
             token: creds.token.as_deref(),
             uri,
-            protocol: "http",
+            protocol: head
+                .extensions
+                .get::<AuthProtocol>()
+                .copied()
+                .unwrap_or_default()
+                .as_str(),
             method: head.method.as_str(),
             length: head
                 .headers

@@ -52,11 +52,16 @@ pub struct Target {
     /// Members pushed by the last `PUT /managed`.
     ready: AtomicU32,
     /// The `failures` of the last `PUT /managed`: when it grows, holds fail.
+    /// [`FAILURES_UNKNOWN`] until the first push, which only sets it: lbd's
+    /// count is the pool's whole history, and a node (or a target) made
+    /// after some failures must not fail its first holds for them.
     failures_seen: AtomicU64,
     throttle: Throttle,
     figures: Mutex<Figures>,
     events: broadcast::Sender<NodeEvent>,
 }
+
+const FAILURES_UNKNOWN: u64 = u64::MAX;
 
 /// A request counted in the target's in-flight figure while it lives.
 pub struct InFlight<'a>(&'a Target);
@@ -82,7 +87,7 @@ impl Target {
             queue: WakeQueue::default(),
             in_flight: AtomicU32::new(0),
             ready: AtomicU32::new(0),
-            failures_seen: AtomicU64::new(0),
+            failures_seen: AtomicU64::new(FAILURES_UNKNOWN),
             throttle: Throttle::default(),
             figures: Mutex::default(),
             events,
@@ -210,7 +215,7 @@ impl Target {
         let failures = state.map_or(0, |s| s.failures);
         self.ready.store(members, Relaxed);
         let seen = self.failures_seen.swap(failures, Relaxed);
-        if failures > seen && members == 0 {
+        if seen != FAILURES_UNKNOWN && failures > seen && members == 0 {
             let reason = state
                 .and_then(|s| s.last_failure.clone())
                 .unwrap_or_else(|| "the backend failed to start".into());
@@ -340,6 +345,26 @@ mod tests {
             assert!(matches!(h.await.unwrap(), Err(HoldError::StartFailed(_))));
         }
         assert_eq!(t.stats().start_failures, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_push_only_sets_the_failure_baseline() {
+        let (t, _rx) = target(limits(10, 30_000));
+        let held = tokio::spawn({
+            let t = t.clone();
+            async move { t.hold().await }
+        });
+        while t.stats().queued < 1 {
+            tokio::task::yield_now().await;
+        }
+        // A new node learns of 4 old failures: none of them is this hold's.
+        t.update(Some(&state(0, 4)));
+        assert_eq!(t.stats().queued, 1, "an old failure fails nothing");
+        t.update(Some(&state(0, 5)));
+        assert!(matches!(
+            held.await.unwrap(),
+            Err(HoldError::StartFailed(_))
+        ));
     }
 
     #[tokio::test]

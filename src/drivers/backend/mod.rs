@@ -8,6 +8,7 @@
 
 mod dispatch;
 pub mod process;
+mod process_identity;
 #[cfg(feature = "libvirt")]
 pub mod vm;
 

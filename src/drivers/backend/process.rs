@@ -1,10 +1,10 @@
 //! Process backends: each managed backend is a child process in its own
 //! process group, so it outlives lbd (a kill -9 of lbd leaves it serving
-//! and the next lbd adopts it). Its environment carries
-//! `LBAAS_BACKEND_ID=<id>` and `LBAAS_BACKEND_OWNER=<state dir>`: a pid is
-//! ours only if /proc/<pid>/environ says so, so a recycled pid is never
-//! adopted or signalled, and a process started just before lbd died (its pid
-//! file not yet written) is still found.
+//! and the next lbd adopts it). A pid is ours only while its start time
+//! matches its pid file, or its environment carries our marker
+//! (`process_identity.rs`), so a recycled pid is never adopted or signalled,
+//! and a process started just before lbd died (its pid file not yet written)
+//! is still found.
 
 use std::collections::HashMap;
 use std::fs;
@@ -14,13 +14,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::process_identity::{backend_of, PidRecord, ID_VAR, OWNER_VAR};
 use super::{BackendDriver, BackendError, BackendLaunch, BackendObservation};
 use crate::dataplane::privilege::RunAs;
 use crate::drivers::compute::process::enter_netns_on_exec;
 use crate::model::managed::{BackendTemplate, Placeholders, ProcessTemplate};
 
-const ID_VAR: &str = "LBAAS_BACKEND_ID";
-const OWNER_VAR: &str = "LBAAS_BACKEND_OWNER";
 /// How long a backend gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How much of its output a start failure quotes.
@@ -67,17 +66,61 @@ impl ProcessBackends {
     /// otherwise a restarted lbd would take a live backend for a dead one,
     /// start a second, and never stop the first.
     fn live_pid(&self, id: i64) -> Option<u32> {
-        let named = fs::read_to_string(self.pid_file(id))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        match named {
-            Some(pid) => (backend_of(pid, &self.owner) == Some(id)).then_some(pid),
+        match PidRecord::read(&self.pid_file(id)) {
+            Some(record) => record.is_backend(id, &self.owner).then_some(record.pid),
             None => {
-                let (_, pid) = self.live().into_iter().find(|(b, _)| *b == id)?;
-                let _ = fs::write(self.pid_file(id), format!("{pid}\n"));
+                let pid = self.marked().into_iter().find(|(b, _)| *b == id)?.1;
+                let _ = PidRecord::of(pid).write(&self.pid_file(id));
                 Some(pid)
             }
         }
+    }
+
+    /// Every live process whose environment carries our marker.
+    fn marked(&self) -> Vec<(i64, u32)> {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                Some((backend_of(pid, &self.owner)?, pid))
+            })
+            .collect()
+    }
+
+    /// Every backend a pid file names that is still running.
+    fn recorded(&self) -> Vec<(i64, u32)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                let id: i64 = name
+                    .to_str()?
+                    .strip_prefix("backend-")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()?;
+                let record = PidRecord::read(&self.pid_file(id))?;
+                record
+                    .is_backend(id, &self.owner)
+                    .then_some((id, record.pid))
+            })
+            .collect()
+    }
+
+    /// Whether `pid` is still backend `id`, for a stop's grace loop.
+    fn still_ours(&self, id: i64, pid: u32) -> impl Fn() -> bool {
+        let record = PidRecord::read(&self.pid_file(id))
+            .filter(|r| r.pid == pid)
+            .unwrap_or(PidRecord {
+                pid,
+                start_time: None,
+            });
+        let owner = self.owner.clone();
+        move || record.is_backend(id, &owner)
     }
 
     fn command(
@@ -127,36 +170,6 @@ impl ProcessBackends {
         }
         Ok(command)
     }
-}
-
-/// The backend id a live process carries, if it is one of `owner`'s.
-fn backend_of(pid: u32, owner: &str) -> Option<i64> {
-    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let mut id = None;
-    let mut ours = false;
-    for var in environ.split(|b| *b == 0) {
-        let var = std::str::from_utf8(var).ok()?;
-        if let Some(v) = var.strip_prefix(ID_VAR).and_then(|v| v.strip_prefix('=')) {
-            id = v.parse().ok();
-        } else if let Some(v) = var
-            .strip_prefix(OWNER_VAR)
-            .and_then(|v| v.strip_prefix('='))
-        {
-            ours = v == owner;
-        }
-    }
-    // A zombie's environ is empty: it is not running.
-    id.filter(|_| ours && !is_zombie(pid))
-}
-
-fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 /// Sends `signal` to the process group `pid` leads (a backend's children go too).
@@ -244,7 +257,8 @@ impl BackendDriver for ProcessBackends {
                 reason: format!("{}: {e}", p.command[0]),
             })?;
         let pid = child.id();
-        fs::write(self.pid_file(id), format!("{pid}\n"))?;
+        // Not reaped before the reaper below waits: the start time is the child's.
+        PidRecord::of(pid).write(&self.pid_file(id))?;
         self.children().insert(id, None);
         let children = self.children.clone();
         std::thread::Builder::new()
@@ -300,8 +314,7 @@ impl BackendDriver for ProcessBackends {
 
     fn stop(&self, id: i64) -> Result<(), BackendError> {
         if let Some(pid) = self.live_pid(id) {
-            let owner = self.owner.clone();
-            terminate(pid, || backend_of(pid, &owner) == Some(id));
+            terminate(pid, self.still_ours(id, pid));
         }
         remove_if_exists(&self.pid_file(id))?;
         remove_if_exists(&self.log_file(id))?;
@@ -310,22 +323,15 @@ impl BackendDriver for ProcessBackends {
     }
 
     fn live(&self) -> Vec<(i64, u32)> {
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut found: Vec<(i64, u32)> = entries
-            .filter_map(|e| {
-                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                Some((backend_of(pid, &self.owner)?, pid))
-            })
-            .collect();
+        let mut found = self.recorded();
+        found.extend(self.marked());
         found.sort_unstable();
+        found.dedup();
         found
     }
 
     fn kill_orphan(&self, id: i64, pid: u32) {
-        let owner = self.owner.clone();
-        terminate(pid, || backend_of(pid, &owner) == Some(id));
+        terminate(pid, self.still_ours(id, pid));
         let _ = remove_if_exists(&self.pid_file(id));
         let _ = remove_if_exists(&self.log_file(id));
     }
@@ -391,6 +397,30 @@ mod tests {
         d.stop(5).unwrap();
         wait_until("the process to go", || backend_of(pid, &d.owner).is_none());
         assert_eq!(d.observe(5), BackendObservation::Absent);
+    }
+
+    #[test]
+    fn a_backend_that_drops_its_environment_is_still_ours() {
+        let dir = Dir(std::env::temp_dir().join(format!("lbaas-bk-e-{}", std::process::id())));
+        let d = ProcessBackends::new(dir.0.clone(), None).unwrap();
+        // Like nginx writing its process title over its environment.
+        let pid = d
+            .start(&launch(7, &["sh", "-c", "exec env -i sleep 30"]))
+            .unwrap();
+        wait_until("the exec", || {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        });
+        assert_eq!(backend_of(pid, &d.owner), None, "the marker is gone");
+        assert_eq!(d.observe(7), BackendObservation::Running { pid });
+        assert!(d.live().contains(&(7, pid)));
+        d.stop(7).unwrap();
+        // Stopped, then reaped by its reaper thread.
+        wait_until("the process to go", || is_gone(pid));
+        assert_eq!(d.observe(7), BackendObservation::Absent);
+    }
+
+    fn is_gone(pid: u32) -> bool {
+        !Path::new(&format!("/proc/{pid}")).exists()
     }
 
     #[test]

@@ -460,6 +460,13 @@ fn gateway(subnet: &Ipv4Net) -> Result<Ipv4Addr, NetworkError> {
     })
 }
 
+/// Held while the reconciler reads which addresses a project's bridge
+/// should hold and applies them (`reconcile/project.rs`), and while a
+/// backend's address is added. A backend's row is written before its
+/// address is added, so an exact pass that read the store before the row
+/// existed cannot remove the address added after it.
+pub static BRIDGE_ADDRESSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Puts `addr/prefix_len` on the bridge of the namespace pinned at `netns`
 /// (nothing to do when it is there): a process backend binds its own address
 /// there, as a node's lb-node does. The reconciler's exact pass keeps it
@@ -470,6 +477,8 @@ pub fn add_bridge_address(
     addr: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<(), NetworkError> {
+    // Called on a blocking thread (the backend driver's start).
+    let _serial = BRIDGE_ADDRESSES.blocking_lock();
     in_netns(Some(netns.to_path_buf()), move |handle| async move {
         let bridge = index_of(&handle, BRIDGE).await?;
         if addresses(&handle, bridge)
