@@ -66,6 +66,10 @@ pub struct DaemonConfig {
     /// TTL of instance A records, in seconds; short so a change reaches clients quickly.
     #[arg(long, env = "LBAAS_DNS_TTL", default_value_t = 5)]
     pub dns_ttl: u32,
+    /// The DNS server (`IP:PORT`) LB nodes resolve host-name backends with;
+    /// without it, each node uses the system's (`/etc/resolv.conf`).
+    #[arg(long, env = "LBAAS_RESOLVER")]
+    pub resolver: Option<SocketAddr>,
     #[arg(long, env = "LBAAS_COMPUTE", value_enum, default_value = "process")]
     pub compute: ComputeKind,
     #[arg(long, env = "LBAAS_NETWORK", value_enum, default_value = "loopback")]
@@ -352,6 +356,10 @@ mod tests {
         }
         assert_eq!(c.failover_max_share, 0.5);
         assert_eq!(c.dns_ttl, 5);
+        assert_eq!(c.resolver, None);
+        let r = DaemonConfig::try_parse_from(["lbd", "--resolver", "127.0.0.1:5300"]).unwrap();
+        assert_eq!(r.resolver, Some("127.0.0.1:5300".parse().unwrap()));
+        assert!(DaemonConfig::try_parse_from(["lbd", "--resolver", "127.0.0.1"]).is_err());
         assert!(DaemonConfig::try_parse_from(["lbd", "--failover-max-share", "1.5"]).is_err());
         assert!(DaemonConfig::try_parse_from(["lbd", "--retention-interval", "0"]).is_err());
         assert_eq!(c.vm_domain_type, VmDomainType::Auto);

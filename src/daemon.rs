@@ -50,8 +50,8 @@ pub async fn run(
         &drivers,
         wake.clone(),
         &stop_rx,
-        listeners.udp,
-        listeners.tcp,
+        api_addr,
+        (listeners.udp, listeners.tcp),
     )
     .await?;
     let rate_limiter = Arc::new(api::rate_limit::ApiRateLimiter::new(config.api_rates()));
@@ -249,8 +249,8 @@ impl Background {
         drivers: &Drivers,
         wake: Arc<Notify>,
         stop: &watch::Receiver<bool>,
-        udp: UdpSocket,
-        tcp: TcpListener,
+        api: SocketAddr,
+        (udp, tcp): (UdpSocket, TcpListener),
     ) -> anyhow::Result<Self> {
         let node_admin = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
         let reconciler = Arc::new(Reconciler::new(
@@ -259,7 +259,7 @@ impl Background {
             drivers.network.clone(),
             drivers.dns.clone(),
             node_admin.clone(),
-            reconcile_settings(config)?,
+            reconcile_settings(config, vec![api, udp.local_addr()?])?,
         ));
         reconciler.claim_project_subnets().await?;
         // Before the first pass, so nodes that died while lbd was down restart in place.
@@ -319,7 +319,11 @@ impl Background {
     }
 }
 
-fn reconcile_settings(config: &DaemonConfig) -> anyhow::Result<ReconcileSettings> {
+/// `control_plane`: lbd's bound API and DNS listeners.
+fn reconcile_settings(
+    config: &DaemonConfig,
+    control_plane: Vec<SocketAddr>,
+) -> anyhow::Result<ReconcileSettings> {
     // The state dir exists: `open_state` made it.
     let sticky_secret =
         crate::reconcile::sticky_key::StickySecret::load_or_create(&config.state_dir())?;
@@ -339,6 +343,12 @@ fn reconcile_settings(config: &DaemonConfig) -> anyhow::Result<ReconcileSettings
             }),
         sticky_secret: Some(sticky_secret),
         tls_keys: Some(crate::store::tls_keys::KeyStore::open(&config.state_dir())?),
+        resolver: config.resolver,
+        name_guard: Some(crate::model::NameGuard {
+            control_plane,
+            node_admin_port: config.node_admin_port,
+            allowed: config.allow_backend_cidr.clone(),
+        }),
         ..Default::default()
     })
 }

@@ -72,7 +72,10 @@ fn smtplib_upgrades_with_starttls_logs_in_and_delivers() {
     );
     assert_eq!(failure(&wrong_name), ("starttls".into(), 0), "{wrong_name}");
     assert!(
-        wrong_name["error"].as_str().unwrap_or("").contains("other.test"),
+        wrong_name["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("other.test"),
         "{wrong_name}"
     );
     // The key is in no answer.

@@ -186,6 +186,7 @@ fn project_request(cmd: &ProjectCmd) -> (RequestEnvelope, Shape) {
                     user: user.clone(),
                     subnet: subnet.clone(),
                     object_type: None,
+                    instances: None,
                 },
             ),
             Shape::Project,

@@ -326,6 +326,13 @@ pub fn instance(i: &InstanceInfo) -> String {
         .entities
         .iter()
         .map(|b| vec![b.address.to_string(), b.weight.to_string()])
+        // Host names as written: each node resolves them (`stats.names`).
+        .chain(
+            i.backend
+                .names
+                .iter()
+                .map(|n| vec![n.address.to_string(), n.weight.to_string()]),
+        )
         .collect();
     out.push_str("\nBackends:\n");
     out.push_str(&table(&["ADDRESS", "WEIGHT"], &backends));
@@ -498,6 +505,18 @@ mod tests {
             serving(&web()),
             "http://web.demo.lbaas.internal:8080/\nnodes: 127.100.0.2\n"
         );
+    }
+
+    #[test]
+    fn host_name_backends_are_listed_as_written() {
+        let mut i = web();
+        i.backend.names = vec![lbaas::model::NamedMember {
+            address: "app.internal:8000".parse().unwrap(),
+            weight: 2,
+        }];
+        let text = instance(&i);
+        assert!(text.contains("127.0.0.1:9001     3\n"), "{text}");
+        assert!(text.contains("app.internal:8000  2\n"), "{text}");
     }
 
     #[test]

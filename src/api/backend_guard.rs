@@ -157,7 +157,7 @@ fn is_link_local(ip: IpAddr) -> bool {
 /// Whether `ip` is an address of this host: the kernel lets a socket bind
 /// only to those (all of 127.0.0.0/8 included), which is exactly what a
 /// wildcard listener answers on.
-fn is_host_address(ip: IpAddr) -> bool {
+pub(crate) fn is_host_address(ip: IpAddr) -> bool {
     if ip.is_loopback() {
         return true;
     }

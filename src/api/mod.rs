@@ -6,7 +6,7 @@
 
 mod audit;
 mod auth;
-mod backend_guard;
+pub(crate) mod backend_guard;
 mod error;
 mod handlers;
 mod managed_check;

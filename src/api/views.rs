@@ -109,6 +109,7 @@ pub fn instance_info_with(
         subnet: i.spec.subnet.unwrap_or(p.subnet).to_string(),
         backend: BackendView {
             entities: i.spec.backends.clone(),
+            names: i.spec.named_backends.clone(),
             health_check: i.spec.health_check.clone(),
             auto_scaling: i.spec.auto_scaling,
             managed: i.spec.managed.as_ref().map(|m| redacted(m.to_spec())),

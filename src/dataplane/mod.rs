@@ -16,6 +16,7 @@ pub mod http;
 pub mod idle;
 pub mod log_limit;
 pub mod logfile;
+pub mod names;
 pub mod pipeline;
 pub mod pool;
 pub mod pools;
@@ -167,6 +168,8 @@ pub struct Node {
     members: MemberRegistry,
     /// Managed pools: the pushed members, the wake queues, the events.
     pub wake: wake::Wake,
+    /// Host-name backends and what they resolved to.
+    names: Arc<names::Names>,
     /// The last config applied as lbd sent it, before the pushed managed
     /// members are merged in (a `PUT /managed` is merged into it).
     sent: Mutex<Option<NodeConfig>>,
@@ -197,6 +200,7 @@ impl Node {
             fd_cap_logged: Default::default(),
             members: MemberRegistry::default(),
             wake: wake::Wake::default(),
+            names: Arc::default(),
             sent: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
             redirect: Mutex::default(),
@@ -216,6 +220,9 @@ impl Node {
     /// Applies a config: binds a new listener first when the address changes
     /// (on failure the old config keeps serving), then swaps the config in.
     pub async fn apply(self: &Arc<Self>, config: NodeConfig) -> Result<NodeStatus, ConfigError> {
+        // New host names are resolved first, before the lock that `status`
+        // takes too: a slow DNS server never delays a heartbeat.
+        self.names.sync(&config, self.on_names_changed()).await;
         let mut listener = self.listener.lock().await;
         let rebind = listener.as_ref().is_none_or(|l| l.addr != config.listen);
         let restart = rebind
@@ -247,7 +254,7 @@ impl Node {
             );
         }
         let prepared = self
-            .prepare(self.wake.merge(config.clone()))
+            .prepare(self.merged(config.clone()))
             .and_then(|active| Ok((active, self.bind_redirect(&config)?)));
         let (active, redirect) = match prepared {
             Ok((active, redirect)) => (Arc::new(active), redirect),
@@ -310,7 +317,7 @@ impl Node {
         self.wake.store_members(members);
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(config) = sent {
-            let active = Arc::new(self.prepare(self.wake.merge(config))?);
+            let active = Arc::new(self.prepare(self.merged(config))?);
             self.start_health_checks(&active);
             self.active.store(Some(active));
         }
@@ -349,6 +356,45 @@ impl Node {
             Ok(r) => *self.redirect.lock().unwrap_or_else(|p| p.into_inner()) = Some(r),
             Err(e) => tracing::warn!("redirect listener: {e}"),
         }
+    }
+
+    /// The config as sent with the managed pools' pushed members and the
+    /// resolved addresses of the host-name backends merged in.
+    fn merged(&self, config: NodeConfig) -> NodeConfig {
+        self.names.merge(self.wake.merge(config))
+    }
+
+    /// What a host name's changed answer does: the config in force is
+    /// prepared again with the new members (as a `PUT /managed` does).
+    fn on_names_changed(self: &Arc<Self>) -> names::OnChange {
+        let node = Arc::downgrade(self);
+        Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move {
+                if let Some(node) = node.upgrade() {
+                    node.reprepare().await;
+                }
+            })
+        })
+    }
+
+    /// Prepares the last config sent again (its merged members changed).
+    async fn reprepare(self: &Arc<Self>) {
+        // The listener lock orders this with `apply` and `apply_managed`.
+        let listener = self.listener.lock().await;
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(config) = sent {
+            match self.prepare(self.merged(config)) {
+                Ok(active) => {
+                    let active = Arc::new(active);
+                    self.start_health_checks(&active);
+                    self.active.store(Some(active));
+                    self.wake.settle();
+                }
+                Err(e) => tracing::warn!("re-preparing the config: {e}"),
+            }
+        }
+        drop(listener);
     }
 
     /// Binds the listener: one socket, or one `SO_REUSEPORT` socket per worker,
@@ -491,6 +537,7 @@ impl Node {
             stats: NodeStats {
                 members,
                 managed: self.wake.stats(),
+                names: self.names.status(),
                 ..self.counters.snapshot()
             },
             managed_version: self.wake.version(),

@@ -76,6 +76,7 @@ impl NodeCounters {
             members: Vec::new(),
             policy: self.policy.snapshot(),
             managed: Vec::new(),
+            names: Vec::new(),
         }
     }
 

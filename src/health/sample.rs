@@ -31,6 +31,13 @@ pub(super) fn from_status(
         .iter()
         .filter(|m| m.state.is_failing())
         .count() as u32;
+    // A host name that resolves to nothing is a member down too: the
+    // node is DEGRADED while DNS is late.
+    let names_down = stats
+        .names
+        .iter()
+        .filter(|n| n.addresses.is_empty())
+        .count() as u32;
     SampleInfo {
         ts: crate::store::now(),
         resolution: 0,
@@ -43,7 +50,7 @@ pub(super) fn from_status(
         p90_ms: with_data(latency.p90),
         p99_ms: with_data(latency.p99),
         members_up: stats.members.len() as u32 - members_down,
-        members_down,
+        members_down: members_down + names_down,
     }
 }
 

@@ -175,7 +175,7 @@ impl ApiRequest {
     /// Parses a request body. On failure the header still carries what could
     /// be read of `action` and `type`, so the error answer can echo them.
     pub fn parse(body: &[u8]) -> (EnvelopeHeader, Result<ApiRequest, ValidationError>) {
-        let value: Value = match serde_json::from_slice(body) {
+        let value: Value = match parse_json(body) {
             Ok(v) => v,
             Err(e) => {
                 return (
@@ -209,18 +209,20 @@ impl ApiRequest {
             let action = match obj.get("action") {
                 None => return Err(ValidationError::MissingField("action".into())),
                 Some(Value::String(s)) => parse_action(s)?,
-                Some(_) => {
-                    return Err(ValidationError::InvalidField(
-                        "`action` must be a string".into(),
-                    ))
-                }
+                Some(_) => return Err(ValidationError::InvalidField(
+                    "`action` must be a string: \"create\", \"info\", \"update\" or \"delete\" \
+                         (the seed's [\"create\"/\"info\"/...] means one of them)"
+                        .into(),
+                )),
             };
             let object_type = match obj.get("type") {
                 None => return Err(ValidationError::MissingField("type".into())),
                 Some(Value::String(s)) => parse_type(s)?,
                 Some(_) => {
                     return Err(ValidationError::InvalidField(
-                        "`type` must be a string".into(),
+                        "`type` must be a string such as \"project\" or \"instance\" \
+                         (the seed's [\"project\"/\"instance\"] means one of them)"
+                            .into(),
                     ))
                 }
             };
@@ -281,6 +283,44 @@ impl ApiRequest {
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+/// JSON, with the seed's trailing commas (`"instances": [],` before `}`)
+/// forgiven: people paste its examples as they are.
+fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice(body).or_else(|e| {
+        if e.to_string().starts_with("trailing comma") {
+            serde_json::from_slice(&without_trailing_commas(body)).map_err(|_| e)
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// `body` without the commas that only whitespace separates from a `}` or
+/// `]`; strings are left as they are.
+fn without_trailing_commas(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b',' {
+            let next = body[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+            if matches!(next, Some(b'}' | b']')) {
+                continue;
+            }
+        }
+        out.push(b);
+    }
+    out
+}
+
 fn parse_action(s: &str) -> Result<Action, ValidationError> {
     serde_json::from_value(Value::String(s.to_string()))
         .map_err(|_| ValidationError::UnknownAction(s.into()))
@@ -316,6 +356,29 @@ mod tests {
             ApiRequest::CreateProject(p) => assert_eq!(p.name, "example"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_seed_trailing_commas_are_forgiven() {
+        let body = b"{\"action\": \"create\", \"type\": \"project\",\n \"info\": {\"name\": \"a\", \"instances\": [],\n},\n}";
+        match ApiRequest::parse(body).1.unwrap() {
+            ApiRequest::CreateProject(p) => assert_eq!(p.name, "a"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            without_trailing_commas(br#"{"a": "x,}", "b": [1, 2 , ],}"#),
+            br#"{"a": "x,}", "b": [1, 2  ]}"#
+        );
+        assert_eq!(
+            without_trailing_commas(br#"{"a": "q\",]"}"#),
+            br#"{"a": "q\",]"}"#
+        );
+        // Other mistakes are still malformed JSON.
+        assert_eq!(
+            code(r#"{"action": "create",, "type": "project"}"#),
+            "malformed_json"
+        );
+        assert_eq!(code("{,}"), "malformed_json");
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub enum ValidationError {
     InvalidField(String),
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
+    /// `create project` with a non-empty `instances` (the seed's shape).
+    #[error(
+        "`instances` of project {0:?} must be empty: instances are created separately, \
+         each with `create instance` and `\"project\": {0:?}`, once the project exists"
+    )]
+    InstancesInProject(String),
     #[error("invalid address {0:?}: expected an IP address")]
     InvalidAddress(String),
     #[error("invalid subnet {subnet:?}: {reason}")]
@@ -115,6 +121,7 @@ impl ValidationError {
             Self::UnknownField(_) => "unknown_field",
             Self::InvalidField(_) => "invalid_field",
             Self::InvalidName { .. } => "invalid_name",
+            Self::InstancesInProject(_) => "instances_created_separately",
             Self::InvalidAddress(_) => "invalid_address",
             Self::InvalidSubnet { .. } => "invalid_subnet",
             Self::InvalidPort(_) => "invalid_port",
@@ -139,6 +146,12 @@ impl ValidationError {
             Self::MissingField(quoted())
         } else if msg.starts_with("unknown field") {
             Self::UnknownField(quoted())
+        } else if msg.starts_with("invalid type: sequence") {
+            // The seed writes alternatives as `["tcp"/"http"]`.
+            Self::InvalidField(format!(
+                "{msg} (a list where one value goes: the seed's [\"a\"/\"b\"] means one of \
+                 them, written alone, like \"http\")"
+            ))
         } else {
             Self::InvalidField(msg)
         }

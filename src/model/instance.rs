@@ -19,7 +19,9 @@ use crate::model::tuning::{
     max_connections, max_header_bytes, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
     Tuning, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
 };
-use crate::model::{ExpectedCodes, OperatingStatus, ProvisioningStatus, ValidationError};
+use crate::model::{
+    ExpectedCodes, HostPort, NamedMember, OperatingStatus, ProvisioningStatus, ValidationError,
+};
 
 /// Most nodes one instance may ask for.
 pub const MAX_NODES: u32 = 16;
@@ -67,8 +69,11 @@ impl TrafficType {
 }
 
 /// One backend as a client may write it: `"10.1.0.5:80"`, `"10.1.0.5"` (the
-/// listener port), `"http://10.1.0.5:80/"`, or `{"address": "...", "weight": 2}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// listener port), `"http://10.1.0.5:80/"`, `"app.internal:8000"` (a host
+/// name, resolved by the nodes), `{"address": "...", "weight": 2}`, or the
+/// seed's one-element list of one of these. Read and described by
+/// `entity.rs` (its refusal names the field and the forms).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum BackendEntity {
     Text(String),
@@ -255,6 +260,10 @@ pub struct InstanceSpec {
     pub tuning: Tuning,
     pub subnet: Option<Ipv4Net>,
     pub backends: Vec<BackendMember>,
+    /// Host-name entities of the default pool: each node resolves them and
+    /// makes each A/AAAA answer a member (absent from specs before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_backends: Vec<NamedMember>,
     pub health_check: HealthCheck,
     pub auto_scaling: bool,
     pub min_nodes: u32,
@@ -315,6 +324,10 @@ impl InstanceSpec {
             traffic_type: self.traffic_type,
             listen: SocketAddr::new(address, self.port),
             backends: self.backends.clone(),
+            named_backends: self.named_backends.clone(),
+            // lbd fills them in (`reconcile`): its `--resolver`, its listeners.
+            resolver: None,
+            name_guard: None,
             health_check: self.health_check.clone(),
             tuning: self.tuning.clone(),
             policy: self.policy.for_node(),
@@ -428,13 +441,18 @@ impl InstanceCreate {
         };
         let backend_traffic = self.traffic_type.backend_protocol();
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
-        let backends = if self.backend.managed.is_some() && self.backend.entities.is_empty() {
-            Vec::new()
-        } else {
-            members(&self.backend.entities, port, backend_traffic)?
-        };
+        let (backends, named_backends) =
+            if self.backend.managed.is_some() && self.backend.entities.is_empty() {
+                Default::default()
+            } else {
+                entity_members(&self.backend.entities, port, backend_traffic)?
+            };
         let health_check = health_check(self.backend.health_check.as_ref(), backend_traffic)?;
-        let managed = default_managed(self.backend.managed.as_ref(), &backends, self.traffic_type)?;
+        let managed = default_managed(
+            self.backend.managed.as_ref(),
+            backends.len() + named_backends.len(),
+            self.traffic_type,
+        )?;
         let policy = self.policy_spec().validate(backend_traffic, port, hasher)?;
         let smtp = crate::model::smtp::for_instance(
             self.traffic_type,
@@ -449,6 +467,7 @@ impl InstanceCreate {
             port,
             subnet,
             backends,
+            named_backends,
             health_check,
             auto_scaling: self.backend.auto_scaling.unwrap_or(false),
             min_nodes: node_count("min_nodes", self.min_nodes)?,
@@ -501,11 +520,11 @@ fn sticky(
 /// The default pool's `managed`, validated; a managed pool lists no entities.
 fn default_managed(
     spec: Option<&crate::model::managed::ManagedSpec>,
-    backends: &[BackendMember],
+    entities: usize,
     traffic: TrafficType,
 ) -> Result<Option<crate::model::managed::Managed>, ValidationError> {
     let Some(spec) = spec else { return Ok(None) };
-    if !backends.is_empty() {
+    if entities > 0 {
         return Err(crate::model::managed::ManagedError::EntitiesGiven.into());
     }
     Ok(Some(spec.validate(traffic)?))
@@ -665,7 +684,8 @@ impl InstanceUpdate {
         if let Some(backend) = &self.backend {
             // An update that names no entities keeps the current ones.
             if !backend.entities.is_empty() {
-                next.backends = members(&backend.entities, next.port, backend_traffic)?;
+                (next.backends, next.named_backends) =
+                    entity_members(&backend.entities, next.port, backend_traffic)?;
             }
             if let Some(hc) = &backend.health_check {
                 next.health_check = health_check(Some(hc), backend_traffic)?;
@@ -677,9 +697,13 @@ impl InstanceUpdate {
                 // Managed without entities: the pool's members are lbd's now.
                 if backend.entities.is_empty() {
                     next.backends.clear();
+                    next.named_backends.clear();
                 }
-                next.managed =
-                    default_managed(backend.managed.as_ref(), &next.backends, next.traffic_type)?;
+                next.managed = default_managed(
+                    backend.managed.as_ref(),
+                    next.backends.len() + next.named_backends.len(),
+                    next.traffic_type,
+                )?;
             } else if !backend.entities.is_empty() {
                 next.managed = None;
             }
@@ -736,6 +760,10 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BackendView {
     pub entities: Vec<BackendMember>,
+    /// Host-name entities (`HOST:PORT`), which the nodes resolve; each
+    /// node's `stats.names` shows what they resolved to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NamedMember>,
     #[serde(rename = "health-check")]
     pub health_check: HealthCheck,
     #[serde(rename = "auto-scaling")]
@@ -873,11 +901,31 @@ fn node_count(field: &str, n: Option<i64>) -> Result<u32, ValidationError> {
     }
 }
 
+/// The members of a pool that takes addresses only (named pools).
 pub(crate) fn members(
     entities: &[BackendEntity],
     default_port: u16,
     traffic: TrafficType,
 ) -> Result<Vec<BackendMember>, ValidationError> {
+    let (members, named) = entity_members(entities, default_port, traffic)?;
+    if let Some(n) = named.first() {
+        return Err(ValidationError::InvalidBackend {
+            entity: n.address.to_string(),
+            reason: "host names are taken in `backend.entities` (the default pool) only; \
+                     a named pool lists IP addresses"
+                .into(),
+        });
+    }
+    Ok(members)
+}
+
+/// The address members and the host-name members (resolved by the nodes)
+/// of a pool's `entities`.
+pub(crate) fn entity_members(
+    entities: &[BackendEntity],
+    default_port: u16,
+    traffic: TrafficType,
+) -> Result<(Vec<BackendMember>, Vec<NamedMember>), ValidationError> {
     if entities.is_empty() {
         return Err(ValidationError::InvalidBackend {
             entity: String::new(),
@@ -891,43 +939,54 @@ pub(crate) fn members(
         });
     }
     let mut out: Vec<BackendMember> = Vec::with_capacity(entities.len());
+    let mut named: Vec<NamedMember> = Vec::new();
     for entity in entities {
-        let member = match entity {
-            BackendEntity::Text(s) => BackendMember {
-                address: backend_address(s, default_port, traffic)?,
-                weight: 1,
-            },
-            BackendEntity::Object { address, weight } => {
-                let weight = weight.unwrap_or(1);
-                if !(0..=256).contains(&weight) {
-                    return Err(ValidationError::InvalidBackend {
-                        entity: address.clone(),
-                        reason: format!("weight must be 0 to 256, got {weight}"),
-                    });
-                }
-                BackendMember {
-                    address: backend_address(address, default_port, traffic)?,
-                    weight: weight as u32,
-                }
-            }
+        let (address, weight) = match entity {
+            BackendEntity::Text(s) => (s, 1),
+            BackendEntity::Object { address, weight } => (address, weight.unwrap_or(1)),
         };
-        if out.iter().any(|m| m.address == member.address) {
+        if !(0..=256).contains(&weight) {
             return Err(ValidationError::InvalidBackend {
-                entity: member.address.to_string(),
-                reason: "listed twice".into(),
+                entity: address.clone(),
+                reason: format!("weight must be 0 to 256, got {weight}"),
             });
         }
-        out.push(member);
+        let weight = weight as u32;
+        let twice = |entity: String| ValidationError::InvalidBackend {
+            entity,
+            reason: "listed twice".into(),
+        };
+        match backend_address(address, default_port, traffic)? {
+            Target::Ip(address) => {
+                if out.iter().any(|m| m.address == address) {
+                    return Err(twice(address.to_string()));
+                }
+                out.push(BackendMember { address, weight });
+            }
+            Target::Name(address) => {
+                if named.iter().any(|m| m.address == address) {
+                    return Err(twice(address.to_string()));
+                }
+                named.push(NamedMember { address, weight });
+            }
+        }
     }
-    Ok(out)
+    Ok((out, named))
 }
 
-/// Parses `IP`, `IP:PORT`, `[V6]:PORT` or, for HTTP, `http://IP[:PORT][/]`.
+/// What an entity's text names: an address, or a host name to resolve.
+enum Target {
+    Ip(SocketAddr),
+    Name(HostPort),
+}
+
+/// Parses `IP`, `IP:PORT`, `[V6]:PORT`, `HOST[:PORT]` or, for HTTP,
+/// `http://IP-OR-HOST[:PORT][/]`.
 fn backend_address(
     s: &str,
     default_port: u16,
     traffic: TrafficType,
-) -> Result<SocketAddr, ValidationError> {
+) -> Result<Target, ValidationError> {
     let fail = |reason: &str| ValidationError::InvalidBackend {
         entity: s.to_string(),
         reason: reason.to_string(),
@@ -957,9 +1016,7 @@ fn backend_address(
     {
         SocketAddr::new(ip, url_port.unwrap_or(default_port))
     } else {
-        return Err(fail(
-            "expected IP, IP:PORT or http://IP:PORT (host names are not resolved)",
-        ));
+        return host_target(rest, url_port.unwrap_or(default_port)).map_err(fail);
     };
     if addr.port() == 0 {
         return Err(fail("port 0 is not a valid backend port"));
@@ -967,7 +1024,20 @@ fn backend_address(
     if addr.ip().is_unspecified() || addr.ip().is_multicast() {
         return Err(fail("not a unicast address"));
     }
-    Ok(addr)
+    Ok(Target::Ip(addr))
+}
+
+/// `HOST` (on `default_port`) or `HOST:PORT`, a name the nodes resolve.
+fn host_target(rest: &str, default_port: u16) -> Result<Target, &'static str> {
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| "the port must be 1-65535")?,
+        ),
+        None => (rest, default_port),
+    };
+    HostPort::new(host, port).map(Target::Name)
 }
 
 pub(crate) fn health_check(
@@ -1098,6 +1168,55 @@ mod tests {
     }
 
     #[test]
+    fn host_names_and_the_seed_lists_are_entities() {
+        let spec = create(json!({
+            "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+            "backend": {"entities": [["10.0.0.1:80"], ["http://app:8000"], "App.Internal:8000",
+                "localhost", {"address": "db.internal:5432", "weight": 3}, "http://10.0.0.2/"]}
+        }))
+        .unwrap();
+        let addrs: Vec<String> = spec
+            .backends
+            .iter()
+            .map(|m| m.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"]);
+        let names: Vec<(String, u32)> = spec
+            .named_backends
+            .iter()
+            .map(|m| (m.address.to_string(), m.weight))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("app:8000".to_string(), 1),
+                ("app.internal:8000".to_string(), 1),
+                ("localhost:8080".to_string(), 1),
+                ("db.internal:5432".to_string(), 3)
+            ]
+        );
+        let node = spec.node_config(1, "127.0.0.1".parse().unwrap());
+        assert_eq!(node.named_backends, spec.named_backends);
+        // A stored spec without names reads as before, and one with them round-trips.
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            serde_json::from_value::<InstanceSpec>(stored).unwrap(),
+            spec
+        );
+        let plain = serde_json::to_value(create(base()).unwrap()).unwrap();
+        assert!(plain.get("named_backends").is_none(), "{plain}");
+        // An update with entities replaces both kinds.
+        let next = update(&spec, json!({"backend": {"entities": ["10.0.0.9:80"]}})).unwrap();
+        assert!(next.named_backends.is_empty());
+        let err = create(json!({
+            "name": "web", "project": "demo", "traffic_type": "tcp", "port": 8080,
+            "backend": {"entities": ["http://app:8000"]}
+        }))
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_backend");
+    }
+
+    #[test]
     fn health_check_defaults() {
         let hc = create(base()).unwrap().health_check;
         assert_eq!(hc.protocol, HealthProtocol::Http);
@@ -1119,9 +1238,14 @@ mod tests {
             (json!({"subnet": "10.0.0.0/33"}), "invalid_subnet"),
             (json!({"backend": {"entities": []}}), "invalid_backend"),
             (
-                json!({"backend": {"entities": ["example.com:80"]}}),
+                json!({"backend": {"entities": ["example..com:80"]}}),
                 "invalid_backend",
             ),
+            (
+                json!({"backend": {"entities": ["app:80", "APP:80"]}}),
+                "invalid_backend",
+            ),
+            (json!({"backend": {"entities": [7]}}), "invalid_field"),
             (
                 json!({"backend": {"entities": ["127.0.0.1:99999"]}}),
                 "invalid_backend",

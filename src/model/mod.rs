@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod audit;
+pub mod entity;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -30,6 +31,7 @@ pub mod wake;
 pub mod warning;
 
 pub use audit::{AuditEntry, AuditQuery};
+pub use entity::{HostPort, NameGuard, NamedMember};
 pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };

@@ -6,9 +6,13 @@ use crate::model::ValidationError;
 /// Checks that `name` is a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
 pub fn validate_name(name: &str) -> Result<(), ValidationError> {
     let fail = |reason: &str| {
+        let reason = match suggestion(name) {
+            Some(s) => format!("{reason}; try {s:?}"),
+            None => reason.to_string(),
+        };
         Err(ValidationError::InvalidName {
             name: name.to_string(),
-            reason: reason.to_string(),
+            reason,
         })
     };
     if name.is_empty() || name.len() > 63 {
@@ -24,6 +28,25 @@ pub fn validate_name(name: &str) -> Result<(), ValidationError> {
         return fail("must not begin or end with '-'");
     }
     Ok(())
+}
+
+/// A valid name close to `name` (`"john's project"` → `"johns-project"`):
+/// lowercase, apostrophes dropped, every other run of invalid characters
+/// one `-`, cut to 63; none when nothing of `name` is left.
+fn suggestion(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.chars().filter(|c| !matches!(c, '\'' | '\u{2019}')) {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut out = out.trim_matches('-').to_string();
+    out.truncate(63);
+    let out = out.trim_end_matches('-');
+    (!out.is_empty() && out != name).then(|| out.to_string())
 }
 
 /// Checks a user name: 1 to 64 of `[A-Za-z0-9._@-]`.
@@ -70,6 +93,28 @@ mod tests {
             let err = validate_name(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_name", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_name_comes_with_a_suggestion() {
+        let err = validate_name("john's project").unwrap_err();
+        assert_eq!(err.code(), "invalid_name");
+        assert!(err.to_string().ends_with(r#"try "johns-project""#), "{err}");
+        for (bad, try_) in [
+            ("Web", Some("web")),
+            ("web_1", Some("web-1")),
+            ("-web-", Some("web")),
+            ("a.b", Some("a-b")),
+            ("wéb", Some("w-b")),
+            ("''", None),
+            ("", None),
+        ] {
+            assert_eq!(suggestion(bad).as_deref(), try_, "{bad:?}");
+            if let Some(s) = try_ {
+                validate_name(s).unwrap();
+            }
+        }
+        assert_eq!(suggestion(&"a".repeat(64)).unwrap().len(), 63);
     }
 
     #[test]

@@ -27,6 +27,19 @@ pub struct NodeConfig {
     #[serde(flatten)]
     pub tuning: Tuning,
     pub backends: Vec<BackendMember>,
+    /// Host names of the default pool: the node resolves each and adds
+    /// every A/AAAA answer to `backends`, again at the record's TTL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_backends: Vec<crate::model::NamedMember>,
+    /// The DNS server (`IP:PORT`, lbd's `--resolver`) that resolves
+    /// `named_backends`; absent: the system's (`/etc/resolv.conf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub resolver: Option<SocketAddr>,
+    /// What the node refuses among the addresses `named_backends` resolve
+    /// to (lbd's own listeners, the admin port), as lbd does for IPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_guard: Option<crate::model::NameGuard>,
     pub health_check: HealthCheck,
     /// Pools, rules, auth and rate limits (http only); absent: none.
     #[serde(
@@ -127,6 +140,29 @@ pub struct NodeStats {
     /// Managed pools: the wake queue and cold starts, per pool (and resource).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed: Vec<crate::model::wake::ManagedPoolStats>,
+    /// Host-name backends: what each resolved to, or why it did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameStatus>,
+}
+
+/// One host-name backend as the node resolved it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NameStatus {
+    /// `HOST:PORT`, as in `backend.names`.
+    pub name: String,
+    /// `up`: it resolved, its members are in `members`; `down`: it did not
+    /// (yet), and it has no members.
+    pub state: MemberState,
+    /// The members it resolved to (each an entry of `members`).
+    #[schemars(with = "Vec<String>")]
+    pub addresses: Vec<SocketAddr>,
+    /// Why the last resolution failed: the name has no addresses (NXDOMAIN,
+    /// no A/AAAA records; it then has no members), or the DNS server failed
+    /// (it then keeps the members of its last answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds until the next resolution (the answer's TTL, 1 to 300).
+    pub next_resolve_s: u32,
 }
 
 /// Outcomes of the auth and rate limit stages, since the node started.

@@ -26,6 +26,10 @@ pub struct ProjectCreate {
     /// Accepted as in the seed's project shape; must be `project`.
     #[serde(default, rename = "type")]
     pub object_type: Option<String>,
+    /// Accepted as in the seed's project shape, empty only: instances are
+    /// created separately (`create instance` with `"project"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<serde_json::Value>>,
 }
 
 /// A validated project request.
@@ -40,6 +44,9 @@ impl ProjectCreate {
     pub fn validate(self) -> Result<ProjectSpec, ValidationError> {
         validate_name(&self.name)?;
         check_type_tag(self.object_type.as_deref(), "project")?;
+        if self.instances.as_ref().is_some_and(|i| !i.is_empty()) {
+            return Err(ValidationError::InstancesInProject(self.name));
+        }
         let user = self.user.unwrap_or_else(|| DEFAULT_USER.to_string());
         validate_user(&user)?;
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
@@ -170,6 +177,7 @@ mod tests {
             user: None,
             subnet: None,
             object_type: None,
+            instances: None,
         };
         assert_eq!(p.validate().unwrap().user, DEFAULT_USER);
     }
@@ -181,7 +189,23 @@ mod tests {
             user: None,
             subnet: None,
             object_type: Some("instance".into()),
+            instances: None,
         };
         assert_eq!(p.validate().unwrap_err().code(), "invalid_field");
+    }
+
+    #[test]
+    fn the_seed_instances_list_must_be_empty() {
+        let seed = |instances: serde_json::Value| {
+            serde_json::from_value::<ProjectCreate>(serde_json::json!({
+                "type": "project", "user": "john", "name": "johns-project", "instances": instances
+            }))
+            .unwrap()
+            .validate()
+        };
+        assert_eq!(seed(serde_json::json!([])).unwrap().name, "johns-project");
+        let err = seed(serde_json::json!([{"name": "web"}])).unwrap_err();
+        assert_eq!(err.code(), "instances_created_separately");
+        assert!(err.to_string().contains("create instance"), "{err}");
     }
 }

@@ -153,6 +153,10 @@ impl Reconciler {
     fn node_config(&self, inst: &InstanceRow, address: IpAddr) -> crate::model::NodeConfig {
         let mut config = inst.spec.node_config(inst.generation, address);
         config.serving_nodes = inst.serving_nodes.max(1);
+        if !config.named_backends.is_empty() {
+            config.resolver = self.settings.resolver;
+            config.name_guard = self.settings.name_guard.clone();
+        }
         // Each instance counts under its own keys in a shared Redis.
         config.redis = self
             .settings

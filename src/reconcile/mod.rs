@@ -54,6 +54,10 @@ pub struct ReconcileSettings {
     pub sticky_secret: Option<sticky_key::StickySecret>,
     /// Where `https` instances' private keys are (`store::tls_keys`).
     pub tls_keys: Option<crate::store::tls_keys::KeyStore>,
+    /// The DNS server nodes resolve host-name backends with (`--resolver`).
+    pub resolver: Option<std::net::SocketAddr>,
+    /// What nodes refuse among the addresses host names resolve to.
+    pub name_guard: Option<crate::model::NameGuard>,
 }
 
 impl Default for ReconcileSettings {
@@ -69,6 +73,8 @@ impl Default for ReconcileSettings {
             redis: None,
             sticky_secret: None,
             tls_keys: None,
+            resolver: None,
+            name_guard: None,
             drain_max: Duration::from_secs(30),
         }
     }

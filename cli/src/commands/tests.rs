@@ -528,7 +528,9 @@ const USER_UPDATE_ALL: &[&str] = &[
 fn every_field_of_the_api_has_a_flag() {
     // The seed's `"type": "instance"` inside the object: a tag the envelope
     // already carries, not a setting.
-    const TAGS: &[&str] = &["info.type"];
+    // The seed's `type` tag, and its one-element-list form of an entity
+    // (`[["10.0.0.1:80"]]`, the same as the entity): for pasted JSON, not flags.
+    const TAGS: &[&str] = &["info.type", "info.backend.entities[\"array\"]"];
     // The L7 policy is not set by `create`/`update` flags but by the policy
     // commands: `pool`, `rule` and `apply -f` (which sends all four; see
     // `policy::tests::apply_sends_all_four_fields_and_removes_what_the_file_leaves_out`).
