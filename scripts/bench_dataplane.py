@@ -11,7 +11,12 @@ rules (only the last matches), service auth answered from its cache (a tiny
 Python auth service) and a local rate limit that never trips, against the
 same lb-node without a policy and HAProxy with 10 equivalent ACLs and a
 stick table (HAProxy has no auth service call: its figure is an upper
-bound). Every process it starts is ended by PID when it finishes.
+bound). Then TLS termination with one ECDSA P-256 certificate: requests
+over kept-alive TLS connections, and new connections with a full handshake
+each (`Connection: close`: its req/s is handshakes/s), lb-node against
+HAProxy with the same certificate, both with every core. BENCH_ONLY=tls runs
+the backend and the TLS part only. Every process it starts is ended by PID
+when it finishes.
 """
 import json
 import os
@@ -42,6 +47,8 @@ POLICY_RULES = 10
 # Alternating policy / no-policy runs whose median ratio is the policy's cost.
 POLICY_PAIRS = int(os.environ.get("BENCH_POLICY_PAIRS", "3"))
 SECRET = "bench-secret"
+LB_HTTPS, HAPROXY_HTTPS = 18443, 18444
+ONLY = os.environ.get("BENCH_ONLY", "")
 
 procs = []
 
@@ -216,6 +223,84 @@ def policy_pairs(node, label):
     return pairs
 
 
+def make_certificate(tmp):
+    """An ECDSA P-256 certificate for bench.test: (cert PEM, key PEM, the
+    file HAProxy takes with both)."""
+    cert, key = os.path.join(tmp, "bench.crt"), os.path.join(tmp, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test"], check=True, capture_output=True)
+    cert_pem, key_pem = open(cert).read(), open(key).read()
+    both = os.path.join(tmp, "bench.pem")
+    with open(both, "w") as f:
+        f.write(cert_pem + key_pem)
+    return cert_pem, key_pem, both
+
+
+def start_haproxy_tls(tmp, threads, pem):
+    cfg = os.path.join(tmp, "haproxy-tls.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    nbthread {threads}
+    maxconn 9000
+defaults
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+frontend https
+    mode http
+    option forwardfor
+    bind 127.0.0.1:{HAPROXY_HTTPS} ssl crt {pem} alpn http/1.1
+    default_backend web
+backend web
+    mode http
+    http-reuse always
+    server s1 127.0.0.1:{BACKEND}
+""")
+    p = start(["haproxy", "-db", "-f", cfg])
+    wait_port(HAPROXY_HTTPS)
+    return p
+
+
+def measure_tls(name, port, pids, new_connections):
+    """wrk over TLS, every core; with `new_connections` each request opens
+    a connection (and so makes a full handshake)."""
+    headers = ["Connection: close"] if new_connections else []
+    before = cpu_seconds(pids)
+    t0 = time.time()
+    r = benchlib.wrk(f"https://127.0.0.1:{port}/", CONNECTIONS, DURATION, CORES, headers)
+    r["cpu_percent"] = round(100 * (cpu_seconds(pids) - before) / (time.time() - t0), 1)
+    what = "handshakes/s" if new_connections else "req/s"
+    print(f"  {name:<28} {r['rps']:>10.0f} {what}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
+          f"cpu {r['cpu_percent']}%  errors {r['socket_errors'] or 0}", flush=True)
+    return r
+
+
+def tls_section(tmp, results):
+    cert_pem, key_pem, both = make_certificate(tmp)
+    print(f"TLS termination, ECDSA P-256, wrk -c{CONNECTIONS} -t{CORES} -d{DURATION}s, {CORES} cores:", flush=True)
+    tls = results["tls"] = {}
+    node = start_lb_node(CORES)
+    cfg = node_config("https", LB_HTTPS, BACKEND)
+    cfg["tls"] = {"certificates": [{"cert": cert_pem, "key": key_pem, "sans": ["bench.test"]}],
+                  "min_version": "1.2"}
+    put_config(cfg)
+    wait_port(LB_HTTPS)
+    tls["lb-node keep-alive"] = measure_tls("lb-node kept-alive", LB_HTTPS, [node.pid], False)
+    tls["lb-node handshakes"] = measure_tls("lb-node new connections", LB_HTTPS, [node.pid], True)
+    stop(node)
+    hap = start_haproxy_tls(tmp, CORES, both)
+    tls["haproxy keep-alive"] = measure_tls("haproxy kept-alive", HAPROXY_HTTPS, [hap.pid], False)
+    tls["haproxy handshakes"] = measure_tls("haproxy new connections", HAPROXY_HTTPS, [hap.pid], True)
+    stop(hap)
+    return {
+        "tls req/s lb-node/haproxy (kept-alive)": round(tls["lb-node keep-alive"]["rps"] / tls["haproxy keep-alive"]["rps"], 3),
+        "tls handshakes/s lb-node/haproxy": round(tls["lb-node handshakes"]["rps"] / tls["haproxy handshakes"]["rps"], 3),
+        "tls p99 lb-node/haproxy (kept-alive)": round(
+            tls["lb-node keep-alive"]["p99_ms"] / tls["haproxy keep-alive"]["p99_ms"], 3),
+    }
+
+
 def start_lb_node(threads):
     env = dict(os.environ, LB_NODE_SECRET=SECRET, RUST_LOG="warn")
     args = [LB_NODE, "--node-id", "bench", "--admin-listen", f"127.0.0.1:{ADMIN}"]
@@ -282,6 +367,46 @@ def idle_memory(port, pids, n=1000):
     return round((after - before) * 1024 / n)
 
 
+def http_and_tcp(tmp, results):
+    """HTTP direct, lb-node and HAProxy (one thread, every core), the policy
+    pairs, idle memory, then TCP bulk."""
+    print(f"HTTP, wrk -c{CONNECTIONS} -d{DURATION}s, small body, {CORES} cores:", flush=True)
+    results["http"]["direct"] = measure_http("direct to the backend", BACKEND, None)
+
+    for threads, label in [(1, "1 thread"), (CORES, f"{CORES} threads")]:
+        node = start_lb_node(threads)
+        results["http"][f"lb-node {label}"] = measure_http(f"lb-node {label}", LB_HTTP, [node.pid])
+        if threads == CORES:
+            results["idle_keepalive_bytes_per_conn"]["lb-node"] = idle_memory(LB_HTTP, [node.pid])
+            if POLICY:
+                results["policy_pairs"] = policy_pairs(node, label)
+            put_config(node_config("tcp", LB_TCP, IPERF))
+            wait_port(LB_TCP)
+        else:
+            stop(node)
+        hap = start_haproxy(tmp, threads)
+        results["http"][f"haproxy {label}"] = measure_http(f"haproxy {label}", HAPROXY_HTTP, [hap.pid])
+        if threads == CORES:
+            results["idle_keepalive_bytes_per_conn"]["haproxy"] = idle_memory(HAPROXY_HTTP, [hap.pid])
+            if POLICY:
+                hap_policy = start_haproxy_policy(tmp, threads)
+                results["http"]["haproxy with policy"] = measure_http(
+                    f"haproxy with acls {label}", HAPROXY_POLICY, [hap_policy.pid])
+                stop(hap_policy)
+        else:
+            stop(hap)
+
+    start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(IPERF)])
+    wait_port(IPERF)
+    print("TCP bulk, iperf3:", flush=True)
+    for name, port in [("direct", IPERF), ("lb-node", LB_TCP), ("haproxy", HAPROXY_TCP)]:
+        results["tcp_gbps"][name] = round(iperf(port), 2)
+        print(f"  {name:<28} {results['tcp_gbps'][name]:>8.2f} Gbit/s", flush=True)
+    # The TLS part starts its own lb-node on the same admin port.
+    stop(node)
+    stop(hap)
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="lbaas-bench-")
     results = {"duration_s": DURATION, "connections": CONNECTIONS, "cores": CORES, "http": {}, "tcp_gbps": {},
@@ -304,62 +429,35 @@ http {{
 """)
         start(["nginx", "-c", os.path.join(tmp, "nginx.conf"), "-p", tmp])
         wait_port(BACKEND)
-        print(f"HTTP, wrk -c{CONNECTIONS} -d{DURATION}s, small body, {CORES} cores:", flush=True)
-        results["http"]["direct"] = measure_http("direct to the backend", BACKEND, None)
-
-        for threads, label in [(1, "1 thread"), (CORES, f"{CORES} threads")]:
-            node = start_lb_node(threads)
-            results["http"][f"lb-node {label}"] = measure_http(f"lb-node {label}", LB_HTTP, [node.pid])
-            if threads == CORES:
-                results["idle_keepalive_bytes_per_conn"]["lb-node"] = idle_memory(LB_HTTP, [node.pid])
-                if POLICY:
-                    results["policy_pairs"] = policy_pairs(node, label)
-                put_config(node_config("tcp", LB_TCP, IPERF))
-                wait_port(LB_TCP)
-            else:
-                stop(node)
-            hap = start_haproxy(tmp, threads)
-            results["http"][f"haproxy {label}"] = measure_http(f"haproxy {label}", HAPROXY_HTTP, [hap.pid])
-            if threads == CORES:
-                results["idle_keepalive_bytes_per_conn"]["haproxy"] = idle_memory(HAPROXY_HTTP, [hap.pid])
-                if POLICY:
-                    hap_policy = start_haproxy_policy(tmp, threads)
-                    results["http"]["haproxy with policy"] = measure_http(
-                        f"haproxy with acls {label}", HAPROXY_POLICY, [hap_policy.pid])
-                    stop(hap_policy)
-            else:
-                stop(hap)
-
-        start(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(IPERF)])
-        wait_port(IPERF)
-        print("TCP bulk, iperf3:", flush=True)
-        for name, port in [("direct", IPERF), ("lb-node", LB_TCP), ("haproxy", HAPROXY_TCP)]:
-            results["tcp_gbps"][name] = round(iperf(port), 2)
-            print(f"  {name:<28} {results['tcp_gbps'][name]:>8.2f} Gbit/s", flush=True)
+        if ONLY != "tls":
+            http_and_tcp(tmp, results)
+        tls_ratios = tls_section(tmp, results)
     finally:
         for p in reversed(procs):
             stop(p)
 
-    h = results["http"]
     ratios = {}
-    for label in ["1 thread", f"{CORES} threads"]:
-        lb, hap = h[f"lb-node {label}"], h[f"haproxy {label}"]
-        ratios[f"req/s lb-node/haproxy ({label})"] = round(lb["rps"] / hap["rps"], 3)
-        ratios[f"p99 lb-node/haproxy ({label})"] = round(lb["p99_ms"] / hap["p99_ms"], 3)
-        ratios[f"req/s lb-node/direct ({label})"] = round(lb["rps"] / h["direct"]["rps"], 3)
-    if POLICY:
-        pairs = results["policy_pairs"]
-        ranked = sorted(pairs, key=lambda p: p["ratio"])
-        median = ranked[len(ranked) // 2]
-        ratios["req/s lb-node policy/no policy (median of pairs)"] = median["ratio"]
-        ratios["req/s lb-node policy/no policy (each pair)"] = [p["ratio"] for p in pairs]
-        ratios["p99 lb-node policy/no policy (median pair)"] = round(
-            median["policy"]["p99_ms"] / median["plain"]["p99_ms"], 3)
-        ratios["req/s lb-node policy/haproxy acls (median pair)"] = round(
-            median["policy"]["rps"] / h["haproxy with policy"]["rps"], 3)
-    t = results["tcp_gbps"]
-    ratios["tcp lb-node/haproxy"] = round(t["lb-node"] / t["haproxy"], 3)
-    ratios["tcp lb-node/direct"] = round(t["lb-node"] / t["direct"], 3)
+    if ONLY != "tls":
+        h = results["http"]
+        for label in ["1 thread", f"{CORES} threads"]:
+            lb, hap = h[f"lb-node {label}"], h[f"haproxy {label}"]
+            ratios[f"req/s lb-node/haproxy ({label})"] = round(lb["rps"] / hap["rps"], 3)
+            ratios[f"p99 lb-node/haproxy ({label})"] = round(lb["p99_ms"] / hap["p99_ms"], 3)
+            ratios[f"req/s lb-node/direct ({label})"] = round(lb["rps"] / h["direct"]["rps"], 3)
+        if POLICY:
+            pairs = results["policy_pairs"]
+            ranked = sorted(pairs, key=lambda p: p["ratio"])
+            median = ranked[len(ranked) // 2]
+            ratios["req/s lb-node policy/no policy (median of pairs)"] = median["ratio"]
+            ratios["req/s lb-node policy/no policy (each pair)"] = [p["ratio"] for p in pairs]
+            ratios["p99 lb-node policy/no policy (median pair)"] = round(
+                median["policy"]["p99_ms"] / median["plain"]["p99_ms"], 3)
+            ratios["req/s lb-node policy/haproxy acls (median pair)"] = round(
+                median["policy"]["rps"] / h["haproxy with policy"]["rps"], 3)
+        t = results["tcp_gbps"]
+        ratios["tcp lb-node/haproxy"] = round(t["lb-node"] / t["haproxy"], 3)
+        ratios["tcp lb-node/direct"] = round(t["lb-node"] / t["direct"], 3)
+    ratios.update(tls_ratios)
     results["ratios"] = ratios
     print("Idle keep-alive connection, bytes of RSS each:", results["idle_keepalive_bytes_per_conn"])
     print("Ratios:")

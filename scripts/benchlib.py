@@ -16,10 +16,13 @@ def stop(p, grace=5):
             p.wait()
 
 
-def wrk(url, connections, duration, threads=1):
+def wrk(url, connections, duration, threads=1, headers=()):
     """One wrk run: requests/s, p50 and p99 in ms, non-2xx/3xx answers and
-    socket errors."""
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    socket errors. `headers`: extra request headers ("Name: value")."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 

@@ -25,7 +25,8 @@ mkdir -p "$out"
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
 failover net_failover virtio_net"
 
-stamp=$( (cat "$kernel" "$0" scripts/image-lib.sh; /bin/busybox --help | head -1) | sha256sum | cut -c1-16)
+# (sed, not head: under pipefail a head that exits early can SIGPIPE busybox and fail the script)
+stamp=$( (cat "$kernel" "$0" scripts/image-lib.sh; /bin/busybox --help | sed -n 1p) | sha256sum | cut -c1-16)
 if image_up_to_date "$out" "$stamp"; then
   echo "backend image up to date: $out"
   exit 0

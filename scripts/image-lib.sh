@@ -7,7 +7,7 @@
 # kernel and cpio.
 image_packages() {
   local need=()
-  [ -x /bin/busybox ] && /bin/busybox --list | grep -qx "$1" || need+=(busybox-static)
+  [ -x /bin/busybox ] && /bin/busybox --list | grep -x "$1" >/dev/null || need+=(busybox-static)
   ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
   command -v cpio >/dev/null 2>&1 || need+=(cpio)
   if [ ${#need[@]} -gt 0 ]; then
