@@ -17,25 +17,33 @@ fn keepalive_gets(addr: SocketAddr, n: usize) -> Vec<String> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut bodies = Vec::new();
-    for _ in 0..n {
-        write!(conn, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
+    (0..n)
+        .map(|_| {
+            write!(conn, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            read_response(&mut reader).1
+        })
+        .collect()
+}
+
+/// One response with a `Content-Length` body: its status code and body.
+fn read_response(reader: &mut BufReader<TcpStream>) -> (String, String) {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
         }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        bodies.push(String::from_utf8(body).unwrap());
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
     }
-    bodies
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    let code = status.split_whitespace().nth(1).unwrap_or("").to_string();
+    (code, String::from_utf8(body).unwrap())
 }
 
 #[test]
@@ -338,22 +346,7 @@ fn a_reset_kept_alive_connection_resends_a_get_but_never_a_post() {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut send = |request: &str| {
         conn.write_all(request.as_bytes()).unwrap();
-        let mut status = String::new();
-        reader.read_line(&mut status).unwrap();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        status.split_whitespace().nth(1).unwrap().to_string()
+        read_response(&mut reader).0
     };
     let get = "GET /a HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_eq!(send(get), "200", "a new connection");
