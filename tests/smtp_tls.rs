@@ -1,7 +1,8 @@
 //! STARTTLS on smtp instances (issue 17 §2): an smtp instance with `tls`
 //! offers STARTTLS with its certificate; Python's smtplib upgrades
 //! (verifying the certificate against the test CA), logs in and sends; the
-//! backend gets the exact message. Without `tls` STARTTLS is not offered,
+//! backend gets the exact message; AUTH waits for STARTTLS (538 before
+//! it). Without `tls` STARTTLS is not offered,
 //! and `redirect_http_port` is refused on smtp.
 
 mod common;
@@ -41,6 +42,10 @@ fn smtplib_upgrades_with_starttls_logs_in_and_delivers() {
     let mut raw = Raw::connect(addr);
     let (_, ehlo) = command(&mut raw, "EHLO client.test");
     assert!(ehlo.iter().any(|l| l.contains("STARTTLS")), "{ehlo:?}");
+    // With TLS there, credentials wait for it (RFC 4954 §6).
+    assert!(!ehlo.iter().any(|l| l.starts_with("AUTH")), "{ehlo:?}");
+    let (code, lines) = command(&mut raw, "AUTH PLAIN AGFubgBhbm4tcGFzc3dvcmQtMQ==");
+    assert_eq!(code, 538, "{lines:?}");
     command(&mut raw, "QUIT");
 
     let report = send_over(

@@ -23,7 +23,8 @@ pub struct Limits {
 pub struct Features {
     /// The instance has auth: AUTH is offered and MAIL needs it.
     pub auth: bool,
-    /// A TLS config is there and the connection is not TLS yet.
+    /// A TLS config is there and the connection is not TLS yet. AUTH then
+    /// waits for STARTTLS: no password crosses in the clear where it need not.
     pub starttls: bool,
 }
 
@@ -181,7 +182,7 @@ impl Session {
         if self.features.starttls {
             lines.push("STARTTLS".into());
         }
-        if self.features.auth && self.authed.is_none() {
+        if self.features.auth && self.authed.is_none() && !self.features.starttls {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         Reply::multi(250, lines)
@@ -206,6 +207,14 @@ impl Session {
     fn auth(&mut self, mechanism: Mechanism, initial: Option<String>) -> Step {
         if !self.features.auth {
             return self.bad(reply::bad_sequence("AUTH not available"));
+        }
+        if self.features.starttls {
+            // RFC 4954 §6: the instance has TLS, so credentials wait for it.
+            return self.bad(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism: STARTTLS first",
+            ));
         }
         if self.helo.is_none() {
             return self.bad(reply::bad_sequence("Send EHLO first"));
@@ -511,5 +520,38 @@ mod tests {
         };
         assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"));
         assert_eq!(say(&mut session(false), "STARTTLS"), 502);
+    }
+
+    #[test]
+    fn with_tls_available_auth_waits_for_starttls() {
+        let mut s = Session::new(
+            LIMITS,
+            Features {
+                auth: true,
+                starttls: true,
+            },
+            "h".into(),
+        );
+        let Step::Reply(ehlo) = s.line(b"EHLO c") else {
+            panic!()
+        };
+        assert!(
+            !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+            "{ehlo:?}"
+        );
+        assert_eq!(say(&mut s, "AUTH PLAIN AGFubgBwdw=="), 538);
+        assert_eq!(say(&mut s, "STARTTLS"), 220);
+        s.tls_started();
+        let Step::Reply(ehlo) = s.line(b"EHLO c") else {
+            panic!()
+        };
+        assert!(
+            ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"),
+            "{ehlo:?}"
+        );
+        assert!(matches!(
+            s.line(b"AUTH PLAIN AGFubgBwdw=="),
+            Step::Authenticate { .. }
+        ));
     }
 }
