@@ -171,12 +171,10 @@ def start_auth_service():
     return p
 
 
-def start_haproxy_policy(tmp, threads):
-    """HAProxy with the policy's equivalent: 10 path ACLs (the last matches)
-    and a per-source stick table with a request-rate limit that never trips."""
-    cfg = os.path.join(tmp, "haproxy-policy.cfg")
-    acls = "".join(f"    acl r{i} path_beg /nomatch-{i}/\n    use_backend web if r{i}\n"
-                   for i in range(POLICY_RULES - 1))
+def start_haproxy_with(tmp, name, threads, port, sections):
+    """HAProxy with `threads` threads, the benchmark's limits and timeouts,
+    and `sections` (frontends and backends), once it listens on `port`."""
+    cfg = os.path.join(tmp, name)
     with open(cfg, "w") as f:
         f.write(f"""global
     nbthread {threads}
@@ -185,7 +183,18 @@ defaults
     timeout connect 3s
     timeout client 60s
     timeout server 60s
-frontend http
+""" + sections)
+    p = start(["haproxy", "-db", "-f", cfg])
+    wait_port(port)
+    return p
+
+
+def start_haproxy_policy(tmp, threads):
+    """HAProxy with the policy's equivalent: 10 path ACLs (the last matches)
+    and a per-source stick table with a request-rate limit that never trips."""
+    acls = "".join(f"    acl r{i} path_beg /nomatch-{i}/\n    use_backend web if r{i}\n"
+                   for i in range(POLICY_RULES - 1))
+    return start_haproxy_with(tmp, "haproxy-policy.cfg", threads, HAPROXY_POLICY, f"""frontend http
     mode http
     option forwardfor
     bind 127.0.0.1:{HAPROXY_POLICY}
@@ -199,9 +208,6 @@ backend web
     http-reuse always
     server s1 127.0.0.1:{BACKEND}
 """)
-    p = start(["haproxy", "-db", "-f", cfg])
-    wait_port(HAPROXY_POLICY)
-    return p
 
 
 def policy_pairs(node, label):
@@ -238,16 +244,7 @@ def make_certificate(tmp):
 
 
 def start_haproxy_tls(tmp, threads, pem):
-    cfg = os.path.join(tmp, "haproxy-tls.cfg")
-    with open(cfg, "w") as f:
-        f.write(f"""global
-    nbthread {threads}
-    maxconn 9000
-defaults
-    timeout connect 3s
-    timeout client 60s
-    timeout server 60s
-frontend https
+    return start_haproxy_with(tmp, "haproxy-tls.cfg", threads, HAPROXY_HTTPS, f"""frontend https
     mode http
     option forwardfor
     bind 127.0.0.1:{HAPROXY_HTTPS} ssl crt {pem} alpn http/1.1
@@ -257,9 +254,6 @@ backend web
     http-reuse always
     server s1 127.0.0.1:{BACKEND}
 """)
-    p = start(["haproxy", "-db", "-f", cfg])
-    wait_port(HAPROXY_HTTPS)
-    return p
 
 
 def measure_tls(name, port, pids, new_connections):
@@ -314,16 +308,7 @@ def start_lb_node(threads):
 
 
 def start_haproxy(tmp, threads):
-    cfg = os.path.join(tmp, f"haproxy-{threads}.cfg")
-    with open(cfg, "w") as f:
-        f.write(f"""global
-    nbthread {threads}
-    maxconn 9000
-defaults
-    timeout connect 3s
-    timeout client 60s
-    timeout server 60s
-frontend http
+    return start_haproxy_with(tmp, f"haproxy-{threads}.cfg", threads, HAPROXY_HTTP, f"""frontend http
     mode http
     option forwardfor
     bind 127.0.0.1:{HAPROXY_HTTP}
@@ -340,9 +325,6 @@ backend bulk
     mode tcp
     server b1 127.0.0.1:{IPERF}
 """)
-    p = start(["haproxy", "-db", "-f", cfg])
-    wait_port(HAPROXY_HTTP)
-    return p
 
 
 def iperf(port):
