@@ -116,31 +116,23 @@ fn sni_h2_versions_redirect_and_forwarded_headers() {
     // ALPN h2, served as HTTP/1.1 to the backend.
     let resolve = format!("a.test:{PORT}:{}", addr.ip());
     let url = format!("https://a.test:{PORT}/h2");
-    let out = curl(&[
-        "--http2",
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version}",
-        &url,
-    ]);
+    let http_version = |flag: &str| {
+        curl(&[
+            flag,
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &url,
+        ])
+    };
+    let out = http_version("--http2");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{out:?}");
-    let out = curl(&[
-        "--http1.1",
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version}",
-        &url,
-    ]);
+    let out = http_version("--http1.1");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1", "{out:?}");
 
     // TLS 1.1 refused by the server (SECLEVEL=0 so openssl offers it at all); 1.2 taken.
