@@ -187,6 +187,7 @@ async fn activity(
         .collect();
     record_activity(shared, &acts, now).await;
     for (pool, m) in inst.spec.managed_pools() {
+        let template = decide::template_digest(m);
         // Idle stop and `min` apply per target: each resource on its own.
         for target in targets_of(mine, pool, false) {
             let of_target: Vec<Activity> = acts
@@ -195,7 +196,7 @@ async fn activity(
                 .map(|(a, _)| *a)
                 .collect();
             let starting = counts(mine, &target).starting;
-            replace_stale(shared, inst, m, mine, &target, now).await;
+            replace_stale(shared, inst, &template, mine, &target, now).await;
             for id in decide::idle_victims(m, &of_target, starting, now) {
                 let Some(b) = ready.iter().find(|b| b.id == id).map(|b| (*b).clone()) else {
                     continue;
@@ -219,16 +220,16 @@ async fn activity(
 /// backends on an old template and none ready on the current one, one
 /// replacement starts; once it serves, the old ones get no new requests
 /// (`push::target_state`) and are stopped after `replace_drain`.
+/// `current`: the pool's `decide::template_digest`.
 async fn replace_stale(
     shared: &Arc<Shared>,
     inst: &InstanceRow,
-    m: &crate::model::managed::Managed,
+    current: &str,
     mine: &[BackendRow],
     target: &ManagedTarget,
     now: i64,
 ) {
-    let current = decide::template_digest(m);
-    let fresh = |b: &&BackendRow| decide::is_current(b.template.as_deref(), &current);
+    let fresh = |b: &&BackendRow| decide::is_current(b.template.as_deref(), current);
     let of_target: Vec<&BackendRow> = mine.iter().filter(|b| is_of(b, target)).collect();
     let stale: Vec<&BackendRow> = of_target
         .iter()
