@@ -291,9 +291,11 @@ fn a_changed_template_replaces_the_running_backend_without_a_failed_request() {
     assert!(failed.is_empty(), "{failed:?} (served {served})");
     assert!(served > 0);
     assert_eq!(backend_pids(&lbd), vec![new], "one backend, the new one");
-    let stopped = events_of(&lbd, "web", "backend_stopped");
-    assert!(
-        stopped.iter().any(|e| e.contains("replaced")),
-        "{stopped:?}"
-    );
+    // The event is written after the process is gone: wait for it.
+    wait_for("the replaced event", Duration::from_secs(10), || {
+        events_of(&lbd, "web", "backend_stopped")
+            .iter()
+            .any(|e| e.contains("replaced"))
+            .then_some(())
+    });
 }
