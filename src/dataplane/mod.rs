@@ -541,6 +541,7 @@ impl Node {
                 ..self.counters.snapshot()
             },
             managed_version: self.wake.version(),
+            mappings_version: None,
         }
     }
 

@@ -98,6 +98,8 @@ async fn on_event(shared: &Arc<Shared>, t: &StreamTarget, event: NodeEvent) -> b
             Signal::Resync(t.instance)
         }
         NodeEvent::Keepalive => return true,
+        // Federation mappings: not yet taken by lbd (issue 18).
+        NodeEvent::MappingLearned(_) | NodeEvent::MappingRemoved(_) => return true,
     };
     shared.signals.send(signal).await.is_ok()
 }

@@ -343,6 +343,8 @@ impl InstanceSpec {
             smtp: self.smtp.clone(),
             // lbd fills it in: the keys are in its key files, not the spec.
             tls: None,
+            // lbd fills it in (issue 18): the mappings are in its store.
+            federation: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod expected_codes;
+pub mod federation;
 pub mod ids;
 pub mod instance;
 pub mod managed;

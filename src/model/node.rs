@@ -73,6 +73,11 @@ pub struct NodeConfig {
     /// like `sticky_key`: sent only over the node's authenticated admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::model::tls::NodeTls>,
+    /// Federation routing (issue 18) with every mapping lbd knows as of
+    /// the push; later mappings come with `PUT /mappings`. Holds remote
+    /// tokens: a secret, like `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::model::federation::NodeFederation>,
 }
 
 fn one() -> u32 {
@@ -108,6 +113,10 @@ pub struct NodeStatus {
     /// The version of the last `PUT /managed` applied; `None` before any.
     #[serde(default)]
     pub managed_version: Option<u64>,
+    /// The version of the federation mappings in force (from the config or
+    /// the last `PUT /mappings`); `None` without federation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mappings_version: Option<u64>,
 }
 
 /// Counters since the node started.

@@ -50,6 +50,13 @@ pub enum NodeEvent {
     Wake(WakeDemand),
     /// Sent every few seconds on an idle stream, so lbd sees it is alive.
     Keepalive,
+    /// Federation: the node found where a resource lives (a search's
+    /// winner, or an item of an aggregated list). lbd stores it and sends
+    /// it to the instance's other nodes.
+    MappingLearned(crate::model::federation::ResourceMapping),
+    /// Federation: a provider answered a `DELETE` of the resource with
+    /// 2xx, so its mapping goes.
+    MappingRemoved(crate::model::federation::ResourceKey),
 }
 
 // No deny_unknown_fields: serde does not combine it with flatten.

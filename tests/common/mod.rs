@@ -5,6 +5,7 @@
 
 pub mod auth_service;
 pub mod backends;
+pub mod federation;
 pub mod l7;
 pub mod managed;
 pub mod node;
