@@ -182,6 +182,70 @@ fn sni_h2_versions_redirect_and_forwarded_headers() {
 }
 
 #[test]
+fn a_tls_client_over_max_connections_gets_a_503_it_can_read() {
+    if !tools_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let backend = HttpBackend::start("tls-backend");
+    let (lbd, _a, _b, addr) = setup(&pki, &backend);
+    lbd.lbctl_ok(&[
+        "instance",
+        "update",
+        "web",
+        "--project",
+        "demo",
+        "--max-connections",
+        "1",
+    ]);
+    lbd.wait_active("demo", "web");
+    // The one admitted connection, kept open.
+    let config = client_config(&pki);
+    let mut kept = connect(&config, addr, "a.test").unwrap();
+    assert_eq!(get(&mut kept, "a.test").unwrap().0, 200);
+    let resolve = format!("a.test:{PORT}:{}", addr.ip());
+    let url = format!("https://a.test:{PORT}/over");
+    let ca = path(&pki.ca_path);
+    for version in ["--http1.1", "--http2"] {
+        let out = curl(&[
+            version,
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-i",
+            "-w",
+            " %{http_code}",
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(
+            text.ends_with(" 503") && text.contains("retry-after: 1"),
+            "{version}: {text} {out:?}"
+        );
+        assert!(text.contains("too many connections"), "{text}");
+    }
+    // The kept connection was not disturbed, and once it goes the next
+    // client is admitted.
+    assert_eq!(get(&mut kept, "a.test").unwrap().0, 200);
+    drop(kept);
+    wait_for("a client admitted again", Duration::from_secs(10), || {
+        let out = curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-w",
+            " %{http_code}",
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .ends_with(" 200")
+            .then_some(())
+    });
+}
+
+#[test]
 fn a_rotation_under_load_fails_no_request_and_keeps_open_connections() {
     if !tools_present() {
         return;

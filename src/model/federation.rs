@@ -301,7 +301,7 @@ impl AggregateSpec {
         let path = PathPattern::parse(&self.path)
             .map_err(|reason| invalid(&reason))?
             .no_id()
-            .map_err(|reason| invalid(reason))?;
+            .map_err(&invalid)?;
         let method = self.method.clone().unwrap_or_else(|| "GET".into());
         if !matches!(method.as_str(), "GET" | "HEAD") {
             return Err(invalid("an aggregated list is read with GET or HEAD"));

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod redirect;
+mod refuse;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -54,16 +55,17 @@ async fn serve_client(
     stop: watch::Receiver<bool>,
     port: u16,
 ) {
-    // Over the limit a TLS client cannot read a plain 503: it is closed.
-    let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
-        return;
-    };
-    let _ = stream.set_nodelay(true);
     let Some(acceptor) = acceptor(&node) else {
         return tracing::debug!("client {peer}: no tls config yet");
     };
     let (timeouts, _) = super::http::client_settings(&node);
     let handshake = Duration::from_millis(u64::from(timeouts.handshake_ms));
+    // Over the limit a TLS client cannot read a plain 503: it gets one
+    // after the handshake (`refuse.rs`).
+    let Some(_conn) = node.counters.admit(node.max_connections.load(Relaxed)) else {
+        return refuse::refuse(acceptor, stream, peer, handshake).await;
+    };
+    let _ = stream.set_nodelay(true);
     let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return tracing::debug!("client {peer}: tls handshake: {e}"),
