@@ -3,6 +3,7 @@
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use lbaas::model::instance::BackendEntity;
+use lbaas::model::upstream::BackendProtocol;
 use lbaas::model::{Algorithm, HashOn, HealthProtocol, Limit, ProxyProtocol, Role, TrafficType};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -390,6 +391,10 @@ pub struct TuningArgs {
     /// PROXY protocol header towards the backends (tcp only).
     #[arg(long, value_name = "VERSION", value_parser = model_enum::<ProxyProtocol>())]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// How members are spoken to (http, https, smtp): every pool that
+    /// names none of its own [default: http1].
+    #[arg(long, value_name = "PROTOCOL", value_parser = model_enum::<BackendProtocol>())]
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -516,6 +521,9 @@ pub struct PoolAddArgs {
     pub health: HealthArgs,
     #[command(flatten)]
     pub sticky: StickyArgs,
+    /// How this pool's members are spoken to [default: the instance's].
+    #[arg(long, value_name = "PROTOCOL", value_parser = model_enum::<BackendProtocol>())]
+    pub backend_protocol: Option<BackendProtocol>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

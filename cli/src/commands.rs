@@ -326,6 +326,8 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
             auto_scaling: auto_scaling(scaling),
             managed: managed::spec(managed),
             sticky: sticky.spec(),
+            // `--backend-protocol` is the instance's (`tuning`).
+            backend_protocol: None,
         },
         min_nodes: scaling.min_nodes.map(i64::from),
         max_nodes: scaling.max_nodes.map(i64::from),
@@ -335,6 +337,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         max_connections: tuning.max_connections.map(i64::from),
         max_header_bytes: tuning.max_header_bytes.map(i64::from),
         proxy_protocol: tuning.proxy_protocol,
+        backend_protocol: tuning.backend_protocol,
         // Set later by the policy commands (`pool`, `rule`, `apply`).
         pools: None,
         rules: None,
@@ -371,6 +374,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         auto_scaling: auto_scaling(scaling),
         managed: managed::spec(managed),
         sticky: sticky.spec(),
+        backend_protocol: None,
     };
     InstanceUpdate {
         project: project.clone(),
@@ -386,6 +390,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         max_connections: tuning.max_connections.map(i64::from),
         max_header_bytes: tuning.max_header_bytes.map(i64::from),
         proxy_protocol: tuning.proxy_protocol,
+        backend_protocol: tuning.backend_protocol,
         // The policy commands (`pool`, `rule`, `apply`) send these.
         pools: None,
         rules: None,

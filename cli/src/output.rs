@@ -148,6 +148,24 @@ fn wire(v: &impl serde::Serialize) -> String {
     }
 }
 
+/// The instance's backend protocol, with the pools that name another.
+fn backend_protocol(i: &InstanceInfo) -> String {
+    let instance = i.backend_protocol;
+    let own = std::iter::once(("default", i.backend.backend_protocol))
+        .chain(
+            i.pools
+                .iter()
+                .map(|(n, p)| (n.as_str(), p.backend_protocol)),
+        )
+        .filter_map(|(name, p)| p.filter(|p| *p != instance).map(|p| format!("{name} {p}")));
+    let own: Vec<String> = own.collect();
+    if own.is_empty() {
+        instance.to_string()
+    } else {
+        format!("{instance} ({})", own.join(", "))
+    }
+}
+
 fn or_dash(v: Option<impl ToString>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
@@ -276,6 +294,7 @@ pub fn instance(i: &InstanceInfo) -> String {
         ),
         ("max conns", i.max_connections.to_string()),
         ("proxy proto", wire(&i.proxy_protocol)),
+        ("backend proto", backend_protocol(i)),
     ]);
     if let Some(s) = &i.backend.sticky {
         fields.push(("sticky", sticky(s)));

@@ -114,6 +114,7 @@ pub fn instance_info_with(
             auto_scaling: i.spec.auto_scaling,
             managed: i.spec.managed.as_ref().map(|m| redacted(m.to_spec())),
             sticky: i.spec.sticky.as_ref().map(|s| s.to_spec()),
+            backend_protocol: i.spec.default_pool_protocol,
         },
         min_nodes: i.spec.min_nodes,
         max_nodes: i.spec.max_nodes,
@@ -123,6 +124,7 @@ pub fn instance_info_with(
         timeouts: i.spec.tuning.timeouts,
         max_connections: i.spec.tuning.max_connections,
         max_header_bytes: i.spec.tuning.max_header_bytes,
+        backend_protocol: i.spec.tuning.backend_protocol,
         proxy_protocol: i.spec.tuning.proxy_protocol,
         pools: policy
             .pools

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use super::stats::{now_ms, MemberCounters};
+use crate::model::upstream::BackendProtocol;
 use crate::model::{Algorithm, BackendMember, MemberState, MemberStats};
 
 pub struct Member {
@@ -65,6 +66,8 @@ pub struct Balancer {
     /// The Maglev lookup table (consistent_hash only).
     maglev: Vec<u16>,
     next: AtomicUsize,
+    /// What the members are spoken to in.
+    protocol: BackendProtocol,
 }
 
 /// Maglev table size: a prime well above the member count (at most 256).
@@ -101,11 +104,22 @@ impl Balancer {
             schedule,
             maglev,
             next: AtomicUsize::new(0),
+            protocol: BackendProtocol::Http1,
         }
+    }
+
+    /// The same balancer, speaking `protocol` to its members.
+    pub fn with_protocol(mut self, protocol: BackendProtocol) -> Balancer {
+        self.protocol = protocol;
+        self
     }
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    pub fn protocol(&self) -> BackendProtocol {
+        self.protocol
     }
 
     pub fn members(&self) -> &[Member] {

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use super::balance::{Balancer, Member};
 use super::health::record_outcome;
 use super::pool::{BackendPool, ProxyBody, SendError};
+use crate::model::upstream::BackendProtocol;
 use crate::model::Timeouts;
 
 /// How to reach the members: connection pooling and timeouts.
@@ -54,6 +55,9 @@ pub(super) struct Upstream {
     method: Method,
     /// A second copy of the head, only for a request that may be sent twice.
     spare: Option<request::Parts>,
+    /// The client asked to switch protocols: HTTP/1.1 to the member, whatever
+    /// the pool's protocol, since an HTTP/2 stream cannot be upgraded.
+    upgrade: bool,
 }
 
 impl Upstream {
@@ -66,6 +70,7 @@ impl Upstream {
         upgrade: Option<HeaderValue>,
         retryable: bool,
     ) -> Self {
+        let upgrading = upgrade.is_some();
         let authority = head.headers.get(header::HOST).cloned().or_else(|| {
             head.uri
                 .authority()
@@ -103,6 +108,7 @@ impl Upstream {
             target,
             method,
             spare,
+            upgrade: upgrading,
         }
     }
 
@@ -113,14 +119,39 @@ impl Upstream {
     }
 }
 
-/// Points a head at one member. The target goes in origin form, since the
-/// member is the connection's peer; a request that named no host gets the
-/// member's, since HTTP/1.1 requires one.
-fn address_to(head: &mut request::Parts, target: &PathAndQuery, member: &Authority) {
-    head.uri = Uri::from(target.clone());
-    if !head.headers.contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(member.as_str()) {
-            head.headers.insert(header::HOST, host);
+/// Points a head at one member in `protocol`. For HTTP/1.1 the target goes
+/// in origin form, since the member is the connection's peer, and a request
+/// that named no host gets the member's, since HTTP/1.1 requires one. For
+/// h2c the host becomes `:authority` (RFC 9113 §8.3.1), so the URI is
+/// absolute and `Host` goes.
+fn address_to(
+    head: &mut request::Parts,
+    target: &PathAndQuery,
+    member: &Authority,
+    protocol: BackendProtocol,
+) {
+    match protocol {
+        BackendProtocol::Http1 => {
+            head.uri = Uri::from(target.clone());
+            head.version = http::Version::HTTP_11;
+            if !head.headers.contains_key(header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(member.as_str()) {
+                    head.headers.insert(header::HOST, host);
+                }
+            }
+        }
+        BackendProtocol::H2c => {
+            let authority = head
+                .headers
+                .remove(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| member.clone());
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(target.clone());
+            head.uri = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+            head.version = http::Version::HTTP_2;
         }
     }
 }
@@ -246,14 +277,20 @@ pub(super) async fn send_with_retry<'a>(
         target,
         method,
         mut spare,
+        upgrade,
     } = upstream;
+    let protocol = if upgrade {
+        BackendProtocol::Http1
+    } else {
+        balancer.protocol()
+    };
     let mut attempt = (head, body);
     let mut fresh = false;
     loop {
         let (mut head, body) = attempt;
-        address_to(&mut head, &target, &member.authority);
+        address_to(&mut head, &target, &member.authority, protocol);
         let req = Request::from_parts(head, body);
-        let error = match forward(client, member, req, fresh).await {
+        let error = match forward(client, member, req, fresh, protocol).await {
             Ok(resp) => {
                 record_outcome(balancer, member, resp.status().as_u16() < 500);
                 return Ok((resp, member));
@@ -296,13 +333,14 @@ async fn forward(
     member: &Member,
     req: Request<ProxyBody>,
     fresh: bool,
+    protocol: BackendProtocol,
 ) -> Result<Response<Incoming>, ForwardError> {
     let c = &member.counters;
     c.requests.fetch_add(1, Relaxed);
     c.active.fetch_add(1, Relaxed);
     let result = tokio::time::timeout(
         client.first_byte,
-        client.pool.send(member.address, req, fresh),
+        client.pool.send(member.address, req, fresh, protocol),
     )
     .await;
     c.active.fetch_sub(1, Relaxed);
@@ -418,17 +456,51 @@ mod tests {
         let target = PathAndQuery::from_static("/a?b=1");
         let mut bare = head(Request::builder().uri("http://ignored/x"));
         bare.headers.remove(header::HOST);
-        address_to(&mut bare, &target, &member);
+        address_to(&mut bare, &target, &member, BackendProtocol::Http1);
         assert_eq!(bare.uri, "/a?b=1");
         assert_eq!(bare.headers[header::HOST], "127.0.0.1:9001");
 
         let mut named = head(Request::builder().uri("/").header(header::HOST, "web.demo"));
-        address_to(&mut named, &target, &member);
+        address_to(&mut named, &target, &member, BackendProtocol::Http1);
         assert_eq!(
             named.headers[header::HOST],
             "web.demo",
             "the client's host stays"
         );
+    }
+
+    #[test]
+    fn an_h2c_attempt_carries_the_host_as_its_authority() {
+        let member: Authority = "127.0.0.1:9001".parse().unwrap();
+        let target = PathAndQuery::from_static("/a?b=1");
+        let mut named = head(Request::builder().uri("/").header(header::HOST, "web.demo"));
+        address_to(&mut named, &target, &member, BackendProtocol::H2c);
+        assert_eq!(named.uri, "http://web.demo/a?b=1");
+        assert_eq!(named.version, http::Version::HTTP_2);
+        assert!(!named.headers.contains_key(header::HOST));
+
+        let mut bare = head(Request::builder().uri("/"));
+        bare.headers.remove(header::HOST);
+        address_to(&mut bare, &target, &member, BackendProtocol::H2c);
+        assert_eq!(
+            bare.uri, "http://127.0.0.1:9001/a?b=1",
+            "the member's when none"
+        );
+    }
+
+    #[test]
+    fn an_upgrade_stays_on_http11_even_to_an_h2c_pool() {
+        let ws = head(
+            Request::builder()
+                .uri("/chat")
+                .header(header::HOST, "web.demo")
+                .header(header::UPGRADE, "websocket"),
+        );
+        let protocol = HeaderValue::from_static("websocket");
+        let up = Upstream::new(ws, "127.0.0.9:5555".parse().unwrap(), Some(protocol), false);
+        assert!(up.upgrade);
+        let plain = head(Request::builder().uri("/").header(header::HOST, "web"));
+        assert!(!Upstream::new(plain, "127.0.0.9:5555".parse().unwrap(), None, true).upgrade);
     }
 
     #[test]

@@ -14,9 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
 use super::balance::{Balancer, Member};
 use super::stats::{now_ms, MemberCounters};
 use crate::model::instance::{HealthCheck, HealthProtocol};
+use crate::model::upstream::BackendProtocol;
 
 /// Consecutive failed requests that eject a member.
 pub const EJECT_AFTER_ERRORS: u64 = 3;
@@ -26,9 +29,11 @@ pub const BASE_EJECTION_MS: u64 = 5_000;
 const EJECTION_MEMORY_MS: u64 = 60_000;
 
 /// Runs the active checks of every member until `stop` turns true.
+/// `protocol`: the pool's, which an HTTP check speaks too.
 pub async fn run_checks(
     members: Vec<(SocketAddr, Arc<MemberCounters>)>,
     check: HealthCheck,
+    protocol: BackendProtocol,
     stop: watch::Receiver<bool>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -46,7 +51,7 @@ pub async fn run_checks(
                     _ = ticker.tick() => {}
                     _ = stop.changed() => return,
                 }
-                let result = check_member(addr, &check).await;
+                let result = check_member(addr, &check, protocol).await;
                 if let Some(up) = record_check(&counters, result.is_ok(), &check) {
                     match &result {
                         Ok(()) => tracing::info!(member = %addr, "member is up: {} checks passed", check.criteria.health_threshold),
@@ -70,7 +75,11 @@ pub fn record_check(c: &MemberCounters, passed: bool, check: &HealthCheck) -> Op
 }
 
 /// One check of one member, within the check's timeout.
-pub async fn check_member(member: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+pub async fn check_member(
+    member: SocketAddr,
+    check: &HealthCheck,
+    protocol: BackendProtocol,
+) -> Result<(), String> {
     let target = if check.port == 0 {
         member
     } else {
@@ -78,39 +87,16 @@ pub async fn check_member(member: SocketAddr, check: &HealthCheck) -> Result<(),
     };
     let timeout = Duration::from_secs(u64::from(check.criteria.timeout));
     let attempt = async {
-        let mut stream = TcpStream::connect(target)
+        let stream = TcpStream::connect(target)
             .await
             .map_err(|e| format!("connect {target}: {e}"))?;
         if check.protocol == HealthProtocol::Tcp {
             return Ok(());
         }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: lb-node-health\r\nConnection: close\r\n\r\n",
-            check.request_path
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send to {target}: {e}"))?;
-        // The status line is all we need: "HTTP/1.1 200 OK".
-        let mut head = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream
-                .read(&mut head[len..])
-                .await
-                .map_err(|e| format!("read from {target}: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-        }
-        let line = String::from_utf8_lossy(&head[..len]);
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{target} did not answer HTTP: {line:?}"))?;
+        let status = match protocol {
+            BackendProtocol::Http1 => http1_status(stream, target, &check.request_path).await?,
+            BackendProtocol::H2c => h2c_status(stream, target, &check.request_path).await?,
+        };
         if check.expected_codes.contains(status) {
             Ok(())
         } else {
@@ -123,6 +109,60 @@ pub async fn check_member(member: SocketAddr, check: &HealthCheck) -> Result<(),
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| format!("{target}: no answer within {}s", timeout.as_secs()))?
+}
+
+/// The status of `GET path` over HTTP/1.1; the status line is all it reads.
+async fn http1_status(
+    mut stream: TcpStream,
+    target: SocketAddr,
+    path: &str,
+) -> Result<u16, String> {
+    let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: lb-node-health\r\nConnection: close\r\n\r\n",
+        );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send to {target}: {e}"))?;
+    // The status line is all we need: "HTTP/1.1 200 OK".
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < 12 {
+        let n = stream
+            .read(&mut head[len..])
+            .await
+            .map_err(|e| format!("read from {target}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let line = String::from_utf8_lossy(&head[..len]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{target} did not answer HTTP: {line:?}"))
+}
+
+/// The status of `GET path` over HTTP/2 with prior knowledge, on a
+/// connection of its own that closes after the answer.
+async fn h2c_status(stream: TcpStream, target: SocketAddr, path: &str) -> Result<u16, String> {
+    use http_body_util::Empty;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{target} did not answer h2c: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{target}{path}"))
+        .version(http::Version::HTTP_2)
+        .header(http::header::USER_AGENT, "lb-node-health")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("{target}{path}: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{target}{path} over h2c: {e}"))?;
+    Ok(resp.status().as_u16())
 }
 
 /// Passive health: counts the outcome of a request to `member`, and ejects it

@@ -426,10 +426,11 @@ impl Node {
     /// not compile (a controller of another version) is refused.
     fn prepare(&self, config: NodeConfig) -> Result<ActiveConfig, ConfigError> {
         let algorithm = sticky::algorithm(config.tuning.algorithm, config.sticky.as_ref());
+        let protocol = config.tuning.backend_protocol;
         let balancer = self
             .members
-            .balancer(DEFAULT_POOL, algorithm, &config.backends);
-        let pools = NamedPools::new(&config.policy, &self.members);
+            .balancer(DEFAULT_POOL, algorithm, protocol, &config.backends);
+        let pools = NamedPools::new(&config.policy, protocol, &self.members);
         let sticky = sticky::StickyStage::new(&config, &balancer, &pools);
         let rules = rules::RuleTable::compile(&config.policy, &pools)?;
         let wake = self.wake.stage(&config, &pools, &self.members);
@@ -496,12 +497,14 @@ impl Node {
         tokio::spawn(health::run_checks(
             members(&active.balancer),
             active.config.health_check.clone(),
+            active.balancer.protocol(),
             stop_rx.clone(),
         ));
         for pool in active.pools.iter() {
             tokio::spawn(health::run_checks(
                 members(&pool.balancer),
                 pool.health_check.clone(),
+                pool.balancer.protocol(),
                 stop_rx.clone(),
             ));
         }

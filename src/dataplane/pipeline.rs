@@ -117,8 +117,11 @@ pub(super) async fn route(
         },
         None => (&*active, pool),
     };
-    let upstream_set =
-        (!caller.upstream.is_empty()).then(|| serving.upstreams.balancer(&caller.upstream));
+    // An auth service's members speak what the pool the rules chose speaks.
+    let upstream_set = (!caller.upstream.is_empty()).then(|| {
+        let protocol = serving.pool(pool).protocol();
+        serving.upstreams.balancer(&caller.upstream, protocol)
+    });
     let balancer = match upstream_set.as_deref() {
         Some(set) => set,
         None => match member_set(serving, pool, resource.as_ref()) {

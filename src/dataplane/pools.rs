@@ -17,6 +17,7 @@ use super::balance::Balancer;
 use super::stats::MemberCounters;
 use crate::model::instance::HealthCheck;
 use crate::model::policy::{Policy, DEFAULT_POOL};
+use crate::model::upstream::{self, BackendProtocol};
 use crate::model::{Algorithm, BackendMember, MemberStats};
 
 /// Which pool a rule sends to, resolved once per config (no name lookup on
@@ -66,9 +67,10 @@ impl MemberRegistry {
         &self,
         pool: &str,
         algorithm: Algorithm,
+        protocol: BackendProtocol,
         members: &[BackendMember],
     ) -> Balancer {
-        Balancer::new(algorithm, members, self.counters(pool, members))
+        Balancer::new(algorithm, members, self.counters(pool, members)).with_protocol(protocol)
     }
 
     /// Forgets members that no pool of `config` has any more.
@@ -86,7 +88,12 @@ impl MemberRegistry {
 }
 
 impl NamedPools {
-    pub fn new(policy: &Policy, registry: &MemberRegistry) -> NamedPools {
+    /// `protocol`: the instance's, for a pool that names none.
+    pub fn new(
+        policy: &Policy,
+        protocol: BackendProtocol,
+        registry: &MemberRegistry,
+    ) -> NamedPools {
         let pools = policy
             .pools
             .iter()
@@ -95,6 +102,7 @@ impl NamedPools {
                 balancer: registry.balancer(
                     name,
                     super::sticky::algorithm(pool.algorithm, pool.sticky.as_ref()),
+                    upstream::resolve(pool.backend_protocol, protocol),
                     &pool.members,
                 ),
                 health_check: pool.health_check.clone(),
@@ -148,10 +156,11 @@ pub struct UpstreamSets {
 }
 
 impl UpstreamSets {
-    /// The balancer over `addrs` (round robin, weight 1 each).
-    pub fn balancer(&self, addrs: &[SocketAddr]) -> Arc<Balancer> {
+    /// The balancer over `addrs` (round robin, weight 1 each), speaking
+    /// `protocol` (the instance's).
+    pub fn balancer(&self, addrs: &[SocketAddr], protocol: BackendProtocol) -> Arc<Balancer> {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = sets.get(addrs) {
+        if let Some(b) = sets.get(addrs).filter(|b| b.protocol() == protocol) {
             return b.clone();
         }
         if sets.len() >= MAX_UPSTREAM_SETS {
@@ -175,7 +184,9 @@ impl UpstreamSets {
                 .map(|a| map.entry(*a).or_default().clone())
                 .collect()
         };
-        let balancer = Arc::new(Balancer::new(Algorithm::RoundRobin, &members, counters));
+        let balancer = Arc::new(
+            Balancer::new(Algorithm::RoundRobin, &members, counters).with_protocol(protocol),
+        );
         sets.insert(addrs.to_vec(), balancer.clone());
         balancer
     }
@@ -214,7 +225,7 @@ mod tests {
         let p = policy(
             r#"{"pools":{"b":{"entities":["127.0.0.1:2"]},"a":{"entities":["127.0.0.1:1"],"algorithm":"least_connections"}}}"#,
         );
-        let pools = NamedPools::new(&p, &MemberRegistry::default());
+        let pools = NamedPools::new(&p, BackendProtocol::Http1, &MemberRegistry::default());
         assert_eq!(pools.resolve("default"), Some(PoolRef::Default));
         let Some(PoolRef::Named(a)) = pools.resolve("a") else {
             panic!("a is a pool")
@@ -234,14 +245,14 @@ mod tests {
     fn counters_are_per_pool_and_survive_a_new_config() {
         let registry = MemberRegistry::default();
         let shared = [member("127.0.0.1:7")];
-        let a = registry.balancer("a", Algorithm::RoundRobin, &shared);
-        let b = registry.balancer("b", Algorithm::RoundRobin, &shared);
+        let a = registry.balancer("a", Algorithm::RoundRobin, BackendProtocol::Http1, &shared);
+        let b = registry.balancer("b", Algorithm::RoundRobin, BackendProtocol::Http1, &shared);
         a.members()[0].counters.healthy.store(false, Relaxed);
         assert!(
             b.members()[0].counters.healthy.load(Relaxed),
             "pool b's health is its own"
         );
-        let again = registry.balancer("a", Algorithm::PowerOfTwo, &shared);
+        let again = registry.balancer("a", Algorithm::PowerOfTwo, BackendProtocol::Http1, &shared);
         assert!(Arc::ptr_eq(
             &a.members()[0].counters,
             &again.members()[0].counters
@@ -251,9 +262,9 @@ mod tests {
             &[],
             &policy(r#"{"pools":{"b":{"entities":["127.0.0.1:7"]}}}"#),
         );
-        let fresh = registry.balancer("a", Algorithm::RoundRobin, &shared);
+        let fresh = registry.balancer("a", Algorithm::RoundRobin, BackendProtocol::Http1, &shared);
         assert!(fresh.members()[0].counters.healthy.load(Relaxed));
-        let kept = registry.balancer("b", Algorithm::RoundRobin, &shared);
+        let kept = registry.balancer("b", Algorithm::RoundRobin, BackendProtocol::Http1, &shared);
         assert!(Arc::ptr_eq(
             &b.members()[0].counters,
             &kept.members()[0].counters
@@ -267,14 +278,27 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let first = sets.balancer(&list);
-        assert!(Arc::ptr_eq(&first, &sets.balancer(&list)));
+        let first = sets.balancer(&list, BackendProtocol::Http1);
+        assert!(Arc::ptr_eq(
+            &first,
+            &sets.balancer(&list, BackendProtocol::Http1)
+        ));
         let picks: Vec<u16> = (0..4)
-            .map(|_| sets.balancer(&list).pick(0).unwrap().member.address.port())
+            .map(|_| {
+                sets.balancer(&list, BackendProtocol::Http1)
+                    .pick(0)
+                    .unwrap()
+                    .member
+                    .address
+                    .port()
+            })
             .collect();
         assert_eq!(picks, vec![1, 2, 1, 2], "round robin turns across requests");
         for port in 0..(MAX_UPSTREAM_SETS as u16 + 10) {
-            sets.balancer(&[SocketAddr::from(([127, 0, 0, 2], port))]);
+            sets.balancer(
+                &[SocketAddr::from(([127, 0, 0, 2], port))],
+                BackendProtocol::Http1,
+            );
         }
         assert!(sets.sets.lock().unwrap().len() <= MAX_UPSTREAM_SETS);
     }

@@ -277,7 +277,7 @@ mod tests {
         ))
         .unwrap();
         let policy = spec.validate(TrafficType::Http, 80, &NoHash).unwrap();
-        let pools = NamedPools::new(&policy, &Default::default());
+        let pools = NamedPools::new(&policy, Default::default(), &Default::default());
         RuleTable::compile(&policy, &pools).unwrap()
     }
 

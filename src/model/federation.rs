@@ -286,6 +286,7 @@ impl ProviderSpec {
                 algorithm: self.algorithm.unwrap_or_default(),
                 managed: None,
                 sticky: None,
+                backend_protocol: None,
             },
             token_url: self.token_url.clone(),
         })

@@ -19,6 +19,7 @@ use crate::model::tuning::{
     max_connections, max_header_bytes, Algorithm, HashOn, ProxyProtocol, Timeouts, TimeoutsSpec,
     Tuning, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
 };
+use crate::model::upstream::{self, BackendProtocol};
 use crate::model::{
     ExpectedCodes, HostPort, NamedMember, OperatingStatus, ProvisioningStatus, ValidationError,
 };
@@ -182,6 +183,10 @@ pub struct BackendSpec {
     /// replaces the stored one; absent keeps it; `"none"` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<crate::model::sticky::StickySpec>,
+    /// The default pool's `http1` or `h2c`, over the instance's
+    /// `backend_protocol`. On update: absent keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 /// `create instance`.
@@ -225,6 +230,11 @@ pub struct InstanceCreate {
     /// PROXY protocol header towards backends (`tcp` only): `none`, `v1`, `v2`.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// How members are spoken to: `http1` (default) or `h2c` (HTTP/2 with
+    /// prior knowledge). Every pool that names none of its own; http,
+    /// https and smtp only.
+    #[serde(default)]
+    pub backend_protocol: Option<BackendProtocol>,
     /// Named pools besides `backend` (the pool `default`); http only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pools: Option<BTreeMap<String, PoolSpec>>,
@@ -287,6 +297,10 @@ pub struct InstanceSpec {
     /// Set exactly for smtp instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<crate::model::smtp::Smtp>,
+    /// `backend.backend_protocol`: the default pool's own, over
+    /// `tuning.backend_protocol`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pool_protocol: Option<BackendProtocol>,
     /// TLS termination (`https`): certificates without their keys (lbd
     /// keeps those in files of their own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,6 +333,16 @@ impl InstanceSpec {
 
     /// What a node at `address` runs for this spec, as config `version`.
     pub fn node_config(&self, version: u64, address: IpAddr) -> crate::model::NodeConfig {
+        // Each pool's protocol resolved here, so a node reads it off its
+        // pool: `tuning.backend_protocol` becomes the default pool's.
+        let instance_protocol = self.tuning.backend_protocol;
+        let mut policy = self.policy.for_node();
+        for pool in policy.pools.values_mut() {
+            pool.backend_protocol =
+                Some(upstream::resolve(pool.backend_protocol, instance_protocol));
+        }
+        let mut tuning = self.tuning.clone();
+        tuning.backend_protocol = upstream::resolve(self.default_pool_protocol, instance_protocol);
         crate::model::NodeConfig {
             version,
             traffic_type: self.traffic_type,
@@ -329,8 +353,8 @@ impl InstanceSpec {
             resolver: None,
             name_guard: None,
             health_check: self.health_check.clone(),
-            tuning: self.tuning.clone(),
-            policy: self.policy.for_node(),
+            tuning,
+            policy,
             serving_nodes: 1,
             redis: None,
             managed: self
@@ -378,6 +402,16 @@ impl InstanceSpec {
         if t.proxy_protocol != ProxyProtocol::None && self.traffic_type != TrafficType::Tcp {
             return Err(ValidationError::InvalidField(
                 "proxy_protocol needs traffic_type tcp".into(),
+            ));
+        }
+        let h2c = [t.backend_protocol]
+            .into_iter()
+            .chain(self.default_pool_protocol)
+            .any(|p| p == BackendProtocol::H2c);
+        if h2c && self.traffic_type == TrafficType::Tcp {
+            return Err(ValidationError::InvalidField(
+                "backend_protocol h2c needs traffic_type http, https or smtp (tcp is relayed as is)"
+                    .into(),
             ));
         }
         if matches!(t.hash_on, HashOn::Header(_)) && !self.traffic_type.is_http() {
@@ -495,11 +529,13 @@ impl InstanceCreate {
                     DEFAULT_MAX_HEADER_BYTES,
                 )?,
                 proxy_protocol: self.proxy_protocol.unwrap_or_default(),
+                backend_protocol: self.backend_protocol.unwrap_or_default(),
             },
             policy,
             managed,
             sticky: sticky(self.backend.sticky.as_ref(), self.traffic_type)?,
             smtp,
+            default_pool_protocol: self.backend.backend_protocol,
             tls: self
                 .tls
                 .as_ref()
@@ -585,6 +621,9 @@ pub struct InstanceUpdate {
     pub max_header_bytes: Option<i64>,
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Replaces the stored one; pools that name their own keep theirs.
+    #[serde(default)]
+    pub backend_protocol: Option<BackendProtocol>,
     /// Replaces all named pools (`{}`: none left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pools: Option<BTreeMap<String, PoolSpec>>,
@@ -683,6 +722,9 @@ impl InstanceUpdate {
         if let Some(p) = self.proxy_protocol {
             tuning.proxy_protocol = p;
         }
+        if let Some(p) = self.backend_protocol {
+            tuning.backend_protocol = p;
+        }
         if let Some(backend) = &self.backend {
             // An update that names no entities keeps the current ones.
             if !backend.entities.is_empty() {
@@ -711,6 +753,9 @@ impl InstanceUpdate {
             }
             if backend.sticky.is_some() {
                 next.sticky = sticky(backend.sticky.as_ref(), next.traffic_type)?;
+            }
+            if backend.backend_protocol.is_some() {
+                next.default_pool_protocol = backend.backend_protocol;
             }
         }
         // Revalidated even when untouched: pools carry the listener port
@@ -776,6 +821,9 @@ pub struct BackendView {
     /// The default pool's sticky routing, in the shape `create` takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<crate::model::sticky::StickySpec>,
+    /// The default pool's own protocol, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 /// An instance as the API shows it.
@@ -804,6 +852,10 @@ pub struct InstanceInfo {
     #[serde(default = "crate::model::tuning::default_max_header_bytes")]
     pub max_header_bytes: u32,
     pub proxy_protocol: ProxyProtocol,
+    /// How members are spoken to, unless a pool names its own (absent
+    /// from servers before it existed).
+    #[serde(default)]
+    pub backend_protocol: BackendProtocol,
     /// The L7 policy in the shapes `create`/`update` take, so it can be sent
     /// again; users and keys by name and groups only (never a secret or a
     /// hash). Absent from servers before it existed.

@@ -26,6 +26,7 @@ pub mod threshold;
 pub mod time;
 pub mod tls;
 pub mod tuning;
+pub mod upstream;
 pub mod usage;
 pub mod user;
 pub mod wake;

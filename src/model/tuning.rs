@@ -177,6 +177,13 @@ pub struct Tuning {
     pub max_header_bytes: u32,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    /// How members are spoken to: the default pool's and every named pool's
+    /// that names none of its own (`backend_protocol`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::model::upstream::BackendProtocol::is_default"
+    )]
+    pub backend_protocol: crate::model::upstream::BackendProtocol,
 }
 
 /// Connections a node accepts at once unless told otherwise.

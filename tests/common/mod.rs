@@ -6,6 +6,7 @@
 pub mod auth_service;
 pub mod backends;
 pub mod federation;
+pub mod h2c;
 pub mod l7;
 pub mod managed;
 pub mod node;

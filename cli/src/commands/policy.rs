@@ -139,6 +139,7 @@ pub fn pool_spec(args: &PoolAddArgs) -> PoolSpec {
         algorithm: args.algorithm,
         managed: None,
         sticky: args.sticky.spec(),
+        backend_protocol: args.backend_protocol,
     }
 }
 
@@ -496,6 +497,7 @@ mod tests {
             algorithm: None,
             managed: None,
             sticky: None,
+            backend_protocol: None,
         };
         add_pool(&mut pools, "api", pool.clone()).unwrap();
         assert_eq!(

@@ -234,7 +234,7 @@ impl Wake {
         }
         let pushed = self.pushed();
         let targets = self.lock_targets();
-        let entry = |name: &str, algorithm: Algorithm| -> Option<StageEntry> {
+        let entry = |name: &str, algorithm: Algorithm, protocol| -> Option<StageEntry> {
             let m = config.managed.get(name)?;
             let Some(routing) = &m.per_resource else {
                 let key = ManagedTarget {
@@ -248,7 +248,7 @@ impl Wake {
                 .filter(|s| s.target.pool == name && !s.members.is_empty())
                 .filter_map(|s| {
                     let r = s.target.resource.clone()?;
-                    Some((r, registry.balancer(name, algorithm, &s.members)))
+                    Some((r, registry.balancer(name, algorithm, protocol, &s.members)))
                 })
                 .collect();
             Some(StageEntry::PerResource(ResourceStage {
@@ -258,10 +258,14 @@ impl Wake {
             }))
         };
         WakeStage {
-            default: entry(DEFAULT_POOL, config.tuning.algorithm),
+            default: entry(
+                DEFAULT_POOL,
+                config.tuning.algorithm,
+                config.tuning.backend_protocol,
+            ),
             named: pools
                 .iter()
-                .map(|p| entry(&p.name, p.balancer.algorithm()))
+                .map(|p| entry(&p.name, p.balancer.algorithm(), p.balancer.protocol()))
                 .collect(),
         }
     }
@@ -410,7 +414,7 @@ mod tests {
             "the default pool is not managed"
         );
         let registry = crate::dataplane::pools::MemberRegistry::default();
-        let pools = NamedPools::new(&merged.policy, &registry);
+        let pools = NamedPools::new(&merged.policy, Default::default(), &registry);
         let stage = wake.stage(&merged, &pools, &registry);
         let api = pools.resolve("api").unwrap();
         assert_eq!(stage.target(api).map(|t| t.pool.as_str()), Some("api"));

@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::model::instance::{health_check, members, BackendEntity, HealthCheck, HealthCheckSpec};
 use crate::model::managed::{Managed, ManagedError, ManagedSpec};
 use crate::model::sticky::{Sticky, StickySpec};
+use crate::model::upstream::BackendProtocol;
 use crate::model::{Algorithm, BackendMember, TrafficType, ValidationError};
 
 pub use auth::{Auth, AuthSpec, RuleAuthSpec, SecretHasher};
@@ -131,6 +132,9 @@ pub struct PoolSpec {
     /// consistent hash (`model::sticky`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickySpec>,
+    /// `http1` or `h2c`; absent: the instance's `backend_protocol`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -145,6 +149,9 @@ pub struct Pool {
     pub managed: Option<Managed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,
+    /// The pool's own; a node's config always has it set (resolved by lbd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 /// The policy fields of an instance as a client writes them.
@@ -336,6 +343,7 @@ impl PolicySpec {
                 algorithm: spec.algorithm.unwrap_or_default(),
                 managed,
                 sticky,
+                backend_protocol: spec.backend_protocol,
             };
             out.insert(name, pool);
         }

@@ -46,6 +46,7 @@ impl Pool {
                 .sticky
                 .as_ref()
                 .map(crate::model::sticky::Sticky::to_spec),
+            backend_protocol: self.backend_protocol,
         }
     }
 }

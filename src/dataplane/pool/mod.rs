@@ -1,7 +1,10 @@
 //! Keep-alive connections to members, pooled per thread. lb-node serves each
 //! client connection on one single-threaded runtime (see `Node`), so a
 //! thread-local pool finds a backend connection without a lock, a key hash
-//! of a URI, or a hop to another thread.
+//! of a URI, or a hop to another thread. Members of an h2c pool get one
+//! multiplexed connection per thread instead (`h2c`).
+
+mod h2c;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,6 +17,8 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+
+use crate::model::upstream::BackendProtocol;
 
 /// The body of a proxied request or response: what a client or a member
 /// sent, streamed through, or a short body of the node's own. Defined here,
@@ -68,8 +73,23 @@ impl BackendPool {
         }
     }
 
-    /// Sends on an idle pooled connection to `addr` (unless `fresh`), or a new one.
+    /// Sends in `protocol` on a kept-alive connection to `addr` (unless
+    /// `fresh`), or a new one. The request's URI and version must be those
+    /// of `protocol` (origin form for HTTP/1.1, absolute for h2c).
     pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<ProxyBody>,
+        fresh: bool,
+        protocol: BackendProtocol,
+    ) -> Result<Response<Incoming>, SendError> {
+        match protocol {
+            BackendProtocol::Http1 => self.send_http1(addr, req, fresh).await,
+            BackendProtocol::H2c => self.send_h2c(addr, req, fresh).await,
+        }
+    }
+
+    async fn send_http1(
         &self,
         addr: SocketAddr,
         mut req: Request<ProxyBody>,
@@ -100,6 +120,22 @@ impl BackendPool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, SendError> {
+        let stream = self.connect_tcp(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Unanswered(format!("handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("backend connection to {addr}: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A TCP connection to `addr` from the node's address, within the
+    /// connect timeout.
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream, SendError> {
         let connecting = super::connect_from(Some(self.source), addr);
         let stream = match tokio::time::timeout(self.connect, connecting).await {
             Ok(Ok(s)) => s,
@@ -112,16 +148,7 @@ impl BackendPool {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Unanswered(format!("handshake: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("backend connection to {addr}: {e}");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 
     /// A pooled connection to `addr` that is ready for a request; closed and
@@ -163,6 +190,7 @@ impl BackendPool {
                         });
                     }
                 });
+                h2c::sweep(now, idle);
             }
         });
     }
