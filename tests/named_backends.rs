@@ -430,3 +430,45 @@ fn a_tcp_instance_takes_a_name_too() {
     conn.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"ping");
 }
+
+#[test]
+fn a_named_pool_takes_a_name_and_follows_it() {
+    let dns = TestDns::start();
+    let lbd = Lbd::start_with(&["--resolver", &dns.addr.to_string()]);
+    let (alpha, bravo, ip1, ip2) = two_backends(&lbd);
+    let name = format!("api.{ZONE}:{}", alpha.addr().port());
+    dns.set("api", &[ip2]);
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "project", "info": {"name": "demo"}}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
+        "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
+        "backend": {"entities": [alpha.addr().to_string()]},
+        "pools": {"api": {"entities": [name],
+            "health-check": {"criteria": {"interval": 1, "timeout": 1}}}},
+        "rules": [{"name": "api", "match": {"path_prefix": "/api/"}, "action": {"pool": "api"}}]}}));
+    assert_eq!(s, 200, "{v}");
+    let info = lbd.wait_active("demo", "web");
+    // `info` shows the pool as it was written, so it can be sent again.
+    assert_eq!(info["pools"]["api"]["entities"], json!([name]), "{info}");
+    let node: SocketAddr = format!("{}:8080", info["nodes"][0]["address"].as_str().unwrap())
+        .parse()
+        .unwrap();
+    assert_eq!(common::l7::get(node, "/api/x", &[]).body, "bravo");
+    assert_eq!(common::l7::get(node, "/", &[]).body, "alpha");
+    let status = wait_for("the pool's name resolved", Duration::from_secs(15), || {
+        name_status(&lbd, "web", &name)
+    });
+    assert_eq!(
+        status["addresses"],
+        json!([SocketAddr::new(ip2.into(), alpha.addr().port()).to_string()])
+    );
+
+    // The pool follows its name: now alpha's address.
+    dns.set("api", &[ip1]);
+    wait_for(
+        "the pool on the new address",
+        Duration::from_secs(10),
+        || (common::l7::get(node, "/api/x", &[]).body == "alpha").then_some(()),
+    );
+    drop(bravo);
+}

@@ -1,7 +1,8 @@
 //! Host-name backends (`NodeConfig.named_backends`): the node resolves
 //! each name (hickory-resolver, async, on the node's runtime) with the
 //! system's resolver or lbd's `--resolver`, makes every A/AAAA answer a
-//! member of the default pool, and resolves it again when the answer's TTL
+//! member of the pool that lists the name (the default pool, or a named
+//! pool's `named_members`), and resolves it again when the answer's TTL
 //! runs out (clamped to 1..300 s). A changed answer re-prepares the config
 //! in force, as a `PUT /managed` does: requests in flight keep theirs, so
 //! members come and go without a connection dropped.
@@ -94,11 +95,9 @@ impl Names {
     /// names no longer listed stop. `on_change` runs after a later answer
     /// differs from the one before.
     pub async fn sync(self: &Arc<Self>, config: &NodeConfig, on_change: OnChange) {
-        let wanted: Vec<HostPort> = config
-            .named_backends
-            .iter()
-            .map(|m| m.address.clone())
-            .collect();
+        let mut wanted: Vec<HostPort> = config.host_names().map(|m| m.address.clone()).collect();
+        wanted.sort();
+        wanted.dedup();
         let new: Vec<HostPort> = {
             let mut state = self.lock();
             if state.server != config.resolver {
@@ -162,10 +161,11 @@ impl Names {
         }
     }
 
-    /// `config` with every resolved address of its names added to
-    /// `backends` (an address listed already, or by an earlier name, once).
+    /// `config` with every resolved address of its names added to the
+    /// members of the pool that lists the name (an address listed already,
+    /// or by an earlier name, once).
     pub fn merge(&self, mut config: NodeConfig) -> NodeConfig {
-        if config.named_backends.is_empty() {
+        if config.host_names().next().is_none() {
             return config;
         }
         let state = self.lock();
@@ -175,12 +175,14 @@ impl Names {
             let (usable, _) = state.usable(&m.address);
             usable.into_iter().filter(|a| *a != listen).collect()
         };
-        let named: Vec<(NamedMember, Vec<SocketAddr>)> = config
-            .named_backends
-            .iter()
-            .map(|m| (m.clone(), answers(m)))
-            .collect();
-        merge_answers(&mut config.backends, &named);
+        let resolved = |names: &[NamedMember]| -> Vec<(NamedMember, Vec<SocketAddr>)> {
+            names.iter().map(|m| (m.clone(), answers(m))).collect()
+        };
+        merge_answers(&mut config.backends, &resolved(&config.named_backends));
+        for pool in config.policy.pools.values_mut() {
+            let named = resolved(&pool.named_members);
+            merge_answers(&mut pool.members, &named);
+        }
         config
     }
 

@@ -282,6 +282,7 @@ impl ProviderSpec {
         Ok(Provider {
             pool: Pool {
                 members,
+                named_members: Vec::new(),
                 health_check,
                 algorithm: self.algorithm.unwrap_or_default(),
                 managed: None,

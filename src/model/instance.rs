@@ -955,7 +955,7 @@ fn node_count(field: &str, n: Option<i64>) -> Result<u32, ValidationError> {
     }
 }
 
-/// The members of a pool that takes addresses only (named pools).
+/// The members of a pool that takes addresses only (a federation provider).
 pub(crate) fn members(
     entities: &[BackendEntity],
     default_port: u16,
@@ -965,9 +965,7 @@ pub(crate) fn members(
     if let Some(n) = named.first() {
         return Err(ValidationError::InvalidBackend {
             entity: n.address.to_string(),
-            reason: "host names are taken in `backend.entities` (the default pool) only; \
-                     a named pool lists IP addresses"
-                .into(),
+            reason: "a federation provider lists IP addresses, not host names".into(),
         });
     }
     Ok(members)

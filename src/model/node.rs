@@ -80,6 +80,17 @@ pub struct NodeConfig {
     pub federation: Option<crate::model::federation::NodeFederation>,
 }
 
+impl NodeConfig {
+    /// Every host-name member the node resolves: the default pool's
+    /// (`named_backends`) and the named pools' (`named_members`).
+    pub fn host_names(&self) -> impl Iterator<Item = &crate::model::NamedMember> {
+        let pools = self.policy.pools.values();
+        self.named_backends
+            .iter()
+            .chain(pools.flat_map(|p| p.named_members.iter()))
+    }
+}
+
 fn one() -> u32 {
     1
 }

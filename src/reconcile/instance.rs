@@ -153,7 +153,7 @@ impl Reconciler {
     fn node_config(&self, inst: &InstanceRow, address: IpAddr) -> crate::model::NodeConfig {
         let mut config = inst.spec.node_config(inst.generation, address);
         config.serving_nodes = inst.serving_nodes.max(1);
-        if !config.named_backends.is_empty() {
+        if config.host_names().next().is_some() {
             config.resolver = self.settings.resolver;
             config.name_guard = self.settings.name_guard.clone();
         }

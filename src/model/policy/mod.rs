@@ -14,11 +14,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::instance::{health_check, members, BackendEntity, HealthCheck, HealthCheckSpec};
+use crate::model::instance::{
+    entity_members, health_check, BackendEntity, HealthCheck, HealthCheckSpec,
+};
 use crate::model::managed::{Managed, ManagedError, ManagedSpec};
 use crate::model::sticky::{Sticky, StickySpec};
 use crate::model::upstream::BackendProtocol;
-use crate::model::{Algorithm, BackendMember, TrafficType, ValidationError};
+use crate::model::{Algorithm, BackendMember, NamedMember, TrafficType, ValidationError};
 
 pub use auth::{Auth, AuthSpec, RuleAuthSpec, SecretHasher};
 pub use rate_limit::{RateLimit, RateLimitSpec};
@@ -141,6 +143,10 @@ pub struct PoolSpec {
 #[serde(deny_unknown_fields)]
 pub struct Pool {
     pub members: Vec<BackendMember>,
+    /// Host-name entities, resolved by the nodes into more `members`
+    /// (see `dataplane::names`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_members: Vec<NamedMember>,
     #[serde(rename = "health-check")]
     pub health_check: HealthCheck,
     pub algorithm: Algorithm,
@@ -316,17 +322,18 @@ impl PolicySpec {
                     reason: "`default` is the instance's `backend`; set it there".into(),
                 });
             }
-            let members = if spec.managed.is_some() && spec.entities.is_empty() {
-                Vec::new()
+            let (members, named_members) = if spec.managed.is_some() && spec.entities.is_empty() {
+                (Vec::new(), Vec::new())
             } else {
-                members(&spec.entities, port, TrafficType::Http).map_err(|e| invalid(&name, e))?
+                entity_members(&spec.entities, port, TrafficType::Http)
+                    .map_err(|e| invalid(&name, e))?
             };
             let health_check = health_check(spec.health_check.as_ref(), TrafficType::Http)
                 .map_err(|e| invalid(&name, e))?;
             let managed = spec
                 .managed
                 .as_ref()
-                .map(|m| managed_pool(&name, m, &members))
+                .map(|m| managed_pool(&name, m, !spec.entities.is_empty()))
                 .transpose()?;
             let sticky = match &spec.sticky {
                 Some(s) => s
@@ -339,6 +346,7 @@ impl PolicySpec {
             };
             let pool = Pool {
                 members,
+                named_members,
                 health_check,
                 algorithm: spec.algorithm.unwrap_or_default(),
                 managed,
@@ -462,13 +470,13 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), PolicyError> {
 fn managed_pool(
     pool: &str,
     spec: &ManagedSpec,
-    members: &[BackendMember],
+    entities_given: bool,
 ) -> Result<Managed, PolicyError> {
     let error = |error: ManagedError| PolicyError::Managed {
         pool: pool.to_string(),
         error,
     };
-    if !members.is_empty() {
+    if entities_given {
         return Err(error(ManagedError::EntitiesGiven));
     }
     spec.validate(TrafficType::Http).map_err(error)

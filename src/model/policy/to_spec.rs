@@ -13,7 +13,7 @@ use super::{
 };
 use crate::model::instance::{HealthCheck, HealthCheckSpec, HealthCriteriaSpec};
 use crate::model::policy::auth::{AuthMode, Credential};
-use crate::model::{BackendEntity, BackendMember};
+use crate::model::{BackendEntity, BackendMember, NamedMember};
 
 impl Policy {
     /// Each part is `None` when empty, so a policy-free instance has an
@@ -38,7 +38,10 @@ impl Policy {
 impl Pool {
     pub fn to_spec(&self) -> PoolSpec {
         PoolSpec {
-            entities: entities(&self.members),
+            entities: entities(&self.members)
+                .into_iter()
+                .chain(self.named_members.iter().map(named_entity))
+                .collect(),
             health_check: Some(health_check_spec(&self.health_check)),
             algorithm: Some(self.algorithm),
             managed: self.managed.as_ref().map(Managed::to_spec),
@@ -63,6 +66,17 @@ pub fn entities(members: &[BackendMember]) -> Vec<BackendEntity> {
             },
         })
         .collect()
+}
+
+/// A host-name member as the entity it was written as.
+pub fn named_entity(m: &NamedMember) -> BackendEntity {
+    match m.weight {
+        1 => BackendEntity::Text(m.address.to_string()),
+        w => BackendEntity::Object {
+            address: m.address.to_string(),
+            weight: Some(i64::from(w)),
+        },
+    }
 }
 
 pub fn health_check_spec(h: &HealthCheck) -> HealthCheckSpec {
