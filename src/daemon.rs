@@ -348,6 +348,8 @@ fn reconcile_settings(
             control_plane,
             node_admin_port: config.node_admin_port,
             allowed: config.allow_backend_cidr.clone(),
+            // Per instance, filled in with its config (`reconcile`).
+            own_nodes: None,
         }),
         ..Default::default()
     })

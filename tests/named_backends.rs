@@ -472,3 +472,30 @@ fn a_named_pool_takes_a_name_and_follows_it() {
     );
     drop(bravo);
 }
+
+#[test]
+fn a_name_that_points_into_the_instances_own_subnet_is_a_loop() {
+    let dns = TestDns::start();
+    let lbd = Lbd::start_with(&["--resolver", &dns.addr.to_string()]);
+    let alpha = HttpBackend::start("alpha");
+    let name = format!("loop.{ZONE}:8080");
+    dns.set("loop", &[Ipv4Addr::new(127, 0, 0, 1)]);
+    let node = instance(&lbd, "web", json!([alpha.addr().to_string(), name]));
+    // Another address of the project subnet on the listener port: a
+    // replacement or scale-out node could get it.
+    let std::net::IpAddr::V4(own) = node.ip() else {
+        panic!("{node}")
+    };
+    let [a, b, c, _] = own.octets();
+    let sibling = Ipv4Addr::new(a, b, c, 200);
+    dns.set("loop", &[sibling]);
+    let refused = wait_for("the loop refused", Duration::from_secs(15), || {
+        let n = name_status(&lbd, "web", &name)?;
+        n["error"].as_str()?.contains("a loop").then_some(n)
+    });
+    assert_eq!(refused["state"], "down", "{refused}");
+    assert_eq!(refused["addresses"], json!([]), "{refused}");
+    for _ in 0..5 {
+        assert_eq!(common::l7::get(node, "/", &[]).body, "alpha");
+    }
+}

@@ -226,6 +226,36 @@ pub struct NameGuard {
     /// `--allow-backend-cidr`: addresses the operator allowed anyway.
     #[schemars(with = "Vec<String>")]
     pub allowed: Vec<ipnet::IpNet>,
+    /// Where the instance's own nodes listen: an answer there is a loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_nodes: Option<OwnNodes>,
+}
+
+/// The project subnet and listener port of an instance's nodes. Any address
+/// of the subnet may become a node's (a replacement, a scale-out), except
+/// the gateway, which nodes never get (under netns it is the host, where
+/// backends of the project live): lbd's check of IP entities, for names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnNodes {
+    #[schemars(with = "String")]
+    pub subnet: ipnet::Ipv4Net,
+    pub port: u16,
+}
+
+impl OwnNodes {
+    fn refusal(&self, addr: std::net::SocketAddr) -> Option<String> {
+        let std::net::IpAddr::V4(v4) = addr.ip().to_canonical() else {
+            return None;
+        };
+        let gateway = crate::model::allocator::gateway(&self.subnet);
+        (addr.port() == self.port && self.subnet.contains(&v4) && v4 != gateway).then(|| {
+            format!(
+                "{addr} is inside the project subnet {}, where its nodes listen on port {} (a loop)",
+                self.subnet, self.port
+            )
+        })
+    }
 }
 
 impl NameGuard {
@@ -236,6 +266,10 @@ impl NameGuard {
         addr: std::net::SocketAddr,
         is_local: impl Fn(std::net::IpAddr) -> bool,
     ) -> Option<String> {
+        // A loop is refused even inside `--allow-backend-cidr`, as lbd does.
+        if let Some(loop_) = self.own_nodes.as_ref().and_then(|o| o.refusal(addr)) {
+            return Some(loop_);
+        }
         let ip = addr.ip().to_canonical();
         if self.allowed.iter().any(|net| net.contains(&ip)) {
             return None;
@@ -243,6 +277,7 @@ impl NameGuard {
         if addr.port() == self.node_admin_port {
             return Some(format!("{addr} is on the LB nodes' admin port"));
         }
+
         let on = |l: &std::net::SocketAddr| {
             l.port() == addr.port()
                 && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_local(ip)))
@@ -341,6 +376,7 @@ mod tests {
             ],
             node_admin_port: 9901,
             allowed: Vec::new(),
+            own_nodes: None,
         };
         let local = |ip: std::net::IpAddr| ip.is_loopback();
         let r = |g: &NameGuard, a: &str| g.refusal(a.parse().unwrap(), local);
@@ -354,6 +390,26 @@ mod tests {
         assert!(r(&g, "127.0.0.2:7070").is_none());
         g.allowed = vec!["127.0.0.0/8".parse().unwrap()];
         assert!(r(&g, "127.0.0.1:7070").is_none());
+    }
+
+    #[test]
+    fn the_name_guard_refuses_the_instances_own_nodes_as_lbd_does() {
+        let g = NameGuard {
+            control_plane: Vec::new(),
+            node_admin_port: 9901,
+            // Allowed: a loop is refused all the same.
+            allowed: vec!["127.0.0.0/8".parse().unwrap()],
+            own_nodes: Some(OwnNodes {
+                subnet: "127.214.3.0/24".parse().unwrap(),
+                port: 8080,
+            }),
+        };
+        let r = |a: &str| g.refusal(a.parse().unwrap(), |_| false);
+        assert!(r("127.214.3.7:8080").unwrap().contains("a loop"));
+        assert!(r("[::ffff:127.214.3.7]:8080").is_some());
+        assert!(r("127.214.3.1:8080").is_none(), "the gateway is the host's");
+        assert!(r("127.214.3.7:8081").is_none(), "another port");
+        assert!(r("127.214.4.7:8080").is_none(), "another subnet");
     }
 
     #[test]

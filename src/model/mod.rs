@@ -33,7 +33,7 @@ pub mod wake;
 pub mod warning;
 
 pub use audit::{AuditEntry, AuditQuery};
-pub use entity::{HostPort, NameGuard, NamedMember};
+pub use entity::{HostPort, NameGuard, NamedMember, OwnNodes};
 pub use envelope::{
     Action, ErrorBody, ObjectType, RequestEnvelope, ResponseEnvelope, ResponseStatus,
 };

@@ -149,6 +149,30 @@ impl Reconciler {
         }
     }
 
+    /// A name that resolves to one of the instance's own nodes would loop:
+    /// the name guard gets the project subnet and the listener port, which
+    /// lbd refuses for IP entities (`backend_guard`).
+    async fn guard_own_nodes(
+        &self,
+        inst: &InstanceRow,
+        config: &mut crate::model::NodeConfig,
+    ) -> Result<(), ReconcileError> {
+        let Some(guard) = config.name_guard.as_mut() else {
+            return Ok(());
+        };
+        let project_id = inst.project_id;
+        let project = self
+            .store
+            .read(move |c| store::project_by_id(c, project_id))
+            .await?
+            .ok_or(ReconcileError::ProjectGone)?;
+        guard.own_nodes = Some(crate::model::OwnNodes {
+            subnet: project.subnet,
+            port: inst.spec.port,
+        });
+        Ok(())
+    }
+
     /// What a node of `inst` at `address` runs now.
     fn node_config(&self, inst: &InstanceRow, address: IpAddr) -> crate::model::NodeConfig {
         let mut config = inst.spec.node_config(inst.generation, address);
@@ -309,6 +333,7 @@ impl Reconciler {
         if status.config_version != Some(inst.generation) {
             let mut config = self.node_config(inst, node.address);
             config.tls = self.node_tls(inst).await?;
+            self.guard_own_nodes(inst, &mut config).await?;
             self.nodes.put_config(admin, &node.secret, &config).await?;
             // Operators (and tests) see which share of the node-scope limits
             // each node got; the config itself carries hashes, so it is not logged.
