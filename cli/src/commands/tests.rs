@@ -286,6 +286,8 @@ const CREATE_ALL: &[&str] = &[
     "32768",
     "--proxy-protocol",
     "v1",
+    "--backend-protocol",
+    "h2c",
     "--sticky-cookie",
     "pin",
     "--sticky-ttl",
@@ -328,7 +330,7 @@ fn every_flag_lands_in_its_field() {
             "criteria": {"interval": 2, "timeout": 1, "health-threshold": 3, "unhealth-threshold": 4}},
         "auto-scaling": true, "sticky": {"cookie": "pin", "ttl": 60}});
     let tuning = json!({"hash_on": "header:x-user", "max_connections": 500, "proxy_protocol": "v1",
-        "max_header_bytes": 32768,
+        "max_header_bytes": 32768, "backend_protocol": "h2c",
         "timeouts": {"connect_ms": 1000, "first_byte_ms": 2000, "client_idle_ms": 3000,
             "backend_idle_ms": 4000, "handshake_ms": 5000}});
     let mut create = json!({"name": "web", "project": "demo", "traffic_type": "tcp", "port": 8080,
@@ -545,6 +547,10 @@ fn every_field_of_the_api_has_a_flag() {
     // parsed), `--self-signed`, `--min-tls-version` and
     // `--redirect-http-port`; `tests/tls.rs` runs them against a real lbd.
     const TLS: &[&str] = &["info.tls"];
+    // The default pool's own protocol: lbctl's `--backend-protocol` sets
+    // the instance's, which the default pool takes; named pools set their
+    // own with `pool add --backend-protocol`.
+    const DEFAULT_POOL_PROTOCOL: &[&str] = &["info.backend.backend_protocol"];
     for (args, schema) in [
         (
             CREATE_ALL.to_vec(),
@@ -577,6 +583,7 @@ fn every_field_of_the_api_has_a_flag() {
                 && !MANAGED.contains(&m.as_str())
                 && !STICKY.contains(&m.as_str())
                 && !TLS.contains(&m.as_str())
+                && !DEFAULT_POOL_PROTOCOL.contains(&m.as_str())
         });
         assert!(
             missing.is_empty(),
