@@ -292,3 +292,79 @@ fn h2c_through_the_api_and_lbctl() {
         "info": {"project": "demo", "name": "raw2"}}));
     assert_eq!(status, 404, "{body}");
 }
+
+#[test]
+fn h2_over_tls_reaches_an_h2c_pool_as_http2() {
+    use common::tls::{path, Pki};
+    if !common::tls::tools_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let leaf = pki.leaf("web", "web.test", 2099);
+    let backend = H2cBackend::start("h2c-tls");
+    let lbd = Lbd::start();
+    lbd.lbctl_ok(&["project", "create", "demo"]);
+    let be = backend.addr().to_string();
+    lbd.lbctl_ok(&[
+        "instance",
+        "create",
+        "web",
+        "--project",
+        "demo",
+        "--type",
+        "https",
+        "--port",
+        "8443",
+        "--backend",
+        &be,
+        "--cert",
+        path(&leaf.cert),
+        "--key",
+        path(&leaf.key),
+        "--backend-protocol",
+        "h2c",
+    ]);
+    let info = lbd.wait_active("demo", "web");
+    let node = info["nodes"][0]["address"].as_str().unwrap();
+    let resolve = format!("web.test:8443:{node}");
+    let answer = curl(&[
+        "--http2",
+        "--cacert",
+        path(&pki.ca_path),
+        "--resolve",
+        &resolve,
+        "-w",
+        " %{http_version}",
+        "https://web.test:8443/secure",
+    ]);
+    assert_eq!(answer, "h2c-tls 2");
+    let seen = backend.seen().pop().expect("the backend saw it");
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.authority.as_deref(), Some("web.test:8443"));
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-port"], "8443");
+}
+
+#[test]
+fn smtp_messages_reach_an_h2c_pool_as_http2_posts() {
+    use common::smtp::{failure, send, smtp_instance, MESSAGE};
+    if !common::smtp::python() {
+        return;
+    }
+    let backend = H2cBackend::start("h2c-mail");
+    let lbd = Lbd::start();
+    let addr = smtp_instance(
+        &lbd,
+        "mail",
+        backend.addr(),
+        json!({"backend_protocol": "h2c"}),
+    );
+    let report = send(addr, MESSAGE, &["bob@rcpt.test"], None, 1);
+    assert_eq!(failure(&report), (String::new(), 0), "{report}");
+    let seen = backend.seen().pop().expect("the message was posted");
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.path, "/messages");
+    assert_eq!(seen.headers["x-smtp-mail-from"], "ann@sender.test");
+    assert_eq!(seen.headers["x-smtp-rcpt-to"], "bob@rcpt.test");
+    assert_eq!(&seen.body[..], MESSAGE, "the exact bytes");
+}

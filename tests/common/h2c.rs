@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -20,6 +20,7 @@ pub struct H2cSeen {
     pub authority: Option<String>,
     pub path: String,
     pub headers: http::HeaderMap,
+    pub body: Bytes,
 }
 
 #[derive(Default)]
@@ -118,11 +119,18 @@ async fn serve(
                     if health {
                         record.health.fetch_add(1, Ordering::SeqCst);
                     } else {
+                        let (head, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         record.seen.lock().unwrap().push(H2cSeen {
-                            version: req.version(),
-                            authority: req.uri().authority().map(|a| a.to_string()),
-                            path: req.uri().path().to_string(),
-                            headers: req.headers().clone(),
+                            version: head.version,
+                            authority: head.uri.authority().map(|a| a.to_string()),
+                            path: head.uri.path().to_string(),
+                            headers: head.headers,
+                            body,
                         });
                     }
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
