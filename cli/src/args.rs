@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod backend_tls;
 pub mod managed;
 pub mod smtp;
 pub mod sticky;
@@ -525,6 +526,8 @@ pub struct PoolAddArgs {
     #[arg(long, value_name = "PROTOCOL", value_parser = model_enum::<BackendProtocol>())]
     pub backend_protocol: Option<BackendProtocol>,
     #[command(flatten)]
+    pub backend_tls: backend_tls::BackendTlsArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -691,6 +694,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub sticky: StickyArgs,
     #[command(flatten)]
+    pub backend_tls: backend_tls::BackendTlsArgs,
+    #[command(flatten)]
     pub smtp: SmtpArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
@@ -722,6 +727,8 @@ pub struct UpdateArgs {
     pub managed: ManagedArgs,
     #[command(flatten)]
     pub sticky: StickyArgs,
+    #[command(flatten)]
+    pub backend_tls: backend_tls::BackendTlsArgs,
     #[command(flatten)]
     pub smtp: SmtpArgs,
     #[command(flatten)]

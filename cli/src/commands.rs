@@ -309,6 +309,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         tuning,
         managed,
         sticky,
+        backend_tls,
         smtp,
         tls,
         wait: _,
@@ -328,6 +329,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
             sticky: sticky.spec(),
             // `--backend-protocol` is the instance's (`tuning`).
             backend_protocol: None,
+            backend_tls: backend_tls.spec(),
         },
         min_nodes: scaling.min_nodes.map(i64::from),
         max_nodes: scaling.max_nodes.map(i64::from),
@@ -364,6 +366,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         tuning,
         managed,
         sticky,
+        backend_tls,
         smtp,
         tls,
         wait: _,
@@ -375,6 +378,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         managed: managed::spec(managed),
         sticky: sticky.spec(),
         backend_protocol: None,
+        backend_tls: backend_tls.spec(),
     };
     InstanceUpdate {
         project: project.clone(),

@@ -115,6 +115,7 @@ pub fn instance_info_with(
             managed: i.spec.managed.as_ref().map(|m| redacted(m.to_spec())),
             sticky: i.spec.sticky.as_ref().map(|s| s.to_spec()),
             backend_protocol: i.spec.default_pool_protocol,
+            backend_tls: i.spec.default_pool_tls.as_ref().map(|t| t.to_spec()),
         },
         min_nodes: i.spec.min_nodes,
         max_nodes: i.spec.max_nodes,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use super::pool::tls::MemberTls;
 use super::stats::{now_ms, MemberCounters};
 use crate::model::upstream::BackendProtocol;
 use crate::model::{Algorithm, BackendMember, MemberState, MemberStats};
@@ -68,6 +69,8 @@ pub struct Balancer {
     next: AtomicUsize,
     /// What the members are spoken to in.
     protocol: BackendProtocol,
+    /// The pool's `backend_tls`, when its members are reached over TLS.
+    tls: Option<Arc<MemberTls>>,
 }
 
 /// Maglev table size: a prime well above the member count (at most 256).
@@ -105,7 +108,18 @@ impl Balancer {
             maglev,
             next: AtomicUsize::new(0),
             protocol: BackendProtocol::Http1,
+            tls: None,
         }
+    }
+
+    /// The same balancer, reaching its members over `tls` (or in the clear).
+    pub fn with_tls(mut self, tls: Option<Arc<MemberTls>>) -> Balancer {
+        self.tls = tls;
+        self
+    }
+
+    pub fn tls(&self) -> Option<&Arc<MemberTls>> {
+        self.tls.as_ref()
     }
 
     /// The same balancer, speaking `protocol` to its members.

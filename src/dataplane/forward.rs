@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use super::balance::{Balancer, Member};
 use super::health::record_outcome;
+use super::pool::tls::MemberTls;
 use super::pool::{BackendPool, ProxyBody, SendError};
 use crate::model::upstream::BackendProtocol;
 use crate::model::Timeouts;
@@ -290,7 +291,8 @@ pub(super) async fn send_with_retry<'a>(
         let (mut head, body) = attempt;
         address_to(&mut head, &target, &member.authority, protocol);
         let req = Request::from_parts(head, body);
-        let error = match forward(client, member, req, fresh, protocol).await {
+        let tls = balancer.tls().map(|t| &**t);
+        let error = match forward(client, member, req, fresh, protocol, tls).await {
             Ok(resp) => {
                 record_outcome(balancer, member, resp.status().as_u16() < 500);
                 return Ok((resp, member));
@@ -334,13 +336,14 @@ async fn forward(
     req: Request<ProxyBody>,
     fresh: bool,
     protocol: BackendProtocol,
+    tls: Option<&MemberTls>,
 ) -> Result<Response<Incoming>, ForwardError> {
     let c = &member.counters;
     c.requests.fetch_add(1, Relaxed);
     c.active.fetch_add(1, Relaxed);
     let result = tokio::time::timeout(
         client.first_byte,
-        client.pool.send(member.address, req, fresh, protocol),
+        client.pool.send(member.address, req, fresh, protocol, tls),
     )
     .await;
     c.active.fetch_sub(1, Relaxed);

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::balance::{Balancer, Member};
+use super::pool::tls::MemberTls;
 use super::stats::{now_ms, MemberCounters};
 use crate::model::instance::{HealthCheck, HealthProtocol};
 use crate::model::upstream::BackendProtocol;
@@ -29,16 +30,18 @@ pub const BASE_EJECTION_MS: u64 = 5_000;
 const EJECTION_MEMORY_MS: u64 = 60_000;
 
 /// Runs the active checks of every member until `stop` turns true.
-/// `protocol`: the pool's, which an HTTP check speaks too.
+/// `protocol` and `tls`: the pool's, which an HTTP check speaks too.
 pub async fn run_checks(
     members: Vec<(SocketAddr, Arc<MemberCounters>)>,
     check: HealthCheck,
     protocol: BackendProtocol,
+    tls: Option<Arc<MemberTls>>,
     stop: watch::Receiver<bool>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for (addr, counters) in members {
         let check = check.clone();
+        let tls = tls.clone();
         let mut stop = stop.clone();
         tasks.spawn(async move {
             let interval = Duration::from_secs(u64::from(check.criteria.interval));
@@ -51,7 +54,7 @@ pub async fn run_checks(
                     _ = ticker.tick() => {}
                     _ = stop.changed() => return,
                 }
-                let result = check_member(addr, &check, protocol).await;
+                let result = check_member(addr, &check, protocol, tls.as_deref()).await;
                 if let Some(up) = record_check(&counters, result.is_ok(), &check) {
                     match &result {
                         Ok(()) => tracing::info!(member = %addr, "member is up: {} checks passed", check.criteria.health_threshold),
@@ -79,6 +82,7 @@ pub async fn check_member(
     member: SocketAddr,
     check: &HealthCheck,
     protocol: BackendProtocol,
+    tls: Option<&MemberTls>,
 ) -> Result<(), String> {
     let target = if check.port == 0 {
         member
@@ -93,9 +97,17 @@ pub async fn check_member(
         if check.protocol == HealthProtocol::Tcp {
             return Ok(());
         }
-        let status = match protocol {
-            BackendProtocol::Http1 => http1_status(stream, target, &check.request_path).await?,
-            BackendProtocol::H2c => h2c_status(stream, target, &check.request_path).await?,
+        let path = &check.request_path;
+        let status = match (protocol, tls) {
+            (BackendProtocol::H2c, _) => h2c_status(stream, target, path).await?,
+            (BackendProtocol::Http1, None) => http1_status(stream, target, path).await?,
+            (BackendProtocol::Http1, Some(tls)) => {
+                let stream = tls
+                    .connect(target, stream)
+                    .await
+                    .map_err(|e| format!("TLS to {target}: {e}"))?;
+                http1_status(stream, target, path).await?
+            }
         };
         if check.expected_codes.contains(status) {
             Ok(())
@@ -112,11 +124,10 @@ pub async fn check_member(
 }
 
 /// The status of `GET path` over HTTP/1.1; the status line is all it reads.
-async fn http1_status(
-    mut stream: TcpStream,
-    target: SocketAddr,
-    path: &str,
-) -> Result<u16, String> {
+async fn http1_status<S>(mut stream: S, target: SocketAddr, path: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: lb-node-health\r\nConnection: close\r\n\r\n",
         );

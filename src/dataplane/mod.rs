@@ -61,6 +61,9 @@ pub enum ConfigError {
     /// The old config keeps serving.
     #[error("{0}")]
     Tls(#[from] tls::config::TlsConfigError),
+    /// The old config keeps serving.
+    #[error("backend_tls: {0}")]
+    BackendTls(String),
 }
 
 impl ActiveConfig {
@@ -166,6 +169,8 @@ pub struct Node {
     /// Per-member counters and health survive config changes, keyed by
     /// pool and address (`pools.rs` says why per pool).
     members: MemberRegistry,
+    /// The rustls client configs of the pools' `backend_tls`.
+    member_tls: pool::tls::MemberTlsCache,
     /// Managed pools: the pushed members, the wake queues, the events.
     pub wake: wake::Wake,
     /// Host-name backends and what they resolved to.
@@ -199,6 +204,7 @@ impl Node {
             fd_cap: AtomicU64::new(u64::MAX),
             fd_cap_logged: Default::default(),
             members: MemberRegistry::default(),
+            member_tls: Default::default(),
             wake: wake::Wake::default(),
             names: Arc::default(),
             sent: Mutex::default(),
@@ -427,13 +433,19 @@ impl Node {
     fn prepare(&self, config: NodeConfig) -> Result<ActiveConfig, ConfigError> {
         let algorithm = sticky::algorithm(config.tuning.algorithm, config.sticky.as_ref());
         let protocol = config.tuning.backend_protocol;
+        let tls = self
+            .member_tls
+            .get(config.backend_tls.as_ref())
+            .map_err(ConfigError::BackendTls)?;
         let balancer = self
             .members
-            .balancer(DEFAULT_POOL, algorithm, protocol, &config.backends);
-        let pools = NamedPools::new(&config.policy, protocol, &self.members);
+            .balancer(DEFAULT_POOL, algorithm, protocol, &config.backends)
+            .with_tls(tls);
+        let pools = NamedPools::new(&config.policy, protocol, &self.members, &self.member_tls)
+            .map_err(ConfigError::BackendTls)?;
         let sticky = sticky::StickyStage::new(&config, &balancer, &pools);
         let rules = rules::RuleTable::compile(&config.policy, &pools)?;
-        let wake = self.wake.stage(&config, &pools, &self.members);
+        let wake = self.wake.stage(&config, &balancer, &pools, &self.members);
         self.members.retain(&config.backends, &config.policy);
         let previous = self.active.load_full();
         // Keep the pooled backend connections unless the timeouts changed.
@@ -498,6 +510,7 @@ impl Node {
             members(&active.balancer),
             active.config.health_check.clone(),
             active.balancer.protocol(),
+            active.balancer.tls().cloned(),
             stop_rx.clone(),
         ));
         for pool in active.pools.iter() {
@@ -505,6 +518,7 @@ impl Node {
                 members(&pool.balancer),
                 pool.health_check.clone(),
                 pool.balancer.protocol(),
+                pool.balancer.tls().cloned(),
                 stop_rx.clone(),
             ));
         }

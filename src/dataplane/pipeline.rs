@@ -119,8 +119,9 @@ pub(super) async fn route(
     };
     // An auth service's members speak what the pool the rules chose speaks.
     let upstream_set = (!caller.upstream.is_empty()).then(|| {
-        let protocol = serving.pool(pool).protocol();
-        serving.upstreams.balancer(&caller.upstream, protocol)
+        serving
+            .upstreams
+            .balancer(&caller.upstream, serving.pool(pool))
     });
     let balancer = match upstream_set.as_deref() {
         Some(set) => set,

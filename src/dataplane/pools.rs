@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use super::balance::Balancer;
+use super::pool::tls::{MemberTls, MemberTlsCache};
 use super::stats::MemberCounters;
 use crate::model::instance::HealthCheck;
 use crate::model::policy::{Policy, DEFAULT_POOL};
@@ -88,27 +89,32 @@ impl MemberRegistry {
 }
 
 impl NamedPools {
-    /// `protocol`: the instance's, for a pool that names none.
+    /// `protocol`: the instance's, for a pool that names none. Fails only
+    /// when a pool's `backend_tls` makes no rustls config.
     pub fn new(
         policy: &Policy,
         protocol: BackendProtocol,
         registry: &MemberRegistry,
-    ) -> NamedPools {
+        member_tls: &MemberTlsCache,
+    ) -> Result<NamedPools, String> {
         let pools = policy
             .pools
             .iter()
-            .map(|(name, pool)| NamedPool {
-                name: name.clone(),
-                balancer: registry.balancer(
+            .map(|(name, pool)| {
+                let balancer = registry.balancer(
                     name,
                     super::sticky::algorithm(pool.algorithm, pool.sticky.as_ref()),
                     upstream::resolve(pool.backend_protocol, protocol),
                     &pool.members,
-                ),
-                health_check: pool.health_check.clone(),
+                );
+                Ok(NamedPool {
+                    name: name.clone(),
+                    balancer: balancer.with_tls(member_tls.get(pool.backend_tls.as_ref())?),
+                    health_check: pool.health_check.clone(),
+                })
             })
-            .collect();
-        NamedPools { pools }
+            .collect::<Result<_, String>>()?;
+        Ok(NamedPools { pools })
     }
 
     /// The reference a rule naming `name` resolves to, if the pool exists.
@@ -156,11 +162,16 @@ pub struct UpstreamSets {
 }
 
 impl UpstreamSets {
-    /// The balancer over `addrs` (round robin, weight 1 each), speaking
-    /// `protocol` (the instance's).
-    pub fn balancer(&self, addrs: &[SocketAddr], protocol: BackendProtocol) -> Arc<Balancer> {
+    /// The balancer over `addrs` (round robin, weight 1 each), reaching
+    /// them as `like` (the pool the request was routed to) does.
+    pub fn balancer(&self, addrs: &[SocketAddr], like: &Balancer) -> Arc<Balancer> {
+        let (protocol, tls) = (like.protocol(), like.tls().cloned());
+        let tls_id = |t: Option<&Arc<MemberTls>>| t.map_or(0, |t| t.id);
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = sets.get(addrs).filter(|b| b.protocol() == protocol) {
+        if let Some(b) = sets
+            .get(addrs)
+            .filter(|b| b.protocol() == protocol && tls_id(b.tls()) == tls_id(tls.as_ref()))
+        {
             return b.clone();
         }
         if sets.len() >= MAX_UPSTREAM_SETS {
@@ -185,7 +196,9 @@ impl UpstreamSets {
                 .collect()
         };
         let balancer = Arc::new(
-            Balancer::new(Algorithm::RoundRobin, &members, counters).with_protocol(protocol),
+            Balancer::new(Algorithm::RoundRobin, &members, counters)
+                .with_protocol(protocol)
+                .with_tls(tls),
         );
         sets.insert(addrs.to_vec(), balancer.clone());
         balancer
@@ -225,7 +238,13 @@ mod tests {
         let p = policy(
             r#"{"pools":{"b":{"entities":["127.0.0.1:2"]},"a":{"entities":["127.0.0.1:1"],"algorithm":"least_connections"}}}"#,
         );
-        let pools = NamedPools::new(&p, BackendProtocol::Http1, &MemberRegistry::default());
+        let pools = NamedPools::new(
+            &p,
+            BackendProtocol::Http1,
+            &MemberRegistry::default(),
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(pools.resolve("default"), Some(PoolRef::Default));
         let Some(PoolRef::Named(a)) = pools.resolve("a") else {
             panic!("a is a pool")
@@ -274,18 +293,16 @@ mod tests {
     #[test]
     fn an_upstream_list_gets_one_balancer_and_is_bounded() {
         let sets = UpstreamSets::default();
+        let plain = Balancer::new(Algorithm::RoundRobin, &[], Vec::new());
         let list: Vec<SocketAddr> = vec![
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let first = sets.balancer(&list, BackendProtocol::Http1);
-        assert!(Arc::ptr_eq(
-            &first,
-            &sets.balancer(&list, BackendProtocol::Http1)
-        ));
+        let first = sets.balancer(&list, &plain);
+        assert!(Arc::ptr_eq(&first, &sets.balancer(&list, &plain)));
         let picks: Vec<u16> = (0..4)
             .map(|_| {
-                sets.balancer(&list, BackendProtocol::Http1)
+                sets.balancer(&list, &plain)
                     .pick(0)
                     .unwrap()
                     .member
@@ -295,10 +312,7 @@ mod tests {
             .collect();
         assert_eq!(picks, vec![1, 2, 1, 2], "round robin turns across requests");
         for port in 0..(MAX_UPSTREAM_SETS as u16 + 10) {
-            sets.balancer(
-                &[SocketAddr::from(([127, 0, 0, 2], port))],
-                BackendProtocol::Http1,
-            );
+            sets.balancer(&[SocketAddr::from(([127, 0, 0, 2], port))], &plain);
         }
         assert!(sets.sets.lock().unwrap().len() <= MAX_UPSTREAM_SETS);
     }

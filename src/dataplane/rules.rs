@@ -277,7 +277,13 @@ mod tests {
         ))
         .unwrap();
         let policy = spec.validate(TrafficType::Http, 80, &NoHash).unwrap();
-        let pools = NamedPools::new(&policy, Default::default(), &Default::default());
+        let pools = NamedPools::new(
+            &policy,
+            Default::default(),
+            &Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
         RuleTable::compile(&policy, &pools).unwrap()
     }
 

@@ -68,6 +68,9 @@ pub enum ValidationError {
     /// A `tls` that cannot be accepted; its code is the TLS error's own.
     #[error(transparent)]
     Tls(crate::model::tls::TlsError),
+    /// A `backend_tls` that cannot be accepted; its code is its error's own.
+    #[error(transparent)]
+    BackendTls(#[from] crate::model::backend_tls::BackendTlsError),
 }
 
 impl From<crate::model::tls::TlsError> for ValidationError {
@@ -133,6 +136,7 @@ impl ValidationError {
             Self::Sticky(e) => e.code(),
             Self::Smtp(e) => e.code(),
             Self::Tls(e) => e.code(),
+            Self::BackendTls(e) => e.code(),
         }
     }
 

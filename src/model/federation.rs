@@ -288,6 +288,7 @@ impl ProviderSpec {
                 managed: None,
                 sticky: None,
                 backend_protocol: None,
+                backend_tls: None,
             },
             token_url: self.token_url.clone(),
         })

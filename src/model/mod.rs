@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod audit;
+pub mod backend_tls;
 pub mod entity;
 pub mod envelope;
 pub mod error;

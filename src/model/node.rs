@@ -69,6 +69,9 @@ pub struct NodeConfig {
     /// The SMTP conversation of an smtp instance (delivery path, limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<crate::model::smtp::Smtp>,
+    /// The default pool's members spoken to over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<crate::model::backend_tls::BackendTls>,
     /// TLS termination (`https`): certificates with their keys. A secret,
     /// like `sticky_key`: sent only over the node's authenticated admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@ pub mod node;
 pub mod redis;
 pub mod smtp;
 pub mod tls;
+pub mod tls_backend;
 pub mod wake;
 
 use std::fs;

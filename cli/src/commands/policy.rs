@@ -140,6 +140,7 @@ pub fn pool_spec(args: &PoolAddArgs) -> PoolSpec {
         managed: None,
         sticky: args.sticky.spec(),
         backend_protocol: args.backend_protocol,
+        backend_tls: args.backend_tls.spec(),
     }
 }
 
@@ -498,6 +499,7 @@ mod tests {
             managed: None,
             sticky: None,
             backend_protocol: None,
+            backend_tls: None,
         };
         add_pool(&mut pools, "api", pool.clone()).unwrap();
         assert_eq!(

@@ -5,6 +5,7 @@
 //! multiplexed connection per thread instead (`h2c`).
 
 mod h2c;
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::model::upstream::BackendProtocol;
+use tls::MemberTls;
 
 /// The body of a proxied request or response: what a client or a member
 /// sent, streamed through, or a short body of the node's own. Defined here,
@@ -39,8 +41,12 @@ const MAX_POOLED: usize = 512;
 
 type Pooled = (SendRequest<ProxyBody>, Instant);
 
+/// A member and how it is reached: its address, and the `MemberTls::id`
+/// (0: plain TCP), so pools of different TLS never share a connection.
+type PoolKey = (SocketAddr, u64);
+
 thread_local! {
-    static POOL: RefCell<HashMap<SocketAddr, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<PoolKey, Vec<Pooled>>> = RefCell::new(HashMap::new());
     static SWEEPER: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -73,18 +79,20 @@ impl BackendPool {
         }
     }
 
-    /// Sends in `protocol` on a kept-alive connection to `addr` (unless
-    /// `fresh`), or a new one. The request's URI and version must be those
-    /// of `protocol` (origin form for HTTP/1.1, absolute for h2c).
+    /// Sends in `protocol` (over `tls` when the pool has it) on a
+    /// kept-alive connection to `addr` (unless `fresh`), or a new one. The
+    /// request's URI and version must be those of `protocol` (origin form
+    /// for HTTP/1.1, absolute for h2c, which lbd never pairs with TLS).
     pub async fn send(
         &self,
         addr: SocketAddr,
         req: Request<ProxyBody>,
         fresh: bool,
         protocol: BackendProtocol,
+        tls: Option<&MemberTls>,
     ) -> Result<Response<Incoming>, SendError> {
         match protocol {
-            BackendProtocol::Http1 => self.send_http1(addr, req, fresh).await,
+            BackendProtocol::Http1 => self.send_http1(addr, req, fresh, tls).await,
             BackendProtocol::H2c => self.send_h2c(addr, req, fresh).await,
         }
     }
@@ -94,12 +102,14 @@ impl BackendPool {
         addr: SocketAddr,
         mut req: Request<ProxyBody>,
         fresh: bool,
+        tls: Option<&MemberTls>,
     ) -> Result<Response<Incoming>, SendError> {
         self.start_sweeper();
-        while let Some(mut sender) = (!fresh).then(|| self.checkout(addr)).flatten() {
+        let key = (addr, tls.map_or(0, |t| t.id));
+        while let Some(mut sender) = (!fresh).then(|| self.checkout(key)).flatten() {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    checkin(addr, sender);
+                    checkin(key, sender);
                     return Ok(resp);
                 }
                 // Not written: the pooled connection was closing; try another.
@@ -109,28 +119,32 @@ impl BackendPool {
                 },
             }
         }
-        let mut sender = self.connect(addr).await?;
+        let mut sender = self.connect(addr, tls).await?;
         match sender.send_request(req).await {
             Ok(resp) => {
-                checkin(addr, sender);
+                checkin(key, sender);
                 Ok(resp)
             }
             Err(e) => Err(classify(e)),
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, SendError> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&MemberTls>,
+    ) -> Result<SendRequest<ProxyBody>, SendError> {
         let stream = self.connect_tcp(addr).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        let Some(tls) = tls else {
+            return http1_handshake(addr, TokioIo::new(stream)).await;
+        };
+        // Within the connect timeout too: a member that takes the TCP
+        // connection but never finishes the handshake is unanswered.
+        let stream = tokio::time::timeout(self.connect, tls.connect(addr, stream))
             .await
-            .map_err(|e| SendError::Unanswered(format!("handshake: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!("backend connection to {addr}: {e}");
-            }
-        });
-        Ok(sender)
+            .map_err(|_| SendError::Unanswered("TLS handshake: no answer in time".into()))?
+            .map_err(|e| SendError::Unanswered(format!("TLS handshake: {e}")))?;
+        http1_handshake(addr, TokioIo::new(stream)).await
     }
 
     /// A TCP connection to `addr` from the node's address, within the
@@ -153,7 +167,7 @@ impl BackendPool {
 
     /// A pooled connection to `addr` that is ready for a request; closed and
     /// expired ones are dropped on the way.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self, addr: PoolKey) -> Option<SendRequest<ProxyBody>> {
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.get_mut(&addr)?;
@@ -198,7 +212,7 @@ impl BackendPool {
 
 /// Returns a connection to the pool as soon as the response head is in: it
 /// becomes ready for the next request when this response's body is done.
-fn checkin(addr: SocketAddr, sender: SendRequest<ProxyBody>) {
+fn checkin(addr: PoolKey, sender: SendRequest<ProxyBody>) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.entry(addr).or_default();
@@ -206,6 +220,22 @@ fn checkin(addr: SocketAddr, sender: SendRequest<ProxyBody>) {
             list.push((sender, Instant::now()));
         }
     });
+}
+
+async fn http1_handshake<I>(addr: SocketAddr, io: I) -> Result<SendRequest<ProxyBody>, SendError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| SendError::Unanswered(format!("handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("backend connection to {addr}: {e}");
+        }
+    });
+    Ok(sender)
 }
 
 fn classify(e: hyper::Error) -> SendError {

@@ -115,10 +115,8 @@ pub async fn deliver(c: &Client<'_>, path: &str, env: &Envelope, message: Bytes)
             return reply::rate_limited();
         }
     }
-    let upstream_set = (!c.upstream.is_empty()).then(|| {
-        let protocol = c.active.balancer.protocol();
-        c.active.upstreams.balancer(c.upstream, protocol)
-    });
+    let upstream_set = (!c.upstream.is_empty())
+        .then(|| c.active.upstreams.balancer(c.upstream, &c.active.balancer));
     let balancer = upstream_set.as_deref().unwrap_or(&c.active.balancer);
     let reply = post(c, balancer, head, message).await;
     if reply.code == 421 || reply.code == 451 && reply.enhanced == Some("4.4.1") {

@@ -31,7 +31,7 @@ use crate::model::policy::DEFAULT_POOL;
 use crate::model::wake::{
     ManagedMembers, ManagedPoolStats, ManagedTarget, ManagedTargetState, NodeEvent,
 };
-use crate::model::{Algorithm, BackendMember, NodeConfig};
+use crate::model::{BackendMember, NodeConfig};
 pub use per_resource::Routed;
 pub use resource::{ResourceRefusal, ResourceRoute};
 pub use target::{HoldError, Target, TargetRef};
@@ -226,6 +226,7 @@ impl Wake {
     pub fn stage(
         &self,
         config: &NodeConfig,
+        default: &Balancer,
         pools: &NamedPools,
         registry: &MemberRegistry,
     ) -> WakeStage {
@@ -234,7 +235,9 @@ impl Wake {
         }
         let pushed = self.pushed();
         let targets = self.lock_targets();
-        let entry = |name: &str, algorithm: Algorithm, protocol| -> Option<StageEntry> {
+        // A pool's per-resource balancers reach members as the pool does.
+        let entry = |name: &str, like: &Balancer| -> Option<StageEntry> {
+            let (algorithm, protocol) = (like.algorithm(), like.protocol());
             let m = config.managed.get(name)?;
             let Some(routing) = &m.per_resource else {
                 let key = ManagedTarget {
@@ -248,7 +251,12 @@ impl Wake {
                 .filter(|s| s.target.pool == name && !s.members.is_empty())
                 .filter_map(|s| {
                     let r = s.target.resource.clone()?;
-                    Some((r, registry.balancer(name, algorithm, protocol, &s.members)))
+                    Some((
+                        r,
+                        registry
+                            .balancer(name, algorithm, protocol, &s.members)
+                            .with_tls(like.tls().cloned()),
+                    ))
                 })
                 .collect();
             Some(StageEntry::PerResource(ResourceStage {
@@ -258,15 +266,8 @@ impl Wake {
             }))
         };
         WakeStage {
-            default: entry(
-                DEFAULT_POOL,
-                config.tuning.algorithm,
-                config.tuning.backend_protocol,
-            ),
-            named: pools
-                .iter()
-                .map(|p| entry(&p.name, p.balancer.algorithm(), p.balancer.protocol()))
-                .collect(),
+            default: entry(DEFAULT_POOL, default),
+            named: pools.iter().map(|p| entry(&p.name, &p.balancer)).collect(),
         }
     }
 
@@ -376,7 +377,12 @@ mod tests {
         assert!(wake.stats().is_empty(), "a pool no longer managed is gone");
         let registry = crate::dataplane::pools::MemberRegistry::default();
         assert!(wake
-            .stage(&plain, &NamedPools::default(), &registry)
+            .stage(
+                &plain,
+                &Balancer::new(plain.tuning.algorithm, &[], Vec::new()),
+                &NamedPools::default(),
+                &registry
+            )
             .is_empty());
     }
 
@@ -414,8 +420,19 @@ mod tests {
             "the default pool is not managed"
         );
         let registry = crate::dataplane::pools::MemberRegistry::default();
-        let pools = NamedPools::new(&merged.policy, Default::default(), &registry);
-        let stage = wake.stage(&merged, &pools, &registry);
+        let pools = NamedPools::new(
+            &merged.policy,
+            Default::default(),
+            &registry,
+            &Default::default(),
+        )
+        .unwrap();
+        let stage = wake.stage(
+            &merged,
+            &Balancer::new(merged.tuning.algorithm, &[], Vec::new()),
+            &pools,
+            &registry,
+        );
         let api = pools.resolve("api").unwrap();
         assert_eq!(stage.target(api).map(|t| t.pool.as_str()), Some("api"));
         assert!(stage.target(PoolRef::Default).is_none());

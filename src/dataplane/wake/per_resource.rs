@@ -184,7 +184,12 @@ mod tests {
             "the pool has every resource's members"
         );
         let registry = crate::dataplane::pools::MemberRegistry::default();
-        let stage = wake.stage(&merged, &NamedPools::default(), &registry);
+        let stage = wake.stage(
+            &merged,
+            &crate::dataplane::Balancer::new(merged.tuning.algorithm, &[], Vec::new()),
+            &NamedPools::default(),
+            &registry,
+        );
         assert!(
             stage.target(PoolRef::Default).is_none(),
             "no whole-pool target"
@@ -235,7 +240,12 @@ mod tests {
         });
         let merged = wake.merge(per_resource_config(2));
         let registry = crate::dataplane::pools::MemberRegistry::default();
-        let stage = wake.stage(&merged, &NamedPools::default(), &registry);
+        let stage = wake.stage(
+            &merged,
+            &crate::dataplane::Balancer::new(merged.tuning.algorithm, &[], Vec::new()),
+            &NamedPools::default(),
+            &registry,
+        );
         wake.settle();
         let route = |path: &str| {
             let uri: Uri = path.parse().unwrap();

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::model::backend_tls::{BackendTls, BackendTlsError, BackendTlsSpec};
 use crate::model::names::validate_name;
 use crate::model::policy::{
     AuthSpec, PolicySpec, PoolSpec, RateLimitSpec, RuleAuthSpec, RuleSpec, SecretHasher,
@@ -106,6 +107,10 @@ pub struct BackendSpec {
     /// `backend_protocol`. On update: absent keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<BackendProtocol>,
+    /// The default pool's members spoken to over TLS. On update: replaces
+    /// the stored one; absent keeps it; `"none"` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTlsSpec>,
 }
 
 /// `create instance`.
@@ -220,6 +225,9 @@ pub struct InstanceSpec {
     /// `tuning.backend_protocol`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_pool_protocol: Option<BackendProtocol>,
+    /// `backend.backend_tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pool_tls: Option<BackendTls>,
     /// TLS termination (`https`): certificates without their keys (lbd
     /// keeps those in files of their own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,6 +280,7 @@ impl InstanceSpec {
             resolver: None,
             name_guard: None,
             health_check: self.health_check.clone(),
+            backend_tls: self.default_pool_tls.clone(),
             tuning,
             policy,
             serving_nodes: 1,
@@ -315,6 +324,36 @@ impl InstanceSpec {
         default.into_iter().chain(named)
     }
 
+    /// `backend_tls` wants HTTP members (not tcp) and HTTP/1.1 (not h2c),
+    /// for each pool with its protocol resolved.
+    fn check_backend_tls(&self) -> Result<(), BackendTlsError> {
+        let instance = self.tuning.backend_protocol;
+        let default = (
+            "backend.backend_tls".to_string(),
+            self.default_pool_tls.is_some(),
+            upstream::resolve(self.default_pool_protocol, instance),
+        );
+        let pools = self.policy.pools.iter().map(|(name, p)| {
+            (
+                format!("pools.{name}.backend_tls"),
+                p.backend_tls.is_some(),
+                upstream::resolve(p.backend_protocol, instance),
+            )
+        });
+        for (at, tls, protocol) in std::iter::once(default).chain(pools) {
+            if !tls {
+                continue;
+            }
+            if self.traffic_type == TrafficType::Tcp {
+                return Err(BackendTlsError::NotForTcp { at });
+            }
+            if protocol == BackendProtocol::H2c {
+                return Err(BackendTlsError::WithH2c { at });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the rules that tie fields together, after create or update.
     fn check_combination(&self) -> Result<(), ValidationError> {
         let t = &self.tuning;
@@ -333,6 +372,7 @@ impl InstanceSpec {
                     .into(),
             ));
         }
+        self.check_backend_tls()?;
         if matches!(t.hash_on, HashOn::Header(_)) && !self.traffic_type.is_http() {
             return Err(ValidationError::InvalidField(
                 "hash_on header:<Name> needs traffic_type http".into(),
@@ -455,6 +495,13 @@ impl InstanceCreate {
             sticky: sticky(self.backend.sticky.as_ref(), self.traffic_type)?,
             smtp,
             default_pool_protocol: self.backend.backend_protocol,
+            default_pool_tls: self
+                .backend
+                .backend_tls
+                .as_ref()
+                .map(|t| t.validate("backend.backend_tls"))
+                .transpose()?
+                .flatten(),
             tls: self
                 .tls
                 .as_ref()

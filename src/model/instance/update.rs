@@ -170,6 +170,11 @@ impl InstanceUpdate {
             if backend.backend_protocol.is_some() {
                 next.default_pool_protocol = backend.backend_protocol;
             }
+            if let Some(tls) = &backend.backend_tls {
+                next.default_pool_tls = tls
+                    .validate("backend.backend_tls")
+                    .map_err(ValidationError::BackendTls)?;
+            }
         }
         // Revalidated even when untouched: pools carry the listener port
         // as their members' default.

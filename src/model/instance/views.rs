@@ -42,6 +42,9 @@ pub struct BackendView {
     /// The default pool's own protocol, when it names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<BackendProtocol>,
+    /// The default pool's `backend_tls`, in the shape `create` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<crate::model::backend_tls::BackendTlsSpec>,
 }
 
 /// An instance as the API shows it.

@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::model::backend_tls::{BackendTls, BackendTlsError, BackendTlsSpec};
 use crate::model::instance::{
     entity_members, health_check, BackendEntity, HealthCheck, HealthCheckSpec,
 };
@@ -78,6 +79,8 @@ pub enum PolicyError {
         pool: String,
         error: crate::model::managed::ManagedError,
     },
+    #[error(transparent)]
+    BackendTls(#[from] BackendTlsError),
     #[error("pool {pool:?}: {error}")]
     Sticky {
         pool: String,
@@ -107,6 +110,7 @@ impl PolicyError {
             Self::NotForTcp(_) => "invalid_field",
             Self::Managed { error, .. } => error.code(),
             Self::Sticky { error, .. } => error.code(),
+            Self::BackendTls(error) => error.code(),
         }
     }
 }
@@ -137,6 +141,9 @@ pub struct PoolSpec {
     /// `http1` or `h2c`; absent: the instance's `backend_protocol`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<BackendProtocol>,
+    /// Members spoken to over TLS (`model::backend_tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTlsSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -158,6 +165,8 @@ pub struct Pool {
     /// The pool's own; a node's config always has it set (resolved by lbd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<BackendProtocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_tls: Option<BackendTls>,
 }
 
 /// The policy fields of an instance as a client writes them.
@@ -352,6 +361,12 @@ impl PolicySpec {
                 managed,
                 sticky,
                 backend_protocol: spec.backend_protocol,
+                backend_tls: spec
+                    .backend_tls
+                    .as_ref()
+                    .map(|t| t.validate(&format!("pools.{name}.backend_tls")))
+                    .transpose()?
+                    .flatten(),
             };
             out.insert(name, pool);
         }

@@ -50,6 +50,7 @@ impl Pool {
                 .as_ref()
                 .map(crate::model::sticky::Sticky::to_spec),
             backend_protocol: self.backend_protocol,
+            backend_tls: self.backend_tls.as_ref().map(|t| t.to_spec()),
         }
     }
 }
