@@ -166,7 +166,7 @@ impl UpstreamSets {
     /// them as `like` (the pool the request was routed to) does.
     pub fn balancer(&self, addrs: &[SocketAddr], like: &Balancer) -> Arc<Balancer> {
         let (protocol, tls) = (like.protocol(), like.tls().cloned());
-        let tls_id = |t: Option<&Arc<MemberTls>>| t.map_or(0, |t| t.id);
+        let tls_id = |t: Option<&Arc<MemberTls>>| MemberTls::key(t.map(|t| &**t));
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = sets
             .get(addrs)

@@ -105,7 +105,7 @@ impl BackendPool {
         tls: Option<&MemberTls>,
     ) -> Result<Response<Incoming>, SendError> {
         self.start_sweeper();
-        let key = (addr, tls.map_or(0, |t| t.id));
+        let key = (addr, MemberTls::key(tls));
         while let Some(mut sender) = (!fresh).then(|| self.checkout(key)).flatten() {
             match sender.try_send_request(req).await {
                 Ok(resp) => {

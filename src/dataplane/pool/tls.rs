@@ -21,7 +21,7 @@ use crate::model::backend_tls::{ca_certificates, BackendTls};
 pub struct MemberTls {
     connector: tokio_rustls::TlsConnector,
     server_name: Option<ServerName<'static>>,
-    /// Tells pooled connections of different `backend_tls` (or none: 0) apart.
+    /// Tells pooled connections of different `backend_tls` apart (see `key`).
     pub id: u64,
 }
 
@@ -32,6 +32,11 @@ impl std::fmt::Debug for MemberTls {
 }
 
 impl MemberTls {
+    /// What a pool's connections are keyed by: its `id`, or 0 in the clear.
+    pub fn key(tls: Option<&MemberTls>) -> u64 {
+        tls.map_or(0, |t| t.id)
+    }
+
     pub fn new(tls: &BackendTls) -> Result<MemberTls, String> {
         let provider = Arc::new(provider::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())

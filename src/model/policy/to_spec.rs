@@ -59,22 +59,20 @@ impl Pool {
 pub fn entities(members: &[BackendMember]) -> Vec<BackendEntity> {
     members
         .iter()
-        .map(|m| match m.weight {
-            1 => BackendEntity::Text(m.address.to_string()),
-            w => BackendEntity::Object {
-                address: m.address.to_string(),
-                weight: Some(i64::from(w)),
-            },
-        })
+        .map(|m| entity(m.address.to_string(), m.weight))
         .collect()
 }
 
 /// A host-name member as the entity it was written as.
 pub fn named_entity(m: &NamedMember) -> BackendEntity {
-    match m.weight {
-        1 => BackendEntity::Text(m.address.to_string()),
+    entity(m.address.to_string(), m.weight)
+}
+
+fn entity(address: String, weight: u32) -> BackendEntity {
+    match weight {
+        1 => BackendEntity::Text(address),
         w => BackendEntity::Object {
-            address: m.address.to_string(),
+            address,
             weight: Some(i64::from(w)),
         },
     }
