@@ -74,6 +74,7 @@ pub async fn run(
         runs_vm_backends: drivers.runs_vm_backends,
         backend_image_dirs: config.backend_image_dirs(&state_dir).into(),
         tls_keys: crate::store::tls_keys::KeyStore::open(&config.state_dir())?,
+        mappings: background.mappings.clone(),
     };
     let app = api::router(state);
     println!("lbd ready api={api_addr} dns={dns_addr}");
@@ -236,6 +237,8 @@ impl Listeners {
 /// The reconciler, the health checker and the DNS server, each a task that
 /// ends once `stop` turns true.
 struct Background {
+    /// Shared with the API.
+    mappings: Arc<crate::federation::MappingSync>,
     reconcile: JoinHandle<()>,
     managed: JoinHandle<()>,
     checker: JoinHandle<()>,
@@ -268,6 +271,14 @@ impl Background {
             .await
             .context("checking the nodes at start")?;
         let nodes_serving = reconciler.nodes_serving();
+        // Federation mappings: the API pushes a changed set to the nodes,
+        // the managed backends' loop follows what nodes learn and catches
+        // lagging nodes up.
+        let mappings = Arc::new(crate::federation::MappingSync::new(
+            store.clone(),
+            crate::store::federation_tokens::TokenStore::open(&config.state_dir())?,
+            config.node_admin_port,
+        ));
         let reconcile = tokio::spawn(reconciler.run(wake.clone(), stop.clone()));
         let managed = tokio::spawn(
             crate::managed::Manager::new(
@@ -282,6 +293,7 @@ impl Background {
                 },
             )
             .with_nodes_serving(nodes_serving)
+            .with_mappings(mappings.clone())
             .run(stop.clone()),
         );
         let checker = Arc::new(HealthChecker::new(
@@ -302,6 +314,7 @@ impl Background {
             })
         };
         Ok(Background {
+            mappings,
             reconcile,
             managed,
             checker,
@@ -343,6 +356,9 @@ fn reconcile_settings(
             }),
         sticky_secret: Some(sticky_secret),
         tls_keys: Some(crate::store::tls_keys::KeyStore::open(&config.state_dir())?),
+        federation_tokens: Some(crate::store::federation_tokens::TokenStore::open(
+            &config.state_dir(),
+        )?),
         resolver: config.resolver,
         name_guard: Some(crate::model::NameGuard {
             control_plane,

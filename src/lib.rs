@@ -2,7 +2,8 @@
 //!
 //! - [`model`]: the API's types and validation (no I/O; shared with `lbctl`).
 //! - with the `server` feature: the daemon `lbd` (store, API, reconciler,
-//!   health checker, drivers, DNS) and the data plane `lb-node` ([`dataplane`]).
+//!   health checker, drivers, DNS, [`federation`] mappings sync) and the
+//!   data plane `lb-node` ([`dataplane`]).
 
 pub mod model;
 pub mod paths;
@@ -19,6 +20,8 @@ pub mod dataplane;
 pub mod dns;
 #[cfg(feature = "server")]
 pub mod drivers;
+#[cfg(feature = "server")]
+pub mod federation;
 #[cfg(feature = "server")]
 pub mod health;
 #[cfg(feature = "server")]

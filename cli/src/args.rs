@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub mod backend_tls;
+pub mod federation;
 pub mod managed;
+pub mod mapping;
 pub mod smtp;
 pub mod sticky;
 pub mod tls;
@@ -74,7 +76,9 @@ const CREATE_EXAMPLES: &str = "Examples:
   lbctl instance create app --project demo --type http --managed-port 8000 \\
       --managed-command 'python3 -m http.server {port} --bind {address}' --min 0 --max 2 --idle-timeout 60
   lbctl instance create vmapp --project demo --type http --managed-port 80 \\
-      --managed-vm-kernel /srv/vmlinuz --managed-vm-initrd /srv/initrd.img --max 1";
+      --managed-vm-kernel /srv/vmlinuz --managed-vm-initrd /srv/initrd.img --max 1
+  lbctl instance create cloud --project demo --type http --port 8776 --backend 10.1.0.5:8776 \\
+      --federation federation.json";
 
 const UPDATE_EXAMPLES: &str = "Examples:
   lbctl instance update web --project demo --backend 10.1.0.5:80,10.1.0.8:80
@@ -84,7 +88,9 @@ const UPDATE_EXAMPLES: &str = "Examples:
   lbctl instance update web --project demo --health-check http:8081:/ready --healthy-threshold 2
   lbctl instance update web --project demo --auto-scaling false --min-nodes 2
   lbctl instance update app --project demo --managed-port 8000 \\
-      --managed-command 'python3 -m http.server {port} --bind {address}' --max 3";
+      --managed-command 'python3 -m http.server {port} --bind {address}' --max 3
+  lbctl instance update cloud --project demo --federation federation.json
+  lbctl instance update cloud --project demo --no-federation";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -455,6 +461,10 @@ pub enum InstanceCmd {
     /// Replace the whole L7 policy with FILE's (JSON, as `policy show -o json`
     /// prints it; `-` for stdin): what it leaves out is removed.
     Apply(ApplyArgs),
+    /// Federation mappings of an instance with a `federation`: where
+    /// resources live, and tokens mapped to each provider's.
+    #[command(subcommand, after_help = mapping::MAPPING_EXAMPLES)]
+    Mapping(mapping::MappingCmd),
 }
 
 const CERT_EXAMPLES: &str = "Examples:
@@ -699,6 +709,10 @@ pub struct CreateArgs {
     pub smtp: SmtpArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    /// Federation routing across providers (http, https): the `federation`
+    /// object as JSON in FILE (`-`: stdin).
+    #[arg(long, value_name = "FILE", value_parser = federation::federation_file)]
+    pub federation: Option<lbaas::model::federation::FederationSpec>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -733,6 +747,8 @@ pub struct UpdateArgs {
     pub smtp: SmtpArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    #[command(flatten)]
+    pub federation: federation::FederationUpdateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

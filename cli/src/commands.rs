@@ -33,6 +33,10 @@ pub enum Shape {
     WhoAmI,
     Audit,
     Usage,
+    /// An instance's federation mappings (`instance mapping list`).
+    Mappings,
+    /// What `instance mapping add|remove` answer: read for its `version` only.
+    MappingChange,
     /// Whatever it is, only shown by `-o json`/`-o yaml`.
     Done,
 }
@@ -58,6 +62,9 @@ pub enum Typed {
     Usage(Box<lbaas::model::usage::UsageReport>),
     /// An instance's L7 policy (the policy commands).
     Policy(Box<lbaas::model::policy::PolicySpec>),
+    Mappings(Box<lbaas::model::mapping::MappingsInfo>),
+    /// The mappings version after an `add` or `remove`, when lbd says it.
+    MappingChange(Option<u64>),
     Done,
 }
 
@@ -100,6 +107,10 @@ pub fn send(client: &ApiClient, request: &Request) -> Result<Answer, ClientError
         Shape::WhoAmI => read(client, e, Typed::WhoAmI),
         Shape::Audit => read(client, e, Typed::Audit),
         Shape::Usage => read(client, e, |u| Typed::Usage(Box::new(u))),
+        Shape::Mappings => read(client, e, |m| Typed::Mappings(Box::new(m))),
+        Shape::MappingChange => read(client, e, |v: Value| {
+            Typed::MappingChange(v.get("version").and_then(Value::as_u64))
+        }),
         Shape::Done => read(client, e, |_: Value| Typed::Done),
     }
 }
@@ -133,7 +144,8 @@ fn envelope(action: Action, object_type: ObjectType, request: &impl Serialize) -
 }
 
 /// The request a command sends (`raw`, `top`, `completions` and the policy
-/// commands, see `policy::run`, send none of their own).
+/// commands, see `policy::run`, send none of their own; `instance mapping`'s
+/// may read token files, see `mapping::request`).
 pub fn request(cmd: &Command) -> Option<Request> {
     let (envelope, shape) = match cmd {
         Command::Raw { .. } | Command::Top { .. } | Command::Completions { .. } => return None,
@@ -238,7 +250,8 @@ fn instance_request(cmd: &InstanceCmd) -> Option<(RequestEnvelope, Shape)> {
         | InstanceCmd::Rule(_)
         | InstanceCmd::Policy(_)
         | InstanceCmd::Apply(_)
-        | InstanceCmd::Cert(_) => return None,
+        | InstanceCmd::Cert(_)
+        | InstanceCmd::Mapping(_) => return None,
         InstanceCmd::Create(args) => (
             envelope(A::Create, I, &instance_create(args)),
             Shape::Instance,
@@ -312,6 +325,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         backend_tls,
         smtp,
         tls,
+        federation,
         wait: _,
     } = args;
     InstanceCreate {
@@ -350,6 +364,7 @@ pub fn instance_create(args: &CreateArgs) -> InstanceCreate {
         object_type: None,
         // Unpaired flags are refused before (`tls::check`).
         tls: tls.spec(name, project).unwrap_or_default(),
+        federation: federation.clone(),
     }
 }
 
@@ -369,6 +384,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         backend_tls,
         smtp,
         tls,
+        federation,
         wait: _,
     } = args;
     let backend = BackendSpec {
@@ -403,6 +419,7 @@ pub fn instance_update(args: &UpdateArgs) -> InstanceUpdate {
         smtp: smtp_spec(smtp),
         // Unpaired flags are refused before (`tls::check`).
         tls: tls.spec(name, project).unwrap_or_default(),
+        federation: federation.spec(),
     }
 }
 
@@ -531,6 +548,7 @@ pub fn wait_until_active(
 
 pub mod audit;
 pub mod managed;
+pub mod mapping;
 pub mod policy;
 pub mod tls;
 pub mod users;

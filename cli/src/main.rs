@@ -18,13 +18,39 @@ use commands::{Answer, Typed, WaitError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    // `instance mapping`: flags its `--kind` lacks or does not take, and
+    // token files that cannot be read, are usage errors, before any request.
+    let mapping = commands::mapping::request(&cli.command, &mut commands::mapping::read_file)
+        .transpose()
+        .unwrap_or_else(|e| usage_error(&cli.command, &e));
+    match run(&cli, mapping) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Exits 2 with clap's usage error, under the subcommand's usage line.
+fn usage_error(cmd: &Command, e: &commands::mapping::MappingError) -> ! {
+    let mut root = Cli::command();
+    root.build();
+    let mut at = &mut root;
+    let path: &[&str] = match cmd {
+        Command::Instance(InstanceCmd::Mapping(m)) => match m {
+            args::mapping::MappingCmd::Add(_) => &["instance", "mapping", "add"],
+            args::mapping::MappingCmd::Remove(_) => &["instance", "mapping", "remove"],
+            args::mapping::MappingCmd::List { .. } => &["instance", "mapping", "list"],
+        },
+        _ => &[],
+    };
+    for name in path {
+        at = at
+            .find_subcommand_mut(name)
+            .expect("the command line named it");
+    }
+    at.error(e.usage_kind(), e).exit()
 }
 
 /// 1: the API refused or the instance failed; 3: lbd cannot be reached.
@@ -87,7 +113,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli, mapping: Option<commands::Request>) -> anyhow::Result<()> {
     if let Command::Completions { shell } = &cli.command {
         let mut cmd = Cli::command();
         clap_complete::generate(*shell, &mut cmd, "lbctl", &mut std::io::stdout());
@@ -118,7 +144,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let request = commands::request(&cli.command).expect("every other command sends a request");
+    let request = match mapping {
+        Some(request) => request,
+        None => commands::request(&cli.command).expect("every other command sends a request"),
+    };
     let mut answer = commands::send(&client, &request)?;
     if let (Some(wait), Typed::Instance(instance)) =
         (commands::wait_args(&cli.command), &answer.typed)
@@ -236,6 +265,19 @@ fn print(cli: &Cli, answer: &Answer) {
             commands::policy::rules_text(p)
         }
         (_, Typed::Policy(p)) => commands::policy::policy_text(p),
+        (
+            Command::Instance(InstanceCmd::Mapping(args::mapping::MappingCmd::List {
+                kind, ..
+            })),
+            Typed::Mappings(info),
+        ) => commands::mapping::list_text(info, *kind, unix_now_ms() / 1000),
+        (_, Typed::Mappings(info)) => {
+            commands::mapping::list_text(info, None, unix_now_ms() / 1000)
+        }
+        (Command::Instance(InstanceCmd::Mapping(m)), Typed::MappingChange(version)) => {
+            commands::mapping::change_text(m, *version)
+        }
+        (_, Typed::MappingChange(_)) => String::new(),
         (_, Typed::Done) => String::new(),
     };
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -318,6 +318,18 @@ pub fn instance(i: &InstanceInfo) -> String {
             ),
         ));
     }
+    if let Some(f) = &i.federation {
+        let providers: Vec<&str> = f.providers.keys().map(String::as_str).collect();
+        fields.push((
+            "federation",
+            format!(
+                "providers {}; {} resource paths, {} aggregates (lbctl instance mapping list)",
+                providers.join(", "),
+                f.resource_paths.len(),
+                f.aggregate.len()
+            ),
+        ));
+    }
     let mut out = String::new();
     for (label, value) in fields {
         out.push_str(&format!("{:<13} {value}\n", format!("{label}:")));
@@ -523,6 +535,24 @@ mod tests {
         assert_eq!(
             serving(&web()),
             "http://web.demo.lbaas.internal:8080/\nnodes: 127.100.0.2\n"
+        );
+    }
+
+    #[test]
+    fn a_federation_is_summed_up() {
+        let mut i = web();
+        assert!(!instance(&i).contains("federation:"));
+        i.federation = Some(
+            serde_json::from_value(serde_json::json!({
+                "providers": {"sp1": {"entities": ["10.0.0.5:8776"]},
+                              "sp2": {"entities": ["10.0.0.6:8776"]}},
+                "resource_paths": ["/{project}/{type}/{id}"]}))
+            .unwrap(),
+        );
+        let text = instance(&i);
+        assert!(
+            text.contains("federation:   providers sp1, sp2; 1 resource paths, 0 aggregates"),
+            "{text}"
         );
     }
 

@@ -88,6 +88,19 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("no such endpoint")]
     NoRoute,
+    /// A `mapping` request for an instance without a `federation`.
+    #[error("instance {name:?} of project {project:?} has no federation: mappings need one")]
+    FederationNotConfigured { project: String, name: String },
+    /// `delete mapping` of a mapping the instance does not have.
+    #[error("instance {instance:?} has no {what}")]
+    MappingNotFound { instance: String, what: String },
+    /// An instance holds at most so many mappings of a kind.
+    #[error("instance {instance:?} already has {limit} {kind} mappings, the most it keeps")]
+    TooManyMappings {
+        instance: String,
+        kind: &'static str,
+        limit: u64,
+    },
     /// `info usage`: a `since`/`until` that is not a date or RFC 3339 time,
     /// or a window that ends before it starts.
     #[error("{0}")]
@@ -103,6 +116,8 @@ impl ApiError {
                 | V::InvalidEnvelope(_)
                 | V::UnknownAction(_)
                 | V::UnknownType(_)
+                // As documented (docs/API.md): an envelope-level refusal.
+                | V::UnsupportedAction { .. }
                 | V::MissingField(_)
                 | V::UnknownField(_)
                 | V::InvalidField(_),
@@ -129,7 +144,10 @@ impl ApiError {
             Self::ProjectExists(_)
             | Self::InstanceExists { .. }
             | Self::ProjectNotEmpty { .. }
-            | Self::Pending { .. } => StatusCode::CONFLICT,
+            | Self::Pending { .. }
+            | Self::FederationNotConfigured { .. }
+            | Self::TooManyMappings { .. } => StatusCode::CONFLICT,
+            Self::MappingNotFound { .. } => StatusCode::NOT_FOUND,
             Self::Network(NetworkError::Overlap { .. } | NetworkError::InUse { .. }) => {
                 StatusCode::CONFLICT
             }
@@ -179,6 +197,9 @@ impl ApiError {
             Self::Store(_) => "internal",
             Self::NoRoute => "not_found",
             Self::InvalidTime(_) => "invalid_time",
+            Self::FederationNotConfigured { .. } => "federation_not_configured",
+            Self::MappingNotFound { .. } => "mapping_not_found",
+            Self::TooManyMappings { .. } => "too_many_mappings",
         }
     }
 
@@ -246,6 +267,32 @@ mod tests {
                 "quota_exceeded",
                 "quota exceeded: max_instances is 2 and user alice uses 2"
             )
+        );
+        let e = ApiError::FederationNotConfigured {
+            project: "p".into(),
+            name: "i".into(),
+        };
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::CONFLICT, "federation_not_configured")
+        );
+        let e = ApiError::MappingNotFound {
+            instance: "i".into(),
+            what: "resource mapping volumes/v1".into(),
+        };
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::NOT_FOUND, "mapping_not_found")
+        );
+        let e = ApiError::from(ValidationError::Federation(
+            crate::model::federation::FederationError::UnknownProvider {
+                provider: "sp9".into(),
+                known: "sp1".into(),
+            },
+        ));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "unknown_provider")
         );
         let e = ApiError::from(StoreError::Unavailable);
         assert_eq!(

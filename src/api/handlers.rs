@@ -73,6 +73,9 @@ pub(super) async fn handle(
         | ApiRequest::DeleteUser(_)
         | ApiRequest::AuditInfo(_) => return users::handle(state, req).await,
         ApiRequest::UsageInfo(q) => return super::usage::usage_info(state, caller, q).await,
+        ApiRequest::CreateMapping(_)
+        | ApiRequest::MappingInfo(_)
+        | ApiRequest::DeleteMapping(_) => return super::mappings::handle(state, caller, req).await,
         _ => {}
     }
     let info = state
@@ -433,6 +436,9 @@ fn update_instance(
         let cost = quota::more_nodes(row.spec.quota_nodes(), next.quota_nodes());
         quota::check(tx, &p.user, state.default_quota, cost)?;
         save_tls_keys(state, &next)?;
+        // Mappings of providers the federation no longer has go (all of
+        // them with the federation); the new config carries the rest.
+        store::retain_providers(tx, row.id, &next.federation_providers())?;
         store::update_instance_spec(tx, row.id, &next)?;
         store::add_event(
             tx,
@@ -484,7 +490,13 @@ fn check_backends(
         nodes,
     };
     let pools = spec.policy.pools.values().flat_map(|p| &p.members);
-    for member in spec.backends.iter().chain(pools) {
+    // Federation providers are pools on the node, with the same guard.
+    let providers = spec
+        .federation
+        .iter()
+        .flat_map(|f| f.providers.values())
+        .flat_map(|p| &p.pool.members);
+    for member in spec.backends.iter().chain(pools).chain(providers) {
         state.backends.check(member.address, &own)?;
         state.network.check_backend(member.address)?;
     }

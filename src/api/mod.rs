@@ -2,7 +2,9 @@
 //! body, as the seed says) or POST; `/healthz` says the daemon serves.
 //! Handlers validate, write desired state in one transaction, wake the
 //! reconciler and answer; they never talk to a driver, except to claim a new
-//! project's subnet on the host (so two lbds cannot allocate one range).
+//! project's subnet on the host (so two lbds cannot allocate one range), and
+//! to push a changed federation mapping to the instance's nodes before
+//! answering (`mappings.rs`).
 
 mod audit;
 mod auth;
@@ -11,6 +13,7 @@ mod error;
 mod handlers;
 mod managed_check;
 mod managed_metrics;
+mod mappings;
 mod metrics;
 mod quota;
 pub mod rate_limit;
@@ -71,6 +74,9 @@ pub struct AppState {
     pub backend_image_dirs: Arc<[std::path::PathBuf]>,
     /// Where `https` instances' private keys go (never into the spec).
     pub tls_keys: crate::store::tls_keys::KeyStore,
+    /// Federation mappings: their remote tokens' files, and the push of a
+    /// changed set to the instance's nodes (`PUT /mappings`).
+    pub mappings: std::sync::Arc<crate::federation::MappingSync>,
 }
 
 impl AppState {

@@ -142,6 +142,11 @@ pub fn instance_info_with(
         smtp: i.spec.smtp.as_ref().map(|s| s.to_spec()),
         dns_name,
         tls: i.spec.tls.as_ref().map(crate::model::tls::Tls::view),
+        federation: i
+            .spec
+            .federation
+            .as_ref()
+            .map(crate::model::instance::federation_spec),
         url,
         provisioning_status: i.provisioning_status,
         operating_status: i.operating_status,

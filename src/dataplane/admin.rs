@@ -1,4 +1,5 @@
-//! The node's admin API: `GET /status`, `PUT /config`, `PUT /managed` and
+//! The node's admin API: `GET /status`, `PUT /config`, `PUT /managed`,
+//! `PUT /mappings` and
 //! `GET /events`, all behind the node's bearer secret. The controller is its
 //! only client.
 
@@ -13,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::Node;
+use crate::model::federation::NodeMappings;
 use crate::model::wake::{ManagedMembers, ManagedPoolStats, ManagedTarget, NodeEvent, WakeDemand};
 use crate::model::NodeConfig;
 
@@ -21,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(status))
         .route("/config", put(config))
         .route("/managed", put(managed))
+        .route("/mappings", put(mappings))
         .route("/events", get(events))
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(node)
@@ -82,6 +85,29 @@ async fn managed(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
         Ok(status) => Json(status).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `PUT /mappings`: lbd's whole set of federation mappings (issue 18).
+async fn mappings(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&node, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized".into());
+    }
+    // serde's message could quote a token: only where it failed is said.
+    let mappings: NodeMappings = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid mappings: {:?} error at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        }
+    };
+    Json(node.apply_mappings(mappings).await).into_response()
 }
 
 /// How often an idle events stream gets a `Keepalive` line.

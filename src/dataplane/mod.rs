@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod fdlimit;
+pub mod federation;
 pub mod forward;
 pub mod health;
 pub mod http;
@@ -64,6 +65,9 @@ pub enum ConfigError {
     /// The old config keeps serving.
     #[error("backend_tls: {0}")]
     BackendTls(String),
+    /// The old config keeps serving.
+    #[error("federation: {0}")]
+    Federation(String),
 }
 
 impl ActiveConfig {
@@ -98,6 +102,8 @@ pub struct ActiveConfig {
     pub sticky: sticky::StickyStage,
     /// The TLS server config (`https`): certificates, ALPN, versions.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Federation routing; `None` without `federation`.
+    pub federation: Option<federation::FederationStage>,
 }
 
 /// The listening sockets that serve traffic (one per worker runtime, or one
@@ -173,6 +179,8 @@ pub struct Node {
     member_tls: pool::tls::MemberTlsCache,
     /// Managed pools: the pushed members, the wake queues, the events.
     pub wake: wake::Wake,
+    /// Federation mappings and exchanged tokens (`federation`).
+    pub federation: federation::FederationState,
     /// Host-name backends and what they resolved to.
     names: Arc<names::Names>,
     /// The last config applied as lbd sent it, before the pushed managed
@@ -206,6 +214,7 @@ impl Node {
             members: MemberRegistry::default(),
             member_tls: Default::default(),
             wake: wake::Wake::default(),
+            federation: Default::default(),
             names: Arc::default(),
             sent: Mutex::default(),
             listener: tokio::sync::Mutex::new(None),
@@ -276,6 +285,9 @@ impl Node {
             self.start_redirect(socket, &config);
         }
         self.wake.settle();
+        if let Some(f) = &config.federation {
+            self.federation.mappings.apply(&f.mappings);
+        }
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some(config.clone());
         if restart {
             if let Some(old) = listener.take() {
@@ -330,6 +342,21 @@ impl Node {
         self.wake.settle();
         drop(listener);
         Ok(self.status().await)
+    }
+
+    /// Applies a `PUT /mappings`: lbd's whole set of federation mappings
+    /// (an older set than the one in force is ignored). The config stays.
+    pub async fn apply_mappings(
+        &self,
+        mappings: crate::model::federation::NodeMappings,
+    ) -> NodeStatus {
+        if !self.federation.mappings.apply(&mappings) {
+            tracing::debug!(
+                "mappings version {} is older than the one in force",
+                mappings.version
+            );
+        }
+        self.status().await
     }
 
     /// Binds `tls.redirect_http_port` when it is wanted and not bound yet;
@@ -445,6 +472,12 @@ impl Node {
             .map_err(ConfigError::BackendTls)?;
         let sticky = sticky::StickyStage::new(&config, &balancer, &pools);
         let rules = rules::RuleTable::compile(&config.policy, &pools)?;
+        let federation = config
+            .federation
+            .as_ref()
+            .map(|f| federation::FederationStage::new(&f.federation, &pools))
+            .transpose()
+            .map_err(ConfigError::Federation)?;
         let wake = self.wake.stage(&config, &balancer, &pools, &self.members);
         self.members.retain(&config.backends, &config.policy);
         let previous = self.active.load_full();
@@ -483,6 +516,7 @@ impl Node {
             ),
             wake,
             sticky,
+            federation,
             config,
         })
     }
@@ -558,7 +592,7 @@ impl Node {
                 ..self.counters.snapshot()
             },
             managed_version: self.wake.version(),
-            mappings_version: None,
+            mappings_version: self.federation.mappings.version(),
         }
     }
 

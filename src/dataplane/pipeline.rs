@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! accept (Host check, config) → rules → reject? → auth → rate limit
+//!   → [federation: resource or list paths, to the providers]
 //!   → action: redirect | respond | pool → [wake queue] → [sticky] member
 //!   → strip_prefix, header edits → upstream (send_with_retry)
 //! ```
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 use super::actions::{edit_headers, stripped_target, Action};
 use super::auth::{AuthOutcome, Caller};
 use super::balance::{fnv1a, Balancer, Member};
+use super::federation;
 use super::forward::{send_with_retry, Upstream};
 use super::http::{
     bad_host, client_response, failure_response, idempotent_without_body, short, upgrade_protocol,
@@ -82,6 +84,23 @@ pub(super) async fn route(
         LimitOutcome::Limited(resp) => return resp,
     };
 
+    // Stage: federation. A resource or list path of the federation, that
+    // no rule took, goes to the providers.
+    if let (None, None, Some(fed)) = (rule, &upgrade, active.federation.as_ref()) {
+        if let Some(matched) = fed.classify(&head) {
+            let req = federation::Federated {
+                matched,
+                head,
+                body,
+                peer,
+                retryable,
+            };
+            let mut resp = federation::serve(node, &active, fed, req).await;
+            add_limit_fields(&mut resp, limit_headers);
+            return resp;
+        }
+    }
+
     // Stage: action. Redirect and respond are the node's own answers.
     let pool = match rule.map(|r| &r.action) {
         None => PoolRef::Default,
@@ -94,8 +113,6 @@ pub(super) async fn route(
     };
     // Stage: wake queue. A request for a managed pool with no member
     // waits here until lbd pushes one (then with the config that has it).
-    // Named point "federation": a routing mode that sends to another
-    // region's LB would resolve here instead of a local pool.
     let routed = match wake_route(node, &active, pool, &head, &caller) {
         Ok(routed) => routed,
         Err(refusal) => return wake::answer::resource_refusal(refusal),

@@ -1,5 +1,6 @@
 //! The controller's client for an LB node's admin API (see `model::node`):
-//! push a config, read the status. Every call has a deadline.
+//! push a config, managed members and federation mappings, read the
+//! status, follow the events. Every call has a deadline.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -168,6 +169,30 @@ impl NodeAdminClient {
             // Accepted (2xx) with an empty or non-JSON body: still accepted.
             Err(NodeAdminError::BadAnswer { .. }) => Ok(serde_json::Value::Null),
             other => other,
+        }
+    }
+
+    /// `PUT /mappings` (issue 18): every federation mapping lbd knows for
+    /// the instance (idempotent; a node ignores a version older than the
+    /// one it has). Answers the `mappings_version` the node reports in
+    /// force, if it says; any 2xx is accepted. The body holds remote
+    /// tokens: it is never logged.
+    pub async fn put_mappings(
+        &self,
+        addr: SocketAddr,
+        secret: &str,
+        mappings: &crate::model::federation::NodeMappings,
+    ) -> Result<Option<u64>, NodeAdminError> {
+        let body = serde_json::to_vec(mappings).expect("NodeMappings always serializes");
+        match self
+            .call::<serde_json::Value>(addr, secret, http::Method::PUT, "/mappings", body.into())
+            .await
+        {
+            Ok(v) => Ok(v
+                .get("mappings_version")
+                .and_then(serde_json::Value::as_u64)),
+            Err(NodeAdminError::BadAnswer { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -1,5 +1,6 @@
-//! One `GET /events` per running node of an instance with managed pools,
-//! reconnected when it drops. Wakes go to the manager's loop at once.
+//! One `GET /events` per running node of an instance with managed pools or
+//! a federation, reconnected when it drops. Wakes go to the manager's loop
+//! at once; learned federation mappings to `crate::federation`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,10 +19,10 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// Pause between reconnects to a node that is not answering.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
-/// The stream tasks, by node.
+/// The stream tasks, by node (and whether each follows a managed instance).
 #[derive(Default)]
 pub(crate) struct Streams {
-    tasks: HashMap<NodeId, JoinHandle<()>>,
+    tasks: HashMap<NodeId, (JoinHandle<()>, bool)>,
 }
 
 /// A node whose stream should be open.
@@ -30,14 +31,18 @@ pub(crate) struct StreamTarget {
     pub instance: InstanceId,
     pub addr: SocketAddr,
     pub secret: String,
+    /// The instance has managed pools (else only its mappings matter).
+    pub managed: bool,
 }
 
 impl Streams {
     /// Opens a stream to each of `wanted` not yet followed; ends the others.
+    /// A stream whose instance gained or lost its managed pools is opened
+    /// again (wakes count only for managed instances).
     pub fn sync(&mut self, shared: &Arc<Shared>, wanted: Vec<StreamTarget>) {
-        let keep: Vec<NodeId> = wanted.iter().map(|w| w.node).collect();
-        self.tasks.retain(|id, task| {
-            let stay = keep.contains(id) && !task.is_finished();
+        let keep: HashMap<NodeId, bool> = wanted.iter().map(|w| (w.node, w.managed)).collect();
+        self.tasks.retain(|id, (task, managed)| {
+            let stay = keep.get(id) == Some(managed) && !task.is_finished();
             if !stay {
                 task.abort();
             }
@@ -45,15 +50,15 @@ impl Streams {
         });
         for w in wanted {
             if !self.tasks.contains_key(&w.node) {
-                let node = w.node;
+                let (node, managed) = (w.node, w.managed);
                 self.tasks
-                    .insert(node, tokio::spawn(follow(shared.clone(), w)));
+                    .insert(node, (tokio::spawn(follow(shared.clone(), w)), managed));
             }
         }
     }
 
     pub fn stop_all(&mut self) {
-        for (_, task) in self.tasks.drain() {
+        for (_, (task, _)) in self.tasks.drain() {
             task.abort();
         }
     }
@@ -87,6 +92,23 @@ async fn follow(shared: Arc<Shared>, t: StreamTarget) {
 /// Hands the event to the loop; `false` once the loop is gone.
 async fn on_event(shared: &Arc<Shared>, t: &StreamTarget, event: NodeEvent) -> bool {
     let signal = match event {
+        // Stored here, in the stream's order (a removal after a learning
+        // stays after it); the push to the other nodes is spawned.
+        NodeEvent::MappingLearned(m) => {
+            if let Some(sync) = &shared.mappings {
+                sync.learned(t.instance, m).await;
+            }
+            return true;
+        }
+        NodeEvent::MappingRemoved(key) => {
+            if let Some(sync) = &shared.mappings {
+                sync.removed(t.instance, key).await;
+            }
+            return true;
+        }
+        NodeEvent::Keepalive => return true,
+        // An instance followed only for its federation has no managed state.
+        NodeEvent::Hello { .. } | NodeEvent::Wake(_) if !t.managed => return true,
         NodeEvent::Wake(demand) => Signal::Wake(t.instance, demand),
         NodeEvent::Hello {
             managed_version, ..
@@ -97,9 +119,6 @@ async fn on_event(shared: &Arc<Shared>, t: &StreamTarget, event: NodeEvent) -> b
             }
             Signal::Resync(t.instance)
         }
-        NodeEvent::Keepalive => return true,
-        // Federation mappings: not yet taken by lbd (issue 18).
-        NodeEvent::MappingLearned(_) | NodeEvent::MappingRemoved(_) => return true,
     };
     shared.signals.send(signal).await.is_ok()
 }

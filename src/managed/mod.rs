@@ -4,7 +4,9 @@
 //!
 //! - [`decide`]: the pure decisions (start on wake, top up `min`, idle victims, addresses);
 //! - [`ready`]: the `ready` check of a starting backend;
-//! - [`events`]: one `GET /events` per running node of a managed instance;
+//! - [`events`]: one `GET /events` per running node of a managed or
+//!   federation instance (the latter's learned mappings go to
+//!   `crate::federation`);
 //! - [`lifecycle`]: start → ready (or failed) → stopped, each step recorded and pushed;
 //! - [`push`]: `PUT /managed` of an instance's whole state to its nodes;
 //! - [`tick`]: the once-a-second pass (streams, idle, `min`, exits, re-push);
@@ -75,6 +77,9 @@ pub(crate) struct Shared {
     /// One push at a time per instance, so versions reach nodes in order.
     pub push_locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     pub signals: mpsc::Sender<Signal>,
+    /// Federation mappings: what nodes learn goes there; each tick catches
+    /// lagging nodes up (`None` in tests that need no federation).
+    pub mappings: Option<Arc<crate::federation::MappingSync>>,
     /// A pass's node work is under way (see `tick`).
     pub busy: AtomicBool,
     pub ticks: AtomicU64,
@@ -124,12 +129,22 @@ impl Manager {
                 versions: Mutex::default(),
                 push_locks: Mutex::default(),
                 signals: tx,
+                mappings: None,
                 busy: AtomicBool::new(false),
                 ticks: AtomicU64::new(0),
             }),
             signals: rx,
             nodes_serving: Arc::new(Notify::new()),
         }
+    }
+
+    /// Follows the event streams of federation instances too, storing
+    /// and sharing what their nodes learn (issue 18).
+    pub fn with_mappings(mut self, mappings: Arc<crate::federation::MappingSync>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("set before the manager runs")
+            .mappings = Some(mappings);
+        self
     }
 
     /// Ticks also when `serving` is notified (the reconciler's signal).

@@ -1,4 +1,6 @@
-//! The once-a-second pass: follow the right nodes' event streams, stop
+//! The once-a-second pass: follow the right nodes' event streams (of
+//! managed and of federation instances), catch lagging nodes up on their
+//! federation mappings, stop
 //! backends nobody wants (instance deleted, pool no longer managed) or that
 //! exited, read the nodes' member activity (idle stops, request counts),
 //! re-push to nodes whose managed version is behind, and keep `min` running.
@@ -41,11 +43,21 @@ pub(crate) async fn tick(shared: &Arc<Shared>, streams: &mut Streams) {
             return;
         }
     };
+    // Federation instances' streams carry their nodes' learned mappings;
+    // everything else here is for managed instances only.
+    let followed: Vec<&InstanceRow> = instances
+        .iter()
+        .filter(|i| !i.deleting)
+        .filter(|i| i.spec.managed_pools().next().is_some() || i.spec.federation.is_some())
+        .collect();
+    streams.sync(shared, stream_targets(shared, &followed, &nodes));
+    if let Some(sync) = &shared.mappings {
+        sync.catch_up();
+    }
     let managed: Vec<InstanceRow> = instances
         .into_iter()
         .filter(|i| !i.deleting && i.spec.managed_pools().next().is_some())
         .collect();
-    streams.sync(shared, stream_targets(shared, &managed, &nodes));
     stop_unwanted(shared, &managed, &backends);
     // Passes never pile up behind a slow node.
     if shared.busy.swap(true, Ordering::AcqRel) {
@@ -72,19 +84,21 @@ pub(crate) async fn tick(shared: &Arc<Shared>, streams: &mut Streams) {
 
 fn stream_targets(
     shared: &Shared,
-    managed: &[InstanceRow],
+    followed: &[&InstanceRow],
     nodes: &[NodeRow],
 ) -> Vec<StreamTarget> {
-    managed
+    followed
         .iter()
         .flat_map(|inst| {
+            let managed = inst.spec.managed_pools().next().is_some();
             push::running(nodes)
                 .filter(move |n| n.instance_id == inst.id)
-                .map(|n| StreamTarget {
+                .map(move |n| StreamTarget {
                     node: n.id,
                     instance: inst.id,
                     addr: SocketAddr::new(n.address, shared.settings.node_admin_port),
                     secret: n.secret.clone(),
+                    managed,
                 })
         })
         .collect()

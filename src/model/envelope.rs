@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::mapping::MappingRequest;
 use crate::model::{
     AuditQuery, InstanceCreate, InstanceDelete, InstanceRef, InstanceUpdate, ProjectCreate,
     ProjectDelete, ProjectRef, ProjectUpdate, UserCreate, UserDelete, UserRef, UserUpdate,
@@ -46,6 +47,9 @@ pub enum ObjectType {
     Whoami,
     /// A project's accounting (`info` only).
     Usage,
+    /// A federation mapping of an instance (issue 18): `create`, `info`
+    /// (the instance's mappings) and `delete`.
+    Mapping,
 }
 
 impl ObjectType {
@@ -57,6 +61,7 @@ impl ObjectType {
             Self::Audit => "audit",
             Self::Whoami => "whoami",
             Self::Usage => "usage",
+            Self::Mapping => "mapping",
         }
     }
 }
@@ -127,6 +132,11 @@ pub enum ApiRequest {
     AuditInfo(AuditQuery),
     WhoAmI,
     UsageInfo(crate::model::usage::UsageQuery),
+    /// `create mapping`: validated by the handler (`validate_create`).
+    CreateMapping(MappingRequest),
+    /// `info mapping`: the instance's mappings.
+    MappingInfo(MappingRequest),
+    DeleteMapping(MappingRequest),
 }
 
 impl ApiRequest {
@@ -140,6 +150,7 @@ impl ApiRequest {
                 | Self::AuditInfo(_)
                 | Self::WhoAmI
                 | Self::UsageInfo(_)
+                | Self::MappingInfo(_)
         )
     }
 
@@ -159,6 +170,10 @@ impl ApiRequest {
             Self::UpdateUser(r) => Some(&r.name),
             Self::DeleteUser(r) => Some(&r.name),
             Self::UsageInfo(r) => Some(&r.project),
+            // The instance: never a token (the audit log records this name).
+            Self::CreateMapping(r) | Self::MappingInfo(r) | Self::DeleteMapping(r) => {
+                Some(&r.instance)
+            }
             Self::AuditInfo(_) | Self::WhoAmI => None,
         }
     }
@@ -265,6 +280,9 @@ impl ApiRequest {
                 typed::<Empty>(info)?;
                 Self::WhoAmI
             }
+            (A::Create, T::Mapping) => Self::CreateMapping(typed(info)?),
+            (A::Info, T::Mapping) => Self::MappingInfo(typed(info)?),
+            (A::Delete, T::Mapping) => Self::DeleteMapping(typed(info)?),
             (
                 action @ (A::Create | A::Update | A::Delete),
                 object_type @ (T::Audit | T::Whoami | T::Usage),
@@ -272,6 +290,14 @@ impl ApiRequest {
                 return Err(ValidationError::UnsupportedAction {
                     action: action.as_str(),
                     object_type: object_type.as_str(),
+                    takes: "`info`",
+                })
+            }
+            (A::Update, T::Mapping) => {
+                return Err(ValidationError::UnsupportedAction {
+                    action: "update",
+                    object_type: "mapping",
+                    takes: "`create`, `info` and `delete` (delete and create again to change one)",
                 })
             }
         })
@@ -407,6 +433,20 @@ mod tests {
         assert_eq!(
             code(r#"{"action":"delete","type":"audit"}"#),
             "unsupported_action"
+        );
+        assert_eq!(
+            code(r#"{"action":"update","type":"mapping","info":{}}"#),
+            "unsupported_action"
+        );
+        assert_eq!(
+            code(r#"{"action":"create","type":"mapping","info":{"project":"p"}}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(
+                r#"{"action":"info","type":"mapping","info":{"project":"p","instance":"i","x":1}}"#
+            ),
+            "unknown_field"
         );
         assert_eq!(
             code(r#"{"action":"info","type":"whoami","info":{"x":1}}"#),

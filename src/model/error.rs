@@ -16,12 +16,16 @@ pub enum ValidationError {
     InvalidEnvelope(String),
     #[error("unknown action {0:?}: expected one of create, info, update, delete")]
     UnknownAction(String),
-    #[error("unknown type {0:?}: expected project, instance, user, audit or whoami")]
+    #[error(
+        "unknown type {0:?}: expected project, instance, mapping, user, audit, usage or whoami"
+    )]
     UnknownType(String),
-    #[error("`{action}` is not an action of type `{object_type}`: it only takes `info`")]
+    #[error("`{action}` is not an action of type `{object_type}`: it takes {takes}")]
     UnsupportedAction {
         action: &'static str,
         object_type: &'static str,
+        /// The actions it takes, for the message.
+        takes: &'static str,
     },
     #[error("missing field `{0}`")]
     MissingField(String),
@@ -71,6 +75,10 @@ pub enum ValidationError {
     /// A `backend_tls` that cannot be accepted; its code is its error's own.
     #[error(transparent)]
     BackendTls(#[from] crate::model::backend_tls::BackendTlsError),
+    /// A `federation` (or a mapping naming a provider it does not have);
+    /// its code is the federation error's own.
+    #[error(transparent)]
+    Federation(#[from] crate::model::federation::FederationError),
 }
 
 impl From<crate::model::tls::TlsError> for ValidationError {
@@ -137,6 +145,7 @@ impl ValidationError {
             Self::Smtp(e) => e.code(),
             Self::Tls(e) => e.code(),
             Self::BackendTls(e) => e.code(),
+            Self::Federation(e) => e.code(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod federation;
 pub mod ids;
 pub mod instance;
 pub mod managed;
+pub mod mapping;
 pub mod names;
 pub mod node;
 pub mod policy;

@@ -41,5 +41,17 @@ pub fn all() -> Vec<(&'static str, Value)> {
             "usage.report.json",
             v(schema_for!(crate::model::usage::UsageReport)),
         ),
+        (
+            "mapping.request.json",
+            v(schema_for!(crate::model::mapping::MappingRequest)),
+        ),
+        (
+            "mapping.info.json",
+            v(schema_for!(crate::model::mapping::MappingsInfo)),
+        ),
+        (
+            "mapping.change.json",
+            v(schema_for!(crate::model::mapping::MappingChange)),
+        ),
     ]
 }

@@ -149,6 +149,20 @@ impl Reconciler {
         }
     }
 
+    /// Every federation mapping lbd knows for `inst` now, remote tokens
+    /// read from their files off the runtime: a node starting (a failover
+    /// replacement too) routes by them before it enters DNS.
+    async fn node_mappings(
+        &self,
+        inst: &InstanceRow,
+    ) -> Result<crate::model::federation::NodeMappings, ReconcileError> {
+        let (id, tokens) = (inst.id, self.settings.federation_tokens.clone());
+        Ok(self
+            .store
+            .read(move |c| store::node_mappings(c, tokens.as_ref(), id, store::now()))
+            .await?)
+    }
+
     /// A name that resolves to one of the instance's own nodes would loop:
     /// the name guard gets the project subnet and the listener port, which
     /// lbd refuses for IP entities (`backend_guard`).
@@ -333,6 +347,9 @@ impl Reconciler {
         if status.config_version != Some(inst.generation) {
             let mut config = self.node_config(inst, node.address);
             config.tls = self.node_tls(inst).await?;
+            if let Some(federation) = config.federation.as_mut() {
+                federation.mappings = self.node_mappings(inst).await?;
+            }
             self.guard_own_nodes(inst, &mut config).await?;
             self.nodes.put_config(admin, &node.secret, &config).await?;
             // Operators (and tests) see which share of the node-scope limits
@@ -542,6 +559,14 @@ impl Reconciler {
                 store::add_event(tx, subject, EventKind::InstanceDeleted, &message)
             })
             .await?;
+        // Its mappings went with the row; their remote tokens go now (or
+        // else with the sweep of unused token files).
+        if let Some(tokens) = self.settings.federation_tokens.clone() {
+            let removed = tokio::task::spawn_blocking(move || tokens.remove_instance(id)).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!("instance {id}: federation token files: {e}");
+            }
+        }
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -54,6 +54,9 @@ pub struct ReconcileSettings {
     pub sticky_secret: Option<sticky_key::StickySecret>,
     /// Where `https` instances' private keys are (`store::tls_keys`).
     pub tls_keys: Option<crate::store::tls_keys::KeyStore>,
+    /// Where federation token mappings' remote tokens are
+    /// (`store::federation_tokens`); without it nodes get no token mapping.
+    pub federation_tokens: Option<crate::store::federation_tokens::TokenStore>,
     /// The DNS server nodes resolve host-name backends with (`--resolver`).
     pub resolver: Option<std::net::SocketAddr>,
     /// What nodes refuse among the addresses host names resolve to.
@@ -73,6 +76,7 @@ impl Default for ReconcileSettings {
             redis: None,
             sticky_secret: None,
             tls_keys: None,
+            federation_tokens: None,
             resolver: None,
             name_guard: None,
             drain_max: Duration::from_secs(30),
@@ -233,6 +237,41 @@ impl Reconciler {
         }
     }
 
+    /// Prunes expired token mappings, then deletes the token files no
+    /// mapping names any more (removed, replaced, pruned, or their instance
+    /// deleted), off the runtime.
+    async fn remove_unused_token_files(&self) {
+        let Some(tokens) = self.settings.federation_tokens.clone() else {
+            return;
+        };
+        let now = store::now();
+        if let Ok(true) = self
+            .store
+            .read(move |c| store::has_expired_tokens(c, now))
+            .await
+        {
+            let pruned = self
+                .store
+                .transaction(move |tx| store::prune_expired_tokens(tx, now))
+                .await;
+            if let Err(e) = pruned {
+                tracing::warn!("expired token mappings: {e}");
+            }
+        }
+        let used = match self.store.read(store::all_token_secret_ids).await {
+            Ok(used) => used,
+            Err(e) => return tracing::warn!("federation token files: {e}"),
+        };
+        // A token file is written just before the mapping naming it commits.
+        let grace = Duration::from_secs(60);
+        match tokio::task::spawn_blocking(move || tokens.remove_unused(&used, grace)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("removed {n} unused federation token file(s)"),
+            Ok(Err(e)) => tracing::warn!("federation token files: {e}"),
+            Err(e) => tracing::warn!("federation token files: {e}"),
+        }
+    }
+
     async fn remove_orphans(&self) -> Result<(), store::StoreError> {
         let known: HashSet<NodeId> = self
             .store
@@ -282,6 +321,7 @@ impl Reconciler {
         }
         let instances = self.store.read(store::all_instances).await?;
         self.remove_unused_tls_keys(&instances).await;
+        self.remove_unused_token_files().await;
         let labels: HashSet<String> = instances
             .iter()
             .map(|i| instance_label(&i.name, &i.project_name))

@@ -614,3 +614,6 @@ async fn a_node_that_fails_to_start_ends_in_error_with_the_reason() {
     assert_eq!(inst.provisioning_status, ProvisioningStatus::Error);
     assert!(inst.status_reason.unwrap().contains("no such binary"));
 }
+
+#[path = "federation_tests.rs"]
+mod federation;

@@ -196,6 +196,8 @@ pub fn delete_instance(c: &Connection, id: InstanceId) -> Result<(), StoreError>
         [id],
     )?;
     c.execute("DELETE FROM member_states WHERE instance_id = ?1", [id])?;
+    // Their token files go with the instance's directory (the reconciler).
+    super::federation::delete_instance_mappings(c, id)?;
     c.execute("DELETE FROM nodes WHERE instance_id = ?1", [id])?;
     c.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     Ok(())

@@ -221,6 +221,32 @@ const MIGRATIONS: &[&str] = &[
     // What each managed backend was started from (a digest of its pool's
     // template), so a changed template replaces running backends.
     "ALTER TABLE backends ADD COLUMN template TEXT;",
+    // 11: federation mappings (issue 18). Resource mappings (where a
+    // resource lives), token mappings (the local token only as its
+    // SHA-256; the remote token is a secret, in a 0600 file named by
+    // `secret_id`, see `federation_tokens.rs`), and per instance a version
+    // that grows with every change (nodes report the one in force).
+    "CREATE TABLE resource_mappings (
+        instance_id INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        source TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, type, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE token_mappings (
+        instance_id INTEGER NOT NULL,
+        local_token_sha256 TEXT NOT NULL,
+        local_project TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        remote_project TEXT NOT NULL,
+        expires_at INTEGER,
+        secret_id TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, local_token_sha256, local_project, provider)
+    ) WITHOUT ROWID;
+    ALTER TABLE instances ADD COLUMN mappings_version INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -12,6 +12,8 @@
 mod audit;
 pub(crate) mod backends;
 mod counters;
+mod federation;
+pub mod federation_tokens;
 mod instances;
 mod migrations;
 mod monitor;
@@ -38,6 +40,12 @@ pub use backends::{
     BackendRow, NewBackend,
 };
 pub use counters::{count_event, event_counts};
+pub use federation::{
+    all_mappings_versions, all_token_secret_ids, count_mappings, delete_resource_mapping,
+    delete_token_mapping, has_expired_tokens, mappings_info, mappings_version, node_mappings,
+    prune_expired_tokens, put_resource_mapping, put_token_mapping, resource_mapping,
+    retain_providers, MappingWrite, TokenWrite,
+};
 pub use instances::{
     all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
     instances_of_user, list_instances, refresh_instance_operating, set_desired_nodes,
@@ -90,6 +98,10 @@ pub enum StoreError {
     /// A TLS key file (`tls_keys.rs`) could not be written or read.
     #[error("tls key file: {0}")]
     KeyFile(String),
+    /// A federation token file (`federation_tokens.rs`) could not be
+    /// written or read (the message names the file, never the token).
+    #[error("federation token file: {0}")]
+    TokenFile(String),
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
     #[error("state database file {path}: {source}")]

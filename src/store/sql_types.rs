@@ -32,6 +32,7 @@ text_enum!(OperatingStatus, "operating status");
 text_enum!(ProvisioningStatus, "provisioning status");
 text_enum!(EventKind, "event kind");
 text_enum!(Role, "role");
+text_enum!(crate::model::mapping::MappingSource, "mapping source");
 
 macro_rules! integer_id {
     ($ty:ident) => {

@@ -221,7 +221,48 @@ fn create_requires_a_backend_and_a_type() {
     .is_err());
 }
 
+/// A `federation` with every field set.
+fn federation_all() -> Value {
+    json!({
+        "providers": {
+            "sp1": {"entities": ["10.0.0.5:8776"], "token_url": "http://10.0.0.5:5000/token",
+                    "algorithm": "least_connections",
+                    "health-check": {"protocol": "HTTP", "request-path": "/healthz"}},
+            "sp2": {"entities": [{"address": "10.0.0.6:8776", "weight": 2}]}
+        },
+        "resource_paths": ["/{project}/{type}/{id}", "/v2.1/{project}/{type}/{id}"],
+        "aggregate": [{"path": "/{project}/{type}", "method": "GET", "list_key": "{type}",
+                       "id_key": "id", "sort_key": "name"}],
+        "token_header": "X-Auth-Token",
+        "search_timeout_ms": 2000,
+        "negative_ttl_s": 30
+    })
+}
+
+/// A file holding [`federation_all`], for `--federation` (read as the
+/// flags are parsed): a committed fixture, so no test leaves a file.
+fn federation_file() -> &'static str {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/federation_all.json"
+    )
+}
+
+#[test]
+fn the_federation_fixture_is_federation_all() {
+    let text = std::fs::read_to_string(federation_file()).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v, federation_all());
+}
+
 /// A command line that gives every flag of `instance create`.
+fn create_all() -> Vec<&'static str> {
+    let mut args = CREATE_ALL.to_vec();
+    args.extend(["--federation", federation_file()]);
+    args
+}
+
+/// Every flag of `instance create` but those that read files.
 const CREATE_ALL: &[&str] = &[
     "instance",
     "create",
@@ -311,7 +352,7 @@ const CREATE_ALL: &[&str] = &[
 /// The same for `instance update` (which has no type or subnet: they are fixed).
 fn update_all() -> Vec<&'static str> {
     let mut args = vec!["instance", "update", "web", "--project", "demo"];
-    let mut rest = CREATE_ALL[5..].iter().copied();
+    let mut rest = create_all().into_iter().skip(5);
     while let Some(flag) = rest.next() {
         let value = rest.next().unwrap();
         if !["--type", "--subnet"].contains(&flag) {
@@ -345,17 +386,19 @@ fn every_flag_lands_in_its_field() {
     // Sent as given whatever the type (lbd refuses `smtp` on a tcp one).
     let smtp = json!({"smtp": {"deliver_path": "/in", "max_message_bytes": 4096,
         "max_recipients": 5, "idle_timeout": 60, "max_line_length": 1024, "max_bad_commands": 3}});
+    let federation = json!({"federation": federation_all()});
     for (k, v) in tuning
         .as_object()
         .unwrap()
         .iter()
         .chain(smtp.as_object().unwrap())
+        .chain(federation.as_object().unwrap())
     {
         create[k] = v.clone();
         update[k] = v.clone();
     }
     assert_eq!(
-        env_of(CREATE_ALL),
+        env_of(&create_all()),
         json!({"action": "create", "type": "instance", "info": create})
     );
     assert_eq!(
@@ -559,7 +602,7 @@ fn every_field_of_the_api_has_a_flag() {
     const BACKEND_CA: &[&str] = &["info.backend.backend_tls.ca"];
     for (args, schema) in [
         (
-            CREATE_ALL.to_vec(),
+            create_all(),
             schemars::schema_for!(InstanceCreate).to_value(),
         ),
         (
@@ -715,4 +758,555 @@ fn every_field_of_a_rule_has_a_flag_of_rule_add() {
         json!({"name": "r", "match": {"path_prefix": "/api/"},
                "action": {"pool": "api", "strip_prefix": true}})
     );
+}
+
+/// The request `instance mapping ARGS` sends, its token files read from `files`.
+fn mapping_of(args: &[&str], files: &[(&str, &str)]) -> Result<Value, mapping::MappingError> {
+    let mut all = vec!["instance", "mapping"];
+    all.extend_from_slice(args);
+    let mut read = |path: &str| {
+        files
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, text)| text.to_string())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    };
+    mapping::request(&cli(&all).command, &mut read)
+        .expect("a mapping command")
+        .map(|r| {
+            let list = args.first() == Some(&"list");
+            assert_eq!(
+                r.shape,
+                if list {
+                    Shape::Mappings
+                } else {
+                    Shape::MappingChange
+                }
+            );
+            serde_json::to_value(r.envelope).unwrap()
+        })
+}
+
+const WEB: &[&str] = &["--instance", "web", "--project", "demo"];
+
+/// `args` (a subcommand and its flags) for the instance web of demo.
+fn with_web<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [args, WEB].concat()
+}
+
+const ADD_RESOURCE: &[&str] = &[
+    "add",
+    "--kind",
+    "resource",
+    "--type",
+    "volumes",
+    "--id",
+    "v1",
+    "--provider",
+    "sp2",
+];
+const ADD_TOKEN: &[&str] = &[
+    "add",
+    "--kind",
+    "token",
+    "--local-token",
+    "LOCAL-SECRET",
+    "--local-project",
+    "alice",
+    "--provider",
+    "sp1",
+    "--remote-token",
+    "REMOTE-SECRET",
+    "--remote-project",
+    "sp1-alice",
+    "--expires-at",
+    "1900000000",
+];
+
+#[test]
+fn mapping_add_sends_a_create_mapping_of_its_kind() {
+    assert_eq!(
+        mapping_of(&[ADD_RESOURCE, WEB].concat(), &[]).unwrap(),
+        json!({"action": "create", "type": "mapping", "info": {
+            "project": "demo", "instance": "web", "kind": "resource",
+            "type": "volumes", "id": "v1", "provider": "sp2"}})
+    );
+    assert_eq!(
+        mapping_of(&[ADD_TOKEN, WEB].concat(), &[]).unwrap(),
+        json!({"action": "create", "type": "mapping", "info": {
+            "project": "demo", "instance": "web", "kind": "token",
+            "local_token": "LOCAL-SECRET", "local_project": "alice", "provider": "sp1",
+            "remote_token": "REMOTE-SECRET", "remote_project": "sp1-alice",
+            "expires_at": 1_900_000_000u64}})
+    );
+}
+
+#[test]
+fn mapping_tokens_come_from_files_or_stdin_trimmed() {
+    let args = with_web(&[
+        "add",
+        "--kind",
+        "token",
+        "--local-token-file",
+        "/run/alice.token",
+        "--local-project",
+        "alice",
+        "--provider",
+        "sp1",
+        "--remote-token-file",
+        "-",
+        "--remote-project",
+        "sp1-alice",
+    ]);
+    let e = mapping_of(
+        &args,
+        &[
+            ("/run/alice.token", "LOCAL-SECRET\n"),
+            ("-", "  REMOTE-SECRET\r\n"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(e["info"]["local_token"], "LOCAL-SECRET");
+    assert_eq!(e["info"]["remote_token"], "REMOTE-SECRET");
+    assert!(e["info"].get("expires_at").is_none());
+    // One stdin for two tokens is refused before either is read.
+    let both = with_web(&[
+        "add",
+        "--kind",
+        "token",
+        "--local-token-file",
+        "-",
+        "--local-project",
+        "alice",
+        "--provider",
+        "sp1",
+        "--remote-token-file",
+        "-",
+        "--remote-project",
+        "sp1-alice",
+    ]);
+    assert_eq!(
+        mapping_of(&both, &[]).unwrap_err(),
+        mapping::MappingError::BothStdin
+    );
+    let missing = mapping_of(&args, &[("-", "R")]).unwrap_err();
+    assert!(
+        matches!(&missing, mapping::MappingError::Read { flag: "--local-token-file", path, .. } if path == "/run/alice.token"),
+        "{missing:?}"
+    );
+    let empty = mapping_of(&args, &[("/run/alice.token", " \n"), ("-", "R")]).unwrap_err();
+    assert_eq!(
+        empty.to_string(),
+        "--local-token-file /run/alice.token: no token in it"
+    );
+}
+
+#[test]
+fn mapping_list_and_remove_send_info_and_delete() {
+    assert_eq!(
+        mapping_of(&with_web(&["list"]), &[]).unwrap(),
+        json!({"action": "info", "type": "mapping", "info": {"project": "demo", "instance": "web"}})
+    );
+    assert_eq!(
+        mapping_of(&with_web(&["list", "--kind", "token"]), &[]).unwrap()["info"],
+        json!({"project": "demo", "instance": "web", "kind": "token"})
+    );
+    assert_eq!(
+        mapping_of(
+            &with_web(&["remove", "--kind", "resource", "--type", "volumes", "--id", "v1"]),
+            &[]
+        )
+        .unwrap(),
+        json!({"action": "delete", "type": "mapping", "info": {
+            "project": "demo", "instance": "web", "kind": "resource", "type": "volumes", "id": "v1"}})
+    );
+    assert_eq!(
+        mapping_of(
+            &with_web(&[
+                "remove",
+                "--kind",
+                "token",
+                "--local-token-file",
+                "t",
+                "--local-project",
+                "alice",
+                "--provider",
+                "sp1"
+            ]),
+            &[("t", "LOCAL-SECRET\n")]
+        )
+        .unwrap(),
+        json!({"action": "delete", "type": "mapping", "info": {
+            "project": "demo", "instance": "web", "kind": "token",
+            "local_token": "LOCAL-SECRET", "local_project": "alice", "provider": "sp1"}})
+    );
+}
+
+#[test]
+fn mapping_flags_a_kind_lacks_or_does_not_take_are_refused_before_sending() {
+    use mapping::MappingError::{Missing, NotForKind};
+    let cases: &[(&[&str], mapping::MappingError)] = &[
+        (
+            &[
+                "add",
+                "--kind",
+                "resource",
+                "--type",
+                "volumes",
+                "--provider",
+                "sp2",
+            ],
+            Missing {
+                kind: "resource",
+                flag: "--id",
+            },
+        ),
+        (
+            &[
+                "add",
+                "--kind",
+                "resource",
+                "--id",
+                "v1",
+                "--provider",
+                "sp2",
+            ],
+            Missing {
+                kind: "resource",
+                flag: "--type",
+            },
+        ),
+        (
+            &[ADD_RESOURCE, &["--remote-project", "x"]].concat(),
+            NotForKind {
+                kind: "resource",
+                flag: "--remote-project",
+            },
+        ),
+        (
+            &[ADD_RESOURCE, &["--local-token", "LOCAL-SECRET"]].concat(),
+            NotForKind {
+                kind: "resource",
+                flag: "--local-token",
+            },
+        ),
+        (
+            &[ADD_TOKEN, &["--id", "v1"]].concat(),
+            NotForKind {
+                kind: "token",
+                flag: "--id",
+            },
+        ),
+        (
+            &ADD_TOKEN[..11],
+            Missing {
+                kind: "token",
+                flag: "--remote-project",
+            },
+        ),
+        (
+            &[&ADD_TOKEN[..9], &["--remote-project", "x"]].concat(),
+            Missing {
+                kind: "token",
+                flag: "--remote-token or --remote-token-file",
+            },
+        ),
+        (
+            &[
+                "add",
+                "--kind",
+                "token",
+                "--provider",
+                "sp1",
+                "--local-project",
+                "a",
+                "--remote-project",
+                "b",
+                "--remote-token",
+                "REMOTE-SECRET",
+            ],
+            Missing {
+                kind: "token",
+                flag: "--local-token or --local-token-file",
+            },
+        ),
+        (
+            &[
+                "remove",
+                "--kind",
+                "token",
+                "--local-token",
+                "LOCAL-SECRET",
+                "--local-project",
+                "a",
+            ],
+            Missing {
+                kind: "token",
+                flag: "--provider",
+            },
+        ),
+        (
+            &[
+                "remove",
+                "--kind",
+                "resource",
+                "--type",
+                "v",
+                "--id",
+                "1",
+                "--local-project",
+                "a",
+            ],
+            NotForKind {
+                kind: "resource",
+                flag: "--local-project",
+            },
+        ),
+    ];
+    for (args, want) in cases {
+        let err = mapping_of(&with_web(args), &[]).unwrap_err();
+        assert_eq!(&err, want, "{args:?}");
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+    assert_eq!(
+        Missing {
+            kind: "resource",
+            flag: "--id"
+        }
+        .to_string(),
+        "--kind resource needs --id"
+    );
+    // What clap itself refuses (usage, exit 2).
+    for bad in [
+        &["add", "--kind", "resource", "--type", "v", "--id", "1"][..],
+        &[
+            "add",
+            "--kind",
+            "volume",
+            "--type",
+            "v",
+            "--id",
+            "1",
+            "--provider",
+            "p",
+        ],
+        &["add", "--type", "v", "--id", "1", "--provider", "p"],
+        &[ADD_TOKEN, &["--local-token-file", "f"]].concat(),
+        &[
+            "remove",
+            "--kind",
+            "resource",
+            "--type",
+            "v",
+            "--id",
+            "1",
+            "--expires-at",
+            "5",
+        ],
+        &["list", "--kind", "both"],
+    ] {
+        let mut all = vec!["lbctl", "instance", "mapping"];
+        all.extend_from_slice(bad);
+        all.extend_from_slice(WEB);
+        let err = Cli::try_parse_from(&all).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{bad:?}");
+    }
+}
+
+/// What lbctl sends, lbd's own checks take: the flag checks and the model's agree.
+#[test]
+fn every_mapping_request_passes_the_models_validation() {
+    let file = [("t", "LOCAL-SECRET")];
+    let lines: Vec<Vec<&str>> = vec![
+        with_web(ADD_RESOURCE),
+        with_web(ADD_TOKEN),
+        with_web(&["list"]),
+        with_web(&["list", "--kind", "resource"]),
+        with_web(&["remove", "--kind", "resource", "--type", "v", "--id", "1"]),
+        with_web(&[
+            "remove",
+            "--kind",
+            "resource",
+            "--type",
+            "v",
+            "--id",
+            "1",
+            "--provider",
+            "p",
+        ]),
+        with_web(&[
+            "remove",
+            "--kind",
+            "token",
+            "--local-token-file",
+            "t",
+            "--local-project",
+            "a",
+            "--provider",
+            "p",
+        ]),
+    ];
+    for args in lines {
+        let e = mapping_of(&args, &file).unwrap();
+        let request: lbaas::model::mapping::MappingRequest =
+            serde_json::from_value(e["info"].clone()).unwrap();
+        let ok = match e["action"].as_str().unwrap() {
+            "create" => request.validate_create().map(drop),
+            "delete" => request.validate_delete().map(drop),
+            "info" => request.validate_info().map(drop),
+            other => panic!("{other}"),
+        };
+        assert!(ok.is_ok(), "{args:?}: {ok:?}");
+    }
+}
+
+/// Every field of `MappingRequest` is set by some `mapping add` line.
+#[test]
+fn every_field_of_a_mapping_has_a_flag() {
+    let schema = schemars::schema_for!(lbaas::model::mapping::MappingRequest).to_value();
+    let mut uncovered: Option<Vec<String>> = None;
+    for args in [ADD_RESOURCE, ADD_TOKEN] {
+        let info = mapping_of(&[args, WEB].concat(), &[]).unwrap()["info"].clone();
+        let mut missing = Vec::new();
+        unset(&schema, &schema, &info, "info", &mut missing);
+        uncovered = Some(match uncovered {
+            None => missing,
+            Some(before) => before.into_iter().filter(|m| missing.contains(m)).collect(),
+        });
+    }
+    assert_eq!(uncovered.unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn mapping_tokens_never_show_in_debug_or_output() {
+    let parsed = cli(&[&["instance", "mapping"][..], ADD_TOKEN, WEB].concat());
+    let debug = format!("{parsed:?}");
+    assert!(!debug.contains("SECRET"), "{debug}");
+    assert!(debug.contains("Secret(***)"), "{debug}");
+    let Command::Instance(InstanceCmd::Mapping(cmd)) = &parsed.command else {
+        panic!("{parsed:?}")
+    };
+    assert_eq!(
+        mapping::change_text(cmd, Some(7)),
+        "added token mapping of project alice -> sp1 project sp1-alice (mappings version 7)\n"
+    );
+    let remove = cli(&[
+        &[
+            "instance", "mapping", "remove", "--kind", "resource", "--type", "volumes",
+        ][..],
+        &["--id", "v1"],
+        WEB,
+    ]
+    .concat());
+    let Command::Instance(InstanceCmd::Mapping(cmd)) = &remove.command else {
+        panic!("{remove:?}")
+    };
+    assert_eq!(
+        mapping::change_text(cmd, None),
+        "removed resource mapping volumes/v1\n"
+    );
+}
+
+#[test]
+fn mapping_list_prints_both_tables_or_the_kind_asked() {
+    use lbaas::model::mapping::{
+        MappingSource, MappingsInfo, ResourceMappingView, TokenMappingView,
+    };
+    let info = MappingsInfo {
+        project: "demo".into(),
+        instance: "web".into(),
+        version: 3,
+        resources: vec![ResourceMappingView {
+            resource_type: "volumes".into(),
+            id: "v1".into(),
+            provider: "sp2".into(),
+            source: MappingSource::Learned,
+            updated_at: "2026-12-01T10:00:00Z".into(),
+        }],
+        tokens: vec![
+            TokenMappingView {
+                local_token_sha256_prefix: "3f2a9c0d1e4b".into(),
+                local_project: "alice".into(),
+                provider: "sp1".into(),
+                remote_project: "sp1-alice".into(),
+                expires_at: Some(100),
+            },
+            TokenMappingView {
+                local_token_sha256_prefix: "0123456789ab".into(),
+                local_project: "bob".into(),
+                provider: "sp2".into(),
+                remote_project: "sp2-bob".into(),
+                expires_at: None,
+            },
+        ],
+        nodes: vec![],
+    };
+    assert_eq!(
+        mapping::list_text(&info, None, 1000),
+        "mappings of web (version 3)\n\
+         TYPE     ID  PROVIDER  SOURCE   UPDATED\n\
+         volumes  v1  sp2       learned  2026-12-01T10:00:00Z\n\
+         \n\
+         LOCAL TOKEN          LOCAL PROJECT  PROVIDER  REMOTE PROJECT  EXPIRES\n\
+         sha256:3f2a9c0d1e4b  alice          sp1       sp1-alice       1970-01-01T00:01:40Z (expired)\n\
+         sha256:0123456789ab  bob            sp2       sp2-bob         never\n"
+    );
+    let resources_only =
+        mapping::list_text(&info, Some(lbaas::model::mapping::MappingKind::Resource), 0);
+    assert!(!resources_only.contains("LOCAL TOKEN"), "{resources_only}");
+    let empty = MappingsInfo {
+        instance: "web".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        mapping::list_text(&empty, Some(lbaas::model::mapping::MappingKind::Token), 0),
+        "mappings of web (version 0)\nno token mappings\n"
+    );
+}
+
+#[test]
+fn no_federation_sends_none_and_excludes_federation() {
+    let base = ["instance", "update", "web", "--project", "demo"];
+    assert_eq!(
+        env_of(&[&base[..], &["--no-federation"]].concat())["info"],
+        json!({"project": "demo", "name": "web", "federation": "none"})
+    );
+    let both = Cli::try_parse_from(["lbctl"].iter().chain(&base).chain(&[
+        "--no-federation",
+        "--federation",
+        federation_file(),
+    ]))
+    .unwrap_err();
+    assert_eq!(both.exit_code(), 2);
+    // `create` has no `--no-federation` (no flag is none).
+    assert!(Cli::try_parse_from([
+        "lbctl",
+        "instance",
+        "create",
+        "web",
+        "--project",
+        "demo",
+        "--type",
+        "http",
+        "--backend",
+        "10.0.0.1:80",
+        "--no-federation"
+    ])
+    .is_err());
+    // A file that is not a federation is a usage error naming it.
+    let bad = std::env::temp_dir().join(format!(
+        "lbctl-test-bad-federation-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&bad, r#"{"providers": {}, "aggregates": []}"#).unwrap();
+    let err = Cli::try_parse_from(
+        ["lbctl"]
+            .iter()
+            .chain(&base)
+            .chain(&["--federation", bad.to_str().unwrap()]),
+    )
+    .unwrap_err();
+    std::fs::remove_file(&bad).unwrap();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("aggregates"), "{err}");
 }

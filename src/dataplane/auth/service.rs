@@ -262,6 +262,18 @@ impl AuthClient {
         deadline: Duration,
     ) -> Result<Verdict, AuthCallError> {
         let body = serde_json::to_vec(query).expect("an auth query always serializes");
+        let (status, headers, body) = self.post_json(url, body, deadline).await?;
+        verdict(status, &headers, body)
+    }
+
+    /// POSTs a JSON `body` to `url` and reads the answer (at most 64 KiB),
+    /// all by `deadline`. Also the federation's token exchange.
+    pub async fn post_json(
+        &self,
+        url: &Uri,
+        body: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), AuthCallError> {
         let request = Request::builder()
             .method(Method::POST)
             .uri(url.clone())
@@ -281,7 +293,7 @@ impl AuthClient {
                 .await
                 .map_err(|e| AuthCallError::BadAnswer(e.to_string()))?
                 .to_bytes();
-            verdict(head.status, &head.headers, body)
+            Ok((head.status, head.headers, body))
         };
         tokio::time::timeout(deadline, exchange)
             .await

@@ -130,6 +130,12 @@ impl Wake {
         self.events.subscribe()
     }
 
+    /// Sends an event to lbd's `/events` stream (if one is open; an event
+    /// nobody hears is dropped: lbd catches up from the next config).
+    pub fn emit(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// The version of the last `PUT /managed` applied.
     pub fn version(&self) -> Option<u64> {
         self.version.load(Relaxed).checked_sub(1)

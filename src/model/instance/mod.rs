@@ -71,12 +71,14 @@ impl TrafficType {
 }
 
 mod backend;
+mod federation;
 #[cfg(test)]
 mod tests;
 mod update;
 mod views;
 
 pub use backend::*;
+pub use federation::{federation_spec, FederationUpdate, NoFederation};
 pub use update::*;
 pub use views::*;
 
@@ -180,6 +182,10 @@ pub struct InstanceCreate {
     /// TLS termination; required with (and only for) `traffic_type: https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::model::tls::TlsSpec>,
+    /// Federation routing (issue 18): one endpoint in front of several
+    /// providers, each a pool. http and https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::model::federation::FederationSpec>,
 }
 
 /// A validated instance: what is stored and what the reconciler works towards.
@@ -232,6 +238,9 @@ pub struct InstanceSpec {
     /// keeps those in files of their own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::model::tls::Tls>,
+    /// Federation routing (absent from specs before it, and without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::model::federation::Federation>,
 }
 
 fn default_max_nodes() -> u32 {
@@ -264,6 +273,11 @@ impl InstanceSpec {
         // pool: `tuning.backend_protocol` becomes the default pool's.
         let instance_protocol = self.tuning.backend_protocol;
         let mut policy = self.policy.for_node();
+        // Providers are pools on the node: health-checked and balanced like
+        // any named pool (their names never collide with the pools').
+        for (name, provider) in self.federation.iter().flat_map(|f| &f.providers) {
+            policy.pools.insert(name.clone(), provider.pool.clone());
+        }
         for pool in policy.pools.values_mut() {
             pool.backend_protocol =
                 Some(upstream::resolve(pool.backend_protocol, instance_protocol));
@@ -295,8 +309,13 @@ impl InstanceSpec {
             smtp: self.smtp.clone(),
             // lbd fills it in: the keys are in its key files, not the spec.
             tls: None,
-            // lbd fills it in (issue 18): the mappings are in its store.
-            federation: None,
+            // lbd fills the mappings in (issue 18): they are in its store.
+            federation: self.federation.clone().map(|federation| {
+                crate::model::federation::NodeFederation {
+                    federation,
+                    mappings: Default::default(),
+                }
+            }),
         }
     }
 
@@ -449,6 +468,11 @@ impl InstanceCreate {
             self.traffic_type,
         )?;
         let policy = self.policy_spec().validate(backend_traffic, port, hasher)?;
+        let federation = self
+            .federation
+            .as_ref()
+            .map(|f| federation::validate_federation(f, self.traffic_type, port, &policy))
+            .transpose()?;
         let smtp = crate::model::smtp::for_instance(
             self.traffic_type,
             self.smtp.as_ref(),
@@ -507,6 +531,7 @@ impl InstanceCreate {
                 .as_ref()
                 .map(|t| t.validate(None, crate::model::tls::unix_now()))
                 .transpose()?,
+            federation,
         };
         spec.check_combination()?;
         Ok(spec)

@@ -57,6 +57,10 @@ pub struct InstanceUpdate {
     /// keeps the stored one (and its key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::model::tls::TlsSpec>,
+    /// Replaces the stored `federation`; `"none"` removes it. Absent keeps
+    /// it (checked again against the pools and port the update ends with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationUpdate>,
 }
 
 impl InstanceUpdate {
@@ -197,6 +201,24 @@ impl InstanceUpdate {
             let now = crate::model::tls::unix_now();
             next.tls = Some(tls.validate(current.tls.as_ref(), now)?);
         }
+        // Validated again even when untouched: a new pool may take a
+        // provider's name.
+        let federation = match &self.federation {
+            Some(FederationUpdate::Off(NoFederation::None)) => None,
+            Some(FederationUpdate::On(spec)) => Some((**spec).clone()),
+            None => current.federation.as_ref().map(federation_spec),
+        };
+        next.federation = federation
+            .as_ref()
+            .map(|f| {
+                super::federation::validate_federation(
+                    f,
+                    next.traffic_type,
+                    next.port,
+                    &next.policy,
+                )
+            })
+            .transpose()?;
         next.check_combination()?;
         Ok(next)
     }

@@ -96,6 +96,11 @@ pub struct InstanceInfo {
     /// TLS termination (`https`): each certificate's facts, never a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::model::tls::TlsView>,
+    /// Federation routing (issue 18), in the shape `create` takes (with
+    /// the defaults filled in). It holds no secret; the mappings are
+    /// `info mapping`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::model::federation::FederationSpec>,
     /// `http://<dns_name>:<port>/`, `https://<dns_name>:<port>/`,
     /// `tcp://<dns_name>:<port>` or `smtp://<dns_name>:<port>`.
     pub url: String,
