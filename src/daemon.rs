@@ -256,6 +256,11 @@ impl Background {
         (udp, tcp): (UdpSocket, TcpListener),
     ) -> anyhow::Result<Self> {
         let node_admin = Arc::new(NodeAdminClient::new(Duration::from_secs(5)));
+        // Nodes that end by themselves go straight from the compute driver
+        // to the health checker, which fails them over at once. Set before
+        // the start-up check below watches the nodes it adopts.
+        let (exits_tx, exits) = tokio::sync::mpsc::unbounded_channel();
+        drivers.compute.report_exits(exits_tx);
         let reconciler = Arc::new(Reconciler::new(
             store.clone(),
             drivers.compute.clone(),
@@ -296,12 +301,10 @@ impl Background {
             .with_mappings(mappings.clone())
             .run(stop.clone()),
         );
-        let checker = Arc::new(HealthChecker::new(
-            store.clone(),
-            node_admin,
-            wake,
-            health_settings(config),
-        ));
+        let checker = Arc::new(
+            HealthChecker::new(store.clone(), node_admin, wake, health_settings(config))
+                .with_exits(exits),
+        );
         let checker = tokio::spawn(checker.run(stop.clone()));
         let dns = {
             let dns = drivers.dns.clone();

@@ -21,6 +21,14 @@ fn fast_checks() -> Value {
            "criteria": {"interval": 1, "timeout": 1, "health-threshold": 2, "unhealth-threshold": 2}})
 }
 
+/// Health checks a minute apart, three misses to fail a node: missed checks
+/// alone would take minutes to fail one, so a failover within seconds can
+/// only come from lbd seeing the process end.
+fn slow_checks() -> Value {
+    json!({"backend": {"health-check": {"protocol": "HTTP", "request-path": "/",
+           "criteria": {"interval": 60, "timeout": 5, "health-threshold": 2, "unhealth-threshold": 3}}}})
+}
+
 fn create(lbd: &Lbd, project: &str, extra: Value, backend: &HttpBackend) -> Value {
     lbd.api(&json!({"action": "create", "type": "project", "info": {"name": project}}));
     let mut info = json!({
@@ -143,6 +151,129 @@ fn kill_9_fails_over_to_a_new_address_and_the_old_node_goes_after_grace() {
     let failover_at = out.find("failover ").expect(&out);
     assert!(failed_at < failover_at, "oldest first:\n{out}");
     assert!(out.contains(&new_ip), "{out}");
+}
+
+/// The events about node `id`, oldest first.
+fn node_events(info: &Value, kind: &str, id: &Value) -> Vec<String> {
+    events_of(info, kind)
+        .into_iter()
+        .filter(|e| e["node_id"] == *id)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Kills the instance's only node with SIGKILL and waits for a replacement
+/// that serves, and for DNS to name it alone; returns the instance's log.
+fn kill_and_wait_for_replacement(lbd: &Lbd, project: &str, old: &Value) -> Value {
+    signal(old["pid"].as_u64().unwrap() as u32, libc::SIGKILL);
+    // Far less than one check interval: only the exit path is this quick.
+    let new = wait_for("a replacement serving", Duration::from_secs(20), || {
+        let info = instance_log(lbd, project);
+        let failed = node_with_id(&info, old["id"].as_u64().unwrap())
+            .is_some_and(|n| n["state"] == "failed");
+        nodes(&info)
+            .into_iter()
+            .find(|n| n["id"] != old["id"] && n["state"] == "running")
+            .filter(|_| failed)
+    });
+    let new_ip = new["address"].as_str().unwrap().to_string();
+    let name = format!("web.{project}.lbaas.internal");
+    wait_for("DNS on the replacement", Duration::from_secs(10), || {
+        (dig(lbd.dns, &name, false).0 == vec![new_ip.clone()]).then_some(())
+    });
+    assert_eq!(http_get(addr(&new), "/").unwrap(), (200, "a".to_string()));
+    instance_log(lbd, project)
+}
+
+#[test]
+fn a_node_that_exits_is_failed_over_at_once_without_waiting_for_missed_checks() {
+    let a = HttpBackend::start("a");
+    let lbd = Lbd::start();
+    let info = create(&lbd, "exit", slow_checks(), &a);
+    let old = nodes(&info)[0].clone();
+    let info = kill_and_wait_for_replacement(&lbd, "exit", &old);
+    let exited = node_events(&info, "node_exited", &old["id"]);
+    assert_eq!(exited.len(), 1, "one exit, one event: {}", info["events"]);
+    assert!(exited[0].contains("killed by signal 9"), "{exited:?}");
+    let failed = node_events(&info, "node_failed", &old["id"]);
+    assert_eq!(failed.len(), 1, "{}", info["events"]);
+    assert!(
+        failed[0].contains("without waiting for missed checks"),
+        "{failed:?}"
+    );
+    assert_eq!(events_of(&info, "failover").len(), 1, "{}", info["events"]);
+}
+
+#[test]
+fn a_node_adopted_by_a_restarted_lbd_is_failed_over_at_once_too() {
+    let a = HttpBackend::start("a");
+    let mut lbd = Lbd::start();
+    let info = create(&lbd, "adopt", slow_checks(), &a);
+    let old = nodes(&info)[0].clone();
+    // The node is no child of the new lbd: it watches it through a pidfd.
+    lbd.restart();
+    let info = instance_log(&lbd, "adopt");
+    assert_eq!(nodes(&info)[0]["pid"], old["pid"], "adopted, not restarted");
+    let info = kill_and_wait_for_replacement(&lbd, "adopt", &old);
+    let exited = node_events(&info, "node_exited", &old["id"]);
+    assert_eq!(exited.len(), 1, "{}", info["events"]);
+    assert!(exited[0].contains("exit status unknown"), "{exited:?}");
+    assert_eq!(node_events(&info, "node_failed", &old["id"]).len(), 1);
+}
+
+/// The count of `kind` in lbd's `lbaas_events_total` (0 when absent).
+fn events_total(lbd: &Lbd, kind: &str) -> u64 {
+    let metrics = lbd
+        .http
+        .get(format!("{}/metrics", lbd.url()))
+        .bearer_auth(&lbd.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let prefix = format!("lbaas_events_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[test]
+fn nodes_lbd_stops_itself_are_not_failed_over() {
+    let a = HttpBackend::start("a");
+    let lbd = Lbd::start_with(&["--dns-ttl", "1"]);
+    let mut two = slow_checks();
+    two["min_nodes"] = json!(2);
+    // Scale-in: the newest node retires, and lbd stops its process.
+    let info = create(&lbd, "shrink", two.clone(), &a);
+    assert_eq!(nodes(&info).len(), 2);
+    let (s, v) = lbd.api(&json!({"action": "update", "type": "instance",
+        "info": {"project": "shrink", "name": "web", "min_nodes": 1}}));
+    assert_eq!(s, 200, "{v}");
+    wait_for("scaled in", Duration::from_secs(30), || {
+        let info = instance_log(&lbd, "shrink");
+        (nodes(&info).len() == 1 && has_event(&info, "node_retired")).then_some(())
+    });
+    // Delete: lbd stops both nodes while their rows are still running.
+    let info = create(&lbd, "gone", two, &a);
+    let pids: Vec<u32> = nodes(&info)
+        .iter()
+        .map(|n| n["pid"].as_u64().unwrap() as u32)
+        .collect();
+    let (s, v) = lbd.api(&json!({"action": "delete", "type": "instance",
+        "info": {"project": "gone", "name": "web"}}));
+    assert_eq!(s, 200, "{v}");
+    wait_for("instance deleted", Duration::from_secs(30), || {
+        let (s, _) = lbd.api(&json!({"action": "info", "type": "instance",
+            "info": {"project": "gone", "name": "web"}}));
+        (s == 404 && pids.iter().all(|p| !common::is_lb_node(*p))).then_some(())
+    });
+    for kind in ["node_exited", "node_failed", "failover"] {
+        assert_eq!(events_total(&lbd, kind), 0, "{kind} recorded");
+    }
+    let info = instance_log(&lbd, "shrink");
+    assert_eq!(nodes(&info).len(), 1);
+    assert_eq!(nodes(&info)[0]["state"], "running");
 }
 
 #[test]

@@ -17,6 +17,14 @@ pub(super) enum Decision {
         failures: u32,
         reason: String,
     },
+    /// Running → failed at once: its process ended by itself (the compute
+    /// driver saw it), so there is nothing to wait for.
+    Exit {
+        node: NodeRow,
+        subject: EventSubject,
+        /// How it ended ("killed by signal 9").
+        reason: String,
+    },
     /// Failed → running: it passed `successes` checks within the grace period.
     Recover {
         node: NodeRow,
@@ -30,7 +38,7 @@ pub(super) enum Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Decision::Fail { .. } => f.write_str("failover decision"),
+            Decision::Fail { .. } | Decision::Exit { .. } => f.write_str("failover decision"),
             Decision::Recover { .. } => f.write_str("recovery decision"),
         }
     }
@@ -39,7 +47,9 @@ impl fmt::Display for Decision {
 impl Decision {
     pub(super) fn node_id(&self) -> NodeId {
         match self {
-            Decision::Fail { node, .. } | Decision::Recover { node, .. } => node.id,
+            Decision::Fail { node, .. }
+            | Decision::Exit { node, .. }
+            | Decision::Recover { node, .. } => node.id,
         }
     }
 
@@ -70,6 +80,26 @@ impl Decision {
                 store::add_event(tx, subject, EventKind::NodeFailed, &message)?;
                 Ok(true)
             }
+            Decision::Exit {
+                node,
+                subject,
+                reason,
+            } => {
+                note_exit(tx, &node, subject, &reason)?;
+                if !store::move_node(tx, node.id, NodeState::Running, NodeState::Failed)? {
+                    return Ok(false);
+                }
+                let offline = OperatingStatus::Offline;
+                store::set_node_process(tx, node.id, NodeState::Failed, None, offline)?;
+                let message = format!(
+                    "node {} at {} {reason}: its process is gone; failing over at once, \
+                     without waiting for missed checks",
+                    node.id, node.address
+                );
+                tracing::info!(kind = %EventKind::NodeFailed, "{message}");
+                store::add_event(tx, subject, EventKind::NodeFailed, &message)?;
+                Ok(true)
+            }
             Decision::Recover {
                 node,
                 subject,
@@ -93,4 +123,35 @@ impl Decision {
             }
         }
     }
+}
+
+/// Records that a running node's process ended (`node_exited`) and takes it
+/// offline, unless that is known already: the reconciler records the same
+/// when its pass finds the process gone first (the same condition as there,
+/// so one exit is one event). Whether it recorded it now.
+pub(super) fn note_exit(
+    tx: &rusqlite::Connection,
+    node: &NodeRow,
+    subject: EventSubject,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    let Some(now) = store::node_by_id(tx, node.id)? else {
+        return Ok(false);
+    };
+    if now.state != NodeState::Running || now.operating_status == OperatingStatus::Offline {
+        return Ok(false);
+    }
+    if !store::set_node_process(
+        tx,
+        node.id,
+        NodeState::Running,
+        None,
+        OperatingStatus::Offline,
+    )? {
+        return Ok(false);
+    }
+    let message = format!("node {} at {} {reason}", node.id, node.address);
+    tracing::info!(kind = %EventKind::NodeExited, "{message}");
+    store::add_event(tx, subject, EventKind::NodeExited, &message)?;
+    Ok(true)
 }

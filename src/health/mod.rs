@@ -8,6 +8,10 @@
 //!   and deletes it after the grace period); a failed node that passes
 //!   `health-threshold` checks in a row is running again (the reconciler
 //!   retires the replacement);
+//! - failover at once: a running node whose process the compute driver saw
+//!   end by itself (its reaper, [`NodeExit`]) is marked failed as soon as
+//!   that is reported, without waiting for missed checks, which stay the
+//!   detector for hung nodes;
 //! - the circuit breaker: with more than a share of all nodes failing at once,
 //!   no node is marked failed and an event says why;
 //! - autoscaling (see `autoscale.rs`), and the monitor log's retention.
@@ -29,9 +33,10 @@ use std::time::Duration;
 // tokio's clock, so logic tests can pause and advance it.
 use tokio::time::Instant;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::drivers::compute::NodeExit;
 use crate::drivers::node_admin::NodeAdmin;
 use crate::model::scaling::failover_paused;
 use crate::model::{
@@ -85,6 +90,10 @@ struct CheckerState {
     breaker_open: bool,
     /// Decisions the store could not take yet (it was locked), newest per node.
     pending: HashMap<NodeId, Decision>,
+    /// Nodes whose process ended and that are not failed yet: running ones
+    /// the breaker holds (they count as failing), and starting ones that a
+    /// pass may still mark running. Tried again every tick.
+    exited: HashMap<NodeId, NodeExit>,
 }
 
 pub struct HealthChecker {
@@ -95,6 +104,8 @@ pub struct HealthChecker {
     settings: HealthSettings,
     state: Mutex<CheckerState>,
     autoscaler: Autoscaler,
+    /// The compute driver's exit reports, taken by `run`.
+    exits: Mutex<Option<mpsc::UnboundedReceiver<NodeExit>>>,
 }
 
 type CheckResult = (NodeId, Result<NodeStatus, String>);
@@ -102,6 +113,8 @@ type CheckResult = (NodeId, Result<NodeStatus, String>);
 /// Why the checker's loop woke up.
 enum Wakeup {
     Checked(Box<Result<CheckResult, tokio::task::JoinError>>),
+    /// Nodes whose process ended, all that were reported by now.
+    Exited(Vec<NodeExit>),
     Tick,
     Retention,
 }
@@ -120,7 +133,15 @@ impl HealthChecker {
             wake,
             settings,
             state: Mutex::default(),
+            exits: Mutex::default(),
         }
+    }
+
+    /// Fails over the nodes reported here at once (the compute driver's
+    /// [`crate::drivers::compute::ComputeDriver::report_exits`]).
+    pub fn with_exits(self, exits: mpsc::UnboundedReceiver<NodeExit>) -> Self {
+        *self.exits.lock().unwrap_or_else(|p| p.into_inner()) = Some(exits);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CheckerState> {
@@ -133,9 +154,11 @@ impl HealthChecker {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(self.settings.retention_every);
+        let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner()).take();
         loop {
             let wakeup = tokio::select! {
                 Some(done) = checks.join_next() => Wakeup::Checked(Box::new(done)),
+                Some(batch) = next_exits(&mut exits) => Wakeup::Exited(batch),
                 _ = tick.tick() => Wakeup::Tick,
                 _ = retention.tick() => Wakeup::Retention,
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -145,8 +168,10 @@ impl HealthChecker {
                     Ok((node_id, result)) => self.apply(node_id, result).await,
                     Err(e) => tracing::error!("health check task failed: {e}"),
                 },
+                Wakeup::Exited(batch) => self.on_exits(batch).await,
                 Wakeup::Tick => {
                     self.write_pending().await;
+                    self.retry_exits().await;
                     self.schedule(&mut checks).await;
                 }
                 Wakeup::Retention => self.apply_retention().await,
@@ -215,6 +240,11 @@ impl HealthChecker {
         state
             .nodes
             .retain(|id, _| nodes.iter().any(|n| n.id == *id && checked(n)));
+        state.exited.retain(|id, _| {
+            nodes
+                .iter()
+                .any(|n| n.id == *id && matches!(n.state, NodeState::Running | NodeState::Starting))
+        });
         nodes
             .into_iter()
             .filter(checked)
@@ -408,6 +438,100 @@ impl HealthChecker {
         Ok(())
     }
 
+    /// Nodes whose process ended by itself: each is failed over at once, as
+    /// a node at its unhealth threshold would be, with the same breaker.
+    /// All of a batch count as failing before the first is decided, so
+    /// nodes that end together trip the breaker together.
+    async fn on_exits(&self, batch: Vec<NodeExit>) {
+        {
+            let mut state = self.state();
+            for exit in &batch {
+                state.exited.insert(exit.node_id, exit.clone());
+            }
+        }
+        for exit in batch {
+            self.on_exit(exit).await;
+        }
+    }
+
+    /// Exits the breaker held back (or that could not be read): tried again.
+    async fn retry_exits(&self) {
+        let held: Vec<NodeExit> = self.state().exited.values().cloned().collect();
+        for exit in held {
+            self.on_exit(exit).await;
+        }
+    }
+
+    /// One node whose process ended: failed over now, unless it is not a
+    /// running node of ours any more (lbd retired or deleted it, or the
+    /// report is about an earlier process), or the breaker holds failover.
+    /// A starting node is the reconciler's (it starts it again), but a pass
+    /// that saw it answer just before it ended may still mark it running:
+    /// the report is kept until then (this process: failed over) or until
+    /// it runs as another process.
+    async fn on_exit(&self, exit: NodeExit) {
+        let node_id = exit.node_id;
+        let read = self
+            .store
+            .read(move |c| {
+                let Some(node) = store::node_by_id(c, node_id)? else {
+                    return Ok(None);
+                };
+                Ok::<_, StoreError>(store::instance_by_id(c, node.instance_id)?.map(|i| (node, i)))
+            })
+            .await;
+        let (node, inst) = match read {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                self.state().exited.remove(&node_id);
+                return;
+            }
+            // Kept in `exited`: tried again on the next tick.
+            Err(e) => return tracing::warn!("health checker: node {node_id} exited: {e}"),
+        };
+        // A running row without a pid: the reconciler found the process
+        // gone already. Any other pid: the report is about an older process.
+        let ours = node.pid.is_none_or(|pid| pid == exit.pid);
+        if node.state == NodeState::Starting && !inst.deleting && ours {
+            return;
+        }
+        if node.state != NodeState::Running || inst.deleting || !ours {
+            tracing::debug!(node = %node_id, state = ?node.state, "exit report not acted on");
+            self.state().exited.remove(&node_id);
+            return;
+        }
+        let subject = EventSubject::node(inst.project_id, inst.id, node.id);
+        if self.breaker_trips(&inst).await {
+            // Not failed over while paused; out of DNS now, and the exit
+            // is in the log. Tried again every tick (the breaker may close).
+            let (row, reason) = (node.clone(), format!("{}; failover is paused", exit.reason));
+            let noted = self
+                .store
+                .transaction(move |tx| decision::note_exit(tx, &row, subject, &reason))
+                .await;
+            if let Ok(true) = noted {
+                self.wake.notify_one();
+            }
+            return;
+        }
+        self.state().exited.remove(&node_id);
+        self.decide(Decision::Exit {
+            node,
+            subject,
+            reason: exit.reason,
+        })
+        .await;
+        self.check_breaker(&inst).await;
+        let row = inst.clone();
+        if let Err(e) = self
+            .store
+            .transaction(move |c| store::refresh_instance_operating(c, &row))
+            .await
+        {
+            tracing::debug!("instance {}: {e}", inst.name);
+        }
+    }
+
     /// Writes a decision, or keeps it for later if the store is locked.
     async fn decide(&self, decision: Decision) {
         let id = decision.node_id();
@@ -464,10 +588,11 @@ impl HealthChecker {
                 n.state == NodeState::Failed
                     || state.pending.contains_key(&n.id)
                     || (n.state == NodeState::Running
-                        && state
-                            .nodes
-                            .get(&n.id)
-                            .is_some_and(|h| h.streak.consecutive_misses() > 0))
+                        && (state.exited.contains_key(&n.id)
+                            || state
+                                .nodes
+                                .get(&n.id)
+                                .is_some_and(|h| h.streak.consecutive_misses() > 0)))
             })
             .count();
         let total = nodes
@@ -532,6 +657,26 @@ impl HealthChecker {
         let subject = EventSubject::instance(inst.project_id, inst.id);
         self.store.record_event(subject, kind, message).await;
     }
+}
+
+/// The next exit reports: every one waiting now, so nodes that end together
+/// are seen together. Never ready without a receiver.
+async fn next_exits(
+    exits: &mut Option<mpsc::UnboundedReceiver<NodeExit>>,
+) -> Option<Vec<NodeExit>> {
+    let Some(rx) = exits.as_mut() else {
+        return std::future::pending().await;
+    };
+    let Some(first) = rx.recv().await else {
+        // The driver is gone (lbd is stopping): nothing more will come.
+        *exits = None;
+        return None;
+    };
+    let mut batch = vec![first];
+    while let Ok(more) = rx.try_recv() {
+        batch.push(more);
+    }
+    Some(batch)
 }
 
 #[cfg(test)]

@@ -250,3 +250,175 @@ async fn a_failover_decided_while_the_store_is_locked_is_written_later() {
     assert_eq!(f.state(0).await, NodeState::Failed);
     assert!(f.events().await.contains(&EventKind::NodeFailed));
 }
+
+/// The report the process driver's reaper sends when node `k` ends by itself.
+fn exit_of(f: &Fixture, k: usize) -> crate::drivers::compute::NodeExit {
+    f.host.kill(f.nodes[k].id);
+    crate::drivers::compute::NodeExit {
+        node_id: f.nodes[k].id,
+        pid: 4000 + k as u32,
+        reason: "killed by signal 9".into(),
+    }
+}
+
+fn count(events: &[EventKind], kind: EventKind) -> usize {
+    events.iter().filter(|k| **k == kind).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_process_exits_is_failed_at_once_without_missed_checks() {
+    let mut f = fixture(2).await;
+    f.round().await;
+    let exit = exit_of(&f, 0);
+    f.checker.on_exits(vec![exit.clone()]).await;
+    // No round ran since: not one check was missed.
+    assert_eq!(f.state(0).await, NodeState::Failed);
+    assert_eq!(f.state(1).await, NodeState::Running);
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::NodeExited), 1, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeFailed), 1, "{events:?}");
+    // A second report of the same end, and the missed checks that follow,
+    // decide nothing new.
+    f.checker.on_exits(vec![exit]).await;
+    f.rounds(3).await;
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::NodeExited), 1, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeFailed), 1, "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exit_report_about_no_running_node_of_ours_changes_nothing() {
+    let mut f = fixture(3).await;
+    f.round().await;
+    let (a, b) = (f.nodes[0].id, f.nodes[1].id);
+    f.store
+        .transaction(move |tx| {
+            // Node 0 runs as pid 77 now: a report about another pid is old.
+            store::set_node_process(
+                tx,
+                a,
+                NodeState::Running,
+                Some(77),
+                crate::model::OperatingStatus::Online,
+            )?;
+            // Node 1 retires: lbd stops it itself.
+            store::move_node(tx, b, NodeState::Running, NodeState::Retiring)
+        })
+        .await
+        .unwrap();
+    let stale = exit_of(&f, 0);
+    let retiring = exit_of(&f, 1);
+    let gone = crate::drivers::compute::NodeExit {
+        node_id: crate::model::NodeId(9999),
+        pid: 1,
+        reason: "exited with code 0".into(),
+    };
+    f.checker.on_exits(vec![stale, retiring, gone]).await;
+    assert_eq!(f.state(0).await, NodeState::Running);
+    assert_eq!(f.state(1).await, NodeState::Retiring);
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::NodeExited), 0, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeFailed), 0, "{events:?}");
+    assert!(f.checker.state().exited.is_empty(), "nothing held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_that_exit_together_trip_the_breaker_and_fail_once_it_allows() {
+    let mut f = fixture(5).await;
+    f.round().await;
+    // Three of five end at once: more than half, so failover pauses.
+    let exits = vec![exit_of(&f, 0), exit_of(&f, 1), exit_of(&f, 2)];
+    f.checker.on_exits(exits).await;
+    for k in 0..3 {
+        assert_eq!(f.state(k).await, NodeState::Running, "node {k} held");
+    }
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::FailoverPaused), 1, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeExited), 3, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeFailed), 0, "{events:?}");
+    // Held exits are tried again each tick, and still held.
+    f.checker.retry_exits().await;
+    assert_eq!(f.state(0).await, NodeState::Running);
+    // One of them goes (deleted meanwhile): two of four fail, which the
+    // breaker allows, so the held ones are failed over on the next tick.
+    let id = f.nodes[2].id;
+    f.store
+        .transaction(move |tx| store::delete_node(tx, id, NodeState::Running))
+        .await
+        .unwrap();
+    f.round().await;
+    f.checker.retry_exits().await;
+    assert_eq!(f.state(0).await, NodeState::Failed);
+    assert_eq!(f.state(1).await, NodeState::Failed);
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::NodeFailed), 2, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeExited), 3, "{events:?}");
+    assert_eq!(count(&events, EventKind::FailoverResumed), 1, "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_ends_while_starting_is_failed_if_a_pass_marks_it_running_after() {
+    let f = fixture(3).await;
+    let (a, b) = (f.nodes[0].id, f.nodes[1].id);
+    let online = crate::model::OperatingStatus::Online;
+    f.store
+        .transaction(move |tx| {
+            for id in [a, b] {
+                store::delete_node(tx, id, NodeState::Running)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    // Two starting nodes (fresh rows) whose processes end at once.
+    let inst = f.inst.id;
+    let (c, d) = f
+        .store
+        .transaction(move |tx| {
+            let c = store::insert_node(tx, inst, "127.5.0.20", "s")?.id;
+            let d = store::insert_node(tx, inst, "127.5.0.21", "s")?.id;
+            Ok::<_, StoreError>((c, d))
+        })
+        .await
+        .unwrap();
+    let report = |node_id, pid| crate::drivers::compute::NodeExit {
+        node_id,
+        pid,
+        reason: "exited with code 1".into(),
+    };
+    f.checker
+        .on_exits(vec![report(c, 500), report(d, 600)])
+        .await;
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::NodeFailed), 0, "{events:?}");
+    assert_eq!(f.checker.state().exited.len(), 2, "kept while starting");
+    // A pass that saw them answer marks them running: `c` as the process
+    // that ended, `d` as a new one the reconciler started since.
+    f.store
+        .transaction(move |tx| {
+            for (id, pid) in [(c, 500), (d, 601)] {
+                store::move_node(tx, id, NodeState::Starting, NodeState::Running)?;
+                store::set_node_process(tx, id, NodeState::Running, Some(pid), online)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    // (No check round: the fake host runs no process for these rows, so
+    // their checks would miss and count for the breaker.)
+    f.checker.retry_exits().await;
+    let state = |id| {
+        let store = f.store.clone();
+        async move {
+            store
+                .read(move |c| store::node_by_id(c, id))
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+        }
+    };
+    assert_eq!(state(c).await, NodeState::Failed);
+    assert_eq!(state(d).await, NodeState::Running);
+    assert!(f.checker.state().exited.is_empty());
+}

@@ -73,6 +73,23 @@ pub enum NodeObservation {
     Absent,
 }
 
+/// A node that ended by itself, as its driver saw it at once (the process
+/// driver's reaper): lbd did not stop it. The health checker fails such a
+/// node over without waiting for missed checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeExit {
+    pub node_id: NodeId,
+    /// The process that ended, so a notice about an earlier process of the
+    /// same node is told apart.
+    pub pid: u32,
+    /// How it ended ("killed by signal 9"), for the event log.
+    pub reason: String,
+}
+
+/// Where a driver reports [`NodeExit`]s. Unbounded: one message per exit,
+/// sent from the driver's own (blocking) threads without waiting.
+pub type ExitSink = tokio::sync::mpsc::UnboundedSender<NodeExit>;
+
 /// A node implementation. Every call is idempotent and quick: readiness is
 /// awaited by the reconciler through the node's admin API, not here.
 pub trait ComputeDriver: Send + Sync {
@@ -100,6 +117,11 @@ pub trait ComputeDriver: Send + Sync {
     /// Called once when lbd stops, to end the driver's own background work
     /// (the libvirt driver's KVM probe VM); nodes keep running.
     fn shutdown(&self) {}
+    /// From now on, report every node that ends by itself (not through
+    /// [`ComputeDriver::destroy_node`]) to `sink` as soon as it does. A
+    /// driver that cannot tell ignores this; missed health checks then find
+    /// such nodes. Quick: only keeps the sink.
+    fn report_exits(&self, _sink: ExitSink) {}
 }
 
 /// The one way async code calls a [`ComputeDriver`]: drivers block (they
@@ -158,6 +180,12 @@ impl Compute {
 
     pub fn node_address_on_host(&self) -> bool {
         self.0.node_address_on_host()
+    }
+
+    /// See [`ComputeDriver::report_exits`] (it only keeps the sink, so it
+    /// runs here, not on a blocking thread).
+    pub fn report_exits(&self, sink: ExitSink) {
+        self.0.report_exits(sink)
     }
 
     pub async fn shutdown(&self) {

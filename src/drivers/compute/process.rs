@@ -11,14 +11,15 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ComputeDriver, ComputeError, NodeObservation, NodeSpec};
+use super::{ComputeDriver, ComputeError, ExitSink, NodeExit, NodeObservation, NodeSpec};
 use crate::dataplane::privilege::RunAs;
 use crate::model::NodeId;
 
 pub struct ProcessCompute {
     binary: PathBuf,
     dir: PathBuf,
-    /// Exit reasons of children this lbd started and reaped, by node id.
+    /// The node processes this lbd watches (its children, and the nodes it
+    /// adopted), how they ended, and where an end is reported.
     children: Arc<Children>,
     /// Where a node rotates its log, and how many old files it keeps.
     log_max_bytes: u64,
@@ -63,15 +64,65 @@ impl ProcessCompute {
         self.dir.join(format!("node-{node_id}.log"))
     }
 
-    /// The pid of the live `lb-node` for this node, checked against
+    /// The pid of the live `lb-node` for this node: a child of ours until
+    /// its reaper sees it end; else the pid file's, checked against
     /// /proc/<pid>/cmdline so a recycled pid is never mistaken for ours.
     fn live_pid(&self, node_id: NodeId) -> Option<u32> {
+        // A child of ours runs until its reaper sees it end (and until then
+        // its pid cannot be reused). Neither its cmdline nor its pid file
+        // tells that reliably at first: right after the spawn the cmdline
+        // was seen empty (the new program's arguments not in place yet),
+        // and the node rewrites its pid file as it starts. Either made a just-started node look
+        // gone for a second (its start failed and was retried on a later pass).
+        if let Some(pid) = self.children.child_pid(node_id) {
+            return Some(pid);
+        }
         let pid: u32 = fs::read_to_string(self.pid_file(node_id))
             .ok()?
             .trim()
             .parse()
             .ok()?;
         is_our_node(pid, node_id).then_some(pid)
+    }
+
+    /// Makes sure a thread watches the live node `pid`: a child of ours has
+    /// its reaper already; a node this lbd adopted (started by an earlier
+    /// lbd) gets a pidfd watcher, so its exit is reported at once too.
+    /// Without pidfds (Linux before 5.3) it is not watched, and missed
+    /// health checks find its end.
+    fn watch(&self, node_id: NodeId, pid: u32) {
+        if self.children.watching(node_id, pid) {
+            return;
+        }
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => return tracing::debug!("node {node_id}: pidfd_open({pid}): {e}"),
+        };
+        // The fd is for whatever had that pid when it was opened: check
+        // again that it is our node, not a process that reused the pid.
+        if !is_our_node(pid, node_id) || !self.children.adopt(node_id, pid) {
+            return;
+        }
+        let children = self.children.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("watch-node-{node_id}"))
+            .stack_size(WATCHER_STACK)
+            .spawn(move || match wait_pidfd(&pidfd) {
+                Ok(()) => children.ended(
+                    node_id,
+                    pid,
+                    "is gone (exit status unknown: an earlier lbd started it)".into(),
+                ),
+                // Not known to be gone: nothing is reported.
+                Err(e) => {
+                    tracing::warn!("node {node_id}: cannot watch pid {pid}: {e}");
+                    children.unwatch(node_id, pid);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("node {node_id}: no watcher thread: {e}");
+            self.children.unwatch(node_id, pid);
+        }
     }
 }
 
@@ -114,47 +165,207 @@ pub(crate) fn enter_netns_on_exec(
     Ok(())
 }
 
-/// The node processes this lbd started, by node id: `None` while running,
-/// then how each one ended (for the event log).
+/// What this lbd knows of a node's process, by node id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Child {
+    /// Running as `pid`, watched by a thread of ours: the reaper of a child
+    /// we started (`child`), or a pidfd watcher of one we adopted;
+    /// `stopping` once lbd itself stops it, so its end is no failover.
+    Running {
+        pid: u32,
+        child: bool,
+        stopping: bool,
+    },
+    /// It ended; how (for the event log).
+    Ended(String),
+}
+
+/// The node processes this lbd watches, and where their ends are reported.
 #[derive(Default)]
 struct Children {
-    ended: Mutex<HashMap<NodeId, Option<String>>>,
+    nodes: Mutex<HashMap<NodeId, Child>>,
     changed: Condvar,
+    /// The health checker's inbox ([`ComputeDriver::report_exits`]).
+    sink: Mutex<Option<ExitSink>>,
 }
 
 impl Children {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Option<String>>> {
-        self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Child>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn started(&self, node_id: NodeId) {
-        self.lock().insert(node_id, None);
+    /// A child we just started as `pid`; its reaper watches it.
+    fn started(&self, node_id: NodeId, pid: u32) {
+        self.lock().insert(
+            node_id,
+            Child::Running {
+                pid,
+                child: true,
+                stopping: false,
+            },
+        );
     }
 
-    fn ended(&self, node_id: NodeId, reason: String) {
-        self.lock().insert(node_id, Some(reason));
+    /// The pid of `node_id`'s process if it is a child of ours that its
+    /// reaper has not seen end.
+    fn child_pid(&self, node_id: NodeId) -> Option<u32> {
+        match self.lock().get(&node_id) {
+            Some(Child::Running {
+                pid, child: true, ..
+            }) => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// Whether a thread watches `pid` as the process of `node_id`.
+    fn watching(&self, node_id: NodeId, pid: u32) -> bool {
+        matches!(self.lock().get(&node_id), Some(Child::Running { pid: p, .. }) if *p == pid)
+    }
+
+    /// Records that a thread is about to watch `pid`, unless one does
+    /// already; whether the caller is to start that thread.
+    fn adopt(&self, node_id: NodeId, pid: u32) -> bool {
+        let mut nodes = self.lock();
+        if matches!(nodes.get(&node_id), Some(Child::Running { pid: p, .. }) if *p == pid) {
+            return false;
+        }
+        nodes.insert(
+            node_id,
+            Child::Running {
+                pid,
+                child: false,
+                stopping: false,
+            },
+        );
+        true
+    }
+
+    /// No thread watches `pid` after all.
+    fn unwatch(&self, node_id: NodeId, pid: u32) {
+        let mut nodes = self.lock();
+        if matches!(nodes.get(&node_id), Some(Child::Running { pid: p, .. }) if *p == pid) {
+            nodes.remove(&node_id);
+        }
+        drop(nodes);
         self.changed.notify_all();
+    }
+
+    /// lbd itself stops the node now: its end is not reported.
+    fn stopping(&self, node_id: NodeId) {
+        if let Some(Child::Running { stopping, .. }) = self.lock().get_mut(&node_id) {
+            *stopping = true;
+        }
+    }
+
+    /// The watcher of `pid` saw it end. Reported to the sink unless lbd
+    /// stopped it, or it is no longer the node's process we know (forgotten
+    /// by `destroy_node`, or the node was started again since).
+    fn ended(&self, node_id: NodeId, pid: u32, reason: String) {
+        let report = {
+            let mut nodes = self.lock();
+            match nodes.get(&node_id) {
+                Some(Child::Running {
+                    pid: p, stopping, ..
+                }) if *p == pid => {
+                    let report = !*stopping;
+                    nodes.insert(node_id, Child::Ended(reason.clone()));
+                    report
+                }
+                _ => false,
+            }
+        };
+        self.changed.notify_all();
+        if !report {
+            return;
+        }
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            // A closed sink: lbd is stopping; there is no one to tell.
+            let _ = sink.send(NodeExit {
+                node_id,
+                pid,
+                reason,
+            });
+        }
     }
 
     fn forget(&self, node_id: NodeId) {
         self.lock().remove(&node_id);
     }
 
-    /// `None`: not started by this lbd; `Some(None)`: running.
-    fn state(&self, node_id: NodeId) -> Option<Option<String>> {
-        self.lock().get(&node_id).cloned()
+    /// How the node's process ended, once its watcher recorded it.
+    fn ended_reason(&self, node_id: NodeId) -> Option<String> {
+        match self.lock().get(&node_id) {
+            Some(Child::Ended(reason)) => Some(reason.clone()),
+            _ => None,
+        }
     }
 
-    /// How our child `node_id` ended, once its reaper has recorded it; `None`
-    /// for a process this lbd did not start (adopted), which it cannot reap.
+    /// How `node_id`'s process ended, once its watcher has recorded it
+    /// (waiting at most a second); `None` for a process no thread of ours
+    /// watches.
     fn wait_for_end(&self, node_id: NodeId) -> Option<String> {
-        let (ended, _) = self
+        let (nodes, _) = self
             .changed
             .wait_timeout_while(self.lock(), Duration::from_secs(1), |m| {
-                matches!(m.get(&node_id), Some(None))
+                matches!(m.get(&node_id), Some(Child::Running { .. }))
             })
             .unwrap_or_else(|p| p.into_inner());
-        ended.get(&node_id).cloned().flatten()
+        match nodes.get(&node_id) {
+            Some(Child::Ended(reason)) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Watcher threads only wait (and format one line): a small stack each.
+const WATCHER_STACK: usize = 128 * 1024;
+
+/// How a child ended, as the event log says it.
+fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "exited".to_string(),
+        },
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// A pidfd for `pid` (pidfd_open(2)): it refers to that one process even if
+/// the pid is reused later, and turns readable when the process ends.
+#[allow(unsafe_code)]
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Blocks (on a watcher thread) until the process behind `pidfd` ends.
+#[allow(unsafe_code)]
+fn wait_pidfd(pidfd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, owned by this frame, for the call's length.
+        if unsafe { libc::poll(&mut poll, 1, -1) } > 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -191,6 +402,7 @@ impl ComputeDriver for ProcessCompute {
 
     fn ensure_node(&self, spec: &NodeSpec) -> Result<NodeObservation, ComputeError> {
         if let Some(pid) = self.live_pid(spec.node_id) {
+            self.watch(spec.node_id, pid);
             return Ok(NodeObservation::Running { pid });
         }
         let log = fs::OpenOptions::new()
@@ -238,33 +450,31 @@ impl ComputeDriver for ProcessCompute {
             })?;
         let pid = child.id();
         fs::write(self.pid_file(spec.node_id), format!("{pid}\n"))?;
-        self.children.started(spec.node_id);
-        // Reap the child when it exits, so it does not linger as a zombie, and
-        // remember how it ended for the event log.
+        self.children.started(spec.node_id, pid);
+        // Reap the child when it exits, so it does not linger as a zombie;
+        // remember how it ended for the event log, and report an end lbd
+        // did not cause at once (the health checker fails the node over).
         let children = self.children.clone();
         let node_id = spec.node_id;
         std::thread::Builder::new()
             .name(format!("reap-node-{node_id}"))
+            .stack_size(WATCHER_STACK)
             .spawn(move || {
-                let reason = match child.wait() {
-                    Ok(status) => match (status.code(), status.signal()) {
-                        (Some(code), _) => format!("exited with code {code}"),
-                        (_, Some(sig)) => format!("killed by signal {sig}"),
-                        _ => "exited".to_string(),
-                    },
-                    Err(e) => format!("wait failed: {e}"),
-                };
-                children.ended(node_id, reason);
+                let reason = exit_reason(child.wait());
+                children.ended(node_id, pid, reason);
             })?;
         Ok(NodeObservation::Running { pid })
     }
 
     fn observe_node(&self, node_id: NodeId) -> NodeObservation {
-        if let Some(Some(reason)) = self.children.state(node_id) {
+        if let Some(reason) = self.children.ended_reason(node_id) {
             return NodeObservation::Exited { reason };
         }
         match self.live_pid(node_id) {
-            Some(pid) => NodeObservation::Running { pid },
+            Some(pid) => {
+                self.watch(node_id, pid);
+                NodeObservation::Running { pid }
+            }
             None if self.pid_file(node_id).exists() => NodeObservation::Exited {
                 // A child of ours that just exited is a zombie until its
                 // reaper records how it ended: wait for that, not less.
@@ -278,6 +488,8 @@ impl ComputeDriver for ProcessCompute {
     }
 
     fn destroy_node(&self, node_id: NodeId) -> Result<(), ComputeError> {
+        // Before any signal: this end is lbd's doing, not a failure.
+        self.children.stopping(node_id);
         if let Some(pid) = self.live_pid(node_id) {
             let stop = |sig| {
                 send_signal(pid, sig).map_err(|e| ComputeError::Stop {
@@ -320,6 +532,10 @@ impl ComputeDriver for ProcessCompute {
     fn log_tail(&self, node_id: NodeId) -> String {
         tail(&self.log_file(node_id), 2048)
     }
+
+    fn report_exits(&self, sink: ExitSink) {
+        *self.children.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
 }
 
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {
@@ -339,4 +555,78 @@ pub(super) fn tail(path: &Path, max: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> (Children, tokio::sync::mpsc::UnboundedReceiver<NodeExit>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let children = Children::default();
+        *children.sink.lock().unwrap() = Some(tx);
+        (children, rx)
+    }
+
+    #[test]
+    fn an_end_lbd_did_not_cause_is_reported_once_with_how() {
+        let (children, mut rx) = watched();
+        children.started(NodeId(1), 100);
+        children.ended(NodeId(1), 100, "killed by signal 9".into());
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            NodeExit {
+                node_id: NodeId(1),
+                pid: 100,
+                reason: "killed by signal 9".into()
+            }
+        );
+        assert_eq!(
+            children.ended_reason(NodeId(1)).as_deref(),
+            Some("killed by signal 9")
+        );
+        // The same end again (a second watcher) is not a second report.
+        children.ended(NodeId(1), 100, "killed by signal 9".into());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn ends_lbd_caused_or_of_other_processes_are_not_reported() {
+        let (children, mut rx) = watched();
+        // Stopped by lbd (destroy_node marks it before the signal).
+        children.started(NodeId(1), 100);
+        children.stopping(NodeId(1));
+        children.ended(NodeId(1), 100, "exited with code 0".into());
+        // Forgotten by destroy_node before its reaper ran.
+        children.started(NodeId(2), 200);
+        children.stopping(NodeId(2));
+        children.forget(NodeId(2));
+        children.ended(NodeId(2), 200, "exited with code 0".into());
+        // An earlier process of a node started again since.
+        children.started(NodeId(3), 300);
+        children.started(NodeId(3), 301);
+        children.ended(NodeId(3), 300, "exited with code 1".into());
+        assert!(rx.try_recv().is_err());
+        assert!(
+            children.watching(NodeId(3), 301),
+            "the new one is still watched"
+        );
+        // A process nobody watches: adopted once, then not again.
+        assert!(children.adopt(NodeId(4), 400));
+        assert!(!children.adopt(NodeId(4), 400));
+        children.unwatch(NodeId(4), 400);
+        assert!(!children.watching(NodeId(4), 400));
+    }
+
+    #[test]
+    fn an_adopted_process_is_watched_through_its_pidfd() {
+        // A child of the test itself stands in for a node an earlier lbd
+        // started: the pidfd turns readable when it ends.
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfd = pidfd_open(child.id()).unwrap();
+        let waiter = std::thread::spawn(move || wait_pidfd(&pidfd));
+        child.kill().unwrap();
+        waiter.join().unwrap().unwrap();
+        child.wait().unwrap();
+    }
 }

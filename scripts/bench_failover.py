@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""The failover benchmark behind scripts/bench-failover.sh (issue 19, part 3).
+
+Starts a real lbd (release build, process nodes, loopback network, a
+temporary state dir, 127.214.0.0/16) and a small HTTP backend, all on
+127.0.0.0/8. One instance with one node, health checks every
+`BENCH_INTERVAL` s (default 1) with `unhealth-threshold` 2, the setting
+issue 19 measured 4 s with. Then, `N` times (argument, default 10):
+
+1. wait until the instance has one node, DNS names only it and it answers;
+2. `kill -9` that node's process (a process of our own lbd, by its pid
+   from `info instance`) and take the time;
+3. poll lbd's DNS server (a plain UDP query of the instance's name, every
+   5 ms) until it names one address, not the old one, and that address
+   answers `GET /` with 200: that is **kill -9 → a serving replacement**.
+   `dns` is when DNS first named only the new address; `failed` is when
+   lbd logged `node_failed` for the old node (its detection).
+
+Meanwhile a client loop sends `GET /` through the instance at
+`BENCH_RATE` requests/s (default 100), resolving the name before each
+request (a client honouring the 1 s TTL would resolve less often and fail
+longer), one new connection each, with a 1 s timeout; it counts the
+requests that failed between the kill and the replacement serving.
+
+Between runs lbd deletes the failed node (`--failover-grace 2`), so the
+circuit breaker never counts old failures. Prints the runs, the median and
+max, and writes JSON to target/bench/failover.json. Every process it starts
+is ended by PID (the instance is deleted through the API first, which stops
+its nodes).
+"""
+import datetime
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import benchlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# BENCH_BIN_DIR=target/debug measures a debug build (quick checks only).
+BIN = os.environ.get("BENCH_BIN_DIR") or os.path.join(ROOT, "target", "release")
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+INTERVAL = int(os.environ.get("BENCH_INTERVAL", "1"))
+RATE = float(os.environ.get("BENCH_RATE", "100"))
+BACKEND = ("127.0.0.1", 18311)
+PORT = 8080
+# A slice of 127.0.0.0/8 that the tests' lbds and the other benchmarks do not use.
+SUBNET_POOL = "127.214.0.0/16"
+NAME = "web.bench.lbaas.internal"
+
+BACKEND_PY = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    def handle_error(self, request, client_address):
+        pass  # a node killed mid-connection resets it: expected here
+Server((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+"""
+
+procs = []
+
+
+def dns_a(server, name, timeout=0.5):
+    """The A records lbd's DNS server answers for `name` (one UDP query)."""
+    qid = random.randrange(1 << 16)
+    question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(packet, server)
+        data, _ = s.recvfrom(4096)
+    rid, _flags, qd, an = struct.unpack(">HHHH", data[:8])
+    if rid != qid:
+        return []
+    pos = 12
+    for _ in range(qd):
+        while data[pos] != 0:
+            pos += 1 + data[pos]
+        pos += 5
+    addrs = []
+    for _ in range(an):
+        if data[pos] & 0xC0 == 0xC0:
+            pos += 2
+        else:
+            while data[pos] != 0:
+                pos += 1 + data[pos]
+            pos += 1
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[pos:pos + 10])
+        pos += 10
+        if rtype == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(data[pos:pos + 4]))
+        pos += rdlen
+    return sorted(addrs)
+
+
+def http_ok(addr, timeout=1.0):
+    """Whether `GET /` on a new connection to addr answers 200."""
+    try:
+        with socket.create_connection(addr, timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: " + NAME.encode() + b"\r\nConnection: close\r\n\r\n")
+            head = s.recv(64)
+            return head.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+class Lbd:
+    def __init__(self, state):
+        self.state = state
+        self.log_path = os.path.join(state, "lbd.stderr")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1",
+                   LBAAS_SUBNET_LOCK_DIR=os.path.join(state, "locks"))
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "lbd"), "--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
+             "--subnet-pool", SUBNET_POOL, "--subnet-prefix", "24", "--state-dir", state,
+             "--node-binary", os.path.join(BIN, "lb-node"), "--failover-grace", "2",
+             "--dns-ttl", "1"],
+            stdout=subprocess.PIPE, stderr=open(self.log_path, "w"), env=env)
+        procs.append(self.proc)
+        line = self.proc.stdout.readline().decode()
+        fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        if "api" not in fields:
+            raise SystemExit(f"lbd did not start: {line!r}")
+        self.url = f"http://{fields['api']}/api"
+        host, port = fields["dns"].rsplit(":", 1)
+        self.dns = (host, int(port))
+        with open(os.path.join(state, "admin.token")) as f:
+            self.token = f.read().strip()
+
+    def api(self, action, kind, info, ok=(200,)):
+        body = json.dumps({"action": action, "type": kind, "info": info}).encode()
+        req = urllib.request.Request(self.url, body, {"Authorization": f"Bearer {self.token}",
+                                                      "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code in ok:
+                return e.code, None
+            raise SystemExit(f"{action} {kind}: {e.code} {e.read().decode()}")
+
+    def instance(self):
+        return self.api("info", "instance", {"project": "bench", "name": "web"})[1]["info"]
+
+    def node_failed_at(self, node_id):
+        """When lbd logged `node_failed` for `node_id` (epoch seconds)."""
+        with open(self.log_path) as f:
+            for line in f:
+                line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                m = re.match(r"^(\S+)\s", line)
+                if m and "node_failed" in line and f"node {node_id} at " in line:
+                    ts = m.group(1).replace("Z", "+00:00")
+                    return datetime.datetime.fromisoformat(ts).timestamp()
+        return None
+
+
+class Client:
+    """GET / through the instance at RATE requests/s, resolving before each."""
+
+    def __init__(self, dns):
+        self.dns = dns
+        self.lock = threading.Lock()
+        self.log = []  # (time, ok)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        period = 1.0 / RATE
+        next_at = time.time()
+        while not self.stop.is_set():
+            t = time.time()
+            try:
+                addrs = dns_a(self.dns, NAME)
+                ok = bool(addrs) and http_ok((addrs[0], PORT))
+            except OSError:
+                ok = False
+            with self.lock:
+                self.log.append((t, ok))
+            next_at += period
+            delay = next_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.time()
+
+    def between(self, start, end):
+        with self.lock:
+            window = [ok for t, ok in self.log if start <= t <= end]
+        return len(window), sum(1 for ok in window if not ok)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def wait_single_node(lbd, deadline_s=60):
+    """Until the instance has one running node, in DNS alone, answering."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        info = lbd.instance()
+        nodes = info["nodes"]
+        if len(nodes) == 1 and nodes[0]["state"] == "running" and nodes[0].get("pid"):
+            node = nodes[0]
+            if dns_a(lbd.dns, NAME) == [node["address"]] and http_ok((node["address"], PORT)):
+                return node
+        time.sleep(0.1)
+    raise SystemExit(f"the instance did not settle on one node: {lbd.instance()['nodes']}")
+
+
+def one_failover(lbd, client):
+    old = wait_single_node(lbd)
+    time.sleep(0.5)  # the client sees the settled instance first
+    t0 = time.time()
+    os.kill(int(old["pid"]), signal.SIGKILL)
+    dns_at = None
+    deadline = t0 + 60
+    while time.time() < deadline:
+        try:
+            addrs = dns_a(lbd.dns, NAME, timeout=0.2)
+        except OSError:
+            addrs = []
+        now = time.time()
+        if len(addrs) == 1 and addrs[0] != old["address"]:
+            dns_at = dns_at or now
+            if http_ok((addrs[0], PORT)):
+                serving_at = time.time()
+                break
+        time.sleep(0.005)
+    else:
+        raise SystemExit("no replacement within 60 s")
+    time.sleep(0.2)
+    requests, failed = client.between(t0, serving_at)
+    failed_at = lbd.node_failed_at(int(old["id"]))
+    return {
+        "serving_ms": (serving_at - t0) * 1000,
+        "dns_ms": (dns_at - t0) * 1000,
+        "detected_ms": (failed_at - t0) * 1000 if failed_at else None,
+        "requests": requests,
+        "failed_requests": failed,
+    }
+
+
+def main():
+    state = tempfile.mkdtemp(prefix="lbaas-bench-failover-")
+    lbd = None
+    client = None
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-c", BACKEND_PY, BACKEND[0], str(BACKEND[1])]))
+        lbd = Lbd(state)
+        lbd.api("create", "project", {"name": "bench"})
+        lbd.api("create", "instance", {
+            "name": "web", "project": "bench", "traffic_type": "http", "port": PORT,
+            "backend": {"entities": [f"{BACKEND[0]}:{BACKEND[1]}"],
+                        "health-check": {"protocol": "HTTP", "request-path": "/",
+                                         "criteria": {"interval": INTERVAL, "timeout": 1,
+                                                      "health-threshold": 2, "unhealth-threshold": 2}}}})
+        wait_single_node(lbd)
+        client = Client(lbd.dns)
+        runs = []
+        for k in range(RUNS):
+            r = one_failover(lbd, client)
+            runs.append(r)
+            detected = f"{r['detected_ms']:7.1f}" if r["detected_ms"] is not None else "      ?"
+            print(f"  run {k + 1:2}: serving {r['serving_ms']:7.1f} ms  (dns {r['dns_ms']:7.1f} ms,"
+                  f" node_failed {detected} ms)  failed requests {r['failed_requests']}"
+                  f" of {r['requests']}", flush=True)
+        serving = [r["serving_ms"] for r in runs]
+        failed = [r["failed_requests"] for r in runs]
+        detected = [r["detected_ms"] for r in runs if r["detected_ms"] is not None]
+        summary = {
+            "runs": RUNS, "check_interval_s": INTERVAL, "unhealth_threshold": 2,
+            "client_rate_per_s": RATE,
+            "serving_ms_median": statistics.median(serving), "serving_ms_max": max(serving),
+            "detected_ms_median": statistics.median(detected) if detected else None,
+            "failed_requests_median": statistics.median(failed), "failed_requests_max": max(failed),
+            "each": runs,
+        }
+        print(f"kill -9 of a process node -> a serving replacement, {RUNS} runs"
+              f" ({INTERVAL} s checks, threshold 2):")
+        print(f"  median {summary['serving_ms_median']:.1f} ms, max {summary['serving_ms_max']:.1f} ms;"
+              f" lbd's node_failed median {summary['detected_ms_median']:.1f} ms after the kill")
+        print(f"  failed client requests ({RATE:.0f} req/s, resolving each): median"
+              f" {summary['failed_requests_median']}, max {summary['failed_requests_max']}")
+        out = os.path.join(ROOT, "target", "bench")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "failover.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    finally:
+        if client is not None:
+            client.close()
+        if lbd is not None:
+            try:
+                lbd.api("delete", "instance", {"project": "bench", "name": "web"})
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    if lbd.api("info", "instance", {"project": "bench", "name": "web"},
+                               ok=(200, 404))[0] == 404:
+                        break
+                    time.sleep(0.1)
+            except SystemExit as e:
+                print(f"cleanup: {e}", file=sys.stderr)
+        for p in reversed(procs):
+            benchlib.stop(p, grace=10)
+        if lbd is not None:
+            # lbd's log (info, with timestamps) for a closer look at a slow run.
+            out = os.path.join(ROOT, "target", "bench")
+            os.makedirs(out, exist_ok=True)
+            shutil.copy(lbd.log_path, os.path.join(out, "failover-lbd.log"))
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
