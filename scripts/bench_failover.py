@@ -43,8 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import benchlib
 
@@ -128,40 +126,10 @@ def http_ok(addr, timeout=1.0):
         return False
 
 
-class Lbd:
+class Lbd(benchlib.Lbd):
     def __init__(self, state):
-        self.state = state
-        self.log_path = os.path.join(state, "lbd.stderr")
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1",
-                   LBAAS_SUBNET_LOCK_DIR=os.path.join(state, "locks"))
-        self.proc = subprocess.Popen(
-            [os.path.join(BIN, "lbd"), "--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-             "--subnet-pool", SUBNET_POOL, "--subnet-prefix", "24", "--state-dir", state,
-             "--node-binary", os.path.join(BIN, "lb-node"), "--failover-grace", "2",
-             "--dns-ttl", "1"],
-            stdout=subprocess.PIPE, stderr=open(self.log_path, "w"), env=env)
-        procs.append(self.proc)
-        line = self.proc.stdout.readline().decode()
-        fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
-        if "api" not in fields:
-            raise SystemExit(f"lbd did not start: {line!r}")
-        self.url = f"http://{fields['api']}/api"
-        host, port = fields["dns"].rsplit(":", 1)
-        self.dns = (host, int(port))
-        with open(os.path.join(state, "admin.token")) as f:
-            self.token = f.read().strip()
-
-    def api(self, action, kind, info, ok=(200,)):
-        body = json.dumps({"action": action, "type": kind, "info": info}).encode()
-        req = urllib.request.Request(self.url, body, {"Authorization": f"Bearer {self.token}",
-                                                      "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            if e.code in ok:
-                return e.code, None
-            raise SystemExit(f"{action} {kind}: {e.code} {e.read().decode()}")
+        super().__init__(BIN, state, SUBNET_POOL, procs,
+                         args=["--failover-grace", "2", "--dns-ttl", "1"])
 
     def instance(self):
         return self.api("info", "instance", {"project": "bench", "name": "web"})[1]["info"]

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import benchlib
 
@@ -98,36 +97,12 @@ http {{
 procs = []
 
 
-class Lbd:
+class Lbd(benchlib.Lbd):
     def __init__(self, state):
-        self.state = state
-        env = dict(os.environ, RUST_LOG="warn", LBAAS_SUBNET_LOCK_DIR=os.path.join(state, "locks"))
-        self.proc = subprocess.Popen(
-            [os.path.join(RELEASE, "lbd"), "--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
-             "--subnet-pool", SUBNET_POOL, "--subnet-prefix", "24", "--state-dir", state,
-             "--node-binary", os.path.join(RELEASE, "lb-node")],
-            stdout=subprocess.PIPE, stderr=open(os.path.join(state, "lbd.stderr"), "w"), env=env)
-        procs.append(self.proc)
-        line = self.proc.stdout.readline().decode()
-        fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
-        if "api" not in fields:
-            raise SystemExit(f"lbd did not start: {line!r}")
-        self.url = f"http://{fields['api']}/api"
-        with open(os.path.join(state, "admin.token")) as f:
-            self.token = f.read().strip()
-
-    def api(self, action, kind, info):
-        body = json.dumps({"action": action, "type": kind, "info": info}).encode()
-        req = urllib.request.Request(self.url, body, {"Authorization": f"Bearer {self.token}",
-                                                      "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return json.load(r)
-        except urllib.error.HTTPError as e:
-            raise SystemExit(f"{action} {kind}: {e.code} {e.read().decode()}")
+        super().__init__(RELEASE, state, SUBNET_POOL, procs)
 
     def instance(self, name):
-        return self.api("info", "instance", {"project": "bench", "name": name})["info"]
+        return self.api("info", "instance", {"project": "bench", "name": name})[1]["info"]
 
     def create(self, name, backend):
         self.api("create", "instance", {"name": name, "project": "bench", "traffic_type": "http",

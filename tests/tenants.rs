@@ -751,14 +751,17 @@ fn a_database_from_before_tenants_opens_and_keeps_working() {
         .parse()
         .unwrap();
     assert_eq!(lbd.stop().map(|s| s.success()), Some(true));
-    // Back to schema 6: what an lbd from before tenants left (migrations 7,
-    // 8 and 9 only add), with a project owned by john, who was only a label then.
+    // Back to schema 6: what an lbd from before tenants left (migrations 7
+    // to 12 only add), with a project owned by john, who was only a label then.
     {
         let db = rusqlite::Connection::open(lbd.state.0.join("lbaas.db")).unwrap();
         db.execute_batch(
             "DROP TABLE users; DROP TABLE audit; DROP INDEX projects_by_user;
              DROP TABLE backends; DROP TABLE backend_lifetimes; DROP TABLE usage_daily;
              ALTER TABLE instances DROP COLUMN serving_nodes;
+             DROP TABLE resource_mappings; DROP TABLE token_mappings;
+             ALTER TABLE instances DROP COLUMN mappings_version;
+             DROP INDEX nodes_by_instance;
              UPDATE projects SET user = 'john' WHERE name = 'jp';
              PRAGMA user_version = 6;",
         )

@@ -22,6 +22,7 @@
 //! as it can be; a lost load sample is acceptable, a lost failover is not.
 
 mod autoscale;
+mod batch;
 mod decision;
 mod sample;
 
@@ -40,10 +41,12 @@ use crate::drivers::compute::NodeExit;
 use crate::drivers::node_admin::NodeAdmin;
 use crate::model::scaling::failover_paused;
 use crate::model::{
-    EventKind, HealthStreak, InstanceId, NodeId, NodeState, NodeStats, NodeStatus, OperatingStatus,
+    EventKind, HealthCriteria, HealthStreak, InstanceId, NodeId, NodeState, NodeStats, NodeStatus,
+    OperatingStatus,
 };
 use crate::store::{self, EventSubject, InstanceRow, NodeRow, Retention, Store, StoreError};
 use autoscale::Autoscaler;
+use batch::{rows_of, SampleWrite};
 use decision::Decision;
 
 /// Knobs of the health checker.
@@ -94,6 +97,9 @@ struct CheckerState {
     /// the breaker holds (they count as failing), and starting ones that a
     /// pass may still mark running. Tried again every tick.
     exited: HashMap<NodeId, NodeExit>,
+    /// Each instance's health-check criteria, with the generation they were
+    /// read at.
+    criteria: HashMap<InstanceId, (u64, HealthCriteria)>,
 }
 
 pub struct HealthChecker {
@@ -155,6 +161,9 @@ impl HealthChecker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(self.settings.retention_every);
         let mut exits = self.exits.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Results wait here for the next tick (at most 100 ms): one read and
+        // one transaction for all of them instead of a few per check.
+        let mut finished: Vec<CheckResult> = Vec::new();
         loop {
             let wakeup = tokio::select! {
                 Some(done) = checks.join_next() => Wakeup::Checked(Box::new(done)),
@@ -165,11 +174,12 @@ impl HealthChecker {
             };
             match wakeup {
                 Wakeup::Checked(done) => match *done {
-                    Ok((node_id, result)) => self.apply(node_id, result).await,
+                    Ok(result) => finished.push(result),
                     Err(e) => tracing::error!("health check task failed: {e}"),
                 },
                 Wakeup::Exited(batch) => self.on_exits(batch).await,
                 Wakeup::Tick => {
+                    self.apply(std::mem::take(&mut finished)).await;
                     self.write_pending().await;
                     self.retry_exits().await;
                     self.schedule(&mut checks).await;
@@ -196,18 +206,16 @@ impl HealthChecker {
         if due.is_empty() {
             return;
         }
-        let instances: HashMap<InstanceId, InstanceRow> =
-            match self.store.read(store::all_instances).await {
-                Ok(list) => list.into_iter().map(|i| (i.id, i)).collect(),
-                Err(e) => return tracing::warn!("health checker: {e}"),
-            };
+        if let Err(e) = self.refresh_criteria(&due).await {
+            return tracing::warn!("health checker: {e}");
+        }
         let now = Instant::now();
         let mut state = self.state();
         for node in due {
-            let Some(inst) = instances.get(&node.instance_id) else {
+            let Some((_, criteria)) = state.criteria.get(&node.instance_id).cloned() else {
                 continue;
             };
-            let criteria = &inst.spec.health_check.criteria;
+            let criteria = &criteria;
             let health = state.nodes.entry(node.id).or_insert(NodeHealth {
                 streak: HealthStreak::default(),
                 next_due: now,
@@ -232,18 +240,61 @@ impl HealthChecker {
         }
     }
 
+    /// Brings the cached health-check criteria of the due nodes' instances
+    /// up to date: one read of every instance's generation, and the spec
+    /// only of those that changed (a spec is JSON, and this runs every tick).
+    async fn refresh_criteria(&self, due: &[NodeRow]) -> Result<(), StoreError> {
+        let known: HashMap<InstanceId, u64> = self
+            .state()
+            .criteria
+            .iter()
+            .map(|(id, (generation, _))| (*id, *generation))
+            .collect();
+        let wanted: std::collections::HashSet<InstanceId> =
+            due.iter().map(|n| n.instance_id).collect();
+        let (generations, fresh) = self
+            .store
+            .read(move |c| {
+                let generations = store::instance_generations(c)?;
+                let mut fresh = Vec::new();
+                for id in wanted {
+                    let Some(&generation) = generations.get(&id) else {
+                        continue;
+                    };
+                    if known.get(&id) == Some(&generation) {
+                        continue;
+                    }
+                    if let Some(inst) = store::instance_by_id(c, id)? {
+                        // The row's own generation: the spec read is that one.
+                        fresh.push((id, inst.generation, inst.spec.health_check.criteria));
+                    }
+                }
+                Ok::<_, StoreError>((generations, fresh))
+            })
+            .await?;
+        let mut state = self.state();
+        state.criteria.retain(|id, _| generations.contains_key(id));
+        for (id, generation, criteria) in fresh {
+            state.criteria.insert(id, (generation, criteria));
+        }
+        Ok(())
+    }
+
     /// The running and failed nodes whose next check is due; forgets nodes
     /// that are gone or no longer checked.
     fn due_nodes(&self, nodes: Vec<NodeRow>, now: Instant) -> Vec<NodeRow> {
         let checked = |n: &NodeRow| matches!(n.state, NodeState::Running | NodeState::Failed);
+        let states: HashMap<NodeId, NodeState> = nodes.iter().map(|n| (n.id, n.state)).collect();
         let mut state = self.state();
-        state
-            .nodes
-            .retain(|id, _| nodes.iter().any(|n| n.id == *id && checked(n)));
+        state.nodes.retain(|id, _| {
+            states
+                .get(id)
+                .is_some_and(|s| matches!(s, NodeState::Running | NodeState::Failed))
+        });
         state.exited.retain(|id, _| {
-            nodes
-                .iter()
-                .any(|n| n.id == *id && matches!(n.state, NodeState::Running | NodeState::Starting))
+            states
+                .get(id)
+                .is_some_and(|s| matches!(s, NodeState::Running | NodeState::Starting))
         });
         nodes
             .into_iter()
@@ -257,53 +308,55 @@ impl HealthChecker {
             .collect()
     }
 
-    /// Applies one check's result to the node's counters and, at a
-    /// threshold, to its state.
-    async fn apply(&self, node_id: NodeId, result: Result<NodeStatus, String>) {
-        let read = self
-            .store
-            .read(move |c| {
-                let Some(node) = store::node_by_id(c, node_id)? else {
-                    return Ok(None);
-                };
-                Ok::<_, StoreError>(store::instance_by_id(c, node.instance_id)?.map(|i| (node, i)))
-            })
-            .await;
-        let (node, inst) = match read {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
+    /// Applies check results to the nodes' counters and, at a threshold, to
+    /// their states: one read of their rows, the counters and decisions,
+    /// then one transaction for every running node's sample and every
+    /// instance's operating status.
+    async fn apply(&self, results: Vec<CheckResult>) {
+        if results.is_empty() {
+            return;
+        }
+        let ids: Vec<NodeId> = results.iter().map(|(id, _)| *id).collect();
+        let rows = match self.store.read(move |c| rows_of(c, ids)).await {
+            Ok(rows) => rows,
             Err(e) => {
-                // Unknown now; the node is checked again at its next interval.
-                self.forget_check(node_id);
+                // Unknown now; the nodes are checked again at their next interval.
+                for (id, _) in &results {
+                    self.forget_check(*id);
+                }
                 return tracing::warn!("health checker: {e}");
             }
         };
-        let res = match result {
-            Ok(status) => {
-                let Some((successes, previous)) = self.count_pass(node_id, &status) else {
-                    return;
-                };
-                self.on_answer(&node, &inst, &status, successes, previous)
-                    .await
+        let mut samples = Vec::new();
+        let mut touched: HashMap<InstanceId, &InstanceRow> = HashMap::new();
+        for (node_id, result) in results {
+            let Some((node, inst)) = rows.node(node_id) else {
+                continue;
+            };
+            let res = match result {
+                Ok(status) => {
+                    let Some((successes, previous)) = self.count_pass(node_id, &status) else {
+                        continue;
+                    };
+                    self.on_answer(node, inst, status, successes, previous, &mut samples)
+                        .await
+                }
+                Err(reason) => {
+                    let Some(failures) = self.count_miss(node_id) else {
+                        continue;
+                    };
+                    self.on_miss(node, inst, &reason, failures).await
+                }
+            };
+            if let Err(e) = res {
+                tracing::warn!("node {node_id}: {e}");
             }
-            Err(reason) => {
-                let Some(failures) = self.count_miss(node_id) else {
-                    return;
-                };
-                self.on_miss(&node, &inst, &reason, failures).await
-            }
-        };
-        if let Err(e) = res {
-            tracing::warn!("node {node_id}: {e}");
+            touched.insert(inst.id, inst);
         }
-        self.check_breaker(&inst).await;
-        let row = inst.clone();
-        if let Err(e) = self
-            .store
-            .transaction(move |c| store::refresh_instance_operating(c, &row))
-            .await
-        {
-            tracing::debug!("instance {}: {e}", inst.name);
+        let instances: Vec<InstanceRow> = touched.values().map(|i| (*i).clone()).collect();
+        self.record_samples(samples, instances).await;
+        for inst in touched.values() {
+            self.check_breaker(inst).await;
         }
     }
 
@@ -340,9 +393,10 @@ impl HealthChecker {
         &self,
         node: &NodeRow,
         inst: &InstanceRow,
-        status: &NodeStatus,
+        status: NodeStatus,
         successes: u32,
         previous: Option<(Instant, NodeStats)>,
+        samples: &mut Vec<SampleWrite>,
     ) -> Result<(), StoreError> {
         let had_previous = previous.is_some();
         let sample = sample::from_status(node.id, &status.stats, previous);
@@ -353,11 +407,18 @@ impl HealthChecker {
         };
         match node.state {
             NodeState::Running => {
-                self.record_sample(node, inst, status, &sample, operating)
-                    .await;
                 if had_previous {
                     self.autoscaler.observe(inst, &sample).await;
                 }
+                samples.push(SampleWrite {
+                    node_id: node.id,
+                    instance_id: inst.id,
+                    // The node lost its config (restarted?) or runs an older one.
+                    stale_config: status.config_version != node.applied_generation,
+                    sample,
+                    stats: status.stats,
+                    operating,
+                });
             }
             NodeState::Failed if successes >= inst.spec.health_check.criteria.health_threshold => {
                 self.decide(Decision::Recover {
@@ -374,34 +435,19 @@ impl HealthChecker {
         Ok(())
     }
 
-    /// A running node's sample and operating status. Losing them while the
-    /// store is locked is acceptable: the next check brings fresh ones.
-    async fn record_sample(
-        &self,
-        node: &NodeRow,
-        inst: &InstanceRow,
-        status: &NodeStatus,
-        sample: &crate::model::SampleInfo,
-        operating: OperatingStatus,
-    ) {
-        let (id, inst_id, sample, stats) = (node.id, inst.id, sample.clone(), status.stats.clone());
-        // The node lost its config (restarted?) or runs an older one.
-        let stale_config = status.config_version != node.applied_generation;
+    /// Running nodes' samples and operating statuses, and then the
+    /// instances' operating statuses, in one transaction. Losing them while
+    /// the store is locked is acceptable: the next check brings fresh ones.
+    async fn record_samples(&self, samples: Vec<SampleWrite>, instances: Vec<InstanceRow>) {
+        let stale = samples.iter().any(|s| s.stale_config);
         let written = self
             .store
-            .transaction(move |c| {
-                store::add_sample(c, inst_id, &sample, &stats)?;
-                store::set_node_operating(c, id, operating)?;
-                if stale_config {
-                    store::set_node_applied(c, id, None)?;
-                }
-                Ok::<_, StoreError>(())
-            })
+            .transaction(move |c| batch::write(c, &samples, &instances))
             .await;
         match written {
-            Ok(()) if stale_config => self.wake.notify_one(),
+            Ok(()) if stale => self.wake.notify_one(),
             Ok(()) => {}
-            Err(e) => tracing::debug!("node {id}: sample not recorded: {e}"),
+            Err(e) => tracing::debug!("samples not recorded: {e}"),
         }
     }
 
@@ -522,12 +568,7 @@ impl HealthChecker {
         })
         .await;
         self.check_breaker(&inst).await;
-        let row = inst.clone();
-        if let Err(e) = self
-            .store
-            .transaction(move |c| store::refresh_instance_operating(c, &row))
-            .await
-        {
+        if let Err(e) = self.store.refresh_instance_operating(&inst).await {
             tracing::debug!("instance {}: {e}", inst.name);
         }
     }
@@ -588,7 +629,12 @@ impl HealthChecker {
                 n.state == NodeState::Failed
                     || state.pending.contains_key(&n.id)
                     || (n.state == NodeState::Running
-                        && (state.exited.contains_key(&n.id)
+                        // An exit report about an older process of the
+                        // node does not count (as in `on_exit`).
+                        && (state
+                            .exited
+                            .get(&n.id)
+                            .is_some_and(|e| n.pid.is_none_or(|pid| pid == e.pid))
                             || state
                                 .nodes
                                 .get(&n.id)

@@ -107,12 +107,12 @@ impl Fixture {
     async fn round(&mut self) -> usize {
         self.checker.write_pending().await;
         self.checker.schedule(&mut self.checks).await;
-        let mut ran = 0;
+        let mut results = Vec::new();
         while let Some(done) = self.checks.join_next().await {
-            let (node_id, result) = done.unwrap();
-            self.checker.apply(node_id, result).await;
-            ran += 1;
+            results.push(done.unwrap());
         }
+        let ran = results.len();
+        self.checker.apply(results).await;
         ran
     }
 

@@ -234,6 +234,13 @@ impl Reconciler {
         &self,
         inst: &InstanceRow,
     ) -> Result<Vec<NodeRow>, ReconcileError> {
+        // The settled case, on every pass: a read, no write lock.
+        let (id, target) = (inst.id, inst.target_nodes() as usize);
+        let nodes = self.store.read(move |c| store::list_nodes(c, id)).await?;
+        let active: Vec<NodeRow> = nodes.into_iter().filter(|n| n.state.is_active()).collect();
+        if active.len() == target {
+            return Ok(active);
+        }
         let project_id = inst.project_id;
         let project = self
             .store
@@ -591,6 +598,14 @@ impl Reconciler {
                 inst.name, inst.project_name
             )
         });
+        // A settled instance (every pass, each second): nothing to write
+        // unless its operating status moved.
+        if what.is_none() && inst.provisioning_status == ProvisioningStatus::Active {
+            if let Err(e) = self.store.refresh_instance_operating(inst).await {
+                tracing::warn!("instance {}: {e}", inst.name);
+            }
+            return;
+        }
         let row = inst.clone();
         let result = self
             .store
@@ -682,15 +697,13 @@ fn sync_node_rows(
         .cloned()
         .collect();
     let mut active: Vec<NodeRow> = all.into_iter().filter(|n| n.state.is_active()).collect();
-    let mut taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
-        .iter()
-        .filter_map(|n| match n.address {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    // Managed backends hold addresses of the same subnet (from the top down).
-    taken.extend(store::backend_addresses(tx)?);
+    // Every node's address, read only when one is to be allocated: this
+    // runs for every instance on every pass.
+    let mut taken = if active.len() < target {
+        taken_addresses(tx)?
+    } else {
+        HashSet::new()
+    };
     let subject = |node_id| EventSubject::node(inst.project_id, inst.id, node_id);
     let mut added = 0;
     while active.len() < target {
@@ -723,6 +736,20 @@ fn sync_node_rows(
         }
     }
     Ok(NodeRowsChange { active })
+}
+
+/// The addresses new nodes must not take: every node's, and managed
+/// backends' (they take addresses of the same subnet, from the top down).
+fn taken_addresses(tx: &rusqlite::Connection) -> Result<HashSet<Ipv4Addr>, StoreError> {
+    let mut taken: HashSet<Ipv4Addr> = store::all_nodes(tx)?
+        .iter()
+        .filter_map(|n| match n.address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    taken.extend(store::backend_addresses(tx)?);
+    Ok(taken)
 }
 
 /// A per-node admin secret: 128 random bits, hex.

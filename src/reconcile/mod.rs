@@ -9,6 +9,7 @@
 mod error;
 mod instance;
 mod project;
+mod settled;
 pub mod sticky_key;
 
 pub use error::ReconcileError;
@@ -98,6 +99,30 @@ pub struct Reconciler {
     nodes_serving: Arc<Notify>,
 }
 
+/// What a pass saw of the instances, for the orphan sweep at its end.
+struct Seen {
+    /// Every instance's DNS name.
+    labels: HashSet<String>,
+    /// The certificates (by fingerprint) whose key files are in use.
+    tls_fingerprints: HashSet<String>,
+}
+
+impl Seen {
+    fn of(instances: &[store::InstanceRow]) -> Self {
+        Seen {
+            labels: instances
+                .iter()
+                .map(|i| instance_label(&i.name, &i.project_name))
+                .collect(),
+            tls_fingerprints: instances
+                .iter()
+                .filter_map(|i| i.spec.tls.as_ref())
+                .flat_map(|t| t.certificates.iter().map(|c| c.info.fingerprint.clone()))
+                .collect(),
+        }
+    }
+}
+
 impl Reconciler {
     /// `nodes` talks to the nodes' admin APIs (the daemon shares its client
     /// with the health checker; logic tests pass a fake).
@@ -151,8 +176,16 @@ impl Reconciler {
             self.ensure_project(p).await;
         }
         let instances = self.store.read(store::all_instances).await?;
+        // What the orphan sweep keeps, from this read: a name or key file
+        // made during the pass is not swept (no record of it exists yet, and
+        // key files have their own grace).
+        let seen = Seen::of(&instances);
+        let settled = self.settled(&instances).await;
         let mut tasks = tokio::task::JoinSet::new();
         for inst in instances {
+            if settled.contains(&inst.id) {
+                continue;
+            }
             let this = self.clone();
             tasks.spawn(async move { this.reconcile_instance(inst).await });
         }
@@ -164,7 +197,51 @@ impl Reconciler {
         for p in &projects {
             self.finish_project_delete(p).await;
         }
-        self.remove_orphans().await
+        self.remove_orphans(&seen).await
+    }
+
+    /// The instances this pass has nothing to do for (`settled.rs`), from
+    /// one read of all node rows and one batch of observations; their DNS
+    /// records are made right here (in memory, a no-op when they are).
+    async fn settled(&self, instances: &[store::InstanceRow]) -> HashSet<InstanceId> {
+        let Ok(nodes) = self.store.read(store::all_nodes).await else {
+            return HashSet::new();
+        };
+        let (candidates, observe) = settled::candidates(instances, &nodes);
+        if candidates.is_empty() {
+            return HashSet::new();
+        }
+        let observed: HashMap<NodeId, NodeObservation> =
+            match self.compute.observe_nodes(observe).await {
+                Ok(list) => list.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!("cannot observe nodes: {e}");
+                    return HashSet::new();
+                }
+            };
+        let mut ids = settled::settled_ids(&candidates, &observed);
+        for (inst, nodes) in &candidates {
+            if !ids.contains(&inst.id) {
+                continue;
+            }
+            let v4: Vec<std::net::Ipv4Addr> = nodes
+                .iter()
+                .filter_map(|n| match n.address {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect();
+            let label = instance_label(&inst.name, &inst.project_name);
+            if let Err(e) = self.dns.set_a_records(&label, &v4).await {
+                tracing::warn!("instance {label}: {e}");
+                ids.remove(&inst.id);
+            }
+        }
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| !ids.contains(id));
+        ids
     }
 
     /// At start-up: a node stored as running whose process is gone died
@@ -216,15 +293,11 @@ impl Reconciler {
     /// and DNS names of no instance.
     /// Deletes the key files of certificates no instance carries any more
     /// (removed, rotated, or their instance deleted), off the runtime.
-    async fn remove_unused_tls_keys(&self, instances: &[store::InstanceRow]) {
+    async fn remove_unused_tls_keys(&self, used: &HashSet<String>) {
         let Some(keys) = self.settings.tls_keys.clone() else {
             return;
         };
-        let used: HashSet<String> = instances
-            .iter()
-            .filter_map(|i| i.spec.tls.as_ref())
-            .flat_map(|t| t.certificates.iter().map(|c| c.info.fingerprint.clone()))
-            .collect();
+        let used = used.clone();
         // A key is written just before the spec naming it commits.
         let grace = Duration::from_secs(60);
         match tokio::task::spawn_blocking(move || keys.remove_unused(&used, grace)).await {
@@ -272,7 +345,7 @@ impl Reconciler {
         }
     }
 
-    async fn remove_orphans(&self) -> Result<(), store::StoreError> {
+    async fn remove_orphans(&self, seen: &Seen) -> Result<(), store::StoreError> {
         let known: HashSet<NodeId> = self
             .store
             .read(store::all_nodes)
@@ -319,15 +392,10 @@ impl Reconciler {
             )
             .await;
         }
-        let instances = self.store.read(store::all_instances).await?;
-        self.remove_unused_tls_keys(&instances).await;
+        self.remove_unused_tls_keys(&seen.tls_fingerprints).await;
         self.remove_unused_token_files().await;
-        let labels: HashSet<String> = instances
-            .iter()
-            .map(|i| instance_label(&i.name, &i.project_name))
-            .collect();
         for name in self.dns.names().await {
-            if !labels.contains(&name) {
+            if !seen.labels.contains(&name) {
                 if let Err(e) = self.dns.set_a_records(&name, &[]).await {
                     tracing::warn!("orphan DNS name {name}: {e}");
                 }

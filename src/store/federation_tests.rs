@@ -11,7 +11,10 @@ struct TempState {
 
 impl TempState {
     fn new(name: &str) -> TempState {
-        let dir = std::env::temp_dir().join(format!("lbaas-fed-{name}-{}", std::process::id()));
+        // A name no other test of this process uses (the token store's own
+        // test has a directory of its own too).
+        let dir =
+            std::env::temp_dir().join(format!("lbaas-fed-mappings-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempState { dir }

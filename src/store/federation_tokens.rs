@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn tokens_are_0600_files_in_0700_dirs_and_unused_ones_go() {
-        let dir = std::env::temp_dir().join(format!("lbaas-fed-tokens-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("lbaas-token-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let store = TokenStore::open(&dir).unwrap();
         let (a, b) = (new_secret_id(), new_secret_id());

@@ -1,8 +1,8 @@
 //! Instance rows: the desired spec (JSON), its generation and statuses.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{list_nodes, now, InstanceRow, StoreError};
+use super::{list_nodes, now, InstanceRow, NodeRow, StoreError};
 use crate::model::{
     derive_operating_status, InstanceId, InstanceSpec, NodeState, OperatingStatus, ProjectId,
     ProvisioningStatus,
@@ -47,13 +47,23 @@ fn query_instances(
     let sql = format!(
         "SELECT {INSTANCE_COLS} FROM instances i JOIN projects p ON p.id = i.project_id {filter} ORDER BY p.name, i.name"
     );
-    let mut stmt = c.prepare(&sql)?;
+    let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(args, InstanceRow::from_row)?;
     rows.map(|r| r?).collect()
 }
 
 pub fn instance_by_id(c: &Connection, id: InstanceId) -> Result<Option<InstanceRow>, StoreError> {
     Ok(query_instances(c, "WHERE i.id = ?1", [id])?.pop())
+}
+
+/// Every instance's generation (bumped by every spec change): what a
+/// cache of something derived from specs compares against.
+pub fn instance_generations(
+    c: &Connection,
+) -> Result<std::collections::HashMap<InstanceId, u64>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT id, generation FROM instances")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn instance_by_name(
@@ -140,24 +150,53 @@ pub fn set_instance_operating(
     status: OperatingStatus,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.prepare_cached(
         "UPDATE instances SET operating_status = ?2, status_reason = ?3
          WHERE id = ?1 AND (operating_status IS NOT ?2 OR status_reason IS NOT ?3)",
-        params![id, status, reason],
-    )?;
+    )?
+    .execute(params![id, status, reason])?;
     Ok(())
 }
 
 /// Sets the instance's `operating_status` from its nodes (see
 /// [`derive_operating_status`]); a reason only when not ONLINE.
 pub fn refresh_instance_operating(c: &Connection, inst: &InstanceRow) -> Result<(), StoreError> {
-    let nodes: Vec<(NodeState, OperatingStatus)> = list_nodes(c, inst.id)?
+    let (status, reason) = derived_operating(c, inst)?;
+    set_instance_operating(c, inst.id, status, reason.as_deref())
+}
+
+/// Whether the stored `operating_status` (or its reason) differs from what
+/// the nodes say now: a read, so that callers that refresh it on every
+/// pass or check take the write lock only when there is something to write.
+pub fn instance_operating_stale(c: &Connection, inst: &InstanceRow) -> Result<bool, StoreError> {
+    let (status, reason) = derived_operating(c, inst)?;
+    let stored: Option<(OperatingStatus, Option<String>)> = c
+        .query_row(
+            "SELECT operating_status, status_reason FROM instances WHERE id = ?1",
+            [inst.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(stored.is_some_and(|stored| stored != (status, reason)))
+}
+
+fn derived_operating(
+    c: &Connection,
+    inst: &InstanceRow,
+) -> Result<(OperatingStatus, Option<String>), StoreError> {
+    Ok(operating_of(inst, &list_nodes(c, inst.id)?))
+}
+
+/// The `operating_status` and `status_reason` an instance's rows should
+/// hold, given all its node rows.
+pub fn operating_of(inst: &InstanceRow, nodes: &[NodeRow]) -> (OperatingStatus, Option<String>) {
+    let nodes: Vec<(NodeState, OperatingStatus)> = nodes
         .iter()
         .map(|n| (n.state, n.operating_status))
         .collect();
     let status = derive_operating_status(&nodes, inst.target_nodes() as usize);
     let reason = (status != OperatingStatus::Online).then(|| operating_reason(&nodes, inst));
-    set_instance_operating(c, inst.id, status, reason.as_deref())
+    (status, reason)
 }
 
 fn operating_reason(nodes: &[(NodeState, OperatingStatus)], inst: &InstanceRow) -> String {

@@ -247,6 +247,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (instance_id, local_token_sha256, local_project, provider)
     ) WITHOUT ROWID;
     ALTER TABLE instances ADD COLUMN mappings_version INTEGER NOT NULL DEFAULT 0;",
+    // 12: an instance's nodes by index (issue 19, part 4): the health
+    // checker and the reconciler list them thousands of times a second at
+    // scale, which without it scanned every node each time.
+    "CREATE INDEX nodes_by_instance ON nodes (instance_id, id);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -48,8 +48,9 @@ pub use federation::{
 };
 pub use instances::{
     all_instances, delete_instance, insert_instance, instance_by_id, instance_by_name,
-    instances_of_user, list_instances, refresh_instance_operating, set_desired_nodes,
-    set_instance_operating, set_instance_provisioning, set_serving_nodes, update_instance_spec,
+    instance_generations, instance_operating_stale, instances_of_user, list_instances,
+    operating_of, refresh_instance_operating, set_desired_nodes, set_instance_operating,
+    set_instance_provisioning, set_serving_nodes, update_instance_spec,
 };
 pub use monitor::{
     add_event, add_sample, apply_retention, latest_node_sample, member_state_changes,
@@ -168,6 +169,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(READ_BUSY_TIMEOUT)?;
+    // The health checker and the reconciler run the same few statements
+    // thousands of times a second at scale: parse each once.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -276,6 +280,22 @@ impl Store {
         {
             tracing::warn!("cannot record event {kind}: {e}");
         }
+    }
+
+    /// Brings an instance's `operating_status` up to date with its nodes.
+    /// Called after every health check and reconcile pass, so it reads
+    /// first and takes the write lock only when the status changed.
+    pub async fn refresh_instance_operating(&self, inst: &InstanceRow) -> Result<(), StoreError> {
+        let row = inst.clone();
+        if !self
+            .read(move |c| instance_operating_stale(c, &row))
+            .await?
+        {
+            return Ok(());
+        }
+        let row = inst.clone();
+        self.transaction(move |c| refresh_instance_operating(c, &row))
+            .await
     }
 
     /// [`Store::transaction`] for synchronous callers (start-up, tools,

@@ -27,18 +27,19 @@ pub fn add_sample(
 ) -> Result<(), StoreError> {
     let json = serde_json::to_string(stats).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let previous = latest_node_sample(c, sample.node_id)?.map(|(_, s)| s);
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO node_latest (node_id, ts, stats) VALUES (?1, ?2, ?3)
          ON CONFLICT (node_id) DO UPDATE SET ts = excluded.ts, stats = excluded.stats",
-        params![sample.node_id, sample.ts, json],
-    )?;
+    )?
+    .execute(params![sample.node_id, sample.ts, json])?;
     record_member_changes(c, instance_id, sample, previous.as_ref(), stats)?;
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO samples (ts, resolution, node_id, instance_id, requests_per_s, active_connections,
                               bytes_in_per_s, bytes_out_per_s, p50_ms, p90_ms, p99_ms,
                               members_up, members_down)
          VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        params![
+    )?
+    .execute(params![
             sample.ts,
             sample.node_id,
             instance_id,
@@ -127,11 +128,8 @@ pub fn latest_node_sample(
     node_id: NodeId,
 ) -> Result<Option<(i64, NodeStats)>, StoreError> {
     let row: Option<(i64, String)> = c
-        .query_row(
-            "SELECT ts, stats FROM node_latest WHERE node_id = ?1",
-            [node_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT ts, stats FROM node_latest WHERE node_id = ?1")?
+        .query_row([node_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     row.map(|(ts, json)| {
         serde_json::from_str(&json)

@@ -42,7 +42,7 @@ fn query_nodes(
     filter: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<NodeRow>, StoreError> {
-    let mut stmt = c.prepare(&format!(
+    let mut stmt = c.prepare_cached(&format!(
         "SELECT {NODE_COLS} FROM nodes {filter} ORDER BY id"
     ))?;
     let rows = stmt.query_map(args, NodeRow::from_row)?;
@@ -103,10 +103,10 @@ pub fn set_node_operating(
     id: NodeId,
     status: OperatingStatus,
 ) -> Result<(), StoreError> {
-    c.execute(
+    c.prepare_cached(
         "UPDATE nodes SET operating_status = ?2 WHERE id = ?1 AND operating_status IS NOT ?2",
-        params![id, status],
-    )?;
+    )?
+    .execute(params![id, status])?;
     Ok(())
 }
 

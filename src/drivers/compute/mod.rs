@@ -156,6 +156,21 @@ impl Compute {
         self.blocking(move |d| d.observe_node(node_id)).await
     }
 
+    /// [`Compute::observe_node`] for many nodes in one blocking call: the
+    /// reconciler's check of settled instances on every pass.
+    pub async fn observe_nodes(
+        &self,
+        node_ids: Vec<NodeId>,
+    ) -> Result<Vec<(NodeId, NodeObservation)>, ComputeError> {
+        self.blocking(move |d| {
+            node_ids
+                .into_iter()
+                .map(|id| (id, d.observe_node(id)))
+                .collect()
+        })
+        .await
+    }
+
     pub async fn destroy_node(&self, node_id: NodeId) -> Result<(), ComputeError> {
         self.blocking(move |d| d.destroy_node(node_id)).await?
     }
