@@ -535,9 +535,7 @@ impl HealthChecker {
             // Kept in `exited`: tried again on the next tick.
             Err(e) => return tracing::warn!("health checker: node {node_id} exited: {e}"),
         };
-        // A running row without a pid: the reconciler found the process
-        // gone already. Any other pid: the report is about an older process.
-        let ours = node.pid.is_none_or(|pid| pid == exit.pid);
+        let ours = is_about(&exit, &node);
         if node.state == NodeState::Starting && !inst.deleting && ours {
             return;
         }
@@ -629,12 +627,7 @@ impl HealthChecker {
                 n.state == NodeState::Failed
                     || state.pending.contains_key(&n.id)
                     || (n.state == NodeState::Running
-                        // An exit report about an older process of the
-                        // node does not count (as in `on_exit`).
-                        && (state
-                            .exited
-                            .get(&n.id)
-                            .is_some_and(|e| n.pid.is_none_or(|pid| pid == e.pid))
+                        && (state.exited.get(&n.id).is_some_and(|e| is_about(e, n))
                             || state
                                 .nodes
                                 .get(&n.id)
@@ -703,6 +696,13 @@ impl HealthChecker {
         let subject = EventSubject::instance(inst.project_id, inst.id);
         self.store.record_event(subject, kind, message).await;
     }
+}
+
+/// Whether an exit report is about the node's current process. A running
+/// row without a pid: the reconciler found the process gone already. Any
+/// other pid: the report is about an older process, and does not count.
+fn is_about(exit: &NodeExit, node: &NodeRow) -> bool {
+    node.pid.is_none_or(|pid| pid == exit.pid)
 }
 
 /// The next exit reports: every one waiting now, so nodes that end together

@@ -56,23 +56,8 @@ impl Reconciler {
                 }),
             }
         }
-        let v4: Vec<Ipv4Addr> = serving
-            .iter()
-            .filter_map(|a| match a {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        // Only serving nodes are in DNS; with none serving the old records stay,
-        // since pointing clients nowhere is no better than a stale address.
-        if !v4.is_empty() {
-            if let Err(e) = self
-                .dns
-                .set_a_records(&instance_label(&inst.name, &inst.project_name), &v4)
-                .await
-            {
-                errors.push(e.into());
-            }
+        if let Err(e) = self.publish_dns(&inst, &serving).await {
+            errors.push(e.into());
         }
         if errors.is_empty() {
             self.record_success(&inst).await;
@@ -81,6 +66,30 @@ impl Reconciler {
             self.record_failure(&inst, e.to_string(), &e, serving.len())
                 .await;
         }
+    }
+
+    /// Names the serving nodes' addresses in DNS (a no-op when the zone has
+    /// them already). Only serving nodes are in DNS; with none serving the
+    /// old records stay, since pointing clients nowhere is no better than a
+    /// stale address.
+    pub(super) async fn publish_dns(
+        &self,
+        inst: &InstanceRow,
+        serving: &[IpAddr],
+    ) -> Result<(), crate::dns::DnsError> {
+        let v4: Vec<Ipv4Addr> = serving
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        if v4.is_empty() {
+            return Ok(());
+        }
+        self.dns
+            .set_a_records(&instance_label(&inst.name, &inst.project_name), &v4)
+            .await
     }
 
     /// Records the count of active (starting or running) nodes as the

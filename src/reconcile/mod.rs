@@ -224,16 +224,9 @@ impl Reconciler {
             if !ids.contains(&inst.id) {
                 continue;
             }
-            let v4: Vec<std::net::Ipv4Addr> = nodes
-                .iter()
-                .filter_map(|n| match n.address {
-                    std::net::IpAddr::V4(v4) => Some(v4),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .collect();
-            let label = instance_label(&inst.name, &inst.project_name);
-            if let Err(e) = self.dns.set_a_records(&label, &v4).await {
-                tracing::warn!("instance {label}: {e}");
+            let serving: Vec<std::net::IpAddr> = nodes.iter().map(|n| n.address).collect();
+            if let Err(e) = self.publish_dns(inst, &serving).await {
+                tracing::warn!("instance {}: {e}", inst.name);
                 ids.remove(&inst.id);
             }
         }

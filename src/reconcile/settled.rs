@@ -28,10 +28,8 @@ pub(super) fn rows_settled(inst: &InstanceRow, nodes: &[&NodeRow]) -> bool {
                 && n.applied_generation == Some(inst.generation)
                 && n.operating_status != OperatingStatus::Offline
         })
-        && {
-            let owned: Vec<NodeRow> = nodes.iter().map(|n| (*n).clone()).collect();
-            store::operating_of(inst, &owned) == (inst.operating_status, inst.status_reason.clone())
-        }
+        && store::operating_of(inst, nodes.iter().copied())
+            == (inst.operating_status, inst.status_reason.clone())
 }
 
 /// Whether every node the driver observed runs as the process its row names.

@@ -189,9 +189,12 @@ fn derived_operating(
 
 /// The `operating_status` and `status_reason` an instance's rows should
 /// hold, given all its node rows.
-pub fn operating_of(inst: &InstanceRow, nodes: &[NodeRow]) -> (OperatingStatus, Option<String>) {
+pub fn operating_of<'a>(
+    inst: &InstanceRow,
+    nodes: impl IntoIterator<Item = &'a NodeRow>,
+) -> (OperatingStatus, Option<String>) {
     let nodes: Vec<(NodeState, OperatingStatus)> = nodes
-        .iter()
+        .into_iter()
         .map(|n| (n.state, n.operating_status))
         .collect();
     let status = derive_operating_status(&nodes, inst.target_nodes() as usize);
