@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Lbd;
+use common::{desired_part, Lbd};
 use serde_json::{json, Value};
 
 /// Everything the API can show of the store, to compare before and after.
@@ -14,18 +14,7 @@ fn snapshot(lbd: &Lbd) -> Value {
     // Observed fields move on their own; the desired state must not.
     for p in projects.as_array_mut().unwrap() {
         for i in p["instances"].as_array_mut().unwrap() {
-            for key in [
-                "operating_status",
-                "nodes",
-                "events",
-                "samples",
-                "desired_nodes",
-                "updated_at",
-                "provisioning_status",
-                "status_reason",
-            ] {
-                i.as_object_mut().unwrap().remove(key);
-            }
+            *i = desired_part(i.take());
         }
     }
     projects

@@ -356,6 +356,13 @@ impl Lbd {
         v["info"].clone()
     }
 
+    /// The instance as `info` shows it, without what the controller observes
+    /// on its own (status, nodes, samples, events): what a refused request
+    /// must leave exactly as it was.
+    pub fn desired_instance(&self, project: &str, name: &str) -> Value {
+        desired_part(self.instance(project, name))
+    }
+
     /// Waits until the instance is ACTIVE and every node runs.
     pub fn wait_active(&self, project: &str, name: &str) -> Value {
         wait_for(
@@ -628,4 +635,27 @@ pub fn dig(dns: SocketAddr, name: &str, tcp: bool) -> (Vec<String>, String) {
         .unwrap_or_default();
     answers.sort();
     (answers, status)
+}
+
+/// Fields of an instance's `info` that move without any request: health,
+/// samples and status transitions (which also stamp `updated_at`).
+pub const OBSERVED_INSTANCE_FIELDS: [&str; 8] = [
+    "operating_status",
+    "nodes",
+    "events",
+    "samples",
+    "desired_nodes",
+    "updated_at",
+    "provisioning_status",
+    "status_reason",
+];
+
+/// `instance` without its observed fields.
+pub fn desired_part(mut instance: Value) -> Value {
+    if let Some(fields) = instance.as_object_mut() {
+        for key in OBSERVED_INSTANCE_FIELDS {
+            fields.remove(key);
+        }
+    }
+    instance
 }
