@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks failover of a process node (issue 19, part 3): over N runs
-# (default 10), kill -9 of the instance's node -> a replacement that DNS
-# names and that serves, with the failed requests of a client looping
-# through the instance meanwhile; on 127.0.0.0/8 only. Prints the runs, the
-# median and the max, and writes JSON to target/bench/failover.json.
+# (default 10) of each scenario, a signal to the instance's serving node ->
+# a successor that DNS names and that serves, with the failed requests of a
+# client looping through the instance meanwhile; on 127.0.0.0/8 only.
+# Scenarios: kill -9 with a replacement booting, kill -9 with a standby
+# promoted, and the baseline, SIGSTOP (a hung node: missed checks only).
+# Prints the runs, the medians, the maxima and the ratios to the baseline,
+# and writes JSON to target/bench/failover.json.
 # Usage: scripts/bench-failover.sh [N]   (BENCH_INTERVAL: health-check
-# interval in s, default 1; BENCH_RATE: client requests/s, default 100).
+# interval in s, default 1; BENCH_RATE: client requests/s, default 100;
+# BENCH_SCENARIOS: a comma list of replacement, standby, hung).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null 2>&1 || {

@@ -3,16 +3,27 @@
 
 Starts a real lbd (release build, process nodes, loopback network, a
 temporary state dir, 127.214.0.0/16) and a small HTTP backend, all on
-127.0.0.0/8. One instance with one node, health checks every
+127.0.0.0/8. One instance with one serving node, health checks every
 `BENCH_INTERVAL` s (default 1) with `unhealth-threshold` 2, the setting
-issue 19 measured 4 s with. Then, `N` times (argument, default 10):
+issue 19 measured 4 s with. Scenarios (`BENCH_SCENARIOS`, default all three,
+in this order), each `N` times (argument, default 10):
 
-1. wait until the instance has one node, DNS names only it and it answers;
-2. `kill -9` that node's process (a process of our own lbd, by its pid
-   from `info instance`) and take the time;
+- `replacement`: `kill -9` of the serving node, no standby: lbd sees the
+  exit and boots a replacement;
+- `standby`: the same with `"standby_nodes": 1`: lbd promotes the booted
+  standby, and boots a new standby behind it;
+- `hung` (the baseline): `SIGSTOP` of the serving node: only missed checks
+  can tell (interval x threshold), which is all a failover had before lbd
+  watched node exits. The stopped node is killed once its successor serves.
+
+Each run:
+1. wait until the instance has one serving node (and its standby), DNS
+   names only it and it answers;
+2. signal that node's process (a process of our own lbd, by its pid from
+   `info instance`) and take the time;
 3. poll lbd's DNS server (a plain UDP query of the instance's name, every
    5 ms) until it names one address, not the old one, and that address
-   answers `GET /` with 200: that is **kill -9 → a serving replacement**.
+   answers `GET /` with 200: that is **signal -> a serving successor**.
    `dns` is when DNS first named only the new address; `failed` is when
    lbd logged `node_failed` for the old node (its detection).
 
@@ -20,13 +31,13 @@ Meanwhile a client loop sends `GET /` through the instance at
 `BENCH_RATE` requests/s (default 100), resolving the name before each
 request (a client honouring the 1 s TTL would resolve less often and fail
 longer), one new connection each, with a 1 s timeout; it counts the
-requests that failed between the kill and the replacement serving.
+requests that failed between the signal and the successor serving.
 
 Between runs lbd deletes the failed node (`--failover-grace 2`), so the
 circuit breaker never counts old failures. Prints the runs, the median and
-max, and writes JSON to target/bench/failover.json. Every process it starts
-is ended by PID (the instance is deleted through the API first, which stops
-its nodes).
+max of each scenario and their ratios to the `hung` baseline, and writes
+JSON to target/bench/failover.json. Every process it starts is ended by
+PID (the instance is deleted through the API first, which stops its nodes).
 """
 import datetime
 import json
@@ -52,6 +63,10 @@ BIN = os.environ.get("BENCH_BIN_DIR") or os.path.join(ROOT, "target", "release")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 INTERVAL = int(os.environ.get("BENCH_INTERVAL", "1"))
 RATE = float(os.environ.get("BENCH_RATE", "100"))
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "replacement,standby,hung").split(",")
+# How each scenario ends the serving node, and how many standbys it keeps.
+SIGNALS = {"replacement": signal.SIGKILL, "standby": signal.SIGKILL, "hung": signal.SIGSTOP}
+STANDBYS = {"replacement": 0, "standby": 1, "hung": 0}
 BACKEND = ("127.0.0.1", 18311)
 PORT = 8080
 # A slice of 127.0.0.0/8 that the tests' lbds and the other benchmarks do not use.
@@ -186,25 +201,28 @@ class Client:
         self.thread.join()
 
 
-def wait_single_node(lbd, deadline_s=60):
-    """Until the instance has one running node, in DNS alone, answering."""
+def wait_settled(lbd, standbys, deadline_s=60):
+    """Until the instance has one running node, in DNS alone, answering,
+    and `standbys` standby nodes (answering too), and nothing else."""
     deadline = time.time() + deadline_s
     while time.time() < deadline:
-        info = lbd.instance()
-        nodes = info["nodes"]
-        if len(nodes) == 1 and nodes[0]["state"] == "running" and nodes[0].get("pid"):
-            node = nodes[0]
-            if dns_a(lbd.dns, NAME) == [node["address"]] and http_ok((node["address"], PORT)):
+        nodes = lbd.instance()["nodes"]
+        running = [n for n in nodes if n["state"] == "running" and n.get("pid")]
+        standby = [n for n in nodes if n["state"] == "standby" and n.get("pid")]
+        if len(running) == 1 and len(standby) == standbys and len(nodes) == 1 + standbys:
+            node = running[0]
+            if (dns_a(lbd.dns, NAME) == [node["address"]]
+                    and all(http_ok((n["address"], PORT)) for n in running + standby)):
                 return node
         time.sleep(0.1)
-    raise SystemExit(f"the instance did not settle on one node: {lbd.instance()['nodes']}")
+    raise SystemExit(f"the instance did not settle: {lbd.instance()['nodes']}")
 
 
-def one_failover(lbd, client):
-    old = wait_single_node(lbd)
+def one_failover(lbd, client, scenario):
+    old = wait_settled(lbd, STANDBYS[scenario])
     time.sleep(0.5)  # the client sees the settled instance first
     t0 = time.time()
-    os.kill(int(old["pid"]), signal.SIGKILL)
+    os.kill(int(old["pid"]), SIGNALS[scenario])
     dns_at = None
     deadline = t0 + 60
     while time.time() < deadline:
@@ -220,7 +238,10 @@ def one_failover(lbd, client):
                 break
         time.sleep(0.005)
     else:
-        raise SystemExit("no replacement within 60 s")
+        raise SystemExit("no successor within 60 s")
+    if SIGNALS[scenario] == signal.SIGSTOP:
+        # Failed over; it must not come back within the grace period.
+        os.kill(int(old["pid"]), signal.SIGKILL)
     time.sleep(0.2)
     requests, failed = client.between(t0, serving_at)
     failed_at = lbd.node_failed_at(int(old["id"]))
@@ -233,6 +254,54 @@ def one_failover(lbd, client):
     }
 
 
+def create_instance(lbd, standbys):
+    lbd.api("create", "instance", {
+        "name": "web", "project": "bench", "traffic_type": "http", "port": PORT,
+        "standby_nodes": standbys,
+        "backend": {"entities": [f"{BACKEND[0]}:{BACKEND[1]}"],
+                    "health-check": {"protocol": "HTTP", "request-path": "/",
+                                     "criteria": {"interval": INTERVAL, "timeout": 1,
+                                                  "health-threshold": 2, "unhealth-threshold": 2}}}})
+    wait_settled(lbd, standbys)
+
+
+def delete_instance(lbd):
+    lbd.api("delete", "instance", {"project": "bench", "name": "web"}, ok=(200, 404))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if lbd.api("info", "instance", {"project": "bench", "name": "web"},
+                   ok=(200, 404))[0] == 404:
+            return
+        time.sleep(0.1)
+    raise SystemExit("the instance was not deleted within 30 s")
+
+
+def scenario_runs(lbd, client, scenario):
+    """`RUNS` failovers of one scenario, printed as they go; the summary."""
+    create_instance(lbd, STANDBYS[scenario])
+    runs = []
+    print(f"{scenario}:", flush=True)
+    for k in range(RUNS):
+        r = one_failover(lbd, client, scenario)
+        runs.append(r)
+        detected = f"{r['detected_ms']:7.1f}" if r["detected_ms"] is not None else "      ?"
+        print(f"  run {k + 1:2}: serving {r['serving_ms']:7.1f} ms  (dns {r['dns_ms']:7.1f} ms,"
+              f" node_failed {detected} ms)  failed requests {r['failed_requests']}"
+              f" of {r['requests']}", flush=True)
+    delete_instance(lbd)
+    serving = [r["serving_ms"] for r in runs]
+    failed = [r["failed_requests"] for r in runs]
+    detected = [r["detected_ms"] for r in runs if r["detected_ms"] is not None]
+    return {
+        "standby_nodes": STANDBYS[scenario],
+        "signal": signal.Signals(SIGNALS[scenario]).name,
+        "serving_ms_median": statistics.median(serving), "serving_ms_max": max(serving),
+        "detected_ms_median": statistics.median(detected) if detected else None,
+        "failed_requests_median": statistics.median(failed), "failed_requests_max": max(failed),
+        "each": runs,
+    }
+
+
 def main():
     state = tempfile.mkdtemp(prefix="lbaas-bench-failover-")
     lbd = None
@@ -241,39 +310,23 @@ def main():
         procs.append(subprocess.Popen([sys.executable, "-c", BACKEND_PY, BACKEND[0], str(BACKEND[1])]))
         lbd = Lbd(state)
         lbd.api("create", "project", {"name": "bench"})
-        lbd.api("create", "instance", {
-            "name": "web", "project": "bench", "traffic_type": "http", "port": PORT,
-            "backend": {"entities": [f"{BACKEND[0]}:{BACKEND[1]}"],
-                        "health-check": {"protocol": "HTTP", "request-path": "/",
-                                         "criteria": {"interval": INTERVAL, "timeout": 1,
-                                                      "health-threshold": 2, "unhealth-threshold": 2}}}})
-        wait_single_node(lbd)
         client = Client(lbd.dns)
-        runs = []
-        for k in range(RUNS):
-            r = one_failover(lbd, client)
-            runs.append(r)
-            detected = f"{r['detected_ms']:7.1f}" if r["detected_ms"] is not None else "      ?"
-            print(f"  run {k + 1:2}: serving {r['serving_ms']:7.1f} ms  (dns {r['dns_ms']:7.1f} ms,"
-                  f" node_failed {detected} ms)  failed requests {r['failed_requests']}"
-                  f" of {r['requests']}", flush=True)
-        serving = [r["serving_ms"] for r in runs]
-        failed = [r["failed_requests"] for r in runs]
-        detected = [r["detected_ms"] for r in runs if r["detected_ms"] is not None]
+        results = {name: scenario_runs(lbd, client, name) for name in SCENARIOS}
+        print(f"signal -> a serving successor, {RUNS} runs each ({INTERVAL} s checks,"
+              f" threshold 2; client {RATE:.0f} req/s, resolving each):")
+        base = results.get("hung")
+        for name, r in results.items():
+            ratio = ""
+            if base and name != "hung":
+                ratio = (f"  = {r['serving_ms_median'] / base['serving_ms_median']:.3f}"
+                         f" x the hung-node baseline")
+            print(f"  {name:11} median {r['serving_ms_median']:7.1f} ms, max"
+                  f" {r['serving_ms_max']:7.1f} ms; failed requests median"
+                  f" {r['failed_requests_median']}, max {r['failed_requests_max']}{ratio}")
         summary = {
             "runs": RUNS, "check_interval_s": INTERVAL, "unhealth_threshold": 2,
-            "client_rate_per_s": RATE,
-            "serving_ms_median": statistics.median(serving), "serving_ms_max": max(serving),
-            "detected_ms_median": statistics.median(detected) if detected else None,
-            "failed_requests_median": statistics.median(failed), "failed_requests_max": max(failed),
-            "each": runs,
+            "client_rate_per_s": RATE, "scenarios": results,
         }
-        print(f"kill -9 of a process node -> a serving replacement, {RUNS} runs"
-              f" ({INTERVAL} s checks, threshold 2):")
-        print(f"  median {summary['serving_ms_median']:.1f} ms, max {summary['serving_ms_max']:.1f} ms;"
-              f" lbd's node_failed median {summary['detected_ms_median']:.1f} ms after the kill")
-        print(f"  failed client requests ({RATE:.0f} req/s, resolving each): median"
-              f" {summary['failed_requests_median']}, max {summary['failed_requests_max']}")
         out = os.path.join(ROOT, "target", "bench")
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "failover.json"), "w") as f:
@@ -283,13 +336,7 @@ def main():
             client.close()
         if lbd is not None:
             try:
-                lbd.api("delete", "instance", {"project": "bench", "name": "web"})
-                deadline = time.time() + 30
-                while time.time() < deadline:
-                    if lbd.api("info", "instance", {"project": "bench", "name": "web"},
-                               ok=(200, 404))[0] == 404:
-                        break
-                    time.sleep(0.1)
+                delete_instance(lbd)
             except SystemExit as e:
                 print(f"cleanup: {e}", file=sys.stderr)
         for p in reversed(procs):

@@ -341,6 +341,10 @@ pub struct ScalingArgs {
     /// With autoscaling, the most LB nodes.
     #[arg(long)]
     pub max_nodes: Option<u32>,
+    /// LB nodes kept booted and configured out of DNS, promoted at once on
+    /// failover or scale-out (0: none).
+    #[arg(long)]
+    pub standby_nodes: Option<u32>,
     /// Turn autoscaling on or off.
     #[arg(long, conflicts_with = "autoscale")]
     pub auto_scaling: Option<bool>,

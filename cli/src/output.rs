@@ -282,8 +282,15 @@ pub fn instance(i: &InstanceInfo) -> String {
     } else {
         "fixed".to_string()
     };
+    let standby = match i.standby_nodes {
+        0 => String::new(),
+        n => format!(", {n} standby"),
+    };
     fields.extend([
-        ("nodes wanted", format!("{} ({scaling})", i.desired_nodes)),
+        (
+            "nodes wanted",
+            format!("{} ({scaling}){standby}", i.desired_nodes),
+        ),
         ("hash on", i.hash_on.to_string()),
         (
             "timeouts",

@@ -230,7 +230,7 @@ async fn info(state: &AppState, caller: &Caller, r: MappingRequest) -> Result<Va
         .map(|(p, i, version, resources, tokens, nodes)| {
             let nodes = nodes
                 .into_iter()
-                .filter(|n| n.state == crate::model::NodeState::Running)
+                .filter(|n| n.state.is_configured())
                 .map(|n| NodeMappingsVersion {
                     node_id: n.id,
                     address: n.address,

@@ -118,6 +118,7 @@ pub fn instance_info_with(
             backend_tls: i.spec.default_pool_tls.as_ref().map(|t| t.to_spec()),
         },
         min_nodes: i.spec.min_nodes,
+        standby_nodes: i.spec.standby_nodes,
         max_nodes: i.spec.max_nodes,
         scaling: i.spec.scaling,
         desired_nodes: i.target_nodes(),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::drivers::node_admin::NodeAdminClient;
 use crate::model::federation::{NodeMappings, ResourceKey, ResourceMapping};
 use crate::model::mapping::{validate_learned_key, MappingSource, MAX_RESOURCE_MAPPINGS};
-use crate::model::{InstanceId, NodeId, NodeState};
+use crate::model::{InstanceId, NodeId};
 use crate::store::federation_tokens::TokenStore;
 use crate::store::{self, NodeRow, Store, StoreError};
 
@@ -132,10 +132,7 @@ impl MappingSync {
                 return Pushed::default();
             }
         };
-        let running: Vec<&NodeRow> = nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Running)
-            .collect();
+        let running: Vec<&NodeRow> = nodes.iter().filter(|n| n.state.is_configured()).collect();
         let now = Instant::now();
         let targets: Vec<&NodeRow> = {
             let state = lock(&self.state);
@@ -309,7 +306,7 @@ impl MappingSync {
                 let state = lock(&self.state);
                 nodes.iter().any(|n| {
                     n.instance_id == i.id
-                        && n.state == NodeState::Running
+                        && n.state.is_configured()
                         && is_due(state.nodes.get(&n.id), version, now)
                 })
             })

@@ -10,6 +10,7 @@ use axum::Json;
 
 use super::*;
 use crate::model::mapping::TokenMappingCreate;
+use crate::model::NodeState;
 
 type Received = Arc<StdMutex<Vec<NodeMappings>>>;
 

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::model::{EventKind, NodeId, NodeState, OperatingStatus};
+use crate::reconcile::standby;
 use crate::store::{self, EventSubject, NodeRow, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,16 @@ pub(super) enum Decision {
         /// How it ended ("killed by signal 9").
         reason: String,
     },
+    /// Standby → retiring: a standby missed its checks or its process
+    /// ended (`how`); it serves nobody, so a new one boots instead of a
+    /// failover.
+    StandbyLost {
+        node: NodeRow,
+        subject: EventSubject,
+        /// `node_failed` (missed checks) or `node_exited`.
+        kind: EventKind,
+        how: String,
+    },
     /// Failed → running: it passed `successes` checks within the grace period.
     Recover {
         node: NodeRow,
@@ -39,6 +50,7 @@ impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Decision::Fail { .. } | Decision::Exit { .. } => f.write_str("failover decision"),
+            Decision::StandbyLost { .. } => f.write_str("standby replacement decision"),
             Decision::Recover { .. } => f.write_str("recovery decision"),
         }
     }
@@ -49,6 +61,7 @@ impl Decision {
         match self {
             Decision::Fail { node, .. }
             | Decision::Exit { node, .. }
+            | Decision::StandbyLost { node, .. }
             | Decision::Recover { node, .. } => node.id,
         }
     }
@@ -78,6 +91,7 @@ impl Decision {
                 );
                 tracing::info!(kind = %EventKind::NodeFailed, "{message}");
                 store::add_event(tx, subject, EventKind::NodeFailed, &message)?;
+                promote_successor(tx, &node, subject)?;
                 Ok(true)
             }
             Decision::Exit {
@@ -98,8 +112,15 @@ impl Decision {
                 );
                 tracing::info!(kind = %EventKind::NodeFailed, "{message}");
                 store::add_event(tx, subject, EventKind::NodeFailed, &message)?;
+                promote_successor(tx, &node, subject)?;
                 Ok(true)
             }
+            Decision::StandbyLost {
+                node,
+                subject,
+                kind,
+                how,
+            } => standby::retire(tx, &node, subject, kind, &how),
             Decision::Recover {
                 node,
                 subject,
@@ -123,6 +144,19 @@ impl Decision {
             }
         }
     }
+}
+
+/// A failed node's successor in DNS, in the failover's transaction: a
+/// standby if the instance keeps one (the reconciler boots a new standby,
+/// or a replacement when there was none).
+fn promote_successor(
+    tx: &rusqlite::Connection,
+    failed: &NodeRow,
+    subject: EventSubject,
+) -> Result<(), StoreError> {
+    let why = format!("node {} failed", failed.id);
+    standby::promote_any(tx, failed.instance_id, subject, &why)?;
+    Ok(())
 }
 
 /// Records that a running node's process ended (`node_exited`) and takes it

@@ -283,22 +283,28 @@ impl HealthChecker {
     /// The running and failed nodes whose next check is due; forgets nodes
     /// that are gone or no longer checked.
     fn due_nodes(&self, nodes: Vec<NodeRow>, now: Instant) -> Vec<NodeRow> {
-        let checked = |n: &NodeRow| matches!(n.state, NodeState::Running | NodeState::Failed);
+        let checked = |s: &NodeState| {
+            matches!(
+                s,
+                NodeState::Running | NodeState::Standby | NodeState::Failed
+            )
+        };
         let states: HashMap<NodeId, NodeState> = nodes.iter().map(|n| (n.id, n.state)).collect();
         let mut state = self.state();
-        state.nodes.retain(|id, _| {
-            states
-                .get(id)
-                .is_some_and(|s| matches!(s, NodeState::Running | NodeState::Failed))
-        });
+        state
+            .nodes
+            .retain(|id, _| states.get(id).is_some_and(checked));
         state.exited.retain(|id, _| {
-            states
-                .get(id)
-                .is_some_and(|s| matches!(s, NodeState::Running | NodeState::Starting))
+            states.get(id).is_some_and(|s| {
+                matches!(
+                    s,
+                    NodeState::Running | NodeState::Starting | NodeState::Standby
+                )
+            })
         });
         nodes
             .into_iter()
-            .filter(checked)
+            .filter(|n| checked(&n.state))
             .filter(|n| {
                 state
                     .nodes
@@ -420,6 +426,14 @@ impl HealthChecker {
                     operating,
                 });
             }
+            // Out of DNS, so no sample; its status says whether it may be
+            // promoted (written only when it changes).
+            NodeState::Standby if node.operating_status != operating => {
+                let id = node.id;
+                self.store
+                    .transaction(move |c| store::set_node_operating(c, id, operating))
+                    .await?;
+            }
             NodeState::Failed if successes >= inst.spec.health_check.criteria.health_threshold => {
                 self.decide(Decision::Recover {
                     node: node.clone(),
@@ -460,7 +474,20 @@ impl HealthChecker {
     ) -> Result<(), StoreError> {
         let threshold = inst.spec.health_check.criteria.unhealth_threshold;
         tracing::debug!(node = %node.id, failures, "health check missed: {reason}");
-        if node.state != NodeState::Running || failures < threshold {
+        if failures < threshold {
+            return Ok(());
+        }
+        if node.state == NodeState::Standby {
+            self.decide(Decision::StandbyLost {
+                node: node.clone(),
+                subject: EventSubject::node(inst.project_id, inst.id, node.id),
+                kind: EventKind::NodeFailed,
+                how: format!("missed {failures} health checks in a row (last: {reason})"),
+            })
+            .await;
+            return Ok(());
+        }
+        if node.state != NodeState::Running {
             return Ok(());
         }
         let id = node.id;
@@ -538,6 +565,17 @@ impl HealthChecker {
         let ours = is_about(&exit, &node);
         if node.state == NodeState::Starting && !inst.deleting && ours {
             return;
+        }
+        if node.state == NodeState::Standby && !inst.deleting && ours {
+            self.state().exited.remove(&node_id);
+            let subject = EventSubject::node(inst.project_id, inst.id, node.id);
+            let lost = Decision::StandbyLost {
+                node,
+                subject,
+                kind: EventKind::NodeExited,
+                how: exit.reason,
+            };
+            return self.decide(lost).await;
         }
         if node.state != NodeState::Running || inst.deleting || !ours {
             tracing::debug!(node = %node_id, state = ?node.state, "exit report not acted on");

@@ -422,3 +422,55 @@ async fn a_node_that_ends_while_starting_is_failed_if_a_pass_marks_it_running_af
     assert_eq!(state(d).await, NodeState::Running);
     assert!(f.checker.state().exited.is_empty());
 }
+
+/// Makes node `k` a standby, as the reconciler does for a ready node
+/// beyond the serving target.
+async fn make_standby(f: &Fixture, k: usize) {
+    let id = f.nodes[k].id;
+    f.store
+        .transaction(move |tx| store::move_node(tx, id, NodeState::Running, NodeState::Standby))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failover_promotes_the_standby_in_the_same_decision() {
+    let mut f = fixture(4).await;
+    make_standby(&f, 2).await;
+    make_standby(&f, 3).await;
+    f.round().await;
+    // An exit: the oldest standby takes over at once.
+    f.checker.on_exits(vec![exit_of(&f, 0)]).await;
+    assert_eq!(f.state(0).await, NodeState::Failed);
+    assert_eq!(f.state(2).await, NodeState::Running, "promoted at once");
+    assert_eq!(f.state(3).await, NodeState::Standby);
+    assert_eq!(count(&f.events().await, EventKind::NodePromoted), 1);
+    // Missed checks of a serving node promote the next one.
+    f.host.kill(f.nodes[1].id);
+    f.rounds(2).await;
+    assert_eq!(f.state(1).await, NodeState::Failed);
+    assert_eq!(f.state(3).await, NodeState::Running);
+    assert_eq!(count(&f.events().await, EventKind::NodePromoted), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_that_misses_its_checks_or_exits_retires_without_a_failover() {
+    let mut f = fixture(3).await;
+    make_standby(&f, 1).await;
+    make_standby(&f, 2).await;
+    f.round().await;
+    f.host.kill(f.nodes[1].id);
+    f.rounds(2).await;
+    assert_eq!(f.state(1).await, NodeState::Retiring);
+    f.checker.on_exits(vec![exit_of(&f, 2)]).await;
+    assert_eq!(f.state(2).await, NodeState::Retiring);
+    assert_eq!(
+        f.state(0).await,
+        NodeState::Running,
+        "the serving node is untouched"
+    );
+    let events = f.events().await;
+    assert_eq!(count(&events, EventKind::NodeFailed), 1, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodeExited), 1, "{events:?}");
+    assert_eq!(count(&events, EventKind::NodePromoted), 0, "{events:?}");
+}

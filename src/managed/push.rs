@@ -12,7 +12,7 @@ use super::{lock, Failures, Shared};
 use crate::model::instance::BackendMember;
 use crate::model::managed::BackendState;
 use crate::model::wake::{ManagedMembers, ManagedTarget, ManagedTargetState};
-use crate::model::{InstanceId, InstanceSpec, NodeState};
+use crate::model::{InstanceId, InstanceSpec};
 use crate::store::{self, BackendRow, NodeRow, StoreError};
 
 /// Pushes in the background (the caller does not wait for the nodes).
@@ -59,7 +59,7 @@ pub(crate) async fn push(shared: &Arc<Shared>, instance: InstanceId) {
         &shared.failures_of(instance),
         version,
     );
-    let pushes = running(&nodes).map(|node| {
+    let pushes = configured(&nodes).map(|node| {
         let addr = SocketAddr::new(node.address, shared.settings.node_admin_port);
         let (admin, members) = (&shared.admin, &members);
         async move {
@@ -71,9 +71,9 @@ pub(crate) async fn push(shared: &Arc<Shared>, instance: InstanceId) {
     futures_util::future::join_all(pushes).await;
 }
 
-/// The nodes that serve (and so hold managed members).
-pub(crate) fn running(nodes: &[NodeRow]) -> impl Iterator<Item = &NodeRow> {
-    nodes.iter().filter(|n| n.state == NodeState::Running)
+/// The nodes that serve or stand by to (and so hold managed members).
+pub(crate) fn configured(nodes: &[NodeRow]) -> impl Iterator<Item = &NodeRow> {
+    nodes.iter().filter(|n| n.state.is_configured())
 }
 
 /// The state of every managed target of `spec`: pools without backends

@@ -91,7 +91,7 @@ fn stream_targets(
         .iter()
         .flat_map(|inst| {
             let managed = inst.spec.managed_pools().next().is_some();
-            push::running(nodes)
+            push::configured(nodes)
                 .filter(move |n| n.instance_id == inst.id)
                 .map(move |n| StreamTarget {
                     node: n.id,
@@ -171,7 +171,7 @@ async fn activity(
     let running: Vec<&NodeRow> = nodes
         .iter()
         .copied()
-        .filter(|n| n.state == crate::model::NodeState::Running)
+        .filter(|n| n.state.is_configured())
         .collect();
     let statuses: Vec<Option<NodeStatus>> =
         futures_util::future::join_all(running.iter().map(|n| {

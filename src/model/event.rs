@@ -43,6 +43,11 @@ event_kinds! {
     InstanceDeleted => "instance_deleted",
     /// A node answers its admin API and serves the current config.
     NodeReady => "node_ready",
+    /// A node is booted and runs the current config, out of DNS, as a
+    /// standby (`standby_nodes`).
+    NodeStandby => "node_standby",
+    /// A standby entered DNS: failover or scale-out, with no boot.
+    NodePromoted => "node_promoted",
     /// A node's process or VM ended.
     NodeExited => "node_exited",
     /// A node missed its health checks and is failed over.

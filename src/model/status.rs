@@ -81,6 +81,10 @@ pub enum NodeState {
     Starting,
     /// Serving and in DNS; the health checker polls it.
     Running,
+    /// Booted, configured and checked, but out of DNS (`standby_nodes`):
+    /// on failover or scale-out it is promoted to running at once, so no
+    /// boot stands between a failure and its replacement.
+    Standby,
     /// Missed `unhealth-threshold` checks: out of DNS, replaced; deleted after
     /// the grace period unless it recovers first.
     Failed,
@@ -94,20 +98,35 @@ impl NodeState {
         match self {
             Self::Starting => "starting",
             Self::Running => "running",
+            Self::Standby => "standby",
             Self::Failed => "failed",
             Self::Retiring => "retiring",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Starting, Self::Running, Self::Failed, Self::Retiring]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::Starting,
+            Self::Running,
+            Self::Standby,
+            Self::Failed,
+            Self::Retiring,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 
-    /// Counts towards the instance's node target (a failed or retiring node does not).
+    /// Counts towards the instance's node target, standbys included (a
+    /// failed or retiring node does not).
     pub fn is_active(self) -> bool {
-        matches!(self, Self::Starting | Self::Running)
+        matches!(self, Self::Starting | Self::Running | Self::Standby)
+    }
+
+    /// Runs the instance's current config and gets every push that goes
+    /// with it (managed members, mappings): a running node, and a standby,
+    /// which must be ready to serve the moment it is promoted.
+    pub fn is_configured(self) -> bool {
+        matches!(self, Self::Running | Self::Standby)
     }
 
     /// The node state machine: the only moves the store lets anyone make
@@ -128,6 +147,13 @@ impl NodeState {
             | (Running, Failed)
             // The health checker: passed `health-threshold` checks within grace.
             | (Failed, Running)
+            // The reconciler: a ready node beyond the serving target waits
+            // booted; or scale-in keeps a serving node as the standby.
+            | (Starting | Running, Standby)
+            // Failover (the health checker) or scale-out (the reconciler).
+            | (Standby, Running)
+            // Fewer standbys wanted, or the standby itself failed.
+            | (Standby, Retiring)
         )
     }
 }
@@ -177,7 +203,7 @@ mod tests {
         for s in ["ONLINE", "DEGRADED", "OFFLINE", "NO_MONITOR"] {
             assert_eq!(OperatingStatus::parse(s).unwrap().as_str(), s);
         }
-        for s in ["starting", "running", "failed", "retiring"] {
+        for s in ["starting", "running", "standby", "failed", "retiring"] {
             assert_eq!(NodeState::parse(s).unwrap().as_str(), s);
         }
         assert!(ProvisioningStatus::PendingUpdate.is_pending());
@@ -187,7 +213,7 @@ mod tests {
     #[test]
     fn node_state_machine_allows_only_its_moves() {
         use NodeState::*;
-        let all = [Starting, Running, Failed, Retiring];
+        let all = [Starting, Running, Standby, Failed, Retiring];
         let allowed: Vec<(NodeState, NodeState)> = all
             .iter()
             .flat_map(|&a| all.iter().map(move |&b| (a, b)))
@@ -197,16 +223,22 @@ mod tests {
             allowed,
             [
                 (Starting, Running),
+                (Starting, Standby),
                 (Starting, Retiring),
                 (Running, Starting),
+                (Running, Standby),
                 (Running, Failed),
                 (Running, Retiring),
+                (Standby, Running),
+                (Standby, Retiring),
                 (Failed, Running),
             ]
         );
         // Nothing comes back from retiring, and a failed node is never retired.
         assert!(!Retiring.can_move_to(Running));
         assert!(!Failed.can_move_to(Retiring));
+        // A failed node never becomes the standby: it might be the hung one.
+        assert!(!Failed.can_move_to(Standby));
     }
 
     #[test]
@@ -223,5 +255,11 @@ mod tests {
         assert_eq!(derive_operating_status(&[(Failed, Offline)], 1), Offline);
         assert_eq!(derive_operating_status(&[(Starting, Offline)], 1), Offline);
         assert_eq!(derive_operating_status(&[], 1), Offline);
+        // A standby serves nobody until promoted.
+        assert_eq!(derive_operating_status(&[(Standby, Online)], 1), Offline);
+        assert_eq!(
+            derive_operating_status(&[(Running, Online), (Standby, Online)], 1),
+            Online
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::{ReconcileError, Reconciler};
+use super::{standby, ReconcileError, Reconciler};
 use crate::dns::instance_label;
 use crate::drivers::compute::{NodeObservation, NodeSpec};
 use crate::model::allocator::allocate_node_address;
@@ -39,7 +39,12 @@ impl Reconciler {
             Ok(nodes) => nodes,
             Err(e) => return self.record_failure(&inst, e.to_string(), &e, 0).await,
         };
-        let inst = match self.count_serving_nodes(inst, nodes.len()).await {
+        let serving_or_starting = nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Standby)
+            .count()
+            .min(inst.target_nodes() as usize);
+        let inst = match self.count_serving_nodes(inst, serving_or_starting).await {
             Ok(inst) => inst,
             Err((inst, e)) => return self.record_failure(&inst, e.to_string(), &e, 0).await,
         };
@@ -92,9 +97,9 @@ impl Reconciler {
             .await
     }
 
-    /// Records the count of active (starting or running) nodes as the
-    /// instance's serving nodes: the nodes that serve or are about to, so a
-    /// replacement does not change it. A change bumps the generation (see
+    /// Records the count of active nodes that serve or are about to (not
+    /// the standbys, and at most the serving target) as the instance's
+    /// serving nodes, so a replacement or a standby's boot does not change it. A change bumps the generation (see
     /// [`store::set_serving_nodes`]); the row comes back as it is now.
     async fn count_serving_nodes(
         &self,
@@ -234,20 +239,21 @@ impl Reconciler {
             .is_none_or(|(_, last)| last.elapsed() >= self.settings.error_retry)
     }
 
-    /// Makes the active (starting or running) nodes match the target: new
-    /// rows with fresh addresses for replacements and scale-out; the newest
-    /// nodes retire (out of DNS, drain, delete) on scale-in or when a failed
-    /// node recovered and its replacement is no longer needed. One
-    /// transaction, with its events.
+    /// Makes the active (starting, running, standby) nodes match the
+    /// targets: standbys promoted on scale-out; new rows with fresh
+    /// addresses for replacements, scale-out and standbys; the newest nodes
+    /// retire (out of DNS, drain, delete) on scale-in or when a failed node
+    /// recovered and its replacement is no longer needed. One transaction,
+    /// with its events.
     pub(super) async fn ensure_node_rows(
         &self,
         inst: &InstanceRow,
     ) -> Result<Vec<NodeRow>, ReconcileError> {
         // The settled case, on every pass: a read, no write lock.
-        let (id, target) = (inst.id, inst.target_nodes() as usize);
+        let (id, target) = (inst.id, inst.target_active_nodes() as usize);
         let nodes = self.store.read(move |c| store::list_nodes(c, id)).await?;
         let active: Vec<NodeRow> = nodes.into_iter().filter(|n| n.state.is_active()).collect();
-        if active.len() == target {
+        if active.len() == target && roles_settled(inst, &active) {
             return Ok(active);
         }
         let project_id = inst.project_id;
@@ -356,8 +362,12 @@ impl Reconciler {
         let Some(pid) = self.ensure_node_process(inst, node, admin).await? else {
             return Ok(false);
         };
-        if node.state == NodeState::Running && node.applied_generation == Some(inst.generation) {
-            return Ok(node.operating_status != OperatingStatus::Offline);
+        if node.applied_generation == Some(inst.generation) {
+            match node.state {
+                NodeState::Running => return Ok(node.operating_status != OperatingStatus::Offline),
+                NodeState::Standby => return Ok(false),
+                _ => {}
+            }
         }
         let status = self.wait_ready(node, admin).await?;
         if status.config_version != Some(inst.generation) {
@@ -398,6 +408,10 @@ impl Reconciler {
         let subject = EventSubject::node(inst.project_id, inst.id, node.id);
         match (node.state, self.compute.observe_node(node.id).await?) {
             (_, NodeObservation::Running { pid }) => Ok(Some(pid)),
+            (NodeState::Standby, other) => {
+                self.replace_standby(inst, node, other).await?;
+                Ok(None)
+            }
             (NodeState::Running, other) => {
                 if node.operating_status != OperatingStatus::Offline {
                     let how = match other {
@@ -450,8 +464,9 @@ impl Reconciler {
         }
     }
 
-    /// Records that the node serves: a starting node becomes running (if it
-    /// still is starting), a running one gets its current pid.
+    /// Records that the node is ready: a starting node becomes running, or
+    /// a standby if the serving target is met already; a running or standby
+    /// one gets its current pid. Whether it serves (belongs in DNS).
     async fn mark_serving(
         &self,
         inst: &InstanceRow,
@@ -459,40 +474,69 @@ impl Reconciler {
         pid: u32,
     ) -> Result<bool, ReconcileError> {
         let (id, state, status) = (node.id, node.state, node.operating_status);
-        if state == NodeState::Running && node.pid == Some(pid) {
-            return Ok(true);
+        if node.pid == Some(pid) && node.state.is_configured() {
+            return Ok(state == NodeState::Running);
         }
         let subject = EventSubject::node(inst.project_id, inst.id, node.id);
-        let message = format!(
-            "node {} serving at {}:{} (pid {pid})",
-            node.id, node.address, inst.spec.port
-        );
-        let serving = self
+        let (instance_id, serving_target) = (inst.id, inst.target_nodes() as usize);
+        let at = format!("{}:{} (pid {pid})", node.address, inst.spec.port);
+        let now = self
             .store
             .transaction(move |tx| {
-                if state == NodeState::Running {
-                    return store::set_node_process(tx, id, state, Some(pid), status);
+                if state.is_configured() {
+                    let kept = store::set_node_process(tx, id, state, Some(pid), status)?;
+                    return Ok(kept.then_some(state));
                 }
-                if !store::move_node(tx, id, state, NodeState::Running)? {
-                    return Ok(false);
+                let running = store::list_nodes(tx, instance_id)?
+                    .iter()
+                    .filter(|n| n.state == NodeState::Running)
+                    .count();
+                let (to, kind, message) = if running < serving_target {
+                    let message = format!("node {id} serving at {at}");
+                    (NodeState::Running, EventKind::NodeReady, message)
+                } else {
+                    let message = format!("node {id} ready at {at} as a standby, out of DNS");
+                    (NodeState::Standby, EventKind::NodeStandby, message)
+                };
+                if !store::move_node(tx, id, state, to)? {
+                    return Ok(None);
                 }
-                store::set_node_process(
-                    tx,
-                    id,
-                    NodeState::Running,
-                    Some(pid),
-                    OperatingStatus::Online,
-                )?;
-                store::add_event(tx, subject, EventKind::NodeReady, &message)?;
-                Ok(true)
+                store::set_node_process(tx, id, to, Some(pid), OperatingStatus::Online)?;
+                store::add_event(tx, subject, kind, &message)?;
+                Ok::<_, StoreError>(Some(to))
             })
             .await?;
-        if serving {
-            self.nodes_serving.notify_one();
-        } else {
-            tracing::info!("node {id} changed state meanwhile; left as it is now");
+        match now {
+            Some(now) => {
+                self.nodes_serving.notify_one();
+                Ok(now == NodeState::Running)
+            }
+            None => {
+                tracing::info!("node {id} changed state meanwhile; left as it is now");
+                Ok(false)
+            }
         }
-        Ok(serving)
+    }
+
+    /// A standby whose process is gone retires (a new one boots on the next
+    /// pass): it serves nobody, so there is nothing to fail over, and a
+    /// fresh node is as quick as a restart in place.
+    async fn replace_standby(
+        &self,
+        inst: &InstanceRow,
+        node: &NodeRow,
+        observed: NodeObservation,
+    ) -> Result<(), ReconcileError> {
+        let how = match observed {
+            NodeObservation::Exited { reason } => reason,
+            _ => "is gone".to_string(),
+        };
+        let subject = EventSubject::node(inst.project_id, inst.id, node.id);
+        let node = node.clone();
+        self.store
+            .transaction(move |tx| standby::retire(tx, &node, subject, EventKind::NodeExited, &how))
+            .await?;
+        Ok(())
     }
 
     /// Puts the node's address on the project network before the node binds
@@ -692,13 +736,22 @@ impl Reconciler {
 }
 
 /// The node-row step inside its transaction (see
-/// [`Reconciler::ensure_node_rows`]).
+/// [`Reconciler::ensure_node_rows`]), in four moves, each a no-op when the
+/// counts are right: standbys promoted while fewer than the target serve;
+/// serving nodes beyond it kept as standbys while standbys are short; new
+/// rows up to the active target; and, above it, the newest of the nodes
+/// least worth keeping retired (starting, then a standby or a serving node
+/// beyond its target, then any).
 fn sync_node_rows(
     tx: &rusqlite::Connection,
     inst: &InstanceRow,
     subnet: ipnet::Ipv4Net,
 ) -> Result<NodeRowsChange, ReconcileError> {
-    let target = inst.target_nodes() as usize;
+    let (serving_target, standby_target) = (
+        inst.target_nodes() as usize,
+        inst.spec.standby_nodes as usize,
+    );
+    let target = serving_target + standby_target;
     let all = store::list_nodes(tx, inst.id)?;
     let failed: Vec<NodeRow> = all
         .iter()
@@ -706,6 +759,37 @@ fn sync_node_rows(
         .cloned()
         .collect();
     let mut active: Vec<NodeRow> = all.into_iter().filter(|n| n.state.is_active()).collect();
+    let subject = |node_id| EventSubject::node(inst.project_id, inst.id, node_id);
+    let count = |nodes: &[NodeRow], state| nodes.iter().filter(|n| n.state == state).count();
+    while count(&active, NodeState::Running) < serving_target {
+        let Some(standby) = active.iter_mut().find(|n| n.state == NodeState::Standby) else {
+            break;
+        };
+        if !standby::promote(tx, standby, subject(standby.id), "the serving target grew")? {
+            break;
+        }
+    }
+    while count(&active, NodeState::Running) > serving_target
+        && count(&active, NodeState::Standby) < standby_target
+    {
+        let Some(newest) = active
+            .iter_mut()
+            .rev()
+            .find(|n| n.state == NodeState::Running)
+        else {
+            break;
+        };
+        if !store::move_node(tx, newest.id, NodeState::Running, NodeState::Standby)? {
+            break;
+        }
+        newest.state = NodeState::Standby;
+        let message = format!(
+            "node {} at {} leaves DNS and stays booted as a standby: target {serving_target} serving",
+            newest.id, newest.address
+        );
+        tracing::info!(kind = %EventKind::NodeStandby, "{message}");
+        store::add_event(tx, subject(newest.id), EventKind::NodeStandby, &message)?;
+    }
     // Every node's address, read only when one is to be allocated: this
     // runs for every instance on every pass.
     let mut taken = if active.len() < target {
@@ -713,7 +797,6 @@ fn sync_node_rows(
     } else {
         HashSet::new()
     };
-    let subject = |node_id| EventSubject::node(inst.project_id, inst.id, node_id);
     let mut added = 0;
     while active.len() < target {
         let addr =
@@ -734,7 +817,19 @@ fn sync_node_rows(
     }
     let before = active.len();
     while active.len() > target {
-        let node = active.pop().expect("len > target >= 1");
+        let standbys = count(&active, NodeState::Standby);
+        let running = count(&active, NodeState::Running);
+        let pick = |n: &NodeRow| match n.state {
+            NodeState::Starting => 0,
+            NodeState::Standby if standbys > standby_target => 1,
+            NodeState::Running if running > serving_target => 1,
+            _ => 2,
+        };
+        let worst = (0..active.len())
+            .rev()
+            .min_by_key(|&i| pick(&active[i]))
+            .expect("len > target >= 1");
+        let node = active.remove(worst);
         if store::move_node(tx, node.id, node.state, NodeState::Retiring)? {
             let message = format!(
                 "node {} at {} leaves DNS and drains: {before} active nodes, target {target}",
@@ -745,6 +840,20 @@ fn sync_node_rows(
         }
     }
     Ok(NodeRowsChange { active })
+}
+
+/// Whether no standby waits while fewer than the target serve, and no
+/// serving node beyond the target is missing as a standby.
+fn roles_settled(inst: &InstanceRow, active: &[NodeRow]) -> bool {
+    let count = |state| active.iter().filter(|n| n.state == state).count();
+    let (running, standby) = (count(NodeState::Running), count(NodeState::Standby));
+    let (serving_target, standby_target) = (
+        inst.target_nodes() as usize,
+        inst.spec.standby_nodes as usize,
+    );
+    let promote = running < serving_target && standby > 0;
+    let keep_as_standby = running > serving_target && standby < standby_target;
+    !promote && !keep_as_standby
 }
 
 /// The addresses new nodes must not take: every node's, and managed

@@ -10,6 +10,7 @@ mod error;
 mod instance;
 mod project;
 mod settled;
+pub(crate) mod standby;
 pub mod sticky_key;
 
 pub use error::ReconcileError;
@@ -224,7 +225,11 @@ impl Reconciler {
             if !ids.contains(&inst.id) {
                 continue;
             }
-            let serving: Vec<std::net::IpAddr> = nodes.iter().map(|n| n.address).collect();
+            let serving: Vec<std::net::IpAddr> = nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Running)
+                .map(|n| n.address)
+                .collect();
             if let Err(e) = self.publish_dns(inst, &serving).await {
                 tracing::warn!("instance {}: {e}", inst.name);
                 ids.remove(&inst.id);

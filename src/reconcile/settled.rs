@@ -12,18 +12,24 @@ use crate::model::{InstanceId, NodeId, NodeState, OperatingStatus, ProvisioningS
 use crate::store::{self, InstanceRow, NodeRow};
 
 /// Whether the rows alone say there is nothing to do: the instance is
-/// ACTIVE and not being deleted; it has exactly its target of nodes and all
-/// of them run, serve (not OFFLINE) and have its current config; its
+/// ACTIVE and not being deleted; it has exactly its targets of serving and
+/// standby nodes and all of them run, answer (not OFFLINE) and have its
+/// current config; its
 /// serving-node count and its operating status are up to date. The
 /// processes must still be confirmed running ([`confirmed`]).
 pub(super) fn rows_settled(inst: &InstanceRow, nodes: &[&NodeRow]) -> bool {
-    let count = nodes.len();
+    let serving = inst.target_nodes() as usize;
+    let running = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Running)
+        .count();
     inst.provisioning_status == ProvisioningStatus::Active
         && !inst.deleting
-        && count == inst.target_nodes() as usize
-        && inst.serving_nodes as usize == count.max(1)
+        && nodes.len() == inst.target_active_nodes() as usize
+        && running == serving
+        && inst.serving_nodes as usize == serving.max(1)
         && nodes.iter().all(|n| {
-            n.state == NodeState::Running
+            n.state.is_configured()
                 && n.pid.is_some()
                 && n.applied_generation == Some(inst.generation)
                 && n.operating_status != OperatingStatus::Offline
@@ -154,6 +160,30 @@ mod tests {
         let mut pending = instance(3);
         pending.provisioning_status = ProvisioningStatus::PendingUpdate;
         assert!(!rows_settled(&pending, &[&a]), "an update");
+    }
+
+    #[test]
+    fn standbys_are_settled_only_at_their_target_beside_the_serving_ones() {
+        let mut inst = instance(3);
+        inst.spec.standby_nodes = 1;
+        let (a, b) = (
+            node(1, NodeState::Running, Some(3)),
+            node(2, NodeState::Standby, Some(3)),
+        );
+        assert!(rows_settled(&inst, &[&a, &b]));
+        assert!(!rows_settled(&inst, &[&a]), "a standby to boot");
+        let c = node(3, NodeState::Standby, Some(3));
+        assert!(!rows_settled(&inst, &[&b, &c]), "a standby to promote");
+        let d = node(4, NodeState::Running, Some(3));
+        assert!(
+            !rows_settled(&inst, &[&a, &d]),
+            "a serving node to keep as the standby"
+        );
+        let stale = node(2, NodeState::Standby, Some(2));
+        assert!(
+            !rows_settled(&inst, &[&a, &stale]),
+            "a standby's old config"
+        );
     }
 
     #[test]

@@ -617,3 +617,6 @@ async fn a_node_that_fails_to_start_ends_in_error_with_the_reason() {
 
 #[path = "federation_tests.rs"]
 mod federation;
+
+#[path = "standby_tests.rs"]
+mod standby;

@@ -51,9 +51,16 @@ pub struct InstanceRow {
 
 impl InstanceRow {
     /// How many active nodes the instance should have now.
+    /// How many nodes should serve (be in DNS) now.
     pub fn target_nodes(&self) -> u32 {
         self.spec
             .target_nodes(self.desired_nodes.unwrap_or(self.spec.min_nodes))
+    }
+
+    /// How many active nodes the instance should have now: the serving
+    /// target and the standbys.
+    pub fn target_active_nodes(&self) -> u32 {
+        self.target_nodes() + self.spec.standby_nodes
     }
 }
 

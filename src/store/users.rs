@@ -178,11 +178,12 @@ pub fn user_usage(c: &Connection, user: &str) -> Result<QuotaUsage, StoreError> 
     ))
 }
 
-/// The nodes `user`'s instances should run now (the autoscaler's targets).
+/// The nodes `user`'s instances should run now (the autoscaler's targets
+/// and the standbys).
 pub fn user_target_nodes(c: &Connection, user: &str) -> Result<u64, StoreError> {
     Ok(instances_of_user(c, user)?
         .iter()
-        .map(|i| u64::from(i.target_nodes()))
+        .map(|i| u64::from(i.target_active_nodes()))
         .sum())
 }
 

@@ -297,6 +297,8 @@ const CREATE_ALL: &[&str] = &[
     "2",
     "--max-nodes",
     "6",
+    "--standby-nodes",
+    "1",
     "--target-rps",
     "500",
     "--target-connections",
@@ -379,10 +381,10 @@ fn every_flag_lands_in_its_field() {
             "backend_idle_ms": 4000, "handshake_ms": 5000}});
     let mut create = json!({"name": "web", "project": "demo", "traffic_type": "tcp", "port": 8080,
         "subnet": "127.1.0.0/24", "algorithm": "consistent_hash", "backend": backend,
-        "min_nodes": 2, "max_nodes": 6, "scaling": scaling});
+        "min_nodes": 2, "max_nodes": 6, "standby_nodes": 1, "scaling": scaling});
     let mut update = json!({"name": "web", "project": "demo", "port": 8080,
         "algorithm": "consistent_hash", "backend": backend,
-        "min_nodes": 2, "max_nodes": 6, "scaling": scaling});
+        "min_nodes": 2, "max_nodes": 6, "standby_nodes": 1, "scaling": scaling});
     // Sent as given whatever the type (lbd refuses `smtp` on a tcp one).
     let smtp = json!({"smtp": {"deliver_path": "/in", "max_message_bytes": 4096,
         "max_recipients": 5, "idle_timeout": 60, "max_line_length": 1024, "max_bad_commands": 3}});

@@ -139,6 +139,10 @@ pub struct InstanceCreate {
     /// With auto-scaling, the most LB nodes (default 4, at least `min_nodes`).
     #[serde(default)]
     pub max_nodes: Option<i64>,
+    /// Nodes kept booted, configured and out of DNS beside the serving ones
+    /// (default 0): a failover or scale-out promotes one at once.
+    #[serde(default)]
+    pub standby_nodes: Option<i64>,
     /// Autoscaling targets, windows and cooldown (used when `backend.auto-scaling` is true).
     #[serde(default)]
     pub scaling: Option<ScalingSpec>,
@@ -210,6 +214,9 @@ pub struct InstanceSpec {
     // Added after the first release: stored specs without them take the defaults.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: u32,
+    /// Booted nodes out of DNS, beside the serving ones (0 in specs before it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub standby_nodes: u32,
     #[serde(default)]
     pub scaling: ScalingPolicy,
     /// Pools, rules, auth, rate limits (http only).
@@ -247,6 +254,10 @@ fn default_max_nodes() -> u32 {
     DEFAULT_MAX_NODES
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl InstanceSpec {
     /// How many nodes should serve, given the autoscaler's wish `desired`.
     pub fn target_nodes(&self, desired: u32) -> u32 {
@@ -258,13 +269,14 @@ impl InstanceSpec {
     }
 
     /// What the instance may cost in nodes, as the quota counts it:
-    /// `max_nodes` with autoscaling, else `min_nodes`.
+    /// `max_nodes` with autoscaling, else `min_nodes`; and its standbys.
     pub fn quota_nodes(&self) -> u32 {
-        if self.auto_scaling {
+        let serving = if self.auto_scaling {
             self.max_nodes.max(self.min_nodes)
         } else {
             self.min_nodes
-        }
+        };
+        serving + self.standby_nodes
     }
 
     /// What a node at `address` runs for this spec, as config `version`.
@@ -495,6 +507,7 @@ impl InstanceCreate {
                 // Unset, it is at least min_nodes, so min_nodes alone never errs.
                 None => DEFAULT_MAX_NODES.max(node_count("min_nodes", self.min_nodes)?),
             },
+            standby_nodes: standby_count(self.standby_nodes.unwrap_or(0))?,
             scaling: self
                 .scaling
                 .unwrap_or_default()
@@ -588,6 +601,17 @@ fn port(p: i64) -> Result<u16, ValidationError> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or(ValidationError::InvalidPort(p))
+}
+
+/// `standby_nodes`: 0 (none) to `MAX_NODES`.
+pub(super) fn standby_count(n: i64) -> Result<u32, ValidationError> {
+    if (0..=i64::from(MAX_NODES)).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(ValidationError::InvalidScaling(format!(
+            "standby_nodes must be 0 to {MAX_NODES}, got {n}"
+        )))
+    }
 }
 
 fn node_count(field: &str, n: Option<i64>) -> Result<u32, ValidationError> {

@@ -424,3 +424,34 @@ fn an_update_keeps_credentials_by_name_without_their_secrets() {
                    "rate_limits": shown.rate_limits});
     assert_eq!(update(&spec, v).unwrap(), spec);
 }
+
+#[test]
+fn standby_nodes_default_to_none_are_bounded_and_cost_quota() {
+    let spec = create(base()).unwrap();
+    assert_eq!(spec.standby_nodes, 0);
+    // Absent from the stored JSON while 0, so older specs read the same.
+    assert!(serde_json::to_value(&spec)
+        .unwrap()
+        .get("standby_nodes")
+        .is_none());
+    let mut with = base();
+    with["standby_nodes"] = json!(2);
+    with["min_nodes"] = json!(3);
+    let spec = create(with).unwrap();
+    assert_eq!((spec.standby_nodes, spec.quota_nodes()), (2, 5));
+    for bad in [-1, 17] {
+        let mut v = base();
+        v["standby_nodes"] = json!(bad);
+        assert_eq!(create(v).unwrap_err().code(), "invalid_auto_scaling");
+        assert_eq!(
+            update(&spec, json!({"standby_nodes": bad}))
+                .unwrap_err()
+                .code(),
+            "invalid_auto_scaling"
+        );
+    }
+    let fewer = update(&spec, json!({"standby_nodes": 0})).unwrap();
+    assert_eq!((fewer.standby_nodes, fewer.min_nodes), (0, 3));
+    let kept = update(&spec, json!({"min_nodes": 1})).unwrap();
+    assert_eq!(kept.standby_nodes, 2, "absent keeps it");
+}

@@ -20,6 +20,8 @@ pub struct InstanceUpdate {
     pub min_nodes: Option<i64>,
     #[serde(default)]
     pub max_nodes: Option<i64>,
+    #[serde(default)]
+    pub standby_nodes: Option<i64>,
     /// Given fields replace the stored ones; absent ones stay.
     #[serde(default)]
     pub scaling: Option<ScalingSpec>,
@@ -123,6 +125,9 @@ impl InstanceUpdate {
         }
         if let Some(n) = self.max_nodes {
             next.max_nodes = node_count("max_nodes", Some(n))?;
+        }
+        if let Some(n) = self.standby_nodes {
+            next.standby_nodes = standby_count(n)?;
         }
         if let Some(sc) = &self.scaling {
             next.scaling = sc.resolve(next.scaling)?;

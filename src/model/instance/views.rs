@@ -63,6 +63,9 @@ pub struct InstanceInfo {
     pub backend: BackendView,
     pub min_nodes: u32,
     pub max_nodes: u32,
+    /// Nodes kept booted out of DNS (absent from servers before it existed).
+    #[serde(default)]
+    pub standby_nodes: u32,
     pub scaling: ScalingPolicy,
     /// The node count the autoscaler asks for now (`min_nodes` without auto-scaling).
     pub desired_nodes: u32,
