@@ -14,7 +14,12 @@ in this order), each `N` times (argument, default 10):
   standby, and boots a new standby behind it;
 - `hung` (the baseline): `SIGSTOP` of the serving node: only missed checks
   can tell (interval x threshold), which is all a failover had before lbd
-  watched node exits. The stopped node is killed once its successor serves.
+  watched node exits. The stopped node is killed once its successor serves;
+- `vm-standby` (when libvirt runs here, the image is built and lbd has the
+  libvirt driver: bench-failover.sh sees to the last two): VM nodes under
+  TCG on the netns network (100.120.0.0/16, names "lbbf"), a standby VM,
+  and `virsh destroy` of the serving VM; libvirt's lifecycle event tells
+  lbd at once.
 
 Each run:
 1. wait until the instance has one serving node (and its standby), DNS
@@ -63,10 +68,32 @@ BIN = os.environ.get("BENCH_BIN_DIR") or os.path.join(ROOT, "target", "release")
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 INTERVAL = int(os.environ.get("BENCH_INTERVAL", "1"))
 RATE = float(os.environ.get("BENCH_RATE", "100"))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "replacement,standby,hung").split(",")
-# How each scenario ends the serving node, and how many standbys it keeps.
-SIGNALS = {"replacement": signal.SIGKILL, "standby": signal.SIGKILL, "hung": signal.SIGSTOP}
-STANDBYS = {"replacement": 0, "standby": 1, "hung": 0}
+
+def vm_ready():
+    """Whether VM nodes can run here: libvirtd answers, the node image is
+    built, and lbd has the libvirt driver (bench-failover.sh builds it so
+    when libvirt-dev is there)."""
+    image = os.path.join(ROOT, "target", "image", "vmlinuz")
+    try:
+        subprocess.run(["virsh", "-c", "qemu:///system", "list"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return os.path.exists(image) and os.environ.get("BENCH_LIBVIRT") == "1"
+
+
+DEFAULT_SCENARIOS = "replacement,standby,hung" + (",vm-standby" if vm_ready() else "")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", DEFAULT_SCENARIOS).split(",")
+# How each scenario ends the serving node ("destroy": `virsh destroy` of its
+# VM), and how many standbys it keeps.
+SIGNALS = {"replacement": signal.SIGKILL, "standby": signal.SIGKILL, "hung": signal.SIGSTOP,
+           "vm-standby": "destroy"}
+STANDBYS = {"replacement": 0, "standby": 1, "hung": 0, "vm-standby": 1}
+# VM nodes: their own lbd, on the netns network (a slice of 100.64.0.0/10
+# that the tests do not use), its domains, taps and namespaces named "lbbf".
+VM_POOL = "100.120.0.0/16"
+VM_PREFIX = "lbbf"
+VM_BACKEND_PORT = 18312
 BACKEND = ("127.0.0.1", 18311)
 PORT = 8080
 # A slice of 127.0.0.0/8 that the tests' lbds and the other benchmarks do not use.
@@ -219,10 +246,15 @@ def wait_settled(lbd, standbys, deadline_s=60):
 
 
 def one_failover(lbd, client, scenario):
-    old = wait_settled(lbd, STANDBYS[scenario])
+    old = wait_settled(lbd, STANDBYS[scenario], deadline_s=300)
     time.sleep(0.5)  # the client sees the settled instance first
     t0 = time.time()
-    os.kill(int(old["pid"]), SIGNALS[scenario])
+    if SIGNALS[scenario] == "destroy":
+        domain = f"{VM_PREFIX}-bench-web-{old['id']}"
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", domain], check=True,
+                       stdout=subprocess.DEVNULL)
+    else:
+        os.kill(int(old["pid"]), SIGNALS[scenario])
     dns_at = None
     deadline = t0 + 60
     while time.time() < deadline:
@@ -254,15 +286,16 @@ def one_failover(lbd, client, scenario):
     }
 
 
-def create_instance(lbd, standbys):
+def create_instance(lbd, standbys, backend):
     lbd.api("create", "instance", {
         "name": "web", "project": "bench", "traffic_type": "http", "port": PORT,
         "standby_nodes": standbys,
-        "backend": {"entities": [f"{BACKEND[0]}:{BACKEND[1]}"],
+        "backend": {"entities": [backend],
                     "health-check": {"protocol": "HTTP", "request-path": "/",
                                      "criteria": {"interval": INTERVAL, "timeout": 1,
                                                   "health-threshold": 2, "unhealth-threshold": 2}}}})
-    wait_settled(lbd, standbys)
+    # VMs boot in seconds under TCG, two at once more slowly.
+    wait_settled(lbd, standbys, deadline_s=300)
 
 
 def delete_instance(lbd):
@@ -276,9 +309,9 @@ def delete_instance(lbd):
     raise SystemExit("the instance was not deleted within 30 s")
 
 
-def scenario_runs(lbd, client, scenario):
+def scenario_runs(lbd, client, scenario, backend):
     """`RUNS` failovers of one scenario, printed as they go; the summary."""
-    create_instance(lbd, STANDBYS[scenario])
+    create_instance(lbd, STANDBYS[scenario], backend)
     runs = []
     print(f"{scenario}:", flush=True)
     for k in range(RUNS):
@@ -292,14 +325,54 @@ def scenario_runs(lbd, client, scenario):
     serving = [r["serving_ms"] for r in runs]
     failed = [r["failed_requests"] for r in runs]
     detected = [r["detected_ms"] for r in runs if r["detected_ms"] is not None]
+    how = SIGNALS[scenario]
     return {
         "standby_nodes": STANDBYS[scenario],
-        "signal": signal.Signals(SIGNALS[scenario]).name,
+        "signal": "virsh destroy" if how == "destroy" else signal.Signals(how).name,
         "serving_ms_median": statistics.median(serving), "serving_ms_max": max(serving),
         "detected_ms_median": statistics.median(detected) if detected else None,
         "failed_requests_median": statistics.median(failed), "failed_requests_max": max(failed),
         "each": runs,
     }
+
+
+def vm_runs(scenarios, client):
+    """The VM scenarios, on an lbd of their own (libvirt compute, netns
+    network); its VMs reach a backend on the project's gateway address."""
+    state = tempfile.mkdtemp(prefix="lbaas-bench-failover-vm-")
+    backend = subprocess.Popen([sys.executable, "-c", BACKEND_PY, "0.0.0.0", str(VM_BACKEND_PORT)])
+    procs.append(backend)
+    secrets = os.path.join(state, "vm-secrets")
+    os.makedirs(secrets, mode=0o700)
+    image = os.path.join(ROOT, "target", "image")
+    lbd = benchlib.Lbd(BIN, state, VM_POOL, procs, args=[
+        "--failover-grace", "2", "--dns-ttl", "1", "--network", "netns", "--netns-prefix", VM_PREFIX,
+        "--compute", "libvirt", "--vm-image", image, "--vm-domain-type", "qemu",
+        "--vm-prefix", VM_PREFIX, "--vm-secret-dir", secrets])
+    lbd.instance = lambda: Lbd.instance(lbd)
+    lbd.node_failed_at = lambda node_id: Lbd.node_failed_at(lbd, node_id)
+    try:
+        lbd.api("create", "project", {"name": "bench"})
+        subnet = lbd.api("info", "project", {"name": "bench"})[1]["info"]["subnet"]
+        gateway = subnet.split("/")[0].rsplit(".", 1)[0] + ".1"
+        client.dns = lbd.dns
+        return {name: scenario_runs(lbd, client, name, f"{gateway}:{VM_BACKEND_PORT}")
+                for name in scenarios}
+    finally:
+        try:
+            lbd.api("delete", "project", {"name": "bench", "force": True}, ok=(200, 404))
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                if lbd.api("info", "project", {"name": "bench"}, ok=(200, 404))[0] == 404:
+                    break
+                time.sleep(0.2)
+        except SystemExit as e:
+            print(f"cleanup: {e}", file=sys.stderr)
+        benchlib.stop(lbd.proc, grace=10)
+        out = os.path.join(ROOT, "target", "bench")
+        os.makedirs(out, exist_ok=True)
+        shutil.copy(lbd.log_path, os.path.join(out, "failover-vm-lbd.log"))
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def main():
@@ -311,7 +384,12 @@ def main():
         lbd = Lbd(state)
         lbd.api("create", "project", {"name": "bench"})
         client = Client(lbd.dns)
-        results = {name: scenario_runs(lbd, client, name) for name in SCENARIOS}
+        results = {}
+        for name in (n for n in SCENARIOS if not n.startswith("vm-")):
+            results[name] = scenario_runs(lbd, client, name, f"{BACKEND[0]}:{BACKEND[1]}")
+        vm_scenarios = [n for n in SCENARIOS if n.startswith("vm-")]
+        if vm_scenarios:
+            results.update(vm_runs(vm_scenarios, client))
         print(f"signal -> a serving successor, {RUNS} runs each ({INTERVAL} s checks,"
               f" threshold 2; client {RATE:.0f} req/s, resolving each):")
         base = results.get("hung")

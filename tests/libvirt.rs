@@ -62,15 +62,28 @@ fn start(domain_type: Option<&str>) -> (Lbd, HttpBackend, Instant) {
 
 /// Creates instance `web` in project `vm` and waits until it is ACTIVE.
 fn create_web(lbd: &Lbd, backend: &HttpBackend, wait: Duration) -> Value {
+    let checks = json!({"criteria": {"interval": 1, "timeout": 1,
+                                     "health-threshold": 2, "unhealth-threshold": 2}});
+    create_web_with(lbd, backend, wait, checks, 0)
+}
+
+/// `create_web` with these health checks and standby nodes.
+fn create_web_with(
+    lbd: &Lbd,
+    backend: &HttpBackend,
+    wait: Duration,
+    checks: Value,
+    standby_nodes: u32,
+) -> Value {
     let (_, v) = lbd.api(&json!({"action": "info", "type": "project", "info": {"name": "vm"}}));
     let subnet: ipnet::Ipv4Net = v["info"]["subnet"].as_str().unwrap().parse().unwrap();
     let gateway = subnet.hosts().next().unwrap();
     let started = Instant::now();
     let (s, v) = lbd.api(&json!({"action": "create", "type": "instance", "info": {
         "name": "web", "project": "vm", "traffic_type": "http", "port": 8080,
+        "standby_nodes": standby_nodes,
         "backend": {"entities": [format!("{gateway}:{}", backend.addr().port())],
-                    "health-check": {"criteria": {"interval": 1, "timeout": 1,
-                                                  "health-threshold": 2, "unhealth-threshold": 2}}}}}));
+                    "health-check": checks}}}));
     assert_eq!(s, 200, "{v}");
     let info = wait_for("instance ACTIVE on a VM", wait, || {
         let info = lbd.instance("vm", "web");
@@ -259,6 +272,85 @@ fn an_instance_on_vms_serves_fails_over_and_is_removed() {
     assert!(lbd.domains().contains(&domain_of(&lbd, &second)));
     assert_eq!(http_get(node_addr(&second), "/").unwrap().0, 200);
 
+    delete_all(&lbd);
+}
+
+/// A VM destroyed behind lbd's back is reported by libvirt's lifecycle
+/// event, so it fails over at once, with checks a minute apart that would
+/// take minutes to notice; its standby, booted beforehand, takes over with
+/// no boot, and a new standby boots behind it.
+#[test]
+fn a_destroyed_vm_fails_over_at_once_to_its_standby() {
+    if !vm_prerequisites_present() {
+        return;
+    }
+    let (lbd, backend, _) = start(Some("qemu"));
+    let slow = json!({"criteria": {"interval": 60, "timeout": 5,
+                                   "health-threshold": 2, "unhealth-threshold": 3}});
+    create_web_with(&lbd, &backend, Duration::from_secs(240), slow, 1);
+    let roles = |info: &Value, state: &str| -> Vec<Value> {
+        info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["state"] == state)
+            .cloned()
+            .collect()
+    };
+    let info = wait_for(
+        "a running VM and a standby VM",
+        Duration::from_secs(240),
+        || {
+            let info = lbd.instance("vm", "web");
+            (roles(&info, "running").len() == 1 && roles(&info, "standby").len() == 1)
+                .then_some(info)
+        },
+    );
+    let (running, standby) = (
+        roles(&info, "running")[0].clone(),
+        roles(&info, "standby")[0].clone(),
+    );
+    assert_eq!(
+        http_get(node_addr(&standby), "/").unwrap(),
+        (200, "b".to_string())
+    );
+
+    virsh(&["destroy", &domain_of(&lbd, &running)]);
+    let destroyed = Instant::now();
+    wait_for("the standby promoted", Duration::from_secs(60), || {
+        let info = lbd.instance("vm", "web");
+        roles(&info, "running")
+            .iter()
+            .any(|n| n["id"] == standby["id"])
+            .then_some(())
+    });
+    eprintln!(
+        "virsh destroy to the standby VM running: {:?}",
+        destroyed.elapsed()
+    );
+    assert_eq!(http_get(node_addr(&standby), "/").unwrap().0, 200);
+    let (s, v) = lbd.api(&json!({"action": "info", "type": "instance",
+        "info": {"project": "vm", "name": "web", "history": 3600}}));
+    assert_eq!(s, 200, "{v}");
+    let failed: Vec<&Value> = v["info"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "node_failed" && e["node_id"] == running["id"])
+        .collect();
+    assert_eq!(failed.len(), 1, "{v}");
+    let message = failed[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the VM was destroyed") && message.contains("at once"),
+        "{message}"
+    );
+    wait_for("a new standby VM", Duration::from_secs(240), || {
+        let info = lbd.instance("vm", "web");
+        roles(&info, "standby")
+            .iter()
+            .any(|n| n["id"] != standby["id"] && n["id"] != running["id"])
+            .then_some(())
+    });
     delete_all(&lbd);
 }
 

@@ -50,16 +50,19 @@ impl Reconciler {
         };
         let mut serving = Vec::new();
         let mut errors = Vec::new();
-        for node in &nodes {
-            match self.ensure_node_serving(&inst, node).await {
-                Ok(true) => serving.push(node.address),
-                Ok(false) => {}
-                Err(e) => errors.push(ReconcileError::Node {
-                    id: node.id,
-                    addr: node.address,
-                    source: Box::new(e),
-                }),
+        let (configured, starting): (Vec<&NodeRow>, Vec<&NodeRow>) =
+            nodes.iter().partition(|n| n.state.is_configured());
+        self.serve_each(&inst, &configured, &mut serving, &mut errors)
+            .await;
+        if !starting.is_empty() {
+            // What serves already is in DNS before a new node is waited for:
+            // a promoted standby serves at once, not once the standby
+            // behind it has booted.
+            if let Err(e) = self.publish_dns(&inst, &serving).await {
+                errors.push(e.into());
             }
+            self.serve_each(&inst, &starting, &mut serving, &mut errors)
+                .await;
         }
         if let Err(e) = self.publish_dns(&inst, &serving).await {
             errors.push(e.into());
@@ -70,6 +73,28 @@ impl Reconciler {
             let e = ReconcileError::Several(errors);
             self.record_failure(&inst, e.to_string(), &e, serving.len())
                 .await;
+        }
+    }
+
+    /// [`Self::ensure_node_serving`] for each of `nodes`: the addresses
+    /// that serve go to `serving`, failures to `errors`.
+    async fn serve_each(
+        &self,
+        inst: &InstanceRow,
+        nodes: &[&NodeRow],
+        serving: &mut Vec<IpAddr>,
+        errors: &mut Vec<ReconcileError>,
+    ) {
+        for node in nodes {
+            match self.ensure_node_serving(inst, node).await {
+                Ok(true) => serving.push(node.address),
+                Ok(false) => {}
+                Err(e) => errors.push(ReconcileError::Node {
+                    id: node.id,
+                    addr: node.address,
+                    source: Box::new(e),
+                }),
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! (`probe.rs`).
 
 mod domain_xml;
+mod events;
 mod probe;
 mod secret_disk;
 #[cfg(test)]
@@ -29,7 +30,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
-use super::{ComputeDriver, ComputeError, ComputeWarnings, NodeObservation, NodeSpec};
+use super::{ComputeDriver, ComputeError, ComputeWarnings, ExitSink, NodeObservation, NodeSpec};
 use crate::model::NodeId;
 pub(crate) use domain_xml::{backend_xml, BackendDomain, Boot};
 pub use domain_xml::{kvm_device_opens, xml_escape, DomainType, DomainTypeSetting};
@@ -75,6 +76,10 @@ pub struct LibvirtCompute {
     names: Mutex<HashMap<NodeId, String>>,
     disks: SecretDisks,
     domain_type: Arc<DomainTypeCell>,
+    /// The VMs known to run our nodes, for the lifecycle events
+    /// (`events.rs`), and the thread that receives those.
+    watched: Arc<events::Watched>,
+    events: Mutex<Option<events::EventThread>>,
     /// The KVM probe's thread while it may run, and how to stop it.
     probe: Mutex<Option<JoinHandle<()>>>,
     probe_cancel: Arc<AtomicBool>,
@@ -149,6 +154,8 @@ impl LibvirtCompute {
             names: Mutex::new(HashMap::new()),
             disks,
             domain_type: Arc::new(domain_type),
+            watched: Arc::default(),
+            events: Mutex::new(None),
             probe: Mutex::new(None),
             probe_cancel: Arc::new(AtomicBool::new(false)),
             #[cfg(test)]
@@ -301,8 +308,17 @@ impl LibvirtCompute {
 
     /// The node id of a domain of ours, from its name.
     fn node_id_of(&self, domain_name: &str) -> Option<NodeId> {
-        let rest = domain_name.strip_prefix(&format!("{}-", self.settings.prefix))?;
-        rest.rsplit('-').next()?.parse().ok()
+        node_id_of(&self.settings.prefix, domain_name)
+    }
+
+    /// The "pid" of a running domain of `node_id`, remembered with the
+    /// domain's UUID so its lifecycle events can be matched to it.
+    fn note_running(&self, node_id: NodeId, d: &Domain) -> u32 {
+        let pid = domain_pid(d);
+        if let Ok(uuid) = d.get_uuid_string() {
+            self.watched.running(node_id, uuid, pid);
+        }
+        pid
     }
 
     /// Our domains by node id; their names are remembered for [`Self::find`].
@@ -402,6 +418,12 @@ impl Drop for LibvirtCompute {
     }
 }
 
+/// The node id of a domain named by a driver with `prefix`.
+fn node_id_of(prefix: &str, domain_name: &str) -> Option<NodeId> {
+    let rest = domain_name.strip_prefix(&format!("{prefix}-"))?;
+    rest.rsplit('-').next()?.parse().ok()
+}
+
 fn domain_pid(d: &Domain) -> u32 {
     // A running domain's id stands in for a pid (NodeObservation's shape).
     d.get_id().unwrap_or(0)
@@ -418,7 +440,7 @@ impl ComputeDriver for LibvirtCompute {
             if let Some(d) = self.find(conn, spec.node_id)? {
                 if d.is_active().unwrap_or(false) {
                     return Ok(NodeObservation::Running {
-                        pid: domain_pid(&d),
+                        pid: self.note_running(spec.node_id, &d),
                     });
                 }
                 if d.is_persistent().unwrap_or(false) {
@@ -438,7 +460,7 @@ impl ComputeDriver for LibvirtCompute {
                 }
             }
             Ok(NodeObservation::Running {
-                pid: domain_pid(&domain),
+                pid: self.note_running(spec.node_id, &domain),
             })
         })
     }
@@ -448,7 +470,7 @@ impl ComputeDriver for LibvirtCompute {
             Ok(self
                 .find(conn, node_id)?
                 .filter(|d| d.is_active().unwrap_or(false))
-                .map(|d| domain_pid(&d)))
+                .map(|d| self.note_running(node_id, &d)))
         });
         match found {
             Ok(Some(pid)) => NodeObservation::Running { pid },
@@ -465,6 +487,8 @@ impl ComputeDriver for LibvirtCompute {
     }
 
     fn destroy_node(&self, node_id: NodeId) -> Result<(), ComputeError> {
+        // Its end is lbd's doing, not one to report.
+        self.watched.stopping(node_id);
         self.with_connection(node_id, |conn| {
             if let Some(d) = self.find(conn, node_id)? {
                 if d.is_active().unwrap_or(false) {
@@ -506,7 +530,34 @@ impl ComputeDriver for LibvirtCompute {
         Some(std::time::Duration::from_secs(120))
     }
 
+    /// Lifecycle events (`events.rs`): a VM that stops or crashes by
+    /// itself is reported the moment libvirt says so.
+    fn report_exits(&self, sink: ExitSink) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if events.is_some() {
+            return;
+        }
+        let s = &self.settings;
+        match events::EventThread::spawn(
+            s.uri.clone(),
+            s.prefix.clone(),
+            self.watched.clone(),
+            sink,
+        ) {
+            Ok(thread) => *events = Some(thread),
+            Err(e) => tracing::warn!("libvirt events: {e}; missed checks find ended VMs"),
+        }
+    }
+
     fn shutdown(&self) {
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(events) = events {
+            events.stop();
+        }
         self.probe_cancel.store(true, Ordering::SeqCst);
         self.domain_type.stop();
         let thread = self
