@@ -31,8 +31,16 @@ pub struct ProcessBackends {
     owner: String,
     /// Under netns: the unprivileged user backends run as.
     user: Option<String>,
-    /// How each child this lbd started ended (`None` while it runs).
-    children: Arc<Mutex<HashMap<i64, Option<String>>>>,
+    /// Each backend's child this lbd started, and how it ended.
+    children: Arc<Mutex<HashMap<i64, ChildState>>>,
+}
+
+/// A child of ours: its pid, so a reaper of an earlier child of the same
+/// backend writes nothing, and how it ended (`None` while it runs).
+#[derive(Debug, Clone)]
+struct ChildState {
+    pid: u32,
+    ended: Option<String>,
 }
 
 impl ProcessBackends {
@@ -56,8 +64,13 @@ impl ProcessBackends {
         self.dir.join(format!("backend-{id}.log"))
     }
 
-    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Option<String>>> {
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ChildState>> {
         self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How the backend's child ended, once its reaper saw it.
+    fn ended(&self, id: i64) -> Option<String> {
+        self.children().get(&id).and_then(|c| c.ended.clone())
     }
 
     /// The backend's pid if the pid file names a live process of ours.
@@ -259,7 +272,7 @@ impl BackendDriver for ProcessBackends {
         let pid = child.id();
         // Not reaped before the reaper below waits: the start time is the child's.
         PidRecord::of(pid).write(&self.pid_file(id))?;
-        self.children().insert(id, None);
+        self.children().insert(id, ChildState { pid, ended: None });
         let children = self.children.clone();
         std::thread::Builder::new()
             .name(format!("reap-backend-{id}"))
@@ -272,26 +285,31 @@ impl BackendDriver for ProcessBackends {
                     },
                     Err(e) => format!("wait failed: {e}"),
                 };
-                children
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, Some(reason));
+                // Only while the backend is still this child: after `stop`
+                // (which forgets it) or a new start of the same id, the
+                // end is no news.
+                let mut children = children.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(ChildState { pid: p, ended }) = children.get_mut(&id) {
+                    if *p == pid {
+                        *ended = Some(reason);
+                    }
+                }
             })?;
         Ok(pid)
     }
 
     fn observe(&self, id: i64) -> BackendObservation {
-        if let Some(Some(reason)) = self.children().get(&id).cloned() {
+        if let Some(reason) = self.ended(id) {
             return BackendObservation::Exited { reason };
         }
         match self.live_pid(id) {
             Some(pid) => BackendObservation::Running { pid },
             // Our child has not exec'd yet (its environ is still lbd's), or
             // just exited and its reaper records how in a moment.
-            None if matches!(self.children().get(&id), Some(None)) => {
+            None if self.children().get(&id).is_some_and(|c| c.ended.is_none()) => {
                 let deadline = Instant::now() + Duration::from_secs(1);
                 loop {
-                    if let Some(Some(reason)) = self.children().get(&id).cloned() {
+                    if let Some(reason) = self.ended(id) {
                         return BackendObservation::Exited { reason };
                     }
                     if let Some(pid) = self.live_pid(id) {
