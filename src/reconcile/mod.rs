@@ -8,6 +8,7 @@
 
 mod error;
 mod instance;
+mod node_rows;
 mod project;
 mod settled;
 pub(crate) mod standby;
