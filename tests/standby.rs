@@ -64,6 +64,11 @@ fn ip(node: &Value) -> String {
     node["address"].as_str().unwrap().to_string()
 }
 
+/// `lbctl instance update web --project sb FLAG VALUE`.
+fn update(lbd: &Lbd, flag: &str, value: &str) {
+    lbd.lbctl_ok(&["instance", "update", "web", "--project", "sb", flag, value]);
+}
+
 fn events(lbd: &Lbd, kind: &str) -> Vec<Value> {
     let (s, v) = lbd.api(&json!({"action": "info", "type": "instance",
         "info": {"project": "sb", "name": "web", "history": 3600}}));
@@ -179,15 +184,7 @@ fn standby_nodes_are_validated_and_follow_updates_and_scale_out() {
         "{v}"
     );
     assert_eq!(lbd.desired_instance("sb", "web"), before);
-    lbd.lbctl_ok(&[
-        "instance",
-        "update",
-        "web",
-        "--project",
-        "sb",
-        "--standby-nodes",
-        "1",
-    ]);
+    update(&lbd, "--standby-nodes", "1");
     let info = wait_for_roles(&lbd, 1, 1);
     let standby = in_state(&info, "standby")[0].clone();
     assert_eq!(dig(lbd.dns, NAME, false).0, vec![ip(&first)]);
@@ -196,15 +193,7 @@ fn standby_nodes_are_validated_and_follow_updates_and_scale_out() {
     assert!(shown.contains("standby"), "{shown}");
 
     // Scale-out promotes the standby (no boot) and boots a new standby.
-    lbd.lbctl_ok(&[
-        "instance",
-        "update",
-        "web",
-        "--project",
-        "sb",
-        "--min-nodes",
-        "2",
-    ]);
+    update(&lbd, "--min-nodes", "2");
     let info = wait_for_roles(&lbd, 2, 1);
     let running: Vec<Value> = in_state(&info, "running");
     assert!(
@@ -223,26 +212,10 @@ fn standby_nodes_are_validated_and_follow_updates_and_scale_out() {
 
     // Scale-in retires a serving node and keeps the standby; then the
     // standby retires when none is wanted.
-    lbd.lbctl_ok(&[
-        "instance",
-        "update",
-        "web",
-        "--project",
-        "sb",
-        "--min-nodes",
-        "1",
-    ]);
+    update(&lbd, "--min-nodes", "1");
     let info = wait_for_roles(&lbd, 1, 1);
     assert_eq!(dig(lbd.dns, NAME, false).0.len(), 1, "{info}");
-    lbd.lbctl_ok(&[
-        "instance",
-        "update",
-        "web",
-        "--project",
-        "sb",
-        "--standby-nodes",
-        "0",
-    ]);
+    update(&lbd, "--standby-nodes", "0");
     let info = wait_for_roles(&lbd, 1, 0);
     let left = in_state(&info, "running")[0].clone();
     assert_eq!(dig(lbd.dns, NAME, false).0, vec![ip(&left)]);

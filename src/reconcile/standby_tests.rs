@@ -5,20 +5,12 @@
 use super::*;
 
 async fn instance_with_standby(store: &Store, min_nodes: u32, standby: u32) -> InstanceId {
-    let spec: InstanceCreate = serde_json::from_value(serde_json::json!({
+    let request = serde_json::json!({
         "name": "web", "project": "demo", "traffic_type": "http", "port": 8080,
         "min_nodes": min_nodes, "standby_nodes": standby,
         "backend": {"entities": ["127.0.0.1:9001"]}
-    }))
-    .unwrap();
-    let spec = spec.validate(&crate::password::Argon2Hasher).unwrap();
-    store
-        .transaction(move |tx| {
-            let p = store::insert_project(tx, "demo", "admin", "127.5.0.0/16")?;
-            Ok::<_, StoreError>(store::insert_instance(tx, p.id, &spec)?.id)
-        })
-        .await
-        .unwrap()
+    });
+    store_instance(store, request).await
 }
 
 async fn set_counts(h: &Harness, id: InstanceId, min_nodes: u32, standby: u32) {

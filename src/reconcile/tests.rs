@@ -76,11 +76,19 @@ fn harness_with(adjust: impl FnOnce(&mut ReconcileSettings)) -> Harness {
 
 /// Stores a project and an instance the way the API handlers do.
 async fn create_instance(store: &Store, min_nodes: u32) -> InstanceId {
-    let spec: InstanceCreate = serde_json::from_value(serde_json::json!({
-        "name": "web", "project": "demo", "traffic_type": "http", "port": 8080, "min_nodes": min_nodes,
-        "backend": {"entities": ["127.0.0.1:9001", "127.0.0.1:9002"]}
-    }))
-    .unwrap();
+    store_instance(
+        store,
+        serde_json::json!({
+            "name": "web", "project": "demo", "traffic_type": "http", "port": 8080, "min_nodes": min_nodes,
+            "backend": {"entities": ["127.0.0.1:9001", "127.0.0.1:9002"]}
+        }),
+    )
+    .await
+}
+
+/// Stores project `demo` and the instance of this `create` request.
+async fn store_instance(store: &Store, request: serde_json::Value) -> InstanceId {
+    let spec: InstanceCreate = serde_json::from_value(request).unwrap();
     let spec = spec.validate(&crate::password::Argon2Hasher).unwrap();
     store
         .transaction(move |tx| {

@@ -181,6 +181,11 @@ fn run(uri: &str, ctx: Context, stop: &AtomicBool) {
     }
 }
 
+/// libvirt's lifecycle callback, and the generic shape registration takes.
+type LifecycleCallback =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+type GenericCallback = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
 /// A connection with our lifecycle callback registered on it.
 struct Subscription {
     conn: Connect,
@@ -197,27 +202,14 @@ impl Subscription {
         // libvirt hands to `free_context` exactly once, when the callback
         // is deregistered or the connection closes.
         let callback = unsafe {
-            let lifecycle: unsafe extern "C" fn(
-                sys::virConnectPtr,
-                sys::virDomainPtr,
-                c_int,
-                c_int,
-                *mut c_void,
-            ) -> c_int = on_lifecycle;
+            let lifecycle: LifecycleCallback = on_lifecycle;
             sys::virConnectDomainEventRegisterAny(
                 conn.as_ptr(),
                 std::ptr::null_mut(),
                 sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
-                Some(std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        c_int,
-                        c_int,
-                        *mut c_void,
-                    ) -> c_int,
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(lifecycle)),
+                Some(std::mem::transmute::<LifecycleCallback, GenericCallback>(
+                    lifecycle,
+                )),
                 opaque,
                 Some(free_context),
             )
